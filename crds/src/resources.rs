@@ -1,0 +1,436 @@
+//! The resource types. Field names are the contract of `../shared/DESIGN.md`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::DURATION_PATTERN;
+
+/// What every resource reports back: `Ready` and the generation it describes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// A reference to one key of a Secret (standalone: the file
+/// `<secrets-dir>/<name>/<key>`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+// ---------------------------------------------------------------- TokenServer
+
+/// Settings of one token server: issuer, signing, lifetimes, storage.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "tokenmesh.dev",
+    version = "v1alpha1",
+    kind = "TokenServer",
+    namespaced,
+    status = "ResourceStatus",
+    shortname = "tms",
+    printcolumn = r#"{"name":"Issuer","type":"string","jsonPath":".spec.issuer"}"#,
+    printcolumn = r#"{"name":"Algorithm","type":"string","jsonPath":".spec.signing.algorithm"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TokenServerSpec {
+    /// The `iss` of every token; endpoints are published under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub signing: SigningSpec,
+    /// Lifetime of an access token when its client names none (default 300s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub default_access_token_ttl: Option<String>,
+    /// Upper bound on any access token lifetime (default 24h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub max_access_token_ttl: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageSpec>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SigningSpec {
+    /// Default signing algorithm of access tokens.
+    #[serde(default)]
+    pub algorithm: SigningAlgorithm,
+    /// How long a key signs before the next one takes over (default 24h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub rotation_period: Option<String>,
+    /// PKCS#8 PEM private keys to sign with instead of generated ones; the
+    /// first signs, the others are only published. Disables rotation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_files: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+pub enum SigningAlgorithm {
+    #[default]
+    ES256,
+    RS256,
+    PS256,
+    EdDSA,
+}
+
+impl SigningAlgorithm {
+    pub const ALL: [SigningAlgorithm; 4] = [Self::ES256, Self::RS256, Self::PS256, Self::EdDSA];
+
+    /// The JOSE `alg` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ES256 => "ES256",
+            Self::RS256 => "RS256",
+            Self::PS256 => "PS256",
+            Self::EdDSA => "EdDSA",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StorageSpec {
+    #[serde(default, rename = "type")]
+    pub kind: StorageKind,
+    /// PostgreSQL connection URL, read from a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_url_secret_ref: Option<SecretKeyRef>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// SQLite in the data directory.
+    #[default]
+    Embedded,
+    Postgres,
+}
+
+// ---------------------------------------------------------------- OAuthClient
+
+/// An OAuth client: how it authenticates, what it may ask for, what it gets.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "tokenmesh.dev",
+    version = "v1alpha1",
+    kind = "OAuthClient",
+    namespaced,
+    status = "ResourceStatus",
+    shortname = "oac",
+    printcolumn = r#"{"name":"Client ID","type":"string","jsonPath":".spec.clientId"}"#,
+    printcolumn = r#"{"name":"Method","type":"string","jsonPath":".spec.authentication.method"}"#,
+    printcolumn = r#"{"name":"Audiences","type":"string","jsonPath":".spec.audiences"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("self.subjectType != 'pairwise' || has(self.sectorIdentifier)").message("subjectType pairwise needs a sectorIdentifier"))]
+pub struct OAuthClientSpec {
+    /// Default: `<namespace>/<name>`, or `<name>` standalone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub grant_types: Vec<GrantType>,
+    pub authentication: ClientAuthentication,
+    /// Scope names and scope prefixes this client may request.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Audiences (resource indicators) tokens of this client may carry.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Whether this client may call the introspection endpoint.
+    #[serde(default)]
+    pub allow_introspection: bool,
+    #[serde(default)]
+    pub access_token: AccessTokenSpec,
+    /// Extra claims put into every access token of this client.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "free_form_object")]
+    pub claims: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub subject_type: SubjectType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sector_identifier: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redirect_uris: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantType {
+    ClientCredentials,
+    #[serde(rename = "urn:ietf:params:oauth:grant-type:token-exchange")]
+    TokenExchange,
+    AuthorizationCode,
+    RefreshToken,
+    #[serde(rename = "urn:ietf:params:oauth:grant-type:device_code")]
+    DeviceCode,
+}
+
+impl GrantType {
+    /// The `grant_type` value on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientCredentials => "client_credentials",
+            Self::TokenExchange => "urn:ietf:params:oauth:grant-type:token-exchange",
+            Self::AuthorizationCode => "authorization_code",
+            Self::RefreshToken => "refresh_token",
+            Self::DeviceCode => "urn:ietf:params:oauth:grant-type:device_code",
+        }
+    }
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("!(self.method in ['client_secret_basic', 'client_secret_post']) || !has(self.jwks)").message("a secret method takes no jwks"))]
+#[x_kube(validation = Rule::new("self.method != 'private_key_jwt' || has(self.jwks) || has(self.jwksUri)").message("private_key_jwt needs jwks or jwksUri"))]
+pub struct ClientAuthentication {
+    pub method: AuthMethod,
+    /// The client secret (secret methods). Without it the operator generates one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+    /// `sha256:<base64url>` of the secret, as the operator pushes it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_hashes: Vec<String>,
+    /// Public keys of a `private_key_jwt` client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<JwkSetSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<ServiceAccountRef>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    #[default]
+    ClientSecretBasic,
+    ClientSecretPost,
+    PrivateKeyJwt,
+    TlsClientAuth,
+    None,
+    KubernetesServiceAccount,
+}
+
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientSecretBasic => "client_secret_basic",
+            Self::ClientSecretPost => "client_secret_post",
+            Self::PrivateKeyJwt => "private_key_jwt",
+            Self::TlsClientAuth => "tls_client_auth",
+            Self::None => "none",
+            Self::KubernetesServiceAccount => "kubernetes_service_account",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwkSetSpec {
+    pub keys: Vec<JwkSpec>,
+}
+
+/// A public JSON Web Key (RFC 7517); private members are refused.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwkSpec {
+    pub kty: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alg: Option<String>,
+    #[serde(default, rename = "use", skip_serializing_if = "Option::is_none")]
+    pub key_use: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crv: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub y: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceAccountRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessTokenSpec {
+    #[serde(default)]
+    pub format: TokenFormat,
+    /// Lifetime; default from the TokenServer (300s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub ttl: Option<String>,
+    /// Signing algorithm of this client's JWTs; default from the TokenServer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<SigningAlgorithm>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenFormat {
+    #[default]
+    Jwt,
+    Opaque,
+    Jwe,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SubjectType {
+    #[default]
+    Public,
+    Pairwise,
+}
+
+// ---------------------------------------------------------------- Scope
+
+/// A scope, or a family of scopes sharing a prefix.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "tokenmesh.dev",
+    version = "v1alpha1",
+    kind = "Scope",
+    namespaced,
+    status = "ResourceStatus",
+    printcolumn = r#"{"name":"Scope","type":"string","jsonPath":".spec.name"}"#,
+    printcolumn = r#"{"name":"Prefix","type":"string","jsonPath":".spec.prefix"}"#,
+    printcolumn = r#"{"name":"TTL","type":"string","jsonPath":".spec.ttl"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("has(self.name) != has(self.prefix)").message("set exactly one of name and prefix"))]
+pub struct ScopeSpec {
+    /// The scope as it appears in `scope` (RFC 6749 scope-token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[\x21\x23-\x5B\x5D-\x7E]+$"), length(max = 200))]
+    pub name: Option<String>,
+    /// A prefix that admits every scope starting with it (`video_stream_`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[\x21\x23-\x5B\x5D-\x7E]+$"), length(max = 200))]
+    pub prefix: Option<String>,
+    /// After this long the scope no longer counts in a token still valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub ttl: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Claims this scope releases.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<String>,
+}
+
+// ---------------------------------------------------------------- ExchangePolicy
+
+/// How a token may travel from one service to the next.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "tokenmesh.dev",
+    version = "v1alpha1",
+    kind = "ExchangePolicy",
+    namespaced,
+    status = "ResourceStatus",
+    shortname = "xp",
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+    printcolumn = r#"{"name":"Audience","type":"string","jsonPath":".spec.to.audience"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExchangePolicySpec {
+    pub mode: ExchangeMode,
+    #[serde(default)]
+    pub from: PolicyFrom,
+    #[serde(default)]
+    pub actor: PolicyActor,
+    pub to: PolicyTo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub ttl: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16))]
+    pub max_delegation_depth: Option<u32>,
+    /// A CEL expression over `subject`, `actor` and `request` that must be true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    /// Claim name → CEL expression, added to the new token.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeMode {
+    #[default]
+    Exchange,
+    Embed,
+    Share,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyFrom {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuers: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyActor {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyTo {
+    #[schemars(length(min = 1))]
+    pub audience: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+}
+
+fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}

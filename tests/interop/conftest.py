@@ -1,0 +1,39 @@
+"""Fixtures: token servers started from the binary, stopped at the end of the session."""
+
+import os
+
+import pytest
+
+from tokenserver import SERVER_BIN, TokenServer
+
+RUNNING: list[TokenServer] = []
+
+
+@pytest.fixture(scope="session")
+def make_server(tmp_path_factory):
+    """Factory: start one more token server in its own directory."""
+    if not (SERVER_BIN.is_file() and os.access(SERVER_BIN, os.X_OK)):
+        pytest.fail(f"no token-server binary at {SERVER_BIN} (set TOKENMESH_SERVER_BIN)", pytrace=False)
+
+    def make(signing="ES256"):
+        srv = TokenServer(tmp_path_factory.mktemp(f"server-{signing.lower()}"), signing)
+        RUNNING.append(srv)
+        return srv.start()
+
+    yield make
+    for srv in RUNNING:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
+def server(make_server):
+    return make_server()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed and report.when == "call":
+        for srv in RUNNING:
+            report.sections.append((f"token-server log {srv.root.name}", srv.log_tail()))
+    return report

@@ -1,0 +1,198 @@
+"""The real token-server binary, driven with third-party clients.
+
+`TokenServer` writes a config, secrets and a client key pair into a directory,
+runs the binary on a free loopback port and offers small helpers (discovery,
+raw requests with client authentication, authlib sessions, JWT verification
+against the published JWKS) so the tests stay short.
+"""
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from functools import cached_property
+from pathlib import Path
+
+import jwt
+import pytest
+import requests
+from authlib.integrations.requests_client import OAuth2Session
+from authlib.oauth2.rfc7523 import PrivateKeyJWT
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from joserfc.jwk import ECKey
+
+REPO = Path(__file__).resolve().parents[2]
+SERVER_BIN = REPO / os.environ.get("TOKENMESH_SERVER_BIN", "target/debug/token-server")  # relative: to the repo
+READY_TIMEOUT = 20
+HTTP_TIMEOUT = 10
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+PAYMENTS = "https://payments.example.com"
+BATCH_KID = "batch-test-1"
+
+# client id -> (authentication method, access token format, ttl in seconds)
+CLIENTS = {
+    "gateway": ("client_secret_basic", "jwt", 300),
+    "portal": ("client_secret_post", "jwt", 120),
+    "batch": ("private_key_jwt", "opaque", 600),
+}
+
+
+def resource(kind, name, spec):
+    return {"apiVersion": "tokenmesh.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+
+
+def client_resource(client_id, scopes, audiences, introspection=False, jwks=None):
+    method, fmt, ttl = CLIENTS[client_id]
+    auth = {"jwks": jwks} if jwks else {"secretRef": {"name": client_id, "key": "client_secret"}}
+    return resource("OAuthClient", client_id, {
+        "clientId": client_id,
+        "grantTypes": ["client_credentials"],
+        "authentication": {"method": method, **auth},
+        "scopes": scopes,
+        "audiences": audiences,
+        "allowIntrospection": introspection,
+        "accessToken": {"format": fmt, "ttl": f"{ttl}s"},
+    })
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class TokenServer:
+    def __init__(self, root: Path, signing: str = "ES256"):
+        self.root = root
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = root / "server.log"
+        self.proc = None
+        self.secrets = {cid: secrets.token_urlsafe(32) for cid, (m, _, _) in CLIENTS.items() if m != "private_key_jwt"}
+        for cid, secret in self.secrets.items():
+            path = root / "secrets" / cid / "client_secret"
+            path.parent.mkdir(parents=True)
+            path.write_text(secret)
+            path.chmod(0o600)
+        self.batch_key = ec.generate_private_key(ec.SECP256R1())
+        batch_jwk = {**jwt.algorithms.ECAlgorithm.to_jwk(self.batch_key.public_key(), as_dict=True),
+                     "kid": BATCH_KID, "alg": "ES256", "use": "sig"}
+        docs = [
+            # The issuer here must lose against --issuer.
+            resource("TokenServer", "default", {"issuer": "http://config-issuer.invalid", "signing": {"algorithm": signing}}),
+            resource("Scope", "orders-read", {"name": "orders:read"}),
+            resource("Scope", "orders-write", {"name": "orders:write"}),
+            resource("Scope", "video-stream", {"prefix": "video_stream_", "ttl": "60s"}),
+            client_resource("gateway", ["orders:read", "video_stream_"], ["orders", PAYMENTS], introspection=True),
+            client_resource("portal", ["orders:read"], ["orders"]),
+            client_resource("batch", ["orders:read"], ["orders"], jwks={"keys": [batch_jwk]}),
+        ]
+        # JSON is YAML: one document per resource.
+        self.config = root / "tokenmesh.yaml"
+        self.config.write_text("\n---\n".join(json.dumps(doc, indent=2) for doc in docs) + "\n")
+
+    # ---------------------------------------------------------------- process
+
+    def start(self):
+        cmd = [str(SERVER_BIN), "--config", str(self.config), "--http-addr", f"127.0.0.1:{self.port}",
+               "--issuer", self.base, "--data-dir", str(self.root / "data"),
+               "--secrets-dir", str(self.root / "secrets")]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"token-server exited with {self.proc.returncode}:\n{self.log_tail()}", pytrace=False)
+            try:
+                if requests.get(f"{self.base}/readyz", timeout=1).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        self.stop(signal.SIGKILL)
+        pytest.fail(f"token-server not ready within {READY_TIMEOUT}s:\n{self.log_tail()}", pytrace=False)
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log_tail(self, lines=60):
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # ---------------------------------------------------------------- HTTP
+
+    @cached_property
+    def meta(self):
+        """The RFC 8414 metadata: every endpoint is found through it."""
+        resp = requests.get(f"{self.base}/.well-known/oauth-authorization-server", timeout=HTTP_TIMEOUT)
+        resp.raise_for_status()
+        return resp.json()
+
+    def assertion(self, key=None, **claims):
+        """An RFC 7523 client assertion for `batch`; a claim set to None is left out."""
+        now = int(time.time())
+        payload = {"iss": "batch", "sub": "batch", "aud": self.meta["token_endpoint"],
+                   "iat": now, "exp": now + 60, "jti": secrets.token_urlsafe(16), **claims}
+        payload = {k: v for k, v in payload.items() if v is not None}
+        return jwt.encode(payload, key or self.batch_key, algorithm="ES256", headers={"kid": BATCH_KID})
+
+    def post(self, endpoint, data, client=None, secret=None, headers=None):
+        """POST a form to a discovered endpoint, authenticated as `client` the way it is configured."""
+        data, auth = dict(data), None
+        method = CLIENTS.get(client, ("client_secret_basic",))[0]
+        if client is None:
+            pass
+        elif method == "private_key_jwt":
+            data.update(client_assertion_type=JWT_BEARER, client_assertion=self.assertion())
+        elif method == "client_secret_post":
+            data.update(client_id=client, client_secret=secret or self.secrets[client])
+        else:
+            auth = (client, secret or self.secrets.get(client, "not-a-client-secret"))
+        return requests.post(self.meta[endpoint], data=data, auth=auth, headers=headers, timeout=HTTP_TIMEOUT)
+
+    def introspect(self, token, client="gateway"):
+        resp = self.post("introspection_endpoint", {"token": token}, client)
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    def session(self, client):
+        """An authlib OAuth2Session that authenticates as `client` with its configured method."""
+        method = CLIENTS[client][0]
+        if method == "private_key_jwt":
+            pem = self.batch_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption())
+            credential = ECKey.import_key(pem)
+        else:
+            credential = self.secrets[client]
+        sess = OAuth2Session(client, credential, token_endpoint_auth_method=method,
+                             revocation_endpoint_auth_method=method, default_timeout=HTTP_TIMEOUT)
+        if method == "private_key_jwt":
+            sess.register_client_auth_method(
+                PrivateKeyJWT(self.meta["token_endpoint"], alg="ES256", headers={"kid": BATCH_KID}))
+        return sess
+
+    def fetch_token(self, client, **params):
+        params.setdefault("scope", "orders:read")
+        return self.session(client).fetch_token(self.meta["token_endpoint"], grant_type="client_credentials", **params)
+
+    def jwks(self):
+        resp = requests.get(self.meta["jwks_uri"], timeout=HTTP_TIMEOUT)
+        resp.raise_for_status()
+        return resp.json()
+
+    def verify(self, token, audience, algorithms=("ES256",), require=("exp", "iat", "nbf", "iss", "aud", "jti")):
+        """Check signature (key found by kid in the JWKS), iss, aud and times; return (header, claims)."""
+        key = jwt.PyJWKClient(self.meta["jwks_uri"], cache_jwk_set=False).get_signing_key_from_jwt(token)
+        claims = jwt.decode(token, key, algorithms=list(algorithms), audience=audience, issuer=self.base,
+                            options={"require": list(require)})
+        return jwt.get_unverified_header(token), claims
