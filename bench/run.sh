@@ -145,9 +145,11 @@ if want healthz || want opaque || want es256 || want eddsa; then
     client bench-eddsa '{format: jwt, algorithm: EdDSA, ttl: 300s}'
     client bench-opaque '{format: opaque, ttl: 300s}'
   } >"$tmp/cfg/bench.yaml"
+  extra=() # keep the gRPC listener off its fixed default port
+  "$bin" --help 2>/dev/null | grep -q -- --grpc-addr && extra=(--grpc-addr "127.0.0.1:$(free_port)")
   log "starting $bin on $iss (CPU $SCPU)"
   taskset -c "$SCPU" "$bin" --config "$tmp/cfg" --http-addr "127.0.0.1:$port" --issuer "$iss" \
-    --data-dir "$tmp/data" --secrets-dir "$tmp/secrets" >"$tmp/token-server.log" 2>&1 &
+    --data-dir "$tmp/data" --secrets-dir "$tmp/secrets" "${extra[@]}" >"$tmp/token-server.log" 2>&1 &
   pids+=($!)
   wait_ready "$iss/readyz" "$!" "$tmp/token-server.log"
   tok=$iss/oauth2/token

@@ -6,7 +6,9 @@ use std::time::Duration;
 pub const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h|d))+$";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("`{0}` is not a duration: write a number with a unit (ms, s, m, h, d), for example 300s, 5m or 1h30m")]
+#[error(
+    "`{0}` is not a duration: write a number with a unit (ms, s, m, h, d), for example 300s, 5m or 1h30m"
+)]
 pub struct DurationError(pub String);
 
 /// Parses `1h30m`, `300s`, `250ms`, `7d`. Zero is accepted; callers decide
@@ -25,7 +27,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         }
         let value: u64 = rest[..digits].parse().map_err(|_| err())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "ms" => Duration::from_millis(1),
             "s" => Duration::from_secs(1),

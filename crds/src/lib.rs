@@ -6,7 +6,7 @@
 mod duration;
 mod resources;
 
-pub use duration::{parse_duration, DurationError};
+pub use duration::{DurationError, parse_duration};
 pub use resources::*;
 
 /// The API group of every tokenmesh resource.

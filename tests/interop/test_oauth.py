@@ -99,10 +99,13 @@ def test_audience_and_resource_select_aud(server, params, expected):
 
 
 def test_prefix_scope_with_ttl(server):
-    _, claims = server.verify(issue(server, "jwt", scope="orders:read video_stream_movie123"), audience="orders")
+    access_token = issue(server, "jwt", scope="orders:read video_stream_movie123")
+    _, claims = server.verify(access_token, audience="orders")
     assert set(claims["scope"].split()) == {"orders:read", "video_stream_movie123"}
     assert set(claims["scope_exp"]) == {"video_stream_movie123"}, claims
     assert abs(claims["scope_exp"]["video_stream_movie123"] - (claims["iat"] + 60)) <= 1, claims
+    info = server.introspect(access_token)  # scope expiry is reported at introspection too
+    assert (info["scope"], info["scope_exp"]) == (claims["scope"], claims["scope_exp"]), info
 
 
 # ---------------------------------------------------------------- private_key_jwt and opaque tokens
@@ -277,25 +280,31 @@ def test_token_response_is_not_cached(server):
 # ---------------------------------------------------------------- other servers
 
 
-def test_eddsa_signed_tokens(make_server):
-    srv = make_server(signing="EdDSA")
-    header, claims = srv.verify(issue(srv, "jwt"), audience="orders", algorithms=["EdDSA"])
-    assert header["alg"] == "EdDSA" and header["typ"] in AT_JWT
+@pytest.mark.parametrize("alg, kty, crv", [("EdDSA", "OKP", "Ed25519"), ("RS256", "RSA", None), ("PS256", "RSA", None)])
+def test_server_signing_algorithm(make_server, alg, kty, crv):
+    srv = make_server(signing=alg)
+    access_token = issue(srv, "jwt")
+    assert jwt.get_unverified_header(access_token)["alg"] == alg, "signed with the TokenServer's algorithm"
+    header, claims = srv.verify(access_token, audience="orders", algorithms=[alg])
+    assert header["typ"] in AT_JWT
     key = next(k for k in srv.jwks()["keys"] if k["kid"] == header["kid"])
-    assert (key["kty"], key["crv"]) == ("OKP", "Ed25519") and "d" not in key, key
+    assert (key["kty"], key.get("crv")) == (kty, crv) and not PRIVATE_JWK_MEMBERS & set(key), key
     assert claims["client_id"] == "gateway"
 
 
 def test_state_survives_a_crash(make_server):
     srv = make_server()
-    kept, revoked, signed = issue(srv, "opaque"), issue(srv, "opaque"), issue(srv, "jwt")
-    resp = srv.session("batch").revoke_token(srv.meta["revocation_endpoint"], token=revoked)
-    assert resp.status_code == 200, resp.text
+    kept, signed = issue(srv, "opaque"), issue(srv, "jwt")
+    revoked = {"batch": issue(srv, "opaque"), "gateway": issue(srv, "jwt")}
+    for client, access_token in revoked.items():
+        resp = srv.session(client).revoke_token(srv.meta["revocation_endpoint"], token=access_token)
+        assert resp.status_code == 200, resp.text
 
     srv.stop(signal.SIGKILL)
     srv.start()
 
     assert srv.introspect(kept)["active"] is True
-    assert srv.introspect(revoked) == {"active": False}
-    srv.verify(signed, audience=["orders", PAYMENTS])  # the signing key survived too
     assert srv.introspect(signed)["active"] is True
+    srv.verify(signed, audience="orders")  # the signing key survived too
+    for access_token in revoked.values():
+        assert srv.introspect(access_token) == {"active": False}

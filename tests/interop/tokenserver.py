@@ -68,7 +68,7 @@ def free_port():
 class TokenServer:
     def __init__(self, root: Path, signing: str = "ES256"):
         self.root = root
-        self.port = free_port()
+        self.port, self.grpc_port = free_port(), free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = root / "server.log"
         self.proc = None
@@ -99,10 +99,12 @@ class TokenServer:
 
     def start(self):
         cmd = [str(SERVER_BIN), "--config", str(self.config), "--http-addr", f"127.0.0.1:{self.port}",
-               "--issuer", self.base, "--data-dir", str(self.root / "data"),
-               "--secrets-dir", str(self.root / "secrets")]
+               "--grpc-addr", f"127.0.0.1:{self.grpc_port}", "--issuer", self.base,
+               "--data-dir", str(self.root / "data"), "--secrets-dir", str(self.root / "secrets")]
+        # Flags only: no TOKENMESH_* setting of the caller's environment reaches the server.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMESH_")} | {"NO_COLOR": "1"}
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

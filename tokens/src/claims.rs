@@ -128,8 +128,14 @@ mod tests {
     #[test]
     fn expiring_scope_leaves_at_its_time() {
         let c = claims();
-        assert_eq!(c.scopes_at(159), (vec!["orders:read", "video_stream_1"], vec![]));
-        assert_eq!(c.scopes_at(160), (vec!["orders:read"], vec!["video_stream_1"]));
+        assert_eq!(
+            c.scopes_at(159),
+            (vec!["orders:read", "video_stream_1"], vec![])
+        );
+        assert_eq!(
+            c.scopes_at(160),
+            (vec!["orders:read"], vec!["video_stream_1"])
+        );
     }
 
     #[test]
@@ -138,13 +144,24 @@ mod tests {
         assert_eq!(json["aud"], "orders");
         assert!(json.get("act").is_none());
         let many = Audience::from_vec(vec!["a".into(), "b".into()]);
-        assert_eq!(serde_json::to_value(many).unwrap(), serde_json::json!(["a", "b"]));
+        assert_eq!(
+            serde_json::to_value(many).unwrap(),
+            serde_json::json!(["a", "b"])
+        );
     }
 
     #[test]
     fn actor_depth_counts_the_chain() {
-        let inner = Actor { sub: "a".into(), client_id: None, act: None };
-        let outer = Actor { sub: "b".into(), client_id: None, act: Some(Box::new(inner)) };
+        let inner = Actor {
+            sub: "a".into(),
+            client_id: None,
+            act: None,
+        };
+        let outer = Actor {
+            sub: "b".into(),
+            client_id: None,
+            act: Some(Box::new(inner)),
+        };
         assert_eq!(outer.depth(), 2);
     }
 }

@@ -5,7 +5,7 @@
 //! token endpoint at a few hundred requests per second for no gain.
 
 use aws_lc_rs::digest;
-use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use subtle::ConstantTimeEq;
 
 /// Random bytes in a generated secret or opaque token (256 bits).

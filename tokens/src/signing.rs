@@ -8,7 +8,7 @@ use aws_lc_rs::{
     rsa::KeySize,
     signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, RsaKeyPair},
 };
-use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::Algorithm;
 use serde::Serialize;
 
@@ -93,7 +93,12 @@ impl SigningKey {
                 .map_err(|_| SigningError::BadKey("RSA"))?,
             other => return Err(SigningError::Unsupported(format!("{other:?}"))),
         };
-        Ok(Self { kid, alg, pair, pkcs8 })
+        Ok(Self {
+            kid,
+            alg,
+            pair,
+            pkcs8,
+        })
     }
 
     /// Which algorithm a PKCS#8 key suits: ES256 for P-256, EdDSA for
@@ -124,7 +129,11 @@ impl SigningKey {
     }
 
     /// Signs `claims` as a compact JWS with header `typ`.
-    pub fn sign_jwt<T: Serialize + ?Sized>(&self, typ: &str, claims: &T) -> Result<String, SigningError> {
+    pub fn sign_jwt<T: Serialize + ?Sized>(
+        &self,
+        typ: &str,
+        claims: &T,
+    ) -> Result<String, SigningError> {
         let header = serde_json::to_vec(&Header {
             alg: self.alg,
             typ,

@@ -5,7 +5,7 @@
 //! carry is refused, which closes algorithm confusion. Registered claims are
 //! checked here against an injected clock.
 
-use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde_json::{Map, Value};
 
 use crate::jwk::{Jwk, JwkSet};
@@ -63,37 +63,55 @@ impl VerifyingKey {
     pub fn from_jwk(jwk: &Jwk) -> Result<Self, VerifyError> {
         let key_err = |what: &str| VerifyError::Key(what.to_owned());
         let member = |value: &Option<String>, name: &str| {
-            value.clone().ok_or_else(|| key_err(&format!("{} key without {name}", jwk.kty)))
+            value
+                .clone()
+                .ok_or_else(|| key_err(&format!("{} key without {name}", jwk.kty)))
         };
-        let (key, by_type): (DecodingKey, Vec<Algorithm>) = match (jwk.kty.as_str(), jwk.crv.as_deref()) {
-            ("EC", Some(crv @ ("P-256" | "P-384"))) => (
-                DecodingKey::from_ec_components(&member(&jwk.x, "x")?, &member(&jwk.y, "y")?)
-                    .map_err(|e| key_err(&e.to_string()))?,
-                vec![if crv == "P-256" { Algorithm::ES256 } else { Algorithm::ES384 }],
-            ),
-            ("OKP", Some("Ed25519")) => (
-                DecodingKey::from_ed_components(&member(&jwk.x, "x")?).map_err(|e| key_err(&e.to_string()))?,
-                vec![Algorithm::EdDSA],
-            ),
-            ("RSA", _) => (
-                DecodingKey::from_rsa_components(&member(&jwk.n, "n")?, &member(&jwk.e, "e")?)
-                    .map_err(|e| key_err(&e.to_string()))?,
-                vec![
-                    Algorithm::RS256,
-                    Algorithm::PS256,
-                    Algorithm::RS384,
-                    Algorithm::PS384,
-                    Algorithm::RS512,
-                    Algorithm::PS512,
-                ],
-            ),
-            (kty, crv) => return Err(key_err(&format!("unsupported key type {kty} {}", crv.unwrap_or("")))),
-        };
+        let (key, by_type): (DecodingKey, Vec<Algorithm>) =
+            match (jwk.kty.as_str(), jwk.crv.as_deref()) {
+                ("EC", Some(crv @ ("P-256" | "P-384"))) => (
+                    DecodingKey::from_ec_components(&member(&jwk.x, "x")?, &member(&jwk.y, "y")?)
+                        .map_err(|e| key_err(&e.to_string()))?,
+                    vec![if crv == "P-256" {
+                        Algorithm::ES256
+                    } else {
+                        Algorithm::ES384
+                    }],
+                ),
+                ("OKP", Some("Ed25519")) => (
+                    DecodingKey::from_ed_components(&member(&jwk.x, "x")?)
+                        .map_err(|e| key_err(&e.to_string()))?,
+                    vec![Algorithm::EdDSA],
+                ),
+                ("RSA", _) => (
+                    DecodingKey::from_rsa_components(&member(&jwk.n, "n")?, &member(&jwk.e, "e")?)
+                        .map_err(|e| key_err(&e.to_string()))?,
+                    vec![
+                        Algorithm::RS256,
+                        Algorithm::PS256,
+                        Algorithm::RS384,
+                        Algorithm::PS384,
+                        Algorithm::RS512,
+                        Algorithm::PS512,
+                    ],
+                ),
+                (kty, crv) => {
+                    return Err(key_err(&format!(
+                        "unsupported key type {kty} {}",
+                        crv.unwrap_or("")
+                    )));
+                }
+            };
         let algorithms = match &jwk.alg {
             Some(alg) => {
-                let alg: Algorithm = alg.parse().map_err(|_| key_err(&format!("unknown alg {alg}")))?;
+                let alg: Algorithm = alg
+                    .parse()
+                    .map_err(|_| key_err(&format!("unknown alg {alg}")))?;
                 if !by_type.contains(&alg) {
-                    return Err(key_err(&format!("alg {alg:?} does not fit a {} key", jwk.kty)));
+                    return Err(key_err(&format!(
+                        "alg {alg:?} does not fit a {} key",
+                        jwk.kty
+                    )));
                 }
                 vec![alg]
             }
@@ -102,7 +120,11 @@ impl VerifyingKey {
         if jwk.key_use.as_deref().is_some_and(|u| u != "sig") {
             return Err(key_err("key is not for signatures (use != sig)"));
         }
-        Ok(Self { kid: jwk.kid.clone(), algorithms, key })
+        Ok(Self {
+            kid: jwk.kid.clone(),
+            algorithms,
+            key,
+        })
     }
 }
 
@@ -158,7 +180,11 @@ pub struct Expected<'a> {
 }
 
 /// Verifies `token` and returns its claims.
-pub fn verify(token: &str, keys: &KeySet, expected: &Expected<'_>) -> Result<Map<String, Value>, VerifyError> {
+pub fn verify(
+    token: &str,
+    keys: &KeySet,
+    expected: &Expected<'_>,
+) -> Result<Map<String, Value>, VerifyError> {
     if token.len() > MAX_JWT_LEN {
         return Err(VerifyError::TooLarge);
     }
@@ -166,7 +192,10 @@ pub fn verify(token: &str, keys: &KeySet, expected: &Expected<'_>) -> Result<Map
         jsonwebtoken::errors::ErrorKind::Json(_) => VerifyError::Algorithm("(unknown)".into()),
         _ => VerifyError::Malformed,
     })?;
-    if matches!(header.alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+    if matches!(
+        header.alg,
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+    ) {
         return Err(VerifyError::Algorithm(format!("{:?}", header.alg)));
     }
     if let Some(typ) = expected.typ
@@ -233,10 +262,15 @@ fn numeric(claims: &Map<String, Value>, name: &'static str) -> Result<Option<u64
     }
 }
 
-fn check_registered_claims(claims: &Map<String, Value>, expected: &Expected<'_>) -> Result<(), VerifyError> {
+fn check_registered_claims(
+    claims: &Map<String, Value>,
+    expected: &Expected<'_>,
+) -> Result<(), VerifyError> {
     let now = expected.now;
     match numeric(claims, "exp")? {
-        Some(exp) if now >= exp.saturating_add(expected.leeway) => return Err(VerifyError::Expired),
+        Some(exp) if now >= exp.saturating_add(expected.leeway) => {
+            return Err(VerifyError::Expired);
+        }
         None if expected.require_exp => return Err(VerifyError::Claim("exp")),
         _ => {}
     }
@@ -246,7 +280,10 @@ fn check_registered_claims(claims: &Map<String, Value>, expected: &Expected<'_>)
         return Err(VerifyError::NotYetValid);
     }
     if !expected.issuers.is_empty() {
-        let iss = claims.get("iss").and_then(Value::as_str).ok_or(VerifyError::Issuer)?;
+        let iss = claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .ok_or(VerifyError::Issuer)?;
         if !expected.issuers.contains(&iss) {
             return Err(VerifyError::Issuer);
         }
@@ -269,7 +306,7 @@ fn check_registered_claims(claims: &Map<String, Value>, expected: &Expected<'_>)
 mod tests {
     use super::*;
     use crate::signing::SigningKey;
-    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
     use serde_json::json;
 
     const NOW: u64 = 1_000_000;
@@ -295,13 +332,25 @@ mod tests {
 
     #[test]
     fn every_algorithm_signs_and_verifies() {
-        for alg in [Algorithm::ES256, Algorithm::EdDSA, Algorithm::RS256, Algorithm::PS256] {
+        for alg in [
+            Algorithm::ES256,
+            Algorithm::EdDSA,
+            Algorithm::RS256,
+            Algorithm::PS256,
+        ] {
             let key = SigningKey::generate("k1".into(), alg).unwrap();
             let jwt = key.sign_jwt("at+jwt", &claims()).unwrap();
             let got = verify(&jwt, &keyset(&key), &expected()).unwrap();
             assert_eq!(got["sub"], "s", "{alg:?}");
             let reparsed = SigningKey::from_pkcs8("k1".into(), alg, key.pkcs8().to_vec()).unwrap();
-            assert!(verify(&reparsed.sign_jwt("at+jwt", &claims()).unwrap(), &keyset(&key), &expected()).is_ok());
+            assert!(
+                verify(
+                    &reparsed.sign_jwt("at+jwt", &claims()).unwrap(),
+                    &keyset(&key),
+                    &expected()
+                )
+                .is_ok()
+            );
         }
     }
 
@@ -323,19 +372,33 @@ mod tests {
         assert_eq!(with(json!({"exp": NOW - 10})), Err(VerifyError::Expired));
         assert!(with(json!({"exp": NOW - 2})).is_ok(), "leeway");
         assert_eq!(with(json!({"exp": null})), Err(VerifyError::Claim("exp")));
-        assert_eq!(with(json!({"nbf": NOW + 60})), Err(VerifyError::NotYetValid));
-        assert_eq!(with(json!({"iss": "https://evil"})), Err(VerifyError::Issuer));
+        assert_eq!(
+            with(json!({"nbf": NOW + 60})),
+            Err(VerifyError::NotYetValid)
+        );
+        assert_eq!(
+            with(json!({"iss": "https://evil"})),
+            Err(VerifyError::Issuer)
+        );
         assert_eq!(with(json!({"aud": "payments"})), Err(VerifyError::Audience));
         assert_eq!(with(json!({"exp": "soon"})), Err(VerifyError::Claim("exp")));
         let wrong_typ = key.sign_jwt("JWT", &claims()).unwrap();
-        assert_eq!(verify(&wrong_typ, &keys, &expected()), Err(VerifyError::Type("at+jwt".into())));
+        assert_eq!(
+            verify(&wrong_typ, &keys, &expected()),
+            Err(VerifyError::Type("at+jwt".into()))
+        );
         let long_typ = key.sign_jwt("application/AT+JWT", &claims()).unwrap();
         assert!(verify(&long_typ, &keys, &expected()).is_ok());
     }
 
     fn forge(header: Value, body: &Value, sig: &[u8]) -> String {
         let b = |v: &[u8]| URL_SAFE_NO_PAD.encode(v);
-        format!("{}.{}.{}", b(header.to_string().as_bytes()), b(body.to_string().as_bytes()), b(sig))
+        format!(
+            "{}.{}.{}",
+            b(header.to_string().as_bytes()),
+            b(body.to_string().as_bytes()),
+            b(sig)
+        )
     }
 
     #[test]
@@ -343,22 +406,51 @@ mod tests {
         let key = SigningKey::generate("k1".into(), Algorithm::ES256).unwrap();
         let keys = keyset(&key);
         let none = forge(json!({"alg": "none", "typ": "at+jwt"}), &claims(), b"");
-        assert!(matches!(verify(&none, &keys, &expected()), Err(VerifyError::Algorithm(_) | VerifyError::Malformed)));
+        assert!(matches!(
+            verify(&none, &keys, &expected()),
+            Err(VerifyError::Algorithm(_) | VerifyError::Malformed)
+        ));
         // HS256 keyed with the public key: the classic confusion attack.
-        let hs = forge(json!({"alg": "HS256", "typ": "at+jwt", "kid": "k1"}), &claims(), b"mac");
-        assert_eq!(verify(&hs, &keys, &expected()), Err(VerifyError::Algorithm("HS256".into())));
+        let hs = forge(
+            json!({"alg": "HS256", "typ": "at+jwt", "kid": "k1"}),
+            &claims(),
+            b"mac",
+        );
+        assert_eq!(
+            verify(&hs, &keys, &expected()),
+            Err(VerifyError::Algorithm("HS256".into()))
+        );
         // An algorithm the key does not carry.
-        let rs = forge(json!({"alg": "RS256", "typ": "at+jwt", "kid": "k1"}), &claims(), b"sig");
-        assert_eq!(verify(&rs, &keys, &expected()), Err(VerifyError::UnknownKey));
+        let rs = forge(
+            json!({"alg": "RS256", "typ": "at+jwt", "kid": "k1"}),
+            &claims(),
+            b"sig",
+        );
+        assert_eq!(
+            verify(&rs, &keys, &expected()),
+            Err(VerifyError::UnknownKey)
+        );
         let unknown_kid = SigningKey::generate("k2".into(), Algorithm::ES256).unwrap();
         let jwt = unknown_kid.sign_jwt("at+jwt", &claims()).unwrap();
-        assert_eq!(verify(&jwt, &keys, &expected()), Err(VerifyError::UnknownKey));
+        assert_eq!(
+            verify(&jwt, &keys, &expected()),
+            Err(VerifyError::UnknownKey)
+        );
         // Same kid, other key: the signature fails.
         let impostor = SigningKey::generate("k1".into(), Algorithm::ES256).unwrap();
         let jwt = impostor.sign_jwt("at+jwt", &claims()).unwrap();
-        assert_eq!(verify(&jwt, &keys, &expected()), Err(VerifyError::Signature));
-        assert_eq!(verify("a.b", &keys, &expected()), Err(VerifyError::Malformed));
-        assert_eq!(verify(&"a".repeat(MAX_JWT_LEN + 1), &keys, &expected()), Err(VerifyError::TooLarge));
+        assert_eq!(
+            verify(&jwt, &keys, &expected()),
+            Err(VerifyError::Signature)
+        );
+        assert_eq!(
+            verify("a.b", &keys, &expected()),
+            Err(VerifyError::Malformed)
+        );
+        assert_eq!(
+            verify(&"a".repeat(MAX_JWT_LEN + 1), &keys, &expected()),
+            Err(VerifyError::TooLarge)
+        );
     }
 
     #[test]

@@ -1,0 +1,82 @@
+//! Command-line flags; each is also a `TOKENMESH_*` environment variable.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Parser, ValueEnum};
+
+/// The tokenmesh OAuth 2.0 authorization server.
+///
+/// Reads tokenmesh resources (TokenServer, OAuthClient, Scope,
+/// ExchangePolicy) from YAML files, keeps signing keys, opaque tokens and
+/// revocations in an embedded store under --data-dir, and serves the OAuth
+/// endpoints over HTTP(S). Every endpoint is listed at
+/// /.well-known/oauth-authorization-server.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "token-server", version)]
+pub struct Args {
+    /// A YAML file or a folder of YAML files (*.yaml, *.yml) holding
+    /// resources; repeat for several. Multi-document files are read whole.
+    #[arg(
+        long = "config",
+        env = "TOKENMESH_CONFIG",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub config: Vec<PathBuf>,
+
+    /// Address of the OAuth HTTP endpoints. Plain HTTP is only allowed on a
+    /// loopback address unless --tls-cert/--tls-key or --insecure-http.
+    #[arg(long, env = "TOKENMESH_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Address of the gRPC API for sidecars and the operator.
+    #[arg(long, env = "TOKENMESH_GRPC_ADDR", default_value = "127.0.0.1:8081")]
+    pub grpc_addr: SocketAddr,
+
+    /// Where the embedded store keeps keys, opaque tokens and revocations.
+    #[arg(long, env = "TOKENMESH_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Where `secretRef: {name, key}` resolves, as the file <dir>/<name>/<key>
+    /// (the layout of a mounted Kubernetes Secret). Default: `secrets/`
+    /// beside the first --config.
+    #[arg(long, env = "TOKENMESH_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
+
+    /// The issuer URL (`iss`); overrides TokenServer.spec.issuer. Default:
+    /// http(s)://<http-addr>.
+    #[arg(long, env = "TOKENMESH_ISSUER")]
+    pub issuer: Option<String>,
+
+    /// PEM certificate chain: serve HTTPS (and gRPC over TLS) with rustls.
+    #[arg(long, env = "TOKENMESH_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TOKENMESH_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Allow plain HTTP on a non-loopback address (development only: tokens
+    /// and secrets then cross the network in clear).
+    #[arg(long, env = "TOKENMESH_INSECURE_HTTP")]
+    pub insecure_http: bool,
+
+    /// Log format.
+    #[arg(long, env = "TOKENMESH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing `EnvFilter` syntax, for example `info` or
+    /// `token_server=debug`).
+    #[arg(long, env = "TOKENMESH_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Check the configuration, print what it holds, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}

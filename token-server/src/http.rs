@@ -1,0 +1,143 @@
+//! The HTTP router and server (plain on loopback, else rustls).
+
+use std::{future::Future, net::SocketAddr, path::Path, sync::Arc, time::Instant};
+
+use axum::{
+    Router,
+    extract::{MatchedPath, Request, State},
+    http::{HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+
+use crate::{
+    keys::jose_algorithm,
+    metrics::{EndpointLabels, HttpLabels},
+    oauth,
+    state::{AppState, INTROSPECTION_PATH, JWKS_PATH, REVOCATION_PATH, TOKEN_PATH},
+};
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(oauth::metadata),
+        )
+        .route("/.well-known/openid-configuration", get(oauth::metadata))
+        .route(JWKS_PATH, get(oauth::jwks))
+        .route(TOKEN_PATH, post(oauth::token))
+        .route(INTROSPECTION_PATH, post(oauth::introspect))
+        .route(REVOCATION_PATH, post(oauth::revoke))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready when the store answers and the default algorithm has a signing key.
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let alg = jose_algorithm(state.registry.load().server.algorithm);
+    if state.keys.snapshot().signer(alg).is_none() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no signing key").into_response();
+    }
+    match state.store.ping().await {
+        Ok(()) => "ready".into_response(),
+        Err(err) => {
+            tracing::warn!(error = %err, "not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable").into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let mut response = state.metrics.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+/// Counts and times every request by route.
+async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    state
+        .metrics
+        .latency
+        .get_or_create(&EndpointLabels {
+            endpoint: endpoint.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .requests
+        .get_or_create(&HttpLabels { endpoint, status })
+        .inc();
+    response
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("HTTP server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves `app` until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve(
+    app: Router,
+    listener: std::net::TcpListener,
+    tls: Option<(&Path, &Path)>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    match tls {
+        None => {
+            listener.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await?;
+        }
+        Some((cert, key)) => {
+            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .map_err(|e| {
+                    ServeError::Tls(format!(
+                        "cannot load {} / {}: {e}",
+                        cert.display(),
+                        key.display()
+                    ))
+                })?;
+            let handle = axum_server::Handle::new();
+            let drain = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                drain.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+            });
+            axum_server::from_tcp_rustls(listener, config)?
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,387 @@
+//! Signing keys: one signing key per algorithm in use, the next one already
+//! published, retired ones published until every token they signed expired.
+
+use std::{collections::HashMap, sync::Arc};
+
+use arc_swap::ArcSwap;
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use rustls_pki_types::{PrivatePkcs8KeyDer, pem::PemObject};
+use tokenmesh_crds::SigningAlgorithm;
+use tokenmesh_tokens::{
+    Algorithm,
+    jwk::JwkSet,
+    secret::{SecretHash, random_id},
+    signing::SigningKey,
+    verify::{KeySet, VerifyingKey},
+};
+
+use crate::{
+    registry::ServerSettings,
+    store::{Store, StoreError, StoredKey},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("signing key {kid}: {message}")]
+    Key { kid: String, message: String },
+    #[error("key file {path}: {message}")]
+    File { path: String, message: String },
+}
+
+pub fn jose_algorithm(alg: SigningAlgorithm) -> Algorithm {
+    match alg {
+        SigningAlgorithm::ES256 => Algorithm::ES256,
+        SigningAlgorithm::RS256 => Algorithm::RS256,
+        SigningAlgorithm::PS256 => Algorithm::PS256,
+        SigningAlgorithm::EdDSA => Algorithm::EdDSA,
+    }
+}
+
+/// What the ring serves between two maintenance runs.
+pub struct KeySnapshot {
+    signers: HashMap<Algorithm, Arc<SigningKey>>,
+    /// The JWKS document, serialised once.
+    pub jwks_json: Arc<str>,
+    /// Every published key, for verifying this server's own tokens.
+    pub verify: KeySet,
+}
+
+impl KeySnapshot {
+    pub fn signer(&self, alg: Algorithm) -> Option<&Arc<SigningKey>> {
+        self.signers.get(&alg)
+    }
+}
+
+pub struct KeyRing {
+    current: ArcSwap<KeySnapshot>,
+}
+
+/// What maintenance should change, decided from the stored keys alone.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// (algorithm, activates_at) of keys to create.
+    pub create: Vec<(SigningAlgorithm, u64)>,
+    /// (kid, retires_at, publish_until) of keys to retire.
+    pub retire: Vec<(String, u64, u64)>,
+    pub delete: Vec<String>,
+}
+
+/// Decides rotation at `now`. For each algorithm: a signing key and a
+/// published successor; a successor whose time came takes over and the keys
+/// before it retire, staying published for `max_ttl` more.
+pub fn plan(
+    keys: &[StoredKey],
+    now: u64,
+    algorithms: &[SigningAlgorithm],
+    period: u64,
+    max_ttl: u64,
+) -> Plan {
+    let mut plan = Plan::default();
+    for key in keys {
+        if key.publish_until.is_some_and(|until| until <= now) {
+            plan.delete.push(key.kid.clone());
+        }
+    }
+    let leeway = 60;
+    for alg in algorithms {
+        let mut live: Vec<&StoredKey> = keys
+            .iter()
+            .filter(|k| k.alg == alg.as_str() && k.retires_at.is_none_or(|r| r > now))
+            .collect();
+        live.sort_by_key(|k| k.activates_at);
+        let active: Vec<&&StoredKey> = live.iter().filter(|k| k.activates_at <= now).collect();
+        match active.last() {
+            None => {
+                // First key of this algorithm: it signs at once (nothing to overlap with).
+                plan.create.push((*alg, now));
+                plan.create.push((*alg, now.saturating_add(period)));
+            }
+            Some(newest) => {
+                for older in &active[..active.len() - 1] {
+                    plan.retire.push((
+                        older.kid.clone(),
+                        now,
+                        now.saturating_add(max_ttl + leeway),
+                    ));
+                }
+                if !live.iter().any(|k| k.activates_at > now) {
+                    plan.create.push((
+                        *alg,
+                        newest.activates_at.saturating_add(period).max(now + 1),
+                    ));
+                }
+            }
+        }
+    }
+    plan
+}
+
+impl KeyRing {
+    /// Loads keys from PEM files (no rotation) or from the store, rotating as
+    /// needed, and builds the first snapshot.
+    pub async fn start(
+        store: &dyn Store,
+        settings: &ServerSettings,
+        algorithms: &[SigningAlgorithm],
+        now: u64,
+    ) -> Result<Self, KeyError> {
+        let snapshot = if settings.key_files.is_empty() {
+            maintain(store, settings, algorithms, now).await?
+        } else {
+            from_files(settings)?
+        };
+        Ok(Self {
+            current: ArcSwap::from_pointee(snapshot),
+        })
+    }
+
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<KeySnapshot>> {
+        self.current.load()
+    }
+
+    /// Runs rotation and swaps in the new snapshot (no-op with key files).
+    pub async fn refresh(
+        &self,
+        store: &dyn Store,
+        settings: &ServerSettings,
+        algorithms: &[SigningAlgorithm],
+        now: u64,
+    ) -> Result<(), KeyError> {
+        if settings.key_files.is_empty() {
+            self.current
+                .store(Arc::new(maintain(store, settings, algorithms, now).await?));
+        }
+        Ok(())
+    }
+}
+
+async fn maintain(
+    store: &dyn Store,
+    settings: &ServerSettings,
+    algorithms: &[SigningAlgorithm],
+    now: u64,
+) -> Result<KeySnapshot, KeyError> {
+    let mut keys = store.signing_keys().await?;
+    let plan = plan(
+        &keys,
+        now,
+        algorithms,
+        settings.rotation_period.as_secs(),
+        settings.max_ttl.as_secs(),
+    );
+    for kid in &plan.delete {
+        store.delete_signing_key(kid).await?;
+        tracing::info!(%kid, "signing key unpublished");
+    }
+    keys.retain(|k| !plan.delete.contains(&k.kid));
+    for (kid, retires_at, publish_until) in &plan.retire {
+        if let Some(key) = keys.iter_mut().find(|k| &k.kid == kid) {
+            key.retires_at = Some(*retires_at);
+            key.publish_until = Some(*publish_until);
+            store.save_signing_key(key).await?;
+            tracing::info!(%kid, publish_until, "signing key retired");
+        }
+    }
+    for (alg, activates_at) in &plan.create {
+        let kid = random_id().map_err(|_| KeyError::Key {
+            kid: String::new(),
+            message: "no randomness".into(),
+        })?;
+        let key =
+            SigningKey::generate(kid.clone(), jose_algorithm(*alg)).map_err(|e| KeyError::Key {
+                kid: kid.clone(),
+                message: e.to_string(),
+            })?;
+        let stored = StoredKey {
+            kid: kid.clone(),
+            alg: alg.as_str().to_owned(),
+            pkcs8: key.pkcs8().to_vec(),
+            created_at: now,
+            activates_at: *activates_at,
+            retires_at: None,
+            publish_until: None,
+        };
+        store.save_signing_key(&stored).await?;
+        tracing::info!(%kid, alg = alg.as_str(), activates_at, "signing key created");
+        keys.push(stored);
+    }
+    snapshot(&keys, now)
+}
+
+fn parse_alg(name: &str) -> Option<SigningAlgorithm> {
+    SigningAlgorithm::ALL
+        .into_iter()
+        .find(|a| a.as_str() == name)
+}
+
+fn snapshot(keys: &[StoredKey], now: u64) -> Result<KeySnapshot, KeyError> {
+    let mut signers: HashMap<Algorithm, (u64, Arc<SigningKey>)> = HashMap::new();
+    let mut published = Vec::new();
+    for stored in keys {
+        let alg = parse_alg(&stored.alg).ok_or_else(|| KeyError::Key {
+            kid: stored.kid.clone(),
+            message: format!("unknown algorithm {}", stored.alg),
+        })?;
+        let key = SigningKey::from_pkcs8(
+            stored.kid.clone(),
+            jose_algorithm(alg),
+            stored.pkcs8.clone(),
+        )
+        .map_err(|e| KeyError::Key {
+            kid: stored.kid.clone(),
+            message: e.to_string(),
+        })?;
+        let key = Arc::new(key);
+        let signs = stored.activates_at <= now && stored.retires_at.is_none_or(|r| r > now);
+        if signs {
+            let entry = signers
+                .entry(jose_algorithm(alg))
+                .or_insert((stored.activates_at, key.clone()));
+            if stored.activates_at >= entry.0 {
+                *entry = (stored.activates_at, key.clone());
+            }
+        }
+        published.push(key);
+    }
+    build(
+        signers
+            .into_iter()
+            .map(|(alg, (_, key))| (alg, key))
+            .collect(),
+        &published,
+    )
+}
+
+fn build(
+    signers: HashMap<Algorithm, Arc<SigningKey>>,
+    published: &[Arc<SigningKey>],
+) -> Result<KeySnapshot, KeyError> {
+    let jwks = JwkSet {
+        keys: published.iter().map(|k| k.public_jwk()).collect(),
+    };
+    let mut verifying = Vec::new();
+    for (key, jwk) in published.iter().zip(&jwks.keys) {
+        verifying.push(VerifyingKey::from_jwk(jwk).map_err(|e| KeyError::Key {
+            kid: key.kid().to_owned(),
+            message: e.to_string(),
+        })?);
+    }
+    let jwks_json = serde_json::to_string(&jwks).map_err(|e| KeyError::Key {
+        kid: String::new(),
+        message: e.to_string(),
+    })?;
+    Ok(KeySnapshot {
+        signers,
+        jwks_json: jwks_json.into(),
+        verify: KeySet::new(verifying),
+    })
+}
+
+fn from_files(settings: &ServerSettings) -> Result<KeySnapshot, KeyError> {
+    let mut published = Vec::new();
+    for path in &settings.key_files {
+        let fail = |message: String| KeyError::File {
+            path: path.display().to_string(),
+            message,
+        };
+        let der = PrivatePkcs8KeyDer::from_pem_file(path)
+            .map_err(|e| fail(format!("not a PKCS#8 PEM private key: {e}")))?;
+        let der = der.secret_pkcs8_der().to_vec();
+        let detected = SigningKey::detect_algorithm(&der)
+            .ok_or_else(|| fail("not a P-256, Ed25519 or RSA key".into()))?;
+        let alg = match (detected, jose_algorithm(settings.algorithm)) {
+            (Algorithm::RS256, Algorithm::PS256) => Algorithm::PS256,
+            (detected, _) => detected,
+        };
+        // A stable kid from the key itself, so restarts publish the same JWKS.
+        let digest = SecretHash::of(&der);
+        let kid = URL_SAFE_NO_PAD.encode(&digest.as_bytes()[..12]);
+        published.push(Arc::new(
+            SigningKey::from_pkcs8(kid, alg, der).map_err(|e| fail(e.to_string()))?,
+        ));
+    }
+    let mut signers = HashMap::new();
+    for key in &published {
+        signers
+            .entry(key.algorithm())
+            .or_insert_with(|| key.clone());
+    }
+    build(signers, &published)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use SigningAlgorithm::{ES256, EdDSA};
+
+    fn key(kid: &str, alg: SigningAlgorithm, activates_at: u64) -> StoredKey {
+        StoredKey {
+            kid: kid.into(),
+            alg: alg.as_str().into(),
+            pkcs8: vec![],
+            created_at: 0,
+            activates_at,
+            retires_at: None,
+            publish_until: None,
+        }
+    }
+
+    #[test]
+    fn first_start_creates_a_signer_and_its_successor() {
+        let p = plan(&[], 1000, &[ES256, EdDSA], 100, 50);
+        assert_eq!(
+            p.create,
+            vec![(ES256, 1000), (ES256, 1100), (EdDSA, 1000), (EdDSA, 1100)]
+        );
+    }
+
+    #[test]
+    fn successor_is_published_before_it_signs() {
+        let keys = [key("a", ES256, 1000), key("b", ES256, 1100)];
+        assert_eq!(plan(&keys, 1050, &[ES256], 100, 50), Plan::default());
+    }
+
+    #[test]
+    fn rotation_retires_the_old_key_and_keeps_it_published() {
+        let keys = [key("a", ES256, 1000), key("b", ES256, 1100)];
+        let p = plan(&keys, 1100, &[ES256], 100, 50);
+        assert_eq!(p.retire, vec![("a".into(), 1100, 1100 + 50 + 60)]);
+        assert_eq!(p.create, vec![(ES256, 1200)]);
+        let mut retired = key("a", ES256, 1000);
+        retired.retires_at = Some(1100);
+        retired.publish_until = Some(1210);
+        assert!(
+            plan(&[retired.clone()], 1209, &[], 100, 50)
+                .delete
+                .is_empty()
+        );
+        assert_eq!(
+            plan(&[retired], 1210, &[], 100, 50).delete,
+            vec!["a".to_string()]
+        );
+    }
+
+    #[test]
+    fn snapshot_signs_with_the_newest_active_key_and_publishes_all() {
+        let generated = |kid: &str, at: u64| {
+            let k = SigningKey::generate(kid.into(), Algorithm::ES256).unwrap();
+            StoredKey {
+                pkcs8: k.pkcs8().to_vec(),
+                ..key(kid, ES256, at)
+            }
+        };
+        let keys = [
+            generated("old", 10),
+            generated("cur", 20),
+            generated("next", 30),
+        ];
+        let snap = snapshot(&keys, 25).unwrap();
+        assert_eq!(snap.signer(Algorithm::ES256).unwrap().kid(), "cur");
+        for kid in ["old", "cur", "next"] {
+            assert!(snap.jwks_json.contains(kid));
+            assert!(snap.verify.contains_kid(kid));
+        }
+    }
+}

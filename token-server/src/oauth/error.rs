@@ -1,0 +1,111 @@
+//! OAuth errors (RFC 6749 §5.2 and the RFCs that add codes), mapped once to HTTP.
+
+use std::borrow::Cow;
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+use crate::store::StoreError;
+
+type Text = Cow<'static, str>;
+
+/// An error a client is told about. The description helps the caller and
+/// never carries a token, a secret or an internal detail.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OAuthError {
+    #[error("invalid_request")]
+    InvalidRequest(Text),
+    #[error("invalid_client")]
+    InvalidClient(Text),
+    #[error("invalid_grant")]
+    InvalidGrant(Text),
+    #[error("unauthorized_client")]
+    UnauthorizedClient(Text),
+    #[error("unsupported_grant_type")]
+    UnsupportedGrantType(Text),
+    #[error("invalid_scope")]
+    InvalidScope(Text),
+    #[error("invalid_target")]
+    InvalidTarget(Text),
+    /// An authenticated client asked for something it may not do.
+    #[error("access_denied")]
+    AccessDenied(Text),
+    #[error("invalid_request")]
+    TooLarge,
+    #[error("temporarily_unavailable")]
+    Unavailable,
+    #[error("server_error")]
+    Internal,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_description: Option<&'a str>,
+}
+
+impl OAuthError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidClient(_) => StatusCode::UNAUTHORIZED,
+            Self::AccessDenied(_) => StatusCode::FORBIDDEN,
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    pub fn description(&self) -> &str {
+        match self {
+            Self::InvalidRequest(d)
+            | Self::InvalidClient(d)
+            | Self::InvalidGrant(d)
+            | Self::UnauthorizedClient(d)
+            | Self::UnsupportedGrantType(d)
+            | Self::InvalidScope(d)
+            | Self::InvalidTarget(d)
+            | Self::AccessDenied(d) => d,
+            Self::TooLarge => "the request body is too large",
+            Self::Unavailable => "the token server cannot reach its store; retry later",
+            Self::Internal => "internal error",
+        }
+    }
+}
+
+/// Store failures become 503: the request may succeed later and must not
+/// get a wrong answer now.
+impl From<StoreError> for OAuthError {
+    fn from(err: StoreError) -> Self {
+        tracing::error!(error = %err, "store failure");
+        Self::Unavailable
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            error: self.to_string(),
+            error_description: Some(self.description()),
+        };
+        let mut response = (self.status(), Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if matches!(self, Self::InvalidClient(_)) {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"tokenmesh\""),
+            );
+        }
+        if matches!(self, Self::Unavailable) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

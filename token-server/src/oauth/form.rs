@@ -1,0 +1,116 @@
+//! A strict `application/x-www-form-urlencoded` body: bounded, UTF-8 only,
+//! no repeated parameters except those the RFCs allow to repeat.
+
+use std::collections::HashMap;
+
+use axum::{
+    body::{Body, to_bytes},
+    http::{HeaderMap, header},
+};
+
+use super::error::OAuthError;
+
+/// Largest request body accepted by the OAuth endpoints.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Parameters that may repeat (RFC 8707 `resource`, RFC 8693 `audience`).
+const REPEATABLE: &[&str] = &["resource", "audience"];
+
+#[derive(Debug, Default)]
+pub struct Form {
+    params: HashMap<String, Vec<String>>,
+}
+
+impl Form {
+    /// Reads and parses the body of a form POST.
+    pub async fn read(headers: &HeaderMap, body: Body) -> Result<Self, OAuthError> {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mime = content_type.split(';').next().unwrap_or("").trim();
+        if !mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            return Err(OAuthError::InvalidRequest(
+                "the body must be application/x-www-form-urlencoded".into(),
+            ));
+        }
+        let bytes = to_bytes(body, MAX_BODY)
+            .await
+            .map_err(|_| OAuthError::TooLarge)?;
+        Self::parse(&bytes)
+    }
+
+    pub fn parse(body: &[u8]) -> Result<Self, OAuthError> {
+        let mut params: HashMap<String, Vec<String>> = HashMap::new();
+        for pair in body.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+            let mut parts = pair.splitn(2, |b| *b == b'=');
+            let name = decode(parts.next().unwrap_or_default())?;
+            let value = decode(parts.next().unwrap_or_default())?;
+            // RFC 6749 §3.1: a parameter without a value is as if omitted.
+            if value.is_empty() {
+                continue;
+            }
+            let repeatable = REPEATABLE.contains(&name.as_str());
+            let values = params.entry(name).or_default();
+            if !values.is_empty() && !repeatable {
+                return Err(OAuthError::InvalidRequest("a parameter is repeated".into()));
+            }
+            values.push(value);
+        }
+        Ok(Self { params })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.params
+            .get(name)
+            .and_then(|v| v.first())
+            .map(String::as_str)
+    }
+
+    pub fn all(&self, name: &str) -> &[String] {
+        self.params.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn require(&self, name: &'static str) -> Result<&str, OAuthError> {
+        self.get(name)
+            .ok_or_else(|| OAuthError::InvalidRequest(format!("missing parameter {name}").into()))
+    }
+}
+
+fn decode(raw: &[u8]) -> Result<String, OAuthError> {
+    let plus_as_space: Vec<u8> = raw
+        .iter()
+        .map(|b| if *b == b'+' { b' ' } else { *b })
+        .collect();
+    let bytes: Vec<u8> = percent_encoding::percent_decode(&plus_as_space).collect();
+    String::from_utf8(bytes).map_err(|_| OAuthError::InvalidRequest("the body is not UTF-8".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_and_skips_empty_values() {
+        let form = Form::parse(b"grant_type=client_credentials&scope=a+b%3Ac&audience=&x").unwrap();
+        assert_eq!(form.get("grant_type"), Some("client_credentials"));
+        assert_eq!(form.get("scope"), Some("a b:c"));
+        assert_eq!(form.get("audience"), None);
+        assert_eq!(form.get("x"), None);
+    }
+
+    #[test]
+    fn repeats_only_where_allowed() {
+        assert!(Form::parse(b"scope=a&scope=b").is_err());
+        let form = Form::parse(b"resource=https%3A%2F%2Fa&resource=https%3A%2F%2Fb").unwrap();
+        assert_eq!(form.all("resource").len(), 2);
+    }
+
+    #[test]
+    fn refuses_non_utf8() {
+        assert_eq!(
+            Form::parse(b"scope=%FF").unwrap_err(),
+            OAuthError::InvalidRequest("the body is not UTF-8".into())
+        );
+        assert!(Form::parse(&[b's', b'=', 0xC3]).is_err());
+    }
+}

@@ -1,0 +1,184 @@
+//! Token introspection (RFC 7662), with signed answers (RFC 9701) and the
+//! phantom-token answer (`Accept: application/jwt`: the claims as a JWT
+//! access token).
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    body::Body,
+    extract::State,
+    http::{HeaderMap, HeaderValue, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use tokenmesh_tokens::{
+    claims::{ACCESS_TOKEN_TYP, AccessTokenClaims},
+    secret::SecretHash,
+    verify::{Expected, MAX_JWT_LEN, verify},
+};
+
+use super::{client_auth::authenticate, error::OAuthError, form::Form, no_store, respond};
+use crate::{issue, keys::jose_algorithm, state::AppState};
+
+pub const INTROSPECTION_JWT: &str = "application/token-introspection+jwt";
+const PHANTOM_JWT: &str = "application/jwt";
+
+pub async fn introspect(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    respond(handle(&state, &headers, body).await)
+}
+
+/// The claims of `token` if it is one of ours and active: known, signed by
+/// a published key, not expired, not revoked (itself or its grant).
+pub async fn active_claims(
+    state: &AppState,
+    token: &str,
+) -> Result<Option<AccessTokenClaims>, OAuthError> {
+    if token.len() > MAX_JWT_LEN {
+        return Ok(None);
+    }
+    let now = state.now();
+    let claims: AccessTokenClaims = if token.matches('.').count() == 2 {
+        let registry = state.registry.load();
+        let keys = state.keys.snapshot();
+        let expected = Expected {
+            typ: Some(ACCESS_TOKEN_TYP),
+            issuers: &[registry.server.issuer.as_str()],
+            audiences: &[],
+            require_exp: true,
+            leeway: 0,
+            now,
+        };
+        match verify(token, &keys.verify, &expected) {
+            Ok(map) => match serde_json::from_value(Value::Object(map)) {
+                Ok(claims) => claims,
+                Err(_) => return Ok(None),
+            },
+            Err(reason) => {
+                tracing::debug!(%reason, "introspected JWT is not active");
+                return Ok(None);
+            }
+        }
+    } else {
+        let Some(record) = state
+            .store
+            .opaque_token(&SecretHash::of(token.as_bytes()))
+            .await?
+        else {
+            return Ok(None);
+        };
+        if record.expires_at <= now {
+            return Ok(None);
+        }
+        serde_json::from_str(&record.claims).map_err(|_| OAuthError::Internal)?
+    };
+    if state
+        .store
+        .is_revoked(&claims.jti, claims.grant_id.as_deref())
+        .await?
+    {
+        return Ok(None);
+    }
+    Ok(Some(claims))
+}
+
+/// The RFC 7662 response members of active claims at `now`.
+pub fn introspection_response(claims: &AccessTokenClaims, now: u64) -> Map<String, Value> {
+    let mut map = match serde_json::to_value(claims) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    let (live, expired) = claims.scopes_at(now);
+    map.insert("active".into(), Value::Bool(true));
+    map.insert("token_type".into(), Value::String("Bearer".into()));
+    if live.is_empty() {
+        map.remove("scope");
+    } else {
+        map.insert("scope".into(), Value::String(live.join(" ")));
+    }
+    if !expired.is_empty() {
+        map.insert("expired_scope".into(), Value::String(expired.join(" ")));
+    }
+    map
+}
+
+#[derive(Serialize)]
+struct SignedIntrospection<'a> {
+    iss: &'a str,
+    aud: &'a str,
+    iat: u64,
+    token_introspection: &'a Map<String, Value>,
+}
+
+fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',').any(|part| {
+                part.split(';')
+                    .next()
+                    .is_some_and(|m| m.trim().eq_ignore_ascii_case(media_type))
+            })
+        })
+}
+
+fn with_content_type(body: String, content_type: &'static str) -> Response {
+    let mut response = no_store(body);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, OAuthError> {
+    let form = Form::read(headers, body).await?;
+    let registry = state.registry.load();
+    let client = authenticate(
+        state,
+        &registry,
+        headers,
+        &form,
+        &state.endpoints.introspection,
+    )
+    .await?;
+    if !client.allow_introspection {
+        return Err(OAuthError::AccessDenied(
+            "the client may not introspect tokens".into(),
+        ));
+    }
+    let token = form.require("token")?;
+    let now = state.now();
+    let claims = active_claims(state, token).await?;
+    let response = match &claims {
+        Some(claims) => introspection_response(claims, now),
+        None => match json!({"active": false}) {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        },
+    };
+    let alg = jose_algorithm(registry.server.algorithm);
+    if accepts(headers, INTROSPECTION_JWT) {
+        let signed = SignedIntrospection {
+            iss: &registry.server.issuer,
+            aud: &client.id,
+            iat: now,
+            token_introspection: &response,
+        };
+        let jwt = issue::sign(state, alg, "token-introspection+jwt", &signed)?;
+        return Ok(with_content_type(jwt, INTROSPECTION_JWT));
+    }
+    if accepts(headers, PHANTOM_JWT)
+        && let Some(claims) = &claims
+    {
+        let jwt = issue::sign(state, alg, ACCESS_TOKEN_TYP, claims)?;
+        return Ok(with_content_type(jwt, PHANTOM_JWT));
+    }
+    Ok(no_store(Json(response)).into_response())
+}

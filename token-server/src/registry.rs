@@ -1,0 +1,795 @@
+//! The runtime view of the applied resources: clients, scopes, policies and
+//! server settings. Every resource, from a file or (later) the operator,
+//! goes through [`Registry::apply`]; [`Registry::validate`] checks what the
+//! resources say about each other.
+
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
+
+use serde_json::{Map, Value};
+use tokenmesh_crds::{
+    AuthMethod, ExchangePolicySpec, GrantType, OAuthClientSpec, ScopeSpec, SecretKeyRef,
+    SigningAlgorithm, SubjectType, TokenFormat, TokenServerSpec, parse_duration,
+};
+use tokenmesh_tokens::{
+    jwk::Jwk,
+    secret::SecretHash,
+    verify::{KeySet, VerifyingKey},
+};
+
+use crate::config::{ConfigError, Document, Origin, Resource};
+
+/// Shortest client secret accepted: a fast digest is only safe for secrets
+/// of high entropy.
+pub const MIN_SECRET_LEN: usize = 32;
+const DEFAULT_TTL: Duration = Duration::from_secs(300);
+const DEFAULT_MAX_TTL: Duration = Duration::from_secs(86_400);
+const DEFAULT_ROTATION: Duration = Duration::from_secs(86_400);
+
+/// Claims a client may not set itself.
+const RESERVED_CLAIMS: &[&str] = &[
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "iat",
+    "nbf",
+    "jti",
+    "client_id",
+    "scope",
+    "scope_exp",
+    "grant_id",
+    "act",
+    "may_act",
+    "embedded_tokens",
+    "cnf",
+    "active",
+    "token_type",
+];
+
+/// Where `secretRef`s resolve.
+pub trait SecretSource: Send + Sync {
+    fn read(&self, secret: &SecretKeyRef) -> Result<Vec<u8>, String>;
+}
+
+/// Standalone: `<dir>/<name>/<key>`, the layout of a mounted Secret.
+pub struct FileSecrets {
+    pub dir: PathBuf,
+}
+
+impl SecretSource for FileSecrets {
+    fn read(&self, secret: &SecretKeyRef) -> Result<Vec<u8>, String> {
+        let safe = |part: &str| {
+            !part.is_empty() && !part.contains(['/', '\\']) && part != "." && part != ".."
+        };
+        if !safe(&secret.name) || !safe(&secret.key) {
+            return Err("name and key must be plain file names".into());
+        }
+        let path = self.dir.join(&secret.name).join(&secret.key);
+        let mut bytes =
+            std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            bytes.pop();
+        }
+        Ok(bytes)
+    }
+}
+
+/// Settings from the TokenServer resource and the command line.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub issuer: String,
+    pub algorithm: SigningAlgorithm,
+    pub rotation_period: Duration,
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+    pub key_files: Vec<PathBuf>,
+}
+
+impl ServerSettings {
+    fn defaults(issuer: String) -> Self {
+        Self {
+            issuer,
+            algorithm: SigningAlgorithm::ES256,
+            rotation_period: DEFAULT_ROTATION,
+            default_ttl: DEFAULT_TTL,
+            max_ttl: DEFAULT_MAX_TTL,
+            key_files: Vec::new(),
+        }
+    }
+}
+
+/// How a client proves who it is.
+pub enum ClientAuth {
+    /// `client_secret_basic` or `client_secret_post`: digests of the
+    /// accepted secrets (more than one during a rotation).
+    Secret {
+        method: AuthMethod,
+        hashes: Vec<SecretHash>,
+    },
+    /// `private_key_jwt` with the client's public keys.
+    PrivateKeyJwt { keys: KeySet },
+}
+
+impl ClientAuth {
+    pub fn method(&self) -> AuthMethod {
+        match self {
+            Self::Secret { method, .. } => *method,
+            Self::PrivateKeyJwt { .. } => AuthMethod::PrivateKeyJwt,
+        }
+    }
+}
+
+pub struct Client {
+    pub id: String,
+    pub grant_types: Vec<GrantType>,
+    pub auth: ClientAuth,
+    /// Scope names and prefixes this client may request.
+    pub scopes: Vec<String>,
+    pub audiences: Vec<String>,
+    pub allow_introspection: bool,
+    pub format: TokenFormat,
+    pub ttl: Duration,
+    pub algorithm: SigningAlgorithm,
+    pub claims: Map<String, Value>,
+}
+
+/// A defined scope or scope family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeDef {
+    pub pattern: ScopePattern,
+    pub ttl: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScopePattern {
+    Name(String),
+    Prefix(String),
+}
+
+impl ScopePattern {
+    fn text(&self) -> &str {
+        match self {
+            Self::Name(s) | Self::Prefix(s) => s,
+        }
+    }
+}
+
+/// A stored exchange policy (its semantics arrive with the exchange work).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    pub spec: ExchangePolicySpec,
+}
+
+struct Entry<T> {
+    origin: Origin,
+    value: T,
+}
+
+pub struct Registry {
+    pub server: ServerSettings,
+    issuer_override: Option<String>,
+    server_origin: Option<Origin>,
+    clients: BTreeMap<String, Entry<Arc<Client>>>,
+    scopes: BTreeMap<String, Entry<ScopeDef>>,
+    policies: BTreeMap<String, Entry<Policy>>,
+}
+
+impl Registry {
+    /// An empty registry. `issuer_override` (from `--issuer`) wins over any
+    /// TokenServer; `default_issuer` applies when neither names one.
+    pub fn new(default_issuer: String, issuer_override: Option<String>) -> Self {
+        let issuer = issuer_override.clone().unwrap_or(default_issuer);
+        Self {
+            server: ServerSettings::defaults(issuer),
+            issuer_override,
+            server_origin: None,
+            clients: BTreeMap::new(),
+            scopes: BTreeMap::new(),
+            policies: BTreeMap::new(),
+        }
+    }
+
+    /// Applies every document, then validates the whole.
+    pub fn from_documents(
+        mut self,
+        docs: &[Document],
+        secrets: &dyn SecretSource,
+    ) -> Result<Self, ConfigError> {
+        for doc in docs {
+            self.apply(doc, secrets)?;
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// Applies one resource, replacing an earlier one of the same kind and name.
+    pub fn apply(&mut self, doc: &Document, secrets: &dyn SecretSource) -> Result<(), ConfigError> {
+        let origin = &doc.origin;
+        let err = |field: &str, message: String| ConfigError::new(origin, field, message);
+        match &doc.resource {
+            Resource::TokenServer(res) => {
+                if let Some(previous) = &self.server_origin
+                    && previous.name != origin.name
+                {
+                    return Err(err(
+                        "",
+                        format!("a second TokenServer; the first is at {previous}"),
+                    ));
+                }
+                self.server = server_settings(
+                    &res.spec,
+                    &self.server.issuer,
+                    self.issuer_override.as_deref(),
+                )
+                .map_err(|(f, m)| err(f, m))?;
+                self.server_origin = Some(origin.clone());
+            }
+            Resource::Scope(res) => {
+                let def = scope_def(&res.spec).map_err(|(f, m)| err(f, m))?;
+                self.scopes.insert(
+                    origin.name.clone(),
+                    Entry {
+                        origin: origin.clone(),
+                        value: def,
+                    },
+                );
+            }
+            Resource::OAuthClient(res) => {
+                let namespace = res.metadata.namespace.as_deref();
+                let client = client(&origin.name, namespace, &res.spec, secrets)
+                    .map_err(|(f, m)| err(&f, m))?;
+                self.clients.insert(
+                    origin.name.clone(),
+                    Entry {
+                        origin: origin.clone(),
+                        value: Arc::new(client),
+                    },
+                );
+            }
+            Resource::ExchangePolicy(res) => {
+                if let Some(ttl) = &res.spec.ttl {
+                    parse_duration(ttl).map_err(|e| err("spec.ttl", e.to_string()))?;
+                }
+                let policy = Policy {
+                    name: origin.name.clone(),
+                    spec: res.spec.clone(),
+                };
+                self.policies.insert(
+                    origin.name.clone(),
+                    Entry {
+                        origin: origin.clone(),
+                        value: policy,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks references between resources and uniqueness.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut ids: BTreeMap<&str, &Origin> = BTreeMap::new();
+        let mut patterns: BTreeMap<&str, &Origin> = BTreeMap::new();
+        for entry in self.scopes.values() {
+            if let Some(first) = patterns.insert(entry.value.pattern.text(), &entry.origin) {
+                return Err(ConfigError::new(
+                    &entry.origin,
+                    "spec",
+                    format!(
+                        "scope `{}` is already defined at {first}",
+                        entry.value.pattern.text()
+                    ),
+                ));
+            }
+        }
+        for entry in self.clients.values() {
+            let client = &entry.value;
+            if let Some(first) = ids.insert(&client.id, &entry.origin) {
+                return Err(ConfigError::new(
+                    &entry.origin,
+                    "spec.clientId",
+                    format!("client id `{}` is already used at {first}", client.id),
+                ));
+            }
+            for (i, scope) in client.scopes.iter().enumerate() {
+                if !self
+                    .scopes
+                    .values()
+                    .any(|s| s.value.pattern.text() == scope)
+                {
+                    return Err(ConfigError::new(
+                        &entry.origin,
+                        format!("spec.scopes[{i}]"),
+                        format!("no Scope defines `{scope}` (as a name or a prefix)"),
+                    ));
+                }
+            }
+            if client.ttl > self.server.max_ttl {
+                return Err(ConfigError::new(
+                    &entry.origin,
+                    "spec.accessToken.ttl",
+                    format!(
+                        "longer than the TokenServer's maxAccessTokenTtl ({}s)",
+                        self.server.max_ttl.as_secs()
+                    ),
+                ));
+            }
+        }
+        for entry in self.policies.values() {
+            for (i, scope) in entry.value.spec.to.scopes.iter().enumerate() {
+                if self.find_scope(scope).is_none() {
+                    return Err(ConfigError::new(
+                        &entry.origin,
+                        format!("spec.to.scopes[{i}]"),
+                        format!("no Scope defines `{scope}`"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn client(&self, id: &str) -> Option<&Arc<Client>> {
+        self.clients.values().map(|e| &e.value).find(|c| c.id == id)
+    }
+
+    pub fn clients(&self) -> impl Iterator<Item = &Arc<Client>> {
+        self.clients.values().map(|e| &e.value)
+    }
+
+    pub fn policies(&self) -> impl Iterator<Item = &Policy> {
+        self.policies.values().map(|e| &e.value)
+    }
+
+    /// Exact scope names, for discovery.
+    pub fn scope_names(&self) -> Vec<String> {
+        self.scopes
+            .values()
+            .filter_map(|e| match &e.value.pattern {
+                ScopePattern::Name(n) => Some(n.clone()),
+                ScopePattern::Prefix(_) => None,
+            })
+            .collect()
+    }
+
+    /// The definition a scope falls under: its exact name, else the longest prefix.
+    pub fn find_scope(&self, scope: &str) -> Option<&ScopeDef> {
+        let defs = || self.scopes.values().map(|e| &e.value);
+        defs().find(|d| d.pattern == ScopePattern::Name(scope.to_owned())).or_else(|| {
+            defs()
+                .filter(|d| matches!(&d.pattern, ScopePattern::Prefix(p) if scope.len() > p.len() && scope.starts_with(p.as_str())))
+                .max_by_key(|d| d.pattern.text().len())
+        })
+    }
+
+    /// Every algorithm some client or the server signs with.
+    pub fn algorithms_in_use(&self) -> Vec<SigningAlgorithm> {
+        let mut algs: Vec<SigningAlgorithm> = self
+            .clients()
+            .filter(|c| c.format == TokenFormat::Jwt)
+            .map(|c| c.algorithm)
+            .chain([self.server.algorithm])
+            .collect();
+        algs.sort();
+        algs.dedup();
+        algs
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "issuer {}, {} client(s), {} scope(s), {} exchange polic(ies), signing {}",
+            self.server.issuer,
+            self.clients.len(),
+            self.scopes.len(),
+            self.policies.len(),
+            self.server.algorithm.as_str()
+        )
+    }
+}
+
+type FieldError = (&'static str, String);
+
+fn duration(
+    field: &'static str,
+    text: &Option<String>,
+    default: Duration,
+) -> Result<Duration, FieldError> {
+    match text {
+        None => Ok(default),
+        Some(text) => match parse_duration(text) {
+            Ok(d) if d.is_zero() => Err((field, "must be longer than zero".into())),
+            Ok(d) => Ok(d),
+            Err(e) => Err((field, e.to_string())),
+        },
+    }
+}
+
+fn server_settings(
+    spec: &TokenServerSpec,
+    current_issuer: &str,
+    issuer_override: Option<&str>,
+) -> Result<ServerSettings, FieldError> {
+    let issuer = match (issuer_override, &spec.issuer) {
+        (Some(cli), _) => cli.to_owned(),
+        (None, Some(issuer)) => issuer.clone(),
+        (None, None) => current_issuer.to_owned(),
+    };
+    check_issuer(&issuer).map_err(|m| ("spec.issuer", m))?;
+    let max_ttl = duration(
+        "spec.maxAccessTokenTtl",
+        &spec.max_access_token_ttl,
+        DEFAULT_MAX_TTL,
+    )?;
+    let default_ttl = duration(
+        "spec.defaultAccessTokenTtl",
+        &spec.default_access_token_ttl,
+        DEFAULT_TTL,
+    )?;
+    if default_ttl > max_ttl {
+        return Err((
+            "spec.defaultAccessTokenTtl",
+            "longer than maxAccessTokenTtl".into(),
+        ));
+    }
+    if spec
+        .storage
+        .as_ref()
+        .is_some_and(|s| s.kind != tokenmesh_crds::StorageKind::Embedded)
+    {
+        return Err((
+            "spec.storage.type",
+            "only the embedded store is available in this build".into(),
+        ));
+    }
+    Ok(ServerSettings {
+        issuer,
+        algorithm: spec.signing.algorithm,
+        rotation_period: duration(
+            "spec.signing.rotationPeriod",
+            &spec.signing.rotation_period,
+            DEFAULT_ROTATION,
+        )?,
+        default_ttl,
+        max_ttl,
+        key_files: spec.signing.key_files.iter().map(PathBuf::from).collect(),
+    })
+}
+
+/// An issuer is an https URL (http only for development) with no query or fragment.
+pub fn check_issuer(issuer: &str) -> Result<(), String> {
+    let rest = issuer
+        .strip_prefix("https://")
+        .or_else(|| issuer.strip_prefix("http://"))
+        .ok_or_else(|| format!("`{issuer}` is not an http(s) URL"))?;
+    if rest.is_empty()
+        || rest.starts_with('/')
+        || issuer.contains(['?', '#'])
+        || issuer.ends_with('/')
+    {
+        return Err(format!(
+            "`{issuer}` must be a URL with a host, no query, fragment or trailing slash"
+        ));
+    }
+    Ok(())
+}
+
+fn is_scope_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
+}
+
+fn scope_def(spec: &ScopeSpec) -> Result<ScopeDef, FieldError> {
+    let pattern = match (&spec.name, &spec.prefix) {
+        (Some(name), None) => ScopePattern::Name(name.clone()),
+        (None, Some(prefix)) => ScopePattern::Prefix(prefix.clone()),
+        _ => return Err(("spec", "set exactly one of name and prefix".into())),
+    };
+    if !is_scope_token(pattern.text()) {
+        let field = if spec.name.is_some() {
+            "spec.name"
+        } else {
+            "spec.prefix"
+        };
+        return Err((
+            field,
+            "not a valid scope (printable ASCII without space, quote or backslash)".into(),
+        ));
+    }
+    let ttl = match &spec.ttl {
+        Some(_) => Some(duration("spec.ttl", &spec.ttl, Duration::ZERO)?),
+        None => None,
+    };
+    Ok(ScopeDef { pattern, ttl })
+}
+
+fn client(
+    name: &str,
+    namespace: Option<&str>,
+    spec: &OAuthClientSpec,
+    secrets: &dyn SecretSource,
+) -> Result<Client, (String, String)> {
+    let f = |field: &str, message: String| (field.to_owned(), message);
+    let id = spec
+        .client_id
+        .clone()
+        .unwrap_or_else(|| namespace.map_or_else(|| name.to_owned(), |ns| format!("{ns}/{name}")));
+    if id.is_empty() || id.len() > 255 || id.chars().any(char::is_control) {
+        return Err(f(
+            "spec.clientId",
+            "must be 1 to 255 printable characters".into(),
+        ));
+    }
+    let grant_types = if spec.grant_types.is_empty() {
+        vec![GrantType::ClientCredentials]
+    } else {
+        spec.grant_types.clone()
+    };
+    for (i, grant) in grant_types.iter().enumerate() {
+        if !matches!(
+            grant,
+            GrantType::ClientCredentials | GrantType::TokenExchange
+        ) {
+            return Err(f(
+                &format!("spec.grantTypes[{i}]"),
+                format!("grant type {} is not supported yet", grant.as_str()),
+            ));
+        }
+    }
+    let auth = client_auth(spec, secrets)?;
+    for (i, scope) in spec.scopes.iter().enumerate() {
+        if !is_scope_token(scope) {
+            return Err(f(
+                &format!("spec.scopes[{i}]"),
+                format!("`{scope}` is not a valid scope"),
+            ));
+        }
+    }
+    if spec.audiences.is_empty() {
+        return Err(f(
+            "spec.audiences",
+            "name at least one audience the client's tokens may carry".into(),
+        ));
+    }
+    if spec.access_token.format == TokenFormat::Jwe {
+        return Err(f(
+            "spec.accessToken.format",
+            "jwe is not supported yet (use jwt or opaque)".into(),
+        ));
+    }
+    if spec.subject_type == SubjectType::Pairwise {
+        return Err(f(
+            "spec.subjectType",
+            "pairwise subjects are not supported yet".into(),
+        ));
+    }
+    if !spec.redirect_uris.is_empty() {
+        return Err(f(
+            "spec.redirectUris",
+            "browser flows are not supported yet".into(),
+        ));
+    }
+    let ttl = match &spec.access_token.ttl {
+        Some(text) => match parse_duration(text) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => return Err(f("spec.accessToken.ttl", "must be longer than zero".into())),
+            Err(e) => return Err(f("spec.accessToken.ttl", e.to_string())),
+        },
+        None => None,
+    };
+    for claim in spec.claims.keys() {
+        if RESERVED_CLAIMS.contains(&claim.as_str()) {
+            return Err(f(
+                &format!("spec.claims.{claim}"),
+                "is set by the token server and cannot be overridden".into(),
+            ));
+        }
+    }
+    Ok(Client {
+        id,
+        grant_types,
+        auth,
+        scopes: spec.scopes.clone(),
+        audiences: spec.audiences.clone(),
+        allow_introspection: spec.allow_introspection,
+        format: spec.access_token.format,
+        ttl: ttl.unwrap_or(DEFAULT_TTL),
+        algorithm: spec.access_token.algorithm.unwrap_or_default(),
+        claims: spec
+            .claims
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    })
+}
+
+fn client_auth(
+    spec: &OAuthClientSpec,
+    secrets: &dyn SecretSource,
+) -> Result<ClientAuth, (String, String)> {
+    let auth = &spec.authentication;
+    let f = |field: &str, message: String| (field.to_owned(), message);
+    match auth.method {
+        AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost => {
+            let mut hashes = Vec::new();
+            for (i, text) in auth.secret_hashes.iter().enumerate() {
+                hashes.push(SecretHash::parse(text).map_err(|e| {
+                    f(
+                        &format!("spec.authentication.secretHashes[{i}]"),
+                        e.to_string(),
+                    )
+                })?);
+            }
+            if let Some(secret_ref) = &auth.secret_ref {
+                let field = "spec.authentication.secretRef";
+                let secret = secrets.read(secret_ref).map_err(|m| f(field, m))?;
+                if secret.len() < MIN_SECRET_LEN {
+                    return Err(f(
+                        field,
+                        format!(
+                            "the secret is shorter than {MIN_SECRET_LEN} characters; generate one with `openssl rand -base64 32`"
+                        ),
+                    ));
+                }
+                hashes.push(SecretHash::of(&secret));
+            }
+            if hashes.is_empty() {
+                return Err(f(
+                    "spec.authentication.secretRef",
+                    "a secret method needs a secretRef (or secretHashes)".into(),
+                ));
+            }
+            if auth.jwks.is_some() || auth.jwks_uri.is_some() {
+                return Err(f(
+                    "spec.authentication.jwks",
+                    "a secret method takes no keys".into(),
+                ));
+            }
+            Ok(ClientAuth::Secret {
+                method: auth.method,
+                hashes,
+            })
+        }
+        AuthMethod::PrivateKeyJwt => {
+            if auth.jwks_uri.is_some() {
+                return Err(f(
+                    "spec.authentication.jwksUri",
+                    "jwksUri is not supported yet: list the keys under jwks".into(),
+                ));
+            }
+            let jwks = auth.jwks.as_ref().ok_or_else(|| {
+                f(
+                    "spec.authentication.jwks",
+                    "private_key_jwt needs jwks".into(),
+                )
+            })?;
+            if jwks.keys.is_empty() {
+                return Err(f("spec.authentication.jwks.keys", "holds no key".into()));
+            }
+            let mut keys = Vec::new();
+            for (i, spec_key) in jwks.keys.iter().enumerate() {
+                let jwk = Jwk {
+                    kty: spec_key.kty.clone(),
+                    kid: spec_key.kid.clone(),
+                    alg: spec_key.alg.clone(),
+                    key_use: spec_key.key_use.clone(),
+                    crv: spec_key.crv.clone(),
+                    x: spec_key.x.clone(),
+                    y: spec_key.y.clone(),
+                    n: spec_key.n.clone(),
+                    e: spec_key.e.clone(),
+                };
+                keys.push(VerifyingKey::from_jwk(&jwk).map_err(|e| {
+                    f(
+                        &format!("spec.authentication.jwks.keys[{i}]"),
+                        e.to_string(),
+                    )
+                })?);
+            }
+            Ok(ClientAuth::PrivateKeyJwt {
+                keys: KeySet::new(keys),
+            })
+        }
+        other => Err(f(
+            "spec.authentication.method",
+            format!("{} is not supported yet", other.as_str()),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_documents;
+
+    struct NoSecrets;
+    impl SecretSource for NoSecrets {
+        fn read(&self, _: &SecretKeyRef) -> Result<Vec<u8>, String> {
+            Ok(b"0123456789abcdef0123456789abcdef".to_vec())
+        }
+    }
+
+    fn build(yaml: &str) -> Result<Registry, ConfigError> {
+        let docs = parse_documents(None, yaml)?;
+        Registry::new("http://127.0.0.1:8080".into(), None).from_documents(&docs, &NoSecrets)
+    }
+
+    const SCOPES: &str = "apiVersion: tokenmesh.dev/v1alpha1\nkind: Scope\nmetadata: {name: r}\nspec: {name: \"orders:read\"}\n---\napiVersion: tokenmesh.dev/v1alpha1\nkind: Scope\nmetadata: {name: v}\nspec: {prefix: video_, ttl: 60s}\n---\n";
+
+    fn client_doc(extra: &str) -> String {
+        format!(
+            "{SCOPES}apiVersion: tokenmesh.dev/v1alpha1\nkind: OAuthClient\nmetadata: {{name: gw}}\nspec:\n  authentication: {{method: client_secret_basic, secretRef: {{name: gw, key: s}}}}\n  audiences: [orders]\n{extra}"
+        )
+    }
+
+    #[test]
+    fn prefix_scopes_resolve_to_the_longest_prefix() {
+        let reg = build(&client_doc("  scopes: [video_]\n")).unwrap();
+        assert_eq!(
+            reg.find_scope("video_42").map(|d| d.ttl),
+            Some(Some(Duration::from_secs(60)))
+        );
+        assert!(
+            reg.find_scope("video_").is_none(),
+            "a bare prefix is not a scope"
+        );
+        assert!(reg.find_scope("orders:read").is_some());
+        assert!(reg.find_scope("orders:write").is_none());
+        assert_eq!(reg.client("gw").map(|c| c.ttl), Some(DEFAULT_TTL));
+    }
+
+    #[test]
+    fn client_scopes_must_be_defined() {
+        let err = build(&client_doc("  scopes: [\"orders:read\", nope]\n"))
+            .err()
+            .unwrap();
+        assert_eq!(err.field, "spec.scopes[1]");
+        assert!(err.origin.contains("OAuthClient gw"));
+    }
+
+    #[test]
+    fn unsupported_settings_are_refused_not_ignored() {
+        for (extra, field) in [
+            ("  accessToken: {format: jwe}\n", "spec.accessToken.format"),
+            ("  accessToken: {ttl: 10x}\n", "spec.accessToken.ttl"),
+            ("  accessToken: {ttl: 48h}\n", "spec.accessToken.ttl"),
+            ("  claims: {sub: admin}\n", "spec.claims.sub"),
+            ("  grantTypes: [authorization_code]\n", "spec.grantTypes[0]"),
+        ] {
+            assert_eq!(
+                build(&client_doc(extra)).err().map(|e| e.field),
+                Some(field.to_owned()),
+                "{extra}"
+            );
+        }
+    }
+
+    #[test]
+    fn issuer_from_cli_wins() {
+        let docs = parse_documents(None, "apiVersion: tokenmesh.dev/v1alpha1\nkind: TokenServer\nmetadata: {name: d}\nspec: {issuer: https://a.example}\n").unwrap();
+        let reg = Registry::new("http://x".into(), Some("https://b.example".into()))
+            .from_documents(&docs, &NoSecrets)
+            .unwrap();
+        assert_eq!(reg.server.issuer, "https://b.example");
+        let reg = Registry::new("http://x".into(), None)
+            .from_documents(&docs, &NoSecrets)
+            .unwrap();
+        assert_eq!(reg.server.issuer, "https://a.example");
+        assert!(check_issuer("https://a.example/").is_err());
+        assert!(check_issuer("ftp://a").is_err());
+    }
+
+    #[test]
+    fn file_secrets_refuse_path_tricks() {
+        let secrets = FileSecrets {
+            dir: PathBuf::from("/nonexistent"),
+        };
+        let bad = SecretKeyRef {
+            name: "..".into(),
+            key: "passwd".into(),
+        };
+        assert!(secrets.read(&bad).unwrap_err().contains("plain file names"));
+    }
+}

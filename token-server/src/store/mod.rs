@@ -1,0 +1,119 @@
+//! Durable state behind one trait, so a PostgreSQL backend can sit beside the
+//! embedded SQLite one without touching callers.
+
+mod sqlite;
+
+use async_trait::async_trait;
+pub use sqlite::SqliteStore;
+use tokenmesh_tokens::secret::SecretHash;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the store holds data it cannot read: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        // sqlx errors carry no parameter values, so no token reaches the message.
+        Self::Unavailable(err.to_string())
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A signing key as kept in the store (the private key in PKCS#8 DER).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub kid: String,
+    pub alg: String,
+    pub pkcs8: Vec<u8>,
+    pub created_at: u64,
+    /// From when it signs.
+    pub activates_at: u64,
+    /// From when it no longer signs.
+    pub retires_at: Option<u64>,
+    /// Until when it stays in the JWKS.
+    pub publish_until: Option<u64>,
+}
+
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("activates_at", &self.activates_at)
+            .field("retires_at", &self.retires_at)
+            .field("publish_until", &self.publish_until)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An opaque token, found by the digest of its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpaqueToken {
+    pub hash: SecretHash,
+    pub jti: String,
+    pub client_id: String,
+    pub grant_id: String,
+    pub expires_at: u64,
+    /// The token's claims as JSON.
+    pub claims: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevocationKind {
+    /// One token, by its `jti`.
+    Token,
+    /// Every token issued under a grant.
+    Grant,
+}
+
+impl RevocationKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Token => "jti",
+            Self::Grant => "grant",
+        }
+    }
+}
+
+/// A revocation, with its place in the revocation sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub seq: i64,
+    pub kind: RevocationKind,
+    pub id: String,
+    /// When the revoked tokens have all expired; the record may go then.
+    pub expires_at: u64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Whether the store answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    async fn signing_keys(&self) -> StoreResult<Vec<StoredKey>>;
+    /// Inserts or updates a key.
+    async fn save_signing_key(&self, key: &StoredKey) -> StoreResult<()>;
+    async fn delete_signing_key(&self, kid: &str) -> StoreResult<()>;
+
+    async fn put_opaque_token(&self, token: &OpaqueToken) -> StoreResult<()>;
+    async fn opaque_token(&self, hash: &SecretHash) -> StoreResult<Option<OpaqueToken>>;
+
+    /// Records a revocation and returns its sequence number.
+    async fn revoke(&self, kind: RevocationKind, id: &str, expires_at: u64) -> StoreResult<i64>;
+    /// Whether the token `jti` or its grant is revoked.
+    async fn is_revoked(&self, jti: &str, grant_id: Option<&str>) -> StoreResult<bool>;
+    /// Revocations after `seq`, oldest first.
+    async fn revocations_after(&self, seq: i64, limit: u32) -> StoreResult<Vec<Revocation>>;
+
+    /// Records a single-use identifier (`jti` of a client assertion); false
+    /// when it was seen before.
+    async fn use_once(&self, issuer: &str, jti: &str, expires_at: u64) -> StoreResult<bool>;
+
+    /// Drops what expired before `now`; returns how many rows went.
+    async fn purge_expired(&self, now: u64) -> StoreResult<u64>;
+}

@@ -1,0 +1,374 @@
+//! The embedded store: SQLite in the data directory, in WAL mode. A commit is
+//! on disk before the caller hears of it, so `kill -9` loses nothing
+//! acknowledged.
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use sqlx::{
+    Row, SqlitePool,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+use tokenmesh_tokens::secret::SecretHash;
+
+use super::{OpaqueToken, Revocation, RevocationKind, Store, StoreError, StoreResult, StoredKey};
+
+/// Versioned schema; each entry runs once, in order.
+const MIGRATIONS: &[&str] = &["CREATE TABLE signing_keys (
+        kid TEXT PRIMARY KEY,
+        alg TEXT NOT NULL,
+        pkcs8 BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        activates_at INTEGER NOT NULL,
+        retires_at INTEGER,
+        publish_until INTEGER
+    );
+    CREATE TABLE opaque_tokens (
+        hash BLOB PRIMARY KEY,
+        jti TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        grant_id TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        claims TEXT NOT NULL
+    );
+    CREATE INDEX opaque_tokens_expiry ON opaque_tokens (expires_at);
+    CREATE TABLE revocations (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        UNIQUE (kind, id)
+    );
+    CREATE INDEX revocations_expiry ON revocations (expires_at);
+    CREATE TABLE used_once (
+        issuer TEXT NOT NULL,
+        jti TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        PRIMARY KEY (issuer, jti)
+    );"];
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn uint(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `<data_dir>/tokenmesh.db` and migrates it.
+    pub async fn open(data_dir: &Path) -> StoreResult<Self> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
+        })?;
+        let path = data_dir.join("tokenmesh.db");
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            .execute(&mut *tx)
+            .await?;
+        let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
+            .fetch_one(&mut *tx)
+            .await?;
+        let current = usize::try_from(current.unwrap_or(0)).unwrap_or(0);
+        if current > MIGRATIONS.len() {
+            return Err(StoreError::Corrupt(format!(
+                "schema version {current} is newer than this build knows ({})",
+                MIGRATIONS.len()
+            )));
+        }
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
+                .bind(int(index as u64 + 1))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn signing_keys(&self) -> StoreResult<Vec<StoredKey>> {
+        let rows = sqlx::query(
+            "SELECT kid, alg, pkcs8, created_at, activates_at, retires_at, publish_until FROM signing_keys ORDER BY activates_at",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(StoredKey {
+                    kid: row.try_get("kid")?,
+                    alg: row.try_get("alg")?,
+                    pkcs8: row.try_get("pkcs8")?,
+                    created_at: uint(row.try_get("created_at")?),
+                    activates_at: uint(row.try_get("activates_at")?),
+                    retires_at: row.try_get::<Option<i64>, _>("retires_at")?.map(uint),
+                    publish_until: row.try_get::<Option<i64>, _>("publish_until")?.map(uint),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    async fn save_signing_key(&self, key: &StoredKey) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, alg, pkcs8, created_at, activates_at, retires_at, publish_until)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (kid) DO UPDATE SET activates_at = excluded.activates_at,
+                retires_at = excluded.retires_at, publish_until = excluded.publish_until",
+        )
+        .bind(&key.kid)
+        .bind(&key.alg)
+        .bind(&key.pkcs8)
+        .bind(int(key.created_at))
+        .bind(int(key.activates_at))
+        .bind(key.retires_at.map(int))
+        .bind(key.publish_until.map(int))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_signing_key(&self, kid: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM signing_keys WHERE kid = ?")
+            .bind(kid)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn put_opaque_token(&self, token: &OpaqueToken) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO opaque_tokens (hash, jti, client_id, grant_id, expires_at, claims) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(token.hash.as_bytes().as_slice())
+        .bind(&token.jti)
+        .bind(&token.client_id)
+        .bind(&token.grant_id)
+        .bind(int(token.expires_at))
+        .bind(&token.claims)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn opaque_token(&self, hash: &SecretHash) -> StoreResult<Option<OpaqueToken>> {
+        let row = sqlx::query(
+            "SELECT jti, client_id, grant_id, expires_at, claims FROM opaque_tokens WHERE hash = ?",
+        )
+        .bind(hash.as_bytes().as_slice())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(OpaqueToken {
+                hash: *hash,
+                jti: row.try_get("jti")?,
+                client_id: row.try_get("client_id")?,
+                grant_id: row.try_get("grant_id")?,
+                expires_at: uint(row.try_get("expires_at")?),
+                claims: row.try_get("claims")?,
+            })
+        })
+        .transpose()
+        .map_err(|e: sqlx::Error| e.into())
+    }
+
+    async fn revoke(&self, kind: RevocationKind, id: &str, expires_at: u64) -> StoreResult<i64> {
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO revocations (kind, id, expires_at) VALUES (?, ?, ?)
+             ON CONFLICT (kind, id) DO UPDATE SET expires_at = MAX(expires_at, excluded.expires_at)
+             RETURNING seq",
+        )
+        .bind(kind.as_str())
+        .bind(id)
+        .bind(int(expires_at))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(seq)
+    }
+
+    async fn is_revoked(&self, jti: &str, grant_id: Option<&str>) -> StoreResult<bool> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM revocations WHERE (kind = 'jti' AND id = ?) OR (kind = 'grant' AND id = ?) LIMIT 1",
+        )
+        .bind(jti)
+        .bind(grant_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    async fn revocations_after(&self, seq: i64, limit: u32) -> StoreResult<Vec<Revocation>> {
+        let rows = sqlx::query(
+            "SELECT seq, kind, id, expires_at FROM revocations WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                let kind: String = row.try_get("kind")?;
+                Ok(Revocation {
+                    seq: row.try_get("seq")?,
+                    kind: if kind == "grant" {
+                        RevocationKind::Grant
+                    } else {
+                        RevocationKind::Token
+                    },
+                    id: row.try_get("id")?,
+                    expires_at: uint(row.try_get("expires_at")?),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    async fn use_once(&self, issuer: &str, jti: &str, expires_at: u64) -> StoreResult<bool> {
+        let inserted = sqlx::query("INSERT INTO used_once (issuer, jti, expires_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+            .bind(issuer)
+            .bind(jti)
+            .bind(int(expires_at))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    async fn purge_expired(&self, now: u64) -> StoreResult<u64> {
+        let now = int(now);
+        let mut removed = 0;
+        // Small batches keep each write lock short.
+        for sql in [
+            "DELETE FROM opaque_tokens WHERE rowid IN (SELECT rowid FROM opaque_tokens WHERE expires_at < ? LIMIT 500)",
+            "DELETE FROM revocations WHERE rowid IN (SELECT rowid FROM revocations WHERE expires_at < ? LIMIT 500)",
+            "DELETE FROM used_once WHERE rowid IN (SELECT rowid FROM used_once WHERE expires_at < ? LIMIT 500)",
+        ] {
+            loop {
+                let n = sqlx::query(sql)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                removed += n;
+                if n < 500 {
+                    break;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn opaque_tokens_round_trip_and_expire() {
+        let (_dir, store) = store().await;
+        let token = OpaqueToken {
+            hash: SecretHash::of(b"t"),
+            jti: "j".into(),
+            client_id: "c".into(),
+            grant_id: "g".into(),
+            expires_at: 100,
+            claims: "{}".into(),
+        };
+        store.put_opaque_token(&token).await.unwrap();
+        assert_eq!(
+            store.opaque_token(&token.hash).await.unwrap(),
+            Some(token.clone())
+        );
+        assert_eq!(
+            store.opaque_token(&SecretHash::of(b"u")).await.unwrap(),
+            None
+        );
+        assert_eq!(store.purge_expired(100).await.unwrap(), 0);
+        assert_eq!(store.purge_expired(101).await.unwrap(), 1);
+        assert_eq!(store.opaque_token(&token.hash).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn revocations_are_sequenced_and_found_by_token_or_grant() {
+        let (_dir, store) = store().await;
+        let a = store
+            .revoke(RevocationKind::Token, "jti-1", 50)
+            .await
+            .unwrap();
+        let b = store
+            .revoke(RevocationKind::Grant, "grant-1", 60)
+            .await
+            .unwrap();
+        assert!(b > a);
+        assert!(store.is_revoked("jti-1", None).await.unwrap());
+        assert!(store.is_revoked("other", Some("grant-1")).await.unwrap());
+        assert!(!store.is_revoked("other", Some("grant-2")).await.unwrap());
+        let after = store.revocations_after(a, 10).await.unwrap();
+        assert_eq!(after.len(), 1);
+        assert_eq!(after[0].kind, RevocationKind::Grant);
+    }
+
+    #[tokio::test]
+    async fn use_once_refuses_a_replay() {
+        let (_dir, store) = store().await;
+        assert!(store.use_once("client", "jti", 10).await.unwrap());
+        assert!(!store.use_once("client", "jti", 10).await.unwrap());
+        assert!(store.use_once("other", "jti", 10).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn state_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = StoredKey {
+            kid: "k".into(),
+            alg: "ES256".into(),
+            pkcs8: vec![1, 2, 3],
+            created_at: 1,
+            activates_at: 1,
+            retires_at: None,
+            publish_until: None,
+        };
+        {
+            let store = SqliteStore::open(dir.path()).await.unwrap();
+            store.save_signing_key(&key).await.unwrap();
+            store.revoke(RevocationKind::Token, "j", 99).await.unwrap();
+        }
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        assert_eq!(store.signing_keys().await.unwrap(), vec![key]);
+        assert!(store.is_revoked("j", None).await.unwrap());
+    }
+}
