@@ -173,6 +173,7 @@ pub fn claims(issuer: &str, plan: TokenPlan<'_>) -> Result<AccessTokenClaims, OA
 /// whose digest and claims go to the store.
 pub async fn mint(
     state: &AppState,
+    registry: &Registry,
     client: &Client,
     claims: &AccessTokenClaims,
 ) -> Result<String, OAuthError> {
@@ -193,7 +194,7 @@ pub async fn mint(
         }
         TokenFormat::Jwt | TokenFormat::Jwe => sign(
             state,
-            jose_algorithm(client.algorithm),
+            jose_algorithm(registry.algorithm_of(client)),
             ACCESS_TOKEN_TYP,
             claims,
         ),

@@ -129,7 +129,8 @@ pub struct Client {
     pub allow_introspection: bool,
     pub format: TokenFormat,
     pub ttl: Duration,
-    pub algorithm: SigningAlgorithm,
+    /// The client's own signing algorithm; the TokenServer's when unset.
+    pub algorithm: Option<SigningAlgorithm>,
     pub claims: Map<String, Value>,
 }
 
@@ -363,12 +364,17 @@ impl Registry {
         })
     }
 
+    /// The algorithm `client`'s JWTs are signed with.
+    pub fn algorithm_of(&self, client: &Client) -> SigningAlgorithm {
+        client.algorithm.unwrap_or(self.server.algorithm)
+    }
+
     /// Every algorithm some client or the server signs with.
     pub fn algorithms_in_use(&self) -> Vec<SigningAlgorithm> {
         let mut algs: Vec<SigningAlgorithm> = self
             .clients()
             .filter(|c| c.format == TokenFormat::Jwt)
-            .map(|c| c.algorithm)
+            .map(|c| self.algorithm_of(c))
             .chain([self.server.algorithm])
             .collect();
         algs.sort();
@@ -596,7 +602,7 @@ fn client(
         allow_introspection: spec.allow_introspection,
         format: spec.access_token.format,
         ttl: ttl.unwrap_or(DEFAULT_TTL),
-        algorithm: spec.access_token.algorithm.unwrap_or_default(),
+        algorithm: spec.access_token.algorithm,
         claims: spec
             .claims
             .iter()
@@ -779,6 +785,27 @@ mod tests {
         assert_eq!(reg.server.issuer, "https://a.example");
         assert!(check_issuer("https://a.example/").is_err());
         assert!(check_issuer("ftp://a").is_err());
+    }
+
+    #[test]
+    fn clients_sign_with_the_server_algorithm_unless_they_name_one() {
+        let server = "apiVersion: tokenmesh.dev/v1alpha1\nkind: TokenServer\nmetadata: {name: d}\nspec: {signing: {algorithm: EdDSA}}\n";
+        let reg = build(&format!("{}---\n{server}", client_doc(""))).unwrap();
+        let gw = reg.client("gw").unwrap();
+        assert_eq!(reg.algorithm_of(gw), SigningAlgorithm::EdDSA);
+        let reg = build(&format!(
+            "{}---\n{server}",
+            client_doc("  accessToken: {algorithm: PS256}\n")
+        ))
+        .unwrap();
+        assert_eq!(
+            reg.algorithm_of(reg.client("gw").unwrap()),
+            SigningAlgorithm::PS256
+        );
+        assert_eq!(
+            reg.algorithms_in_use(),
+            vec![SigningAlgorithm::PS256, SigningAlgorithm::EdDSA]
+        );
     }
 
     #[test]

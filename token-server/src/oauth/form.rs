@@ -4,14 +4,18 @@
 use std::collections::HashMap;
 
 use axum::{
-    body::{Body, to_bytes},
+    body::Body,
     http::{HeaderMap, header},
 };
+use http_body_util::BodyExt;
 
 use super::error::OAuthError;
 
 /// Largest request body accepted by the OAuth endpoints.
 pub const MAX_BODY: usize = 64 * 1024;
+/// An oversized body is read (and dropped) up to this size before the 413,
+/// so the client sees the answer instead of a reset connection.
+const MAX_DRAIN: usize = 1024 * 1024;
 /// Parameters that may repeat (RFC 8707 `resource`, RFC 8693 `audience`).
 const REPEATABLE: &[&str] = &["resource", "audience"];
 
@@ -33,10 +37,7 @@ impl Form {
                 "the body must be application/x-www-form-urlencoded".into(),
             ));
         }
-        let bytes = to_bytes(body, MAX_BODY)
-            .await
-            .map_err(|_| OAuthError::TooLarge)?;
-        Self::parse(&bytes)
+        Self::parse(&read_bounded(body).await?)
     }
 
     pub fn parse(body: &[u8]) -> Result<Self, OAuthError> {
@@ -74,6 +75,27 @@ impl Form {
         self.get(name)
             .ok_or_else(|| OAuthError::InvalidRequest(format!("missing parameter {name}").into()))
     }
+}
+
+async fn read_bounded(mut body: Body) -> Result<Vec<u8>, OAuthError> {
+    let mut bytes = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|_| OAuthError::InvalidRequest("the body could not be read".into()))?;
+        if let Ok(data) = frame.into_data() {
+            seen = seen.saturating_add(data.len());
+            if seen <= MAX_BODY {
+                bytes.extend_from_slice(&data);
+            } else if seen > MAX_DRAIN {
+                break;
+            }
+        }
+    }
+    if seen > MAX_BODY {
+        return Err(OAuthError::TooLarge);
+    }
+    Ok(bytes)
 }
 
 fn decode(raw: &[u8]) -> Result<String, OAuthError> {

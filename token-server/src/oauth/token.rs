@@ -68,7 +68,7 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
             ttl,
         },
     )?;
-    let access_token = issue::mint(state, &client, &claims).await?;
+    let access_token = issue::mint(state, &registry, &client, &claims).await?;
     let format = if client.format == TokenFormat::Opaque {
         "opaque"
     } else {

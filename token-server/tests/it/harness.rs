@@ -1,0 +1,242 @@
+//! Starting the real binary with a generated configuration.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use tokenmesh_tokens::{Algorithm, signing::SigningKey};
+
+pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
+
+/// A configuration folder with the secret files the documents refer to.
+pub struct Config {
+    pub dir: tempfile::TempDir,
+    /// The private key of the `batch` (private_key_jwt) client.
+    pub batch_key: SigningKey,
+}
+
+impl Config {
+    pub fn new(server_spec: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let batch_key = SigningKey::generate("batch-1".into(), Algorithm::ES256).unwrap();
+        let jwk = serde_json::to_string(&batch_key.public_jwk()).unwrap();
+        let yaml = format!(
+            r#"apiVersion: tokenmesh.dev/v1alpha1
+kind: TokenServer
+metadata: {{name: default}}
+spec: {server_spec}
+---
+apiVersion: tokenmesh.dev/v1alpha1
+kind: Scope
+metadata: {{name: orders-read}}
+spec: {{name: "orders:read"}}
+---
+apiVersion: tokenmesh.dev/v1alpha1
+kind: Scope
+metadata: {{name: orders-write}}
+spec: {{name: "orders:write"}}
+---
+apiVersion: tokenmesh.dev/v1alpha1
+kind: Scope
+metadata: {{name: video}}
+spec: {{prefix: video_stream_, ttl: 1s}}
+---
+apiVersion: tokenmesh.dev/v1alpha1
+kind: OAuthClient
+metadata: {{name: gateway}}
+spec:
+  clientId: gateway
+  grantTypes: [client_credentials]
+  authentication: {{method: client_secret_basic, secretRef: {{name: shared, key: client_secret}}}}
+  scopes: ["orders:read", "orders:write", video_stream_]
+  audiences: [orders, payments]
+  allowIntrospection: true
+  accessToken: {{format: jwt, ttl: 300s}}
+  claims: {{tenant: acme}}
+---
+apiVersion: tokenmesh.dev/v1alpha1
+kind: OAuthClient
+metadata: {{name: poster}}
+spec:
+  grantTypes: [client_credentials]
+  authentication: {{method: client_secret_post, secretRef: {{name: shared, key: client_secret}}}}
+  scopes: ["orders:read"]
+  audiences: [orders]
+  accessToken: {{format: jwt, algorithm: EdDSA}}
+---
+apiVersion: tokenmesh.dev/v1alpha1
+kind: OAuthClient
+metadata: {{name: batch}}
+spec:
+  clientId: batch
+  authentication:
+    method: private_key_jwt
+    jwks: {{keys: [{jwk}]}}
+  scopes: ["orders:read"]
+  audiences: [orders]
+  accessToken: {{format: opaque, ttl: 600s}}
+"#
+        );
+        std::fs::write(dir.path().join("tokenmesh.yaml"), yaml).unwrap();
+        std::fs::create_dir_all(dir.path().join("secrets/shared")).unwrap();
+        std::fs::write(
+            dir.path().join("secrets/shared/client_secret"),
+            format!("{SECRET}\n"),
+        )
+        .unwrap();
+        Self { dir, batch_key }
+    }
+
+    pub fn file(&self) -> PathBuf {
+        self.dir.path().join("tokenmesh.yaml")
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub port: u16,
+    data_dir: PathBuf,
+    config: PathBuf,
+    extra: Vec<String>,
+    pub http: reqwest::Client,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_token-server")
+}
+
+fn spawn(config: &Path, port: u16, data_dir: &Path, extra: &[String], scheme: &str) -> Child {
+    Command::new(binary())
+        .arg("--config")
+        .arg(config)
+        .arg("--http-addr")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--issuer")
+        .arg(format!("{scheme}://127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+impl Server {
+    pub async fn start(config: &Config, data_dir: &Path) -> Self {
+        Self::start_with(config, data_dir, Vec::new(), reqwest::Client::new(), "http").await
+    }
+
+    pub async fn start_with(
+        config: &Config,
+        data_dir: &Path,
+        extra: Vec<String>,
+        http: reqwest::Client,
+        scheme: &str,
+    ) -> Self {
+        let port = free_port();
+        let child = spawn(&config.file(), port, data_dir, &extra, scheme);
+        let server = Self {
+            child,
+            base: format!("{scheme}://127.0.0.1:{port}"),
+            port,
+            data_dir: data_dir.to_path_buf(),
+            config: config.file(),
+            extra,
+            http,
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(resp) = self.http.get(format!("{}/readyz", self.base)).send().await
+                && resp.status() == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "token-server did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL, then start again on the same port and data.
+    pub async fn kill_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = spawn(&self.config, self.port, &self.data_dir, &self.extra, "http");
+        self.wait_ready().await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        auth: Option<(&str, &str)>,
+        form: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut req = self.http.post(self.url(path)).form(form);
+        if let Some((id, secret)) = auth {
+            req = req.basic_auth(id, Some(secret));
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn token(&self, form: &[(&str, &str)]) -> serde_json::Value {
+        let mut full = vec![("grant_type", "client_credentials")];
+        full.extend_from_slice(form);
+        let resp = self
+            .post("/oauth2/token", Some(("gateway", SECRET)), &full)
+            .await;
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    }
+
+    pub async fn introspect(&self, token: &str) -> serde_json::Value {
+        let resp = self
+            .post(
+                "/oauth2/introspect",
+                Some(("gateway", SECRET)),
+                &[("token", token)],
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary to completion (for startup failures).
+pub fn run_to_exit(args: &[&str]) -> (bool, String) {
+    let out = Command::new(binary()).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the real `token-server` binary on an ephemeral port,
+//! driven over HTTP. One test binary (every file in tests/ links separately).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+mod oauth;
+mod startup;

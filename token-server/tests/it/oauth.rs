@@ -1,0 +1,574 @@
+//! The OAuth endpoints as a client meets them.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokenmesh_tokens::{
+    jwk::JwkSet,
+    verify::{Expected, KeySet, verify},
+};
+
+use crate::harness::{Config, SECRET, Server};
+
+const ES256_SPEC: &str = "{signing: {algorithm: ES256}}";
+
+async fn keys(server: &Server) -> KeySet {
+    let jwks: JwkSet = server
+        .http
+        .get(server.url("/jwks"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (keys, errors) = KeySet::from_jwks(&jwks);
+    assert!(errors.is_empty(), "{errors:?}");
+    keys
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn check(token: &str, keys: &KeySet, issuer: &str, typ: &str) -> serde_json::Map<String, Value> {
+    // RFC 9701 answers carry iat but no exp.
+    let require_exp = typ == "at+jwt";
+    let expected = Expected {
+        typ: Some(typ),
+        issuers: &[issuer],
+        audiences: &[],
+        require_exp,
+        leeway: 5,
+        now: now(),
+    };
+    verify(token, keys, &expected).unwrap()
+}
+
+fn assertion(config: &Config, aud: &str, jti: &str) -> String {
+    let claims = json!({"iss": "batch", "sub": "batch", "aud": aud, "jti": jti, "exp": now() + 60, "iat": now()});
+    config.batch_key.sign_jwt("JWT", &claims).unwrap()
+}
+
+#[tokio::test]
+async fn discovery_lists_every_endpoint() {
+    let config = Config::new(ES256_SPEC);
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&config, data.path()).await;
+    for path in [
+        "/.well-known/oauth-authorization-server",
+        "/.well-known/openid-configuration",
+    ] {
+        let meta: Value = server
+            .http
+            .get(server.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(meta["issuer"], server.base);
+        for (member, path) in [
+            ("token_endpoint", "/oauth2/token"),
+            ("introspection_endpoint", "/oauth2/introspect"),
+            ("revocation_endpoint", "/oauth2/revoke"),
+            ("jwks_uri", "/jwks"),
+        ] {
+            assert_eq!(meta[member], server.url(path), "{member}");
+        }
+        assert_eq!(
+            meta["scopes_supported"],
+            json!(["orders:read", "orders:write"])
+        );
+    }
+    let metrics = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tokenmesh_http_requests_total"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn client_credentials_jwt_follows_rfc_9068() {
+    let config = Config::new(ES256_SPEC);
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&config, data.path()).await;
+    let resp = server
+        .token(&[
+            ("scope", "orders:read video_stream_movie123"),
+            ("audience", "orders"),
+        ])
+        .await;
+    assert_eq!(resp["token_type"], "Bearer");
+    assert_eq!(resp["expires_in"], 300);
+    assert_eq!(resp["scope"], "orders:read video_stream_movie123");
+    let token = resp["access_token"].as_str().unwrap();
+    let header: Value = {
+        use base64::Engine;
+        let part = token.split('.').next().unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(header["alg"], "ES256");
+    let claims = check(token, &keys(&server).await, &server.base, "at+jwt");
+    assert_eq!(claims["sub"], "gateway");
+    assert_eq!(claims["client_id"], "gateway");
+    assert_eq!(claims["aud"], "orders");
+    assert_eq!(claims["tenant"], "acme", "per-client claim");
+    let iat = claims["iat"].as_u64().unwrap();
+    assert_eq!(claims["exp"].as_u64().unwrap() - iat, 300);
+    assert_eq!(claims["nbf"].as_u64().unwrap(), iat);
+    assert!(claims["jti"].as_str().unwrap().len() >= 16);
+    assert_eq!(
+        claims["scope_exp"]["video_stream_movie123"]
+            .as_u64()
+            .unwrap(),
+        iat + 1
+    );
+
+    // RFC 8707 resource picks the audience; no audience means all of the client's.
+    let resp = server.token(&[("resource", "payments")]).await;
+    let claims = check(
+        resp["access_token"].as_str().unwrap(),
+        &keys(&server).await,
+        &server.base,
+        "at+jwt",
+    );
+    assert_eq!(claims["aud"], "payments");
+    assert_eq!(
+        claims["scope"], "orders:read orders:write",
+        "default scopes are the client's named scopes"
+    );
+    let resp = server.token(&[]).await;
+    let claims = check(
+        resp["access_token"].as_str().unwrap(),
+        &keys(&server).await,
+        &server.base,
+        "at+jwt",
+    );
+    assert_eq!(claims["aud"], json!(["orders", "payments"]));
+}
+
+#[tokio::test]
+async fn expiring_scope_leaves_the_token_but_the_token_stays() {
+    let config = Config::new(ES256_SPEC);
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&config, data.path()).await;
+    let resp = server
+        .token(&[("scope", "orders:read video_stream_7")])
+        .await;
+    let token = resp["access_token"].as_str().unwrap();
+    let fresh = server.introspect(token).await;
+    assert_eq!(fresh["scope"], "orders:read video_stream_7");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let later = server.introspect(token).await;
+    assert_eq!(later["active"], true);
+    assert_eq!(later["scope"], "orders:read");
+    assert_eq!(later["expired_scope"], "video_stream_7");
+}
+
+#[tokio::test]
+async fn client_secret_post_gets_an_eddsa_token() {
+    let config = Config::new(ES256_SPEC);
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&config, data.path()).await;
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", "poster"),
+        ("client_secret", SECRET),
+    ];
+    let resp = server.post("/oauth2/token", None, &form).await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    let claims = check(
+        body["access_token"].as_str().unwrap(),
+        &keys(&server).await,
+        &server.base,
+        "at+jwt",
+    );
+    assert_eq!(claims["client_id"], "poster");
+    // Basic is not this client's method.
+    let resp = server
+        .post(
+            "/oauth2/token",
+            Some(("poster", SECRET)),
+            &[("grant_type", "client_credentials")],
+        )
+        .await;
+    assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test]
+async fn private_key_jwt_opaque_token_introspection_and_replay() {
+    let config = Config::new(ES256_SPEC);
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&config, data.path()).await;
+    let token_url = server.url("/oauth2/token");
+    let jwt = assertion(&config, &token_url, "a-1");
+    let form = [
+        ("grant_type", "client_credentials"),
+        (
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        ),
+        ("client_assertion", jwt.as_str()),
+    ];
+    let resp = server.post("/oauth2/token", None, &form).await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    let opaque = body["access_token"].as_str().unwrap().to_owned();
+    assert!(
+        opaque.starts_with("tmo_") && opaque.len() >= 4 + 43,
+        "{opaque}"
+    );
+    assert_eq!(body["expires_in"], 600);
+
+    let replay = server.post("/oauth2/token", None, &form).await;
+    assert_eq!(replay.status(), 401);
+    let err: Value = replay.json().await.unwrap();
+    assert_eq!(err["error"], "invalid_client");
+
+    let wrong_aud = assertion(&config, "https://elsewhere", "a-2");
+    let form = [
+        ("grant_type", "client_credentials"),
+        (
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        ),
+        ("client_assertion", wrong_aud.as_str()),
+    ];
+    assert_eq!(
+        server.post("/oauth2/token", None, &form).await.status(),
+        401
+    );
+
+    let info = server.introspect(&opaque).await;
+    assert_eq!(info["active"], true);
+    assert_eq!(info["client_id"], "batch");
+    assert_eq!(info["scope"], "orders:read");
+    assert_eq!(info["aud"], "orders");
+
+    // RFC 9701: a signed introspection answer.
+    let resp = server
+        .http
+        .post(server.url("/oauth2/introspect"))
+        .basic_auth("gateway", Some(SECRET))
+        .header("accept", "application/token-introspection+jwt")
+        .form(&[("token", opaque.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/token-introspection+jwt"
+    );
+    let signed = resp.text().await.unwrap();
+    let keys = keys(&server).await;
+    let claims = check(&signed, &keys, &server.base, "token-introspection+jwt");
+    assert_eq!(claims["aud"], "gateway");
+    assert_eq!(claims["token_introspection"]["active"], true);
+    assert_eq!(claims["token_introspection"]["client_id"], "batch");
+
+    // Phantom token: the opaque token's claims as a JWT access token.
+    let resp = server
+        .http
+        .post(server.url("/oauth2/introspect"))
+        .basic_auth("gateway", Some(SECRET))
+        .header("accept", "application/jwt")
+        .form(&[("token", opaque.as_str())])
+        .send()
+        .await
+        .unwrap();
+    let phantom = resp.text().await.unwrap();
+    let claims = check(&phantom, &keys, &server.base, "at+jwt");
+    assert_eq!(claims["client_id"], "batch");
+    assert_eq!(claims["jti"], info["jti"]);
+
+    // batch may not introspect.
+    let jwt = assertion(&config, &server.url("/oauth2/introspect"), "a-3");
+    let form = [
+        ("token", opaque.as_str()),
+        (
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        ),
+        ("client_assertion", jwt.as_str()),
+    ];
+    assert_eq!(
+        server
+            .post("/oauth2/introspect", None, &form)
+            .await
+            .status(),
+        403
+    );
+}
+
+#[tokio::test]
+async fn revocation_of_jwts_opaque_tokens_and_grants() {
+    let config = Config::new(ES256_SPEC);
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&config, data.path()).await;
+    let a = server.token(&[]).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b = server.token(&[]).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let resp = server
+        .post(
+            "/oauth2/revoke",
+            Some(("gateway", SECRET)),
+            &[("token", &a), ("token_type_hint", "access_token")],
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    assert_eq!(server.introspect(&a).await, json!({"active": false}));
+    assert_eq!(
+        server.introspect(&b).await["active"],
+        true,
+        "only the one token"
+    );
+    let resp = server
+        .post(
+            "/oauth2/revoke",
+            Some(("gateway", SECRET)),
+            &[("token", "unknown")],
+        )
+        .await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "unknown tokens are fine (RFC 7009 §2.2)"
+    );
+    let resp = server
+        .post(
+            "/oauth2/revoke",
+            Some(("gateway", SECRET)),
+            &[("token", &b), ("revoke", "grant")],
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(server.introspect(&b).await["active"], false);
+    // Someone else's token cannot be revoked.
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", "poster"),
+        ("client_secret", SECRET),
+    ];
+    let theirs: Value = server
+        .post("/oauth2/token", None, &form)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let theirs = theirs["access_token"].as_str().unwrap();
+    let resp = server
+        .post(
+            "/oauth2/revoke",
+            Some(("gateway", SECRET)),
+            &[("token", theirs)],
+        )
+        .await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(server.introspect(theirs).await["active"], true);
+}
+
+#[tokio::test]
+async fn opaque_tokens_and_revocations_survive_kill_9() {
+    let config = Config::new(ES256_SPEC);
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&config, data.path()).await;
+    let mut opaque = Vec::new();
+    for jti in ["k-1", "k-2"] {
+        let jwt = assertion(&config, &server.url("/oauth2/token"), jti);
+        let form = [
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", jwt.as_str()),
+        ];
+        let body: Value = server
+            .post("/oauth2/token", None, &form)
+            .await
+            .json()
+            .await
+            .unwrap();
+        opaque.push(body["access_token"].as_str().unwrap().to_owned());
+    }
+    let jwt = server.token(&[]).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let jwks_before = server
+        .http
+        .get(server.url("/jwks"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let jwt_assertion = assertion(&config, &server.url("/oauth2/revoke"), "k-3");
+    let form = [
+        ("token", opaque[1].as_str()),
+        (
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        ),
+        ("client_assertion", jwt_assertion.as_str()),
+    ];
+    assert_eq!(
+        server.post("/oauth2/revoke", None, &form).await.status(),
+        200
+    );
+
+    server.kill_and_restart().await;
+
+    assert_eq!(server.introspect(&opaque[0]).await["active"], true);
+    assert_eq!(server.introspect(&opaque[1]).await["active"], false);
+    assert_eq!(
+        server.introspect(&jwt).await["active"],
+        true,
+        "signing keys persist"
+    );
+    let jwks_after = server
+        .http
+        .get(server.url("/jwks"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(jwks_before, jwks_after);
+    let replay = server.post("/oauth2/revoke", None, &form).await;
+    assert_eq!(replay.status(), 401, "replay records persist");
+}
+
+#[tokio::test]
+async fn bad_requests_get_rfc_errors_never_500() {
+    let config = Config::new(ES256_SPEC);
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&config, data.path()).await;
+    let cc = ("grant_type", "client_credentials");
+    type Case<'a> = (
+        Vec<(&'a str, &'a str)>,
+        Option<(&'a str, &'a str)>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            vec![cc, ("scope", "orders:delete")],
+            Some(("gateway", SECRET)),
+            400,
+            "invalid_scope",
+        ),
+        (
+            vec![cc, ("scope", "video_stream_")],
+            Some(("gateway", SECRET)),
+            400,
+            "invalid_scope",
+        ),
+        (
+            vec![cc, ("audience", "billing")],
+            Some(("gateway", SECRET)),
+            400,
+            "invalid_target",
+        ),
+        (
+            vec![("grant_type", "password")],
+            Some(("gateway", SECRET)),
+            400,
+            "unsupported_grant_type",
+        ),
+        (vec![], Some(("gateway", SECRET)), 400, "invalid_request"),
+        (
+            vec![cc],
+            Some(("gateway", "wrong-secret")),
+            401,
+            "invalid_client",
+        ),
+        (vec![cc], Some(("nobody", SECRET)), 401, "invalid_client"),
+        (vec![cc], None, 401, "invalid_client"),
+        (
+            vec![cc, ("client_id", "poster"), ("client_secret", SECRET)],
+            Some(("gateway", SECRET)),
+            400,
+            "invalid_request",
+        ),
+    ];
+    for (form, auth, status, error) in cases {
+        let resp = server.post("/oauth2/token", auth, &form).await;
+        assert_eq!(resp.status(), status, "{form:?}");
+        assert_eq!(resp.headers()["cache-control"], "no-store");
+        if status == 401 {
+            assert!(resp.headers().contains_key("www-authenticate"));
+        }
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], error, "{form:?}");
+    }
+    let raw = |content_type: &'static str, body: Vec<u8>| {
+        server
+            .http
+            .post(server.url("/oauth2/token"))
+            .basic_auth("gateway", Some(SECRET))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let form = "application/x-www-form-urlencoded";
+    for (content_type, body, status) in [
+        (
+            form,
+            b"grant_type=client_credentials&grant_type=client_credentials".to_vec(),
+            400,
+        ),
+        (
+            form,
+            b"grant_type=client_credentials&scope=%FF".to_vec(),
+            400,
+        ),
+        (form, vec![b'a'; 200 * 1024], 413),
+        (
+            "application/json",
+            br#"{"grant_type":"client_credentials"}"#.to_vec(),
+            400,
+        ),
+        (form, b"%%%=&&==".to_vec(), 400),
+    ] {
+        let resp = raw(content_type, body).await.unwrap();
+        assert_eq!(resp.status(), status);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_request");
+        assert!(!body["error_description"].as_str().unwrap().contains("sqlx"));
+    }
+    let resp = server
+        .http
+        .get(server.url("/oauth2/token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+}

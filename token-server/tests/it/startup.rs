@@ -1,0 +1,180 @@
+//! What the binary does with bad configuration and unsafe settings.
+
+use crate::harness::{Config, Server, free_port, run_to_exit};
+
+#[test]
+fn invalid_configuration_names_file_document_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: tokenmesh.dev/v1alpha1\nkind: Scope\nmetadata: {name: s}\nspec: {name: a}\n---\napiVersion: tokenmesh.dev/v1alpha1\nkind: OAuthClient\nmetadata: {name: gw}\nspec:\n  authentication: {method: client_secret_basic}\n  audiences: [x]\n  accessToken: {format: paper}\n",
+    )
+    .unwrap();
+    let (ok, stderr) = run_to_exit(&[
+        "--config",
+        file.to_str().unwrap(),
+        "--data-dir",
+        dir.path().join("d").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("bad.yaml, document 2 (OAuthClient gw)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("spec.accessToken.format"), "{stderr}");
+    assert!(!dir.path().join("d").exists(), "nothing half-starts");
+}
+
+#[test]
+fn missing_and_short_secrets_are_refused() {
+    let config = Config::new("{}");
+    let path = config.dir.path().join("secrets/shared/client_secret");
+    std::fs::write(&path, "short").unwrap();
+    let (ok, stderr) = run_to_exit(&[
+        "--config",
+        config.file().to_str().unwrap(),
+        "--check-config",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("spec.authentication.secretRef") && stderr.contains("shorter than 32"),
+        "{stderr}"
+    );
+    std::fs::remove_file(&path).unwrap();
+    let (ok, stderr) = run_to_exit(&[
+        "--config",
+        config.file().to_str().unwrap(),
+        "--check-config",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("cannot read"), "{stderr}");
+}
+
+#[test]
+fn plain_http_off_loopback_is_refused() {
+    let config = Config::new("{}");
+    let addr = format!("0.0.0.0:{}", free_port());
+    let (ok, stderr) = run_to_exit(&[
+        "--config",
+        config.file().to_str().unwrap(),
+        "--http-addr",
+        &addr,
+        "--check-config",
+    ]);
+    assert!(ok, "--check-config only checks the files: {stderr}");
+    let data = tempfile::tempdir().unwrap();
+    let (ok, stderr) = run_to_exit(&[
+        "--config",
+        config.file().to_str().unwrap(),
+        "--http-addr",
+        &addr,
+        "--data-dir",
+        data.path().to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("refusing plain HTTP"), "{stderr}");
+}
+
+#[test]
+fn help_explains_every_flag() {
+    let out = std::process::Command::new(crate::harness::binary())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--config",
+        "--http-addr",
+        "--grpc-addr",
+        "--data-dir",
+        "--secrets-dir",
+        "--issuer",
+        "--tls-cert",
+        "--tls-key",
+        "TOKENMESH_HTTP_ADDR",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+}
+
+#[tokio::test]
+async fn serves_https_with_rustls() {
+    let config = Config::new("{}");
+    let dir = config.dir.path();
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let (ca_cert, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    let csr = dir.join("tls.csr");
+    let ext = dir.join("san.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let p = |path: &std::path::Path| path.display().to_string();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for args in [
+        [
+            &["req", "-x509", "-days", "1", "-subj", "/CN=test CA"][..],
+            &ec[..],
+            &["-keyout", &p(&ca_key), "-out", &p(&ca_cert)][..],
+        ]
+        .concat(),
+        [
+            &["req", "-subj", "/CN=127.0.0.1"][..],
+            &ec[..],
+            &["-keyout", &p(&key), "-out", &p(&csr)][..],
+        ]
+        .concat(),
+        [
+            "x509",
+            "-req",
+            "-days",
+            "1",
+            "-in",
+            &p(&csr),
+            "-CA",
+            &p(&ca_cert),
+            "-CAkey",
+            &p(&ca_key),
+            "-CAcreateserial",
+            "-extfile",
+            &p(&ext),
+            "-out",
+            &p(&cert),
+        ]
+        .to_vec(),
+    ] {
+        let out = std::process::Command::new("openssl")
+            .args(&args)
+            .output()
+            .expect("openssl makes the test certificates");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let root = reqwest::Certificate::from_pem(&std::fs::read(&ca_cert).unwrap()).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_certs_only([root])
+        .build()
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let extra = vec![
+        "--tls-cert".into(),
+        cert.display().to_string(),
+        "--tls-key".into(),
+        key.display().to_string(),
+    ];
+    let server = Server::start_with(&config, data.path(), extra, http, "https").await;
+    let token = server.token(&[]).await;
+    assert!(token["access_token"].as_str().is_some());
+    assert!(server.base.starts_with("https://"));
+}
