@@ -384,4 +384,30 @@ mod tests {
             assert!(snap.verify.contains_kid(kid));
         }
     }
+
+    #[test]
+    fn pem_key_files_sign_and_keep_a_stable_kid() {
+        use base64::engine::general_purpose::STANDARD;
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Vec::new();
+        for (name, alg) in [("ed.pem", Algorithm::EdDSA), ("ec.pem", Algorithm::ES256)] {
+            let key = SigningKey::generate("x".into(), alg).unwrap();
+            let pem = format!(
+                "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+                STANDARD.encode(key.pkcs8())
+            );
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).unwrap();
+            files.push(path);
+        }
+        let mut settings = crate::registry::Registry::new("http://x".into(), None).server;
+        settings.key_files = files;
+        let first = from_files(&settings).unwrap();
+        let again = from_files(&settings).unwrap();
+        assert_eq!(first.jwks_json, again.jwks_json);
+        assert!(first.signer(Algorithm::EdDSA).is_some());
+        assert!(first.signer(Algorithm::ES256).is_some());
+        std::fs::write(dir.path().join("ec.pem"), "not a key").unwrap();
+        assert!(matches!(from_files(&settings), Err(KeyError::File { .. })));
+    }
 }
