@@ -175,9 +175,10 @@ pub async fn mint(
     state: &AppState,
     registry: &Registry,
     client: &Client,
+    format: TokenFormat,
     claims: &AccessTokenClaims,
 ) -> Result<String, OAuthError> {
-    match client.format {
+    match format {
         TokenFormat::Opaque => {
             let value = random_token().map_err(|_| OAuthError::Internal)?;
             let token = format!("{OPAQUE_PREFIX}{value}");

@@ -8,6 +8,7 @@ pub mod issue;
 pub mod keys;
 pub mod metrics;
 pub mod oauth;
+pub mod policy;
 pub mod registry;
 pub mod state;
 pub mod store;

@@ -319,7 +319,11 @@ impl Registry {
         }
         for entry in self.policies.values() {
             for (i, scope) in entry.value.spec.to.scopes.iter().enumerate() {
-                if self.find_scope(scope).is_none() {
+                let is_pattern = self
+                    .scopes
+                    .values()
+                    .any(|s| s.value.pattern.text() == scope);
+                if !is_pattern && self.find_scope(scope).is_none() {
                     return Err(ConfigError::new(
                         &entry.origin,
                         format!("spec.to.scopes[{i}]"),

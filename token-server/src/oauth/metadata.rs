@@ -45,7 +45,7 @@ pub async fn metadata(State(state): State<Arc<AppState>>) -> Response {
         "jwks_uri": state.endpoints.jwks,
         "introspection_endpoint": state.endpoints.introspection,
         "revocation_endpoint": state.endpoints.revocation,
-        "grant_types_supported": ["client_credentials"],
+        "grant_types_supported": ["client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"],
         "response_types_supported": [],
         "scopes_supported": registry.scope_names(),
         "token_endpoint_auth_methods_supported": AUTH_METHODS,

@@ -1,0 +1,142 @@
+//! RFC 8693 token exchange along gateway → orders → payments.
+
+use serde_json::{Value, json};
+
+use crate::harness::{Config, SECRET, Server};
+
+const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+fn mesh_config() -> Config {
+    let config = Config::new("{}");
+    let client = |name: &str, audiences: &str| {
+        format!(
+            "---\napiVersion: tokenmesh.dev/v1alpha1\nkind: OAuthClient\nmetadata: {{name: {name}}}\nspec:\n  grantTypes: [client_credentials, \"{EXCHANGE}\"]\n  authentication: {{method: client_secret_basic, secretRef: {{name: shared, key: client_secret}}}}\n  scopes: [\"orders:read\", \"orders:write\"]\n  audiences: [{audiences}]\n  allowIntrospection: true\n"
+        )
+    };
+    let policy = |name: &str, from: &str, actor: &str, to: &str, depth: u32| {
+        format!(
+            "---\napiVersion: tokenmesh.dev/v1alpha1\nkind: ExchangePolicy\nmetadata: {{name: {name}}}\nspec:\n  mode: exchange\n  from: {{audiences: [{from}]}}\n  actor: {{clients: [{actor}]}}\n  to: {{audience: {to}, scopes: [\"orders:read\"]}}\n  ttl: 120s\n  maxDelegationDepth: {depth}\n"
+        )
+    };
+    let mut yaml = std::fs::read_to_string(config.file()).unwrap();
+    yaml += &client("orders-svc", "payments");
+    yaml += &client("payments-svc", "ledger");
+    yaml += &policy("orders-to-payments", "orders", "orders-svc", "payments", 2);
+    yaml += &policy(
+        "payments-to-ledger",
+        "payments",
+        "payments-svc",
+        "ledger",
+        1,
+    );
+    std::fs::write(config.file(), yaml).unwrap();
+    config
+}
+
+async fn exchange(
+    server: &Server,
+    actor: &str,
+    subject: &str,
+    audience: &str,
+) -> reqwest::Response {
+    let form = [
+        ("grant_type", EXCHANGE),
+        ("subject_token", subject),
+        ("subject_token_type", ACCESS_TOKEN),
+        ("audience", audience),
+    ];
+    server
+        .post("/oauth2/token", Some((actor, SECRET)), &form)
+        .await
+}
+
+#[tokio::test]
+async fn exchange_carries_sub_narrows_scopes_and_chains_actors() {
+    let config = mesh_config();
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&config, data.path()).await;
+    let first = server
+        .token(&[
+            ("scope", "orders:read orders:write"),
+            ("audience", "orders"),
+        ])
+        .await;
+    let first = first["access_token"].as_str().unwrap();
+
+    let resp = exchange(&server, "orders-svc", first, "payments").await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["issued_token_type"], ACCESS_TOKEN);
+    assert_eq!(body["scope"], "orders:read", "only what the policy allows");
+    assert!(body["expires_in"].as_u64().unwrap() <= 120);
+    let second = body["access_token"].as_str().unwrap();
+    let info = server.introspect(second).await;
+    assert_eq!(info["sub"], "gateway", "the subject stays");
+    assert_eq!(info["aud"], "payments");
+    assert_eq!(info["client_id"], "orders-svc");
+    assert_eq!(
+        info["act"],
+        json!({"sub": "orders-svc", "client_id": "orders-svc"})
+    );
+
+    // The next hop: one more actor, beyond payments-to-ledger's depth of 1.
+    let resp = exchange(&server, "payments-svc", second, "ledger").await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"],
+        "invalid_grant"
+    );
+
+    // Wrong actor, no policy, inactive subject.
+    let resp = exchange(&server, "payments-svc", first, "payments").await;
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"],
+        "unauthorized_client"
+    );
+    let resp = exchange(&server, "orders-svc", first, "billing").await;
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"],
+        "invalid_target"
+    );
+    let resp = exchange(&server, "orders-svc", "not-a-token", "payments").await;
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"],
+        "invalid_grant"
+    );
+
+    // Revoking the original grant revokes what was exchanged from it.
+    let resp = server
+        .post(
+            "/oauth2/revoke",
+            Some(("gateway", SECRET)),
+            &[("token", first), ("revoke", "grant")],
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(server.introspect(second).await["active"], false);
+    let resp = exchange(&server, "orders-svc", first, "payments").await;
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"],
+        "invalid_grant"
+    );
+}
+
+#[tokio::test]
+async fn a_client_without_the_exchange_grant_is_refused() {
+    let config = mesh_config();
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&config, data.path()).await;
+    let first = server.token(&[("audience", "orders")]).await;
+    let resp = exchange(
+        &server,
+        "gateway",
+        first["access_token"].as_str().unwrap(),
+        "payments",
+    )
+    .await;
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"],
+        "unauthorized_client"
+    );
+}
