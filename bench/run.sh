@@ -75,6 +75,9 @@ if (( busy > 10 )); then
   log "warning: CPUs already ${busy}% busy before the benchmark (a build running?); figures will be noisy"
 fi
 
+busy_ticks() { local a; a=($(head -n1 /proc/stat)); echo $(( a[1] + a[2] + a[3] + a[6] + a[7] + a[8] )); }
+proc_ticks() { local f; f=($(sed 's/^.*) //' "/proc/$1/stat")); echo $(( f[11] + f[12] )); } # utime + stime, all threads
+
 free_port() { # first port from a random start that nothing answers on
   local p=$((20000 + RANDOM % 20000))
   while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
@@ -93,7 +96,7 @@ wait_ready() { # url pid logfile
 }
 
 # --- one case ------------------------------------------------------------------
-declare -A RPS P50 P99 ERR
+declare -A RPS P50 P99 ERR SCPU_PCT
 NOTES=()
 (( busy <= 10 )) || NOTES+=("CPUs were ${busy}% busy before the run started: other load, figures not trustworthy")
 flagged=0
@@ -116,7 +119,23 @@ run_case() {
   export BENCH_METHOD=$method BENCH_BODY=$body BENCH_AUTH=$auth
   log "$id: warm-up $WARMUP, then $DURATION with $CONNS connections"
   taskset -c "$CCPU" wrk -t1 -c"$CONNS" -d"$WARMUP" --timeout 5s -s "$here/token.lua" "$url" >/dev/null
-  out=$(taskset -c "$CCPU" wrk -t1 -c"$CONNS" -d"$DURATION" --timeout 5s -s "$here/token.lua" "$url")
+  # CPU accounting: all CPUs' busy time, minus the server's, minus wrk's, is
+  # other load that disturbed the case.
+  local b0 s0 t0 b1 s1 t1 wrk_cpu
+  b0=$(busy_ticks) s0=$(proc_ticks "$spid") t0=$(date +%s%N)
+  { TIMEFORMAT='%3U %3S'; time taskset -c "$CCPU" wrk -t1 -c"$CONNS" -d"$DURATION" --timeout 5s \
+      -s "$here/token.lua" "$url" >"$tmp/wrk.out"; } 2>"$tmp/wrk.time"
+  b1=$(busy_ticks) s1=$(proc_ticks "$spid") t1=$(date +%s%N)
+  out=$(<"$tmp/wrk.out") wrk_cpu=$(awk 'END { print $1 + $2 }' "$tmp/wrk.time")
+  local hz wall server_pct other_pct
+  hz=$(getconf CLK_TCK) wall=$(( (t1 - t0) / 1000000 )) # ms
+  server_pct=$(( (s1 - s0) * 100000 / hz / wall ))
+  other_pct=$(awk -v b=$(( b1 - b0 )) -v s=$(( s1 - s0 )) -v hz="$hz" -v w="$wrk_cpu" -v ms="$wall" \
+    'BEGIN { o = ((b - s) / hz - w) * 100000 / ms; printf "%d", o < 0 ? 0 : o }')
+  SCPU_PCT[$id]=$server_pct%
+  if (( other_pct > 10 )); then
+    SCPU_PCT[$id]+=" ⚠" NOTES+=("$id: other processes used ${other_pct}% of a core during the case: figures disturbed")
+  fi
   res=$(grep '^BENCH_RESULT' <<<"$out") || { echo "$out" >&2; die "$id: no result from wrk"; }
   field() { sed -nE "s/.* $1=([0-9.]+).*/\1/p" <<<"$res"; }
   local rps p50 p99 ok non200 sockerr
@@ -127,7 +146,7 @@ run_case() {
     ERR[$id]="**${non200} non-200, ${sockerr} socket** ⚠" flagged=1
     NOTES+=("$id: FLAGGED, ${ok} ok / ${non200} non-200 / ${sockerr} socket errors; first bad: $(grep '^BENCH_FIRST_BAD' <<<"$out" | cut -c17- || true)")
   fi
-  log "$id: $rps req/s, p50 ${p50}us, p99 ${p99}us, ok $ok, non-200 $non200, socket errors $sockerr"
+  log "$id: $rps req/s, p50 ${p50}us, p99 ${p99}us, ok $ok, non-200 $non200, socket errors $sockerr; server ${server_pct}% of its core, other load ${other_pct}% of a core"
 }
 
 # --- tokenmesh ------------------------------------------------------------------
@@ -150,13 +169,14 @@ if want healthz || want opaque || want es256 || want eddsa; then
   log "starting $bin on $iss (CPU $SCPU)"
   taskset -c "$SCPU" "$bin" --config "$tmp/cfg" --http-addr "127.0.0.1:$port" --issuer "$iss" \
     --data-dir "$tmp/data" --secrets-dir "$tmp/secrets" "${extra[@]}" >"$tmp/token-server.log" 2>&1 &
-  pids+=($!)
+  pids+=($!) spid=$!
   wait_ready "$iss/readyz" "$!" "$tmp/token-server.log"
   tok=$iss/oauth2/token
   want healthz && run_case healthz "$iss/healthz" GET "" "" - "$iss" -
   want opaque && run_case opaque "$tok" POST "$TOKEN_BODY" bench-opaque opaque "$iss" orders
   want es256 && run_case es256 "$tok" POST "$TOKEN_BODY" bench-es256 ES256 "$iss" orders
   want eddsa && run_case eddsa "$tok" POST "$TOKEN_BODY" bench-eddsa EdDSA "$iss" orders
+  NOTES+=("token-server data dir after its cases: $(du -sh "$tmp/data" | cut -f1) ($(cd "$tmp/data" && ls -s --block-size=M | tail -n +2 | awk '{ printf "%s%s %s", sep, $2, $1; sep = ", " }'))")
   loglines=$(wc -l <"$tmp/token-server.log")
   (( loglines < 100 )) || NOTES+=("token-server wrote $loglines log lines during the run")
   kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
@@ -169,7 +189,7 @@ if want peer; then
   pport=$(free_port); piss=http://127.0.0.1:$pport
   log "starting oidc-provider $peer_ver on $piss (CPU $SCPU)"
   NODE_ENV=production PEER_CLIENT_SECRET=$SECRET taskset -c "$SCPU" node "$here/peer/server.mjs" "$pport" >"$tmp/peer.log" 2>&1 &
-  pids+=($!)
+  pids+=($!) spid=$!
   wait_ready "$piss/healthz" "$!" "$tmp/peer.log"
   run_case peer_healthz "$piss/healthz" GET "" "" - "$piss" -
   run_case peer "$piss/token" POST "$TOKEN_BODY&resource=$PEER_RESOURCE" bench-es256 ES256 "$piss" orders
@@ -180,16 +200,16 @@ ms() { awk -v u="$1" 'BEGIN { printf "%.2f ms", u / 1000 }'; }
 ratio() { [[ -n ${2:-} ]] && awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }' || echo -; }
 row() { # id label ceiling-id
   [[ -n ${RPS[$1]:-} ]] || return 0
-  printf '| %s | %.0f | %s | %s | %s | %s |\n' "$2" "${RPS[$1]}" "$(ms "${P50[$1]}")" "$(ms "${P99[$1]}")" \
-    "$(ratio "${RPS[$1]}" "${RPS[$3]:-}")" "${ERR[$1]}"
+  printf '| %s | %.0f | %s | %s | %s | %s | %s |\n' "$2" "${RPS[$1]}" "$(ms "${P50[$1]}")" "$(ms "${P99[$1]}")" \
+    "$(ratio "${RPS[$1]}" "${RPS[$3]:-}")" "${SCPU_PCT[$1]}" "${ERR[$1]}"
 }
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
 echo "### Token issuance, loopback HTTP ($(date -u '+%Y-%m-%d %H:%M UTC'))"
 echo
 echo "Machine: $(nproc) CPUs, ${cpu:-unknown CPU}, Linux $(uname -r). Server pinned to CPU $SCPU, wrk (1 thread, $CONNS connections) to CPU $CCPU; $WARMUP warm-up + $DURATION per case. $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2)$(command -v node >/dev/null && echo ", node $(node -v)")$( [[ $peer_ver != - ]] && echo ", oidc-provider $peer_ver")."
 echo
-echo '| case | req/s | p50 | p99 | ratio to (a) | errors |'
-echo '|---|---:|---:|---:|---:|---|'
+echo '| case | req/s | p50 | p99 | ratio to (a) | server core | errors |'
+echo '|---|---:|---:|---:|---:|---:|---|'
 row healthz '(a) tokenmesh `GET /healthz` (ceiling)' healthz
 row opaque '(b) tokenmesh opaque token' healthz
 row es256 '(c) tokenmesh JWT ES256' healthz
