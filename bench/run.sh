@@ -76,7 +76,10 @@ if (( busy > 10 )); then
 fi
 
 busy_ticks() { local a; a=($(head -n1 /proc/stat)); echo $(( a[1] + a[2] + a[3] + a[6] + a[7] + a[8] )); }
-proc_ticks() { local f; f=($(sed 's/^.*) //' "/proc/$1/stat")); echo $(( f[11] + f[12] )); } # utime + stime, all threads
+proc_ticks() { # utime + stime of a process, all its threads (0 once it is gone)
+  local f; f=($(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null || echo x x x x x x x x x x x 0 0))
+  echo $(( f[11] + f[12] ))
+}
 
 free_port() { # first port from a random start that nothing answers on
   local p=$((20000 + RANDOM % 20000))
@@ -124,7 +127,7 @@ run_case() {
   local b0 s0 t0 b1 s1 t1 wrk_cpu
   b0=$(busy_ticks) s0=$(proc_ticks "$spid") t0=$(date +%s%N)
   { TIMEFORMAT='%3U %3S'; time taskset -c "$CCPU" wrk -t1 -c"$CONNS" -d"$DURATION" --timeout 5s \
-      -s "$here/token.lua" "$url" >"$tmp/wrk.out"; } 2>"$tmp/wrk.time"
+      -s "$here/token.lua" "$url" >"$tmp/wrk.out"; } 2>"$tmp/wrk.time" || die "$id: wrk failed: $(<"$tmp/wrk.time")"
   b1=$(busy_ticks) s1=$(proc_ticks "$spid") t1=$(date +%s%N)
   out=$(<"$tmp/wrk.out") wrk_cpu=$(awk 'END { print $1 + $2 }' "$tmp/wrk.time")
   local hz wall server_pct other_pct
