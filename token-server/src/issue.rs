@@ -124,10 +124,8 @@ pub struct TokenPlan<'a> {
 
 pub fn claims(issuer: &str, plan: TokenPlan<'_>) -> Result<AccessTokenClaims, OAuthError> {
     let jti = random_id().map_err(|_| OAuthError::Internal)?;
-    let grant_id = match plan.grant_id {
-        Some(g) => g,
-        None => random_id().map_err(|_| OAuthError::Internal)?,
-    };
+    // A token that starts a grant names the grant after itself.
+    let grant_id = plan.grant_id.unwrap_or_else(|| jti.clone());
     let exp = plan.now.saturating_add(plan.ttl);
     let scope_exp: BTreeMap<String, u64> = plan
         .scopes

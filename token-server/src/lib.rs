@@ -68,6 +68,7 @@ fn init_logging(args: &Args) {
     let filter = EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Json => builder.json().init(),
@@ -142,7 +143,14 @@ async fn start(args: Args) -> Result<(), StartError> {
     let addr = listener.local_addr().map_err(http::ServeError::Io)?;
     tracing::info!(%addr, tls = args.tls_cert.is_some(), "listening");
     let tls = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
-    http::serve(http::router(state), listener, tls, shutdown_signal()).await?;
+    http::serve(
+        http::router(state.clone()),
+        listener,
+        tls,
+        shutdown_signal(),
+    )
+    .await?;
+    state.store.close().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -12,7 +12,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::Algorithm;
 use serde::Serialize;
 
-use crate::jwk::Jwk;
+use crate::{claims::ACCESS_TOKEN_TYP, jwk::Jwk};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SigningError {
@@ -40,6 +40,8 @@ pub struct SigningKey {
     alg: Algorithm,
     pair: Pair,
     pkcs8: Vec<u8>,
+    /// The encoded header of access tokens, built once.
+    access_token_header: String,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -93,11 +95,13 @@ impl SigningKey {
                 .map_err(|_| SigningError::BadKey("RSA"))?,
             other => return Err(SigningError::Unsupported(format!("{other:?}"))),
         };
+        let access_token_header = encoded_header(alg, ACCESS_TOKEN_TYP, &kid)?;
         Ok(Self {
             kid,
             alg,
             pair,
             pkcs8,
+            access_token_header,
         })
     }
 
@@ -134,14 +138,13 @@ impl SigningKey {
         typ: &str,
         claims: &T,
     ) -> Result<String, SigningError> {
-        let header = serde_json::to_vec(&Header {
-            alg: self.alg,
-            typ,
-            kid: &self.kid,
-        })?;
         let payload = serde_json::to_vec(claims)?;
-        let mut jwt = String::with_capacity(64 + (header.len() + payload.len()) * 4 / 3 + 350);
-        URL_SAFE_NO_PAD.encode_string(&header, &mut jwt);
+        let mut jwt = String::with_capacity(128 + payload.len() * 4 / 3 + 350);
+        if typ == ACCESS_TOKEN_TYP {
+            jwt.push_str(&self.access_token_header);
+        } else {
+            jwt.push_str(&encoded_header(self.alg, typ, &self.kid)?);
+        }
         jwt.push('.');
         URL_SAFE_NO_PAD.encode_string(&payload, &mut jwt);
         let signature = self.sign(jwt.as_bytes())?;
@@ -203,6 +206,11 @@ impl SigningKey {
         }
         jwk
     }
+}
+
+fn encoded_header(alg: Algorithm, typ: &str, kid: &str) -> Result<String, SigningError> {
+    let header = serde_json::to_vec(&Header { alg, typ, kid })?;
+    Ok(URL_SAFE_NO_PAD.encode(header))
 }
 
 /// The JOSE name of an algorithm (`ES256`, `EdDSA`, ...).

@@ -92,6 +92,9 @@ pub struct Revocation {
 
 #[async_trait]
 pub trait Store: Send + Sync {
+    /// Flushes and closes connections (on shutdown).
+    async fn close(&self);
+
     /// Whether the store answers.
     async fn ping(&self) -> StoreResult<()>;
 

@@ -47,8 +47,22 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE signing_keys (
         PRIMARY KEY (issuer, jti)
     );"];
 
+/// One writer connection, so a checkpoint can always restart the WAL (with
+/// several writers the WAL grew past a gigabyte under load), and a few readers.
 pub struct SqliteStore {
-    pool: SqlitePool,
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+/// The data directory holds private signing keys: owner only.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 fn int(value: u64) -> i64 {
@@ -62,7 +76,7 @@ fn uint(value: i64) -> u64 {
 impl SqliteStore {
     /// Opens (creating if needed) `<data_dir>/tokenmesh.db` and migrates it.
     pub async fn open(data_dir: &Path) -> StoreResult<Self> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
+        create_private_dir(data_dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
         })?;
         let path = data_dir.join("tokenmesh.db");
@@ -74,18 +88,32 @@ impl SqliteStore {
             // Under constant writes the WAL is reused, never shrunk: cap what
             // it keeps after each checkpoint.
             .pragma("journal_size_limit", "67108864");
-        let pool = SqlitePoolOptions::new()
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.clone())
+            .await?;
+        let store = Self {
+            reader: writer.clone(),
+            writer,
+        };
+        store.migrate().await?;
+        let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
+            .connect_with(options.read_only(true))
             .await?;
-        let store = Self { pool };
-        store.migrate().await?;
-        Ok(store)
+        Ok(Self { reader, ..store })
+    }
+
+    /// Closes both pools, checkpointing the WAL.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
     }
 
     async fn migrate(&self) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             .execute(&mut *tx)
             .await?;
@@ -113,8 +141,12 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn close(&self) {
+        SqliteStore::close(self).await;
+    }
+
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
     }
 
@@ -122,7 +154,7 @@ impl Store for SqliteStore {
         let rows = sqlx::query(
             "SELECT kid, alg, pkcs8, created_at, activates_at, retires_at, publish_until FROM signing_keys ORDER BY activates_at",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?;
         rows.into_iter()
             .map(|row| {
@@ -154,7 +186,7 @@ impl Store for SqliteStore {
         .bind(int(key.activates_at))
         .bind(key.retires_at.map(int))
         .bind(key.publish_until.map(int))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -162,7 +194,7 @@ impl Store for SqliteStore {
     async fn delete_signing_key(&self, kid: &str) -> StoreResult<()> {
         sqlx::query("DELETE FROM signing_keys WHERE kid = ?")
             .bind(kid)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -177,7 +209,7 @@ impl Store for SqliteStore {
         .bind(&token.grant_id)
         .bind(int(token.expires_at))
         .bind(&token.claims)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -187,7 +219,7 @@ impl Store for SqliteStore {
             "SELECT jti, client_id, grant_id, expires_at, claims FROM opaque_tokens WHERE hash = ?",
         )
         .bind(hash.as_bytes().as_slice())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await?;
         row.map(|row| {
             Ok(OpaqueToken {
@@ -212,7 +244,7 @@ impl Store for SqliteStore {
         .bind(kind.as_str())
         .bind(id)
         .bind(int(expires_at))
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await?;
         Ok(seq)
     }
@@ -223,7 +255,7 @@ impl Store for SqliteStore {
         )
         .bind(jti)
         .bind(grant_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await?;
         Ok(found.is_some())
     }
@@ -234,7 +266,7 @@ impl Store for SqliteStore {
         )
         .bind(seq)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?;
         rows.into_iter()
             .map(|row| {
@@ -259,7 +291,7 @@ impl Store for SqliteStore {
             .bind(issuer)
             .bind(jti)
             .bind(int(expires_at))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?
             .rows_affected();
         Ok(inserted == 1)
@@ -277,7 +309,7 @@ impl Store for SqliteStore {
             loop {
                 let n = sqlx::query(sql)
                     .bind(now)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?
                     .rows_affected();
                 removed += n;

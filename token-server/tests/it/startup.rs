@@ -178,3 +178,20 @@ async fn serves_https_with_rustls() {
     assert!(token["access_token"].as_str().is_some());
     assert!(server.base.starts_with("https://"));
 }
+
+#[tokio::test]
+async fn sigterm_stops_cleanly_and_the_data_dir_is_private() {
+    let config = Config::new("{}");
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&config, &data.path().join("d")).await;
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+    let db = data.path().join("d");
+    assert!(
+        !db.join("tokenmesh.db-wal").exists(),
+        "the store was closed and checkpointed"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "signing keys live here");
+}
