@@ -6,6 +6,7 @@
 #   BENCH_CASES="healthz opaque es256 eddsa peer"   (subset to run)
 #   BENCH_SERVER_CPU=0  BENCH_CLIENT_CPU=1
 #   TOKEN_SERVER_BIN=path (skip cargo build)   BENCH_SKIP_BUILD=1
+#   PEER_NODE_ENV=production (the peer's NODE_ENV; "development" is its default mode)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -191,7 +192,7 @@ if want peer; then
   peer_ver=$(node -p "require('$here/peer/node_modules/oidc-provider/package.json').version")
   pport=$(free_port); piss=http://127.0.0.1:$pport
   log "starting oidc-provider $peer_ver on $piss (CPU $SCPU)"
-  NODE_ENV=production PEER_CLIENT_SECRET=$SECRET taskset -c "$SCPU" node "$here/peer/server.mjs" "$pport" >"$tmp/peer.log" 2>&1 &
+  NODE_ENV=${PEER_NODE_ENV:-production} PEER_CLIENT_SECRET=$SECRET taskset -c "$SCPU" node "$here/peer/server.mjs" "$pport" >"$tmp/peer.log" 2>&1 &
   pids+=($!) spid=$!
   wait_ready "$piss/healthz" "$!" "$tmp/peer.log"
   run_case peer_healthz "$piss/healthz" GET "" "" - "$piss" -

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tokenserver import SERVER_BIN, TokenServer
+from tokenserver import SERVER_BIN, GrpcTokenServer, TokenServer
 
 RUNNING: list[TokenServer] = []
 
@@ -15,8 +15,9 @@ def make_server(tmp_path_factory):
     if not (SERVER_BIN.is_file() and os.access(SERVER_BIN, os.X_OK)):
         pytest.fail(f"no token-server binary at {SERVER_BIN} (set TOKENMESH_SERVER_BIN)", pytrace=False)
 
-    def make(signing="ES256"):
-        srv = TokenServer(tmp_path_factory.mktemp(f"server-{signing.lower()}"), signing)
+    def make(signing="ES256", kind=TokenServer):
+        srv = kind(tmp_path_factory.mktemp(f"{'grpc' if kind is GrpcTokenServer else 'server'}-{signing.lower()}"),
+                   signing)
         RUNNING.append(srv)
         return srv.start()
 
@@ -28,6 +29,20 @@ def make_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def server(make_server):
     return make_server()
+
+
+@pytest.fixture(scope="session")
+def stubs():
+    """The Python modules protoc makes of proto/tokenmesh/v1/*.proto (generated at test time, cached)."""
+    import grpcstubs
+
+    return grpcstubs.load()
+
+
+@pytest.fixture(scope="session")
+def grpc_server(make_server, stubs):
+    """A token server serving the gRPC API, with an admin token and the exchange/share policies."""
+    return make_server(kind=GrpcTokenServer)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Interop tests: the real token-server binary against authlib, PyJWT and requests.
+# Interop tests: the real token-server binary against authlib, PyJWT and requests (HTTP),
+# and grpcio, grpcio-health-checking and grpcurl (gRPC; stubs made from proto/ at test time).
 #   tests/interop/run.sh [pytest args...]
 # TOKENMESH_SERVER_BIN  binary to test (default: target/debug/token-server)
 # TOKENMESH_CACHE       where the venv lives (default: ~/.cache/tokenmesh)

@@ -6,6 +6,7 @@ raw requests with client authentication, authlib sessions, JWT verification
 against the published JWKS) so the tests stay short.
 """
 
+import base64
 import json
 import os
 import secrets
@@ -72,16 +73,29 @@ class TokenServer:
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = root / "server.log"
         self.proc = None
-        self.secrets = {cid: secrets.token_urlsafe(32) for cid, (m, _, _) in CLIENTS.items() if m != "private_key_jwt"}
-        for cid, secret in self.secrets.items():
-            path = root / "secrets" / cid / "client_secret"
-            path.parent.mkdir(parents=True)
-            path.write_text(secret)
-            path.chmod(0o600)
+        self.secrets = {}
+        self.config = root / "tokenmesh.yaml"
+        # JSON is YAML: one document per resource.
+        self.config.write_text("\n---\n".join(json.dumps(doc, indent=2) for doc in self.documents(signing)) + "\n")
+
+    def add_secret(self, client_id):
+        """A fresh client secret, written where `secretRef: {name: client_id, key: client_secret}` finds it."""
+        secret = self.secrets[client_id] = secrets.token_urlsafe(32)
+        path = self.root / "secrets" / client_id / "client_secret"
+        path.parent.mkdir(parents=True)
+        path.write_text(secret)
+        path.chmod(0o600)
+        return secret
+
+    def documents(self, signing):
+        """The resources of --config (subclasses serve other ones)."""
+        for cid, (method, _, _) in CLIENTS.items():
+            if method != "private_key_jwt":
+                self.add_secret(cid)
         self.batch_key = ec.generate_private_key(ec.SECP256R1())
         batch_jwk = {**jwt.algorithms.ECAlgorithm.to_jwk(self.batch_key.public_key(), as_dict=True),
                      "kid": BATCH_KID, "alg": "ES256", "use": "sig"}
-        docs = [
+        return [
             # The issuer here must lose against --issuer.
             resource("TokenServer", "default", {"issuer": "http://config-issuer.invalid", "signing": {"algorithm": signing}}),
             resource("Scope", "orders-read", {"name": "orders:read"}),
@@ -91,16 +105,17 @@ class TokenServer:
             client_resource("portal", ["orders:read"], ["orders"]),
             client_resource("batch", ["orders:read"], ["orders"], jwks={"keys": [batch_jwk]}),
         ]
-        # JSON is YAML: one document per resource.
-        self.config = root / "tokenmesh.yaml"
-        self.config.write_text("\n---\n".join(json.dumps(doc, indent=2) for doc in docs) + "\n")
+
+    def args(self):
+        """The command line of the server."""
+        return [str(SERVER_BIN), "--config", str(self.config), "--http-addr", f"127.0.0.1:{self.port}",
+                "--grpc-addr", f"127.0.0.1:{self.grpc_port}", "--issuer", self.base,
+                "--data-dir", str(self.root / "data"), "--secrets-dir", str(self.root / "secrets")]
 
     # ---------------------------------------------------------------- process
 
     def start(self):
-        cmd = [str(SERVER_BIN), "--config", str(self.config), "--http-addr", f"127.0.0.1:{self.port}",
-               "--grpc-addr", f"127.0.0.1:{self.grpc_port}", "--issuer", self.base,
-               "--data-dir", str(self.root / "data"), "--secrets-dir", str(self.root / "secrets")]
+        cmd = self.args()
         # Flags only: no TOKENMESH_* setting of the caller's environment reaches the server.
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMESH_")} | {"NO_COLOR": "1"}
         with self.log.open("ab") as log:
@@ -198,3 +213,113 @@ class TokenServer:
         claims = jwt.decode(token, key, algorithms=list(algorithms), audience=audience, issuer=self.base,
                             options={"require": list(require)})
         return jwt.get_unverified_header(token), claims
+
+
+# ---------------------------------------------------------------- gRPC
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+GRPC_TIMEOUT = 10  # deadline of every unary call, seconds
+
+
+def policy_resource(name, mode, to, from_=None, actor=None, ttl=None):
+    spec = {"mode": mode, "to": to}
+    if from_:
+        spec["from"] = from_
+    if actor:
+        spec["actor"] = actor
+    if ttl:
+        spec["ttl"] = ttl
+    return resource("ExchangePolicy", name, spec)
+
+
+class GrpcTokenServer(TokenServer):
+    """A token server with the exchange/share setup of the gRPC tests, an admin token, and stubs to call it.
+
+    gateway (client_credentials only) gets tokens for `orders`; orders-svc may exchange them for `payments`
+    (policy orders-to-payments, host payments.local); gateway's tokens may be passed on unchanged to
+    orders.local (share policy share-to-orders).
+    """
+
+    def __init__(self, root: Path, signing: str = "ES256"):
+        super().__init__(root, signing)
+        self.admin_token = secrets.token_urlsafe(48)
+        self.admin_token_file = root / "admin-token"
+        self.admin_token_file.write_text(self.admin_token + "\n")
+        self.admin_token_file.chmod(0o600)
+        self.channel = None
+
+    def documents(self, signing):
+        def client(cid, grants, scopes, audiences):
+            self.add_secret(cid)
+            return resource("OAuthClient", cid, {
+                "clientId": cid,
+                "grantTypes": grants,
+                "authentication": {"method": "client_secret_basic",
+                                   "secretRef": {"name": cid, "key": "client_secret"}},
+                "scopes": scopes,
+                "audiences": audiences,
+                "allowIntrospection": True,
+                "accessToken": {"format": "jwt", "ttl": "300s"},
+            })
+
+        return [
+            resource("TokenServer", "default", {"signing": {"algorithm": signing}}),
+            resource("Scope", "orders-read", {"name": "orders:read"}),
+            resource("Scope", "orders-write", {"name": "orders:write"}),
+            client("gateway", ["client_credentials"], ["orders:read", "orders:write"], ["orders"]),
+            client("orders-svc", ["client_credentials", TOKEN_EXCHANGE], ["orders:read"], ["payments"]),
+            policy_resource("orders-to-payments", "exchange",
+                            {"audience": "payments", "scopes": ["orders:read"], "hosts": ["payments.local"]},
+                            from_={"audiences": ["orders"]}, actor={"clients": ["orders-svc"]}, ttl="120s"),
+            policy_resource("share-to-orders", "share", {"audience": "orders", "hosts": ["orders.local"]},
+                            from_={"clients": ["gateway"]}),
+        ]
+
+    def args(self):
+        return super().args() + ["--admin-token-file", str(self.admin_token_file)]
+
+    @property
+    def grpc_target(self):
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self):
+        import grpc  # only the gRPC tests need it
+
+        super().start()
+        self.channel = grpc.insecure_channel(self.grpc_target)
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=READY_TIMEOUT)
+        except grpc.FutureTimeoutError:
+            self.stop(signal.SIGKILL)
+            pytest.fail(f"no gRPC listener on {self.grpc_target} within {READY_TIMEOUT}s:\n{self.log_tail()}",
+                        pytrace=False)
+        return self
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        super().stop(sig)
+
+    # metadata
+
+    def basic(self, client, secret=None):
+        """gRPC metadata authenticating `client` with client_secret_basic."""
+        raw = f"{client}:{secret or self.secrets.get(client, 'not-a-client-secret')}".encode()
+        return (("authorization", "Basic " + base64.b64encode(raw).decode()),)
+
+    def admin(self, token=None):
+        return (("authorization", f"Bearer {token or self.admin_token}"),)
+
+    # HTTP helpers
+
+    def client_token(self, client="gateway", scope="orders:read orders:write", audience="orders"):
+        """A client_credentials access token from the HTTP token endpoint."""
+        resp = self.post("token_endpoint", {"grant_type": "client_credentials", "scope": scope,
+                                            "audience": audience}, client)
+        assert resp.status_code == 200, resp.text
+        return resp.json()["access_token"]
+
+    def revoke(self, token, client="gateway", **form):
+        resp = self.post("revocation_endpoint", {"token": token, **form}, client)
+        assert resp.status_code == 200, resp.text

@@ -217,3 +217,42 @@ pub fn sign<T: serde::Serialize>(
         OAuthError::Internal
     })
 }
+
+/// Issues, inside `outer`, the tokens its embed policies call for
+/// (`embedded_tokens`: audience → JWT). Each has the policy's audience, no
+/// broader scopes and no longer life than the outer token, and its grant.
+pub fn embed(
+    state: &AppState,
+    registry: &Registry,
+    client: &Client,
+    outer: &mut AccessTokenClaims,
+    now: u64,
+) -> Result<(), OAuthError> {
+    let alg = jose_algorithm(registry.algorithm_of(client));
+    for embed in crate::policy::embeds(registry, outer, now)? {
+        let inner = AccessTokenClaims {
+            jti: random_id().map_err(|_| OAuthError::Internal)?,
+            aud: Audience::One(embed.audience.clone()),
+            exp: now.saturating_add(embed.ttl).min(outer.exp),
+            scope: embed.scopes.join(" "),
+            scope_exp: outer
+                .scope_exp
+                .iter()
+                .filter(|(s, _)| embed.scopes.contains(s))
+                .map(|(s, e)| (s.clone(), *e))
+                .collect(),
+            embedded_tokens: BTreeMap::new(),
+            extra: outer
+                .extra
+                .clone()
+                .into_iter()
+                .chain(embed.claims)
+                .collect(),
+            ..outer.clone()
+        };
+        let token = sign(state, alg, ACCESS_TOKEN_TYP, &inner)?;
+        tracing::debug!(policy = %embed.policy, audience = %embed.audience, jti = %inner.jti, "token embedded");
+        outer.embedded_tokens.insert(embed.audience, token);
+    }
+    Ok(())
+}

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod exchange;
 pub mod http;
 pub mod issue;
 pub mod keys;

@@ -1,13 +1,15 @@
-//! The exchange decision (RFC 8693 under ExchangePolicy): which policy
-//! admits a subject token, an actor and a target audience, and what the new
-//! token may say. Pure: the caller verified the tokens and passes the clock.
+//! The ExchangePolicy engine: which policy admits a token, an actor and a
+//! target audience, and what the new token may say, for each mode
+//! (exchange, embed, share). Pure: the caller verified the tokens and passes
+//! the clock.
 
+use serde_json::{Map, Value, json};
 use tokenmesh_crds::ExchangeMode;
 use tokenmesh_tokens::claims::{AccessTokenClaims, Actor};
 
 use crate::{
     oauth::error::OAuthError,
-    registry::{Registry, ScopePattern},
+    registry::{Policy, Registry, ScopePattern},
 };
 
 /// Delegation depth allowed when a policy names none.
@@ -20,6 +22,8 @@ pub struct ActingParty<'a> {
     pub client_id: &'a str,
     /// The subject of the actor token, when one was given; else the client.
     pub sub: &'a str,
+    /// The actor token's claims, for CEL (`actor.claims`).
+    pub claims: Option<&'a AccessTokenClaims>,
 }
 
 #[derive(Debug, Clone)]
@@ -32,17 +36,36 @@ pub struct ExchangeRequest<'a> {
     pub now: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub policy: String,
     pub scopes: Vec<String>,
     /// Seconds the new token lives.
     pub ttl: u64,
     pub act: Actor,
+    /// Claims the policy adds (from its CEL `claims`).
+    pub claims: Map<String, Value>,
+}
+
+/// A token to embed: for `audience`, carrying `scopes`, living `ttl` seconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embed {
+    pub policy: String,
+    pub audience: String,
+    pub scopes: Vec<String>,
+    pub ttl: u64,
+    pub claims: Map<String, Value>,
 }
 
 fn listed(list: &[String], value: &str) -> bool {
     list.is_empty() || list.iter().any(|v| v == value)
+}
+
+fn from_admits(policy: &Policy, subject: &AccessTokenClaims) -> bool {
+    let from = &policy.spec.from;
+    (from.audiences.is_empty() || from.audiences.iter().any(|a| subject.aud.contains(a)))
+        && listed(&from.clients, &subject.client_id)
+        && listed(&from.issuers, &subject.iss)
 }
 
 /// `may_act` (RFC 8693 §4.4), when the subject token carries it, must name the actor.
@@ -54,70 +77,156 @@ fn may_act_allows(subject: &AccessTokenClaims, actor: &ActingParty<'_>) -> bool 
     named("sub", actor.sub) || named("client_id", actor.client_id)
 }
 
+/// The variables CEL sees: `subject`, `actor`, `request`.
+fn cel_context(
+    subject: &AccessTokenClaims,
+    actor: &ActingParty<'_>,
+    audience: &str,
+    scopes: &[String],
+) -> Option<cel::Context<'static, 'static>> {
+    let mut context = cel::Context::default();
+    let actor_claims = actor
+        .claims
+        .map_or(Ok(json!({})), serde_json::to_value)
+        .ok()?;
+    context.add_variable("subject", subject).ok()?;
+    context
+        .add_variable(
+            "actor",
+            json!({"clientId": actor.client_id, "sub": actor.sub, "claims": actor_claims}),
+        )
+        .ok()?;
+    context
+        .add_variable("request", json!({"audience": audience, "scopes": scopes}))
+        .ok()?;
+    Some(context)
+}
+
+/// Whether the policy's condition holds. An expression that errors or is not
+/// a boolean counts as false: policies fail closed.
+fn condition_holds(policy: &Policy, context: &cel::Context<'_, '_>) -> bool {
+    let Some(program) = &policy.condition else {
+        return true;
+    };
+    match program.execute(context) {
+        Ok(cel::Value::Bool(result)) => result,
+        Ok(other) => {
+            tracing::warn!(policy = %policy.name, value = ?other.type_of(), "policy condition is not a boolean; refusing");
+            false
+        }
+        Err(err) => {
+            tracing::warn!(policy = %policy.name, error = %err, "policy condition failed; refusing");
+            false
+        }
+    }
+}
+
+/// The claims a policy adds; an expression that fails refuses the token.
+fn policy_claims(
+    policy: &Policy,
+    context: &cel::Context<'_, '_>,
+) -> Result<Map<String, Value>, OAuthError> {
+    let mut claims = Map::new();
+    for (name, program) in &policy.claims {
+        let value = program
+            .execute(context)
+            .ok()
+            .and_then(|v| v.json().ok())
+            .ok_or_else(|| {
+                tracing::warn!(policy = %policy.name, claim = %name, "policy claim expression failed");
+                OAuthError::InvalidGrant(format!("the policy's claim `{name}` cannot be computed").into())
+            })?;
+        claims.insert(name.clone(), value);
+    }
+    Ok(claims)
+}
+
+/// Whether `scope` may travel under `policy`: named by it, or under a prefix it names.
+fn policy_allows_scope(registry: &Registry, policy: &Policy, scope: &str) -> bool {
+    let prefix = match registry.find_scope(scope).map(|def| &def.pattern) {
+        Some(ScopePattern::Prefix(prefix)) => Some(prefix.as_str()),
+        _ => None,
+    };
+    policy
+        .spec
+        .to
+        .scopes
+        .iter()
+        .any(|s| s == scope || Some(s.as_str()) == prefix)
+}
+
+fn ttl_within(registry: &Registry, policy: &Policy, subject: &AccessTokenClaims, now: u64) -> u64 {
+    let policy_ttl = policy.ttl.unwrap_or(registry.server.default_ttl).as_secs();
+    policy_ttl.min(subject.exp.saturating_sub(now))
+}
+
 /// Decides an exchange; the first policy (by name) that admits it wins.
 pub fn decide(registry: &Registry, request: &ExchangeRequest<'_>) -> Result<Decision, OAuthError> {
     let subject = request.subject;
-    let for_audience: Vec<_> = registry
+    if subject.exp <= request.now {
+        return Err(OAuthError::InvalidGrant(
+            "the subject token has expired".into(),
+        ));
+    }
+    let candidates: Vec<&Policy> = registry
         .policies()
         .filter(|p| p.spec.mode == ExchangeMode::Exchange && p.spec.to.audience == request.audience)
         .collect();
-    if for_audience.is_empty() {
+    if candidates.is_empty() {
         return Err(OAuthError::InvalidTarget(
             "no exchange policy leads to this audience".into(),
         ));
     }
-    let from_matches: Vec<_> = for_audience
+    let candidates: Vec<&Policy> = candidates
         .into_iter()
-        .filter(|p| {
-            let from = &p.spec.from;
-            (from.audiences.is_empty() || from.audiences.iter().any(|a| subject.aud.contains(a)))
-                && listed(&from.clients, &subject.client_id)
-                && listed(&from.issuers, &subject.iss)
-        })
+        .filter(|p| from_admits(p, subject))
         .collect();
-    if from_matches.is_empty() {
+    if candidates.is_empty() {
         return Err(OAuthError::InvalidTarget(
             "no exchange policy admits this subject token for this audience".into(),
         ));
     }
-    let Some(policy) = from_matches
+    let candidates: Vec<&Policy> = candidates
         .into_iter()
-        .find(|p| listed(&p.spec.actor.clients, request.actor.client_id))
-    else {
+        .filter(|p| listed(&p.spec.actor.clients, request.actor.client_id))
+        .collect();
+    if candidates.is_empty() {
         return Err(OAuthError::UnauthorizedClient(
             "no exchange policy lets this client act here".into(),
         ));
-    };
+    }
     if !may_act_allows(subject, &request.actor) {
         return Err(OAuthError::UnauthorizedClient(
             "the subject token's may_act does not name this actor".into(),
         ));
     }
     let (live, _) = subject.scopes_at(request.now);
-    // Only narrowing: a scope the subject holds, named by the policy itself
-    // or through the prefix scope it falls under.
-    let allowed = |scope: &str| {
-        let prefix = match registry.find_scope(scope).map(|def| &def.pattern) {
-            Some(ScopePattern::Prefix(prefix)) => Some(prefix.as_str()),
-            _ => None,
-        };
-        live.contains(&scope)
-            && policy
-                .spec
-                .to
-                .scopes
-                .iter()
-                .any(|s| s == scope || Some(s.as_str()) == prefix)
+    let requested: Vec<String> = request
+        .scopes
+        .clone()
+        .unwrap_or_else(|| live.iter().map(|s| (*s).to_owned()).collect());
+    let context = cel_context(subject, &request.actor, request.audience, &requested)
+        .ok_or(OAuthError::Internal)?;
+    let Some(policy) = candidates
+        .into_iter()
+        .find(|p| condition_holds(p, &context))
+    else {
+        return Err(OAuthError::UnauthorizedClient(
+            "no exchange policy's condition holds for this request".into(),
+        ));
     };
+    // Only narrowing: scopes the subject holds and the policy names.
+    let allowed =
+        |scope: &str| live.contains(&scope) && policy_allows_scope(registry, policy, scope);
     let scopes: Vec<String> = match &request.scopes {
-        Some(requested) => {
-            if let Some(bad) = requested.iter().find(|s| !allowed(s)) {
+        Some(asked) => {
+            if let Some(bad) = asked.iter().find(|s| !allowed(s)) {
                 let bad: String = bad.chars().take(64).filter(|c| !c.is_control()).collect();
                 return Err(OAuthError::InvalidScope(
                     format!("scope `{bad}` cannot be carried to this audience").into(),
                 ));
             }
-            requested.clone()
+            asked.clone()
         }
         None => live
             .iter()
@@ -139,24 +248,126 @@ pub fn decide(registry: &Registry, request: &ExchangeRequest<'_>) -> Result<Deci
             format!("delegation deeper than {max_depth} actors").into(),
         ));
     }
-    let remaining = subject.exp.saturating_sub(request.now);
-    if remaining == 0 {
-        return Err(OAuthError::InvalidGrant(
-            "the subject token has expired".into(),
-        ));
-    }
-    let policy_ttl = policy
-        .spec
-        .ttl
-        .as_deref()
-        .and_then(|t| tokenmesh_crds::parse_duration(t).ok())
-        .map_or(registry.server.default_ttl.as_secs(), |d| d.as_secs());
     Ok(Decision {
         policy: policy.name.clone(),
         scopes,
-        ttl: policy_ttl.min(remaining),
+        ttl: ttl_within(registry, policy, subject, request.now),
         act,
+        claims: policy_claims(policy, &context)?,
     })
+}
+
+/// The tokens to embed in a token being issued with `claims`: one per embed
+/// policy that admits it (its audience and client), never outliving it.
+pub fn embeds(
+    registry: &Registry,
+    claims: &AccessTokenClaims,
+    now: u64,
+) -> Result<Vec<Embed>, OAuthError> {
+    let actor = ActingParty {
+        client_id: &claims.client_id,
+        sub: &claims.sub,
+        claims: None,
+    };
+    let (live, _) = claims.scopes_at(now);
+    let mut embeds = Vec::new();
+    for policy in registry
+        .policies()
+        .filter(|p| p.spec.mode == ExchangeMode::Embed && from_admits(p, claims))
+    {
+        if !listed(&policy.spec.actor.clients, &claims.client_id) {
+            continue;
+        }
+        let scopes: Vec<String> = live
+            .iter()
+            .filter(|s| policy_allows_scope(registry, policy, s))
+            .map(|s| (*s).to_owned())
+            .collect();
+        let context = cel_context(claims, &actor, &policy.spec.to.audience, &scopes)
+            .ok_or(OAuthError::Internal)?;
+        if !condition_holds(policy, &context) {
+            continue;
+        }
+        embeds.push(Embed {
+            policy: policy.name.clone(),
+            audience: policy.spec.to.audience.clone(),
+            scopes,
+            ttl: ttl_within(registry, policy, claims, now),
+            claims: policy_claims(policy, &context)?,
+        });
+    }
+    Ok(embeds)
+}
+
+/// Whether `claims` may be passed unchanged to `destination` (a host a share
+/// policy names, or its audience): the answer is that audience.
+pub fn share(
+    registry: &Registry,
+    claims: &AccessTokenClaims,
+    destination: &str,
+) -> Result<String, &'static str> {
+    let actor = ActingParty {
+        client_id: &claims.client_id,
+        sub: &claims.sub,
+        claims: None,
+    };
+    let mut named = false;
+    for policy in registry
+        .policies()
+        .filter(|p| p.spec.mode == ExchangeMode::Share)
+    {
+        let to = &policy.spec.to;
+        if to.audience != destination && !to.hosts.iter().any(|h| h == destination) {
+            continue;
+        }
+        named = true;
+        if !claims.aud.contains(&to.audience) || !from_admits(policy, claims) {
+            continue;
+        }
+        let scopes: Vec<String> = claims.scopes().map(str::to_owned).collect();
+        let Some(context) = cel_context(claims, &actor, &to.audience, &scopes) else {
+            continue;
+        };
+        if condition_holds(policy, &context) {
+            return Ok(to.audience.clone());
+        }
+    }
+    Err(if named {
+        "a share policy names the destination but does not admit this token (its aud must cover the destination)"
+    } else {
+        "no share policy names the destination"
+    })
+}
+
+/// A destination a sidecar may call, and how its token is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub host: String,
+    pub audience: String,
+    pub mode: ExchangeMode,
+    pub scopes: Vec<String>,
+    pub policy: String,
+}
+
+/// The routes that concern `client_id`: every policy whose actors include it
+/// (or name nobody), one per destination host.
+pub fn routes(registry: &Registry, client_id: &str) -> Vec<Route> {
+    let mut routes = Vec::new();
+    for policy in registry
+        .policies()
+        .filter(|p| listed(&p.spec.actor.clients, client_id))
+    {
+        for host in &policy.spec.to.hosts {
+            routes.push(Route {
+                host: host.clone(),
+                audience: policy.spec.to.audience.clone(),
+                mode: policy.spec.mode,
+                scopes: policy.spec.to.scopes.clone(),
+                policy: policy.name.clone(),
+            });
+        }
+    }
+    routes
 }
 
 #[cfg(test)]
@@ -225,6 +436,7 @@ mod tests {
             actor: ActingParty {
                 client_id: actor,
                 sub: actor,
+                claims: None,
             },
             audience,
             scopes: None,
@@ -327,5 +539,96 @@ mod tests {
             decide(&reg, &request(&subject, "orders", "payments")),
             Err(OAuthError::UnauthorizedClient(_))
         ));
+    }
+
+    #[test]
+    fn cel_conditions_true_false_and_erroring() {
+        let subject = subject();
+        let with = |condition: &str| {
+            let reg = registry(&format!("{BASE}  condition: {condition:?}\n"));
+            decide(&reg, &request(&subject, "orders", "payments"))
+        };
+        assert!(with("subject.client_id == 'gateway' && 'orders:read' in request.scopes").is_ok());
+        assert!(with("actor.clientId == 'orders' && request.audience == 'payments'").is_ok());
+        assert!(matches!(
+            with("subject.client_id == 'batch'"),
+            Err(OAuthError::UnauthorizedClient(_))
+        ));
+        // Errors and non-booleans fail closed.
+        assert!(matches!(
+            with("subject.no_such_claim == 1"),
+            Err(OAuthError::UnauthorizedClient(_))
+        ));
+        assert!(matches!(
+            with("'a string'"),
+            Err(OAuthError::UnauthorizedClient(_))
+        ));
+    }
+
+    #[test]
+    fn cel_claims_are_added_and_bad_expressions_refused_at_load() {
+        let reg = registry(&format!(
+            "{BASE}  claims: {{origin: subject.client_id, hops: \"size(request.scopes)\"}}\n"
+        ));
+        let decision = decide(&reg, &request(&subject(), "orders", "payments")).unwrap();
+        assert_eq!(decision.claims["origin"], "gateway");
+        assert_eq!(decision.claims["hops"], 3);
+        let yaml = format!(
+            "apiVersion: tokenmesh.dev/v1alpha1\nkind: ExchangePolicy\nmetadata: {{name: p}}\nspec:\n{BASE}  condition: \"subject.(\"\n"
+        );
+        let docs = parse_documents(None, &yaml).unwrap();
+        let err = Registry::new("https://issuer".into(), None)
+            .from_documents(&docs, &Secrets)
+            .err()
+            .unwrap();
+        assert_eq!(err.field, "spec.condition");
+        let yaml = yaml.replace(
+            "  condition: \"subject.(\"\n",
+            "  claims: {sub: subject.sub}\n",
+        );
+        let docs = parse_documents(None, &yaml).unwrap();
+        let err = Registry::new("https://issuer".into(), None)
+            .from_documents(&docs, &Secrets)
+            .err()
+            .unwrap();
+        assert_eq!(err.field, "spec.claims.sub");
+    }
+
+    #[test]
+    fn embed_policies_pick_tokens_to_carry() {
+        let reg = registry(
+            "  mode: embed\n  from: {audiences: [orders], clients: [gateway]}\n  to: {audience: payments, scopes: [\"orders:read\"]}\n  ttl: 30s\n",
+        );
+        let found = embeds(&reg, &subject(), NOW).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].audience, "payments");
+        assert_eq!(found[0].scopes, vec!["orders:read"]);
+        assert_eq!(found[0].ttl, 30);
+        let mut other = subject();
+        other.client_id = "batch".into();
+        assert!(embeds(&reg, &other, NOW).unwrap().is_empty());
+    }
+
+    #[test]
+    fn share_needs_a_policy_and_an_audience_that_covers_the_destination() {
+        let reg = registry(
+            "  mode: share\n  from: {clients: [gateway]}\n  to: {audience: orders, hosts: [orders.local]}\n",
+        );
+        let subject = subject();
+        assert_eq!(
+            share(&reg, &subject, "orders.local"),
+            Ok("orders".to_owned())
+        );
+        assert_eq!(share(&reg, &subject, "orders"), Ok("orders".to_owned()));
+        assert!(share(&reg, &subject, "payments.local").is_err());
+        let mut elsewhere = subject.clone();
+        elsewhere.aud = Audience::One("billing".into());
+        assert!(share(&reg, &elsewhere, "orders.local").is_err());
+        let routes = routes(&reg, "anyone");
+        assert_eq!(routes.len(), 1);
+        assert_eq!(
+            (routes[0].host.as_str(), routes[0].mode),
+            ("orders.local", ExchangeMode::Share)
+        );
     }
 }

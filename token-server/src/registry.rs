@@ -156,10 +156,83 @@ impl ScopePattern {
 }
 
 /// A stored exchange policy (its semantics arrive with the exchange work).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Policy {
     pub name: String,
     pub spec: ExchangePolicySpec,
+    /// The compiled `condition`.
+    pub condition: Option<Arc<cel::Program>>,
+    /// The compiled `claims`: name → expression.
+    pub claims: Vec<(String, Arc<cel::Program>)>,
+    /// The lifetime bound (`ttl`), if any.
+    pub ttl: Option<Duration>,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("name", &self.name)
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Largest CEL expression accepted.
+const MAX_CEL_LEN: usize = 4096;
+
+fn compile_cel(field: &str, source: &str) -> Result<Arc<cel::Program>, (String, String)> {
+    if source.len() > MAX_CEL_LEN {
+        return Err((
+            field.to_owned(),
+            format!("longer than {MAX_CEL_LEN} characters"),
+        ));
+    }
+    cel::Program::compile(source)
+        .map(Arc::new)
+        .map_err(|e| (field.to_owned(), format!("not a valid CEL expression: {e}")))
+}
+
+fn policy(name: &str, spec: &ExchangePolicySpec) -> Result<Policy, (String, String)> {
+    let ttl = match &spec.ttl {
+        Some(text) => Some(
+            parse_duration(text)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    (
+                        "spec.ttl".to_owned(),
+                        format!("`{text}` is not a positive duration"),
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    if spec.to.audience.is_empty() {
+        return Err(("spec.to.audience".into(), "is required".into()));
+    }
+    let condition = spec
+        .condition
+        .as_deref()
+        .map(|c| compile_cel("spec.condition", c))
+        .transpose()?;
+    let mut claims = Vec::new();
+    for (claim, source) in &spec.claims {
+        let field = format!("spec.claims.{claim}");
+        if RESERVED_CLAIMS.contains(&claim.as_str()) {
+            return Err((
+                field,
+                "is set by the token server and cannot be overridden".into(),
+            ));
+        }
+        claims.push((claim.clone(), compile_cel(&field, source)?));
+    }
+    Ok(Policy {
+        name: name.to_owned(),
+        spec: spec.clone(),
+        condition,
+        claims,
+        ttl,
+    })
 }
 
 struct Entry<T> {
@@ -249,13 +322,7 @@ impl Registry {
                 );
             }
             Resource::ExchangePolicy(res) => {
-                if let Some(ttl) = &res.spec.ttl {
-                    parse_duration(ttl).map_err(|e| err("spec.ttl", e.to_string()))?;
-                }
-                let policy = Policy {
-                    name: origin.name.clone(),
-                    spec: res.spec.clone(),
-                };
+                let policy = policy(&origin.name, &res.spec).map_err(|(f, m)| err(&f, m))?;
                 self.policies.insert(
                     origin.name.clone(),
                     Entry {

@@ -7,13 +7,10 @@ use serde::Serialize;
 use tokenmesh_crds::{GrantType, TokenFormat};
 
 use super::{client_auth::authenticate, error::OAuthError, form::Form, no_store, respond};
-use tokenmesh_tokens::claims::AccessTokenClaims;
-
-use super::introspect::active_claims;
 use crate::{
-    issue::{self, GrantedScope, TokenPlan},
+    exchange::{ACCESS_TOKEN_TYPE, ExchangeParams, JWT_TYPE},
+    issue::{self, TokenPlan},
     metrics::IssuedLabels,
-    policy::{self, ActingParty, ExchangeRequest},
     registry::{Client, Registry},
     state::AppState,
 };
@@ -30,8 +27,6 @@ pub struct TokenResponse {
 }
 
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
-const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 
 pub async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     respond(handle(&state, &headers, body).await)
@@ -44,14 +39,7 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
     let grant_type = form.require("grant_type")?;
     let grant = match grant_type {
         "client_credentials" => GrantType::ClientCredentials,
-        TOKEN_EXCHANGE => {
-            if !client.grant_types.contains(&GrantType::TokenExchange) {
-                return Err(OAuthError::UnauthorizedClient(
-                    "the client may not use this grant type".into(),
-                ));
-            }
-            return exchange(state, &registry, &client, &form).await;
-        }
+        TOKEN_EXCHANGE => return exchange(state, &registry, &client, &form).await,
         _ => {
             return Err(OAuthError::UnsupportedGrantType(
                 "supported: client_credentials, token exchange".into(),
@@ -85,6 +73,8 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
             ttl,
         },
     )?;
+    let mut claims = claims;
+    issue::embed(state, &registry, &client, &mut claims, now)?;
     let access_token = issue::mint(state, &registry, &client, client.format, &claims).await?;
     let format = if client.format == TokenFormat::Opaque {
         "opaque"
@@ -109,50 +99,29 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
     })))
 }
 
-/// The active claims of a token given as `name` with its `<name>_type`.
-async fn presented_token(
-    state: &AppState,
-    form: &Form,
-    name: &'static str,
-    type_name: &'static str,
-) -> Result<Option<AccessTokenClaims>, OAuthError> {
-    let Some(token) = form.get(name) else {
-        return Ok(None);
-    };
+/// Checks a `<name>_type` parameter: only access tokens and JWTs of this server.
+fn check_token_type(form: &Form, type_name: &'static str) -> Result<(), OAuthError> {
     match form.get(type_name) {
-        Some(ACCESS_TOKEN_TYPE | JWT_TYPE) => {}
-        _ => {
-            return Err(OAuthError::InvalidRequest(
-                format!("{type_name} must be {ACCESS_TOKEN_TYPE} or {JWT_TYPE}").into(),
-            ));
-        }
-    }
-    match active_claims(state, token).await? {
-        Some(claims) => Ok(Some(claims)),
-        None => {
-            tracing::debug!(
-                parameter = name,
-                "exchange refused: token not active (unknown, expired, revoked or forged)"
-            );
-            Err(OAuthError::InvalidGrant(
-                format!("the {name} is not active").into(),
-            ))
-        }
+        Some(ACCESS_TOKEN_TYPE | JWT_TYPE) => Ok(()),
+        _ => Err(OAuthError::InvalidRequest(
+            format!("{type_name} must be {ACCESS_TOKEN_TYPE} or {JWT_TYPE}").into(),
+        )),
     }
 }
 
-/// RFC 8693 token exchange under the ExchangePolicy resources.
+/// RFC 8693 token exchange at the token endpoint.
 async fn exchange(
     state: &AppState,
     registry: &Registry,
     client: &Client,
     form: &Form,
 ) -> Result<Response, OAuthError> {
-    form.require("subject_token")?;
-    let subject = presented_token(state, form, "subject_token", "subject_token_type")
-        .await?
-        .ok_or(OAuthError::Internal)?;
-    let actor_claims = presented_token(state, form, "actor_token", "actor_token_type").await?;
+    let subject_token = form.require("subject_token")?;
+    check_token_type(form, "subject_token_type")?;
+    let actor_token = form.get("actor_token");
+    if actor_token.is_some() {
+        check_token_type(form, "actor_token_type")?;
+    }
     let targets: Vec<&String> = form
         .all("audience")
         .iter()
@@ -163,24 +132,9 @@ async fn exchange(
             "name exactly one audience or resource".into(),
         ));
     };
-    let (format, issued_type) = match form.get("requested_token_type") {
-        None | Some(ACCESS_TOKEN_TYPE) => (client.format, ACCESS_TOKEN_TYPE),
-        Some(JWT_TYPE) => (TokenFormat::Jwt, JWT_TYPE),
-        Some(_) => {
-            return Err(OAuthError::InvalidRequest(
-                "requested_token_type is not supported".into(),
-            ));
-        }
-    };
-    let now = state.now();
-    let request = ExchangeRequest {
-        subject: &subject,
-        actor: ActingParty {
-            client_id: &client.id,
-            sub: actor_claims
-                .as_ref()
-                .map_or(client.id.as_str(), |a| a.sub.as_str()),
-        },
+    let params = ExchangeParams {
+        subject_token,
+        actor_token,
         audience,
         scopes: form.get("scope").map(|s| {
             s.split(' ')
@@ -188,52 +142,14 @@ async fn exchange(
                 .map(str::to_owned)
                 .collect()
         }),
-        now,
+        requested_token_type: form.get("requested_token_type"),
     };
-    let decision = policy::decide(registry, &request).inspect_err(|err| {
-        tracing::debug!(client_id = %client.id, subject_jti = %subject.jti, audience = %audience, reason = err.description(), "exchange refused");
-    })?;
-    let scopes = decision
-        .scopes
-        .iter()
-        .map(|name| GrantedScope {
-            name: name.clone(),
-            expires_at: subject.scope_exp.get(name).copied(),
-        })
-        .collect();
-    let mut claims = issue::claims(
-        &registry.server.issuer,
-        TokenPlan {
-            client,
-            subject: subject.sub.clone(),
-            scopes,
-            audiences: vec![(*audience).clone()],
-            grant_id: subject.grant_id.clone(),
-            now,
-            ttl: decision.ttl,
-        },
-    )?;
-    claims.act = Some(decision.act);
-    let access_token = issue::mint(state, registry, client, format, &claims).await?;
-    let label = if format == TokenFormat::Opaque {
-        "opaque"
-    } else {
-        "jwt"
-    };
-    state
-        .metrics
-        .issued
-        .get_or_create(&IssuedLabels {
-            grant_type: "token_exchange",
-            format: label,
-        })
-        .inc();
-    tracing::debug!(client_id = %client.id, policy = %decision.policy, jti = %claims.jti, "token exchanged");
+    let issued = crate::exchange::exchange(state, registry, client, params).await?;
     Ok(no_store(Json(TokenResponse {
-        access_token,
+        access_token: issued.access_token,
         token_type: "Bearer",
-        expires_in: decision.ttl,
-        scope: claims.scope,
-        issued_token_type: Some(issued_type),
+        expires_in: issued.expires_in,
+        scope: issued.scopes.join(" "),
+        issued_token_type: Some(issued.issued_token_type),
     })))
 }
