@@ -61,6 +61,12 @@ pub struct Args {
     #[arg(long, env = "TOKENMESH_INSECURE_HTTP")]
     pub insecure_http: bool,
 
+    /// File holding the admin credential of the gRPC ControlService (at least
+    /// 32 characters; callers send `authorization: Bearer <it>`). Without it
+    /// ControlService refuses every call.
+    #[arg(long, env = "TOKENMESH_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, env = "TOKENMESH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

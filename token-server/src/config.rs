@@ -166,6 +166,12 @@ pub fn parse_resource(value: Value, origin: &mut Origin) -> Result<Resource, Con
     let api_version = str_at("/apiVersion");
     origin.kind = str_at("/kind").unwrap_or_default();
     origin.name = str_at("/metadata/name").unwrap_or_default();
+    // Namespaced resources (from the operator) are known as namespace/name.
+    if let Some(namespace) = str_at("/metadata/namespace").filter(|ns| !ns.is_empty())
+        && !origin.name.is_empty()
+    {
+        origin.name = format!("{namespace}/{}", origin.name);
+    }
     if api_version.as_deref() != Some(API_VERSION) {
         return Err(ConfigError::new(
             &*origin,

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod config;
 pub mod exchange;
+pub mod grpc;
 pub mod http;
 pub mod issue;
 pub mod keys;
@@ -17,6 +18,7 @@ pub mod store;
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
+use tokenmesh_tokens::secret::SecretHash;
 use tracing_subscriber::EnvFilter;
 
 use crate::{
@@ -41,6 +43,8 @@ pub enum StartError {
     Keys(#[from] keys::KeyError),
     #[error(transparent)]
     Serve(#[from] http::ServeError),
+    #[error(transparent)]
+    Grpc(#[from] grpc::GrpcError),
 }
 
 pub fn run(args: Args) -> ExitCode {
@@ -104,23 +108,46 @@ pub fn load_registry(args: &Args) -> Result<Registry, StartError> {
     Ok(Registry::new(default_issuer, args.issuer.clone()).from_documents(&docs, &secrets)?)
 }
 
+/// Reads the admin credential of ControlService (kept only as a digest).
+fn admin_credential(args: &Args) -> Result<Option<SecretHash>, StartError> {
+    let Some(path) = &args.admin_token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| StartError::Refused(format!("--admin-token-file {}: {e}", path.display())))?;
+    let token = text.trim();
+    if token.len() < registry::MIN_SECRET_LEN {
+        return Err(StartError::Refused(format!(
+            "--admin-token-file {}: the credential is shorter than {} characters",
+            path.display(),
+            registry::MIN_SECRET_LEN
+        )));
+    }
+    Ok(Some(SecretHash::of(token.as_bytes())))
+}
+
+fn bind(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, StartError> {
+    std::net::TcpListener::bind(addr)
+        .map_err(|source| http::ServeError::Bind { addr, source }.into())
+}
+
 async fn start(args: Args) -> Result<(), StartError> {
     let registry = load_registry(&args)?;
     if args.check_config {
         println!("configuration is valid: {}", registry.summary());
         return Ok(());
     }
-    if args.tls_cert.is_none() && !args.http_addr.ip().is_loopback() && !args.insecure_http {
-        return Err(StartError::Refused(format!(
-            "refusing plain HTTP on {}: give --tls-cert and --tls-key, or --insecure-http for development",
-            args.http_addr
-        )));
+    let plain = args.tls_cert.is_none() && !args.insecure_http;
+    for addr in [args.http_addr, args.grpc_addr] {
+        if plain && !addr.ip().is_loopback() {
+            return Err(StartError::Refused(format!(
+                "refusing plain HTTP on {addr}: give --tls-cert and --tls-key, or --insecure-http for development"
+            )));
+        }
     }
-    let listener =
-        std::net::TcpListener::bind(args.http_addr).map_err(|source| http::ServeError::Bind {
-            addr: args.http_addr,
-            source,
-        })?;
+    let admin = admin_credential(&args)?;
+    let http_listener = bind(args.http_addr)?;
+    let grpc_listener = bind(args.grpc_addr)?;
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&args.data_dir).await?);
     let now = system_now();
     let keys = KeyRing::start(
@@ -139,18 +166,37 @@ async fn start(args: Args) -> Result<(), StartError> {
         metrics: Metrics::new(),
         endpoints,
         clock: system_now,
+        secrets: Box::new(FileSecrets {
+            dir: secrets_dir(&args),
+        }),
+        changes: tokio::sync::Mutex::new(()),
+        version: tokio::sync::watch::Sender::new(1),
+        revoked: tokio::sync::Notify::new(),
+        admin,
     });
     spawn_maintenance(state.clone());
-    let addr = listener.local_addr().map_err(http::ServeError::Io)?;
-    tracing::info!(%addr, tls = args.tls_cert.is_some(), "listening");
     let tls = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
-    http::serve(
+    let http_addr = http_listener.local_addr().map_err(http::ServeError::Io)?;
+    let grpc_addr = grpc_listener.local_addr().map_err(http::ServeError::Io)?;
+    tracing::info!(http = %http_addr, grpc = %grpc_addr, tls = tls.is_some(), "listening");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let http = http::serve(
         http::router(state.clone()),
-        listener,
+        http_listener,
         tls,
-        shutdown_signal(),
-    )
-    .await?;
+        until_stopped(stopped.clone()),
+    );
+    let grpc = grpc::serve(state.clone(), grpc_listener, tls, until_stopped(stopped));
+    let (http, grpc) = tokio::join!(http, grpc);
+    http?;
+    grpc?;
     state.store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -235,11 +235,13 @@ fn policy(name: &str, spec: &ExchangePolicySpec) -> Result<Policy, (String, Stri
     })
 }
 
+#[derive(Clone)]
 struct Entry<T> {
     origin: Origin,
     value: T,
 }
 
+#[derive(Clone)]
 pub struct Registry {
     pub server: ServerSettings,
     issuer_override: Option<String>,
@@ -311,8 +313,9 @@ impl Registry {
             }
             Resource::OAuthClient(res) => {
                 let namespace = res.metadata.namespace.as_deref();
-                let client = client(&origin.name, namespace, &res.spec, secrets)
-                    .map_err(|(f, m)| err(&f, m))?;
+                let name = res.metadata.name.as_deref().unwrap_or(&origin.name);
+                let client =
+                    client(name, namespace, &res.spec, secrets).map_err(|(f, m)| err(&f, m))?;
                 self.clients.insert(
                     origin.name.clone(),
                     Entry {
@@ -333,6 +336,40 @@ impl Registry {
             }
         }
         Ok(())
+    }
+
+    /// Removes a resource; false when there was none. Call [`Self::validate`]
+    /// after: a scope still referred to must not go.
+    pub fn delete(&mut self, kind: &str, name: &str) -> bool {
+        match kind {
+            "OAuthClient" => self.clients.remove(name).is_some(),
+            "Scope" => self.scopes.remove(name).is_some(),
+            "ExchangePolicy" => self.policies.remove(name).is_some(),
+            "TokenServer" if self.server_origin.as_ref().is_some_and(|o| o.name == name) => {
+                let issuer = self.server.issuer.clone();
+                self.server = ServerSettings::defaults(issuer);
+                self.server_origin = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// (kind, name) of every resource, or of one kind.
+    pub fn list(&self, kind: Option<&str>) -> Vec<(&'static str, String)> {
+        let server = self
+            .server_origin
+            .iter()
+            .map(|o| ("TokenServer", o.name.clone()));
+        let clients = self.clients.keys().map(|n| ("OAuthClient", n.clone()));
+        let scopes = self.scopes.keys().map(|n| ("Scope", n.clone()));
+        let policies = self.policies.keys().map(|n| ("ExchangePolicy", n.clone()));
+        server
+            .chain(clients)
+            .chain(scopes)
+            .chain(policies)
+            .filter(|(k, _)| kind.is_none_or(|wanted| wanted == *k))
+            .collect()
     }
 
     /// Checks references between resources and uniqueness.

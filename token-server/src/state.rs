@@ -4,7 +4,15 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::{keys::KeyRing, metrics::Metrics, registry::Registry, store::Store};
+use tokenmesh_tokens::secret::SecretHash;
+use tokio::sync::{Mutex, Notify, watch};
+
+use crate::{
+    keys::KeyRing,
+    metrics::Metrics,
+    registry::{Registry, SecretSource},
+    store::Store,
+};
 
 /// Endpoint URLs derived from the issuer.
 #[derive(Debug, Clone)]
@@ -39,6 +47,16 @@ pub struct AppState {
     pub endpoints: Endpoints,
     /// Now, as unix seconds; replaceable so expiry is testable.
     pub clock: fn() -> u64,
+    /// Where `secretRef`s of applied resources resolve.
+    pub secrets: Box<dyn SecretSource>,
+    /// Serialises changes to the registry (ControlService).
+    pub changes: Mutex<()>,
+    /// The configuration version, bumped on every change; watchers wake on it.
+    pub version: watch::Sender<u64>,
+    /// Woken on every revocation this replica records.
+    pub revoked: Notify,
+    /// Digest of the admin credential of ControlService.
+    pub admin: Option<SecretHash>,
 }
 
 impl AppState {

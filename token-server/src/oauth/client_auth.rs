@@ -67,13 +67,18 @@ pub async fn authenticate(
         );
     }
     if let Some(assertion) = assertion {
-        return check_assertion(state, registry, form, assertion, endpoint).await;
+        if form.get("client_assertion_type") != Some(JWT_BEARER_ASSERTION) {
+            return Err(OAuthError::InvalidRequest(
+                format!("client_assertion_type must be {JWT_BEARER_ASSERTION}").into(),
+            ));
+        }
+        return check_assertion(state, registry, form.get("client_id"), assertion, endpoint).await;
     }
     Err(refused("client authentication is required"))
 }
 
 /// `Authorization: Basic` with form-urlencoded id and secret (RFC 6749 §2.3.1).
-fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OAuthError> {
+pub fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OAuthError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
@@ -96,6 +101,20 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OA
             .map_err(|_| malformed())
     };
     Ok(Some((unescape(id)?, unescape(secret)?)))
+}
+
+/// Authenticates a client by its secret, presented with any secret method
+/// (gRPC metadata has no form to tell basic from post).
+pub fn check_any_secret(
+    registry: &Registry,
+    id: &str,
+    secret: &[u8],
+) -> Result<Arc<Client>, OAuthError> {
+    let used = match registry.client(id).map(|c| c.auth.method()) {
+        Some(AuthMethod::ClientSecretPost) => AuthMethod::ClientSecretPost,
+        _ => AuthMethod::ClientSecretBasic,
+    };
+    check_secret(registry, id, secret, used)
 }
 
 fn check_secret(
@@ -136,24 +155,21 @@ fn assertion_issuer(assertion: &str) -> Option<String> {
     claims.get("iss")?.as_str().map(str::to_owned)
 }
 
-async fn check_assertion(
+/// Authenticates a client by its RFC 7523 assertion (`private_key_jwt`).
+/// `claimed_id` is a `client_id` sent beside it, which must match.
+pub async fn check_assertion(
     state: &AppState,
     registry: &Registry,
-    form: &Form,
+    claimed_id: Option<&str>,
     assertion: &str,
     endpoint: &str,
 ) -> Result<Arc<Client>, OAuthError> {
-    if form.get("client_assertion_type") != Some(JWT_BEARER_ASSERTION) {
-        return Err(OAuthError::InvalidRequest(
-            format!("client_assertion_type must be {JWT_BEARER_ASSERTION}").into(),
-        ));
-    }
     if assertion.len() > MAX_ASSERTION_LEN {
         return Err(refused("the client assertion is too large"));
     }
     let id = assertion_issuer(assertion)
         .ok_or_else(|| refused("the client assertion names no issuer"))?;
-    if form.get("client_id").is_some_and(|form_id| form_id != id) {
+    if claimed_id.is_some_and(|claimed| claimed != id) {
         return Err(refused("client_id differs from the assertion issuer"));
     }
     let client = registry

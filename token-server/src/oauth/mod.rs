@@ -8,7 +8,7 @@ mod metadata;
 mod revoke;
 mod token;
 
-pub use introspect::{active_claims, introspect};
+pub use introspect::{active_claims, introspect, introspection_response};
 pub use metadata::{jwks, metadata};
 pub use revoke::revoke;
 pub use token::token;

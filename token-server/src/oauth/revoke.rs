@@ -66,6 +66,7 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
                     .await?
             }
         };
+        state.revoked.notify_waiters();
         tracing::info!(client_id = %client.id, jti = %claims.jti, whole_grant = grant.is_some(), seq, "token revoked");
     }
     Ok(no_store(()))

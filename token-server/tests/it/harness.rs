@@ -118,7 +118,10 @@ pub fn binary() -> &'static str {
 }
 
 fn spawn(config: &Path, port: u16, data_dir: &Path, extra: &[String], scheme: &str) -> Child {
+    let grpc_port = free_port();
     Command::new(binary())
+        .arg("--grpc-addr")
+        .arg(format!("127.0.0.1:{grpc_port}"))
         .arg("--config")
         .arg(config)
         .arg("--http-addr")

@@ -1,0 +1,249 @@
+//! TokenService: what sidecars ask of the token server.
+
+use std::{sync::Arc, time::Duration};
+
+use tokenmesh_crds::ExchangeMode;
+use tokenmesh_proto::v1::{
+    CheckShareRequest, CheckShareResponse, ExchangeRequest, ExchangeResponse,
+    GetEmbeddedTokenRequest, GetEmbeddedTokenResponse, IntrospectRequest, IntrospectResponse, Mode,
+    PolicySnapshot, RevocationEvent, Route, WatchPoliciesRequest, WatchRevocationsRequest,
+    revocation_event::Kind, token_service_server::TokenService,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::authenticate;
+use crate::{
+    exchange::{self, ExchangeParams},
+    issue, keys,
+    oauth::{active_claims, error::OAuthError, introspection_response},
+    policy,
+    state::AppState,
+    store::RevocationKind,
+};
+
+/// Revocations sent per store read.
+const REVOCATION_BATCH: u32 = 256;
+/// Other replicas' revocations are seen by polling at least this often.
+const REVOCATION_POLL: Duration = Duration::from_secs(1);
+
+pub struct Tokens {
+    pub state: Arc<AppState>,
+}
+
+fn required<'a>(value: &'a str, name: &str) -> Result<&'a str, Status> {
+    if value.is_empty() {
+        Err(Status::invalid_argument(format!("{name} is required")))
+    } else {
+        Ok(value)
+    }
+}
+
+#[tonic::async_trait]
+impl TokenService for Tokens {
+    async fn exchange(
+        &self,
+        request: Request<ExchangeRequest>,
+    ) -> Result<Response<ExchangeResponse>, Status> {
+        let client = authenticate(&self.state, request.metadata()).await?;
+        let body = request.into_inner();
+        let registry = self.state.registry.load();
+        let params = ExchangeParams {
+            subject_token: required(&body.subject_token, "subject_token")?,
+            actor_token: Some(body.actor_token.as_str()).filter(|t| !t.is_empty()),
+            audience: required(&body.audience, "audience")?,
+            scopes: Some(body.scopes).filter(|s| !s.is_empty()),
+            requested_token_type: Some(body.requested_token_type.as_str()),
+        };
+        let issued = exchange::exchange(&self.state, &registry, &client, params).await?;
+        Ok(Response::new(ExchangeResponse {
+            access_token: issued.access_token,
+            issued_token_type: issued.issued_token_type.to_owned(),
+            expires_in: i64::try_from(issued.expires_in).unwrap_or(i64::MAX),
+            scopes: issued.scopes,
+        }))
+    }
+
+    async fn introspect(
+        &self,
+        request: Request<IntrospectRequest>,
+    ) -> Result<Response<IntrospectResponse>, Status> {
+        let client = authenticate(&self.state, request.metadata()).await?;
+        if !client.allow_introspection {
+            return Err(
+                OAuthError::AccessDenied("the client may not introspect tokens".into()).into(),
+            );
+        }
+        let token = request.into_inner().token;
+        let Some(claims) = active_claims(&self.state, required(&token, "token")?).await? else {
+            return Ok(Response::new(IntrospectResponse::default()));
+        };
+        let registry = self.state.registry.load();
+        let response = introspection_response(&claims, self.state.now());
+        let alg = keys::jose_algorithm(registry.server.algorithm);
+        Ok(Response::new(IntrospectResponse {
+            active: true,
+            claims_json: serde_json::to_string(&response)
+                .map_err(|_| Status::internal("internal error"))?,
+            phantom_jwt: issue::sign(
+                &self.state,
+                alg,
+                tokenmesh_tokens::claims::ACCESS_TOKEN_TYP,
+                &claims,
+            )?,
+            expires_at: i64::try_from(claims.exp).unwrap_or(i64::MAX),
+        }))
+    }
+
+    async fn get_embedded_token(
+        &self,
+        request: Request<GetEmbeddedTokenRequest>,
+    ) -> Result<Response<GetEmbeddedTokenResponse>, Status> {
+        authenticate(&self.state, request.metadata()).await?;
+        let body = request.into_inner();
+        let outer = active_claims(&self.state, required(&body.token, "token")?)
+            .await?
+            .ok_or_else(|| Status::failed_precondition("the token is not active"))?;
+        let inner = outer
+            .embedded_tokens
+            .get(required(&body.audience, "audience")?)
+            .ok_or_else(|| Status::not_found("the token carries no token for this audience"))?;
+        if active_claims(&self.state, inner).await?.is_none() {
+            return Err(Status::failed_precondition(
+                "the embedded token is no longer active",
+            ));
+        }
+        Ok(Response::new(GetEmbeddedTokenResponse {
+            token: inner.clone(),
+        }))
+    }
+
+    async fn check_share(
+        &self,
+        request: Request<CheckShareRequest>,
+    ) -> Result<Response<CheckShareResponse>, Status> {
+        authenticate(&self.state, request.metadata()).await?;
+        let body = request.into_inner();
+        let Some(claims) = active_claims(&self.state, required(&body.token, "token")?).await?
+        else {
+            return Ok(Response::new(CheckShareResponse {
+                allowed: false,
+                reason: "the token is not active".into(),
+                audience: String::new(),
+            }));
+        };
+        let registry = self.state.registry.load();
+        let answer = match policy::share(
+            &registry,
+            &claims,
+            required(&body.destination, "destination")?,
+        ) {
+            Ok(audience) => CheckShareResponse {
+                allowed: true,
+                reason: String::new(),
+                audience,
+            },
+            Err(reason) => CheckShareResponse {
+                allowed: false,
+                reason: reason.into(),
+                audience: String::new(),
+            },
+        };
+        Ok(Response::new(answer))
+    }
+
+    type WatchPoliciesStream = ReceiverStream<Result<PolicySnapshot, Status>>;
+
+    async fn watch_policies(
+        &self,
+        request: Request<WatchPoliciesRequest>,
+    ) -> Result<Response<Self::WatchPoliciesStream>, Status> {
+        let client = authenticate(&self.state, request.metadata()).await?;
+        let state = self.state.clone();
+        let mut versions = state.version.subscribe();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let version = *versions.borrow_and_update();
+                let routes = policy::routes(&state.registry.load(), &client.id);
+                let snapshot = PolicySnapshot {
+                    version,
+                    routes: routes.into_iter().map(route).collect(),
+                };
+                if tx.send(Ok(snapshot)).await.is_err() || versions.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type WatchRevocationsStream = ReceiverStream<Result<RevocationEvent, Status>>;
+
+    async fn watch_revocations(
+        &self,
+        request: Request<WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        authenticate(&self.state, request.metadata()).await?;
+        let mut cursor = request.into_inner().after_seq.max(0);
+        let state = self.state.clone();
+        let (tx, rx) = mpsc::channel(REVOCATION_BATCH as usize);
+        tokio::spawn(async move {
+            loop {
+                // Registered before the read, so a revocation in between still wakes us.
+                let woken = state.revoked.notified();
+                let batch = match state
+                    .store
+                    .revocations_after(cursor, REVOCATION_BATCH)
+                    .await
+                {
+                    Ok(batch) => batch,
+                    Err(err) => {
+                        let _ = tx.send(Err(Status::unavailable(err.to_string()))).await;
+                        return;
+                    }
+                };
+                let full = batch.len() == REVOCATION_BATCH as usize;
+                for revocation in batch {
+                    cursor = revocation.seq;
+                    let event = RevocationEvent {
+                        seq: revocation.seq,
+                        kind: match revocation.kind {
+                            RevocationKind::Token => Kind::Token,
+                            RevocationKind::Grant => Kind::Grant,
+                        } as i32,
+                        id: revocation.id,
+                        expires_at: i64::try_from(revocation.expires_at).unwrap_or(i64::MAX),
+                    };
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+                if !full {
+                    tokio::select! {
+                        () = woken => {}
+                        () = tokio::time::sleep(REVOCATION_POLL) => {}
+                        () = tx.closed() => return,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn route(route: policy::Route) -> Route {
+    let mode = match route.mode {
+        ExchangeMode::Exchange => Mode::Exchange,
+        ExchangeMode::Embed => Mode::Embed,
+        ExchangeMode::Share => Mode::Share,
+    };
+    Route {
+        host: route.host,
+        audience: route.audience,
+        mode: mode as i32,
+        scopes: route.scopes,
+        policy: route.policy,
+    }
+}
