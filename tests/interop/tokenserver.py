@@ -218,6 +218,7 @@ class TokenServer:
 # ---------------------------------------------------------------- gRPC
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+AUDITOR_KID = "auditor-test-1"
 GRPC_TIMEOUT = 10  # deadline of every unary call, seconds
 
 
@@ -262,12 +263,21 @@ class GrpcTokenServer(TokenServer):
                 "accessToken": {"format": "jwt", "ttl": "300s"},
             })
 
+        # auditor authenticates with private_key_jwt (x-client-assertion metadata) and may not introspect.
+        self.auditor_key = ec.generate_private_key(ec.SECP256R1())
+        auditor_jwk = {**jwt.algorithms.ECAlgorithm.to_jwk(self.auditor_key.public_key(), as_dict=True),
+                       "kid": AUDITOR_KID, "alg": "ES256", "use": "sig"}
         return [
             resource("TokenServer", "default", {"signing": {"algorithm": signing}}),
             resource("Scope", "orders-read", {"name": "orders:read"}),
             resource("Scope", "orders-write", {"name": "orders:write"}),
             client("gateway", ["client_credentials"], ["orders:read", "orders:write"], ["orders"]),
             client("orders-svc", ["client_credentials", TOKEN_EXCHANGE], ["orders:read"], ["payments"]),
+            resource("OAuthClient", "auditor", {
+                "clientId": "auditor", "grantTypes": ["client_credentials"],
+                "authentication": {"method": "private_key_jwt", "jwks": {"keys": [auditor_jwk]}},
+                "scopes": ["orders:read"], "audiences": ["orders"], "accessToken": {"format": "jwt", "ttl": "60s"},
+            }),
             policy_resource("orders-to-payments", "exchange",
                             {"audience": "payments", "scopes": ["orders:read"], "hosts": ["payments.local"]},
                             from_={"audiences": ["orders"]}, actor={"clients": ["orders-svc"]}, ttl="120s"),
@@ -307,6 +317,14 @@ class GrpcTokenServer(TokenServer):
         """gRPC metadata authenticating `client` with client_secret_basic."""
         raw = f"{client}:{secret or self.secrets.get(client, 'not-a-client-secret')}".encode()
         return (("authorization", "Basic " + base64.b64encode(raw).decode()),)
+
+    def client_assertion(self, key=None, **claims):
+        """gRPC metadata with an RFC 7523 assertion of `auditor`, its audience the issuer."""
+        now = int(time.time())
+        payload = {"iss": "auditor", "sub": "auditor", "aud": self.base, "iat": now, "exp": now + 60,
+                   "jti": secrets.token_urlsafe(16), **claims}
+        assertion = jwt.encode(payload, key or self.auditor_key, algorithm="ES256", headers={"kid": AUDITOR_KID})
+        return (("x-client-assertion", assertion),)
 
     def admin(self, token=None):
         return (("authorization", f"Bearer {token or self.admin_token}"),)

@@ -107,6 +107,7 @@ pub struct Server {
     child: Child,
     pub base: String,
     pub port: u16,
+    pub grpc: String,
     data_dir: PathBuf,
     config: PathBuf,
     extra: Vec<String>,
@@ -117,9 +118,22 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_token-server")
 }
 
-fn spawn(config: &Path, port: u16, data_dir: &Path, extra: &[String], scheme: &str) -> Child {
-    let grpc_port = free_port();
+pub const ADMIN_TOKEN: &str = "integration-admin-token-0123456789abcdef";
+
+fn spawn(
+    config: &Path,
+    port: u16,
+    grpc_port: u16,
+    data_dir: &Path,
+    extra: &[String],
+    scheme: &str,
+) -> Child {
+    std::fs::create_dir_all(data_dir).unwrap();
+    let admin = data_dir.join("admin-token");
+    std::fs::write(&admin, ADMIN_TOKEN).unwrap();
     Command::new(binary())
+        .arg("--admin-token-file")
+        .arg(&admin)
         .arg("--grpc-addr")
         .arg(format!("127.0.0.1:{grpc_port}"))
         .arg("--config")
@@ -150,11 +164,13 @@ impl Server {
         scheme: &str,
     ) -> Self {
         let port = free_port();
-        let child = spawn(&config.file(), port, data_dir, &extra, scheme);
+        let grpc_port = free_port();
+        let child = spawn(&config.file(), port, grpc_port, data_dir, &extra, scheme);
         let server = Self {
             child,
             base: format!("{scheme}://127.0.0.1:{port}"),
             port,
+            grpc: format!("http://127.0.0.1:{grpc_port}"),
             data_dir: data_dir.to_path_buf(),
             config: config.file(),
             extra,
@@ -184,7 +200,15 @@ impl Server {
     pub async fn kill_and_restart(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        self.child = spawn(&self.config, self.port, &self.data_dir, &self.extra, "http");
+        let grpc_port: u16 = self.grpc.rsplit(':').next().unwrap().parse().unwrap();
+        self.child = spawn(
+            &self.config,
+            self.port,
+            grpc_port,
+            &self.data_dir,
+            &self.extra,
+            "http",
+        );
         self.wait_ready().await;
     }
 

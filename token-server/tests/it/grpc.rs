@@ -1,0 +1,410 @@
+//! The gRPC API with a real tonic client: a gateway → orders → payments
+//! chain by exchange, embed and share; the revocation and policy streams;
+//! the control service.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokenmesh_proto::v1::{
+    ApplyRequest, CheckShareRequest, DeleteRequest, ExchangeRequest, GetEmbeddedTokenRequest,
+    IntrospectRequest, ListRequest, Mode, ResourceRef, WatchPoliciesRequest,
+    WatchRevocationsRequest, control_service_client::ControlServiceClient, revocation_event::Kind,
+    token_service_client::TokenServiceClient,
+};
+use tokio_stream::StreamExt;
+use tonic::{Code, Request, metadata::MetadataValue, transport::Channel};
+
+use crate::harness::{ADMIN_TOKEN, Config, SECRET, Server};
+
+const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+fn mesh_config() -> Config {
+    let config = Config::new("{}");
+    let client = |name: &str, audiences: &str| {
+        format!(
+            "---\napiVersion: tokenmesh.dev/v1alpha1\nkind: OAuthClient\nmetadata: {{name: {name}}}\nspec:\n  grantTypes: [client_credentials, \"{EXCHANGE}\"]\n  authentication: {{method: client_secret_basic, secretRef: {{name: shared, key: client_secret}}}}\n  scopes: [\"orders:read\", \"orders:write\"]\n  audiences: [{audiences}]\n  allowIntrospection: true\n"
+        )
+    };
+    let policy = |name: &str, body: &str| {
+        format!(
+            "---\napiVersion: tokenmesh.dev/v1alpha1\nkind: ExchangePolicy\nmetadata: {{name: {name}}}\nspec:\n{body}"
+        )
+    };
+    let mut yaml = std::fs::read_to_string(config.file()).unwrap();
+    yaml += &client("orders-svc", "payments");
+    yaml += &client("payments-svc", "ledger");
+    yaml += &policy(
+        "orders-to-payments",
+        "  mode: exchange\n  from: {audiences: [orders]}\n  actor: {clients: [orders-svc]}\n  to: {audience: payments, scopes: [\"orders:read\"], hosts: [payments.local]}\n  ttl: 120s\n  condition: \"'orders:read' in request.scopes\"\n  claims: {origin: subject.client_id}\n",
+    );
+    yaml += &policy(
+        "embed-payments",
+        "  mode: embed\n  from: {audiences: [orders], clients: [gateway]}\n  to: {audience: payments, scopes: [\"orders:read\"], hosts: [payments.local]}\n  ttl: 60s\n",
+    );
+    yaml += &policy(
+        "share-orders",
+        "  mode: share\n  from: {clients: [gateway]}\n  to: {audience: orders, hosts: [orders.local]}\n",
+    );
+    std::fs::write(config.file(), yaml).unwrap();
+    config
+}
+
+fn basic(id: &str) -> MetadataValue<tonic::metadata::Ascii> {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{SECRET}"));
+    format!("Basic {encoded}").parse().unwrap()
+}
+
+fn as_client<T>(id: &str, body: T) -> Request<T> {
+    let mut request = Request::new(body);
+    request.metadata_mut().insert("authorization", basic(id));
+    request
+}
+
+fn as_admin<T>(body: T) -> Request<T> {
+    let mut request = Request::new(body);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
+    );
+    request
+}
+
+async fn tokens(server: &Server) -> TokenServiceClient<Channel> {
+    TokenServiceClient::connect(server.grpc.clone())
+        .await
+        .unwrap()
+}
+
+fn payload(token: &str) -> Value {
+    use base64::Engine;
+    let part = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn exchange_embed_and_share_along_three_hops() {
+    let config = mesh_config();
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&config, data.path()).await;
+    let mut grpc = tokens(&server).await;
+    let first = server
+        .token(&[
+            ("scope", "orders:read orders:write"),
+            ("audience", "orders"),
+        ])
+        .await;
+    let first = first["access_token"].as_str().unwrap().to_owned();
+
+    // Embed: the gateway's token carries one for payments.
+    let outer = payload(&first);
+    let embedded = outer["embedded_tokens"]["payments"].as_str().unwrap();
+    let inner = payload(embedded);
+    assert_eq!(inner["aud"], "payments");
+    assert_eq!(inner["scope"], "orders:read");
+    assert_eq!(inner["sub"], "gateway");
+    assert!(inner["exp"].as_u64() <= outer["exp"].as_u64());
+    let got = grpc
+        .get_embedded_token(as_client(
+            "orders-svc",
+            GetEmbeddedTokenRequest {
+                token: first.clone(),
+                audience: "payments".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.token, embedded);
+
+    // Share: orders.local is covered by the token's aud; payments.local is not.
+    let share = |destination: &str| {
+        as_client(
+            "orders-svc",
+            CheckShareRequest {
+                token: first.clone(),
+                destination: destination.into(),
+            },
+        )
+    };
+    let yes = grpc
+        .check_share(share("orders.local"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(yes.allowed);
+    assert_eq!(yes.audience, "orders");
+    let no = grpc
+        .check_share(share("payments.local"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!no.allowed && !no.reason.is_empty());
+
+    // Exchange: orders-svc trades the gateway token for one for payments.
+    let exchanged = grpc
+        .exchange(as_client(
+            "orders-svc",
+            ExchangeRequest {
+                subject_token: first.clone(),
+                audience: "payments".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(exchanged.scopes, vec!["orders:read"]);
+    let info = grpc
+        .introspect(as_client(
+            "orders-svc",
+            IntrospectRequest {
+                token: exchanged.access_token.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(info.active);
+    let claims: Value = serde_json::from_str(&info.claims_json).unwrap();
+    assert_eq!(claims["aud"], "payments");
+    assert_eq!(claims["sub"], "gateway");
+    assert_eq!(claims["act"]["sub"], "orders-svc");
+    assert_eq!(claims["origin"], "gateway", "CEL claim");
+    assert_eq!(payload(&info.phantom_jwt)["jti"], claims["jti"]);
+
+    // Refusals map to status codes.
+    let status = grpc
+        .exchange(as_client(
+            "payments-svc",
+            ExchangeRequest {
+                subject_token: first.clone(),
+                audience: "payments".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let status = grpc
+        .exchange(as_client(
+            "orders-svc",
+            ExchangeRequest {
+                subject_token: first.clone(),
+                audience: "billing".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = grpc
+        .exchange(Request::new(ExchangeRequest {
+            subject_token: first.clone(),
+            audience: "payments".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(!status.message().contains(&first), "no token in messages");
+}
+
+#[tokio::test]
+async fn revocations_stream_and_resume_from_a_cursor() {
+    let config = mesh_config();
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&config, data.path()).await;
+    let mut grpc = tokens(&server).await;
+    let mut stream = grpc
+        .watch_revocations(as_client(
+            "orders-svc",
+            WatchRevocationsRequest { after_seq: 0 },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let a = server.token(&[]).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let resp = server
+        .post(
+            "/oauth2/revoke",
+            Some(("gateway", SECRET)),
+            &[("token", &a)],
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let event = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.kind, Kind::Token as i32);
+    assert_eq!(event.id, payload(&a)["jti"]);
+    drop(stream);
+
+    // A reconnecting sidecar resumes after what it saw: nothing old, the new one.
+    let b = server.token(&[]).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let resp = server
+        .post(
+            "/oauth2/revoke",
+            Some(("gateway", SECRET)),
+            &[("token", &b), ("revoke", "grant")],
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let mut resumed = grpc
+        .watch_revocations(as_client(
+            "orders-svc",
+            WatchRevocationsRequest {
+                after_seq: event.seq,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let next = tokio::time::timeout(Duration::from_secs(5), resumed.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.kind, Kind::Grant as i32);
+    assert_eq!(next.id, payload(&b)["grant_id"]);
+    assert!(next.seq > event.seq);
+}
+
+#[tokio::test]
+async fn policy_changes_reach_the_policy_stream_through_the_control_service() {
+    let config = mesh_config();
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&config, data.path()).await;
+    let mut grpc = tokens(&server).await;
+    let mut control = ControlServiceClient::connect(server.grpc.clone())
+        .await
+        .unwrap();
+    let mut stream = grpc
+        .watch_policies(as_client("orders-svc", WatchPoliciesRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let payments = first
+        .routes
+        .iter()
+        .find(|r| r.host == "payments.local" && r.mode == Mode::Exchange as i32)
+        .unwrap();
+    assert_eq!(payments.audience, "payments");
+    assert!(!first.routes.iter().any(|r| r.host == "ledger.local"));
+
+    let document = "apiVersion: tokenmesh.dev/v1alpha1\nkind: ExchangePolicy\nmetadata: {name: to-ledger}\nspec:\n  mode: exchange\n  actor: {clients: [orders-svc]}\n  to: {audience: ledger, hosts: [ledger.local]}\n";
+    let denied = control
+        .apply(Request::new(ApplyRequest {
+            document: document.into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::Unauthenticated);
+    let applied = control
+        .apply(as_admin(ApplyRequest {
+            document: document.into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let next = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.version, applied.version);
+    assert!(next.version > first.version);
+    assert!(
+        next.routes
+            .iter()
+            .any(|r| r.host == "ledger.local" && r.audience == "ledger")
+    );
+
+    // The new policy is in force on the token endpoint too.
+    let subject = server.token(&[("audience", "orders")]).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let form = [
+        ("grant_type", EXCHANGE),
+        ("subject_token", subject.as_str()),
+        (
+            "subject_token_type",
+            "urn:ietf:params:oauth:token-type:access_token",
+        ),
+        ("audience", "ledger"),
+    ];
+    assert_eq!(
+        server
+            .post("/oauth2/token", Some(("orders-svc", SECRET)), &form)
+            .await
+            .status(),
+        200
+    );
+
+    let bad = control
+        .apply(as_admin(ApplyRequest {
+            document: document.replace("mode: exchange", "mode: teleport"),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().contains("spec.mode"), "{}", bad.message());
+    let listed = control
+        .list(as_admin(ListRequest {
+            kind: "ExchangePolicy".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.resources.iter().any(|r| r.name == "to-ledger"));
+    let gone = control
+        .delete(as_admin(DeleteRequest {
+            resource: Some(ResourceRef {
+                kind: "ExchangePolicy".into(),
+                namespace: String::new(),
+                name: "to-ledger".into(),
+            }),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(gone.existed);
+    assert_eq!(
+        server
+            .post("/oauth2/token", Some(("orders-svc", SECRET)), &form)
+            .await
+            .status(),
+        400
+    );
+    // A scope still in use cannot be deleted.
+    let refused = control
+        .delete(as_admin(DeleteRequest {
+            resource: Some(ResourceRef {
+                kind: "Scope".into(),
+                namespace: String::new(),
+                name: "orders-read".into(),
+            }),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+}
