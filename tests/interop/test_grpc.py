@@ -10,6 +10,7 @@ Every unary call has a deadline and every stream is read on a thread with a time
 
 import json
 import queue
+import signal
 import subprocess
 import threading
 import time
@@ -17,11 +18,12 @@ import time
 import grpc
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
-from tokenserver import GRPC_TIMEOUT, TOKEN_EXCHANGE, policy_resource
+from tokenserver import GRPC_TIMEOUT, TOKEN_EXCHANGE, GrpcTokenServer, policy_resource, resource
 
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
@@ -437,6 +439,41 @@ def test_check_share_needs_client_credentials(grpc_server, stubs):
     assert_status(err, C.UNAUTHENTICATED, access_token)
 
 
+# ---------------------------------------------------------------- x-client-assertion (private_key_jwt)
+
+
+def test_client_assertion_metadata_authenticates(grpc_server, stubs):
+    srv = grpc_server
+    share = token_stub(srv, stubs).CheckShare
+    request = stubs.token_pb2.CheckShareRequest(token=srv.client_token(), destination="orders.local")
+    metadata = srv.client_assertion()
+    assert share(request, metadata=metadata, timeout=GRPC_TIMEOUT).allowed is True
+    # An assertion is good for one call, as at the token endpoint.
+    assert_status(call_error(share, request, metadata), C.UNAUTHENTICATED, metadata[0][1])
+
+
+@pytest.mark.parametrize("claims", [
+    pytest.param(lambda srv: {"key": ec.generate_private_key(ec.SECP256R1())}, id="unregistered-key"),
+    pytest.param(lambda srv: {"aud": srv.base + "/elsewhere"}, id="wrong-aud"),
+    pytest.param(lambda srv: {"exp": int(time.time()) - 120}, id="expired"),
+    pytest.param(lambda srv: {"iss": "gateway"}, id="iss-not-sub"),
+])
+def test_client_assertion_metadata_refused(grpc_server, stubs, claims):
+    srv = grpc_server
+    metadata = srv.client_assertion(**claims(srv))
+    err = call_error(token_stub(srv, stubs).CheckShare,
+                     stubs.token_pb2.CheckShareRequest(token=srv.client_token(), destination="orders.local"), metadata)
+    assert_status(err, C.UNAUTHENTICATED, metadata[0][1])
+
+
+def test_introspect_refused_without_permission(grpc_server, stubs):
+    """auditor authenticates, but allowIntrospection is off: access_denied."""
+    access_token = grpc_server.client_token()
+    err = call_error(token_stub(grpc_server, stubs).Introspect, stubs.token_pb2.IntrospectRequest(token=access_token),
+                     grpc_server.client_assertion())
+    assert_status(err, C.PERMISSION_DENIED, access_token)
+
+
 # ---------------------------------------------------------------- WatchRevocations
 
 
@@ -481,6 +518,28 @@ def test_watch_revocations_of_a_grant(grpc_server, stubs):
         event, _ = stream.until(lambda e: e.kind == kind.KIND_GRANT and e.id == claims["grant_id"],
                                 "the revocation of the grant")
     assert event.expires_at >= claims["exp"], event
+
+
+def test_watch_revocations_resume_across_a_restart(make_server, stubs):
+    """The seq cursor a sidecar keeps stays good when the server is killed and started again."""
+    srv = make_server(kind=GrpcTokenServer)
+    before = srv.client_token()
+    srv.revoke(before)
+    with watch_revocations(srv, stubs, after_seq=0) as stream:
+        event, _ = stream.until(lambda e: e.id == unverified(before)["jti"], "the revocation before the restart")
+
+    srv.stop(signal.SIGKILL)
+    srv.start()
+
+    with watch_revocations(srv, stubs, after_seq=0) as stream:
+        again, _ = stream.until(lambda e: e.id == unverified(before)["jti"], "the same revocation after the restart")
+    assert (again.seq, again.kind, again.expires_at) == (event.seq, event.kind, event.expires_at)
+    after = srv.client_token()
+    with watch_revocations(srv, stubs, after_seq=event.seq) as stream:
+        assert stream.drain() == []
+        srv.revoke(after)
+        new = stream.next()
+    assert new.id == unverified(after)["jti"] and new.seq > event.seq, new
 
 
 def test_watch_revocations_needs_client_credentials(grpc_server, stubs):
@@ -617,6 +676,9 @@ def test_control_needs_the_admin_token(grpc_server, stubs, metadata):
                  id="no-name"),
     pytest.param("spec: [", None, id="not-yaml"),
     pytest.param("", None, id="empty"),
+    pytest.param(AUDIT_YAML + "---\n" + AUDIT_YAML.replace("orders-to-audit", "orders-to-audit-2"), None,
+                 id="two-documents"),
+    pytest.param(AUDIT_YAML + "#" + "x" * (1 << 20) + "\n", None, id="over-1mib"),
 ])
 def test_control_apply_invalid(grpc_server, stubs, document, field):
     srv = grpc_server
@@ -678,3 +740,79 @@ def test_setup_exchanges_over_http(grpc_server):
                                        "subject_token_type": ACCESS_TOKEN_TYPE, "audience": "payments"}, "orders-svc")
     assert resp.status_code == 200, resp.text
     assert resp.json()["issued_token_type"] == ACCESS_TOKEN_TYPE
+
+
+EMBED = policy_resource("embed-inventory", "embed", {"audience": "inventory", "scopes": ["orders:read"]},
+                        from_={"audiences": ["orders"], "clients": ["gateway"]}, ttl="30s")
+
+
+def test_get_embedded_token(grpc_server, stubs):
+    """An embed policy applied through ControlService: gateway's next token carries one for `inventory`."""
+    srv = grpc_server
+    control, tokens, pb = control_stub(srv, stubs), token_stub(srv, stubs), stubs.token_pb2
+    control.Apply(stubs.control_pb2.ApplyRequest(document=as_json(EMBED)), metadata=srv.admin(), timeout=GRPC_TIMEOUT)
+    try:
+        outer = srv.client_token()
+    finally:
+        control.Delete(stubs.control_pb2.DeleteRequest(resource=stubs.control_pb2.ResourceRef(
+            kind="ExchangePolicy", name="embed-inventory")), metadata=srv.admin(), timeout=GRPC_TIMEOUT)
+    _, outer_claims = srv.verify(outer, audience="orders")
+    assert "inventory" in outer_claims.get("embedded_tokens", {}), outer_claims
+
+    got = tokens.GetEmbeddedToken(pb.GetEmbeddedTokenRequest(token=outer, audience="inventory"),
+                                  metadata=srv.basic("gateway"), timeout=GRPC_TIMEOUT).token
+    assert got == outer_claims["embedded_tokens"]["inventory"]
+    _, inner = srv.verify(got, audience="inventory")
+    assert audiences(inner) == {"inventory"} and inner["sub"] == "gateway" and inner["scope"] == "orders:read", inner
+    assert inner["exp"] <= outer_claims["exp"] and inner["exp"] - inner["iat"] <= 30, inner
+
+    for audience, code in [("payments", C.NOT_FOUND), ("", C.INVALID_ARGUMENT)]:
+        err = call_error(tokens.GetEmbeddedToken, pb.GetEmbeddedTokenRequest(token=outer, audience=audience),
+                         srv.basic("gateway"))
+        assert_status(err, code, outer, got)
+    err = call_error(tokens.GetEmbeddedToken, pb.GetEmbeddedTokenRequest(token=outer, audience="inventory"))
+    assert_status(err, C.UNAUTHENTICATED, outer, got)
+    srv.revoke(outer)
+    err = call_error(tokens.GetEmbeddedToken, pb.GetEmbeddedTokenRequest(token=outer, audience="inventory"),
+                     srv.basic("gateway"))
+    assert_status(err, C.FAILED_PRECONDITION, outer, got)
+
+
+def test_control_apply_oauth_client(grpc_server, stubs):
+    """An OAuthClient applied at run time can get tokens at once; deleted, it cannot."""
+    srv = grpc_server
+    control, pb = control_stub(srv, stubs), stubs.control_pb2
+    doc = resource("OAuthClient", "newcomer", {
+        "clientId": "newcomer", "grantTypes": ["client_credentials"],
+        "authentication": {"method": "client_secret_basic", "secretRef": {"name": "newcomer", "key": "client_secret"}},
+        "scopes": ["orders:read"], "audiences": ["orders"], "accessToken": {"format": "jwt", "ttl": "60s"},
+    })
+    err = call_error(control.Apply, pb.ApplyRequest(document=as_json(doc)), srv.admin())  # no secret file yet
+    assert_status(err, C.INVALID_ARGUMENT, srv.admin_token)
+    assert "secretRef" in err.details(), err.details()
+
+    srv.add_secret("newcomer")
+    applied = control.Apply(pb.ApplyRequest(document=as_json(doc)), metadata=srv.admin(), timeout=GRPC_TIMEOUT)
+    assert (applied.resource.kind, applied.resource.name) == ("OAuthClient", "newcomer")
+    try:
+        _, claims = srv.verify(srv.client_token("newcomer", scope="orders:read"), audience="orders")
+        assert claims["client_id"] == "newcomer"
+    finally:
+        deleted = control.Delete(pb.DeleteRequest(resource=pb.ResourceRef(kind="OAuthClient", name="newcomer")),
+                                 metadata=srv.admin(), timeout=GRPC_TIMEOUT)
+    assert deleted.existed is True
+    resp = srv.post("token_endpoint", {"grant_type": "client_credentials", "scope": "orders:read"}, "newcomer")
+    assert resp.status_code == 401 and resp.json()["error"] == "invalid_client", resp.text
+
+
+def test_control_delete_of_a_scope_in_use_is_refused(grpc_server, stubs):
+    srv = grpc_server
+    control, pb = control_stub(srv, stubs), stubs.control_pb2
+    before = control.List(pb.ListRequest(), metadata=srv.admin(), timeout=GRPC_TIMEOUT)
+    err = call_error(control.Delete, pb.DeleteRequest(resource=pb.ResourceRef(kind="Scope", name="orders-write")),
+                     srv.admin())
+    assert err.code() in (C.INVALID_ARGUMENT, C.FAILED_PRECONDITION), (err.code(), err.details())
+    assert "orders:write" in err.details(), err.details()
+    after = control.List(pb.ListRequest(), metadata=srv.admin(), timeout=GRPC_TIMEOUT)
+    assert refs(after) == refs(before) and after.version == before.version
+    srv.client_token(scope="orders:write")  # still issued

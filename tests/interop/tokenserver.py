@@ -238,7 +238,7 @@ class GrpcTokenServer(TokenServer):
 
     gateway (client_credentials only) gets tokens for `orders`; orders-svc may exchange them for `payments`
     (policy orders-to-payments, host payments.local); gateway's tokens may be passed on unchanged to
-    orders.local (share policy share-to-orders).
+    orders.local (share policy share-to-orders). auditor authenticates with private_key_jwt and may not introspect.
     """
 
     def __init__(self, root: Path, signing: str = "ES256"):
