@@ -1,27 +1,41 @@
 // Sanity check of one token response, used by bench/run.sh before each case.
-// usage: node check-token.mjs <issuer> <opaque|ES256|EdDSA> <audience> <headers-file> <body-file>
+// usage: node check-token.mjs <issuer> <opaque|ES256|EdDSA> <audience> <headers-file> <body-file> [ttl] [actor]
+//   ttl    the configured lifetime in seconds (default 300)
+//   actor  token exchange (RFC 8693): the acting client, which must be the
+//          token's client_id and its act.sub; the response must carry
+//          issued_token_type
+//   headers-file "-": <body-file> is the JSON that grpc-exchange.py check
+//          prints for a gRPC ExchangeResponse (no HTTP headers, no token_type)
 // Prints "ok: ..." or one "WARN: ..." line per problem; always exits 0.
 import { readFileSync } from 'node:fs';
 import { createPublicKey, verify } from 'node:crypto';
 
-const [issuer, expect, audience, headersFile, bodyFile] = process.argv.slice(2);
+const [issuer, expect, audience, headersFile, bodyFile, ttlArg, actor] = process.argv.slice(2);
+const ttl = Number(ttlArg || 300);
+const grpc = headersFile === '-';
 const warn = [];
-const headers = readFileSync(headersFile, 'utf8').toLowerCase();
 const raw = readFileSync(bodyFile, 'utf8');
 const b64json = (s) => JSON.parse(Buffer.from(s, 'base64url').toString('utf8'));
 
-if (!/^cache-control:.*no-store/m.test(headers)) warn.push('no "Cache-Control: no-store" header (RFC 6749 5.1)');
-if (!/^content-type:\s*application\/json/m.test(headers)) warn.push('Content-Type is not application/json');
+if (!grpc) {
+  const headers = readFileSync(headersFile, 'utf8').toLowerCase();
+  if (!/^cache-control:.*no-store/m.test(headers)) warn.push('no "Cache-Control: no-store" header (RFC 6749 5.1)');
+  if (!/^content-type:\s*application\/json/m.test(headers)) warn.push('Content-Type is not application/json');
+}
 
 let body = {};
 try { body = JSON.parse(raw); } catch { warn.push(`body is not JSON: ${raw.slice(0, 120)}`); }
 const tok = body.access_token;
 if (typeof tok !== 'string' || !tok) warn.push('no access_token');
-if (String(body.token_type).toLowerCase() !== 'bearer') warn.push(`token_type=${body.token_type}`);
+if (!grpc && String(body.token_type).toLowerCase() !== 'bearer') warn.push(`token_type=${body.token_type}`);
 if (!Number.isInteger(body.expires_in)) warn.push('no integer expires_in');
-else if (body.expires_in !== 300) warn.push(`expires_in=${body.expires_in}, configured 300`);
-if (body.scope !== undefined && body.scope !== 'orders:read') warn.push(`scope=${body.scope}`);
-if (body.refresh_token) warn.push('client_credentials response carries a refresh_token (RFC 6749 4.4.3: SHOULD NOT)');
+else if (body.expires_in !== ttl) warn.push(`expires_in=${body.expires_in}, configured ${ttl}`);
+const scope = grpc ? (body.scopes || []).join(' ') : body.scope;
+if (scope !== undefined && scope !== 'orders:read') warn.push(`scope=${scope}`);
+if (body.refresh_token) warn.push('response carries a refresh_token (client_credentials, RFC 6749 4.4.3, and this exchange: SHOULD NOT)');
+if (actor && body.issued_token_type !== 'urn:ietf:params:oauth:token-type:access_token') {
+  warn.push(`issued_token_type=${body.issued_token_type} (RFC 8693 2.2.1: required; access_token expected)`);
+}
 
 let summary = `token ${tok ? tok.length : 0} chars`;
 if (typeof tok === 'string' && expect === 'opaque') {
@@ -39,7 +53,12 @@ if (typeof tok === 'string' && expect === 'opaque') {
     const aud = [].concat(cl.aud ?? []);
     if (audience !== '-' && !aud.includes(audience)) warn.push(`aud=${JSON.stringify(cl.aud)}, expected ${audience}`);
     if (cl.scope !== 'orders:read') warn.push(`scope claim=${JSON.stringify(cl.scope)}`);
-    if (cl.exp - cl.iat !== 300) warn.push(`exp-iat=${cl.exp - cl.iat}, configured 300`);
+    if (cl.exp - cl.iat !== ttl) warn.push(`exp-iat=${cl.exp - cl.iat}, configured ${ttl}`);
+    if (actor) {
+      if (cl.client_id !== actor) warn.push(`client_id=${cl.client_id}, expected the actor ${actor}`);
+      if (cl.act?.sub !== actor) warn.push(`act=${JSON.stringify(cl.act)}, expected act.sub ${actor} (RFC 8693 4.1)`);
+      else summary += `, act ${JSON.stringify(cl.act)}, sub ${cl.sub}`;
+    }
     if (Math.abs(cl.iat - Date.now() / 1000) > 60) warn.push(`iat is ${cl.iat}, not now`);
     // Verify the signature against the JWKS advertised by discovery.
     let meta;

@@ -9,3 +9,8 @@ pub mod v1 {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("tokenmesh_v1_descriptor");
 }
+
+/// The subset of Envoy's `envoy.service.auth.v3` the sidecar serves.
+pub mod envoy_auth_v3 {
+    tonic::include_proto!("envoy.service.auth.v3");
+}

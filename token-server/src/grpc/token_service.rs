@@ -5,9 +5,10 @@ use std::{sync::Arc, time::Duration};
 use tokenmesh_crds::ExchangeMode;
 use tokenmesh_proto::v1::{
     CheckShareRequest, CheckShareResponse, ExchangeRequest, ExchangeResponse,
-    GetEmbeddedTokenRequest, GetEmbeddedTokenResponse, IntrospectRequest, IntrospectResponse, Mode,
-    PolicySnapshot, RevocationEvent, Route, WatchPoliciesRequest, WatchRevocationsRequest,
-    revocation_event::Kind, token_service_server::TokenService,
+    GetEmbeddedTokenRequest, GetEmbeddedTokenResponse, GetJwksRequest, GetJwksResponse,
+    IntrospectRequest, IntrospectResponse, Mode, PolicySnapshot, RevocationEvent, Route,
+    WatchPoliciesRequest, WatchRevocationsRequest, revocation_event::Kind,
+    token_service_server::TokenService,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -151,6 +152,17 @@ impl TokenService for Tokens {
             },
         };
         Ok(Response::new(answer))
+    }
+
+    async fn get_jwks(
+        &self,
+        request: Request<GetJwksRequest>,
+    ) -> Result<Response<GetJwksResponse>, Status> {
+        authenticate(&self.state, request.metadata()).await?;
+        Ok(Response::new(GetJwksResponse {
+            issuer: self.state.registry.load().server.issuer.clone(),
+            jwks_json: self.state.keys.snapshot().jwks_json.to_string(),
+        }))
     }
 
     type WatchPoliciesStream = ReceiverStream<Result<PolicySnapshot, Status>>;
