@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# tokenmesh token-issuance benchmark: wrk over loopback, server pinned to one
-# core and wrk to the other. Prints a markdown table on stdout (progress on
-# stderr). See bench/README.md. Env knobs:
+# tokenmesh token-issuance benchmark: wrk (HTTP/1.1) and h2load (gRPC) over
+# loopback, server pinned to one core and the load generator to the other.
+# Prints a markdown table on stdout (progress on stderr). See bench/README.md.
+# Env knobs:
 #   BENCH_DURATION=10s  BENCH_WARMUP=2s  BENCH_CONNECTIONS=32
-#   BENCH_CASES="healthz opaque es256 eddsa peer"   (subset to run)
+#   BENCH_CASES="healthz opaque es256 eddsa exchange-http exchange-grpc peer"   (subset to run)
 #   BENCH_SERVER_CPU=0  BENCH_CLIENT_CPU=1
 #   TOKEN_SERVER_BIN=path (skip cargo build)   BENCH_SKIP_BUILD=1
 #   PEER_NODE_ENV=production (the peer's NODE_ENV; "development" is its default mode)
@@ -14,16 +15,25 @@ root=$(cd "$here/.." && pwd)
 DURATION=${BENCH_DURATION:-10s}
 WARMUP=${BENCH_WARMUP:-2s}
 CONNS=${BENCH_CONNECTIONS:-32}
-CASES=" ${BENCH_CASES:-healthz opaque es256 eddsa peer} "
+TM_CASES="healthz opaque es256 eddsa exchange-http exchange-grpc" # served by token-server
+CASES=" ${BENCH_CASES:-$TM_CASES peer} "
 SCPU=${BENCH_SERVER_CPU:-0}
 CCPU=${BENCH_CLIENT_CPU:-1}
 SECRET=bench-client-secret-0123456789abcdef # >= 32 chars, shared by all clients
 PEER_RESOURCE=urn:tokenmesh:bench:orders
 TOKEN_BODY='grant_type=client_credentials&scope=orders:read'
+SUBJECT_TTL=3600 # bench-es256's tokens: the exchange cases' subject token must outlive them
+EXCHANGE_TTL=60  # the ExchangePolicy's ttl
+ACTOR=bench-actor
+# RFC 8693 request; the subject token (a JWT: [A-Za-z0-9_.-]) is appended as is.
+EXCHANGE_BODY='grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token&audience=payments&subject_token='
+GRPC_PATH=/tokenmesh.v1.TokenService/Exchange
 
 log() { echo "bench: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 want() { [[ $CASES == *" $1 "* ]]; }
+want_tm() { local c; for c in $TM_CASES; do want "$c" && return 0; done; return 1; }
+want_exchange() { want exchange-http || want exchange-grpc; }
 sudo_() { if [[ $(id -u) == 0 ]]; then "$@"; else sudo "$@"; fi; }
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/tokenmesh-bench.XXXXXX")
@@ -42,6 +52,22 @@ if ! command -v wrk >/dev/null; then
   log "installing wrk"
   sudo_ apt-get install -y wrk >&2 || { sudo_ apt-get update >&2 && sudo_ apt-get install -y wrk >&2; }
 fi
+if want exchange-grpc && ! command -v h2load >/dev/null; then
+  log "installing h2load (nghttp2-client)"
+  sudo_ apt-get install -y nghttp2-client >&2 || { sudo_ apt-get update >&2 && sudo_ apt-get install -y nghttp2-client >&2; }
+fi
+if want exchange-grpc; then # grpcio, for one real gRPC call before the load
+  command -v python3 >/dev/null || die "python3 is required for exchange-grpc"
+  venv=${BENCH_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenmesh/venv-bench}
+  stamp=$( { cat "$here/requirements.txt"; python3 -VV; } | sha256sum | cut -d' ' -f1)
+  if [[ ! -x $venv/bin/python || $(cat "$venv/.stamp" 2>/dev/null) != "$stamp" ]]; then
+    log "creating $venv (pip install -r bench/requirements.txt)"
+    rm -rf "$venv" && mkdir -p "$(dirname "$venv")"
+    python3 -m venv "$venv" >&2
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt" >&2
+    echo "$stamp" >"$venv/.stamp"
+  fi
+fi
 command -v taskset >/dev/null || die "taskset (util-linux) is required"
 command -v curl >/dev/null || die "curl is required"
 (( $(nproc) >= 2 )) || log "warning: fewer than 2 CPUs; server and wrk will share a core"
@@ -53,7 +79,7 @@ cpu_busy() { # percent of all CPUs busy over 1 s, from /proc/stat
   for i in 1 2 3 4 5 6 7 8; do total=$(( total + b[i] - a[i] )); done
   echo $(( total > 0 ? 100 * (total - idle) / total : 0 ))
 }
-if want healthz || want opaque || want es256 || want eddsa; then
+if want_tm; then
   bin=${TOKEN_SERVER_BIN:-}
   if [[ -z $bin ]]; then
     if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
@@ -76,6 +102,10 @@ if (( busy > 10 )); then
   log "warning: CPUs already ${busy}% busy before the benchmark (a build running?); figures will be noisy"
 fi
 
+dur_s() { # wrk/h2load duration (10, 10s, 2m, 1h) in seconds
+  local n=${1%[smh]}
+  case $1 in *m) echo $(( n * 60 )) ;; *h) echo $(( n * 3600 )) ;; *) echo "$n" ;; esac
+}
 busy_ticks() { local a; a=($(head -n1 /proc/stat)); echo $(( a[1] + a[2] + a[3] + a[6] + a[7] + a[8] )); }
 proc_ticks() { # utime + stime of a process, all its threads (0 once it is gone)
   local f; f=($(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null || echo x x x x x x x x x x x 0 0))
@@ -100,46 +130,79 @@ wait_ready() { # url pid logfile
 }
 
 # --- one case ------------------------------------------------------------------
-declare -A RPS P50 P99 ERR SCPU_PCT
+declare -A RPS P50 P99 ERR SCPU_PCT SFRAC CCPU_PCT
 NOTES=()
 (( busy <= 10 )) || NOTES+=("CPUs were ${busy}% busy before the run started: other load, figures not trustworthy")
 flagged=0
-# run_case id url method body client_id expect(opaque|ES256|EdDSA|-) issuer audience
-run_case() {
-  local id=$1 url=$2 method=$3 body=$4 client=$5 expect=$6 issuer=$7 aud=$8 auth="" out res
-  [[ -n $client ]] && auth="Basic $(printf '%s:%s' "$client" "$SECRET" | base64 -w0)"
-  if [[ $expect != - ]]; then # preflight: one request, status + content sanity
-    local code
-    code=$(curl -s -D "$tmp/h" -o "$tmp/b" -w '%{http_code}' -u "$client:$SECRET" -d "$body" "$url")
-    [[ $code == 200 ]] || NOTES+=("$id: preflight got HTTP $code: $(head -c 200 "$tmp/b")")
-    if [[ $code == 200 ]] && command -v node >/dev/null; then
-      local line
-      while IFS= read -r line; do
-        log "$id preflight $line"
-        [[ $line == WARN:* ]] && NOTES+=("$id: ${line#WARN: }")
-      done < <(node "$here/check-token.mjs" "$issuer" "$expect" "$aud" "$tmp/h" "$tmp/b")
-    fi
-  fi
-  export BENCH_METHOD=$method BENCH_BODY=$body BENCH_AUTH=$auth
-  log "$id: warm-up $WARMUP, then $DURATION with $CONNS connections"
-  taskset -c "$CCPU" wrk -t1 -c"$CONNS" -d"$WARMUP" --timeout 5s -s "$here/token.lua" "$url" >/dev/null
-  # CPU accounting: all CPUs' busy time, minus the server's, minus wrk's, is
-  # other load that disturbed the case.
-  local b0 s0 t0 b1 s1 t1 wrk_cpu
+flag() { ERR[$1]="**$2** ⚠" flagged=1; NOTES+=("$1: FLAGGED, $3"); }
+
+# measure id command...: runs the measured load (its stdout to $tmp/load.out)
+# and accounts CPU from /proc: the server process's time (all threads) is the
+# `server core` column, the load generator's user+sys the `client core`; all
+# CPUs' busy time minus both is other load that disturbed the case.
+measure() {
+  local id=$1; shift
+  local b0 s0 t0 b1 s1 t1 client_cpu hz wall server_pct other_pct
   b0=$(busy_ticks) s0=$(proc_ticks "$spid") t0=$(date +%s%N)
-  { TIMEFORMAT='%3U %3S'; time taskset -c "$CCPU" wrk -t1 -c"$CONNS" -d"$DURATION" --timeout 5s \
-      -s "$here/token.lua" "$url" >"$tmp/wrk.out"; } 2>"$tmp/wrk.time" || die "$id: wrk failed: $(<"$tmp/wrk.time")"
+  { TIMEFORMAT='%3U %3S'; time "$@" >"$tmp/load.out"; } 2>"$tmp/load.time" \
+    || die "$id: load generator failed: $(tail -n 5 "$tmp/load.time")"
   b1=$(busy_ticks) s1=$(proc_ticks "$spid") t1=$(date +%s%N)
-  out=$(<"$tmp/wrk.out") wrk_cpu=$(awk 'END { print $1 + $2 }' "$tmp/wrk.time")
-  local hz wall server_pct other_pct
+  client_cpu=$(awk 'END { print $1 + $2 }' "$tmp/load.time")
   hz=$(getconf CLK_TCK) wall=$(( (t1 - t0) / 1000000 )) # ms
   server_pct=$(( (s1 - s0) * 100000 / hz / wall ))
-  other_pct=$(awk -v b=$(( b1 - b0 )) -v s=$(( s1 - s0 )) -v hz="$hz" -v w="$wrk_cpu" -v ms="$wall" \
+  SFRAC[$id]=$(awk -v s=$(( s1 - s0 )) -v hz="$hz" -v ms="$wall" 'BEGIN { printf "%.4f", s / hz * 1000 / ms }')
+  CCPU_PCT[$id]=$(awk -v c="$client_cpu" -v ms="$wall" 'BEGIN { printf "%d%%", c * 100000 / ms }')
+  other_pct=$(awk -v b=$(( b1 - b0 )) -v s=$(( s1 - s0 )) -v hz="$hz" -v w="$client_cpu" -v ms="$wall" \
     'BEGIN { o = ((b - s) / hz - w) * 100000 / ms; printf "%d", o < 0 ? 0 : o }')
   SCPU_PCT[$id]=$server_pct%
   if (( other_pct > 10 )); then
     SCPU_PCT[$id]+=" ⚠" NOTES+=("$id: other processes used ${other_pct}% of a core during the case: figures disturbed")
   fi
+  MEASURE_LOG="server ${server_pct}% of its core, client ${CCPU_PCT[$id]}, other load ${other_pct}% of a core"
+}
+
+# check_token id issuer expect audience headers-file body-file [ttl actor]: preflight content check
+check_token() {
+  local id=$1 line; shift
+  command -v node >/dev/null || return 0
+  while IFS= read -r line; do
+    log "$id preflight $line"
+    [[ $line == WARN:* ]] && NOTES+=("$id: ${line#WARN: }")
+  done < <(node "$here/check-token.mjs" "$@")
+}
+
+# token_count: tokenmesh_tokens_issued_total{grant_type="token_exchange",format="jwt"} now
+exchange_count() {
+  curl -s "$iss/metrics" | awk '/^tokenmesh_tokens_issued_total\{/ && /grant_type="token_exchange"/ && /format="jwt"/ { n = $NF }
+    END { print n + 0 }'
+}
+# count_check id ok-count before after: the server's own count of exchanges against the load generator's
+count_check() {
+  local id=$1 ok=$2 issued=$(( $4 - $3 )) dev
+  dev=$(awk -v a="$issued" -v b="$ok" 'BEGIN { printf "%.2f", b > 0 ? 100 * (a - b) / b : 100 }')
+  NOTES+=("$id: server counted $issued exchanged tokens (/metrics tokens_issued_total{grant_type=\"token_exchange\",format=\"jwt\"}), load generator $ok successful responses: ${dev}%")
+  if awk -v d="$dev" 'BEGIN { exit !(d > 1 || d < -1) }'; then
+    flag "$id" "issued ≠ ok by ${dev}%" "the server's token count and the successful responses differ by more than 1% (${dev}%)"
+  fi
+}
+
+# run_case id url method body client_id expect(opaque|ES256|EdDSA|-) issuer audience [ttl actor]
+run_case() {
+  local id=$1 url=$2 method=$3 body=$4 client=$5 expect=$6 issuer=$7 aud=$8 ttl=${9:-300} actor=${10:-} auth="" out res
+  [[ -n $client ]] && auth="Basic $(printf '%s:%s' "$client" "$SECRET" | base64 -w0)"
+  if [[ $expect != - ]]; then # preflight: one request, status + content sanity
+    local code
+    code=$(curl -s -D "$tmp/h" -o "$tmp/b" -w '%{http_code}' -u "$client:$SECRET" -d "$body" "$url")
+    [[ $code == 200 ]] || NOTES+=("$id: preflight got HTTP $code: $(head -c 200 "$tmp/b")")
+    [[ $code == 200 ]] && check_token "$id" "$issuer" "$expect" "$aud" "$tmp/h" "$tmp/b" "$ttl" $actor
+  fi
+  export BENCH_METHOD=$method BENCH_BODY=$body BENCH_AUTH=$auth
+  log "$id: warm-up $WARMUP, then $DURATION with $CONNS connections (wrk)"
+  taskset -c "$CCPU" wrk -t1 -c"$CONNS" -d"$WARMUP" --timeout 5s -s "$here/token.lua" "$url" >/dev/null
+  local c0=0
+  [[ -n $actor ]] && c0=$(exchange_count)
+  measure "$id" taskset -c "$CCPU" wrk -t1 -c"$CONNS" -d"$DURATION" --timeout 5s -s "$here/token.lua" "$url"
+  out=$(<"$tmp/load.out")
   res=$(grep '^BENCH_RESULT' <<<"$out") || { echo "$out" >&2; die "$id: no result from wrk"; }
   field() { sed -nE "s/.* $1=([0-9.]+).*/\1/p" <<<"$res"; }
   local rps p50 p99 ok non200 sockerr
@@ -147,29 +210,88 @@ run_case() {
   ok=$(field ok) non200=$(field non200) sockerr=$(field sockerr)
   RPS[$id]=$rps P50[$id]=$p50 P99[$id]=$p99
   if (( non200 + sockerr == 0 && ok > 0 )); then ERR[$id]=0; else
-    ERR[$id]="**${non200} non-200, ${sockerr} socket** ⚠" flagged=1
-    NOTES+=("$id: FLAGGED, ${ok} ok / ${non200} non-200 / ${sockerr} socket errors; first bad: $(grep '^BENCH_FIRST_BAD' <<<"$out" | cut -c17- || true)")
+    flag "$id" "${non200} non-200, ${sockerr} socket" \
+      "${ok} ok / ${non200} non-200 / ${sockerr} socket errors; first bad: $(grep '^BENCH_FIRST_BAD' <<<"$out" | cut -c17- || true)"
   fi
-  log "$id: $rps req/s, p50 ${p50}us, p99 ${p99}us, ok $ok, non-200 $non200, socket errors $sockerr; server ${server_pct}% of its core, other load ${other_pct}% of a core"
+  if [[ -n $actor ]]; then sleep 0.3; count_check "$id" "$ok" "$c0" "$(exchange_count)"; fi
+  log "$id: $rps req/s, p50 ${p50}us, p99 ${p99}us, ok $ok, non-200 $non200, socket errors $sockerr; $MEASURE_LOG"
+}
+
+# run_grpc id target body-file: TokenService/Exchange over h2c with h2load,
+# $CONNS connections with one stream each (the same 32 requests in flight on
+# 32 connections as wrk). h2load calls a stream good on HTTP :status 200 even
+# when grpc-status says otherwise, hence the real gRPC call before the load and
+# the server's token count after it.
+run_grpc() {
+  local id=$1 target=$2 body=$3 auth code
+  auth="Basic $(printf '%s:%s' "$ACTOR" "$SECRET" | base64 -w0)"
+  if "$venv/bin/python" "$here/grpc-exchange.py" check "$target" "$auth" "$body" >"$tmp/gb" 2>"$tmp/ge"; then
+    log "$id preflight gRPC call: $(head -c 160 "$tmp/gb")…"
+    check_token "$id" "$iss" ES256 payments - "$tmp/gb" "$EXCHANGE_TTL" "$ACTOR"
+  else
+    NOTES+=("$id: preflight gRPC call failed: $(head -c 300 "$tmp/ge")")
+  fi
+  h2() {
+    taskset -c "$CCPU" h2load -t1 -c"$CONNS" -m1 -d "$body" -H 'content-type: application/grpc' \
+      -H 'te: trailers' -H "authorization: $auth" "$@" "http://$target$GRPC_PATH"
+  }
+  log "$id: warm-up $WARMUP, then $DURATION with $CONNS connections × 1 stream (h2load)"
+  h2 -D "$WARMUP" >"$tmp/h2warm.out" || die "$id: h2load warm-up failed: $(tail -n 5 "$tmp/h2warm.out")"
+  local c0 c1
+  c0=$(exchange_count)
+  rm -f "$tmp/h2.log"
+  measure "$id" h2 -D "$DURATION" --log-file="$tmp/h2.log"
+  sleep 0.3; c1=$(exchange_count)
+  local out rps done ok failed errored timeout s2xx logged
+  out=$(<"$tmp/load.out")
+  rps=$(sed -nE 's/^finished in [0-9.]+[a-z]*, ([0-9.]+) req\/s.*/\1/p' <<<"$out")
+  read -r done ok failed errored timeout < <(sed -nE \
+    's/^requests: [0-9]+ total, [0-9]+ started, ([0-9]+) done, ([0-9]+) succeeded, ([0-9]+) failed, ([0-9]+) errored, ([0-9]+) timeout.*/\1 \2 \3 \4 \5/p' <<<"$out")
+  s2xx=$(sed -nE 's/^status codes: ([0-9]+) 2xx.*/\1/p' <<<"$out")
+  [[ -n $rps && -n $ok ]] || { echo "$out" >&2; die "$id: cannot read h2load's summary"; }
+  # Latency percentiles (nearest rank) from h2load's per-request log: column 3
+  # is the time from the request's start to the end of its response, in µs.
+  read -r logged P50[$id] P99[$id] < <(awk -F'\t' '$2 == 200 { print $3 }' "$tmp/h2.log" | sort -n |
+    awk '{ v[NR] = $1 } END { r50 = int(NR * 0.50); if (r50 < NR * 0.50) r50++; r99 = int(NR * 0.99); if (r99 < NR * 0.99) r99++
+      print NR, v[r50 > 0 ? r50 : 1] + 0, v[r99 > 0 ? r99 : 1] + 0 }')
+  RPS[$id]=$rps ERR[$id]=0
+  if [[ -s $tmp/ge ]]; then
+    flag "$id" "preflight gRPC error" "the request body did not give a token over gRPC; the h2load figures count errors"
+  fi
+  if (( failed + errored + timeout > 0 || ok == 0 || s2xx != ok )); then
+    flag "$id" "${failed} failed, ${errored} errored, ${timeout} timeout" "h2load: ${done} done, ${ok} succeeded, ${s2xx} 2xx, ${failed} failed, ${errored} errored, ${timeout} timeout"
+  fi
+  (( logged == ok )) || NOTES+=("$id: h2load's log holds $logged requests with status 200, its summary $ok succeeded")
+  count_check "$id" "$ok" "$c0" "$c1"
+  log "$id: $rps req/s, p50 ${P50[$id]}us, p99 ${P99[$id]}us, ok $ok, failed $failed, errored $errored, timeout $timeout; server counted $(( c1 - c0 )) exchanges; $MEASURE_LOG"
 }
 
 # --- tokenmesh ------------------------------------------------------------------
-if want healthz || want opaque || want es256 || want eddsa; then
+if want_tm; then
   port=$(free_port); iss=http://127.0.0.1:$port
   mkdir -p "$tmp/cfg" "$tmp/data" "$tmp/secrets/bench"
   printf '%s' "$SECRET" >"$tmp/secrets/bench/client_secret"
-  client() { # name, accessToken mapping
-    printf -- '---\napiVersion: tokenmesh.dev/v1alpha1\nkind: OAuthClient\nmetadata: {name: %s}\nspec:\n  clientId: %s\n  grantTypes: [client_credentials]\n  authentication: {method: client_secret_basic, secretRef: {name: bench, key: client_secret}}\n  scopes: ["orders:read"]\n  audiences: [orders]\n  accessToken: %s\n' "$1" "$1" "$2"
+  client() { # name, accessToken mapping[, grant types, audience]
+    printf -- '---\napiVersion: tokenmesh.dev/v1alpha1\nkind: OAuthClient\nmetadata: {name: %s}\nspec:\n  clientId: %s\n  grantTypes: [%s]\n  authentication: {method: client_secret_basic, secretRef: {name: bench, key: client_secret}}\n  scopes: ["orders:read"]\n  audiences: [%s]\n  accessToken: %s\n' \
+      "$1" "$1" "${3:-client_credentials}" "${4:-orders}" "$2"
   }
   {
     printf 'apiVersion: tokenmesh.dev/v1alpha1\nkind: TokenServer\nmetadata: {name: default}\nspec: {issuer: "%s", signing: {algorithm: ES256}}\n' "$iss"
     printf -- '---\napiVersion: tokenmesh.dev/v1alpha1\nkind: Scope\nmetadata: {name: orders-read}\nspec: {name: "orders:read"}\n'
-    client bench-es256 '{format: jwt, ttl: 300s}'
+    client bench-es256 "{format: jwt, ttl: ${SUBJECT_TTL}s}"
     client bench-eddsa '{format: jwt, algorithm: EdDSA, ttl: 300s}'
     client bench-opaque '{format: opaque, ttl: 300s}'
+    # token exchange: bench-actor trades a bench-es256 token (aud orders) for one for payments
+    client "$ACTOR" '{format: jwt, ttl: 300s}' 'client_credentials, "urn:ietf:params:oauth:grant-type:token-exchange"' payments
+    printf -- '---\napiVersion: tokenmesh.dev/v1alpha1\nkind: ExchangePolicy\nmetadata: {name: orders-to-payments}\nspec:\n  mode: exchange\n  from: {audiences: [orders]}\n  actor: {clients: [%s]}\n  to: {audience: payments, scopes: ["orders:read"]}\n  ttl: %ss\n' \
+      "$ACTOR" "$EXCHANGE_TTL"
   } >"$tmp/cfg/bench.yaml"
-  extra=() # keep the gRPC listener off its fixed default port
-  "$bin" --help 2>/dev/null | grep -q -- --grpc-addr && extra=(--grpc-addr "127.0.0.1:$(free_port)")
+  extra=() # the gRPC listener: a free port rather than its fixed default
+  if "$bin" --help 2>/dev/null | grep -q -- --grpc-addr; then
+    gport=$(free_port); extra=(--grpc-addr "127.0.0.1:$gport")
+  elif want exchange-grpc; then
+    die "$bin has no --grpc-addr: no gRPC API to benchmark (drop exchange-grpc from BENCH_CASES)"
+  fi
   log "starting $bin on $iss (CPU $SCPU)"
   taskset -c "$SCPU" "$bin" --config "$tmp/cfg" --http-addr "127.0.0.1:$port" --issuer "$iss" \
     --data-dir "$tmp/data" --secrets-dir "$tmp/secrets" "${extra[@]}" >"$tmp/token-server.log" 2>&1 &
@@ -178,8 +300,22 @@ if want healthz || want opaque || want es256 || want eddsa; then
   tok=$iss/oauth2/token
   want healthz && run_case healthz "$iss/healthz" GET "" "" - "$iss" -
   want opaque && run_case opaque "$tok" POST "$TOKEN_BODY" bench-opaque opaque "$iss" orders
-  want es256 && run_case es256 "$tok" POST "$TOKEN_BODY" bench-es256 ES256 "$iss" orders
+  want es256 && run_case es256 "$tok" POST "$TOKEN_BODY" bench-es256 ES256 "$iss" orders "$SUBJECT_TTL"
   want eddsa && run_case eddsa "$tok" POST "$TOKEN_BODY" bench-eddsa EdDSA "$iss" orders
+  if want_exchange; then
+    # One subject token for both exchange cases: an ES256 JWT of bench-es256, aud orders.
+    subject_json=$(curl -s -u "bench-es256:$SECRET" -d "$TOKEN_BODY" "$tok")
+    subject=$(sed -nE 's/.*"access_token":"([A-Za-z0-9_.-]+)".*/\1/p' <<<"$subject_json")
+    [[ -n $subject ]] || die "no subject token from bench-es256: $subject_json"
+    life=$(sed -nE 's/.*"expires_in":([0-9]+).*/\1/p' <<<"$subject_json")
+    need=$(( 2 * ($(dur_s "$WARMUP") + $(dur_s "$DURATION")) + 30 ))
+    (( ${life:-0} >= need )) || die "the subject token lives ${life:-?} s, the exchange cases need about $need s: raise SUBJECT_TTL"
+    want exchange-http && run_case exchange-http "$tok" POST "$EXCHANGE_BODY$subject" "$ACTOR" ES256 "$iss" payments "$EXCHANGE_TTL" "$ACTOR"
+    if want exchange-grpc; then
+      python3 "$here/grpc-exchange.py" encode "$subject" payments "$tmp/exchange.grpc"
+      run_grpc exchange-grpc "127.0.0.1:$gport" "$tmp/exchange.grpc"
+    fi
+  fi
   NOTES+=("token-server data dir after its cases: $(du -sh "$tmp/data" | cut -f1) ($(cd "$tmp/data" && ls -s --block-size=M | tail -n +2 | awk '{ printf "%s%s %s", sep, $2, $1; sep = ", " }'))")
   loglines=$(wc -l <"$tmp/token-server.log")
   (( loglines < 100 )) || NOTES+=("token-server wrote $loglines log lines during the run")
@@ -204,20 +340,27 @@ ms() { awk -v u="$1" 'BEGIN { printf "%.2f ms", u / 1000 }'; }
 ratio() { [[ -n ${2:-} ]] && awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }' || echo -; }
 row() { # id label ceiling-id
   [[ -n ${RPS[$1]:-} ]] || return 0
-  printf '| %s | %.0f | %s | %s | %s | %s | %s |\n' "$2" "${RPS[$1]}" "$(ms "${P50[$1]}")" "$(ms "${P99[$1]}")" \
-    "$(ratio "${RPS[$1]}" "${RPS[$3]:-}")" "${SCPU_PCT[$1]}" "${ERR[$1]}"
+  printf '| %s | %.0f | %s | %s | %s | %s | %s | %s |\n' "$2" "${RPS[$1]}" "$(ms "${P50[$1]}")" "$(ms "${P99[$1]}")" \
+    "$(ratio "${RPS[$1]}" "${RPS[$3]:-}")" "${SCPU_PCT[$1]}" "${CCPU_PCT[$1]}" "${ERR[$1]}"
+}
+valid() { local i; for i; do [[ ${ERR[$i]:-x} == 0 ]] || return 1; done; }
+goal() { # value lo hi: "met" when lo <= value <= hi
+  awk -v v="$1" -v lo="$2" -v hi="$3" 'BEGIN { print (v >= lo && v <= hi) ? "met" : "**NOT met**" }'
 }
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
-echo "### Token issuance, loopback HTTP ($(date -u '+%Y-%m-%d %H:%M UTC'))"
+echo "### Token issuance and exchange, loopback HTTP and gRPC ($(date -u '+%Y-%m-%d %H:%M UTC'))"
 echo
-echo "Machine: $(nproc) CPUs, ${cpu:-unknown CPU}, Linux $(uname -r). Server pinned to CPU $SCPU, wrk (1 thread, $CONNS connections) to CPU $CCPU; $WARMUP warm-up + $DURATION per case. $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2)$(command -v node >/dev/null && echo ", node $(node -v)")$( [[ $peer_ver != - ]] && echo ", oidc-provider $peer_ver")."
+h2v=; [[ -n ${RPS[exchange-grpc]:-} ]] && h2v=", $(h2load --version | head -n1) (1 thread, $CONNS connections × 1 stream)"
+echo "Machine: $(nproc) CPUs, ${cpu:-unknown CPU}, Linux $(uname -r). Server pinned to CPU $SCPU, wrk (1 thread, $CONNS connections) or h2load to CPU $CCPU; $WARMUP warm-up + $DURATION per case. $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2)$h2v$(command -v node >/dev/null && echo ", node $(node -v)")$( [[ $peer_ver != - ]] && echo ", oidc-provider $peer_ver")."
 echo
-echo '| case | req/s | p50 | p99 | ratio to (a) | server core | errors |'
-echo '|---|---:|---:|---:|---:|---:|---|'
+echo '| case | req/s | p50 | p99 | ratio to (a) | server core | client core | errors |'
+echo '|---|---:|---:|---:|---:|---:|---:|---|'
 row healthz '(a) tokenmesh `GET /healthz` (ceiling)' healthz
 row opaque '(b) tokenmesh opaque token' healthz
 row es256 '(c) tokenmesh JWT ES256' healthz
 row eddsa '(d) tokenmesh JWT EdDSA' healthz
+row exchange-http '(f) tokenmesh token exchange (RFC 8693) → JWT ES256, HTTP `POST /oauth2/token` (wrk)' healthz
+row exchange-grpc '(g) tokenmesh token exchange → JWT ES256, gRPC `TokenService/Exchange` over h2c (h2load)' healthz
 row peer "(e) oidc-provider ${peer_ver} JWT ES256 (1 Node process)" healthz
 row peer_healthz '(e0) oidc-provider process `GET /healthz` (Node ceiling)' healthz
 echo
@@ -227,6 +370,18 @@ if [[ -n ${RPS[es256]:-} && -n ${RPS[peer]:-} ]]; then
 fi
 if [[ -n ${RPS[peer]:-} && -n ${RPS[peer_healthz]:-} ]]; then
   echo "oidc-provider ES256 / its own Node \`/healthz\`: $(ratio "${RPS[peer]}" "${RPS[peer_healthz]}")."
+fi
+if [[ -n ${RPS[exchange-grpc]:-} && -n ${RPS[es256]:-} ]]; then
+  r=$(ratio "${RPS[exchange-grpc]}" "${RPS[es256]}")
+  echo -n "gRPC exchange / ES256 \`client_credentials\` (g)/(c): **${r}×** requests/s (goal ≥ 0.35: $(goal "$r" 0.35 1e9))"
+  valid exchange-grpc es256 && echo . || echo "; ⚠ NOT VALID: a case had errors."
+fi
+if [[ -n ${RPS[exchange-grpc]:-} && -n ${RPS[exchange-http]:-} ]]; then
+  g=$(awk -v r="${RPS[exchange-grpc]}" -v f="${SFRAC[exchange-grpc]}" 'BEGIN { printf "%.0f", f > 0 ? r / f : 0 }')
+  h=$(awk -v r="${RPS[exchange-http]}" -v f="${SFRAC[exchange-http]}" 'BEGIN { printf "%.0f", f > 0 ? r / f : 0 }')
+  r=$(ratio "$g" "$h")
+  echo -n "Exchange per server core, gRPC / HTTP (g)/(f): (${RPS[exchange-grpc]} ÷ ${SFRAC[exchange-grpc]}) / (${RPS[exchange-http]} ÷ ${SFRAC[exchange-http]}) = $g / $h req/s per core = **${r}×** (goal 0.90–1.10: $(goal "$r" 0.90 1.10))"
+  valid exchange-grpc exchange-http && echo . || echo "; ⚠ NOT VALID: a case had errors."
 fi
 if (( ${#NOTES[@]} )); then
   echo

@@ -1,5 +1,5 @@
-//! Generates the tokenmesh.v1 client and server code and the descriptor set
-//! that server reflection publishes. Needs `protoc` (Debian: protobuf-compiler).
+//! Generates the client and server code and the descriptor sets that server
+//! reflection publishes. Needs `protoc` (Debian: protobuf-compiler).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
@@ -9,5 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &["tokenmesh/v1/token.proto", "tokenmesh/v1/control.proto"],
             &["."],
         )?;
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("envoy_auth_v3_descriptor.bin"))
+        .compile_protos(&["tokenmesh/envoy/auth_v3.proto"], &["."])?;
     Ok(())
 }

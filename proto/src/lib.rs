@@ -13,4 +13,8 @@ pub mod v1 {
 /// The subset of Envoy's `envoy.service.auth.v3` the sidecar serves.
 pub mod envoy_auth_v3 {
     tonic::include_proto!("envoy.service.auth.v3");
+
+    /// The encoded descriptors, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("envoy_auth_v3_descriptor");
 }
