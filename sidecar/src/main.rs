@@ -1,6 +1,7 @@
-//! The tokenmesh sidecar. Not built yet: this crate holds its place in the workspace.
+use std::process::ExitCode;
 
-fn main() {
-    eprintln!("tokenmesh sidecar: not implemented yet");
-    std::process::exit(2);
+use clap::Parser;
+
+fn main() -> ExitCode {
+    tokenmesh_sidecar::run(tokenmesh_sidecar::cli::Args::parse())
 }

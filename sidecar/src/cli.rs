@@ -1,0 +1,153 @@
+//! Flags; each is also a `TOKENMESH_SIDECAR_*` environment variable (the
+//! injection webhook sets those).
+
+use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use clap::{ArgGroup, Parser, ValueEnum};
+
+/// The tokenmesh sidecar.
+///
+/// Runs next to an application. Inbound, every request must carry a valid
+/// access token for --audience (JWTs are verified against the token server's
+/// keys, opaque tokens are introspected and swapped for their phantom JWT);
+/// the application sees only requests with a valid JWT. Outbound (as an HTTP
+/// proxy: HTTP_PROXY=http://<outbound-addr>), the token the application
+/// propagates is shared, exchanged or replaced by its embedded token for the
+/// destination, as the ExchangePolicy resources say.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "tokenmesh-sidecar", version)]
+#[command(group(ArgGroup::new("credential").required(true).args(["client_secret_file", "service_account_token_file", "private_key_file"])))]
+pub struct Args {
+    /// The token server's gRPC URL: https:// uses rustls, http:// is
+    /// plaintext (loopback only).
+    #[arg(long, env = "TOKENMESH_SIDECAR_TOKEN_SERVER")]
+    pub token_server: String,
+
+    /// PEM CA certificate(s) to trust for an https:// token server, in
+    /// addition to the system roots.
+    #[arg(long, env = "TOKENMESH_SIDECAR_TOKEN_SERVER_CA")]
+    pub token_server_ca: Option<PathBuf>,
+
+    /// This workload's OAuth client id.
+    #[arg(long, env = "TOKENMESH_SIDECAR_CLIENT_ID")]
+    pub client_id: String,
+
+    /// File holding the client secret.
+    #[arg(long, env = "TOKENMESH_SIDECAR_CLIENT_SECRET_FILE")]
+    pub client_secret_file: Option<PathBuf>,
+
+    /// Projected service-account token, sent as a client assertion; read
+    /// again on every use, so rotation needs no restart.
+    #[arg(long, env = "TOKENMESH_SIDECAR_SERVICE_ACCOUNT_TOKEN_FILE")]
+    pub service_account_token_file: Option<PathBuf>,
+
+    /// PKCS#8 PEM private key for private_key_jwt (needs --issuer).
+    #[arg(long, env = "TOKENMESH_SIDECAR_PRIVATE_KEY_FILE", requires = "issuer")]
+    pub private_key_file: Option<PathBuf>,
+
+    /// The token server's issuer URL, the `aud` of private_key_jwt assertions.
+    #[arg(long, env = "TOKENMESH_SIDECAR_ISSUER")]
+    pub issuer: Option<String>,
+
+    /// The audience this workload accepts inbound.
+    #[arg(long, env = "TOKENMESH_SIDECAR_AUDIENCE")]
+    pub audience: String,
+
+    /// Where requests for the application arrive.
+    #[arg(
+        long,
+        env = "TOKENMESH_SIDECAR_INBOUND_ADDR",
+        default_value = "127.0.0.1:15006"
+    )]
+    pub inbound_addr: SocketAddr,
+
+    /// The application's own address (what inbound forwards to).
+    #[arg(
+        long,
+        env = "TOKENMESH_SIDECAR_APP_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub app_addr: SocketAddr,
+
+    /// The outbound proxy the application calls other services through.
+    #[arg(
+        long,
+        env = "TOKENMESH_SIDECAR_OUTBOUND_ADDR",
+        default_value = "127.0.0.1:15001"
+    )]
+    pub outbound_addr: SocketAddr,
+
+    /// /healthz, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "TOKENMESH_SIDECAR_ADMIN_ADDR",
+        default_value = "127.0.0.1:15020"
+    )]
+    pub admin_addr: SocketAddr,
+
+    /// Also serve Envoy's envoy.service.auth.v3.Authorization (ext_authz) here.
+    #[arg(long, env = "TOKENMESH_SIDECAR_EXT_AUTHZ_ADDR")]
+    pub ext_authz_addr: Option<SocketAddr>,
+
+    /// HOST=ADDR: connect to ADDR for HOST instead of resolving it (repeat,
+    /// or comma-separate in the environment).
+    #[arg(
+        long = "resolve",
+        env = "TOKENMESH_SIDECAR_RESOLVE",
+        value_delimiter = ','
+    )]
+    pub resolve: Vec<Resolve>,
+
+    /// Forward calls to destinations no policy names, without any token.
+    /// Default: refuse them (403).
+    #[arg(long, env = "TOKENMESH_SIDECAR_ALLOW_UNLISTED")]
+    pub allow_unlisted_destinations: bool,
+
+    /// How long an upstream (application or destination) may take to answer.
+    #[arg(long, env = "TOKENMESH_SIDECAR_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = seconds)]
+    pub upstream_timeout: Duration,
+
+    /// Log format.
+    #[arg(long, env = "TOKENMESH_SIDECAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "TOKENMESH_SIDECAR_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `HOST=ADDR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolve {
+    pub host: String,
+    pub addr: SocketAddr,
+}
+
+impl FromStr for Resolve {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (host, addr) = text
+            .split_once('=')
+            .ok_or_else(|| format!("`{text}`: write HOST=ADDR"))?;
+        let addr = addr.parse().map_err(|e| format!("`{addr}`: {e}"))?;
+        Ok(Self {
+            host: host.to_ascii_lowercase(),
+            addr,
+        })
+    }
+}
+
+fn seconds(text: &str) -> Result<Duration, String> {
+    let number = text.strip_suffix('s').unwrap_or(text);
+    number
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("`{text}`: write seconds, like 30s"))
+}

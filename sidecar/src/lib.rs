@@ -1,0 +1,163 @@
+//! The tokenmesh sidecar: inbound token validation, outbound embed /
+//! exchange / share, caching, and Envoy's ext_authz API.
+
+pub mod cache;
+pub mod cli;
+pub mod ext_authz;
+pub mod mesh;
+pub mod metrics;
+pub mod proxy;
+pub mod token_server;
+
+use std::{process::ExitCode, sync::Arc};
+
+use tracing_subscriber::EnvFilter;
+
+use crate::{
+    cli::{Args, LogFormat},
+    mesh::Mesh,
+    proxy::Proxy,
+    token_server::TokenServer,
+};
+
+pub fn run(args: Args) -> ExitCode {
+    let filter = EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("tokenmesh-sidecar: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(start(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("tokenmesh-sidecar: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
+async fn start(args: Args) -> Result<(), String> {
+    let token_server = TokenServer::new(&args).map_err(|e| e.to_string())?;
+    let mesh = Arc::new(Mesh::new(token_server, args.audience.clone()));
+    let resolve = args
+        .resolve
+        .iter()
+        .map(|r| (r.host.clone(), r.addr))
+        .collect();
+    let proxy = Arc::new(Proxy::new(
+        mesh.clone(),
+        args.app_addr,
+        resolve,
+        args.allow_unlisted_destinations,
+        args.upstream_timeout,
+    ));
+    let inbound = bind(args.inbound_addr).await?;
+    let outbound = bind(args.outbound_addr).await?;
+    let admin = bind(args.admin_addr).await?;
+    let ext_authz = match args.ext_authz_addr {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    tokio::spawn(mesh.clone().load_keys());
+    tokio::spawn(mesh.clone().follow_policies());
+    tokio::spawn(mesh.clone().follow_revocations());
+    tracing::info!(
+        client_id = mesh.token_server.client_id(),
+        inbound = %args.inbound_addr,
+        app = %args.app_addr,
+        outbound = %args.outbound_addr,
+        admin = %args.admin_addr,
+        "sidecar listening"
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let inbound_proxy = proxy.clone();
+    let inbound = proxy::serve(
+        inbound,
+        move |request| {
+            let proxy = inbound_proxy.clone();
+            async move { proxy.inbound(request).await }
+        },
+        until_stopped(stopped.clone()),
+    );
+    let outbound_proxy = proxy.clone();
+    let outbound = proxy::serve(
+        outbound,
+        move |request| {
+            let proxy = outbound_proxy.clone();
+            async move { proxy.outbound(request).await }
+        },
+        until_stopped(stopped.clone()),
+    );
+    let admin_proxy = proxy.clone();
+    let admin = proxy::serve(
+        admin,
+        move |request| {
+            let proxy = admin_proxy.clone();
+            async move { proxy.admin(&request) }
+        },
+        until_stopped(stopped.clone()),
+    );
+    let ext_authz = async {
+        if let Some(listener) = ext_authz {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let service =
+                tokenmesh_proto::envoy_auth_v3::authorization_server::AuthorizationServer::new(
+                    ext_authz::ExtAuthz { mesh: mesh.clone() },
+                );
+            if let Err(err) = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, until_stopped(stopped.clone()))
+                .await
+            {
+                tracing::error!(error = %err, "ext_authz server failed");
+            }
+        }
+    };
+    tokio::join!(inbound, outbound, admin, ext_authz);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

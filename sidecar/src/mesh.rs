@@ -1,0 +1,463 @@
+//! What the sidecar knows of the mesh: the token server's keys, the routes
+//! from WatchPolicies, the revocations from WatchRevocations, and the caches
+//! that keep the token server off the request path.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use tokenmesh_proto::v1::{Mode, revocation_event::Kind};
+use tokenmesh_tokens::{
+    claims::{ACCESS_TOKEN_TYP, AccessTokenClaims},
+    jwk::JwkSet,
+    secret::SecretHash,
+    verify::{Expected, KeySet, VerifyError, verify},
+};
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+use crate::{
+    cache::{SingleFlight, TtlCache},
+    metrics::Metrics,
+    token_server::TokenServer,
+};
+
+/// Clock skew accepted on `exp` and `nbf`.
+const LEEWAY: u64 = 10;
+/// The JWKS is fetched again on an unknown `kid` at most this often.
+const JWKS_MIN_INTERVAL: Duration = Duration::from_secs(5);
+const CACHE_ENTRIES: usize = 10_000;
+/// An exchanged token is used until this close to its expiry.
+const EXCHANGE_MARGIN: u64 = 30;
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A token that passed inbound validation, and the JWT the application gets.
+#[derive(Debug)]
+pub struct Verified {
+    pub claims: AccessTokenClaims,
+    pub jwt: String,
+}
+
+/// Why a request is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("no bearer token")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("no policy lets this token reach {0}")]
+    Forbidden(String),
+    #[error("the token server is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// How tokens are made for one destination host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub audience: String,
+    pub mode: Mode,
+}
+
+struct Keys {
+    issuer: String,
+    set: KeySet,
+}
+
+pub struct Mesh {
+    pub token_server: TokenServer,
+    pub audience: String,
+    pub metrics: Metrics,
+    keys: ArcSwap<Option<Keys>>,
+    keys_fetched: tokio::sync::Mutex<Option<Instant>>,
+    routes: ArcSwap<HashMap<String, Route>>,
+    routes_ready: AtomicBool,
+    /// Revoked jti and grant ids → when they stop mattering.
+    revoked: RwLock<HashMap<String, u64>>,
+    verified: TtlCache<SecretHash, Arc<Verified>>,
+    exchanged: TtlCache<(SecretHash, String), Arc<str>>,
+    exchanging: SingleFlight<(SecretHash, String)>,
+    shared: TtlCache<(SecretHash, String), bool>,
+}
+
+fn hash(token: &str) -> SecretHash {
+    SecretHash::of(token.as_bytes())
+}
+
+/// The claims of a JWT without verifying it (for tokens this sidecar passes
+/// on, not for tokens it accepts).
+fn unverified_claims(jwt: &str) -> Option<AccessTokenClaims> {
+    let payload = jwt.split('.').nth(1)?;
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
+}
+
+impl Mesh {
+    pub fn new(token_server: TokenServer, audience: String) -> Self {
+        Self {
+            token_server,
+            audience,
+            metrics: Metrics::new(),
+            keys: ArcSwap::from_pointee(None),
+            keys_fetched: tokio::sync::Mutex::new(None),
+            routes: ArcSwap::from_pointee(HashMap::new()),
+            routes_ready: AtomicBool::new(false),
+            revoked: RwLock::new(HashMap::new()),
+            verified: TtlCache::new(CACHE_ENTRIES),
+            exchanged: TtlCache::new(CACHE_ENTRIES),
+            exchanging: SingleFlight::new(),
+            shared: TtlCache::new(CACHE_ENTRIES),
+        }
+    }
+
+    /// Ready once the keys and the first policy snapshot are in.
+    pub fn ready(&self) -> bool {
+        self.keys.load().is_some() && self.routes_ready.load(Ordering::Relaxed)
+    }
+
+    pub fn route(&self, host: &str) -> Option<Route> {
+        self.routes.load().get(host).cloned()
+    }
+
+    fn is_revoked(&self, claims: &AccessTokenClaims) -> bool {
+        let revoked = self.revoked.read().unwrap_or_else(|e| e.into_inner());
+        revoked.contains_key(&claims.jti)
+            || claims
+                .grant_id
+                .as_ref()
+                .is_some_and(|g| revoked.contains_key(g))
+    }
+
+    /// Fetches the keys; unless `force`, at most once per [`JWKS_MIN_INTERVAL`],
+    /// so a flood of unknown `kid`s cannot hammer the token server.
+    pub async fn refresh_keys(&self, force: bool) -> Result<(), Refusal> {
+        let mut fetched = self.keys_fetched.lock().await;
+        if !force && fetched.is_some_and(|at| at.elapsed() < JWKS_MIN_INTERVAL) {
+            return Ok(());
+        }
+        *fetched = Some(Instant::now());
+        let response = self.token_server.jwks().await.map_err(unavailable)?;
+        let jwks: JwkSet = serde_json::from_str(&response.jwks_json)
+            .map_err(|e| Refusal::Unavailable(format!("the JWKS does not parse: {e}")))?;
+        let (set, errors) = KeySet::from_jwks(&jwks);
+        for error in errors {
+            tracing::warn!(%error, "unusable key in the token server's JWKS");
+        }
+        self.metrics.jwks_fetches.inc();
+        self.keys.store(Arc::new(Some(Keys {
+            issuer: response.issuer,
+            set,
+        })));
+        Ok(())
+    }
+
+    fn verify_jwt(&self, jwt: &str) -> Result<AccessTokenClaims, VerifyError> {
+        let keys = self.keys.load();
+        let Some(keys) = keys.as_ref() else {
+            return Err(VerifyError::UnknownKey);
+        };
+        let expected = Expected {
+            typ: Some(ACCESS_TOKEN_TYP),
+            issuers: &[keys.issuer.as_str()],
+            audiences: &[self.audience.as_str()],
+            require_exp: true,
+            leeway: LEEWAY,
+            now: now(),
+        };
+        let claims = verify(jwt, &keys.set, &expected)?;
+        serde_json::from_value(serde_json::Value::Object(claims))
+            .map_err(|_| VerifyError::Claim("claims"))
+    }
+
+    /// Validates an inbound token: a JWT against the keys (fetched again on
+    /// an unknown `kid`), an opaque token by introspection (swapped for its
+    /// phantom JWT). Results are cached by the token's digest until expiry;
+    /// revocations apply to cached entries too.
+    pub async fn validate(&self, token: &str) -> Result<Arc<Verified>, Refusal> {
+        let key = hash(token);
+        let now = now();
+        if let Some(hit) = self.verified.get(&key, now) {
+            self.metrics.cache_hits.inc();
+            return if self.is_revoked(&hit.claims) {
+                Err(Refusal::Invalid("revoked".into()))
+            } else {
+                Ok(hit)
+            };
+        }
+        let verified = if token.matches('.').count() == 2 {
+            let claims = match self.verify_jwt(token) {
+                Err(VerifyError::UnknownKey) => {
+                    self.refresh_keys(false).await?;
+                    self.verify_jwt(token)
+                }
+                other => other,
+            }
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+            Verified {
+                claims,
+                jwt: token.to_owned(),
+            }
+        } else {
+            if token.is_empty() || token.len() > 4096 {
+                return Err(Refusal::Invalid("malformed token".into()));
+            }
+            let answer = self
+                .token_server
+                .introspect(token)
+                .await
+                .map_err(unavailable)?;
+            if !answer.active {
+                return Err(Refusal::Invalid("not active".into()));
+            }
+            let claims = self
+                .verify_jwt(&answer.phantom_jwt)
+                .map_err(|e| Refusal::Invalid(e.to_string()))?;
+            Verified {
+                claims,
+                jwt: answer.phantom_jwt,
+            }
+        };
+        if self.is_revoked(&verified.claims) {
+            return Err(Refusal::Invalid("revoked".into()));
+        }
+        let verified = Arc::new(verified);
+        self.verified
+            .insert(key, verified.clone(), verified.claims.exp + LEEWAY, now);
+        Ok(verified)
+    }
+
+    /// The token to send to `host` given the token the application propagated.
+    pub async fn outbound_token(&self, host: &str, incoming: &str) -> Result<Arc<str>, Refusal> {
+        let route = self
+            .route(host)
+            .ok_or_else(|| Refusal::Forbidden(host.to_owned()))?;
+        match route.mode {
+            Mode::Share => self
+                .share(host, incoming)
+                .await
+                .map(|()| Arc::from(incoming)),
+            Mode::Exchange => self.exchange(&route.audience, incoming).await,
+            Mode::Embed => self.embedded(&route.audience, incoming).await,
+            Mode::Unspecified => Err(Refusal::Forbidden(host.to_owned())),
+        }
+    }
+
+    async fn share(&self, host: &str, token: &str) -> Result<(), Refusal> {
+        let key = (hash(token), host.to_owned());
+        let now = now();
+        let allowed = match self.shared.get(&key, now) {
+            Some(allowed) => {
+                self.metrics.cache_hits.inc();
+                allowed
+            }
+            None => {
+                let answer = self
+                    .token_server
+                    .check_share(token, host)
+                    .await
+                    .map_err(unavailable)?;
+                let until = unverified_claims(token)
+                    .map_or(now + 60, |c| c.exp)
+                    .min(now + 300);
+                self.shared.insert(key, answer.allowed, until, now);
+                if !answer.allowed {
+                    tracing::debug!(%host, reason = %answer.reason, "share refused");
+                }
+                answer.allowed
+            }
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(Refusal::Forbidden(host.to_owned()))
+        }
+    }
+
+    async fn exchange(&self, audience: &str, subject: &str) -> Result<Arc<str>, Refusal> {
+        let key = (hash(subject), audience.to_owned());
+        if let Some(hit) = self.exchanged.get(&key, now()) {
+            self.metrics.cache_hits.inc();
+            return Ok(hit);
+        }
+        let lock = self.exchanging.lock_for(&key);
+        let _flight = lock.lock().await;
+        if let Some(hit) = self.exchanged.get(&key, now()) {
+            self.metrics.cache_hits.inc();
+            return Ok(hit);
+        }
+        let result = self.token_server.exchange(subject, audience).await;
+        self.exchanging.done(&key);
+        let answer = result.map_err(|status| match status.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Internal => {
+                unavailable(status)
+            }
+            _ => {
+                tracing::debug!(%audience, reason = status.message(), "exchange refused");
+                Refusal::Forbidden(audience.to_owned())
+            }
+        })?;
+        self.metrics.exchanges.inc();
+        let token: Arc<str> = Arc::from(answer.access_token);
+        let now = now();
+        let lifetime = u64::try_from(answer.expires_in).unwrap_or(0);
+        let margin = EXCHANGE_MARGIN.min(lifetime / 10);
+        self.exchanged
+            .insert(key, token.clone(), now + lifetime - margin, now);
+        Ok(token)
+    }
+
+    async fn embedded(&self, audience: &str, outer: &str) -> Result<Arc<str>, Refusal> {
+        if let Some(token) =
+            unverified_claims(outer).and_then(|c| c.embedded_tokens.get(audience).cloned())
+        {
+            return Ok(Arc::from(token));
+        }
+        if outer.matches('.').count() == 2 {
+            return Err(Refusal::Forbidden(audience.to_owned()));
+        }
+        // An opaque outer token: its embedded tokens come from the token server.
+        self.token_server
+            .embedded_token(outer, audience)
+            .await
+            .map(Arc::from)
+            .map_err(|status| match status.code() {
+                Code::Unavailable | Code::DeadlineExceeded => unavailable(status),
+                _ => Refusal::Forbidden(audience.to_owned()),
+            })
+    }
+
+    /// Follows WatchPolicies for ever, reconnecting with backoff.
+    pub async fn follow_policies(self: Arc<Self>) {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.token_server.watch_policies().await {
+                Ok(mut stream) => {
+                    while let Some(item) = stream.next().await {
+                        match item {
+                            Ok(snapshot) => {
+                                backoff.reset();
+                                let routes = snapshot
+                                    .routes
+                                    .into_iter()
+                                    .map(|r| {
+                                        let mode =
+                                            Mode::try_from(r.mode).unwrap_or(Mode::Unspecified);
+                                        (
+                                            r.host.to_ascii_lowercase(),
+                                            Route {
+                                                audience: r.audience,
+                                                mode,
+                                            },
+                                        )
+                                    })
+                                    .collect::<HashMap<_, _>>();
+                                tracing::info!(
+                                    version = snapshot.version,
+                                    routes = routes.len(),
+                                    "policies received"
+                                );
+                                self.routes.store(Arc::new(routes));
+                                self.shared.clear();
+                                self.routes_ready.store(true, Ordering::Relaxed);
+                            }
+                            Err(status) => {
+                                tracing::warn!(code = ?status.code(), message = status.message(), "policy stream ended");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(status) => {
+                    tracing::warn!(code = ?status.code(), message = status.message(), "cannot watch policies")
+                }
+            }
+            backoff.wait().await;
+        }
+    }
+
+    /// Follows WatchRevocations for ever, resuming after the last event seen.
+    pub async fn follow_revocations(self: Arc<Self>) {
+        let mut backoff = Backoff::default();
+        let mut cursor = 0i64;
+        loop {
+            match self.token_server.watch_revocations(cursor).await {
+                Ok(mut stream) => {
+                    while let Some(item) = stream.next().await {
+                        match item {
+                            Ok(event) => {
+                                backoff.reset();
+                                cursor = cursor.max(event.seq);
+                                let kind = Kind::try_from(event.kind).unwrap_or(Kind::Unspecified);
+                                tracing::debug!(seq = event.seq, ?kind, "revocation received");
+                                let until = u64::try_from(event.expires_at).unwrap_or(u64::MAX);
+                                let mut revoked =
+                                    self.revoked.write().unwrap_or_else(|e| e.into_inner());
+                                let now = now();
+                                if revoked.len() > 100_000 {
+                                    revoked.retain(|_, at| *at > now);
+                                }
+                                revoked.insert(event.id, until);
+                                self.metrics.revocations.inc();
+                            }
+                            Err(status) => {
+                                tracing::warn!(code = ?status.code(), message = status.message(), "revocation stream ended");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(status) => {
+                    tracing::warn!(code = ?status.code(), message = status.message(), "cannot watch revocations")
+                }
+            }
+            backoff.wait().await;
+        }
+    }
+
+    /// Fetches the keys at start and keeps trying until they come.
+    pub async fn load_keys(self: Arc<Self>) {
+        let mut backoff = Backoff::default();
+        while let Err(err) = self.refresh_keys(true).await {
+            tracing::warn!(error = %err, "cannot fetch the token server's keys");
+            backoff.wait().await;
+        }
+    }
+}
+
+fn unavailable(status: tonic::Status) -> Refusal {
+    Refusal::Unavailable(format!("{:?}: {}", status.code(), status.message()))
+}
+
+/// Exponential backoff from 100 ms to 5 s.
+struct Backoff {
+    delay: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            delay: Duration::from_millis(100),
+        }
+    }
+}
+
+impl Backoff {
+    fn reset(&mut self) {
+        self.delay = Duration::from_millis(100);
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Duration::from_secs(5));
+    }
+}

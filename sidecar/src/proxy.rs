@@ -1,0 +1,395 @@
+//! The inbound and outbound HTTP proxies and the admin endpoints.
+
+// A refusal is the response to send; boxing it would only add an allocation.
+#![allow(clippy::result_large_err)]
+
+use std::{
+    collections::HashMap, convert::Infallible, future::Future, net::SocketAddr, sync::Arc,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+
+use crate::{
+    mesh::{Mesh, Refusal},
+    metrics::RequestLabels,
+};
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Headers that belong to one connection, not to the request.
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "upgrade",
+    "transfer-encoding",
+];
+
+pub struct Proxy {
+    pub mesh: Arc<Mesh>,
+    pub app_addr: SocketAddr,
+    pub resolve: HashMap<String, SocketAddr>,
+    pub allow_unlisted: bool,
+    pub timeout: Duration,
+    http1: Client<HttpConnector, Incoming>,
+    http2: Client<HttpConnector, Incoming>,
+}
+
+fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    let body = Full::new(Bytes::from(message.into() + "\n"))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// 401 with the RFC 6750 challenge; the reason stays in the body, bounded.
+fn unauthorized(refusal: &Refusal) -> Response<Body> {
+    let mut response = text(StatusCode::UNAUTHORIZED, refusal.to_string());
+    let challenge = match refusal {
+        Refusal::Missing => "Bearer",
+        _ => "Bearer error=\"invalid_token\"",
+    };
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    response
+}
+
+fn refused(refusal: &Refusal) -> Response<Body> {
+    match refusal {
+        Refusal::Missing | Refusal::Invalid(_) => unauthorized(refusal),
+        Refusal::Forbidden(_) => text(StatusCode::FORBIDDEN, refusal.to_string()),
+        Refusal::Unavailable(_) => text(StatusCode::SERVICE_UNAVAILABLE, refusal.to_string()),
+    }
+}
+
+/// The bearer token of an Authorization header.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if headers.get(header::TE).is_some_and(|te| te != "trailers") {
+        headers.remove(header::TE);
+    }
+}
+
+fn set_bearer(headers: &mut HeaderMap, token: &str) -> Result<(), Response<Body>> {
+    let value = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
+        text(
+            StatusCode::BAD_GATEWAY,
+            "the token cannot be sent as a header",
+        )
+    })?;
+    headers.insert(header::AUTHORIZATION, value);
+    Ok(())
+}
+
+impl Proxy {
+    pub fn new(
+        mesh: Arc<Mesh>,
+        app_addr: SocketAddr,
+        resolve: HashMap<String, SocketAddr>,
+        allow_unlisted: bool,
+        timeout: Duration,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let http1 = Client::builder(TokioExecutor::new()).build(connector.clone());
+        let http2 = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(connector);
+        Self {
+            mesh,
+            app_addr,
+            resolve,
+            allow_unlisted,
+            timeout,
+            http1,
+            http2,
+        }
+    }
+
+    async fn forward(&self, mut request: Request<Incoming>, target: &str) -> Response<Body> {
+        strip_hop_by_hop(request.headers_mut());
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        let uri: Uri = match format!("http://{target}{path}").parse() {
+            Ok(uri) => uri,
+            Err(_) => return text(StatusCode::BAD_REQUEST, "malformed request target"),
+        };
+        *request.uri_mut() = uri;
+        let client = if request.version() == Version::HTTP_2 {
+            &self.http2
+        } else {
+            &self.http1
+        };
+        if request.version() != Version::HTTP_2 {
+            *request.version_mut() = Version::HTTP_11;
+        }
+        match tokio::time::timeout(self.timeout, client.request(request)).await {
+            Ok(Ok(response)) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, body.boxed())
+            }
+            Ok(Err(err)) => {
+                tracing::debug!(%target, error = %err, "upstream failed");
+                text(StatusCode::BAD_GATEWAY, format!("cannot reach {target}"))
+            }
+            Err(_) => text(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("{target} did not answer in time"),
+            ),
+        }
+    }
+
+    /// Inbound: only requests with a valid token reach the application, with
+    /// the token as a JWT.
+    pub async fn inbound(&self, mut request: Request<Incoming>) -> Response<Body> {
+        let response = match bearer(request.headers()).map(str::to_owned) {
+            None => unauthorized(&Refusal::Missing),
+            Some(token) => match self.mesh.validate(&token).await {
+                Err(refusal) => {
+                    tracing::debug!(reason = %refusal, "inbound request refused");
+                    refused(&refusal)
+                }
+                Ok(verified) => match set_bearer(request.headers_mut(), &verified.jwt) {
+                    Err(response) => response,
+                    Ok(()) => {
+                        let app = self.app_addr.to_string();
+                        self.forward(request, &app).await
+                    }
+                },
+            },
+        };
+        self.mesh
+            .metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                direction: "inbound",
+                status: response.status().as_u16(),
+            })
+            .inc();
+        response
+    }
+
+    /// Outbound: the destination from the absolute URI (HTTP proxy) or the
+    /// Host header; its token by the policy for that host.
+    pub async fn outbound(&self, mut request: Request<Incoming>) -> Response<Body> {
+        let response = self.outbound_inner(&mut request).await;
+        let response = match response {
+            Ok(target) => self.forward(request, &target).await,
+            Err(response) => response,
+        };
+        self.mesh
+            .metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                direction: "outbound",
+                status: response.status().as_u16(),
+            })
+            .inc();
+        response
+    }
+
+    async fn outbound_inner(
+        &self,
+        request: &mut Request<Incoming>,
+    ) -> Result<String, Response<Body>> {
+        if request.method() == http::Method::CONNECT {
+            return Err(text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "CONNECT is not proxied: tokens cannot be added inside TLS; call http:// through the sidecar",
+            ));
+        }
+        let authority = request
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                request
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .ok_or_else(|| {
+                text(
+                    StatusCode::BAD_REQUEST,
+                    "no destination: give an absolute URI or a Host header",
+                )
+            })?;
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) if port.parse::<u16>().is_ok() => {
+                (host.to_ascii_lowercase(), Some(port.to_owned()))
+            }
+            _ => (authority.to_ascii_lowercase(), None),
+        };
+        let incoming = bearer(request.headers()).map(str::to_owned);
+        match (self.mesh.route(&host), incoming) {
+            (Some(_), Some(token)) => {
+                let token = self
+                    .mesh
+                    .outbound_token(&host, &token)
+                    .await
+                    .map_err(|refusal| {
+                        tracing::debug!(%host, reason = %refusal, "outbound request refused");
+                        refused(&refusal)
+                    })?;
+                set_bearer(request.headers_mut(), &token)?;
+            }
+            // No token to pass on: the destination decides.
+            (Some(_), None) => {}
+            (None, _) if self.allow_unlisted => {
+                // Never leak a token to a destination no policy names.
+                request.headers_mut().remove(header::AUTHORIZATION);
+            }
+            (None, _) => return Err(refused(&Refusal::Forbidden(host))),
+        }
+        if let Ok(value) = HeaderValue::try_from(authority.as_str()) {
+            request.headers_mut().insert(header::HOST, value);
+        }
+        Ok(match self.resolve.get(&host) {
+            Some(addr) => addr.to_string(),
+            None => format!("{host}:{}", port.as_deref().unwrap_or("80")),
+        })
+    }
+
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub fn admin(&self, request: &Request<Incoming>) -> Response<Body> {
+        match request.uri().path() {
+            "/healthz" => text(StatusCode::OK, "ok"),
+            "/readyz" if self.mesh.ready() => text(StatusCode::OK, "ready"),
+            "/readyz" => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "waiting for the token server's keys and policies",
+            ),
+            "/metrics" => text(StatusCode::OK, self.mesh.metrics.render()),
+            _ => text(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+}
+
+/// Serves HTTP/1.1 and HTTP/2 (h2c) on `listener` until `shutdown`, then
+/// lets requests in flight finish (10 s at most).
+pub async fn serve<H, F>(
+    listener: tokio::net::TcpListener,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let handler = handler.clone();
+                let service = hyper::service::service_fn(move |request| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(request).await) }
+                });
+                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(err) = connection.await {
+                        tracing::trace!(error = %err, "connection ended");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_read_case_insensitively() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(bearer(&headers), None);
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer abc"),
+        );
+        assert_eq!(bearer(&headers), Some("abc"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&headers), None);
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(bearer(&headers), None);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_do_not_travel() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", HeaderValue::from_static("close"));
+        headers.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
+        headers.insert("te", HeaderValue::from_static("trailers"));
+        headers.insert("x-app", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        assert!(
+            headers.get("connection").is_none() && headers.get("proxy-authorization").is_none()
+        );
+        assert_eq!(
+            headers.get("te").unwrap(),
+            "trailers",
+            "gRPC needs te: trailers"
+        );
+        assert_eq!(headers.get("x-app").unwrap(), "1");
+    }
+
+    #[test]
+    fn refusals_map_to_statuses_and_challenges() {
+        let r = refused(&Refusal::Invalid("expired".into()));
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            r.headers()[header::WWW_AUTHENTICATE],
+            "Bearer error=\"invalid_token\""
+        );
+        assert_eq!(
+            refused(&Refusal::Missing).headers()[header::WWW_AUTHENTICATE],
+            "Bearer"
+        );
+        assert_eq!(
+            refused(&Refusal::Forbidden("x".into())).status(),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            refused(&Refusal::Unavailable("down".into())).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}

@@ -1,0 +1,261 @@
+//! The gRPC client of the token server, authenticated as this workload.
+
+use std::{path::PathBuf, time::Duration};
+
+use rustls_pki_types::{PrivatePkcs8KeyDer, pem::PemObject};
+use serde_json::json;
+use tokenmesh_proto::v1::{
+    CheckShareRequest, CheckShareResponse, ExchangeRequest, ExchangeResponse,
+    GetEmbeddedTokenRequest, GetJwksRequest, GetJwksResponse, IntrospectRequest,
+    IntrospectResponse, PolicySnapshot, RevocationEvent, WatchPoliciesRequest,
+    WatchRevocationsRequest, token_service_client::TokenServiceClient,
+};
+use tokenmesh_tokens::{secret::random_id, signing::SigningKey};
+use tonic::{
+    Request, Status, Streaming,
+    metadata::MetadataValue,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+};
+
+use crate::cli::Args;
+
+/// A call to the token server never waits longer than this.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("--token-server {0}: {1}")]
+    Url(String, String),
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+}
+
+/// How this workload proves who it is.
+enum Credential {
+    /// `authorization: Basic`.
+    Secret(String),
+    /// A projected service-account token, read again on every use.
+    ServiceAccount(PathBuf),
+    /// private_key_jwt: a fresh assertion per call.
+    PrivateKey { key: SigningKey, audience: String },
+}
+
+fn read(path: &PathBuf) -> Result<String, SetupError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .map_err(|e| SetupError::File {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+}
+
+impl Credential {
+    fn from_args(args: &Args) -> Result<Self, SetupError> {
+        if let Some(path) = &args.client_secret_file {
+            return Ok(Self::Secret(read(path)?));
+        }
+        if let Some(path) = &args.service_account_token_file {
+            read(path)?;
+            return Ok(Self::ServiceAccount(path.clone()));
+        }
+        let (Some(path), Some(issuer)) = (&args.private_key_file, &args.issuer) else {
+            return Err(SetupError::File {
+                path: "credential".into(),
+                message: "give one credential".into(),
+            });
+        };
+        let fail = |message: String| SetupError::File {
+            path: path.display().to_string(),
+            message,
+        };
+        let der = PrivatePkcs8KeyDer::from_pem_file(path)
+            .map_err(|e| fail(format!("not a PKCS#8 PEM key: {e}")))?;
+        let der = der.secret_pkcs8_der().to_vec();
+        let alg = SigningKey::detect_algorithm(&der)
+            .ok_or_else(|| fail("not a P-256, Ed25519 or RSA key".into()))?;
+        let key =
+            SigningKey::from_pkcs8(String::new(), alg, der).map_err(|e| fail(e.to_string()))?;
+        Ok(Self::PrivateKey {
+            key,
+            audience: issuer.clone(),
+        })
+    }
+}
+
+pub struct TokenServer {
+    client: TokenServiceClient<Channel>,
+    client_id: String,
+    credential: Credential,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl TokenServer {
+    /// Connects lazily: the channel reconnects by itself when the server comes back.
+    pub fn new(args: &Args) -> Result<Self, SetupError> {
+        let url = args.token_server.clone();
+        let bad = |message: String| SetupError::Url(url.clone(), message);
+        let mut endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_keepalive(Some(Duration::from_secs(30)))
+            .http2_keep_alive_interval(Duration::from_secs(30));
+        if url.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new().with_native_roots();
+            if let Some(ca) = &args.token_server_ca {
+                let pem = std::fs::read(ca).map_err(|e| SetupError::File {
+                    path: ca.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            endpoint = endpoint.tls_config(tls).map_err(|e| bad(e.to_string()))?;
+        } else if !url.starts_with("http://") {
+            return Err(bad("use an http:// or https:// URL".into()));
+        }
+        Ok(Self {
+            client: TokenServiceClient::new(endpoint.connect_lazy()),
+            client_id: args.client_id.clone(),
+            credential: Credential::from_args(args)?,
+        })
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    fn request<T>(&self, body: T, timeout: bool) -> Result<Request<T>, Status> {
+        let mut request = Request::new(body);
+        if timeout {
+            request.set_timeout(CALL_TIMEOUT);
+        }
+        let metadata = request.metadata_mut();
+        let invalid = |_| Status::internal("the credential cannot be sent as metadata");
+        match &self.credential {
+            Credential::Secret(secret) => {
+                use base64::Engine;
+                let basic = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{}:{secret}", self.client_id));
+                metadata.insert(
+                    "authorization",
+                    MetadataValue::try_from(format!("Basic {basic}")).map_err(invalid)?,
+                );
+            }
+            Credential::ServiceAccount(path) => {
+                let token = read(path).map_err(|e| Status::unauthenticated(e.to_string()))?;
+                metadata.insert(
+                    "x-client-assertion",
+                    MetadataValue::try_from(token).map_err(invalid)?,
+                );
+            }
+            Credential::PrivateKey { key, audience } => {
+                let jti = random_id().map_err(|_| Status::internal("no randomness"))?;
+                let claims = json!({"iss": self.client_id, "sub": self.client_id, "aud": audience, "jti": jti, "iat": now(), "exp": now() + 60});
+                let assertion = key
+                    .sign_jwt("JWT", &claims)
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                metadata.insert(
+                    "x-client-assertion",
+                    MetadataValue::try_from(assertion).map_err(invalid)?,
+                );
+            }
+        }
+        Ok(request)
+    }
+
+    pub async fn exchange(
+        &self,
+        subject_token: &str,
+        audience: &str,
+    ) -> Result<ExchangeResponse, Status> {
+        let body = ExchangeRequest {
+            subject_token: subject_token.into(),
+            audience: audience.into(),
+            ..Default::default()
+        };
+        Ok(self
+            .client
+            .clone()
+            .exchange(self.request(body, true)?)
+            .await?
+            .into_inner())
+    }
+
+    pub async fn introspect(&self, token: &str) -> Result<IntrospectResponse, Status> {
+        let body = IntrospectRequest {
+            token: token.into(),
+        };
+        Ok(self
+            .client
+            .clone()
+            .introspect(self.request(body, true)?)
+            .await?
+            .into_inner())
+    }
+
+    pub async fn embedded_token(&self, token: &str, audience: &str) -> Result<String, Status> {
+        let body = GetEmbeddedTokenRequest {
+            token: token.into(),
+            audience: audience.into(),
+        };
+        Ok(self
+            .client
+            .clone()
+            .get_embedded_token(self.request(body, true)?)
+            .await?
+            .into_inner()
+            .token)
+    }
+
+    pub async fn check_share(
+        &self,
+        token: &str,
+        destination: &str,
+    ) -> Result<CheckShareResponse, Status> {
+        let body = CheckShareRequest {
+            token: token.into(),
+            destination: destination.into(),
+        };
+        Ok(self
+            .client
+            .clone()
+            .check_share(self.request(body, true)?)
+            .await?
+            .into_inner())
+    }
+
+    pub async fn jwks(&self) -> Result<GetJwksResponse, Status> {
+        Ok(self
+            .client
+            .clone()
+            .get_jwks(self.request(GetJwksRequest {}, true)?)
+            .await?
+            .into_inner())
+    }
+
+    pub async fn watch_policies(&self) -> Result<Streaming<PolicySnapshot>, Status> {
+        Ok(self
+            .client
+            .clone()
+            .watch_policies(self.request(WatchPoliciesRequest {}, false)?)
+            .await?
+            .into_inner())
+    }
+
+    pub async fn watch_revocations(
+        &self,
+        after_seq: i64,
+    ) -> Result<Streaming<RevocationEvent>, Status> {
+        let body = WatchRevocationsRequest { after_seq };
+        Ok(self
+            .client
+            .clone()
+            .watch_revocations(self.request(body, false)?)
+            .await?
+            .into_inner())
+    }
+}
