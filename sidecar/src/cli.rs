@@ -107,6 +107,10 @@ pub struct Args {
     #[arg(long, env = "TOKENMESH_SIDECAR_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = seconds)]
     pub upstream_timeout: Duration,
 
+    /// Clock skew accepted on a token's `exp` and `nbf`, in seconds.
+    #[arg(long, env = "TOKENMESH_SIDECAR_CLOCK_SKEW", default_value = "10s", value_parser = seconds)]
+    pub clock_skew: Duration,
+
     /// Log format.
     #[arg(long, env = "TOKENMESH_SIDECAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -57,7 +57,11 @@ async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, Str
 
 async fn start(args: Args) -> Result<(), String> {
     let token_server = TokenServer::new(&args).map_err(|e| e.to_string())?;
-    let mesh = Arc::new(Mesh::new(token_server, args.audience.clone()));
+    let mesh = Arc::new(Mesh::new(
+        token_server,
+        args.audience.clone(),
+        args.clock_skew.as_secs(),
+    ));
     let resolve = args
         .resolve
         .iter()

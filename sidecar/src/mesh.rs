@@ -29,8 +29,6 @@ use crate::{
     token_server::TokenServer,
 };
 
-/// Clock skew accepted on `exp` and `nbf`.
-const LEEWAY: u64 = 10;
 /// The JWKS is fetched again on an unknown `kid` at most this often.
 const JWKS_MIN_INTERVAL: Duration = Duration::from_secs(5);
 const CACHE_ENTRIES: usize = 10_000;
@@ -78,6 +76,8 @@ struct Keys {
 pub struct Mesh {
     pub token_server: TokenServer,
     pub audience: String,
+    /// Clock skew accepted on `exp` and `nbf`, in seconds.
+    leeway: u64,
     pub metrics: Metrics,
     keys: ArcSwap<Option<Keys>>,
     keys_fetched: tokio::sync::Mutex<Option<Instant>>,
@@ -103,10 +103,11 @@ fn unverified_claims(jwt: &str) -> Option<AccessTokenClaims> {
 }
 
 impl Mesh {
-    pub fn new(token_server: TokenServer, audience: String) -> Self {
+    pub fn new(token_server: TokenServer, audience: String, leeway: u64) -> Self {
         Self {
             token_server,
             audience,
+            leeway,
             metrics: Metrics::new(),
             keys: ArcSwap::from_pointee(None),
             keys_fetched: tokio::sync::Mutex::new(None),
@@ -171,7 +172,7 @@ impl Mesh {
             issuers: &[keys.issuer.as_str()],
             audiences: &[self.audience.as_str()],
             require_exp: true,
-            leeway: LEEWAY,
+            leeway: self.leeway,
             now: now(),
         };
         let claims = verify(jwt, &keys.set, &expected)?;
@@ -231,8 +232,12 @@ impl Mesh {
             return Err(Refusal::Invalid("revoked".into()));
         }
         let verified = Arc::new(verified);
-        self.verified
-            .insert(key, verified.clone(), verified.claims.exp + LEEWAY, now);
+        self.verified.insert(
+            key,
+            verified.clone(),
+            verified.claims.exp + self.leeway,
+            now,
+        );
         Ok(verified)
     }
 

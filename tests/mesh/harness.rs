@@ -1,0 +1,482 @@
+//! Starting the token server, sidecars and applications.
+
+use std::{
+    convert::Infallible,
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, body::Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+
+pub const SECRET: &str = "mesh-test-client-secret-0123456789abcdef";
+const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A binary of the workspace, built by `cargo build --workspace`.
+pub fn binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join("debug").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+fn config() -> String {
+    let client = |name: &str, audiences: &str, format: &str| {
+        format!(
+            "---\napiVersion: tokenmesh.dev/v1alpha1\nkind: OAuthClient\nmetadata: {{name: {name}}}\nspec:\n  grantTypes: [client_credentials, \"{EXCHANGE}\"]\n  authentication: {{method: client_secret_basic, secretRef: {{name: shared, key: client_secret}}}}\n  scopes: [\"orders:read\", \"orders:write\"]\n  audiences: [{audiences}]\n  allowIntrospection: true\n  accessToken: {{format: {format}, ttl: 300s}}\n"
+        )
+    };
+    let policy = |name: &str, body: &str| {
+        format!(
+            "---\napiVersion: tokenmesh.dev/v1alpha1\nkind: ExchangePolicy\nmetadata: {{name: {name}}}\nspec:\n{body}"
+        )
+    };
+    let mut yaml = String::from(
+        "apiVersion: tokenmesh.dev/v1alpha1\nkind: Scope\nmetadata: {name: orders-read}\nspec: {name: \"orders:read\"}\n---\napiVersion: tokenmesh.dev/v1alpha1\nkind: Scope\nmetadata: {name: orders-write}\nspec: {name: \"orders:write\"}\n",
+    );
+    yaml += &client("frontend", "gateway, orders", "jwt");
+    yaml += &client("frontend-opaque", "gateway, orders", "opaque");
+    yaml += &client("short-lived", "gateway", "jwt").replace("ttl: 300s", "ttl: 1s");
+    for name in ["gateway-svc", "orders-svc", "payments-svc", "ledger-svc"] {
+        yaml += &client(name, "internal", "jwt");
+    }
+    yaml += &policy(
+        "share-orders",
+        "  mode: share\n  from: {clients: [frontend, frontend-opaque]}\n  to: {audience: orders, hosts: [orders.local]}\n",
+    );
+    yaml += &policy(
+        "orders-to-payments",
+        "  mode: exchange\n  from: {audiences: [orders]}\n  actor: {clients: [orders-svc]}\n  to: {audience: payments, scopes: [\"orders:read\"], hosts: [payments.local]}\n  ttl: 120s\n",
+    );
+    yaml += &policy(
+        "embed-ledger",
+        "  mode: embed\n  from: {audiences: [payments], clients: [orders-svc]}\n  to: {audience: ledger, scopes: [\"orders:read\"], hosts: [ledger.local]}\n  ttl: 60s\n",
+    );
+    yaml
+}
+
+pub struct TokenServer {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    pub http: String,
+    pub grpc: String,
+    args: Vec<String>,
+}
+
+impl TokenServer {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tokenmesh.yaml"), config()).unwrap();
+        std::fs::create_dir_all(dir.path().join("secrets/shared")).unwrap();
+        std::fs::write(dir.path().join("secrets/shared/client_secret"), SECRET).unwrap();
+        let (http, grpc) = (free_port(), free_port());
+        let args = vec![
+            "--config".into(),
+            dir.path().join("tokenmesh.yaml").display().to_string(),
+            "--http-addr".into(),
+            format!("127.0.0.1:{http}"),
+            "--grpc-addr".into(),
+            format!("127.0.0.1:{grpc}"),
+            "--issuer".into(),
+            format!("http://127.0.0.1:{http}"),
+            "--data-dir".into(),
+            dir.path().join("data").display().to_string(),
+        ];
+        let mut server = Self {
+            child: None,
+            dir,
+            http: format!("http://127.0.0.1:{http}"),
+            grpc: format!("http://127.0.0.1:{grpc}"),
+            args,
+        };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new(binary("token-server"))
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_ok(&format!("{}/readyz", self.http)).await;
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+
+    pub fn secret_file(&self) -> PathBuf {
+        self.dir.path().join("secrets/shared/client_secret")
+    }
+
+    pub async fn token(&self, client: &str, audience: Option<&str>) -> String {
+        let mut form = vec![("grant_type", "client_credentials")];
+        if let Some(audience) = audience {
+            form.push(("audience", audience));
+        }
+        let resp = reqwest::Client::new()
+            .post(format!("{}/oauth2/token", self.http))
+            .basic_auth(client, Some(SECRET))
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json::<Value>().await.unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn revoke(&self, client: &str, token: &str) {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/oauth2/revoke", self.http))
+            .basic_auth(client, Some(SECRET))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+
+    /// `tokenmesh_tokens_issued_total` for one grant type.
+    pub async fn issued(&self, grant_type: &str) -> u64 {
+        metric(
+            &format!("{}/metrics", self.http),
+            &format!("tokenmesh_tokens_issued_total{{grant_type=\"{grant_type}\""),
+        )
+        .await
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The sum of the samples of a counter whose line starts with `prefix`.
+pub async fn metric(url: &str, prefix: &str) -> u64 {
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+pub async fn wait_ok(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(resp) = reqwest::get(url).await
+            && resp.status() == 200
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{url} did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A small application: records what it receives, and calls `next` (if
+/// any) through its sidecar's outbound proxy with the same Authorization.
+pub struct App {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+}
+
+impl App {
+    pub async fn start(next: Option<(String, SocketAddr)>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let next = next.clone();
+                let counter = counter.clone();
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let next = next.clone();
+                    async move { Ok::<_, Infallible>(handle(request, next).await) }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, hits }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    next: Option<(String, SocketAddr)>,
+) -> Response<Full<Bytes>> {
+    let authorization = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    // A test may send the application elsewhere.
+    let next = match (
+        request
+            .headers()
+            .get("x-next")
+            .and_then(|v| v.to_str().ok()),
+        next,
+    ) {
+        (Some(url), Some((_, proxy))) => Some((url.to_owned(), proxy)),
+        (_, next) => next,
+    };
+    let mut body = json!({"received": authorization});
+    if let Some((url, proxy)) = next {
+        let client = reqwest::Client::builder()
+            .proxy(reqwest::Proxy::http(format!("http://{proxy}")).unwrap())
+            .build()
+            .unwrap();
+        let mut call = client.get(url);
+        if let Some(value) = &authorization {
+            call = call.header("authorization", value);
+        }
+        match call.send().await {
+            Ok(resp) => {
+                body["next_status"] = json!(resp.status().as_u16());
+                let text = resp.text().await.unwrap_or_default();
+                body["next"] = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            }
+            Err(err) => body["next_error"] = json!(err.to_string()),
+        }
+    }
+    Response::new(Full::new(Bytes::from(body.to_string())))
+}
+
+pub struct Sidecar {
+    child: Child,
+    pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Sidecar {
+    /// Starts a sidecar for `app`; its outbound proxy on `outbound_port`
+    /// (chosen first, since the application must know it).
+    pub async fn start(
+        server: &TokenServer,
+        client_id: &str,
+        audience: &str,
+        app: SocketAddr,
+        resolve: &[(&str, SocketAddr)],
+        outbound_port: u16,
+    ) -> Self {
+        let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let (inbound, outbound, admin) =
+            (local(free_port()), local(outbound_port), local(free_port()));
+        let mut command = Command::new(binary("tokenmesh-sidecar"));
+        command
+            .args([
+                "--token-server",
+                &server.grpc,
+                "--client-id",
+                client_id,
+                "--audience",
+                audience,
+            ])
+            .arg("--client-secret-file")
+            .arg(server.secret_file())
+            .args([
+                "--inbound-addr",
+                &inbound.to_string(),
+                "--app-addr",
+                &app.to_string(),
+            ])
+            .args([
+                "--outbound-addr",
+                &outbound.to_string(),
+                "--admin-addr",
+                &admin.to_string(),
+            ])
+            .args(["--clock-skew", "0s"])
+            .stdout(Stdio::null());
+        for (host, target) in resolve {
+            command.arg("--resolve").arg(format!("{host}={target}"));
+        }
+        let child = command.spawn().unwrap();
+        wait_ok(&format!("http://{admin}/readyz")).await;
+        Self {
+            child,
+            inbound,
+            outbound,
+            admin,
+        }
+    }
+
+    pub async fn metric(&self, name: &str) -> u64 {
+        metric(&format!("http://{}/metrics", self.admin), name).await
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The whole mesh: gateway → orders → payments → ledger, each behind its sidecar.
+pub struct Mesh {
+    pub server: TokenServer,
+    pub apps: Vec<App>,
+    pub sidecars: Vec<Sidecar>,
+}
+
+impl Mesh {
+    pub async fn start() -> Self {
+        let server = TokenServer::start().await;
+        // Built from the end of the chain, so each knows where the next listens.
+        let ledger_app = App::start(None).await;
+        let ledger = Sidecar::start(
+            &server,
+            "ledger-svc",
+            "ledger",
+            ledger_app.addr,
+            &[],
+            free_port(),
+        )
+        .await;
+        let hop = |host: &str, port: u16| {
+            Some((
+                format!("http://{host}/hop"),
+                SocketAddr::from(([127, 0, 0, 1], port)),
+            ))
+        };
+        let out = free_port();
+        let payments_app = App::start(hop("ledger.local", out)).await;
+        let payments = Sidecar::start(
+            &server,
+            "payments-svc",
+            "payments",
+            payments_app.addr,
+            &[("ledger.local", ledger.inbound)],
+            out,
+        )
+        .await;
+        let out = free_port();
+        let orders_app = App::start(hop("payments.local", out)).await;
+        let orders = Sidecar::start(
+            &server,
+            "orders-svc",
+            "orders",
+            orders_app.addr,
+            &[("payments.local", payments.inbound)],
+            out,
+        )
+        .await;
+        let out = free_port();
+        let gateway_app = App::start(hop("orders.local", out)).await;
+        let gateway = Sidecar::start(
+            &server,
+            "gateway-svc",
+            "gateway",
+            gateway_app.addr,
+            &[("orders.local", orders.inbound)],
+            out,
+        )
+        .await;
+        Self {
+            server,
+            apps: vec![gateway_app, orders_app, payments_app, ledger_app],
+            sidecars: vec![gateway, orders, payments, ledger],
+        }
+    }
+
+    /// Calls the gateway through its sidecar with `token`.
+    pub async fn call(&self, token: Option<&str>) -> (u16, Value, Option<String>) {
+        self.call_with(token, None).await
+    }
+
+    /// Like [`Mesh::call`], with the gateway told to call `next` instead.
+    pub async fn call_with(
+        &self,
+        token: Option<&str>,
+        next: Option<&str>,
+    ) -> (u16, Value, Option<String>) {
+        let mut call =
+            reqwest::Client::new().get(format!("http://{}/hop", self.sidecars[0].inbound));
+        if let Some(next) = next {
+            call = call.header("x-next", next);
+        }
+        if let Some(token) = token {
+            call = call.bearer_auth(token);
+        }
+        let resp = call.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let challenge = resp
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            challenge,
+        )
+    }
+}
+
+/// The claims of a JWT, decoded without verification (the sidecars verified it).
+pub fn claims(authorization: &Value) -> Value {
+    use base64::Engine;
+    let token = authorization
+        .as_str()
+        .unwrap()
+        .strip_prefix("Bearer ")
+        .unwrap();
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}

@@ -1,0 +1,8 @@
+//! The real token server and sidecars on loopback, with four small
+//! applications: frontend client → gateway →(share) orders →(exchange)
+//! payments →(embed) ledger.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+mod traffic;
