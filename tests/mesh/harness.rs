@@ -346,7 +346,6 @@ impl Sidecar {
         Self {
             child,
             inbound,
-            outbound,
             admin,
         }
     }
