@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+import envoystack
 from tokenserver import SERVER_BIN, GrpcTokenServer, TokenServer
 
 RUNNING: list[TokenServer] = []
@@ -51,4 +52,6 @@ def pytest_runtest_makereport(item, call):
     if report.failed and report.when == "call":
         for srv in RUNNING:
             report.sections.append((f"token-server log {srv.root.name}", srv.log_tail()))
+        for proc in envoystack.LOGS:  # the sidecars and Envoys of test_envoy.py
+            report.sections.append((proc.title, proc.log_tail()))
     return report

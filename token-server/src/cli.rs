@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// The tokenmesh OAuth 2.0 authorization server.
 ///
@@ -16,13 +16,32 @@ use clap::{Parser, ValueEnum};
 pub struct Args {
     /// A YAML file or a folder of YAML files (*.yaml, *.yml) holding
     /// resources; repeat for several. Multi-document files are read whole.
-    #[arg(
-        long = "config",
-        env = "TOKENMESH_CONFIG",
-        value_delimiter = ',',
-        required = true
-    )]
+    #[arg(long = "config", env = "TOKENMESH_CONFIG", value_delimiter = ',')]
     pub config: Vec<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// PostgreSQL URL (`postgres://user:pass@host/db?sslmode=verify-full`):
+    /// use PostgreSQL instead of the embedded store, for several replicas.
+    /// TLS to the database follows `sslmode` (rustls). Overrides
+    /// TokenServer.spec.storage.
+    #[arg(
+        long,
+        env = "TOKENMESH_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+
+    /// Most connections to PostgreSQL this replica opens.
+    #[arg(
+        long,
+        env = "TOKENMESH_DATABASE_MAX_CONNECTIONS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub database_max_connections: u32,
 
     /// Address of the OAuth HTTP endpoints. Plain HTTP is only allowed on a
     /// loopback address unless --tls-cert/--tls-key or --insecure-http.
@@ -79,6 +98,13 @@ pub struct Args {
     /// Check the configuration, print what it holds, and exit.
     #[arg(long)]
     pub check_config: bool,
+}
+
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Apply the PostgreSQL schema migrations (--database-url) and exit; the
+    /// server also applies them on start.
+    Migrate,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -157,7 +157,23 @@ impl KeyRing {
     }
 }
 
+/// Rotates under the store's rotation lock (one replica at a time); a
+/// replica without the lock only loads what the holder decided.
 async fn maintain(
+    store: &dyn Store,
+    settings: &ServerSettings,
+    algorithms: &[SigningAlgorithm],
+    now: u64,
+) -> Result<KeySnapshot, KeyError> {
+    let Some(lock) = store.try_lock_rotation().await? else {
+        return snapshot(&store.signing_keys().await?, now);
+    };
+    let result = rotate(store, settings, algorithms, now).await;
+    lock.release().await;
+    result
+}
+
+async fn rotate(
     store: &dyn Store,
     settings: &ServerSettings,
     algorithms: &[SigningAlgorithm],

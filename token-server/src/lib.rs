@@ -23,11 +23,12 @@ use tracing_subscriber::EnvFilter;
 
 use crate::{
     cli::{Args, LogFormat},
+    config::Document,
     keys::KeyRing,
     metrics::Metrics,
     registry::{FileSecrets, Registry},
     state::{AppState, Endpoints, system_now},
-    store::{SqliteStore, Store},
+    store::{PgStore, SqliteStore, Store},
 };
 
 /// Why the server did not start or stopped.
@@ -59,7 +60,13 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(start(args)) {
+    let work = async {
+        match args.command {
+            Some(cli::Command::Migrate) => migrate(&args).await,
+            None => start(args).await,
+        }
+    };
+    match runtime.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err}");
@@ -93,19 +100,104 @@ fn secrets_dir(args: &Args) -> PathBuf {
     })
 }
 
-/// Loads the configuration into a registry; nothing starts if it fails.
-pub fn load_registry(args: &Args) -> Result<Registry, StartError> {
+/// What the registry is built from: the files, and the command line.
+pub struct RegistrySource {
+    pub documents: Vec<Document>,
+    pub default_issuer: String,
+    pub issuer_override: Option<String>,
+}
+
+impl RegistrySource {
+    /// The files' resources, then the stored ones (ControlService) on top:
+    /// one code path. A stored resource that no longer fits is skipped, loudly.
+    pub fn build(
+        &self,
+        secrets: &dyn registry::SecretSource,
+        stored: &[(String, String)],
+    ) -> Result<Registry, config::ConfigError> {
+        let mut registry = Registry::new(self.default_issuer.clone(), self.issuer_override.clone())
+            .from_documents(&self.documents, secrets)?;
+        for (key, document) in stored {
+            let mut next = registry.clone();
+            let applied = if document.is_empty() {
+                let (kind, name) = key.split_once('/').unwrap_or((key, ""));
+                next.delete(kind, name);
+                next.validate()
+            } else {
+                config::parse_documents(None, document).and_then(|docs| {
+                    for doc in &docs {
+                        next.apply(doc, secrets)?;
+                    }
+                    next.validate()
+                })
+            };
+            match applied {
+                Ok(()) => registry = next,
+                Err(err) => {
+                    tracing::error!(resource = %key, error = %err, "stored resource skipped")
+                }
+            }
+        }
+        Ok(registry)
+    }
+}
+
+/// Reads the configuration files; nothing starts if they are wrong.
+pub fn load_source(args: &Args) -> Result<RegistrySource, StartError> {
+    if args.config.is_empty() {
+        return Err(StartError::Refused(
+            "--config is required (a file or folder of resources)".into(),
+        ));
+    }
     let scheme = if args.tls_cert.is_some() {
         "https"
     } else {
         "http"
     };
-    let default_issuer = format!("{scheme}://{}", args.http_addr);
-    let docs = config::load_paths(&args.config)?;
-    let secrets = FileSecrets {
-        dir: secrets_dir(args),
+    Ok(RegistrySource {
+        documents: config::load_paths(&args.config)?,
+        default_issuer: format!("{scheme}://{}", args.http_addr),
+        issuer_override: args.issuer.clone(),
+    })
+}
+
+/// The store: PostgreSQL when a database URL is given (flag, or the
+/// TokenServer's storage Secret), else SQLite in the data directory.
+async fn open_store(
+    args: &Args,
+    registry: &Registry,
+    secrets: &dyn registry::SecretSource,
+) -> Result<Arc<dyn Store>, StartError> {
+    let url = match (&args.database_url, &registry.server.database) {
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(secret)) => {
+            let bytes = secrets
+                .read(secret)
+                .map_err(|e| StartError::Refused(format!("the database URL secret: {e}")))?;
+            Some(
+                String::from_utf8(bytes)
+                    .map_err(|_| StartError::Refused("the database URL is not UTF-8".into()))?
+                    .trim()
+                    .to_owned(),
+            )
+        }
+        (None, None) => None,
     };
-    Ok(Registry::new(default_issuer, args.issuer.clone()).from_documents(&docs, &secrets)?)
+    Ok(match url {
+        Some(url) => Arc::new(PgStore::connect(&url, args.database_max_connections).await?),
+        None => Arc::new(SqliteStore::open(&args.data_dir).await?),
+    })
+}
+
+async fn migrate(args: &Args) -> Result<(), StartError> {
+    let url = args.database_url.as_deref().ok_or_else(|| {
+        StartError::Refused("migrate needs --database-url (or TOKENMESH_DATABASE_URL)".into())
+    })?;
+    // Connecting migrates.
+    let store = PgStore::connect(url, 1).await?;
+    println!("database schema is up to date");
+    store.close().await;
+    Ok(())
 }
 
 /// Reads the admin credential of ControlService (kept only as a digest).
@@ -132,7 +224,11 @@ fn bind(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, StartError>
 }
 
 async fn start(args: Args) -> Result<(), StartError> {
-    let registry = load_registry(&args)?;
+    let source = load_source(&args)?;
+    let secrets = FileSecrets {
+        dir: secrets_dir(&args),
+    };
+    let registry = source.build(&secrets, &[])?;
     if args.check_config {
         println!("configuration is valid: {}", registry.summary());
         return Ok(());
@@ -148,7 +244,13 @@ async fn start(args: Args) -> Result<(), StartError> {
     let admin = admin_credential(&args)?;
     let http_listener = bind(args.http_addr)?;
     let grpc_listener = bind(args.grpc_addr)?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&args.data_dir).await?);
+    let store = open_store(&args, &registry, &secrets).await?;
+    let stored = store.resources().await?;
+    let registry = if stored.is_empty() {
+        registry
+    } else {
+        source.build(&secrets, &stored)?
+    };
     let now = system_now();
     let keys = KeyRing::start(
         store.as_ref(),
@@ -166,9 +268,8 @@ async fn start(args: Args) -> Result<(), StartError> {
         metrics: Metrics::new(),
         endpoints,
         clock: system_now,
-        secrets: Box::new(FileSecrets {
-            dir: secrets_dir(&args),
-        }),
+        secrets: Box::new(secrets),
+        source,
         changes: tokio::sync::Mutex::new(()),
         version: tokio::sync::watch::Sender::new(1),
         revoked: tokio::sync::Notify::new(),
@@ -202,20 +303,22 @@ async fn start(args: Args) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Key rotation every 30 s, expired-row purge every 5 min.
+/// How often a replica looks for other replicas' revocations and resource changes.
+const SYNC_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Key rotation every 30 s (every second until a signing key exists),
+/// expired-row purge every 5 min, and the sync with other replicas.
 fn spawn_maintenance(state: Arc<AppState>) {
+    let keys = state.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(30));
-        let mut round: u64 = 0;
+        let mut last_purge = std::time::Instant::now();
         loop {
-            tick.tick().await;
-            round += 1;
-            let registry = state.registry.load();
-            let now = state.now();
-            if let Err(err) = state
+            let registry = keys.registry.load();
+            let now = keys.now();
+            if let Err(err) = keys
                 .keys
                 .refresh(
-                    state.store.as_ref(),
+                    keys.store.as_ref(),
                     &registry.server,
                     &registry.algorithms_in_use(),
                     now,
@@ -224,13 +327,52 @@ fn spawn_maintenance(state: Arc<AppState>) {
             {
                 tracing::error!(error = %err, "key rotation failed");
             }
-            if round.is_multiple_of(10) {
-                match state.store.purge_expired(now).await {
+            if last_purge.elapsed() >= Duration::from_secs(300) {
+                last_purge = std::time::Instant::now();
+                match keys.store.purge_expired(now).await {
                     Ok(n) if n > 0 => tracing::info!(rows = n, "purged expired records"),
                     Ok(_) => {}
                     Err(err) => tracing::warn!(error = %err, "purge failed"),
                 }
             }
+            let signing = keys
+                .keys
+                .snapshot()
+                .signer(keys::jose_algorithm(registry.server.algorithm))
+                .is_some();
+            tokio::time::sleep(if signing {
+                Duration::from_secs(30)
+            } else {
+                Duration::from_secs(1)
+            })
+            .await;
+        }
+    });
+    tokio::spawn(async move {
+        let mut seen: Option<(i64, i64)> = None;
+        loop {
+            tokio::time::sleep(SYNC_INTERVAL).await;
+            let marks = match state.store.change_marks().await {
+                Ok(marks) => marks,
+                Err(err) => {
+                    tracing::debug!(error = %err, "sync: store unavailable");
+                    continue;
+                }
+            };
+            if let Some((revoked, resources)) = seen {
+                if marks.0 != revoked {
+                    state.revoked.notify_waiters();
+                }
+                if marks.1 != resources {
+                    match state.reload().await {
+                        Ok(version) => {
+                            tracing::info!(version, "resources changed in the store; reloaded")
+                        }
+                        Err(err) => tracing::error!(error = %err, "reload failed"),
+                    }
+                }
+            }
+            seen = Some(marks);
         }
     });
 }

@@ -83,6 +83,8 @@ pub struct ServerSettings {
     pub default_ttl: Duration,
     pub max_ttl: Duration,
     pub key_files: Vec<PathBuf>,
+    /// Where the PostgreSQL URL is, when the TokenServer asks for postgres storage.
+    pub database: Option<SecretKeyRef>,
 }
 
 impl ServerSettings {
@@ -94,6 +96,7 @@ impl ServerSettings {
             default_ttl: DEFAULT_TTL,
             max_ttl: DEFAULT_MAX_TTL,
             key_files: Vec::new(),
+            database: None,
         }
     }
 }
@@ -546,17 +549,17 @@ fn server_settings(
             "longer than maxAccessTokenTtl".into(),
         ));
     }
-    if spec
-        .storage
-        .as_ref()
-        .is_some_and(|s| s.kind != tokenmesh_crds::StorageKind::Embedded)
-    {
-        return Err((
-            "spec.storage.type",
-            "only the embedded store is available in this build".into(),
-        ));
-    }
+    let database = match &spec.storage {
+        Some(storage) if storage.kind == tokenmesh_crds::StorageKind::Postgres => {
+            Some(storage.database_url_secret_ref.clone().ok_or((
+                "spec.storage.databaseUrlSecretRef",
+                "postgres storage needs the database URL".to_owned(),
+            ))?)
+        }
+        _ => None,
+    };
     Ok(ServerSettings {
+        database,
         issuer,
         algorithm: spec.signing.algorithm,
         rotation_period: duration(

@@ -57,6 +57,33 @@ pub struct AppState {
     pub revoked: Notify,
     /// Digest of the admin credential of ControlService.
     pub admin: Option<SecretHash>,
+    /// What the registry is rebuilt from when stored resources change.
+    pub source: crate::RegistrySource,
+}
+
+impl AppState {
+    /// Rebuilds the registry from the files and the stored resources (after
+    /// a change on any replica), makes sure its keys exist, and puts it in force.
+    pub async fn reload(&self) -> Result<u64, String> {
+        let _serial = self.changes.lock().await;
+        let stored = self.store.resources().await.map_err(|e| e.to_string())?;
+        let next = self
+            .source
+            .build(self.secrets.as_ref(), &stored)
+            .map_err(|e| e.to_string())?;
+        self.keys
+            .refresh(
+                self.store.as_ref(),
+                &next.server,
+                &next.algorithms_in_use(),
+                self.now(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        self.registry.store(std::sync::Arc::new(next));
+        self.version.send_modify(|v| *v += 1);
+        Ok(*self.version.borrow())
+    }
 }
 
 impl AppState {

@@ -48,8 +48,15 @@ impl Control {
         }
     }
 
-    /// Validates `next`, makes sure its keys exist, and puts it in force.
-    async fn commit(&self, current: &Registry, next: Registry) -> Result<u64, Status> {
+    /// Validates `next`, stores the change (so every replica and restart has
+    /// it), makes sure its keys exist, and puts it in force.
+    async fn commit(
+        &self,
+        current: &Registry,
+        next: Registry,
+        key: &str,
+        document: &str,
+    ) -> Result<u64, Status> {
         next.validate()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if next.server.issuer != current.server.issuer {
@@ -57,6 +64,11 @@ impl Control {
                 "changing the issuer needs a restart of the token server",
             ));
         }
+        self.state
+            .store
+            .put_resource(key, document)
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot store the change: {e}")))?;
         let now = self.state.now();
         self.state
             .keys
@@ -99,7 +111,8 @@ impl ControlService for Control {
         let mut next = (*current).clone();
         next.apply(&doc, self.state.secrets.as_ref())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let version = self.commit(&current, next).await?;
+        let key = format!("{}/{}", doc.resource.kind(), doc.origin.name);
+        let version = self.commit(&current, next, &key, &text).await?;
         tracing::info!(kind = doc.resource.kind(), name = %doc.origin.name, version, "resource applied");
         Ok(Response::new(ApplyResponse {
             resource: Some(reference(doc.resource.kind(), &doc.origin.name)),
@@ -130,7 +143,8 @@ impl ControlService for Control {
                 version: *self.state.version.borrow(),
             }));
         }
-        let version = self.commit(&current, next).await?;
+        let stored_key = format!("{}/{key}", resource.kind);
+        let version = self.commit(&current, next, &stored_key, "").await?;
         tracing::info!(kind = %resource.kind, name = %key, version, "resource deleted");
         Ok(Response::new(DeleteResponse {
             existed: true,

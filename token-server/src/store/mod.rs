@@ -1,9 +1,13 @@
 //! Durable state behind one trait, so a PostgreSQL backend can sit beside the
 //! embedded SQLite one without touching callers.
 
+mod postgres;
 mod sqlite;
+#[cfg(test)]
+mod suite;
 
 use async_trait::async_trait;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 use tokenmesh_tokens::secret::SecretHash;
 
@@ -119,4 +123,37 @@ pub trait Store: Send + Sync {
 
     /// Drops what expired before `now`; returns how many rows went.
     async fn purge_expired(&self, now: u64) -> StoreResult<u64>;
+
+    /// Stores a resource applied through ControlService (`key` is Kind/name);
+    /// an empty document is a deletion (a tombstone, so a resource from a
+    /// file stays deleted on every replica).
+    async fn put_resource(&self, key: &str, document: &str) -> StoreResult<()>;
+    /// Every stored resource document, in the order they were first applied.
+    async fn resources(&self) -> StoreResult<Vec<(String, String)>>;
+
+    /// Marks that change when another replica revokes or changes resources:
+    /// (latest revocation seq, resources version).
+    async fn change_marks(&self) -> StoreResult<(i64, i64)>;
+
+    /// Takes the key-rotation lock if no other replica holds it.
+    async fn try_lock_rotation(&self) -> StoreResult<Option<RotationLock>>;
+}
+
+/// Held while one replica rotates signing keys; released with [`RotationLock::release`].
+pub enum RotationLock {
+    /// A single replica needs no lock.
+    Local,
+    /// A PostgreSQL session-level advisory lock, held by this connection.
+    Postgres(sqlx::pool::PoolConnection<sqlx::Postgres>),
+}
+
+impl RotationLock {
+    pub async fn release(self) {
+        if let Self::Postgres(mut connection) = self {
+            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(postgres::ROTATION_LOCK)
+                .execute(&mut *connection)
+                .await;
+        }
+    }
 }

@@ -11,10 +11,14 @@ use sqlx::{
 };
 use tokenmesh_tokens::secret::SecretHash;
 
-use super::{OpaqueToken, Revocation, RevocationKind, Store, StoreError, StoreResult, StoredKey};
+use super::{
+    OpaqueToken, Revocation, RevocationKind, RotationLock, Store, StoreError, StoreResult,
+    StoredKey,
+};
 
 /// Versioned schema; each entry runs once, in order.
-const MIGRATIONS: &[&str] = &["CREATE TABLE signing_keys (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE signing_keys (
         kid TEXT PRIMARY KEY,
         alg TEXT NOT NULL,
         pkcs8 BLOB NOT NULL,
@@ -45,7 +49,15 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE signing_keys (
         jti TEXT NOT NULL,
         expires_at INTEGER NOT NULL,
         PRIMARY KEY (issuer, jti)
-    );"];
+    );",
+    "CREATE TABLE resources (
+        key TEXT PRIMARY KEY,
+        document TEXT NOT NULL,
+        applied INTEGER NOT NULL
+    );
+    CREATE TABLE marks (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO marks (name, value) VALUES ('resources', 0);",
+];
 
 /// One writer connection, so a checkpoint can always restart the WAL (with
 /// several writers the WAL grew past a gigabyte under load), and a few readers.
@@ -297,6 +309,46 @@ impl Store for SqliteStore {
         Ok(inserted == 1)
     }
 
+    async fn put_resource(&self, key: &str, document: &str) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO resources (key, document, applied) VALUES (?, ?, (SELECT COALESCE(MAX(applied), 0) + 1 FROM resources))
+             ON CONFLICT (key) DO UPDATE SET document = excluded.document",
+        )
+        .bind(key)
+        .bind(document)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE marks SET value = value + 1 WHERE name = 'resources'")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn resources(&self) -> StoreResult<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT key, document FROM resources ORDER BY applied")
+            .fetch_all(&self.reader)
+            .await?;
+        rows.into_iter()
+            .map(|row| Ok((row.try_get("key")?, row.try_get("document")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    async fn change_marks(&self) -> StoreResult<(i64, i64)> {
+        let row = sqlx::query(
+            "SELECT (SELECT COALESCE(MAX(seq), 0) FROM revocations) AS revoked, (SELECT value FROM marks WHERE name = 'resources') AS resources",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok((row.try_get("revoked")?, row.try_get("resources")?))
+    }
+
+    async fn try_lock_rotation(&self) -> StoreResult<Option<RotationLock>> {
+        Ok(Some(RotationLock::Local))
+    }
+
     async fn purge_expired(&self, now: u64) -> StoreResult<u64> {
         let now = int(now);
         let mut removed = 0;
@@ -325,85 +377,15 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::suite;
 
-    async fn store() -> (tempfile::TempDir, SqliteStore) {
+    #[tokio::test]
+    async fn the_store_suite_passes_on_sqlite() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).await.unwrap();
-        (dir, store)
-    }
-
-    #[tokio::test]
-    async fn opaque_tokens_round_trip_and_expire() {
-        let (_dir, store) = store().await;
-        let token = OpaqueToken {
-            hash: SecretHash::of(b"t"),
-            jti: "j".into(),
-            client_id: "c".into(),
-            grant_id: "g".into(),
-            expires_at: 100,
-            claims: "{}".into(),
-        };
-        store.put_opaque_token(&token).await.unwrap();
-        assert_eq!(
-            store.opaque_token(&token.hash).await.unwrap(),
-            Some(token.clone())
-        );
-        assert_eq!(
-            store.opaque_token(&SecretHash::of(b"u")).await.unwrap(),
-            None
-        );
-        assert_eq!(store.purge_expired(100).await.unwrap(), 0);
-        assert_eq!(store.purge_expired(101).await.unwrap(), 1);
-        assert_eq!(store.opaque_token(&token.hash).await.unwrap(), None);
-    }
-
-    #[tokio::test]
-    async fn revocations_are_sequenced_and_found_by_token_or_grant() {
-        let (_dir, store) = store().await;
-        let a = store
-            .revoke(RevocationKind::Token, "jti-1", 50)
-            .await
-            .unwrap();
-        let b = store
-            .revoke(RevocationKind::Grant, "grant-1", 60)
-            .await
-            .unwrap();
-        assert!(b > a);
-        assert!(store.is_revoked("jti-1", None).await.unwrap());
-        assert!(store.is_revoked("other", Some("grant-1")).await.unwrap());
-        assert!(!store.is_revoked("other", Some("grant-2")).await.unwrap());
-        let after = store.revocations_after(a, 10).await.unwrap();
-        assert_eq!(after.len(), 1);
-        assert_eq!(after[0].kind, RevocationKind::Grant);
-    }
-
-    #[tokio::test]
-    async fn use_once_refuses_a_replay() {
-        let (_dir, store) = store().await;
-        assert!(store.use_once("client", "jti", 10).await.unwrap());
-        assert!(!store.use_once("client", "jti", 10).await.unwrap());
-        assert!(store.use_once("other", "jti", 10).await.unwrap());
-    }
-
-    #[tokio::test]
-    async fn state_survives_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let key = StoredKey {
-            kid: "k".into(),
-            alg: "ES256".into(),
-            pkcs8: vec![1, 2, 3],
-            created_at: 1,
-            activates_at: 1,
-            retires_at: None,
-            publish_until: None,
-        };
-        {
-            let store = SqliteStore::open(dir.path()).await.unwrap();
-            store.save_signing_key(&key).await.unwrap();
-            store.revoke(RevocationKind::Token, "j", 99).await.unwrap();
-        }
-        let store = SqliteStore::open(dir.path()).await.unwrap();
-        assert_eq!(store.signing_keys().await.unwrap(), vec![key]);
-        assert!(store.is_revoked("j", None).await.unwrap());
+        suite::run(&store).await;
+        store.close().await;
+        let reopened = SqliteStore::open(dir.path()).await.unwrap();
+        suite::after_reopen(&reopened).await;
     }
 }

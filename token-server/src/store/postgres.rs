@@ -1,0 +1,397 @@
+//! The PostgreSQL store, for several token-server replicas on one database.
+//! Migrations run on start under an advisory lock, so replicas starting
+//! together migrate once.
+
+use std::{str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use sqlx::{
+    PgPool, Row,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use tokenmesh_tokens::secret::SecretHash;
+
+use super::{
+    OpaqueToken, Revocation, RevocationKind, RotationLock, Store, StoreError, StoreResult,
+    StoredKey,
+};
+
+/// Advisory lock ids (arbitrary, fixed).
+pub const ROTATION_LOCK: i64 = 0x746f_6b65_6e6d_0001;
+const MIGRATION_LOCK: i64 = 0x746f_6b65_6e6d_0002;
+
+const MIGRATIONS: &[&str] = &["CREATE TABLE signing_keys (
+        kid TEXT PRIMARY KEY,
+        alg TEXT NOT NULL,
+        pkcs8 BYTEA NOT NULL,
+        created_at BIGINT NOT NULL,
+        activates_at BIGINT NOT NULL,
+        retires_at BIGINT,
+        publish_until BIGINT
+    );
+    CREATE TABLE opaque_tokens (
+        hash BYTEA PRIMARY KEY,
+        jti TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        grant_id TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        claims TEXT NOT NULL
+    );
+    CREATE INDEX opaque_tokens_expiry ON opaque_tokens (expires_at);
+    CREATE TABLE revocations (
+        seq BIGSERIAL PRIMARY KEY,
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        UNIQUE (kind, id)
+    );
+    CREATE INDEX revocations_expiry ON revocations (expires_at);
+    CREATE TABLE used_once (
+        issuer TEXT NOT NULL,
+        jti TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        PRIMARY KEY (issuer, jti)
+    );
+    CREATE INDEX used_once_expiry ON used_once (expires_at);
+    CREATE TABLE resources (
+        key TEXT PRIMARY KEY,
+        document TEXT NOT NULL,
+        applied BIGSERIAL NOT NULL
+    );
+    CREATE TABLE marks (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
+    INSERT INTO marks (name, value) VALUES ('resources', 0);"];
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+fn int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn uint(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+impl PgStore {
+    /// Connects (TLS as the URL's `sslmode` says), with a bounded pool, and migrates.
+    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("the database URL does not parse: {e}")))?
+            .application_name("tokenmesh-token-server")
+            .options([("statement_timeout", "5s"), ("lock_timeout", "2s")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(3))
+            .idle_timeout(Duration::from_secs(300))
+            .connect_with(options)
+            .await?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies the migrations not applied yet.
+    pub async fn migrate(&self) -> StoreResult<usize> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            .execute(&mut *tx)
+            .await?;
+        let current: Option<i32> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
+            .fetch_one(&mut *tx)
+            .await?;
+        let current = usize::try_from(current.unwrap_or(0)).unwrap_or(0);
+        if current > MIGRATIONS.len() {
+            return Err(StoreError::Corrupt(format!(
+                "schema version {current} is newer than this build knows ({})",
+                MIGRATIONS.len()
+            )));
+        }
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+                .bind(i32::try_from(index + 1).unwrap_or(i32::MAX))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(MIGRATIONS.len() - current)
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn signing_keys(&self) -> StoreResult<Vec<StoredKey>> {
+        let rows = sqlx::query(
+            "SELECT kid, alg, pkcs8, created_at, activates_at, retires_at, publish_until FROM signing_keys ORDER BY activates_at, kid",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(StoredKey {
+                    kid: row.try_get("kid")?,
+                    alg: row.try_get("alg")?,
+                    pkcs8: row.try_get("pkcs8")?,
+                    created_at: uint(row.try_get("created_at")?),
+                    activates_at: uint(row.try_get("activates_at")?),
+                    retires_at: row.try_get::<Option<i64>, _>("retires_at")?.map(uint),
+                    publish_until: row.try_get::<Option<i64>, _>("publish_until")?.map(uint),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    async fn save_signing_key(&self, key: &StoredKey) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, alg, pkcs8, created_at, activates_at, retires_at, publish_until)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (kid) DO UPDATE SET activates_at = excluded.activates_at,
+                retires_at = excluded.retires_at, publish_until = excluded.publish_until",
+        )
+        .bind(&key.kid)
+        .bind(&key.alg)
+        .bind(&key.pkcs8)
+        .bind(int(key.created_at))
+        .bind(int(key.activates_at))
+        .bind(key.retires_at.map(int))
+        .bind(key.publish_until.map(int))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_signing_key(&self, kid: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM signing_keys WHERE kid = $1")
+            .bind(kid)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn put_opaque_token(&self, token: &OpaqueToken) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO opaque_tokens (hash, jti, client_id, grant_id, expires_at, claims) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(token.hash.as_bytes().as_slice())
+        .bind(&token.jti)
+        .bind(&token.client_id)
+        .bind(&token.grant_id)
+        .bind(int(token.expires_at))
+        .bind(&token.claims)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn opaque_token(&self, hash: &SecretHash) -> StoreResult<Option<OpaqueToken>> {
+        let row = sqlx::query("SELECT jti, client_id, grant_id, expires_at, claims FROM opaque_tokens WHERE hash = $1")
+            .bind(hash.as_bytes().as_slice())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(OpaqueToken {
+                hash: *hash,
+                jti: row.try_get("jti")?,
+                client_id: row.try_get("client_id")?,
+                grant_id: row.try_get("grant_id")?,
+                expires_at: uint(row.try_get("expires_at")?),
+                claims: row.try_get("claims")?,
+            })
+        })
+        .transpose()
+        .map_err(|e: sqlx::Error| e.into())
+    }
+
+    async fn revoke(&self, kind: RevocationKind, id: &str, expires_at: u64) -> StoreResult<i64> {
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO revocations (kind, id, expires_at) VALUES ($1, $2, $3)
+             ON CONFLICT (kind, id) DO UPDATE SET expires_at = GREATEST(revocations.expires_at, excluded.expires_at)
+             RETURNING seq",
+        )
+        .bind(kind.as_str())
+        .bind(id)
+        .bind(int(expires_at))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(seq)
+    }
+
+    async fn is_revoked(&self, jti: &str, grant_id: Option<&str>) -> StoreResult<bool> {
+        let found: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM revocations WHERE (kind = 'jti' AND id = $1) OR (kind = 'grant' AND id = $2) LIMIT 1",
+        )
+        .bind(jti)
+        .bind(grant_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    async fn revocations_after(&self, seq: i64, limit: u32) -> StoreResult<Vec<Revocation>> {
+        let rows = sqlx::query("SELECT seq, kind, id, expires_at FROM revocations WHERE seq > $1 ORDER BY seq LIMIT $2")
+            .bind(seq)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                let kind: String = row.try_get("kind")?;
+                Ok(Revocation {
+                    seq: row.try_get("seq")?,
+                    kind: if kind == "grant" {
+                        RevocationKind::Grant
+                    } else {
+                        RevocationKind::Token
+                    },
+                    id: row.try_get("id")?,
+                    expires_at: uint(row.try_get("expires_at")?),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    async fn use_once(&self, issuer: &str, jti: &str, expires_at: u64) -> StoreResult<bool> {
+        let inserted =
+            sqlx::query("INSERT INTO used_once (issuer, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                .bind(issuer)
+                .bind(jti)
+                .bind(int(expires_at))
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    async fn purge_expired(&self, now: u64) -> StoreResult<u64> {
+        let now = int(now);
+        let mut removed = 0;
+        // Small batches: no long locks on a shared database.
+        for sql in [
+            "DELETE FROM opaque_tokens WHERE ctid IN (SELECT ctid FROM opaque_tokens WHERE expires_at < $1 LIMIT 500)",
+            "DELETE FROM revocations WHERE ctid IN (SELECT ctid FROM revocations WHERE expires_at < $1 LIMIT 500)",
+            "DELETE FROM used_once WHERE ctid IN (SELECT ctid FROM used_once WHERE expires_at < $1 LIMIT 500)",
+        ] {
+            loop {
+                let n = sqlx::query(sql)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                removed += n;
+                if n < 500 {
+                    break;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn put_resource(&self, key: &str, document: &str) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO resources (key, document) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET document = excluded.document")
+            .bind(key)
+            .bind(document)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE marks SET value = value + 1 WHERE name = 'resources'")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn resources(&self) -> StoreResult<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT key, document FROM resources ORDER BY applied")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|row| Ok((row.try_get("key")?, row.try_get("document")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    async fn change_marks(&self) -> StoreResult<(i64, i64)> {
+        let row = sqlx::query(
+            "SELECT (SELECT COALESCE(MAX(seq), 0) FROM revocations) AS revoked, (SELECT value FROM marks WHERE name = 'resources') AS resources",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get("revoked")?, row.try_get("resources")?))
+    }
+
+    async fn try_lock_rotation(&self) -> StoreResult<Option<RotationLock>> {
+        let mut connection = self.pool.acquire().await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(ROTATION_LOCK)
+            .fetch_one(&mut *connection)
+            .await?;
+        Ok(locked.then_some(RotationLock::Postgres(connection)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::suite;
+
+    /// A fresh database on the test cluster (`TOKENMESH_TEST_DATABASE_URL`,
+    /// started by `.ci/run` through tests/pg/throwaway.sh).
+    pub async fn fresh_database() -> String {
+        let admin = std::env::var("TOKENMESH_TEST_DATABASE_URL")
+            .expect("TOKENMESH_TEST_DATABASE_URL: start a cluster with `eval $(tests/pg/throwaway.sh start)` (or run .ci/run)");
+        let pool = PgPool::connect(&admin).await.unwrap();
+        let name = format!(
+            "t_{}",
+            tokenmesh_tokens::secret::random_id()
+                .unwrap()
+                .to_ascii_lowercase()
+                .replace('-', "_")
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&pool)
+            .await
+            .unwrap();
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        format!("{base}/{name}")
+    }
+
+    #[tokio::test]
+    async fn the_store_suite_passes_on_postgres() {
+        let url = fresh_database().await;
+        let store = PgStore::connect(&url, 4).await.unwrap();
+        suite::run(&store).await;
+        // A second replica migrates nothing and sees the same data; the
+        // rotation lock is one replica's at a time.
+        let other = PgStore::connect(&url, 2).await.unwrap();
+        assert_eq!(other.migrate().await.unwrap(), 0);
+        let held = store.try_lock_rotation().await.unwrap().unwrap();
+        assert!(other.try_lock_rotation().await.unwrap().is_none());
+        held.release().await;
+        other
+            .try_lock_rotation()
+            .await
+            .unwrap()
+            .unwrap()
+            .release()
+            .await;
+        store.close().await;
+        suite::after_reopen(&other).await;
+    }
+}

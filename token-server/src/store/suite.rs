@@ -1,0 +1,160 @@
+//! One test suite for every store backend.
+
+use tokenmesh_tokens::secret::SecretHash;
+
+use super::{OpaqueToken, RevocationKind, Store, StoredKey};
+
+pub fn key(kid: &str) -> StoredKey {
+    StoredKey {
+        kid: kid.into(),
+        alg: "ES256".into(),
+        pkcs8: vec![1, 2, 3],
+        created_at: 1,
+        activates_at: 1,
+        retires_at: None,
+        publish_until: None,
+    }
+}
+
+/// Exercises every operation; leaves data for [`after_reopen`].
+pub async fn run(store: &dyn Store) {
+    store.ping().await.unwrap();
+
+    // Opaque tokens round-trip, and expire.
+    let token = OpaqueToken {
+        hash: SecretHash::of(b"t"),
+        jti: "j".into(),
+        client_id: "c".into(),
+        grant_id: "g".into(),
+        expires_at: 100,
+        claims: "{}".into(),
+    };
+    store.put_opaque_token(&token).await.unwrap();
+    assert_eq!(
+        store.opaque_token(&token.hash).await.unwrap(),
+        Some(token.clone())
+    );
+    assert_eq!(
+        store.opaque_token(&SecretHash::of(b"u")).await.unwrap(),
+        None
+    );
+    let mut long = token.clone();
+    long.hash = SecretHash::of(b"long");
+    long.expires_at = u64::from(u32::MAX);
+    store.put_opaque_token(&long).await.unwrap();
+    assert_eq!(store.purge_expired(100).await.unwrap(), 0);
+    assert!(store.purge_expired(101).await.unwrap() >= 1);
+    assert_eq!(store.opaque_token(&token.hash).await.unwrap(), None);
+    assert!(store.opaque_token(&long.hash).await.unwrap().is_some());
+
+    // Revocations are sequenced and found by token or grant.
+    let (marks_before, _) = store.change_marks().await.unwrap();
+    let a = store
+        .revoke(RevocationKind::Token, "jti-1", u64::from(u32::MAX))
+        .await
+        .unwrap();
+    let b = store
+        .revoke(RevocationKind::Grant, "grant-1", u64::from(u32::MAX))
+        .await
+        .unwrap();
+    assert!(b > a && a > marks_before);
+    assert!(store.is_revoked("jti-1", None).await.unwrap());
+    assert!(store.is_revoked("other", Some("grant-1")).await.unwrap());
+    assert!(!store.is_revoked("other", Some("grant-2")).await.unwrap());
+    let after = store.revocations_after(a, 10).await.unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].kind, RevocationKind::Grant);
+    assert_eq!(after[0].seq, b);
+    assert_eq!(store.change_marks().await.unwrap().0, b);
+    // Revoking again keeps one record.
+    store
+        .revoke(RevocationKind::Token, "jti-1", u64::from(u32::MAX))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .revocations_after(0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.id == "jti-1")
+            .count(),
+        1
+    );
+
+    // Single-use identifiers.
+    assert!(
+        store
+            .use_once("client", "jti", u64::from(u32::MAX))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .use_once("client", "jti", u64::from(u32::MAX))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .use_once("other", "jti", u64::from(u32::MAX))
+            .await
+            .unwrap()
+    );
+
+    // Signing keys.
+    store.save_signing_key(&key("k1")).await.unwrap();
+    let mut retired = key("k1");
+    retired.retires_at = Some(5);
+    retired.publish_until = Some(9);
+    store.save_signing_key(&retired).await.unwrap();
+    store.save_signing_key(&key("gone")).await.unwrap();
+    store.delete_signing_key("gone").await.unwrap();
+    assert_eq!(store.signing_keys().await.unwrap(), vec![retired]);
+
+    // Resources, in the order applied; every change moves the mark.
+    let (_, version) = store.change_marks().await.unwrap();
+    store.put_resource("Scope/a", "doc-a").await.unwrap();
+    store.put_resource("Scope/b", "doc-b").await.unwrap();
+    store.put_resource("Scope/a", "doc-a2").await.unwrap();
+    assert_eq!(
+        store.resources().await.unwrap(),
+        vec![
+            ("Scope/a".into(), "doc-a2".into()),
+            ("Scope/b".into(), "doc-b".into())
+        ]
+    );
+    store.put_resource("Scope/b", "").await.unwrap();
+    let (_, after_changes) = store.change_marks().await.unwrap();
+    assert!(after_changes >= version + 4);
+
+    // The rotation lock can be taken and given back.
+    let lock = store.try_lock_rotation().await.unwrap().expect("lock free");
+    lock.release().await;
+}
+
+/// What [`run`] left is still there after the store was closed and opened again.
+pub async fn after_reopen(store: &dyn Store) {
+    assert!(store.is_revoked("jti-1", None).await.unwrap());
+    assert!(
+        !store
+            .use_once("client", "jti", u64::from(u32::MAX))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.signing_keys().await.unwrap().len(), 1);
+    assert_eq!(
+        store.resources().await.unwrap(),
+        vec![
+            ("Scope/a".into(), "doc-a2".into()),
+            ("Scope/b".into(), String::new())
+        ]
+    );
+    assert!(
+        store
+            .opaque_token(&SecretHash::of(b"long"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
