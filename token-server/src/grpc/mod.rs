@@ -109,9 +109,11 @@ pub async fn serve(
             .map_err(|e| GrpcError::Tls(e.to_string()))?;
     }
     listener.set_nonblocking(true)?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(
-        tokio::net::TcpListener::from_std(listener)?,
-    );
+    // Without TCP_NODELAY each response's last frame waits ~40 ms for the
+    // peer's delayed ACK (Nagle): measured 727 against ~8,000 calls/s.
+    let incoming =
+        tonic::transport::server::TcpIncoming::from(tokio::net::TcpListener::from_std(listener)?)
+            .with_nodelay(Some(true));
     builder
         .add_service(health)
         .add_service(reflection_v1)

@@ -219,7 +219,7 @@ async fn exchange_embed_and_share_along_three_hops() {
 async fn revocations_stream_and_resume_from_a_cursor() {
     let config = mesh_config();
     let data = tempfile::tempdir().unwrap();
-    let server = Server::start(&config, data.path()).await;
+    let mut server = Server::start(&config, data.path()).await;
     let mut grpc = tokens(&server).await;
     let mut stream = grpc
         .watch_revocations(as_client(
@@ -281,6 +281,11 @@ async fn revocations_stream_and_resume_from_a_cursor() {
     assert_eq!(next.kind, Kind::Grant as i32);
     assert_eq!(next.id, payload(&b)["grant_id"]);
     assert!(next.seq > event.seq);
+
+    // An open stream does not keep SIGTERM from stopping the server.
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+    drop(resumed);
 }
 
 #[tokio::test]
