@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod policy;
 pub mod registry;
+pub mod revocations;
 pub mod state;
 pub mod store;
 
@@ -273,8 +274,10 @@ async fn start(args: Args) -> Result<(), StartError> {
         changes: tokio::sync::Mutex::new(()),
         version: tokio::sync::watch::Sender::new(1),
         revoked: tokio::sync::Notify::new(),
+        revocations: revocations::Revocations::new(),
         admin,
     });
+    state.revocations.sync(state.store.as_ref()).await?;
     spawn_maintenance(state.clone());
     let tls = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
     let http_addr = http_listener.local_addr().map_err(http::ServeError::Io)?;
@@ -347,6 +350,7 @@ fn spawn_maintenance(state: Arc<AppState>) {
             }
             if last_purge.elapsed() >= Duration::from_secs(300) {
                 last_purge = std::time::Instant::now();
+                keys.revocations.purge(now);
                 match keys.store.purge_expired(now).await {
                     Ok(n) if n > 0 => tracing::info!(rows = n, "purged expired records"),
                     Ok(_) => {}
@@ -378,6 +382,10 @@ fn spawn_maintenance(state: Arc<AppState>) {
                 }
             };
             if let Some((revoked, resources)) = seen {
+                // Memory first, so a stream reader woken next finds it consistent.
+                if let Err(err) = state.revocations.sync(state.store.as_ref()).await {
+                    tracing::debug!(error = %err, "sync: revocations unavailable");
+                }
                 if marks.0 != revoked {
                     state.revoked.notify_waiters();
                 }

@@ -55,6 +55,8 @@ pub struct AppState {
     pub version: watch::Sender<u64>,
     /// Woken on every revocation this replica records.
     pub revoked: Notify,
+    /// Revocations in memory, for checks without a store round trip.
+    pub revocations: crate::revocations::Revocations,
     /// Digest of the admin credential of ControlService.
     pub admin: Option<SecretHash>,
     /// What the registry is rebuilt from when stored resources change.

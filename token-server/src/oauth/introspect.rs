@@ -78,8 +78,12 @@ pub async fn active_claims(
         serde_json::from_str(&record.claims).map_err(|_| OAuthError::Internal)?
     };
     if state
-        .store
-        .is_revoked(&claims.jti, claims.grant_id.as_deref())
+        .revocations
+        .is_revoked(
+            state.store.as_ref(),
+            &claims.jti,
+            claims.grant_id.as_deref(),
+        )
         .await?
     {
         return Ok(None);

@@ -66,6 +66,16 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
                     .await?
             }
         };
+        state.revocations.add(
+            grant.unwrap_or(&claims.jti),
+            if grant.is_some() {
+                state
+                    .now()
+                    .saturating_add(registry.server.max_ttl.as_secs())
+            } else {
+                claims.exp
+            },
+        );
         state.revoked.notify_waiters();
         tracing::info!(client_id = %client.id, jti = %claims.jti, whole_grant = grant.is_some(), seq, "token revoked");
     }
