@@ -1,6 +1,7 @@
-//! The tokenmesh operator. Not built yet: this crate holds its place in the workspace.
+use std::process::ExitCode;
 
-fn main() {
-    eprintln!("tokenmesh operator: not implemented yet");
-    std::process::exit(2);
+use clap::Parser;
+
+fn main() -> ExitCode {
+    tokenmesh_operator::run(tokenmesh_operator::cli::Args::parse())
 }

@@ -1,0 +1,87 @@
+//! Flags; each is also a `TOKENMESH_OPERATOR_*` environment variable.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+
+/// The tokenmesh operator.
+///
+/// Watches OAuthClient, Scope and ExchangePolicy resources and applies them
+/// to the token server through its gRPC ControlService; reports Ready in
+/// their status; generates client secrets into Secrets it owns; serves the
+/// sidecar-injection webhook.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "tokenmesh-operator", version)]
+pub struct Args {
+    /// The token server's gRPC URL (ControlService).
+    #[arg(long, env = "TOKENMESH_OPERATOR_TOKEN_SERVER")]
+    pub token_server: String,
+
+    /// File holding the token server's admin credential.
+    #[arg(long, env = "TOKENMESH_OPERATOR_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: PathBuf,
+
+    /// Namespaces to watch (comma-separated); empty means cluster-wide.
+    #[arg(long, env = "TOKENMESH_OPERATOR_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+
+    /// /healthz, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "TOKENMESH_OPERATOR_HEALTH_ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub health_addr: SocketAddr,
+
+    /// How often every resource is applied again, so a token server that
+    /// restarted empty converges.
+    #[arg(long, env = "TOKENMESH_OPERATOR_RESYNC", default_value = "300", value_parser = seconds)]
+    pub resync: Duration,
+
+    /// How long a rotated client secret keeps working.
+    #[arg(long, env = "TOKENMESH_OPERATOR_SECRET_GRACE", default_value = "3600", value_parser = seconds)]
+    pub secret_grace: Duration,
+
+    /// Serve the sidecar-injection webhook here (HTTPS, needs --webhook-cert and --webhook-key).
+    #[arg(long, env = "TOKENMESH_OPERATOR_WEBHOOK_ADDR", requires_all = ["webhook_cert", "webhook_key"])]
+    pub webhook_addr: Option<SocketAddr>,
+
+    /// PEM certificate of the webhook (from cert-manager or a mounted Secret).
+    #[arg(long, env = "TOKENMESH_OPERATOR_WEBHOOK_CERT")]
+    pub webhook_cert: Option<PathBuf>,
+
+    /// PEM private key of the webhook certificate.
+    #[arg(long, env = "TOKENMESH_OPERATOR_WEBHOOK_KEY")]
+    pub webhook_key: Option<PathBuf>,
+
+    /// Image of the injected sidecar.
+    #[arg(
+        long,
+        env = "TOKENMESH_OPERATOR_SIDECAR_IMAGE",
+        default_value = "ghcr.io/tokenmesh/sidecar:0.1.0"
+    )]
+    pub sidecar_image: String,
+
+    /// The token server's gRPC URL as injected sidecars reach it (default: --token-server).
+    #[arg(long, env = "TOKENMESH_OPERATOR_SIDECAR_TOKEN_SERVER")]
+    pub sidecar_token_server: Option<String>,
+
+    /// Audience of the projected service-account token the sidecars present.
+    #[arg(
+        long,
+        env = "TOKENMESH_OPERATOR_TOKEN_AUDIENCE",
+        default_value = "tokenmesh"
+    )]
+    pub token_audience: String,
+
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "TOKENMESH_OPERATOR_LOG", default_value = "info")]
+    pub log: String,
+}
+
+fn seconds(text: &str) -> Result<Duration, String> {
+    text.trim_end_matches('s')
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("`{text}`: seconds"))
+}

@@ -1,0 +1,186 @@
+//! The tokenmesh operator: reconciles OAuthClient, Scope and ExchangePolicy
+//! resources into the token server, manages client secrets, and serves the
+//! sidecar-injection webhook.
+
+pub mod cli;
+pub mod control;
+pub mod desired;
+pub mod metrics;
+pub mod reconcile;
+pub mod secrets;
+pub mod webhook;
+
+use std::{process::ExitCode, sync::Arc};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::StatusCode,
+    routing::{get, post},
+};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client,
+    runtime::{
+        Controller,
+        events::{Recorder, Reporter},
+        watcher,
+    },
+};
+use tokenmesh_crds::{ExchangePolicy, OAuthClient, Scope};
+use tracing_subscriber::EnvFilter;
+
+use crate::{
+    cli::Args,
+    control::Control,
+    reconcile::{Context, Managed, error_policy, reconcile},
+    webhook::InjectConfig,
+};
+
+pub fn run(args: Args) -> ExitCode {
+    let filter = EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .json()
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("tokenmesh-operator: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(start(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("tokenmesh-operator: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one controller per namespace (or one cluster-wide) for kind `K`.
+async fn controllers<K: Managed>(ctx: Arc<Context>, namespaces: &[String]) {
+    let apis: Vec<Api<K>> = if namespaces.is_empty() {
+        vec![Api::all(ctx.client.clone())]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced(ctx.client.clone(), ns))
+            .collect()
+    };
+    let runs = apis.into_iter().map(|api| {
+        let secrets: Api<Secret> = Api::all(ctx.client.clone());
+        let controller = Controller::new(api, watcher::Config::default());
+        // A generated Secret deleted or changed brings its OAuthClient back.
+        let controller = if K::kind(&()) == "OAuthClient" {
+            controller.owns(
+                secrets,
+                watcher::Config::default()
+                    .labels("app.kubernetes.io/managed-by=tokenmesh-operator"),
+            )
+        } else {
+            controller
+        };
+        controller
+            .shutdown_on_signal()
+            .run(reconcile::<K>, error_policy::<K>, ctx.clone())
+            .for_each(|_| futures::future::ready(()))
+    });
+    futures::future::join_all(runs).await;
+}
+
+async fn start(args: Args) -> Result<(), String> {
+    let admin = std::fs::read_to_string(&args.admin_token_file).map_err(|e| {
+        format!(
+            "--admin-token-file {}: {e}",
+            args.admin_token_file.display()
+        )
+    })?;
+    let control = Control::new(&args.token_server, &admin)?;
+    let client = Client::try_default()
+        .await
+        .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
+    let reporter = Reporter {
+        controller: "tokenmesh-operator".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let ctx = Arc::new(Context::new(
+        client,
+        control,
+        recorder,
+        args.resync,
+        args.secret_grace,
+    ));
+
+    let health = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(|State(ctx): State<Arc<Context>>| async move { ctx.metrics.render() }),
+        )
+        .with_state(ctx.clone());
+    let health_listener = tokio::net::TcpListener::bind(args.health_addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.health_addr))?;
+    tokio::spawn(async move {
+        let _ = axum::serve(health_listener, health).await;
+    });
+
+    if let (Some(addr), Some(cert), Some(key)) =
+        (args.webhook_addr, &args.webhook_cert, &args.webhook_key)
+    {
+        let config = InjectConfig {
+            image: args.sidecar_image.clone(),
+            token_server: args
+                .sidecar_token_server
+                .clone()
+                .unwrap_or_else(|| args.token_server.clone()),
+            token_audience: args.token_audience.clone(),
+        };
+        let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+            .await
+            .map_err(|e| format!("webhook certificate: {e}"))?;
+        let app = Router::new().route(
+            "/mutate",
+            post(move |Json(body): Json<serde_json::Value>| {
+                let config = config.clone();
+                async move { Json(webhook::review(&body, &config)) }
+            }),
+        );
+        tokio::spawn(async move {
+            if let Err(err) = axum_server::bind_rustls(addr, tls)
+                .serve(app.into_make_service())
+                .await
+            {
+                tracing::error!(error = %err, "webhook server failed");
+            }
+        });
+        tracing::info!(%addr, "injection webhook listening");
+    }
+
+    tracing::info!(namespaces = ?args.namespaces, "controllers starting");
+    tokio::join!(
+        controllers::<OAuthClient>(ctx.clone(), &args.namespaces),
+        controllers::<Scope>(ctx.clone(), &args.namespaces),
+        controllers::<ExchangePolicy>(ctx.clone(), &args.namespaces),
+    );
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Ready when the token server answers.
+async fn readyz(State(ctx): State<Arc<Context>>) -> (StatusCode, &'static str) {
+    if ctx.control.ready().await {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "token server unavailable")
+    }
+}

@@ -1,0 +1,408 @@
+//! The controllers: apply each resource into the token server through
+//! ControlService, behind a finalizer that removes it again; status, events,
+//! generated client secrets, requeue with backoff, periodic resync.
+
+use std::{
+    collections::HashMap,
+    fmt::Debug,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType, Recorder},
+        finalizer::{Event as Finalizer, finalizer},
+    },
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::json;
+use tokenmesh_crds::{ExchangePolicy, OAuthClient, ResourceStatus, Scope};
+
+use crate::{control, control::Control, desired, metrics::Metrics, secrets};
+
+pub const FINALIZER: &str = "tokenmesh.dev/token-server";
+const MANAGER: &str = "tokenmesh-operator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("token server: {}", .0.message())]
+    TokenServer(#[from] tonic::Status),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    #[error("cannot build the document: {0}")]
+    Document(#[from] serde_json::Error),
+    #[error("secret {0}: {1}")]
+    Secret(String, String),
+}
+
+impl Error {
+    /// The metric label of this error.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube",
+            Self::TokenServer(_) => "token_server",
+            Self::Finalizer(_) => "finalizer",
+            Self::Document(_) => "document",
+            Self::Secret(..) => "secret",
+        }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub control: Control,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub resync: Duration,
+    pub secret_grace: Duration,
+    /// Consecutive failures per object, for the backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        control: Control,
+        recorder: Recorder,
+        resync: Duration,
+        secret_grace: Duration,
+    ) -> Self {
+        Self {
+            client,
+            control,
+            recorder,
+            metrics: Metrics::new(),
+            resync,
+            secret_grace,
+            failures: Mutex::default(),
+        }
+    }
+
+    fn failed(&self, key: &str) -> u32 {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let count = failures.entry(key.to_owned()).or_default();
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    fn succeeded(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}
+
+/// 2 s doubling to 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(2u64.saturating_pow(failures.min(9))).min(Duration::from_secs(300))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn key<K: Resource<DynamicType = ()>>(object: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    )
+}
+
+/// What every kind of resource needs from the controller.
+pub trait Managed:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    fn status(&self) -> Option<&ResourceStatus>;
+}
+
+macro_rules! managed {
+    ($($kind:ty),*) => {$(
+        impl Managed for $kind {
+            fn status(&self) -> Option<&ResourceStatus> {
+                self.status.as_ref()
+            }
+        }
+    )*};
+}
+managed!(OAuthClient, Scope, ExchangePolicy);
+
+async fn patch_status<K: Managed>(
+    ctx: &Context,
+    object: &K,
+    status: ResourceStatus,
+) -> Result<(), kube::Error> {
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+    let patch = json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
+    api.patch_status(
+        &object.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn event<K: Managed>(
+    ctx: &Context,
+    object: &K,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+        tracing::warn!(error = %err, "cannot publish an event");
+    }
+}
+
+/// The document for a resource; for an OAuthClient with a secret method,
+/// its secrets (generated, rotated or referenced) as digests.
+async fn document_of<K: Managed>(
+    ctx: &Context,
+    object: &K,
+) -> Result<(String, Option<u64>), Error> {
+    let Some(client) = (object as &dyn std::any::Any).downcast_ref::<OAuthClient>() else {
+        return Ok((desired::document(object)?, None));
+    };
+    if !desired::uses_secret(client) {
+        return Ok((desired::document(client)?, None));
+    }
+    let namespace = client.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    if let Some(reference) = &client.spec.authentication.secret_ref {
+        let secret = secrets.get(&reference.name).await?;
+        let value = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&reference.key))
+            .map(|v| v.0.clone())
+            .ok_or_else(|| {
+                Error::Secret(
+                    reference.name.clone(),
+                    format!("has no key {}", reference.key),
+                )
+            })?;
+        return Ok((desired::client_document(client, &[value])?, None));
+    }
+    let name = secrets::secret_name(client);
+    let existing = secrets.get_opt(&name).await?;
+    let fresh = || tokenmesh_tokens::secret::random_token().unwrap_or_default();
+    let plan = secrets::plan(
+        client,
+        existing.as_ref(),
+        now(),
+        ctx.secret_grace.as_secs(),
+        fresh,
+    );
+    if plan.accepted.iter().any(Vec::is_empty) {
+        return Err(Error::Secret(name, "no randomness to generate it".into()));
+    }
+    if let Some(secret) = &plan.write {
+        secrets
+            .patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(secret),
+            )
+            .await?;
+        let note = if existing.is_some() {
+            "client secret rotated"
+        } else {
+            "client secret generated"
+        };
+        event(
+            ctx,
+            client,
+            EventType::Normal,
+            "SecretWritten",
+            format!("{note} into Secret {name}"),
+        )
+        .await;
+    }
+    Ok((
+        desired::client_document(client, &plan.accepted)?,
+        plan.grace_ends,
+    ))
+}
+
+async fn apply<K: Managed>(object: Arc<K>, ctx: &Context) -> Result<Action, Error> {
+    let generation = object.meta().generation;
+    let outcome = async {
+        let (document, grace_ends) = document_of(ctx, object.as_ref()).await?;
+        ctx.control.apply(document).await?;
+        Ok::<_, Error>(grace_ends)
+    }
+    .await;
+    match outcome {
+        Ok(grace_ends) => {
+            let was_ready = object.status().is_some_and(|s| {
+                s.observed_generation == generation
+                    && s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+            });
+            patch_status(
+                ctx,
+                object.as_ref(),
+                desired::status(object.status(), generation, Ok(())),
+            )
+            .await?;
+            if !was_ready {
+                event(
+                    ctx,
+                    object.as_ref(),
+                    EventType::Normal,
+                    "Applied",
+                    "applied to the token server".into(),
+                )
+                .await;
+            }
+            // Come back when a rotated secret's grace ends, else at the resync.
+            let requeue = grace_ends
+                .map_or(ctx.resync, |until| {
+                    Duration::from_secs(until.saturating_sub(now()) + 1)
+                })
+                .min(ctx.resync);
+            Ok(Action::requeue(requeue))
+        }
+        Err(err) => {
+            let reason = match &err {
+                Error::TokenServer(status) => control::reason(status),
+                Error::Secret(..) => "SecretUnavailable",
+                _ => "Error",
+            };
+            let status =
+                desired::status(object.status(), generation, Err((reason, err.to_string())));
+            if let Err(patch) = patch_status(ctx, object.as_ref(), status).await {
+                tracing::warn!(error = %patch, "cannot write the status");
+            }
+            event(
+                ctx,
+                object.as_ref(),
+                EventType::Warning,
+                reason,
+                err.to_string(),
+            )
+            .await;
+            Err(err)
+        }
+    }
+}
+
+async fn cleanup<K: Managed>(object: Arc<K>, ctx: &Context) -> Result<Action, Error> {
+    let namespace = object.namespace().unwrap_or_default();
+    match ctx
+        .control
+        .delete(&K::kind(&()), &namespace, &object.name_any())
+        .await
+    {
+        Ok(_) => {
+            event(
+                ctx,
+                object.as_ref(),
+                EventType::Normal,
+                "Removed",
+                "removed from the token server".into(),
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+        Err(status) => {
+            // The resource stays (finalizer) and says why.
+            let reason = match status.code() {
+                tonic::Code::InvalidArgument => "DeletionBlocked",
+                _ => control::reason(&status),
+            };
+            let message = format!(
+                "cannot remove it from the token server yet: {}",
+                status.message()
+            );
+            let status_patch = desired::status(
+                object.status(),
+                object.meta().generation,
+                Err((reason, message.clone())),
+            );
+            if let Err(err) = patch_status(ctx, object.as_ref(), status_patch).await {
+                tracing::warn!(error = %err, "cannot write the status");
+            }
+            event(ctx, object.as_ref(), EventType::Warning, reason, message).await;
+            Err(Error::TokenServer(status))
+        }
+    }
+}
+
+/// The reconcile function of every controller.
+pub async fn reconcile<K: Managed>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+    let key = key(object.as_ref());
+    let started = std::time::Instant::now();
+    let result = finalizer(&api, FINALIZER, object, |event| async {
+        match event {
+            Finalizer::Apply(object) => apply(object, &ctx).await,
+            Finalizer::Cleanup(object) => cleanup(object, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(err)
+        | kube::runtime::finalizer::Error::CleanupFailed(err) => err,
+        other => Error::Finalizer(other.to_string()),
+    });
+    let kind = K::kind(&()).into_owned();
+    ctx.metrics.observe(
+        &kind,
+        result.as_ref().err().map(Error::label),
+        started.elapsed(),
+    );
+    if result.is_ok() {
+        ctx.succeeded(&key);
+    }
+    result
+}
+
+/// Requeue with backoff while the token server (or anything) fails.
+pub fn error_policy<K: Managed>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.failed(&key(object.as_ref()));
+    let delay = backoff(failures);
+    tracing::warn!(resource = %key(object.as_ref()), %error, failures, ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_bounded() {
+        assert_eq!(backoff(1), Duration::from_secs(2));
+        assert_eq!(backoff(2), Duration::from_secs(4));
+        assert_eq!(backoff(8), Duration::from_secs(256));
+        assert_eq!(backoff(9), Duration::from_secs(300));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(300));
+    }
+}

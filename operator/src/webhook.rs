@@ -1,0 +1,401 @@
+//! Sidecar injection: a mutating admission webhook around a pure `mutate`.
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Pod, Probe,
+    ProjectedVolumeSource, ResourceRequirements, SecurityContext, ServiceAccountTokenProjection,
+    Volume, VolumeMount, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString};
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use serde_json::{Value, json};
+
+/// Label (pod) that asks for injection; namespaces are chosen by the
+/// MutatingWebhookConfiguration's selector.
+pub const INJECT: &str = "tokenmesh.dev/inject";
+/// Annotation: `"false"` opts a pod out.
+pub const OPT_OUT: &str = "tokenmesh.dev/inject";
+pub const CLIENT_ID: &str = "tokenmesh.dev/client-id";
+pub const AUDIENCE: &str = "tokenmesh.dev/audience";
+pub const APP_PORT: &str = "tokenmesh.dev/app-port";
+pub const SIDECAR: &str = "tokenmesh-sidecar";
+const TOKEN_VOLUME: &str = "tokenmesh-token";
+const TOKEN_DIR: &str = "/var/run/secrets/tokenmesh";
+const INBOUND_PORT: i32 = 15006;
+const OUTBOUND_PORT: i32 = 15001;
+const ADMIN_PORT: i32 = 15020;
+/// The sidecar's user id (capture rules exclude its traffic by it).
+pub const SIDECAR_UID: i64 = 1337;
+
+/// What every injected sidecar gets.
+#[derive(Debug, Clone)]
+pub struct InjectConfig {
+    pub image: String,
+    /// The token server's gRPC URL, as pods reach it.
+    pub token_server: String,
+    /// The audience of the projected service-account token.
+    pub token_audience: String,
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+/// The sidecar container for `pod`.
+fn sidecar(pod: &Pod, config: &InjectConfig) -> Container {
+    let meta = &pod.metadata;
+    let annotation = |key: &str| meta.annotations.as_ref().and_then(|a| a.get(key)).cloned();
+    let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
+    let spec = pod.spec.as_ref();
+    let account = spec
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| "default".into());
+    let app_port = annotation(APP_PORT)
+        .and_then(|p| p.parse::<i32>().ok())
+        .or_else(|| {
+            spec.and_then(|s| {
+                s.containers
+                    .iter()
+                    .flat_map(|c| c.ports.iter().flatten())
+                    .map(|p| p.container_port)
+                    .next()
+            })
+        })
+        .unwrap_or(8080);
+    let probe = |path: &str| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(ADMIN_PORT),
+            ..Default::default()
+        }),
+        period_seconds: Some(5),
+        ..Default::default()
+    };
+    Container {
+        name: SIDECAR.into(),
+        image: Some(config.image.clone()),
+        env: Some(vec![
+            env("TOKENMESH_SIDECAR_TOKEN_SERVER", &config.token_server),
+            env(
+                "TOKENMESH_SIDECAR_CLIENT_ID",
+                annotation(CLIENT_ID).unwrap_or(format!("{namespace}/{account}")),
+            ),
+            env(
+                "TOKENMESH_SIDECAR_SERVICE_ACCOUNT_TOKEN_FILE",
+                format!("{TOKEN_DIR}/token"),
+            ),
+            env(
+                "TOKENMESH_SIDECAR_AUDIENCE",
+                annotation(AUDIENCE).unwrap_or(account),
+            ),
+            env(
+                "TOKENMESH_SIDECAR_INBOUND_ADDR",
+                format!("0.0.0.0:{INBOUND_PORT}"),
+            ),
+            env(
+                "TOKENMESH_SIDECAR_APP_ADDR",
+                format!("127.0.0.1:{app_port}"),
+            ),
+            env(
+                "TOKENMESH_SIDECAR_OUTBOUND_ADDR",
+                format!("127.0.0.1:{OUTBOUND_PORT}"),
+            ),
+            env(
+                "TOKENMESH_SIDECAR_ADMIN_ADDR",
+                format!("0.0.0.0:{ADMIN_PORT}"),
+            ),
+            env("TOKENMESH_SIDECAR_LOG_FORMAT", "json"),
+        ]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("tm-inbound".into()),
+                container_port: INBOUND_PORT,
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("tm-admin".into()),
+                container_port: ADMIN_PORT,
+                ..Default::default()
+            },
+        ]),
+        readiness_probe: Some(probe("/readyz")),
+        liveness_probe: Some(probe("/healthz")),
+        resources: Some(ResourceRequirements {
+            requests: Some(
+                [
+                    ("cpu".into(), Quantity("10m".into())),
+                    ("memory".into(), Quantity("16Mi".into())),
+                ]
+                .into(),
+            ),
+            limits: Some([("memory".into(), Quantity("128Mi".into()))].into()),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(SIDECAR_UID),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: TOKEN_VOLUME.into(),
+            mount_path: TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
+fn token_volume(config: &InjectConfig) -> Volume {
+    Volume {
+        name: TOKEN_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(config.token_audience.clone()),
+                    expiration_seconds: Some(3600),
+                    path: "token".into(),
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Whether `pod` is to be injected: not opted out, not injected already.
+pub fn wants_sidecar(pod: &Pod) -> bool {
+    let opted_out = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(OPT_OUT))
+        .is_some_and(|v| v == "false");
+    let injected = pod
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.containers.iter().any(|c| c.name == SIDECAR));
+    !opted_out && !injected && pod.spec.is_some()
+}
+
+/// The JSON Patch that injects the sidecar, or `None` to leave the pod alone.
+pub fn mutate(
+    pod: &Pod,
+    config: &InjectConfig,
+) -> Result<Option<json_patch::Patch>, serde_json::Error> {
+    if !wants_sidecar(pod) {
+        return Ok(None);
+    }
+    let mut ops: Vec<Value> = Vec::new();
+    let spec = pod.spec.as_ref();
+    ops.push(json!({"op": "add", "path": "/spec/containers/-", "value": sidecar(pod, config)}));
+    match spec.and_then(|s| s.volumes.as_ref()) {
+        Some(_) => {
+            ops.push(json!({"op": "add", "path": "/spec/volumes/-", "value": token_volume(config)}))
+        }
+        None => {
+            ops.push(json!({"op": "add", "path": "/spec/volumes", "value": [token_volume(config)]}))
+        }
+    }
+    // The application calls other services through the sidecar.
+    let proxy = format!("http://127.0.0.1:{OUTBOUND_PORT}");
+    for (index, container) in spec
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let vars = [env("HTTP_PROXY", &proxy), env("http_proxy", &proxy)];
+        match &container.env {
+            Some(_) => {
+                for var in vars {
+                    ops.push(json!({"op": "add", "path": format!("/spec/containers/{index}/env/-"), "value": var}));
+                }
+            }
+            None => ops.push(json!({"op": "add", "path": format!("/spec/containers/{index}/env"), "value": vars})),
+        }
+    }
+    match &pod.metadata.annotations {
+        Some(_) => ops.push(json!({"op": "add", "path": "/metadata/annotations/tokenmesh.dev~1injected", "value": "true"})),
+        None => ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": {"tokenmesh.dev/injected": "true"}})),
+    }
+    serde_json::from_value(Value::Array(ops)).map(Some)
+}
+
+/// Answers one AdmissionReview. A malformed review gets a clear error
+/// response; a pod the webhook should not touch is allowed unchanged.
+pub fn review(body: &Value, config: &InjectConfig) -> Value {
+    let review: AdmissionReview<Pod> = match serde_json::from_value(body.clone()) {
+        Ok(review) => review,
+        Err(err) => {
+            return serde_json::to_value(
+                AdmissionResponse::invalid(format!("not an AdmissionReview of a Pod: {err}"))
+                    .into_review(),
+            )
+            .unwrap_or_default();
+        }
+    };
+    let request: AdmissionRequest<Pod> = match review.try_into() {
+        Ok(request) => request,
+        Err(err) => {
+            return serde_json::to_value(AdmissionResponse::invalid(err.to_string()).into_review())
+                .unwrap_or_default();
+        }
+    };
+    let response = AdmissionResponse::from(&request);
+    let response = match request.object.as_ref().map(|pod| mutate(pod, config)) {
+        None | Some(Ok(None)) => response,
+        Some(Ok(Some(patch))) => match response.clone().with_patch(patch) {
+            Ok(patched) => patched,
+            Err(err) => response.deny(format!("cannot build the injection patch: {err}")),
+        },
+        Some(Err(err)) => response.deny(format!("cannot build the injection patch: {err}")),
+    };
+    serde_json::to_value(response.into_review()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> InjectConfig {
+        InjectConfig {
+            image: "ghcr.io/tokenmesh/sidecar:0.1.0".into(),
+            token_server: "http://tokenmesh-token-server.tokenmesh:8081".into(),
+            token_audience: "tokenmesh".into(),
+        }
+    }
+
+    fn admission(pod: Value) -> Value {
+        json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+                "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+                "name": "orders-1",
+                "namespace": "shop",
+                "operation": "CREATE",
+                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+                "object": pod,
+                "oldObject": null,
+                "dryRun": false,
+                "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+            }
+        })
+    }
+
+    fn pod(annotations: Value, containers: Value) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "orders-1", "namespace": "shop", "labels": {"tokenmesh.dev/inject": "true"}, "annotations": annotations},
+            "spec": {"serviceAccountName": "orders", "containers": containers}
+        })
+    }
+
+    fn patched(review: &Value, original: &Value) -> Value {
+        use base64::Engine;
+        let response = &review["response"];
+        assert_eq!(response["allowed"], true, "{review}");
+        assert_eq!(response["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+        // kube serialises the patch bytes as a JSON array (which the API
+        // server's []byte decoding accepts), base64 is the other form.
+        let patch: Vec<u8> = match &response["patch"] {
+            Value::String(encoded) => base64::engine::general_purpose::STANDARD.decode(encoded).unwrap(),
+            Value::Array(bytes) => bytes.iter().map(|b| u8::try_from(b.as_u64().unwrap()).unwrap()).collect(),
+            other => panic!("no patch: {other}"),
+        };
+        assert_eq!(response["patchType"], "JSONPatch");
+        let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+        let mut pod = original.clone();
+        json_patch::patch(&mut pod, &patch).unwrap();
+        pod
+    }
+
+    #[test]
+    fn injects_sidecar_token_volume_and_proxy() {
+        let original = pod(
+            json!({}),
+            json!([{"name": "app", "image": "orders", "ports": [{"containerPort": 9000}]}]),
+        );
+        let result = patched(&review(&admission(original.clone()), &config()), &original);
+        let containers = result["spec"]["containers"].as_array().unwrap();
+        assert_eq!(containers.len(), 2);
+        let sidecar = &containers[1];
+        assert_eq!(sidecar["name"], SIDECAR);
+        let env: std::collections::HashMap<&str, &str> = sidecar["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+            .collect();
+        assert_eq!(env["TOKENMESH_SIDECAR_CLIENT_ID"], "shop/orders");
+        assert_eq!(env["TOKENMESH_SIDECAR_APP_ADDR"], "127.0.0.1:9000");
+        assert_eq!(env["TOKENMESH_SIDECAR_AUDIENCE"], "orders");
+        assert_eq!(sidecar["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(
+            result["spec"]["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+            "tokenmesh"
+        );
+        assert_eq!(
+            containers[0]["env"][0],
+            json!({"name": "HTTP_PROXY", "value": "http://127.0.0.1:15001"})
+        );
+        assert_eq!(
+            result["metadata"]["annotations"]["tokenmesh.dev/injected"],
+            "true"
+        );
+    }
+
+    #[test]
+    fn injection_is_idempotent_and_respects_opt_out() {
+        let original = pod(
+            json!({}),
+            json!([{"name": "app", "image": "orders", "env": [{"name": "A", "value": "1"}]}]),
+        );
+        let once = patched(&review(&admission(original.clone()), &config()), &original);
+        let twice = review(&admission(once.clone()), &config());
+        assert_eq!(twice["response"]["allowed"], true);
+        assert!(
+            twice["response"].get("patch").is_none_or(Value::is_null),
+            "already injected: no patch"
+        );
+        let opted_out = pod(
+            json!({"tokenmesh.dev/inject": "false"}),
+            json!([{"name": "app", "image": "x"}]),
+        );
+        let answer = review(&admission(opted_out), &config());
+        assert_eq!(answer["response"]["allowed"], true);
+        assert!(answer["response"].get("patch").is_none_or(Value::is_null));
+    }
+
+    #[test]
+    fn a_malformed_review_gets_a_clear_error() {
+        let answer = review(
+            &json!({"kind": "AdmissionReview", "request": {"uid": 7}}),
+            &config(),
+        );
+        assert_eq!(answer["response"]["allowed"], false);
+        assert!(
+            answer["response"]["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("AdmissionReview"),
+            "{answer}"
+        );
+    }
+}
