@@ -5,6 +5,8 @@
 pub mod cli;
 pub mod control;
 pub mod desired;
+#[cfg(test)]
+mod fixtures;
 pub mod metrics;
 pub mod reconcile;
 pub mod secrets;

@@ -406,3 +406,93 @@ mod tests {
         assert_eq!(backoff(u32::MAX), Duration::from_secs(300));
     }
 }
+
+#[cfg(test)]
+mod api_tests {
+    use http::Method;
+    use serde_json::json;
+
+    use super::*;
+    use crate::fixtures::{as_json, context, expect, scope};
+
+    const SCOPE: &str = "/apis/tokenmesh.dev/v1alpha1/namespaces/shop/scopes/read";
+
+    fn unreachable_token_server() -> Control {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Control::new(&format!("http://127.0.0.1:{port}"), "admin").unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_new_resource_gets_the_finalizer_first() {
+        let (ctx, mut api) = context(unreachable_token_server());
+        let task = tokio::spawn(reconcile(Arc::new(scope(false)), ctx));
+        let patch = expect(&mut api, Method::PATCH, SCOPE, as_json(&scope(true))).await;
+        assert!(patch.to_string().contains(FINALIZER), "{patch}");
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_token_server_that_is_down_is_reported_in_status_and_events_and_retried() {
+        let (ctx, mut api) = context(unreachable_token_server());
+        let task = tokio::spawn(reconcile(Arc::new(scope(true)), ctx.clone()));
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SCOPE}/status"),
+            as_json(&scope(true)),
+        )
+        .await;
+        let ready = &status["status"]["conditions"][0];
+        assert_eq!(ready["type"], "Ready");
+        assert_eq!(ready["status"], "False");
+        assert_eq!(ready["reason"], "TokenServerUnavailable");
+        assert_eq!(status["status"]["observedGeneration"], 2);
+        let event = expect(&mut api, Method::POST, "/apis/events.k8s.io/v1/namespaces/shop/events", json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "shop"}, "eventTime": "2026-01-01T00:00:00.000000Z"
+        }))
+        .await;
+        assert_eq!(event["type"], "Warning");
+        assert_eq!(event["reason"], "TokenServerUnavailable");
+        let err = task.await.unwrap().unwrap_err();
+        assert_eq!(err.label(), "token_server");
+        // The error policy backs off, more with every failure.
+        let first = error_policy(Arc::new(scope(true)), &err, ctx.clone());
+        let second = error_policy(Arc::new(scope(true)), &err, ctx);
+        assert_eq!(first, Action::requeue(Duration::from_secs(2)));
+        assert_eq!(second, Action::requeue(Duration::from_secs(4)));
+    }
+
+    #[tokio::test]
+    async fn deleting_asks_the_token_server_and_keeps_the_finalizer_when_it_cannot() {
+        let (ctx, mut api) = context(unreachable_token_server());
+        let mut deleting = scope(true);
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ));
+        let task = tokio::spawn(reconcile(Arc::new(deleting.clone()), ctx));
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SCOPE}/status"),
+            as_json(&deleting),
+        )
+        .await;
+        assert!(
+            status["status"]["conditions"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("cannot remove it")
+        );
+        expect(&mut api, Method::POST, "/apis/events.k8s.io/v1/namespaces/shop/events", json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "shop"}, "eventTime": "2026-01-01T00:00:00.000000Z"
+        }))
+        .await;
+        // No call removes the finalizer: it stays until the token server agrees.
+        assert!(task.await.unwrap().is_err());
+    }
+}

@@ -314,8 +314,13 @@ mod tests {
         // kube serialises the patch bytes as a JSON array (which the API
         // server's []byte decoding accepts), base64 is the other form.
         let patch: Vec<u8> = match &response["patch"] {
-            Value::String(encoded) => base64::engine::general_purpose::STANDARD.decode(encoded).unwrap(),
-            Value::Array(bytes) => bytes.iter().map(|b| u8::try_from(b.as_u64().unwrap()).unwrap()).collect(),
+            Value::String(encoded) => base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .unwrap(),
+            Value::Array(bytes) => bytes
+                .iter()
+                .map(|b| u8::try_from(b.as_u64().unwrap()).unwrap())
+                .collect(),
             other => panic!("no patch: {other}"),
         };
         assert_eq!(response["patchType"], "JSONPatch");

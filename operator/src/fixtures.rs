@@ -1,0 +1,86 @@
+//! A mock Kubernetes API server at the HTTP level (kube's tower-test
+//! pattern): each scenario lists the calls reconcile must make, checks
+//! method, path and body, and answers as the API server would.
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response};
+use kube::{
+    Client,
+    client::Body,
+    runtime::events::{Recorder, Reporter},
+};
+use serde_json::{Value, json};
+use tokenmesh_crds::{Scope, ScopeSpec};
+use tower_test::mock::{self, Handle};
+
+use crate::{control::Control, reconcile::Context};
+
+pub type ApiServer = Handle<Request<Body>, Response<Body>>;
+
+pub fn context(control: Control) -> (Arc<Context>, ApiServer) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "tokenmesh-operator".into(),
+            instance: None,
+        },
+    );
+    let ctx = Context::new(
+        client,
+        control,
+        recorder,
+        std::time::Duration::from_secs(300),
+        std::time::Duration::from_secs(60),
+    );
+    (Arc::new(ctx), handle)
+}
+
+pub fn scope(finalizer: bool) -> Scope {
+    let mut scope = Scope::new(
+        "read",
+        ScopeSpec {
+            name: Some("orders:read".into()),
+            ..Default::default()
+        },
+    );
+    scope.metadata.namespace = Some("shop".into());
+    scope.metadata.generation = Some(2);
+    scope.metadata.resource_version = Some("7".into());
+    scope.metadata.uid = Some("uid-7".into());
+    if finalizer {
+        scope.metadata.finalizers = Some(vec![crate::reconcile::FINALIZER.into()]);
+    }
+    scope
+}
+
+/// Waits for the next call, checks it, and answers with `answer`.
+pub async fn expect(handle: &mut ApiServer, method: Method, path: &str, answer: Value) -> Value {
+    let (request, send) =
+        tokio::time::timeout(std::time::Duration::from_secs(5), handle.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("no call came; expected {method} {path}"))
+            .expect("the client went away");
+    assert_eq!(request.method(), method, "{}", request.uri());
+    assert_eq!(request.uri().path(), path);
+    let bytes = http_body_util::BodyExt::collect(request.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let body: Value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    let response = Response::builder()
+        .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+        .unwrap();
+    send.send_response(response);
+    body
+}
+
+pub fn as_json(scope: &Scope) -> Value {
+    json!(scope)
+}

@@ -1,0 +1,160 @@
+//! The operator's ControlService client and documents against the real
+//! token-server binary: what the operator applies is in force, what it
+//! deletes is gone, and a client secret reaches the server only as a digest.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use tokenmesh_crds::{
+    AuthMethod, ClientAuthentication, OAuthClient, OAuthClientSpec, Scope, ScopeSpec,
+};
+use tokenmesh_operator::{control::Control, desired};
+
+const ADMIN: &str = "operator-test-admin-token-0123456789abcdef";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn binary() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/token-server");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn token(http: u16, id: &str, secret: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{http}/oauth2/token"))
+        .basic_auth(id, Some(secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn what_the_operator_applies_is_in_force_and_what_it_deletes_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("empty.yaml"), "apiVersion: tokenmesh.dev/v1alpha1\nkind: TokenServer\nmetadata: {name: default}\nspec: {}\n").unwrap();
+    std::fs::write(dir.path().join("admin"), ADMIN).unwrap();
+    let (http, grpc) = (free_port(), free_port());
+    let _server = Server(
+        Command::new(binary())
+            .arg("--config")
+            .arg(dir.path().join("empty.yaml"))
+            .args([
+                "--http-addr",
+                &format!("127.0.0.1:{http}"),
+                "--grpc-addr",
+                &format!("127.0.0.1:{grpc}"),
+            ])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--admin-token-file")
+            .arg(dir.path().join("admin"))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let control = Control::new(&format!("http://127.0.0.1:{grpc}"), ADMIN).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !control.ready().await {
+        assert!(Instant::now() < deadline, "token server not ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut scope = Scope::new(
+        "read",
+        ScopeSpec {
+            name: Some("orders:read".into()),
+            ..Default::default()
+        },
+    );
+    scope.metadata.namespace = Some("shop".into());
+    let mut client = OAuthClient::new(
+        "gateway",
+        OAuthClientSpec {
+            authentication: ClientAuthentication {
+                method: AuthMethod::ClientSecretBasic,
+                ..Default::default()
+            },
+            scopes: vec!["orders:read".into()],
+            audiences: vec!["orders".into()],
+            ..Default::default()
+        },
+    );
+    client.metadata.namespace = Some("shop".into());
+    let secret = "generated-secret-0123456789abcdefghijklmnop";
+
+    // The default client id of a namespaced OAuthClient is namespace/name.
+    assert_eq!(
+        token(http, "shop/gateway", secret).await,
+        401,
+        "not there yet"
+    );
+    control
+        .apply(desired::document(&scope).unwrap())
+        .await
+        .unwrap();
+    let document = desired::client_document(&client, &[secret.as_bytes().to_vec()]).unwrap();
+    assert!(!document.contains(secret));
+    control.apply(document).await.unwrap();
+    assert_eq!(token(http, "shop/gateway", secret).await, 200);
+    assert_eq!(
+        token(
+            http,
+            "shop/gateway",
+            "wrong-secret-0123456789abcdefghijklmnop"
+        )
+        .await,
+        401
+    );
+
+    // A Scope still in use cannot go: the finalizer would report it.
+    let refused = control.delete("Scope", "shop", "read").await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        control
+            .delete("OAuthClient", "shop", "gateway")
+            .await
+            .unwrap()
+    );
+    assert_eq!(token(http, "shop/gateway", secret).await, 401);
+    assert!(control.delete("Scope", "shop", "read").await.unwrap());
+}
+
+#[tokio::test]
+async fn an_unreachable_token_server_is_reported_as_such() {
+    let control = Control::new(&format!("http://127.0.0.1:{}", free_port()), ADMIN).unwrap();
+    assert!(!control.ready().await);
+    let status = control.apply("{}".into()).await.unwrap_err();
+    assert_eq!(
+        tokenmesh_operator::control::reason(&status),
+        "TokenServerUnavailable"
+    );
+}
