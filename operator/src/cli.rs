@@ -74,6 +74,15 @@ pub struct Args {
     )]
     pub token_audience: String,
 
+    /// Run only while holding the `tokenmesh-operator` Lease, so several
+    /// replicas can run (identity: the POD_NAME environment variable).
+    #[arg(long, env = "TOKENMESH_OPERATOR_LEADER_ELECTION")]
+    pub leader_election: bool,
+
+    /// Namespace of the leader-election Lease (usually the operator's own).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "TOKENMESH_OPERATOR_LOG", default_value = "info")]
     pub log: String,

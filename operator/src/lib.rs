@@ -7,6 +7,7 @@ pub mod control;
 pub mod desired;
 #[cfg(test)]
 mod fixtures;
+pub mod leader;
 pub mod metrics;
 pub mod reconcile;
 pub mod secrets;
@@ -168,6 +169,46 @@ async fn start(args: Args) -> Result<(), String> {
         tracing::info!(%addr, "injection webhook listening");
     }
 
+    if args.leader_election {
+        let namespace = args
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let me = std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("operator-{}", std::process::id()));
+        let elector =
+            leader::Elector::new(ctx.client.clone(), &namespace, "tokenmesh-operator", &me);
+        loop {
+            match elector.try_lead().await {
+                Ok(true) => break,
+                Ok(false) => tracing::info!("another replica leads; waiting"),
+                Err(err) => tracing::warn!(error = %err, "leader election failed"),
+            }
+            tokio::time::sleep(leader::RENEW_EVERY).await;
+        }
+        tracing::info!(%me, "leading");
+        tokio::spawn(async move {
+            let mut renewed = std::time::Instant::now();
+            loop {
+                tokio::time::sleep(leader::RENEW_EVERY).await;
+                // Unable to renew for a lease's length: another replica may lead now.
+                if renewed.elapsed() >= std::time::Duration::from_secs(leader::LEASE_SECONDS as u64)
+                {
+                    tracing::error!("lease not renewed in time; exiting");
+                    std::process::exit(1);
+                }
+                match elector.try_lead().await {
+                    Ok(true) => renewed = std::time::Instant::now(),
+                    // Stop at once: Kubernetes restarts us as a candidate.
+                    Ok(false) => {
+                        tracing::error!("leadership lost; exiting");
+                        std::process::exit(1);
+                    }
+                    Err(err) => tracing::warn!(error = %err, "lease renewal failed"),
+                }
+            }
+        });
+    }
     tracing::info!(namespaces = ?args.namespaces, "controllers starting");
     tokio::join!(
         controllers::<OAuthClient>(ctx.clone(), &args.namespaces),
