@@ -53,7 +53,9 @@ pub struct Args {
     #[arg(long, env = "TOKENMESH_SIDECAR_AUDIENCE")]
     pub audience: String,
 
-    /// Where requests for the application arrive.
+    /// Where requests for the application arrive. With traffic capture
+    /// (tokenmesh-capture), listen where redirected connections arrive: on
+    /// the pod's address, e.g. 0.0.0.0:15006.
     #[arg(
         long,
         env = "TOKENMESH_SIDECAR_INBOUND_ADDR",
@@ -61,7 +63,9 @@ pub struct Args {
     )]
     pub inbound_addr: SocketAddr,
 
-    /// The application's own address (what inbound forwards to).
+    /// The application's own address (what inbound forwards to). A
+    /// connection that the capture rules redirected goes to this host on the
+    /// port it was originally for.
     #[arg(
         long,
         env = "TOKENMESH_SIDECAR_APP_ADDR",
@@ -69,7 +73,9 @@ pub struct Args {
     )]
     pub app_addr: SocketAddr,
 
-    /// The outbound proxy the application calls other services through.
+    /// The outbound proxy the application calls other services through
+    /// (keep it on loopback). With outbound capture, connections redirected
+    /// here go to their original destination.
     #[arg(
         long,
         env = "TOKENMESH_SIDECAR_OUTBOUND_ADDR",

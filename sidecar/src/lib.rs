@@ -7,6 +7,7 @@ pub mod ext_authz;
 pub mod mesh;
 pub mod metrics;
 pub mod proxy;
+pub mod redirect;
 pub mod token_server;
 
 use std::{process::ExitCode, sync::Arc};

@@ -21,6 +21,7 @@ use hyper_util::{
 use crate::{
     mesh::{Mesh, Refusal},
     metrics::RequestLabels,
+    redirect::{self, OriginalDst},
 };
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -170,7 +171,9 @@ impl Proxy {
     }
 
     /// Inbound: only requests with a valid token reach the application, with
-    /// the token as a JWT.
+    /// the token as a JWT. A connection redirected by the capture rules goes
+    /// to the application's host on the port it was for; any other to
+    /// `--app-addr`.
     pub async fn inbound(&self, mut request: Request<Incoming>) -> Response<Body> {
         let response = match bearer(request.headers()).map(str::to_owned) {
             None => unauthorized(&Refusal::Missing),
@@ -182,8 +185,13 @@ impl Proxy {
                 Ok(verified) => match set_bearer(request.headers_mut(), &verified.jwt) {
                     Err(response) => response,
                     Ok(()) => {
-                        let app = self.app_addr.to_string();
-                        self.forward(request, &app).await
+                        let app = match request.extensions().get::<OriginalDst>() {
+                            Some(OriginalDst(original)) => {
+                                SocketAddr::new(self.app_addr.ip(), original.port())
+                            }
+                            None => self.app_addr,
+                        };
+                        self.forward(request, &app.to_string()).await
                     }
                 },
             },
@@ -200,7 +208,8 @@ impl Proxy {
     }
 
     /// Outbound: the destination from the absolute URI (HTTP proxy) or the
-    /// Host header; its token by the policy for that host.
+    /// Host header; its token by the policy for that host. A connection
+    /// redirected by the capture rules goes where it was for.
     pub async fn outbound(&self, mut request: Request<Incoming>) -> Response<Body> {
         let response = self.outbound_inner(&mut request).await;
         let response = match response {
@@ -275,9 +284,10 @@ impl Proxy {
         if let Ok(value) = HeaderValue::try_from(authority.as_str()) {
             request.headers_mut().insert(header::HOST, value);
         }
-        Ok(match self.resolve.get(&host) {
-            Some(addr) => addr.to_string(),
-            None => format!("{host}:{}", port.as_deref().unwrap_or("80")),
+        let original = request.extensions().get::<OriginalDst>();
+        Ok(match (original, self.resolve.get(&host)) {
+            (Some(OriginalDst(addr)), _) | (None, Some(addr)) => addr.to_string(),
+            (None, None) => format!("{host}:{}", port.as_deref().unwrap_or("80")),
         })
     }
 
@@ -297,7 +307,8 @@ impl Proxy {
 }
 
 /// Serves HTTP/1.1 and HTTP/2 (h2c) on `listener` until `shutdown`, then
-/// lets requests in flight finish (10 s at most).
+/// lets requests in flight finish (10 s at most). The requests of a
+/// connection that was redirected to `listener` carry its [`OriginalDst`].
 pub async fn serve<H, F>(
     listener: tokio::net::TcpListener,
     handler: H,
@@ -314,8 +325,12 @@ pub async fn serve<H, F>(
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
+                let original = redirect::original_destination(&stream);
                 let handler = handler.clone();
-                let service = hyper::service::service_fn(move |request| {
+                let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                    if let Some(original) = original {
+                        request.extensions_mut().insert(OriginalDst(original));
+                    }
                     let handler = handler.clone();
                     async move { Ok::<_, Infallible>(handler(request).await) }
                 });

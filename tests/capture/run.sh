@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Capture tests: tokenmesh-capture's iptables rules, the sidecar and the token server in real
+# network namespaces (ip netns, veth pairs, a bridge), as root. They create their own namespaces
+# only (tmcap<pid>-*), delete them at the end, and fail (never skip) where namespaces cannot be made.
+#   tests/capture/run.sh [pytest args...]
+# Needs: root, iproute2, iptables (its iptables-nft and iptables-legacy), setpriv (util-linux),
+# and the binaries built: cargo build --workspace --bins
+# TOKENMESH_CAPTURE_BIN  default target/debug/tokenmesh-capture
+# TOKENMESH_SIDECAR_BIN  default target/debug/tokenmesh-sidecar
+# TOKENMESH_SERVER_BIN   default target/debug/token-server
+# TOKENMESH_CACHE        where the venv lives (default: ~/.cache/tokenmesh)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+cache="${TOKENMESH_CACHE:-$HOME/.cache/tokenmesh}"
+venv="$cache/venv-capture"
+python="${PYTHON:-python3}"
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "run.sh: the capture tests make network namespaces: run them as root" >&2
+    exit 1
+fi
+for tool in ip iptables iptables-legacy ip6tables ip6tables-legacy iptables-save setpriv; do
+    if ! command -v "$tool" >/dev/null; then
+        echo "run.sh: $tool is missing (apt-get install iproute2 iptables util-linux)" >&2
+        exit 1
+    fi
+done
+for var in TOKENMESH_CAPTURE_BIN:tokenmesh-capture TOKENMESH_SIDECAR_BIN:tokenmesh-sidecar TOKENMESH_SERVER_BIN:token-server; do
+    name="${var%%:*}" bin="${var#*:}"
+    path="${!name:-target/debug/$bin}"
+    [[ "$path" = /* ]] || path="$repo/$path"
+    if [[ ! -x "$path" ]]; then
+        echo "run.sh: no executable $bin at $path (build it: cargo build --workspace --bins)" >&2
+        exit 1
+    fi
+    export "$name=$path"
+done
+
+# (Re)build the venv when it is missing or requirements.txt / the interpreter changed.
+mkdir -p "$cache"
+exec 9>"$cache/venv-capture.lock"
+flock 9
+stamp="$( { cat "$here/requirements.txt"; "$python" -VV; } | sha256sum | cut -d' ' -f1)"
+if [[ ! -x "$venv/bin/python" || "$(cat "$venv/.stamp" 2>/dev/null)" != "$stamp" ]]; then
+    echo "run.sh: creating $venv" >&2
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
+    echo "$stamp" >"$venv/.stamp"
+fi
+flock -u 9
+
+cd "$repo"
+rc=0
+"$venv/bin/python" -m pytest -q -p no:cacheprovider tests/capture "$@" || rc=$?
+if [[ $rc -eq 5 ]]; then
+    echo "run.sh: pytest collected no tests: failing" >&2
+fi
+exit "$rc"

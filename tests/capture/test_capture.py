@@ -1,0 +1,258 @@
+"""Transparent capture in real network namespaces: a client outside the pod
+cannot reach the application around its sidecar, the application's plain
+outbound calls are exchanged by policy, the sidecar's own calls do not loop,
+and tokenmesh-capture is idempotent and removable."""
+
+import json
+import uuid
+
+import pytest
+
+from conftest import (APP_OPEN_PORT, APP_PORTS, EXCLUDED, EXCLUDED_PORT, INIT_PRIVILEGES, POD, POD6,
+                      SIDECAR_UID, SVC, claims)
+
+
+def unique(prefix):
+    return f"/{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def seen(mesh, log, path):
+    return [r for r in mesh.records(log) if r["path"] == path]
+
+
+# ----------------------------------------------------------------- inbound
+
+
+def test_the_init_step_prints_what_it_installed(mesh):
+    out = mesh.install_output
+    assert out.startswith("tokenmesh-capture: installed"), out
+    for port in APP_PORTS:
+        assert f"-A TOKENMESH_INBOUND -p tcp -m tcp --dport {port} -j REDIRECT --to-ports 15006" in out, out
+    assert f"-A TOKENMESH_OUTBOUND -m owner --uid-owner {SIDECAR_UID} -j RETURN" in out, out
+    assert "-A PREROUTING -p tcp -j TOKENMESH_INBOUND" in out, out
+    assert "-A OUTPUT -p tcp -j TOKENMESH_OUTBOUND" in out, out
+
+
+@pytest.mark.parametrize("port", APP_PORTS)
+def test_a_request_without_a_token_never_reaches_the_application(mesh, port):
+    path = unique("no-token")
+    resp = mesh.client.get(f"http://{POD}:{port}{path}")
+    assert resp.get("status") == 401, resp
+    assert resp["headers"].get("www-authenticate") == "Bearer", resp
+    resp = mesh.client.get(f"http://{POD}:{port}{path}", headers={"Authorization": "Bearer not-a-token"})
+    assert resp.get("status") == 401, resp
+    assert seen(mesh, "app", path) == []
+
+
+@pytest.mark.parametrize("port", APP_PORTS)
+def test_a_request_with_a_token_reaches_the_application_on_its_port(mesh, port):
+    token = mesh.token()
+    before = mesh.metric('tokenmesh_sidecar_requests_total{direction="inbound",status="200"}')
+    path = unique("with-token")
+    resp = mesh.client.get(f"http://{POD}:{port}{path}", headers={"Authorization": f"Bearer {token}"})
+    assert resp.get("status") == 200, resp
+    [record] = seen(mesh, "app", path)
+    assert record["authorization"] == f"Bearer {token}"
+    # Forwarded to the port the client called (SO_ORIGINAL_DST), not to --app-addr's.
+    assert record["listener"] == f"[::]:{port}"
+    assert mesh.metric('tokenmesh_sidecar_requests_total{direction="inbound",status="200"}') == before + 1
+
+
+def test_the_sidecar_listener_called_directly_forwards_to_app_addr(mesh):
+    token = mesh.token()
+    path = unique("direct")
+    resp = mesh.client.get(f"http://{POD}:15006{path}", headers={"Authorization": f"Bearer {token}"})
+    assert resp.get("status") == 200, resp
+    [record] = seen(mesh, "app", path)
+    assert record["listener"] == "[::]:8080"
+
+
+def test_ports_not_listed_are_not_captured(mesh):
+    path = unique("open-port")
+    resp = mesh.client.get(f"http://{POD}:{APP_OPEN_PORT}{path}")
+    assert resp.get("status") == 200, resp
+    assert len(seen(mesh, "app", path)) == 1
+
+
+def test_ipv6_cannot_reach_the_application_around_the_sidecar(mesh):
+    path = unique("ipv6")
+    # IPv6 works between the namespaces: a port that is not captured answers ...
+    resp = mesh.client.get(f"http://[{POD6}]:{APP_OPEN_PORT}{path}")
+    assert resp.get("status") == 200, resp
+    # ... and the application's captured ports, which it listens on over IPv6 too, refuse.
+    for port in APP_PORTS:
+        resp = mesh.client.get(f"http://[{POD6}]:{port}{path}-{port}", timeout=5)
+        assert "error" in resp, resp
+        assert seen(mesh, "app", f"{path}-{port}") == []
+
+
+# ---------------------------------------------------------------- outbound
+
+
+def call(mesh, token, target, host, path):
+    """The client calls the application, which calls `target` with no proxy settings."""
+    headers = {"X-Call": target, "X-Call-Host": host, "X-Call-Path": path}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    resp = mesh.client.get(f"http://{POD}:8080{unique('outbound')}", headers=headers)
+    assert resp.get("status") == 200, resp
+    return json.loads(resp["body"])
+
+
+def test_a_plain_outbound_call_is_exchanged_by_policy(mesh):
+    token = mesh.token()
+    path = unique("to-payments")
+    body = call(mesh, token, f"{SVC}:9000", "payments.local", path)
+    assert body.get("call_status") == 200, body
+    [record] = seen(mesh, "svc", path)
+    # It went where the application connected (SO_ORIGINAL_DST), with the Host it sent ...
+    assert record["listener"] == f"{SVC}:9000"
+    assert record["host"] == "payments.local"
+    # ... carrying a token exchanged for the destination, orders-svc acting.
+    exchanged = claims(record["authorization"])
+    assert exchanged["aud"] == "payments"
+    assert exchanged["sub"] == "frontend"
+    assert exchanged["act"] == {"sub": "orders-svc", "client_id": "orders-svc"}
+    assert exchanged["scope"] == "orders:read"
+    assert record["authorization"] != f"Bearer {token}"
+
+
+def test_a_plain_outbound_call_to_an_unlisted_host_is_refused(mesh):
+    token = mesh.token()
+    path = unique("unlisted")
+    body = call(mesh, token, f"{SVC}:9000", "unknown.local", path)
+    assert body.get("call_status") == 403, body
+    assert seen(mesh, "svc", path) == [], "the token never leaves"
+
+
+@pytest.mark.parametrize("target", [f"{SVC}:{EXCLUDED_PORT}", f"{EXCLUDED}:9000"], ids=["port", "cidr"])
+def test_excluded_destinations_are_not_captured(mesh, target):
+    token = mesh.token()
+    path = unique("excluded")
+    # No policy names this host: through the sidecar it would be refused.
+    body = call(mesh, token, target, "unknown.local", path)
+    assert body.get("call_status") == 200, body
+    [record] = seen(mesh, "svc", path)
+    assert record["listener"] == target
+    assert record["authorization"] == f"Bearer {token}", "untouched: the sidecar was not on the way"
+
+
+def test_the_sidecars_own_calls_are_not_looped_back(mesh):
+    # The sidecar is ready: it reached the token server (not excluded by address or port)
+    # for keys and policies, through the OUTPUT chain, as its own uid.
+    before = mesh.metric('tokenmesh_sidecar_requests_total{direction="outbound"')
+    exchanges = mesh.metric("tokenmesh_sidecar_exchanges_total")
+    token = mesh.token()
+    path = unique("loop")
+    body = call(mesh, token, f"{SVC}:9000", "payments.local", path)
+    assert body.get("call_status") == 200, body
+    # One outbound request: the application's. The sidecar's own (Exchange, and the
+    # call it forwards) did not come back into its outbound listener.
+    assert mesh.metric('tokenmesh_sidecar_requests_total{direction="outbound"') == before + 1
+    assert mesh.metric("tokenmesh_sidecar_exchanges_total") == exchanges + 1
+    listing = mesh.pod.run(["iptables", "-t", "nat", "-L", "TOKENMESH_OUTBOUND", "-n", "-v", "-x"]).stdout
+    [owner] = [line for line in listing.splitlines() if f"owner UID match {SIDECAR_UID}" in line]
+    assert int(owner.split()[0]) > 0, listing
+
+
+# ---------------------------------------------------------- install, remove
+
+FLAGS = ["--inbound-ports", "8080,9090", "--outbound", "--sidecar-uid", str(SIDECAR_UID),
+         "--exclude-outbound-ports", "5432,9001", "--exclude-outbound-cidrs", "198.18.0.5/32"]
+OTHER_FLAGS = ["--inbound-ports", "7070"]
+
+
+def foreign_rules(ns, iptables):
+    """Rules a CNI plugin might have put there: they must survive install and remove."""
+    ip6tables = iptables.replace("iptables", "ip6tables", 1)
+    ns.run([iptables, "-t", "nat", "-N", "CNI-HOSTPORT-TEST"])
+    ns.run([iptables, "-t", "nat", "-A", "CNI-HOSTPORT-TEST", "-p", "tcp", "--dport", "80", "-j", "RETURN"])
+    ns.run([iptables, "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "-j", "CNI-HOSTPORT-TEST"])
+    ns.run([iptables, "-t", "nat", "-A", "OUTPUT", "-d", "192.0.2.1/32", "-j", "RETURN"])
+    ns.run([ip6tables, "-t", "filter", "-A", "INPUT", "-p", "udp", "--dport", "5353", "-j", "ACCEPT"])
+
+
+def saved(ns, iptables):
+    ip6tables = iptables.replace("iptables", "ip6tables", 1)
+    return ns.save(iptables) + "\n" + ns.save(ip6tables)
+
+
+@pytest.mark.parametrize("iptables", ["iptables", "iptables-legacy"])
+def test_install_twice_changes_nothing_and_remove_restores(fresh, iptables):
+    foreign_rules(fresh, iptables)
+    before = saved(fresh, iptables)
+    backend = ["--iptables", iptables]
+
+    first = fresh.capture("install", *backend, *FLAGS)
+    assert first.stdout.startswith("tokenmesh-capture: installed"), first.stdout
+    installed = saved(fresh, iptables)
+    assert installed != before
+    assert fresh.capture("check", *backend, *FLAGS).returncode == 0
+
+    second = fresh.capture("install", *backend, *FLAGS)
+    assert second.stdout.startswith("tokenmesh-capture: already installed, nothing changed"), second.stdout
+    assert saved(fresh, iptables) == installed
+
+    # Other settings: the chains follow them; the first ones again: the same rules as before.
+    fresh.capture("install", *backend, *OTHER_FLAGS)
+    assert fresh.capture("check", *backend, *OTHER_FLAGS).returncode == 0
+    differs = fresh.capture("check", *backend, *FLAGS, check=False)
+    assert differs.returncode == 1 and "TOKENMESH_OUTBOUND: missing" in differs.stdout, differs.stdout
+    fresh.capture("install", *backend, *FLAGS)
+    assert saved(fresh, iptables) == installed
+
+    removed = fresh.capture("remove", *backend)
+    assert removed.stdout.strip() == "tokenmesh-capture: removed"
+    assert saved(fresh, iptables) == before
+    again = fresh.capture("remove", *backend)
+    assert again.stdout.strip() == "tokenmesh-capture: nothing to remove"
+    assert saved(fresh, iptables) == before
+    assert fresh.capture("check", *backend, *FLAGS, check=False).returncode == 1
+
+
+def test_flags_come_from_the_environment_too(fresh):
+    env = {"TOKENMESH_CAPTURE_INBOUND_PORTS": "8080,9090", "TOKENMESH_CAPTURE_OUTBOUND": "1",
+           "TOKENMESH_CAPTURE_SIDECAR_UID": str(SIDECAR_UID),
+           "TOKENMESH_CAPTURE_EXCLUDE_OUTBOUND_PORTS": "5432,9001",
+           "TOKENMESH_CAPTURE_EXCLUDE_OUTBOUND_CIDRS": "198.18.0.5/32"}
+    fresh.capture("install", env=env)
+    assert fresh.capture("check", *FLAGS).returncode == 0
+
+
+def test_without_iptables_the_pod_does_not_start(fresh):
+    before = saved(fresh, "iptables")
+    for how in (["--iptables", "/nonexistent/iptables"], []):
+        env = {} if how else {"PATH": "/nonexistent"}
+        result = fresh.capture("install", *how, *FLAGS, env=env, check=False)
+        assert result.returncode != 0
+        assert "cannot run" in result.stderr and "iptables" in result.stderr, result.stderr
+        assert "the pod must not start" in result.stderr, result.stderr
+    assert saved(fresh, "iptables") == before
+
+
+@pytest.mark.parametrize("iptables", ["iptables", "iptables-legacy"])
+def test_without_the_capabilities_the_pod_does_not_start(fresh, iptables):
+    before = saved(fresh, iptables)
+    # NET_RAW is what iptables-legacy lacks here; the nft backend needs NET_ADMIN.
+    missing = "net_raw" if iptables == "iptables-legacy" else "net_admin"
+    privileges = ["setpriv", f"--bounding-set=-all,+net_admin,+net_raw,-{missing}", "--inh-caps=-all", "--"]
+    result = fresh.capture("install", "--iptables", iptables, *FLAGS, privileges=privileges, check=False)
+    assert result.returncode != 0
+    assert "Permission denied" in result.stderr, result.stderr
+    assert "NET_ADMIN and NET_RAW" in result.stderr, result.stderr
+    assert saved(fresh, iptables) == before
+    assert fresh.capture("install", "--iptables", iptables, *FLAGS, privileges=INIT_PRIVILEGES).returncode == 0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--outbound"], "--sidecar-uid"),
+    ([], "nothing to capture"),
+    (["--inbound-ports", "8080,15006"], "loop"),
+    (["--inbound-ports", "8080", "--exclude-outbound-cidrs", "fd00::/8"], "IPv4"),
+])
+def test_settings_that_cannot_protect_the_pod_are_refused(fresh, flags, message):
+    before = saved(fresh, "iptables")
+    result = fresh.capture("install", *flags, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+    assert saved(fresh, "iptables") == before
