@@ -42,9 +42,31 @@ pub struct Args {
     #[arg(long, env = "TOKENMESH_OPERATOR_SECRET_GRACE", default_value = "3600", value_parser = seconds)]
     pub secret_grace: Duration,
 
-    /// Serve the sidecar-injection webhook here (HTTPS, needs --webhook-cert and --webhook-key).
-    #[arg(long, env = "TOKENMESH_OPERATOR_WEBHOOK_ADDR", requires_all = ["webhook_cert", "webhook_key"])]
+    /// Serve the sidecar-injection webhook here (HTTPS).
+    #[arg(long, env = "TOKENMESH_OPERATOR_WEBHOOK_ADDR")]
     pub webhook_addr: Option<SocketAddr>,
+
+    /// The webhook's Service name: the operator generates its certificate
+    /// (kept in --webhook-secret) and publishes the CA in
+    /// --webhook-configuration. Not needed with --webhook-cert/--webhook-key.
+    #[arg(long, env = "TOKENMESH_OPERATOR_WEBHOOK_SERVICE")]
+    pub webhook_service: Option<String>,
+
+    /// Secret (in the operator's namespace) holding the generated webhook certificate.
+    #[arg(
+        long,
+        env = "TOKENMESH_OPERATOR_WEBHOOK_SECRET",
+        default_value = "tokenmesh-webhook-tls"
+    )]
+    pub webhook_secret: String,
+
+    /// The MutatingWebhookConfiguration whose caBundle the operator sets.
+    #[arg(
+        long,
+        env = "TOKENMESH_OPERATOR_WEBHOOK_CONFIGURATION",
+        default_value = "tokenmesh-sidecar-injector"
+    )]
+    pub webhook_configuration: String,
 
     /// PEM certificate of the webhook (from cert-manager or a mounted Secret).
     #[arg(long, env = "TOKENMESH_OPERATOR_WEBHOOK_CERT")]

@@ -2,6 +2,7 @@
 //! resources into the token server, manages client secrets, and serves the
 //! sidecar-injection webhook.
 
+pub mod certs;
 pub mod cli;
 pub mod control;
 pub mod desired;
@@ -137,9 +138,7 @@ async fn start(args: Args) -> Result<(), String> {
         let _ = axum::serve(health_listener, health).await;
     });
 
-    if let (Some(addr), Some(cert), Some(key)) =
-        (args.webhook_addr, &args.webhook_cert, &args.webhook_key)
-    {
+    if let Some(addr) = args.webhook_addr {
         let config = InjectConfig {
             image: args.sidecar_image.clone(),
             token_server: args
@@ -148,9 +147,23 @@ async fn start(args: Args) -> Result<(), String> {
                 .unwrap_or_else(|| args.token_server.clone()),
             token_audience: args.token_audience.clone(),
         };
-        let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-            .await
-            .map_err(|e| format!("webhook certificate: {e}"))?;
+        let tls = match (&args.webhook_cert, &args.webhook_key, &args.webhook_service) {
+            (Some(cert), Some(key), _) => axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await,
+            (_, _, Some(service)) => {
+                let namespace = args.lease_namespace.clone().unwrap_or_else(|| "default".into());
+                let certs = certs::ensure(ctx.client.clone(), &namespace, &args.webhook_secret, service)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match certs::publish_ca_bundle(ctx.client.clone(), &args.webhook_configuration, &certs.ca_pem).await {
+                    Ok(true) => tracing::info!(configuration = %args.webhook_configuration, "CA bundle published"),
+                    Ok(false) => {}
+                    Err(err) => tracing::warn!(error = %err, "cannot publish the CA bundle"),
+                }
+                axum_server::tls_rustls::RustlsConfig::from_pem(certs.cert_pem.into_bytes(), certs.key_pem.into_bytes()).await
+            }
+            _ => return Err("--webhook-addr needs --webhook-cert and --webhook-key, or --webhook-service".into()),
+        }
+        .map_err(|e| format!("webhook certificate: {e}"))?;
         let app = Router::new().route(
             "/mutate",
             post(move |Json(body): Json<serde_json::Value>| {
