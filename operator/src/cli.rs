@@ -105,6 +105,22 @@ pub struct Args {
     #[arg(long, env = "POD_NAMESPACE")]
     pub lease_namespace: Option<String>,
 
+    /// Inject the capture init container (iptables redirection through the sidecar).
+    #[arg(long, env = "TOKENMESH_OPERATOR_CAPTURE")]
+    pub capture: bool,
+
+    /// Capture outbound traffic too, unless a pod's annotation says otherwise.
+    #[arg(long, env = "TOKENMESH_OPERATOR_CAPTURE_OUTBOUND")]
+    pub capture_outbound: bool,
+
+    /// CIDRs never captured outbound (the token server's Service, at least).
+    #[arg(
+        long,
+        env = "TOKENMESH_OPERATOR_EXCLUDE_OUTBOUND_CIDRS",
+        value_delimiter = ','
+    )]
+    pub exclude_outbound_cidrs: Vec<String>,
+
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "TOKENMESH_OPERATOR_LOG", default_value = "info")]
     pub log: String,

@@ -146,6 +146,9 @@ async fn start(args: Args) -> Result<(), String> {
                 .clone()
                 .unwrap_or_else(|| args.token_server.clone()),
             token_audience: args.token_audience.clone(),
+            capture: args.capture,
+            capture_outbound: args.capture_outbound,
+            exclude_outbound_cidrs: args.exclude_outbound_cidrs.clone(),
         };
         let tls = match (&args.webhook_cert, &args.webhook_key, &args.webhook_service) {
             (Some(cert), Some(key), _) => axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await,

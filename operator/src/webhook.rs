@@ -17,6 +17,12 @@ pub const OPT_OUT: &str = "tokenmesh.dev/inject";
 pub const CLIENT_ID: &str = "tokenmesh.dev/client-id";
 pub const AUDIENCE: &str = "tokenmesh.dev/audience";
 pub const APP_PORT: &str = "tokenmesh.dev/app-port";
+pub const CAPTURE: &str = "tokenmesh.dev/capture";
+pub const CAPTURE_OUTBOUND: &str = "tokenmesh.dev/capture-outbound";
+pub const INBOUND_PORTS: &str = "tokenmesh.dev/inbound-ports";
+pub const EXCLUDE_PORTS: &str = "tokenmesh.dev/exclude-outbound-ports";
+pub const EXCLUDE_CIDRS: &str = "tokenmesh.dev/exclude-outbound-cidrs";
+const CAPTURE_CONTAINER: &str = "tokenmesh-capture";
 pub const SIDECAR: &str = "tokenmesh-sidecar";
 const TOKEN_VOLUME: &str = "tokenmesh-token";
 const TOKEN_DIR: &str = "/var/run/secrets/tokenmesh";
@@ -30,6 +36,13 @@ pub const SIDECAR_UID: i64 = 1337;
 #[derive(Debug, Clone)]
 pub struct InjectConfig {
     pub image: String,
+    /// Redirect inbound traffic through the sidecar with an init container
+    /// (`tokenmesh.dev/capture: "false"` opts a pod out).
+    pub capture: bool,
+    /// Redirect outbound traffic too, by default (annotation `tokenmesh.dev/capture-outbound`).
+    pub capture_outbound: bool,
+    /// CIDRs never captured outbound (the token server's, at least).
+    pub exclude_outbound_cidrs: Vec<String>,
     /// The token server's gRPC URL, as pods reach it.
     pub token_server: String,
     /// The audience of the projected service-account token.
@@ -155,6 +168,86 @@ fn sidecar(pod: &Pod, config: &InjectConfig) -> Container {
     }
 }
 
+/// The init container that installs the redirection rules, with only
+/// NET_ADMIN and NET_RAW; `None` when the pod runs in explicit-proxy mode.
+fn capture(pod: &Pod, config: &InjectConfig) -> Option<Container> {
+    let annotation = |key: &str| {
+        pod.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .cloned()
+    };
+    if !config.capture || annotation(CAPTURE).is_some_and(|v| v == "false") {
+        return None;
+    }
+    let ports = annotation(INBOUND_PORTS).unwrap_or_else(|| {
+        let spec = pod.spec.as_ref();
+        let ports: Vec<String> = spec
+            .map(|s| s.containers.iter().flat_map(|c| c.ports.iter().flatten()))
+            .into_iter()
+            .flatten()
+            .filter(|p| p.protocol.as_deref().is_none_or(|proto| proto == "TCP"))
+            .map(|p| p.container_port.to_string())
+            .collect();
+        ports.join(",")
+    });
+    let outbound = annotation(CAPTURE_OUTBOUND).map_or(config.capture_outbound, |v| v == "true");
+    let mut cidrs = config.exclude_outbound_cidrs.clone();
+    cidrs.extend(
+        annotation(EXCLUDE_CIDRS)
+            .into_iter()
+            .flat_map(|v| v.split(',').map(str::to_owned).collect::<Vec<_>>()),
+    );
+    let mut vars = vec![
+        env("TOKENMESH_CAPTURE_INBOUND_PORTS", ports),
+        env(
+            "TOKENMESH_CAPTURE_SIDECAR_INBOUND_PORT",
+            INBOUND_PORT.to_string(),
+        ),
+        env("TOKENMESH_CAPTURE_OUTBOUND", outbound.to_string()),
+        env(
+            "TOKENMESH_CAPTURE_SIDECAR_OUTBOUND_PORT",
+            OUTBOUND_PORT.to_string(),
+        ),
+        env("TOKENMESH_CAPTURE_SIDECAR_UID", SIDECAR_UID.to_string()),
+        env("TOKENMESH_CAPTURE_EXCLUDE_OUTBOUND_CIDRS", cidrs.join(",")),
+    ];
+    if let Some(ports) = annotation(EXCLUDE_PORTS) {
+        vars.push(env("TOKENMESH_CAPTURE_EXCLUDE_OUTBOUND_PORTS", ports));
+    }
+    Some(Container {
+        name: CAPTURE_CONTAINER.into(),
+        image: Some(config.image.clone()),
+        command: Some(vec!["tokenmesh-capture".into(), "install".into()]),
+        env: Some(vars),
+        resources: Some(ResourceRequirements {
+            requests: Some(
+                [
+                    ("cpu".into(), Quantity("10m".into())),
+                    ("memory".into(), Quantity("8Mi".into())),
+                ]
+                .into(),
+            ),
+            limits: Some([("memory".into(), Quantity("64Mi".into()))].into()),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            // iptables needs root in the pod's network namespace, with only these two capabilities.
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+                drop: Some(vec!["ALL".into()]),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
 fn token_volume(config: &InjectConfig) -> Volume {
     Volume {
         name: TOKEN_VOLUME.into(),
@@ -207,14 +300,33 @@ pub fn mutate(
             ops.push(json!({"op": "add", "path": "/spec/volumes", "value": [token_volume(config)]}))
         }
     }
-    // The application calls other services through the sidecar.
+    let init = capture(pod, config);
+    let outbound_captured = init
+        .as_ref()
+        .and_then(|c| c.env.as_ref())
+        .is_some_and(|vars| {
+            vars.iter().any(|v| {
+                v.name == "TOKENMESH_CAPTURE_OUTBOUND" && v.value.as_deref() == Some("true")
+            })
+        });
+    if let Some(init) = init {
+        // First, so no other init container runs unprotected.
+        match spec.and_then(|s| s.init_containers.as_ref()) {
+            Some(_) => {
+                ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": init}))
+            }
+            None => ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [init]})),
+        }
+    }
+    // Without outbound capture the application calls other services through
+    // the sidecar as an HTTP proxy.
     let proxy = format!("http://127.0.0.1:{OUTBOUND_PORT}");
-    for (index, container) in spec
-        .map(|s| s.containers.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
+    let containers = if outbound_captured {
+        &[][..]
+    } else {
+        spec.map(|s| s.containers.as_slice()).unwrap_or_default()
+    };
+    for (index, container) in containers.iter().enumerate() {
         let vars = [env("HTTP_PROXY", &proxy), env("http_proxy", &proxy)];
         match &container.env {
             Some(_) => {
@@ -273,6 +385,9 @@ mod tests {
             image: "ghcr.io/tokenmesh/sidecar:0.1.0".into(),
             token_server: "http://tokenmesh-token-server.tokenmesh:8081".into(),
             token_audience: "tokenmesh".into(),
+            capture: false,
+            capture_outbound: false,
+            exclude_outbound_cidrs: vec!["10.96.0.20/32".into()],
         }
     }
 
@@ -401,6 +516,64 @@ mod tests {
                 .unwrap()
                 .contains("AdmissionReview"),
             "{answer}"
+        );
+    }
+
+    #[test]
+    fn capture_adds_the_init_container_with_only_net_admin_and_net_raw() {
+        let capturing = InjectConfig {
+            capture: true,
+            capture_outbound: true,
+            ..config()
+        };
+        let original = pod(
+            json!({}),
+            json!([{"name": "app", "image": "x", "ports": [{"containerPort": 8080}, {"containerPort": 9090}]}]),
+        );
+        let result = patched(&review(&admission(original.clone()), &capturing), &original);
+        let init = &result["spec"]["initContainers"][0];
+        assert_eq!(init["name"], "tokenmesh-capture");
+        assert_eq!(init["command"], json!(["tokenmesh-capture", "install"]));
+        assert_eq!(
+            init["securityContext"]["capabilities"]["add"],
+            json!(["NET_ADMIN", "NET_RAW"])
+        );
+        assert_eq!(
+            init["securityContext"]["capabilities"]["drop"],
+            json!(["ALL"])
+        );
+        assert_eq!(init["securityContext"]["allowPrivilegeEscalation"], false);
+        let env: std::collections::HashMap<&str, &str> = init["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+            .collect();
+        assert_eq!(env["TOKENMESH_CAPTURE_INBOUND_PORTS"], "8080,9090");
+        assert_eq!(env["TOKENMESH_CAPTURE_OUTBOUND"], "true");
+        assert_eq!(env["TOKENMESH_CAPTURE_SIDECAR_UID"], "1337");
+        assert_eq!(
+            env["TOKENMESH_CAPTURE_EXCLUDE_OUTBOUND_CIDRS"],
+            "10.96.0.20/32"
+        );
+        assert!(
+            result["spec"]["containers"][0].get("env").is_none(),
+            "outbound captured: no HTTP_PROXY"
+        );
+
+        // Opted out of capture: explicit-proxy mode.
+        let opted_out = pod(
+            json!({"tokenmesh.dev/capture": "false"}),
+            json!([{"name": "app", "image": "x"}]),
+        );
+        let result = patched(
+            &review(&admission(opted_out.clone()), &capturing),
+            &opted_out,
+        );
+        assert!(result["spec"].get("initContainers").is_none());
+        assert_eq!(
+            result["spec"]["containers"][0]["env"][0]["name"],
+            "HTTP_PROXY"
         );
     }
 }
