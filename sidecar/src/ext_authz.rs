@@ -79,12 +79,12 @@ fn denied(refusal: &Refusal) -> CheckResponse {
     CheckResponse {
         status: Some(RpcStatus {
             code: rpc,
-            message: refusal.to_string(),
+            message: refusal.public(),
         }),
         http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
             status: Some(HttpStatus { code: http }),
             headers: vec![header("www-authenticate", challenge.into())],
-            body: format!("{refusal}\n"),
+            body: format!("{}\n", refusal.public()),
         })),
     }
 }
@@ -115,7 +115,16 @@ impl Authorization for ExtAuthz {
                         headers_to_remove: Vec::new(),
                     })),
                 },
-                Err(refusal) => denied(&refusal),
+                // No answer from the token server is an error, not a refusal:
+                // Envoy then applies its failure_mode_allow / status_on_error.
+                Err(Refusal::Unavailable(detail)) => {
+                    tracing::warn!(%detail, "ext_authz check cannot be decided");
+                    return Err(Status::unavailable("the token server is unavailable"));
+                }
+                Err(refusal) => {
+                    tracing::debug!(reason = %refusal, "ext_authz check refused");
+                    denied(&refusal)
+                }
             },
         };
         Ok(Response::new(answer))

@@ -61,6 +61,19 @@ pub enum Refusal {
     Unavailable(String),
 }
 
+impl Refusal {
+    /// What the caller is told: the kind of refusal, never the internal
+    /// detail (that goes to the debug log).
+    pub fn public(&self) -> String {
+        match self {
+            Self::Missing => "a bearer token is required".into(),
+            Self::Invalid(_) => "the token is not valid".into(),
+            Self::Forbidden(host) => format!("no policy lets this request reach {host}"),
+            Self::Unavailable(_) => "the token server is unavailable; retry later".into(),
+        }
+    }
+}
+
 /// How tokens are made for one destination host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {

@@ -61,7 +61,7 @@ fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
 
 /// 401 with the RFC 6750 challenge; the reason stays in the body, bounded.
 fn unauthorized(refusal: &Refusal) -> Response<Body> {
-    let mut response = text(StatusCode::UNAUTHORIZED, refusal.to_string());
+    let mut response = text(StatusCode::UNAUTHORIZED, refusal.public());
     let challenge = match refusal {
         Refusal::Missing => "Bearer",
         _ => "Bearer error=\"invalid_token\"",
@@ -76,8 +76,8 @@ fn unauthorized(refusal: &Refusal) -> Response<Body> {
 fn refused(refusal: &Refusal) -> Response<Body> {
     match refusal {
         Refusal::Missing | Refusal::Invalid(_) => unauthorized(refusal),
-        Refusal::Forbidden(_) => text(StatusCode::FORBIDDEN, refusal.to_string()),
-        Refusal::Unavailable(_) => text(StatusCode::SERVICE_UNAVAILABLE, refusal.to_string()),
+        Refusal::Forbidden(_) => text(StatusCode::FORBIDDEN, refusal.public()),
+        Refusal::Unavailable(_) => text(StatusCode::SERVICE_UNAVAILABLE, refusal.public()),
     }
 }
 

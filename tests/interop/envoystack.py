@@ -202,6 +202,9 @@ def ingress_listener(name, port, ext_authz_options):
         "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
         "transport_api_version": "V3",
         "failure_mode_allow": False,
+        # When the sidecar cannot decide (token server away) it answers a gRPC
+        # error: Envoy then uses this status.
+        "status_on_error": {"code": "ServiceUnavailable"},
         "grpc_service": {"envoy_grpc": {"cluster_name": "ext_authz"}, "timeout": "5s"},
         **ext_authz_options,
     }

@@ -166,7 +166,7 @@ def test_garbage_token_is_refused(envoy, upstream, listener, jwt_token, kind):
     path = unique_path("garbage")
     resp = through(envoy, listener, path, f"Bearer {token}")
     assert_refused(resp, upstream, path, f"Bearer {INVALID}")
-    assert "invalid token" in resp.text
+    assert resp.text.strip() == "the token is not valid", resp.text  # no internal detail leaks
 
 
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer"])
@@ -233,7 +233,8 @@ def test_expired_jwt_is_refused(mesh_server, envoy, upstream, listener):
 
 def test_token_server_down(make_server, upstream, tmp_path_factory):
     """A stack of its own whose token server dies (SIGKILL): JWTs are still checked against the keys
-    the sidecar holds, an opaque token cannot be introspected and Envoy answers the sidecar's 503."""
+    the sidecar holds; an opaque token cannot be introspected, the sidecar answers a gRPC error and Envoy
+    applies its status_on_error (503), not a refusal."""
     server = make_server(kind=EnvoyTokenServer)
     side = Sidecar(tmp_path_factory.mktemp("sidecar-down"), server)
     proxy = Envoy(tmp_path_factory.mktemp("envoy-down"), side.ext_authz, upstream.port)
@@ -253,7 +254,7 @@ def test_token_server_down(make_server, upstream, tmp_path_factory):
         resp = through(proxy, "headers", path, f"Bearer {opaque}")
         assert resp.status_code == 503, (resp.status_code, resp.headers, resp.text)
         assert upstream.requests_to(path) == []
-        assert "unavailable" in resp.text
+        assert "www-authenticate" not in {k.lower() for k in resp.headers}, resp.headers
     finally:
         proxy.stop()
         side.stop()
@@ -354,8 +355,6 @@ def test_check_without_attributes_is_denied(sync_stub):
     assert_denied(sync_stub.check(CheckRequest()), "Bearer")
 
 
-@pytest.mark.xfail(strict=False, reason="the ext_authz listener does not set TCP_NODELAY: an OK answer goes out in "
-                   "two writes and the second waits for the client's delayed ACK (about 40 ms)")
 def test_check_ok_answers_promptly(sync_stub, jwt_token):
     """A Check of a cached, valid JWT is answered in well under the 40 ms of a delayed ACK, as a refusal is."""
     request = check_request(f"Bearer {jwt_token}")
