@@ -58,27 +58,49 @@ pub fn scope(finalizer: bool) -> Scope {
 
 /// Waits for the next call, checks it, and answers with `answer`.
 pub async fn expect(handle: &mut ApiServer, method: Method, path: &str, answer: Value) -> Value {
+    expect_status(handle, method, path, 200, answer).await
+}
+
+/// Like [`expect`], answering with an HTTP status of choice.
+pub async fn expect_status(
+    handle: &mut ApiServer,
+    method: Method,
+    path: &str,
+    status: u16,
+    answer: Value,
+) -> Value {
     let (request, send) =
         tokio::time::timeout(std::time::Duration::from_secs(5), handle.next_request())
             .await
             .unwrap_or_else(|_| panic!("no call came; expected {method} {path}"))
             .expect("the client went away");
-    assert_eq!(request.method(), method, "{}", request.uri());
-    assert_eq!(request.uri().path(), path);
+    let (actual_method, uri) = (request.method().clone(), request.uri().clone());
     let bytes = http_body_util::BodyExt::collect(request.into_body())
         .await
         .unwrap()
         .to_bytes();
+    assert_eq!(actual_method, method, "{uri}");
+    assert_eq!(
+        uri.path(),
+        path,
+        "body: {}",
+        String::from_utf8_lossy(&bytes)
+    );
     let body: Value = if bytes.is_empty() {
         Value::Null
     } else {
         serde_json::from_slice(&bytes).unwrap()
     };
     let response = Response::builder()
+        .status(status)
         .body(Body::from(serde_json::to_vec(&answer).unwrap()))
         .unwrap();
     send.send_response(response);
     body
+}
+
+pub fn not_found() -> Value {
+    json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
 }
 
 pub fn as_json(scope: &Scope) -> Value {

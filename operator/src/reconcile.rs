@@ -413,7 +413,8 @@ mod api_tests {
     use serde_json::json;
 
     use super::*;
-    use crate::fixtures::{as_json, context, expect, scope};
+    use crate::fixtures::{as_json, context, expect, expect_status, not_found, scope};
+    use tokenmesh_crds::{OAuthClient, OAuthClientSpec};
 
     const SCOPE: &str = "/apis/tokenmesh.dev/v1alpha1/namespaces/shop/scopes/read";
 
@@ -493,6 +494,54 @@ mod api_tests {
         }))
         .await;
         // No call removes the finalizer: it stays until the token server agrees.
+        assert!(task.await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_client_without_a_secret_gets_one_generated_into_a_secret_it_owns() {
+        let (ctx, mut api) = context(unreachable_token_server());
+        let mut client = OAuthClient::new(
+            "gateway",
+            OAuthClientSpec {
+                audiences: vec!["orders".into()],
+                ..Default::default()
+            },
+        );
+        client.metadata.namespace = Some("shop".into());
+        client.metadata.uid = Some("uid-9".into());
+        client.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        let task = tokio::spawn(reconcile(Arc::new(client.clone()), ctx));
+        let secret_path = "/api/v1/namespaces/shop/secrets/gateway-client-secret";
+        expect_status(&mut api, Method::GET, secret_path, 404, not_found()).await;
+        let written = expect(&mut api, Method::PATCH, secret_path, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gateway-client-secret"}})).await;
+        assert_eq!(written["metadata"]["ownerReferences"][0]["uid"], "uid-9");
+        assert_eq!(
+            written["metadata"]["ownerReferences"][0]["kind"],
+            "OAuthClient"
+        );
+        let secret = written["data"]["client_secret"].as_str().unwrap();
+        assert!(secret.len() >= 40, "≥ 256 bits, base64");
+        let event = expect(&mut api, Method::POST, "/apis/events.k8s.io/v1/namespaces/shop/events", json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "shop"}, "eventTime": "2026-01-01T00:00:00.000000Z"
+        }))
+        .await;
+        assert_eq!(event["reason"], "SecretWritten");
+        // The token server is down: reported, and nothing else is written.
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            "/apis/tokenmesh.dev/v1alpha1/namespaces/shop/oauthclients/gateway/status",
+            json!(client),
+        )
+        .await;
+        assert_eq!(
+            status["status"]["conditions"][0]["reason"],
+            "TokenServerUnavailable"
+        );
+        expect(&mut api, Method::POST, "/apis/events.k8s.io/v1/namespaces/shop/events", json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "shop"}, "eventTime": "2026-01-01T00:00:00.000000Z"
+        }))
+        .await;
         assert!(task.await.unwrap().is_err());
     }
 }
