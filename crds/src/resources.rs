@@ -79,6 +79,12 @@ pub struct SigningSpec {
     /// first signs, the others are only published. Disables rotation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key_files: Vec<String>,
+    /// A folder of keys managed outside the token server (in Kubernetes: the
+    /// operator's signing-key Secret, mounted): files `<activatesAt>-<kid>.pem`
+    /// (unix seconds, PKCS#8 PEM). Each algorithm signs with its newest key
+    /// already active; every key is published. Read again every 30 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_directory: Option<String>,
 }
 
 #[derive(

@@ -12,6 +12,7 @@ pub mod leader;
 pub mod metrics;
 pub mod reconcile;
 pub mod secrets;
+pub mod signing;
 pub mod webhook;
 
 use std::{process::ExitCode, sync::Arc};
@@ -32,7 +33,7 @@ use kube::{
         watcher,
     },
 };
-use tokenmesh_crds::{ExchangePolicy, OAuthClient, Scope};
+use tokenmesh_crds::{ExchangePolicy, OAuthClient, Scope, TokenServer};
 use tracing_subscriber::EnvFilter;
 
 use crate::{
@@ -226,7 +227,22 @@ async fn start(args: Args) -> Result<(), String> {
         });
     }
     tracing::info!(namespaces = ?args.namespaces, "controllers starting");
+    let keys = {
+        let ctx = ctx.clone();
+        let api: Api<TokenServer> = Api::all(ctx.client.clone());
+        let secrets: Api<Secret> = Api::all(ctx.client.clone());
+        Controller::new(api, watcher::Config::default())
+            .owns(
+                secrets,
+                watcher::Config::default()
+                    .labels("app.kubernetes.io/managed-by=tokenmesh-operator"),
+            )
+            .shutdown_on_signal()
+            .run(reconcile::reconcile_keys, error_policy::<TokenServer>, ctx)
+            .for_each(|_| futures::future::ready(()))
+    };
     tokio::join!(
+        keys,
         controllers::<OAuthClient>(ctx.clone(), &args.namespaces),
         controllers::<Scope>(ctx.clone(), &args.namespaces),
         controllers::<ExchangePolicy>(ctx.clone(), &args.namespaces),

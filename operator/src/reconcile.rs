@@ -21,7 +21,7 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
-use tokenmesh_crds::{ExchangePolicy, OAuthClient, ResourceStatus, Scope};
+use tokenmesh_crds::{ExchangePolicy, OAuthClient, ResourceStatus, Scope, TokenServer};
 
 use crate::{control, control::Control, desired, metrics::Metrics, secrets};
 
@@ -143,7 +143,7 @@ macro_rules! managed {
         }
     )*};
 }
-managed!(OAuthClient, Scope, ExchangePolicy);
+managed!(OAuthClient, Scope, ExchangePolicy, TokenServer);
 
 async fn patch_status<K: Managed>(
     ctx: &Context,
@@ -385,6 +385,80 @@ pub async fn reconcile<K: Managed>(object: Arc<K>, ctx: Arc<Context>) -> Result<
     result
 }
 
+/// The TokenServer controller: keeps its signing-key Secret rotated (the
+/// token server itself is configured from its files, not through here).
+pub async fn reconcile_keys(server: Arc<TokenServer>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = server.namespace().unwrap_or_default();
+    let name = crate::signing::secret_name(&server);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let existing = secrets.get_opt(&name).await?;
+    let mut data: std::collections::BTreeMap<String, Vec<u8>> = existing
+        .as_ref()
+        .and_then(|s| s.data.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    let (period, max_ttl) = crate::signing::periods(&server);
+    let now = now();
+    let names: Vec<String> = data.keys().cloned().collect();
+    let plan = crate::signing::plan(&names, now, period, max_ttl);
+    if !plan.add.is_empty() || !plan.remove.is_empty() {
+        crate::signing::apply(&mut data, &plan, server.spec.signing.algorithm)
+            .map_err(|e| Error::Secret(name.clone(), e))?;
+        let secret = Secret {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(namespace.clone()),
+                owner_references: server.controller_owner_ref(&()).map(|o| vec![o]),
+                labels: Some(
+                    [(
+                        "app.kubernetes.io/managed-by".to_owned(),
+                        MANAGER.to_owned(),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            type_: Some("Opaque".into()),
+            data: Some(
+                data.into_iter()
+                    .map(|(k, v)| (k, k8s_openapi::ByteString(v)))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        secrets
+            .patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await?;
+        let note = format!(
+            "signing keys: {} added, {} removed, in Secret {name}",
+            plan.add.len(),
+            plan.remove.len()
+        );
+        event(
+            &ctx,
+            server.as_ref(),
+            EventType::Normal,
+            "KeysRotated",
+            note,
+        )
+        .await;
+    }
+    patch_status(
+        &ctx,
+        server.as_ref(),
+        desired::status(server.status(), server.meta().generation, Ok(())),
+    )
+    .await?;
+    let wait = Duration::from_secs(plan.next_change.saturating_sub(now).max(1)).min(ctx.resync);
+    Ok(Action::requeue(wait))
+}
+
 /// Requeue with backoff while the token server (or anything) fails.
 pub fn error_policy<K: Managed>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
     let failures = ctx.failed(&key(object.as_ref()));
@@ -543,5 +617,40 @@ mod api_tests {
         }))
         .await;
         assert!(task.await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_token_server_gets_a_signing_key_secret_with_the_current_and_next_key() {
+        let (ctx, mut api) = context(unreachable_token_server());
+        let mut server = TokenServer::new("default", Default::default());
+        server.metadata.namespace = Some("tokenmesh".into());
+        server.metadata.uid = Some("uid-ts".into());
+        let task = tokio::spawn(reconcile_keys(Arc::new(server.clone()), ctx));
+        let path = "/api/v1/namespaces/tokenmesh/secrets/default-signing-keys";
+        expect_status(&mut api, Method::GET, path, 404, not_found()).await;
+        let written = expect(&mut api, Method::PATCH, path, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "default-signing-keys"}})).await;
+        let entries: Vec<&String> = written["data"].as_object().unwrap().keys().collect();
+        assert_eq!(entries.len(), 2, "{entries:?}");
+        assert_eq!(written["metadata"]["ownerReferences"][0]["uid"], "uid-ts");
+        let events = "/apis/events.k8s.io/v1/namespaces/tokenmesh/events";
+        let event = expect(&mut api, Method::POST, events, json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "tokenmesh"}, "eventTime": "2026-01-01T00:00:00.000000Z"
+        }))
+        .await;
+        assert_eq!(event["reason"], "KeysRotated");
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            "/apis/tokenmesh.dev/v1alpha1/namespaces/tokenmesh/tokenservers/default/status",
+            json!(server),
+        )
+        .await;
+        assert_eq!(status["status"]["conditions"][0]["status"], "True");
+        let action = task.await.unwrap().unwrap();
+        assert_eq!(
+            action,
+            Action::requeue(Duration::from_secs(300)),
+            "the resync bounds the wait for the next key"
+        );
     }
 }

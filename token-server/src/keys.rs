@@ -127,7 +127,9 @@ impl KeyRing {
         algorithms: &[SigningAlgorithm],
         now: u64,
     ) -> Result<Self, KeyError> {
-        let snapshot = if settings.key_files.is_empty() {
+        let snapshot = if let Some(dir) = &settings.key_directory {
+            from_directory(dir, settings, now)?
+        } else if settings.key_files.is_empty() {
             maintain(store, settings, algorithms, now).await?
         } else {
             from_files(settings)?
@@ -149,7 +151,10 @@ impl KeyRing {
         algorithms: &[SigningAlgorithm],
         now: u64,
     ) -> Result<(), KeyError> {
-        if settings.key_files.is_empty() {
+        if let Some(dir) = &settings.key_directory {
+            self.current
+                .store(Arc::new(from_directory(dir, settings, now)?));
+        } else if settings.key_files.is_empty() {
             self.current
                 .store(Arc::new(maintain(store, settings, algorithms, now).await?));
         }
@@ -295,6 +300,57 @@ fn build(
     })
 }
 
+/// Keys from a managed folder: `<activatesAt>-<kid>.pem`.
+fn from_directory(
+    dir: &std::path::Path,
+    settings: &ServerSettings,
+    now: u64,
+) -> Result<KeySnapshot, KeyError> {
+    let fail = |path: &std::path::Path, message: String| KeyError::File {
+        path: path.display().to_string(),
+        message,
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| fail(dir, format!("cannot list: {e}")))?;
+    let mut keys = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        // Mounted Secrets hold ..data links and the like: only key files count.
+        let Some((activates, kid)) = name
+            .strip_suffix(".pem")
+            .and_then(|stem| stem.split_once('-'))
+        else {
+            continue;
+        };
+        let activates_at: u64 = activates
+            .parse()
+            .map_err(|_| fail(&path, "the name must be <activatesAt>-<kid>.pem".into()))?;
+        let der = PrivatePkcs8KeyDer::from_pem_file(&path)
+            .map_err(|e| fail(&path, format!("not a PKCS#8 PEM private key: {e}")))?;
+        let der = der.secret_pkcs8_der().to_vec();
+        let detected = SigningKey::detect_algorithm(&der)
+            .ok_or_else(|| fail(&path, "not a P-256, Ed25519 or RSA key".into()))?;
+        let alg = match (detected, jose_algorithm(settings.algorithm)) {
+            (Algorithm::RS256, Algorithm::PS256) => Algorithm::PS256,
+            (detected, _) => detected,
+        };
+        let key = SigningKey::from_pkcs8(kid.to_owned(), alg, der)
+            .map_err(|e| fail(&path, e.to_string()))?;
+        keys.push((activates_at, Arc::new(key)));
+    }
+    keys.sort_by_key(|(at, key)| (*at, key.kid().to_owned()));
+    let mut signers = HashMap::new();
+    for (at, key) in &keys {
+        if *at <= now {
+            signers.insert(key.algorithm(), key.clone());
+        }
+    }
+    let published: Vec<Arc<SigningKey>> = keys.into_iter().map(|(_, key)| key).collect();
+    build(signers, &published)
+}
+
 fn from_files(settings: &ServerSettings) -> Result<KeySnapshot, KeyError> {
     let mut published = Vec::new();
     for path in &settings.key_files {
@@ -425,5 +481,34 @@ mod tests {
         assert!(first.signer(Algorithm::ES256).is_some());
         std::fs::write(dir.path().join("ec.pem"), "not a key").unwrap();
         assert!(matches!(from_files(&settings), Err(KeyError::File { .. })));
+    }
+
+    #[test]
+    fn a_managed_directory_signs_with_the_newest_active_key_and_publishes_all() {
+        use base64::engine::general_purpose::STANDARD;
+        let dir = tempfile::tempdir().unwrap();
+        for (name, alg) in [
+            ("100-old", Algorithm::ES256),
+            ("200-current", Algorithm::ES256),
+            ("300-next", Algorithm::ES256),
+        ] {
+            let key = SigningKey::generate("x".into(), alg).unwrap();
+            let pem = format!(
+                "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+                STANDARD.encode(key.pkcs8())
+            );
+            std::fs::write(dir.path().join(format!("{name}.pem")), pem).unwrap();
+        }
+        std::fs::write(dir.path().join("..data"), "mounted-secret bookkeeping").unwrap();
+        let settings = crate::registry::Registry::new("http://x".into(), None).server;
+        let snap = from_directory(dir.path(), &settings, 250).unwrap();
+        assert_eq!(snap.signer(Algorithm::ES256).unwrap().kid(), "current");
+        for kid in ["old", "current", "next"] {
+            assert!(snap.verify.contains_kid(kid), "{kid} published");
+        }
+        let later = from_directory(dir.path(), &settings, 300).unwrap();
+        assert_eq!(later.signer(Algorithm::ES256).unwrap().kid(), "next");
+        std::fs::write(dir.path().join("400-broken.pem"), "nope").unwrap();
+        assert!(from_directory(dir.path(), &settings, 300).is_err());
     }
 }

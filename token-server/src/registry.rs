@@ -83,6 +83,8 @@ pub struct ServerSettings {
     pub default_ttl: Duration,
     pub max_ttl: Duration,
     pub key_files: Vec<PathBuf>,
+    /// A managed folder of `<activatesAt>-<kid>.pem` keys.
+    pub key_directory: Option<PathBuf>,
     /// Where the PostgreSQL URL is, when the TokenServer asks for postgres storage.
     pub database: Option<SecretKeyRef>,
 }
@@ -96,6 +98,7 @@ impl ServerSettings {
             default_ttl: DEFAULT_TTL,
             max_ttl: DEFAULT_MAX_TTL,
             key_files: Vec::new(),
+            key_directory: None,
             database: None,
         }
     }
@@ -570,6 +573,7 @@ fn server_settings(
         default_ttl,
         max_ttl,
         key_files: spec.signing.key_files.iter().map(PathBuf::from).collect(),
+        key_directory: spec.signing.key_directory.as_ref().map(PathBuf::from),
     })
 }
 
