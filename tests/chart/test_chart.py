@@ -1,0 +1,1010 @@
+"""Offline checks of charts/tokenmesh and examples/kubernetes (run by run.sh).
+
+Environment: TOKENMESH_HELM (Helm 4), TOKENMESH_HELM3 (Helm 3, optional);
+kubernetes-validate, jsonschema, cel-python and PyYAML in the interpreter.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+CHART = REPO / "charts" / "tokenmesh"
+CRDS = CHART / "crds"
+EXAMPLES = REPO / "examples" / "kubernetes"
+INVALID = HERE / "invalid-resources"
+sys.path.insert(0, str(HERE))
+import crdcheck  # noqa: E402
+
+HELM4 = os.environ.get("TOKENMESH_HELM") or shutil.which("helm") or "helm"
+HELM3 = os.environ.get("TOKENMESH_HELM3", "")
+HELMS = {"helm4": HELM4, **({"helm3": HELM3} if HELM3 else {})}
+KUBE_VALIDATE = str(Path(sys.executable).with_name("kubernetes-validate"))
+# The chart's kubeVersion floor and the newest schemas kubernetes-validate has.
+KUBE_VERSIONS = ["1.29.0", "1.37.0"]
+RELEASE, NAMESPACE = "tm", "tokenmesh"
+FULLNAME = "tm-tokenmesh"
+
+# name -> (values files, --set values)
+VALUE_SETS = {
+    "default": ([], []),
+    "postgres": ([HERE / "values-postgres.yaml"], []),
+    "secret-cert": ([HERE / "values-secret-cert.yaml"], []),
+    "cert-manager": ([HERE / "values-cert-manager.yaml"], []),
+    "cert-manager-selfsigned": ([], ["webhook.certificate.source=certManager"]),
+}
+
+TOKEN_SERVER_BIN = REPO / "target" / "debug" / "token-server"
+OPERATOR_BIN = REPO / "target" / "debug" / "tokenmesh-operator"
+
+
+# --------------------------------------------------------------------------
+# helpers
+
+
+def run(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, capture_output=True, text=True, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def template_args(values: list[Path] = (), sets: list[str] = (), extra: list[str] = ()) -> list[str]:
+    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, *extra]
+    for path in values:
+        args += ["-f", str(path)]
+    for item in sets:
+        args += ["--set", item]
+    return args
+
+
+@functools.cache
+def render(name: str, helm: str = "helm4") -> str:
+    files, sets = VALUE_SETS[name]
+    return run(HELMS[helm], *template_args(files, sets)).stdout
+
+
+def documents(text: str) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+@functools.cache
+def manifests(name: str, helm: str = "helm4") -> tuple:
+    return tuple(documents(render(name, helm)))
+
+
+def find(docs, kind: str, name: str | None = None) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+
+
+def one(docs, kind: str, name: str) -> dict:
+    found = find(docs, kind, name)
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+def container(docs, deployment: str) -> dict:
+    return one(docs, "Deployment", deployment)["spec"]["template"]["spec"]["containers"][0]
+
+
+def env_of(c: dict) -> dict:
+    return {e["name"]: e for e in c.get("env", [])}
+
+
+def kubernetes_validate(path: Path) -> str:
+    """kubernetes-validate --strict for every version; its report."""
+    args = [KUBE_VALIDATE, "--strict"]
+    for version in KUBE_VERSIONS:
+        args += ["-k", version]
+    result = run(*args, str(path), check=False)
+    assert result.returncode == 0, f"kubernetes-validate failed:\n{result.stdout}{result.stderr}"
+    return result.stdout
+
+
+# cert-manager's kinds have no schema in kubernetes-validate, and its CRDs are
+# not part of this repository: these are the fields of the cert-manager.io/v1
+# API that the chart may use, strict, so a misspelled field or value fails.
+_name = {"type": "string", "pattern": crdcheck.DNS_SUBDOMAIN.pattern, "maxLength": 253}
+_meta = {
+    "type": "object",
+    "required": ["name", "namespace"],
+    "properties": {"name": _name, "namespace": _name, "labels": {"type": "object"}, "annotations": {"type": "object"}},
+    "additionalProperties": False,
+}
+_go_duration = {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"}
+CERT_MANAGER_SCHEMAS = {
+    "Issuer": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": "cert-manager.io/v1"},
+            "kind": {"const": "Issuer"},
+            "metadata": _meta,
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "minProperties": 1,
+                "maxProperties": 1,
+                "properties": {
+                    "selfSigned": {"type": "object", "additionalProperties": False,
+                                   "properties": {"crlDistributionPoints": {"type": "array"}}},
+                    "ca": {"type": "object", "required": ["secretName"]},
+                },
+            },
+        },
+    },
+    "Certificate": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": "cert-manager.io/v1"},
+            "kind": {"const": "Certificate"},
+            "metadata": _meta,
+            "spec": {
+                "type": "object",
+                "required": ["secretName", "issuerRef"],
+                "additionalProperties": False,
+                "properties": {
+                    "secretName": _name,
+                    "commonName": {"type": "string", "maxLength": 64},
+                    "dnsNames": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                    "duration": _go_duration,
+                    "renewBefore": _go_duration,
+                    "isCA": {"type": "boolean"},
+                    "usages": {"type": "array", "items": {"enum": [
+                        "signing", "digital signature", "content commitment", "key encipherment",
+                        "key agreement", "data encipherment", "cert sign", "crl sign", "encipher only",
+                        "decipher only", "any", "server auth", "client auth", "code signing",
+                        "email protection", "s/mime", "ipsec end system", "ipsec tunnel", "ipsec user",
+                        "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc"]}},
+                    "privateKey": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]},
+                            "encoding": {"enum": ["PKCS1", "PKCS8"]},
+                            "size": {"type": "integer"},
+                            "rotationPolicy": {"enum": ["Never", "Always"]},
+                        },
+                    },
+                    "issuerRef": {
+                        "type": "object",
+                        "required": ["name"],
+                        "additionalProperties": False,
+                        "properties": {"name": _name, "kind": {"type": "string"}, "group": {"type": "string"}},
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def validate_rendered(text: str, tmp_path: Path) -> None:
+    """Every manifest in `text`: built-in kinds by kubernetes-validate
+    --strict, tokenmesh kinds against the CRDs, cert-manager kinds by the
+    schemas above; nothing unchecked."""
+    docs = documents(text)
+    path = tmp_path / "rendered.yaml"
+    path.write_text(text)
+    report = kubernetes_validate(path)
+    passed = set(re.findall(r"passed for resource (\S+) against version (\S+)", report))
+    for doc in docs:
+        kind, name = doc["kind"], doc["metadata"]["name"]
+        if doc["apiVersion"].startswith("tokenmesh.dev/"):
+            assert crdcheck.validate(doc, crds()) == [], f"{kind}/{name}"
+            continue
+        if doc["apiVersion"] == "cert-manager.io/v1":
+            schema = CERT_MANAGER_SCHEMAS.get(kind)
+            assert schema, f"no schema for cert-manager kind {kind}"
+            jsonschema.validate(doc, schema)
+            continue
+        for version in KUBE_VERSIONS:
+            key = (f"{kind.lower()}/{name}", version.rsplit(".", 1)[0])
+            assert key in passed, f"{kind}/{name} was not validated for {version}:\n{report}"
+
+
+# --------------------------------------------------------------------------
+# the chart renders, lints and validates
+
+
+@pytest.mark.parametrize("helm", sorted(HELMS))
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_lint(helm, values):
+    args = ["lint", "--strict", str(CHART), "--namespace", NAMESPACE]
+    files, sets = VALUE_SETS[values]
+    for path in files:
+        args += ["-f", str(path)]
+    for item in sets:
+        args += ["--set", item]
+    out = run(HELMS[helm], *args).stdout
+    assert "0 chart(s) failed" in out
+
+
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_rendered_manifests_validate_strictly(values, tmp_path):
+    validate_rendered(render(values), tmp_path)
+
+
+def test_strict_validation_refuses_unknown_fields(tmp_path):
+    """kubernetes-validate --strict really refuses a misspelled field."""
+    deployment = json.loads(json.dumps(one(manifests("default"), "Deployment", f"{FULLNAME}-token-server")))
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(deployment))
+    result = run(KUBE_VALIDATE, "--strict", str(path), check=False)
+    assert result.returncode != 0 and "imagePullPolicyy" in result.stdout, result.stdout
+
+
+def test_crds_are_in_the_chart_and_validate():
+    rendered = documents(run(HELM4, *template_args(extra=["--include-crds"])).stdout)
+    names = {d["metadata"]["name"] for d in rendered if d["kind"] == "CustomResourceDefinition"}
+    assert names == {"oauthclients.tokenmesh.dev", "scopes.tokenmesh.dev",
+                     "exchangepolicies.tokenmesh.dev", "tokenservers.tokenmesh.dev"}
+    for path in sorted(CRDS.glob("*.yaml")):
+        report = kubernetes_validate(path)
+        assert report.count("passed for resource customresourcedefinition/") == len(KUBE_VERSIONS), report
+
+
+@pytest.mark.skipif(not HELM3, reason="no Helm 3 (TOKENMESH_HELM3)")
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_helm3_renders_what_helm4_renders(values):
+    def normal(docs):
+        out = []
+        for doc in docs:
+            doc = json.loads(json.dumps(doc))
+            if doc["kind"] == "Secret":
+                doc.pop("data", None)  # random admin token
+            out.append(json.dumps(doc, sort_keys=True))
+        return sorted(out)
+
+    assert normal(manifests(values, "helm3")) == normal(manifests(values, "helm4"))
+
+
+def test_kube_version_floor():
+    run(HELM4, *template_args(extra=["--kube-version", "1.29.0"]))
+    result = run(HELM4, *template_args(extra=["--kube-version", "1.28.9"]), check=False)
+    assert result.returncode != 0 and "kubeVersion" in result.stderr, result.stderr
+
+
+def test_notes_tell_what_to_do_next():
+    out = run(HELM4, "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client").stdout
+    notes = out[out.index("NOTES:"):]
+    for expected in [
+        f"rollout status deployment/{FULLNAME}-token-server",
+        f"MutatingWebhookConfiguration {FULLNAME}-webhook",
+        "kubectl label namespace <namespace> tokenmesh.dev/inject=true",
+        "examples/kubernetes/oauthclients.yaml",
+        "kubectl apply --server-side -f charts/tokenmesh/crds/",
+        "tokenServer.storage.type=postgres",
+    ]:
+        assert expected in notes, f"NOTES lack {expected!r}:\n{notes}"
+
+
+# --------------------------------------------------------------------------
+# what the manifests say
+
+
+def pod_specs(docs):
+    for doc in docs:
+        if doc["kind"] == "Deployment":
+            yield doc["metadata"]["name"], doc["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_security_contexts_everywhere(values):
+    specs = list(pod_specs(manifests(values)))
+    assert len(specs) == 2
+    for name, spec in specs:
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True, name
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert pod.get("runAsUser", 1) != 0, name
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["runAsNonRoot"] is True, name
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["privileged"] is False, name
+            assert sc["capabilities"] == {"drop": ["ALL"]}, name
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, name
+            assert c["resources"]["requests"]["memory"] and c["resources"]["limits"]["memory"], name
+            assert c["livenessProbe"] and c["readinessProbe"], name
+
+
+def test_default_values():
+    docs = manifests("default")
+    ts = one(docs, "Deployment", f"{FULLNAME}-token-server")
+    assert ts["spec"]["replicas"] == 1
+    assert ts["spec"]["strategy"]["type"] == "Recreate"
+    spec = ts["spec"]["template"]["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    c = spec["containers"][0]
+    assert c["image"] == "ghcr.io/tokenmesh/token-server:0.1.0"
+    args = c["args"]
+    assert "--config=/etc/tokenmesh/config" in args
+    assert "--http-addr=0.0.0.0:8080" in args and "--grpc-addr=0.0.0.0:8081" in args
+    assert f"--issuer=http://{FULLNAME}-token-server.{NAMESPACE}.svc:8080" in args
+    assert "--admin-token-file=/etc/tokenmesh/admin/token" in args
+    assert "--data-dir=/var/lib/tokenmesh/data" in args
+    assert "--insecure-http" in args
+    assert "TOKENMESH_DATABASE_URL" not in env_of(c)
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == f"{FULLNAME}-token-server-data"
+    assert volumes["admin-token"]["secret"]["secretName"] == f"{FULLNAME}-admin-token"
+    pvc = one(docs, "PersistentVolumeClaim", f"{FULLNAME}-token-server-data")
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert not find(docs, "HorizontalPodAutoscaler")
+    assert one(docs, "PodDisruptionBudget", f"{FULLNAME}-token-server")["spec"]["maxUnavailable"] == 1
+
+    service = one(docs, "Service", f"{FULLNAME}-token-server")
+    assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {("http", 8080), ("grpc", 8081)}
+
+    config = yaml.safe_load(one(docs, "ConfigMap", f"{FULLNAME}-token-server")["data"]["tokenserver.yaml"])
+    assert config["kind"] == "TokenServer"
+    assert config["spec"]["signing"]["algorithm"] == "ES256"
+    assert crdcheck.validate(config, crdcheck.load_crds(CRDS)) == []
+
+    op = container(docs, f"{FULLNAME}-operator")
+    assert op["image"] == "ghcr.io/tokenmesh/operator:0.1.0"
+    args = op["args"]
+    assert f"--token-server=http://{FULLNAME}-token-server.{NAMESPACE}.svc:8081" in args
+    assert "--admin-token-file=/etc/tokenmesh/admin/token" in args
+    assert "--webhook-addr=0.0.0.0:9443" in args
+    # The operator makes the webhook certificate and publishes its CA.
+    assert f"--webhook-service={FULLNAME}-webhook" in args
+    assert f"--webhook-secret={FULLNAME}-webhook-tls" in args
+    assert f"--webhook-configuration={FULLNAME}-webhook" in args
+    assert not any(a.startswith("--webhook-cert") for a in args)
+    assert "--sidecar-image=ghcr.io/tokenmesh/sidecar:0.1.0" in args
+    assert "--leader-election" in args
+    assert not any(a.startswith("--namespaces") or a.startswith("--capture") for a in args)
+    env = env_of(op)
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert [m["name"] for m in op["volumeMounts"]] == ["admin-token", "tmp"]
+    mwc_role = one(docs, "ClusterRole", f"{FULLNAME}-operator-webhook")
+    assert mwc_role["rules"] == [{"apiGroups": ["admissionregistration.k8s.io"],
+                                  "resources": ["mutatingwebhookconfigurations"],
+                                  "resourceNames": [f"{FULLNAME}-webhook"], "verbs": ["get", "update"]}]
+    assert not find(docs, "TokenServer")
+    assert "keyDirectory" not in config["spec"]["signing"]
+
+    assert find(docs, "ClusterRole", f"{FULLNAME}-operator")
+    assert not find(docs, "NetworkPolicy")
+
+    webhook = one(docs, "MutatingWebhookConfiguration", f"{FULLNAME}-webhook")
+    assert "annotations" not in webhook["metadata"]
+    hook = webhook["webhooks"][0]
+    assert hook["failurePolicy"] == "Fail"
+    assert hook["sideEffects"] == "None"
+    assert hook["namespaceSelector"] == {"matchLabels": {"tokenmesh.dev/inject": "true"}}
+    assert hook["objectSelector"] == {"matchLabels": {"tokenmesh.dev/inject": "true"}}
+    assert hook["clientConfig"]["service"] == {"name": f"{FULLNAME}-webhook", "namespace": NAMESPACE,
+                                               "path": "/mutate", "port": 443}
+    assert "caBundle" not in hook["clientConfig"]  # the operator's to write
+    assert hook["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                              "resources": ["pods"], "scope": "Namespaced"}]
+    assert not find(docs, "Certificate") and not find(docs, "Issuer")
+    webhook_service = one(docs, "Service", f"{FULLNAME}-webhook")
+    assert webhook_service["spec"]["ports"][0]["targetPort"] == "webhook"
+
+
+def test_admin_token_generated_on_install():
+    """48 random characters, new on every install (`helm template` has no
+    cluster, so lookup finds nothing: exactly the install case)."""
+    tokens = []
+    for _ in range(2):
+        secret = one(documents(run(HELM4, *template_args()).stdout), "Secret", f"{FULLNAME}-admin-token")
+        token = base64.b64decode(secret["data"]["token"]).decode()
+        assert re.fullmatch(r"[A-Za-z0-9]{48}", token), token
+        tokens.append(token)
+    assert tokens[0] != tokens[1]
+    source = (CHART / "templates" / "admin-token-secret.yaml").read_text()
+    assert "lookup" in source and "randAlphaNum 48" in source
+
+
+def test_postgres_values():
+    docs = manifests("postgres")
+    ts = one(docs, "Deployment", f"{FULLNAME}-token-server")
+    assert "replicas" not in ts["spec"], "the HorizontalPodAutoscaler owns the replica count"
+    assert ts["spec"]["strategy"]["type"] == "RollingUpdate"
+    c = ts["spec"]["template"]["spec"]["containers"][0]
+    url = env_of(c)["TOKENMESH_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+    assert url == {"name": "tokenmesh-database", "key": "url"}
+    assert "--database-max-connections=20" in c["args"]
+    assert "--issuer=https://auth.example.com" in c["args"]
+    assert not any(a.startswith("--data-dir") for a in c["args"])
+    assert not find(docs, "PersistentVolumeClaim")
+    assert not any(v["name"] == "data" for v in ts["spec"]["template"]["spec"]["volumes"])
+    hpa = one(docs, "HorizontalPodAutoscaler", f"{FULLNAME}-token-server")
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 10)
+    assert {m["resource"]["name"] for m in hpa["spec"]["metrics"]} == {"cpu", "memory"}
+    assert one(docs, "PodDisruptionBudget", f"{FULLNAME}-token-server")["spec"] == {
+        "minAvailable": 2,
+        "selector": ts["spec"]["selector"],
+    }
+    config = yaml.safe_load(one(docs, "ConfigMap", f"{FULLNAME}-token-server")["data"]["tokenserver.yaml"])
+    assert config["spec"]["signing"] == {"algorithm": "EdDSA", "rotationPeriod": "12h"}
+    # The admin token is the user's Secret: the chart creates none.
+    assert not find(docs, "Secret")
+    admin = {v["name"]: v for v in ts["spec"]["template"]["spec"]["volumes"]}["admin-token"]["secret"]
+    assert admin["secretName"] == "tokenmesh-admin"
+    assert admin["items"] == [{"key": "credential", "path": "token"}]
+
+    op = one(docs, "Deployment", f"{FULLNAME}-operator")
+    assert op["spec"]["replicas"] == 2
+    c = op["spec"]["template"]["spec"]["containers"][0]
+    assert "--namespaces=shop,billing" in c["args"]
+    assert "--sidecar-image=ghcr.io/tokenmesh/sidecar@sha256:" + "0123456789abcdef" * 4 in c["args"]
+    assert "--capture" in c["args"] and "--capture-outbound" in c["args"]
+    assert "--exclude-outbound-cidrs=10.96.0.0/12,169.254.169.254/32" in c["args"]
+    assert "--leader-election" in c["args"]
+
+    # A Role per watched namespace; at home the Lease and the generated
+    # webhook certificate; cluster-wide only this chart's webhook's caBundle.
+    assert [r["metadata"]["name"] for r in find(docs, "ClusterRole")] == [f"{FULLNAME}-operator-webhook"]
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in find(docs, "Role")}
+    assert roles == {("shop", f"{FULLNAME}-operator"), ("billing", f"{FULLNAME}-operator"),
+                     (NAMESPACE, f"{FULLNAME}-operator-leader-election"),
+                     (NAMESPACE, f"{FULLNAME}-operator-webhook-certificate")}
+    assert one(docs, "Role", f"{FULLNAME}-operator-webhook-certificate")["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [f"{FULLNAME}-webhook-tls"], "verbs": ["get"]},
+    ]
+    for binding in find(docs, "RoleBinding"):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{FULLNAME}-operator", "namespace": NAMESPACE}]
+
+    hook = one(docs, "MutatingWebhookConfiguration", f"{FULLNAME}-webhook")["webhooks"][0]
+    assert hook["failurePolicy"] == "Ignore" and hook["timeoutSeconds"] == 5
+    assert hook["namespaceSelector"]["matchExpressions"][0]["values"] == ["shop", "billing"]
+
+    policies = {p["metadata"]["name"]: p for p in find(docs, "NetworkPolicy")}
+    ts_policy = policies[f"{FULLNAME}-token-server"]["spec"]["ingress"][0]
+    assert {p["port"] for p in ts_policy["ports"]} == {"http", "grpc"}
+    assert ts_policy["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
+    assert ts_policy["from"][1] == {"namespaceSelector": {"matchLabels": {"tokenmesh.dev/inject": "true"}}}
+    op_ingress = policies[f"{FULLNAME}-operator"]["spec"]["ingress"]
+    assert op_ingress[0] == {"ports": [{"port": "webhook", "protocol": "TCP"}]}  # from anywhere: the API server
+    assert op_ingress[1]["ports"] == [{"port": "health", "protocol": "TCP"}]
+
+    for doc in docs:
+        assert doc["metadata"]["labels"]["team"] == "platform", doc["kind"]
+
+
+def test_secret_cert_values():
+    docs = manifests("secret-cert")
+    assert not find(docs, "Certificate") and not find(docs, "Issuer")
+    webhook = one(docs, "MutatingWebhookConfiguration", "tm-webhook")
+    assert "cert-manager.io/inject-ca-from" not in webhook["metadata"]["annotations"]
+    assert webhook["webhooks"][0]["clientConfig"]["caBundle"].startswith("LS0tLS1CRUdJTi")
+    op = one(docs, "Deployment", "tm-operator")["spec"]["template"]["spec"]
+    assert op["serviceAccountName"] == "tokenmesh-operator"
+    tls = {v["name"]: v for v in op["volumes"]}["webhook-tls"]["secret"]
+    assert tls["secretName"] == "tokenmesh-webhook-tls"
+    assert "TOKENMESH_OPERATOR_LEADER_ELECTION" not in env_of(op["containers"][0])
+    assert not any(r["metadata"]["name"].endswith("leader-election") for r in find(docs, "Role"))
+    ts = one(docs, "Deployment", "tm-token-server")["spec"]["template"]["spec"]
+    assert ts["serviceAccountName"] == "tokenmesh"
+    assert [sa["metadata"]["name"] for sa in find(docs, "ServiceAccount")] == ["tokenmesh-operator"]
+    args = ts["containers"][0]["args"]
+    assert "--tls-cert=/etc/tokenmesh/tls/tls.crt" in args and "--insecure-http" not in args
+    assert "--issuer=https://tm-token-server.tokenmesh.svc:8080" in args
+    assert ts["containers"][0]["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert ts["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert one(docs, "PersistentVolumeClaim", "tm-token-server-data")["spec"]["storageClassName"] == "fast-ssd"
+    assert not find(docs, "PodDisruptionBudget")
+    op_args = op["containers"][0]["args"]
+    assert "--webhook-cert=/etc/tokenmesh/webhook/tls.crt" in op_args
+    assert "--webhook-key=/etc/tokenmesh/webhook/tls.key" in op_args
+    assert not any(a.startswith("--webhook-service") or a == "--leader-election" for a in op_args)
+    assert not find(docs, "ClusterRole", "tm-operator-webhook")
+    # Signing keys from the operator: the TokenServer resource, its Secret mounted.
+    server = one(docs, "TokenServer", "tm")
+    config = yaml.safe_load(one(docs, "ConfigMap", "tm-token-server")["data"]["tokenserver.yaml"])
+    assert config["spec"] == server["spec"]
+    assert server["spec"]["signing"]["keyDirectory"] == "/etc/tokenmesh/signing-keys"
+    keys = {v["name"]: v for v in ts["volumes"]}["signing-keys"]["secret"]
+    assert keys == {"secretName": "tm-signing-keys", "defaultMode": 0o444, "optional": True}
+    assert {"name": "signing-keys", "mountPath": "/etc/tokenmesh/signing-keys", "readOnly": True} in ts["containers"][0]["volumeMounts"]
+
+
+def test_cert_manager_values():
+    docs = manifests("cert-manager")
+    webhook = one(docs, "MutatingWebhookConfiguration", f"{FULLNAME}-webhook")
+    assert webhook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == f"{NAMESPACE}/{FULLNAME}-webhook"
+    assert "caBundle" not in webhook["webhooks"][0]["clientConfig"]
+    certificate = one(docs, "Certificate", f"{FULLNAME}-webhook")
+    assert certificate["spec"]["issuerRef"] == {"name": "internal-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    assert certificate["spec"]["secretName"] == f"{FULLNAME}-webhook-tls"
+    assert f"{FULLNAME}-webhook.{NAMESPACE}.svc" in certificate["spec"]["dnsNames"]
+    assert certificate["spec"]["duration"] == "2160h"
+    assert not find(docs, "Issuer")
+    assert not find(docs, "ClusterRole", f"{FULLNAME}-operator-webhook")
+    op = one(docs, "Deployment", f"{FULLNAME}-operator")["spec"]["template"]["spec"]
+    tls = {v["name"]: v for v in op["volumes"]}["webhook-tls"]["secret"]
+    assert tls["secretName"] == f"{FULLNAME}-webhook-tls"
+    assert "--webhook-cert=/etc/tokenmesh/webhook/tls.crt" in op["containers"][0]["args"]
+    assert one(docs, "TokenServer", FULLNAME)["spec"]["signing"]["keyDirectory"] == "/etc/tokenmesh/signing-keys"
+    # NetworkPolicies with their defaults: the token server open to any pod on
+    # its two ports, the operator's webhook open, its metrics closed.
+    policies = {p["metadata"]["name"]: p["spec"] for p in find(docs, "NetworkPolicy")}
+    assert policies[f"{FULLNAME}-token-server"]["ingress"] == [
+        {"ports": [{"port": "http", "protocol": "TCP"}, {"port": "grpc", "protocol": "TCP"}]}]
+    assert policies[f"{FULLNAME}-operator"]["ingress"] == [{"ports": [{"port": "webhook", "protocol": "TCP"}]}]
+
+    selfsigned = manifests("cert-manager-selfsigned")
+    issuer = one(selfsigned, "Issuer", f"{FULLNAME}-selfsigned")
+    assert issuer["spec"] == {"selfSigned": {}}
+    certificate = one(selfsigned, "Certificate", f"{FULLNAME}-webhook")
+    assert certificate["spec"]["issuerRef"] == {"name": f"{FULLNAME}-selfsigned", "kind": "Issuer", "group": "cert-manager.io"}
+    assert certificate["spec"]["privateKey"]["encoding"] == "PKCS8"
+
+
+def test_rbac_is_what_the_docs_list():
+    """The operator's rules are exactly the table in docs/kubernetes.md."""
+    text = (REPO / "docs" / "kubernetes.md").read_text()
+    table = text[text.index("## RBAC the operator needs"):]
+    documented: set[tuple[str, str, str]] = set()
+    previous: list[tuple[str, str]] = []
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 2 or cells[0] in ("resource", "---") or not cells[0]:
+            continue
+        verbs = [v.strip() for v in cells[1].split(",")]
+        group_match = re.search(r"\(([a-z0-9.]+)\)", cells[0])
+        names = re.findall(r"`([a-z/]+)`", cells[0])
+        if names == ["/status"]:  # "their `/status`": the row above's resources
+            resources = [(g, f"{r}/status") for g, r in previous]
+        else:
+            group = group_match.group(1) if group_match else ""
+            group = "" if group == "core" else group
+            resources = [(group, r) for r in names]
+            previous = resources
+        for group, resource in resources:
+            for verb in verbs:
+                documented.add((group, resource, verb))
+    assert documented, "no RBAC table in docs/kubernetes.md"
+
+    def granted(docs) -> set[tuple[str, str, str]]:
+        out = set()
+        for role in find(docs, "ClusterRole") + find(docs, "Role"):
+            for rule in role["rules"]:
+                for group in rule["apiGroups"]:
+                    for resource in rule["resources"]:
+                        for verb in rule["verbs"]:
+                            out.add((group, resource, verb))
+        return out
+
+    # With the generated webhook certificate (default), all of it.
+    assert granted(manifests("default")) == documented
+    assert granted(manifests("postgres")) == documented
+    # Without it, nothing on MutatingWebhookConfigurations.
+    webhook = {r for r in documented if r[1] == "mutatingwebhookconfigurations"}
+    assert webhook
+    assert granted(manifests("cert-manager")) == documented - webhook
+
+
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_token_server_accepts_its_configmap(values, tmp_path):
+    if not TOKEN_SERVER_BIN.exists():
+        pytest.skip(f"{TOKEN_SERVER_BIN} not built")
+    docs = manifests(values)
+    config = one(docs, "ConfigMap", next(d["metadata"]["name"] for d in find(docs, "ConfigMap")))
+    (tmp_path / "tokenserver.yaml").write_text(config["data"]["tokenserver.yaml"])
+    result = run(str(TOKEN_SERVER_BIN), "--config", str(tmp_path / "tokenserver.yaml"), "--check-config",
+                 "--data-dir", str(tmp_path / "data"), cwd=tmp_path)
+    assert "configuration is valid" in result.stdout
+
+
+def literal_env(c: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
+
+
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+@pytest.mark.parametrize("component,binary", [("token-server", TOKEN_SERVER_BIN), ("operator", OPERATOR_BIN)])
+def test_binaries_accept_the_rendered_arguments(values, component, binary, tmp_path):
+    """The real binary parses the container's args and env (it then stops on
+    a missing file of the pod: /etc/tokenmesh/...). A clap usage error exits 2."""
+    if not binary.exists():
+        pytest.skip(f"{binary} not built")
+    docs = manifests(values)
+    deployment = next(d for d in find(docs, "Deployment") if d["metadata"]["name"].endswith(component))
+    c = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), **literal_env(c)}
+    if component == "token-server" and "TOKENMESH_DATABASE_URL" in env_of(c):
+        env["TOKENMESH_DATABASE_URL"] = "postgres://tokenmesh@127.0.0.1:1/tokenmesh"
+    result = subprocess.run([str(binary), *c["args"]], capture_output=True, text=True, env=env,
+                            cwd=tmp_path, timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode not in (0, 2), output
+    assert "unexpected argument" not in output and "invalid value" not in output, output
+    assert "/etc/tokenmesh/" in output, output
+
+
+# --------------------------------------------------------------------------
+# wrong values are refused
+
+# (--set values, what the error must say). The schema speaks first; the
+# templates' `fail` messages are checked below with the schema switched off.
+WRONG_VALUES = {
+    "replicas on embedded storage": (["tokenServer.replicas=2"], r"replicas"),
+    "autoscaling on embedded storage": (["tokenServer.autoscaling.enabled=true"], r"autoscaling"),
+    "misspelled key": (["tokenServer.replica=2"], r"replica"),
+    "misspelled nested key": (["webhook.failurepolicy=Fail"], r"failurepolicy"),
+    "failure policy not in enum": (["webhook.failurePolicy=Sometimes"], r"failurePolicy"),
+    "storage type not in enum": (["tokenServer.storage.type=mysql"], r"type"),
+    "postgres without URL Secret": (["tokenServer.storage.type=postgres", "tokenServer.replicas=2"], r"name"),
+    "operator replicas without leader election": (["operator.replicas=2", "operator.leaderElection=false"], r"leaderElection"),
+    "webhook Secret without name": (["webhook.certificate.source=secret"], r"secret"),
+    "no TLS and no plain HTTP": (["tokenServer.insecureHttp=false"], r"secretName"),
+    "HMAC signing": (["tokenServer.spec.signing.algorithm=HS256"], r"algorithm"),
+    "storage in the TokenServer spec": (["tokenServer.spec.storage.type=postgres"], r"storage"),
+    "duration with spaces": (["tokenServer.spec.defaultAccessTokenTtl=5 minutes"], r"defaultAccessTokenTtl"),
+    "issuer with trailing slash": (["tokenServer.issuer=https://auth.example.com/"], r"issuer"),
+    "namespace not a DNS label": (["operator.namespaces={Shop}"], r"namespaces"),
+    "replicas as a string": (["tokenServer.replicas=one"], r"replicas"),
+    "root user": (["securityContext.runAsUser=0"], r"runAsUser"),
+    "privileged webhook port": (["webhook.port=443"], r"port"),
+    "webhook timeout too long": (["webhook.timeoutSeconds=60"], r"timeoutSeconds"),
+    "certificate source not in enum": (["webhook.certificate.source=vault"], r"source"),
+    "operator keys with a namespaced operator": (["tokenServer.signingKeys=operator", "operator.namespaces={shop}"],
+                                                 r"namespaces"),
+}
+
+
+@pytest.mark.parametrize("helm", sorted(HELMS))
+@pytest.mark.parametrize("case", sorted(WRONG_VALUES))
+def test_wrong_values_are_refused(helm, case):
+    sets, expected = WRONG_VALUES[case]
+    result = run(HELMS[helm], *template_args(sets=sets), check=False)
+    assert result.returncode != 0, f"{case}: rendered anyway"
+    assert "schema" in result.stderr, result.stderr
+    assert re.search(expected, result.stderr), result.stderr
+
+
+FAIL_MESSAGES = {
+    "replicas on embedded storage": (["tokenServer.replicas=2"],
+                                     "tokenServer.replicas=2 needs tokenServer.storage.type=postgres"),
+    "autoscaling on embedded storage": (["tokenServer.autoscaling.enabled=true"],
+                                        "tokenServer.autoscaling.enabled needs tokenServer.storage.type=postgres"),
+    "postgres without URL Secret": (["tokenServer.storage.type=postgres"],
+                                    "needs tokenServer.storage.postgres.urlSecret.name"),
+    "operator replicas without leader election": (["operator.replicas=2", "operator.leaderElection=false"],
+                                                  "operator.replicas > 1 needs operator.leaderElection=true"),
+    "webhook Secret without name": (["webhook.certificate.source=secret"], "needs webhook.certificate.secret.name"),
+    "webhook Secret without CA": (["webhook.certificate.source=secret", "webhook.certificate.secret.name=x"],
+                                  "needs webhook.certificate.secret.caBundle"),
+    "no TLS and no plain HTTP": (["tokenServer.insecureHttp=false"], "needs tokenServer.tls.secretName"),
+    "operator keys with a namespaced operator": (["tokenServer.signingKeys=operator", "operator.namespaces={shop}"],
+                                                 "tokenServer.signingKeys=operator needs the cluster-wide operator"),
+}
+
+
+@pytest.mark.parametrize("helm", sorted(HELMS))
+@pytest.mark.parametrize("case", sorted(FAIL_MESSAGES))
+def test_templates_refuse_without_the_schema(helm, case):
+    """`fail` in the templates, for a chart whose schema was skipped
+    (helm --skip-schema-validation) or edited."""
+    sets, expected = FAIL_MESSAGES[case]
+    result = run(HELMS[helm], *template_args(sets=sets, extra=["--skip-schema-validation"]), check=False)
+    assert result.returncode != 0, f"{case}: rendered anyway"
+    assert expected in result.stderr, result.stderr
+
+
+# --------------------------------------------------------------------------
+# values.yaml and values.schema.json
+
+
+def test_values_schema_is_strict():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    loose = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            if "properties" in node and node.get("additionalProperties") is not False:
+                loose.append(path)
+            for key, child in node.items():
+                walk(child, f"{path}/{key}")
+        elif isinstance(node, list):
+            for index, child in enumerate(node):
+                walk(child, f"{path}/{index}")
+
+    # Conditionals (if/then) only add constraints to properties declared strictly elsewhere.
+    walk({k: v for k, v in schema.items() if k != "allOf"}, "")
+    loose = [p for p in loose if "/allOf/" not in p]
+    assert loose == [], f"objects without additionalProperties: false: {loose}"
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.Draft7Validator(schema).validate(yaml.safe_load((CHART / "values.yaml").read_text()))
+    for files, _ in VALUE_SETS.values():
+        merged = yaml.safe_load((CHART / "values.yaml").read_text())
+        for extra in files:
+            merge(merged, yaml.safe_load(extra.read_text()))
+        jsonschema.Draft7Validator(schema).validate(merged)
+
+
+def merge(base: dict, extra: dict) -> None:
+    for key, value in extra.items():
+        if value is None:
+            base.pop(key, None)
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def test_every_value_is_documented():
+    """Every key of values.yaml with a value has a comment block above it, or
+    sits inside a value documented as a whole (a "# -- " block above it)."""
+    undocumented = []
+    stack: list[tuple[int, bool]] = []  # (indent, documented as a whole)
+    block: list[str] = []  # the comment lines right above
+    for number, line in enumerate((CHART / "values.yaml").read_text().splitlines(), 1):
+        stripped = line.strip()
+        if not stripped:
+            block = []
+            continue
+        if stripped.startswith("#"):
+            block.append(stripped)
+            continue
+        indent = len(line) - len(line.lstrip())
+        match = re.match(r"^([A-Za-z0-9_./-]+|\"[^\"]+\"):(.*)$", stripped)
+        if match:
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            inherited = any(whole for _, whole in stack)
+            is_leaf = match.group(2).strip() != ""
+            if is_leaf and not block and not inherited:
+                undocumented.append(f"line {number}: {stripped}")
+            stack.append((indent, bool(block) and block[0].startswith("# --") or inherited))
+        block = []
+    assert undocumented == [], "\n".join(undocumented)
+
+
+# --------------------------------------------------------------------------
+# example resources and the CRD schemas
+
+
+@functools.cache
+def crds():
+    return crdcheck.load_crds(CRDS)
+
+
+def example_documents():
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        for doc in documents(path.read_text()):
+            yield path.name, doc
+
+
+def test_examples_exist():
+    kinds = {doc["kind"] for _, doc in example_documents()}
+    assert {"OAuthClient", "Scope", "ExchangePolicy"} <= kinds
+
+
+@pytest.mark.parametrize("name,doc", list(example_documents()),
+                         ids=[f"{n}:{d['kind']}/{d['metadata']['name']}" for n, d in example_documents()])
+def test_example_is_valid(name, doc, tmp_path):
+    if doc["apiVersion"].startswith("tokenmesh.dev/"):
+        assert crdcheck.validate(doc, crds()) == []
+    else:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(doc))
+        report = kubernetes_validate(path)
+        assert report.count("passed for resource") == len(KUBE_VERSIONS), report
+
+
+def test_examples_load_in_the_token_server(tmp_path):
+    """The same documents through the token server's own loader (CEL
+    conditions compiled, references checked), with the secret hashes the
+    operator would push for generated secrets and a file for secretRefs."""
+    if not TOKEN_SERVER_BIN.exists():
+        pytest.skip(f"{TOKEN_SERVER_BIN} not built")
+    secret = "x" * 44
+    digest = base64.urlsafe_b64encode(hashlib.sha256(secret.encode()).digest()).decode().rstrip("=")
+    docs = []
+    for _, doc in example_documents():
+        if not doc["apiVersion"].startswith("tokenmesh.dev/"):
+            continue
+        auth = doc.get("spec", {}).get("authentication", {})
+        if auth.get("method", "").startswith("client_secret"):
+            if "secretRef" in auth:
+                ref = auth["secretRef"]
+                (tmp_path / "secrets" / ref["name"]).mkdir(parents=True, exist_ok=True)
+                (tmp_path / "secrets" / ref["name"] / ref["key"]).write_text(secret)
+            else:
+                auth["secretHashes"] = [f"sha256:{digest}"]
+        docs.append(doc)
+    (tmp_path / "examples.yaml").write_text(yaml.safe_dump_all(docs))
+    result = run(str(TOKEN_SERVER_BIN), "--config", str(tmp_path / "examples.yaml"), "--check-config",
+                 "--secrets-dir", str(tmp_path / "secrets"), "--data-dir", str(tmp_path / "data"), cwd=tmp_path)
+    assert "configuration is valid" in result.stdout
+
+
+def invalid_documents():
+    for path in sorted(INVALID.glob("*.yaml")):
+        for doc in documents(path.read_text()):
+            yield doc
+
+
+@pytest.mark.parametrize("doc", list(invalid_documents()), ids=[d["metadata"]["name"] for d in invalid_documents()])
+def test_invalid_resource_is_refused(doc):
+    expected = doc["metadata"]["annotations"]["test.tokenmesh.dev/expect"]
+    errors = crdcheck.validate(doc, crds())
+    assert errors, "accepted"
+    assert any(expected in e for e in errors), errors
+
+
+def test_every_cel_rule_has_an_invalid_example():
+    """Each x-kubernetes-validations rule of the CRDs is broken by at least
+    one resource in invalid-resources/, which the validator refuses with the
+    rule's message; so a new rule needs a new example here."""
+    rules = crdcheck.all_rules(crds())
+    assert rules, "the CRDs have no x-kubernetes-validations: is crdcheck reading them?"
+    refused = set()
+    for doc in invalid_documents():
+        for error in crdcheck.validate(doc, crds()):
+            refused.add((doc["kind"], error.split(": ", 1)[-1]))
+    missing = [(kind, path, message) for kind, path, message in rules if (kind, message) not in refused]
+    assert missing == [], f"rules without a refused example: {missing}"
+
+
+# --------------------------------------------------------------------------
+# the token server started as its pod would start it
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_get(url: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def wait_for(condition, seconds: float, what: str, process: subprocess.Popen | None = None):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"exited ({process.returncode}) while waiting for {what}:\n{process.stderr.read()}")
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+
+
+def start_like_the_pod(docs, root: Path) -> tuple[subprocess.Popen, int]:
+    """The token-server container's args, with its mounts laid out under
+    `root` (ConfigMap, admin token, volume) and loopback ports."""
+    deployment = next(d for d in find(docs, "Deployment") if d["metadata"]["name"].endswith("token-server"))
+    spec = deployment["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for mount in c["volumeMounts"]:
+        target = root / mount["mountPath"].lstrip("/")
+        target.mkdir(parents=True, exist_ok=True)
+        volume = volumes[mount["name"]]
+        if "configMap" in volume:
+            config = one(docs, "ConfigMap", volume["configMap"]["name"])
+            for key, text in config["data"].items():
+                # Paths inside the configuration point into the pod too.
+                (target / key).write_text(re.sub(r"(?<=[ :])/(etc|var)/", lambda m: f"{root}/{m.group(1)}/", text))
+        elif "secret" in volume and volume["secret"].get("items"):
+            for item in volume["secret"]["items"]:
+                (target / item["path"]).write_text("a" * 48)
+    http, grpc = free_port(), free_port()
+    args = []
+    for arg in c["args"]:
+        if arg.startswith("--http-addr="):
+            arg = f"--http-addr=127.0.0.1:{http}"
+        elif arg.startswith("--grpc-addr="):
+            arg = f"--grpc-addr=127.0.0.1:{grpc}"
+        else:
+            arg = re.sub(r"=/(etc|var)/", lambda m: f"={root}/{m.group(1)}/", arg)
+        args.append(arg)
+    process = subprocess.Popen([str(TOKEN_SERVER_BIN), *args], cwd=root, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, env={"PATH": os.environ.get("PATH", "")})
+    return process, http
+
+
+def stop(process: subprocess.Popen) -> str:
+    process.terminate()
+    try:
+        _, err = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, err = process.communicate()
+    return err
+
+
+def test_token_server_starts_as_its_pod_would(tmp_path):
+    if not TOKEN_SERVER_BIN.exists():
+        pytest.skip(f"{TOKEN_SERVER_BIN} not built")
+    docs = manifests("default")
+    process, port = start_like_the_pod(docs, tmp_path)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: http_get(f"{base}/readyz")[0] == 200, 60, "/readyz", process)
+        assert http_get(f"{base}/healthz")[0] == 200
+        status, body = http_get(f"{base}/.well-known/oauth-authorization-server")
+        assert status == 200
+        assert json.loads(body)["issuer"] == f"http://{FULLNAME}-token-server.{NAMESPACE}.svc:8080"
+        # The embedded store in its own owner-only folder inside the volume.
+        data = tmp_path / "var/lib/tokenmesh/data"
+        assert (data / "tokenmesh.db").exists()
+        assert data.stat().st_mode & 0o777 == 0o700
+    finally:
+        err = stop(process)
+    assert process.returncode == 0, err
+
+
+def test_token_server_waits_for_operator_keys(tmp_path):
+    """signingKeys=operator: the optional Secret is not there yet, so the pod
+    starts with an empty key folder and is alive but not ready; the first key
+    the operator writes makes it ready (the folder is read every 30 s)."""
+    if not TOKEN_SERVER_BIN.exists():
+        pytest.skip(f"{TOKEN_SERVER_BIN} not built")
+    if not shutil.which("openssl"):
+        pytest.skip("no openssl to make a key")
+    docs = documents(run(HELM4, *template_args(sets=["tokenServer.signingKeys=operator"])).stdout)
+    process, port = start_like_the_pod(docs, tmp_path)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: http_get(f"{base}/healthz")[0] == 200, 60, "/healthz", process)
+        assert http_get(f"{base}/readyz")[0] == 503
+        import time
+
+        key = tmp_path / "etc/tokenmesh/signing-keys" / f"{int(time.time()) - 5}-k1.pem"
+        run("openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(key))
+        wait_for(lambda: http_get(f"{base}/readyz")[0] == 200, 45, "/readyz after the first key", process)
+        jwks = json.loads(http_get(f"{base}/jwks")[1])
+        assert [k["kid"] for k in jwks["keys"]] == ["k1"]
+    finally:
+        err = stop(process)
+    assert process.returncode == 0, err
+
+
+def test_the_values_in_install_md_render(tmp_path):
+    """docs/install.md's values-ha.yaml renders and validates."""
+    text = (REPO / "docs" / "install.md").read_text()
+    block = re.search(r"```yaml\n(\s*# values-ha\.yaml\n.*?)```", text, re.S)
+    assert block, "no values-ha.yaml example in docs/install.md"
+    values = tmp_path / "values-ha.yaml"
+    values.write_text(textwrap.dedent(block.group(1)))
+    rendered = run(HELM4, *template_args([values])).stdout
+    validate_rendered(rendered, tmp_path)
+    ts = one(documents(rendered), "Deployment", f"{FULLNAME}-token-server")
+    assert ts["spec"]["replicas"] == 3
