@@ -69,21 +69,33 @@ pub fn run(args: Args) -> ExitCode {
     }
 }
 
-/// Runs one controller per namespace (or one cluster-wide) for kind `K`.
-async fn controllers<K: Managed>(ctx: Arc<Context>, namespaces: &[String]) {
-    let apis: Vec<Api<K>> = if namespaces.is_empty() {
-        vec![Api::all(ctx.client.clone())]
+/// Runs one controller per watched namespace (or one cluster-wide) for kind
+/// `K`; Secrets are watched in the same scope, so a namespaced operator
+/// needs no cluster-wide rights.
+async fn controllers<K, R, F>(ctx: Arc<Context>, namespaces: &[String], reconcile: R)
+where
+    K: Managed,
+    R: FnMut(Arc<K>, Arc<Context>) -> F + Clone,
+    F: std::future::Future<Output = Result<kube::runtime::controller::Action, reconcile::Error>>
+        + Send
+        + 'static,
+{
+    let scopes: Vec<Option<&String>> = if namespaces.is_empty() {
+        vec![None]
     } else {
-        namespaces
-            .iter()
-            .map(|ns| Api::namespaced(ctx.client.clone(), ns))
-            .collect()
+        namespaces.iter().map(Some).collect()
     };
-    let runs = apis.into_iter().map(|api| {
-        let secrets: Api<Secret> = Api::all(ctx.client.clone());
+    let runs = scopes.into_iter().map(|namespace| {
+        let (api, secrets): (Api<K>, Api<Secret>) = match namespace {
+            None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
+            Some(ns) => (
+                Api::namespaced(ctx.client.clone(), ns),
+                Api::namespaced(ctx.client.clone(), ns),
+            ),
+        };
         let controller = Controller::new(api, watcher::Config::default());
-        // A generated Secret deleted or changed brings its OAuthClient back.
-        let controller = if K::kind(&()) == "OAuthClient" {
+        // A Secret it owns deleted or changed brings its resource back.
+        let controller = if matches!(K::kind(&()).as_ref(), "OAuthClient" | "TokenServer") {
             controller.owns(
                 secrets,
                 watcher::Config::default()
@@ -94,7 +106,7 @@ async fn controllers<K: Managed>(ctx: Arc<Context>, namespaces: &[String]) {
         };
         controller
             .shutdown_on_signal()
-            .run(reconcile::<K>, error_policy::<K>, ctx.clone())
+            .run(reconcile.clone(), error_policy::<K>, ctx.clone())
             .for_each(|_| futures::future::ready(()))
     });
     futures::future::join_all(runs).await;
@@ -227,25 +239,15 @@ async fn start(args: Args) -> Result<(), String> {
         });
     }
     tracing::info!(namespaces = ?args.namespaces, "controllers starting");
-    let keys = {
-        let ctx = ctx.clone();
-        let api: Api<TokenServer> = Api::all(ctx.client.clone());
-        let secrets: Api<Secret> = Api::all(ctx.client.clone());
-        Controller::new(api, watcher::Config::default())
-            .owns(
-                secrets,
-                watcher::Config::default()
-                    .labels("app.kubernetes.io/managed-by=tokenmesh-operator"),
-            )
-            .shutdown_on_signal()
-            .run(reconcile::reconcile_keys, error_policy::<TokenServer>, ctx)
-            .for_each(|_| futures::future::ready(()))
-    };
     tokio::join!(
-        keys,
-        controllers::<OAuthClient>(ctx.clone(), &args.namespaces),
-        controllers::<Scope>(ctx.clone(), &args.namespaces),
-        controllers::<ExchangePolicy>(ctx.clone(), &args.namespaces),
+        controllers::<TokenServer, _, _>(ctx.clone(), &args.namespaces, reconcile::reconcile_keys),
+        controllers::<OAuthClient, _, _>(ctx.clone(), &args.namespaces, reconcile::<OAuthClient>),
+        controllers::<Scope, _, _>(ctx.clone(), &args.namespaces, reconcile::<Scope>),
+        controllers::<ExchangePolicy, _, _>(
+            ctx.clone(),
+            &args.namespaces,
+            reconcile::<ExchangePolicy>
+        ),
     );
     tracing::info!("stopped");
     Ok(())
