@@ -653,4 +653,98 @@ mod api_tests {
             "the resync bounds the wait for the next key"
         );
     }
+
+    /// A fake token server that speaks the real ControlService API and agrees to everything.
+    async fn agreeable_token_server() -> Control {
+        use tokenmesh_proto::v1::{
+            ApplyRequest, ApplyResponse, DeleteRequest, DeleteResponse, GetStatusRequest,
+            GetStatusResponse, ListRequest, ListResponse,
+            control_service_server::{ControlService, ControlServiceServer},
+        };
+        struct Agreeable;
+        #[tonic::async_trait]
+        impl ControlService for Agreeable {
+            async fn apply(
+                &self,
+                _: tonic::Request<ApplyRequest>,
+            ) -> Result<tonic::Response<ApplyResponse>, tonic::Status> {
+                Ok(tonic::Response::new(ApplyResponse {
+                    resource: None,
+                    version: 2,
+                }))
+            }
+            async fn delete(
+                &self,
+                _: tonic::Request<DeleteRequest>,
+            ) -> Result<tonic::Response<DeleteResponse>, tonic::Status> {
+                Ok(tonic::Response::new(DeleteResponse {
+                    existed: true,
+                    version: 3,
+                }))
+            }
+            async fn list(
+                &self,
+                _: tonic::Request<ListRequest>,
+            ) -> Result<tonic::Response<ListResponse>, tonic::Status> {
+                Ok(tonic::Response::new(ListResponse::default()))
+            }
+            async fn get_status(
+                &self,
+                _: tonic::Request<GetStatusRequest>,
+            ) -> Result<tonic::Response<GetStatusResponse>, tonic::Status> {
+                Ok(tonic::Response::new(GetStatusResponse {
+                    ready: true,
+                    ..Default::default()
+                }))
+            }
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ControlServiceServer::new(Agreeable))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        Control::new(&format!("http://127.0.0.1:{port}"), "admin").unwrap()
+    }
+
+    #[tokio::test]
+    async fn applied_resources_become_ready_and_deleted_ones_lose_their_finalizer() {
+        let (ctx, mut api) = context(agreeable_token_server().await);
+        let events = "/apis/events.k8s.io/v1/namespaces/shop/events";
+        let event_answer = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "shop"}, "eventTime": "2026-01-01T00:00:00.000000Z"});
+        let task = tokio::spawn(reconcile(Arc::new(scope(true)), ctx.clone()));
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{SCOPE}/status"),
+            as_json(&scope(true)),
+        )
+        .await;
+        assert_eq!(status["status"]["conditions"][0]["status"], "True");
+        assert_eq!(status["status"]["conditions"][0]["reason"], "Applied");
+        assert_eq!(
+            expect(&mut api, Method::POST, events, event_answer.clone()).await["reason"],
+            "Applied"
+        );
+        assert_eq!(
+            task.await.unwrap().unwrap(),
+            Action::requeue(Duration::from_secs(300)),
+            "resync"
+        );
+
+        let mut deleting = scope(true);
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ));
+        let task = tokio::spawn(reconcile(Arc::new(deleting.clone()), ctx));
+        assert_eq!(
+            expect(&mut api, Method::POST, events, event_answer).await["reason"],
+            "Removed"
+        );
+        let patch = expect(&mut api, Method::PATCH, SCOPE, as_json(&scope(false))).await;
+        assert!(patch.to_string().contains("finalizers"), "{patch}");
+        task.await.unwrap().unwrap();
+    }
 }
