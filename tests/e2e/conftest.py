@@ -1,0 +1,331 @@
+"""Fixtures of the end-to-end suite.
+
+The control plane (etcd and kube-apiserver, tests/e2e/control-plane.sh) is
+started by run.sh, which exports KUBECONFIG and TOKENMESH_KUBECTL. Here the
+suite installs the CRDs, runs the real token server and the real operator as
+local processes (the operator outside the cluster, with the kubeconfig), and
+gives each test a namespace of its own. No controller-manager runs: namespaces
+are never deleted and owner references are not garbage-collected.
+"""
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+CRDS = REPO / "charts" / "tokenmesh" / "crds"
+KUBECTL = os.environ.get("TOKENMESH_KUBECTL", "kubectl")
+HELM = os.environ.get("TOKENMESH_HELM", "helm")
+CHART = REPO / "charts" / "tokenmesh"
+SERVER_BIN = os.environ.get("TOKENMESH_SERVER_BIN", str(REPO / "target/debug/token-server"))
+OPERATOR_BIN = os.environ.get("TOKENMESH_OPERATOR_BIN", str(REPO / "target/debug/tokenmesh-operator"))
+GROUP = "tokenmesh.dev"
+API_VERSION = f"{GROUP}/v1alpha1"
+KINDS = {"OAuthClient": "oauthclients", "Scope": "scopes", "ExchangePolicy": "exchangepolicies", "TokenServer": "tokenservers"}
+RECONCILE_TIMEOUT = 60
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tail(path, lines=40):
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError as err:
+        return f"({path}: {err})"
+
+
+def child_env():
+    """The caller's environment without TOKENMESH_* (the binaries read their flags from those)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("TOKENMESH_")} | {"NO_COLOR": "1"}
+
+
+def wait_until(check, timeout, what, interval=0.25):
+    """Calls check() until it returns something truthy; fails with `what` (a string or a callable) after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
+        time.sleep(interval)
+
+
+def unique(ns, value):
+    """A scope string of this test's own: the token server keeps one scope namespace for the whole cluster
+    (a Scope `orders:read` in two namespaces is refused as a duplicate)."""
+    return f"{value}.{ns.rsplit('-', 1)[1]}"
+
+
+def resource(kind, name, spec, namespace=None, **metadata):
+    meta = {"name": name, **metadata}
+    if namespace:
+        meta["namespace"] = namespace
+    return {"apiVersion": API_VERSION, "kind": kind, "metadata": meta, "spec": spec}
+
+
+class Kube:
+    """kubectl against the control plane of run.sh."""
+
+    def run(self, *args, input=None, check=True, timeout=60):
+        proc = subprocess.run([KUBECTL, *args], input=input, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            pytest.fail(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
+        return proc
+
+    def apply(self, *docs, check=True, server_side=False, validate=True):
+        """`kubectl apply -f -` of the documents (a List); returns the CompletedProcess.
+        validate=False: no validation by kubectl itself, so only the API server judges the documents."""
+        body = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(docs)})
+        args = ["apply", "-f", "-"] + (["--server-side"] if server_side else []) + ([] if validate else ["--validate=false"])
+        return self.run(*args, input=body, check=check)
+
+    def get(self, kind, name, namespace=None):
+        """The object as a dict, or None when it does not exist."""
+        args = ["get", kind, name, "-o", "json"] + (["-n", namespace] if namespace else [])
+        proc = self.run(*args, check=False)
+        if proc.returncode != 0:
+            if "NotFound" in proc.stderr or "not found" in proc.stderr:
+                return None
+            pytest.fail(f"kubectl {' '.join(args)} failed:\n{proc.stderr}")
+        return json.loads(proc.stdout)
+
+    def json(self, *args):
+        return json.loads(self.run(*args, "-o", "json").stdout)
+
+
+def ready_condition(obj):
+    for cond in (obj or {}).get("status", {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return cond
+    return None
+
+
+@pytest.fixture(scope="session")
+def kube():
+    if "KUBECONFIG" not in os.environ:
+        pytest.exit("KUBECONFIG is not set: run the suite through tests/e2e/run.sh", returncode=2)
+    return Kube()
+
+
+@pytest.fixture(scope="session")
+def crds(kube):
+    """The generated CRDs of the chart, installed and Established."""
+    kube.run("apply", "--server-side", "-f", str(CRDS))
+    names = [f"{plural}.{GROUP}" for plural in KINDS.values()]
+    kube.run("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names])
+    return names
+
+
+@pytest.fixture
+def namespace(kube, request):
+    """A namespace of this test's own (never deleted: no namespace controller runs)."""
+    name = f"e2e-{request.node.name.lower()}"[:40].rstrip("-")
+    name = "".join(c if c.isalnum() or c == "-" else "-" for c in name) + "-" + uuid.uuid4().hex[:6]
+    kube.run("create", "namespace", name)
+    return name
+
+
+class Process:
+    """A child process with its log in a file, stopped with SIGTERM."""
+
+    def __init__(self, name, log):
+        self.name, self.log, self.proc = name, Path(log), None
+
+    def spawn(self, args, env=None):
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=child_env() | (env or {}))
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_http(self, url, timeout=30):
+        def ok():
+            if not self.alive():
+                pytest.fail(f"{self.name} exited ({self.proc.returncode}):\n{tail(self.log)}")
+            try:
+                return requests.get(url, timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_until(ok, timeout, lambda: f"{url} of {self.name}:\n{tail(self.log)}")
+
+    def stop(self):
+        if not self.alive():
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class TokenServer(Process):
+    """The real token server: no resources of its own but a TokenServer; the operator applies the rest."""
+
+    def __init__(self, root: Path):
+        super().__init__("token-server", root / "token-server.log")
+        self.root = root
+        self.port, self.grpc_port = free_port(), free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.grpc_url = f"http://127.0.0.1:{self.grpc_port}"
+        self.admin_token_file = root / "admin-token"
+        self.admin_token_file.write_text(secrets.token_urlsafe(36))
+        self.admin_token_file.chmod(0o600)
+        self.config = root / "tokenmesh.yaml"
+        self.config.write_text(json.dumps(resource("TokenServer", "default", {"signing": {"algorithm": "ES256"}})))
+
+    def start(self):
+        self.spawn([SERVER_BIN, "--config", str(self.config), "--admin-token-file", str(self.admin_token_file),
+                    "--http-addr", f"127.0.0.1:{self.port}", "--grpc-addr", f"127.0.0.1:{self.grpc_port}",
+                    "--issuer", self.base, "--data-dir", str(self.root / "data")])
+        self.wait_http(f"{self.base}/readyz")
+
+    def token(self, client_id, secret, **form):
+        """POST /oauth2/token with HTTP Basic client authentication (client_credentials by default)."""
+        return requests.post(f"{self.base}/oauth2/token", auth=(client_id, secret),
+                             data={"grant_type": "client_credentials", **form}, timeout=10)
+
+
+# The operator's side of the cluster as the chart renders it for release "tokenmesh" in "tokenmesh-system":
+# its ServiceAccount and RBAC, the webhook Service and the MutatingWebhookConfiguration (no caBundle).
+RELEASE, RELEASE_NAMESPACE = "tokenmesh", "tokenmesh-system"
+OPERATOR_ACCOUNT = "tokenmesh-operator"
+OPERATOR_TEMPLATES = ["serviceaccounts.yaml", "operator-rbac.yaml", "webhook-service.yaml", "webhook-configuration.yaml"]
+WEBHOOK_NAMESPACE = RELEASE_NAMESPACE
+WEBHOOK_SERVICE = "tokenmesh-webhook"
+WEBHOOK_CONFIGURATION = "tokenmesh-webhook"
+WEBHOOK_SECRET = "tokenmesh-webhook-tls"
+TOKEN_AUDIENCE = "tokenmesh-e2e"
+
+
+def helm(*args, check=True):
+    proc = subprocess.run([HELM, *args], capture_output=True, text=True, timeout=180)
+    if check and proc.returncode != 0:
+        pytest.fail(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
+    return proc
+
+
+def install_operator_side(kube, webhook_port, root: Path):
+    """Applies the chart's templates for the operator, routes the webhook Service's cluster IP to the operator's
+    webhook port (tests/e2e/cluster-proxy.py), and returns a kubeconfig for the operator's ServiceAccount, so the
+    operator runs with exactly the chart's RBAC."""
+    routes = os.environ.get("TOKENMESH_K8S_ROUTES")
+    if not routes:
+        pytest.exit("TOKENMESH_K8S_ROUTES is not set: start the control plane with tests/e2e/control-plane.sh",
+                    returncode=2)
+    kube.run("create", "namespace", RELEASE_NAMESPACE, check=False)
+    shown = [arg for t in OPERATOR_TEMPLATES for arg in ("-s", f"templates/{t}")]
+    manifests = helm("template", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, *shown).stdout
+    kube.run("apply", "-n", RELEASE_NAMESPACE, "-f", "-", input=manifests)
+    ip = kube.json("get", "service", WEBHOOK_SERVICE, "-n", WEBHOOK_NAMESPACE)["spec"]["clusterIP"]
+    with open(routes, "a") as f:
+        f.write(f"{ip}:443 127.0.0.1:{webhook_port}\n")
+
+    token = kube.run("create", "token", OPERATOR_ACCOUNT, "-n", RELEASE_NAMESPACE, "--duration", "12h").stdout.strip()
+    config = json.loads(kube.run("config", "view", "--raw", "--minify", "-o", "json").stdout)
+    config["users"] = [{"name": OPERATOR_ACCOUNT, "user": {"token": token}}]
+    config["contexts"][0]["context"]["user"] = OPERATOR_ACCOUNT
+    path = root / "operator.kubeconfig"
+    path.write_text(json.dumps(config))
+    path.chmod(0o600)
+    return path
+
+
+class Operator(Process):
+    """The real operator, outside the cluster, as its ServiceAccount (the chart's RBAC), with the chart's flags:
+    leader election, and the injection webhook with a certificate it generates for the webhook Service."""
+
+    def __init__(self, root: Path, server: TokenServer):
+        super().__init__("tokenmesh-operator", root / "operator.log")
+        self.root = root
+        self.server = server
+        self.health = f"http://127.0.0.1:{free_port()}"
+        self.webhook_port = free_port()
+        self.kubeconfig = None
+
+    def start(self):
+        self.spawn([OPERATOR_BIN, "--token-server", self.server.grpc_url,
+                    "--admin-token-file", str(self.server.admin_token_file),
+                    "--health-addr", self.health.removeprefix("http://"), "--resync", "30",
+                    "--webhook-addr", f"127.0.0.1:{self.webhook_port}", "--webhook-service", WEBHOOK_SERVICE,
+                    "--webhook-secret", WEBHOOK_SECRET, "--webhook-configuration", WEBHOOK_CONFIGURATION,
+                    "--token-audience", TOKEN_AUDIENCE, "--leader-election",
+                    "--log", "info,tokenmesh_operator=debug"],
+                   env={"KUBECONFIG": str(self.kubeconfig), "POD_NAME": "tokenmesh-operator-e2e",
+                        "POD_NAMESPACE": RELEASE_NAMESPACE})
+        self.wait_http(f"{self.health}/readyz")
+
+        def webhook_listens():
+            try:
+                socket.create_connection(("127.0.0.1", self.webhook_port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        wait_until(webhook_listens, 30, lambda: f"the operator's webhook port:\n{tail(self.log)}")
+
+
+@pytest.fixture(scope="session")
+def token_server(tmp_path_factory):
+    server = TokenServer(tmp_path_factory.mktemp("token-server"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def operator(crds, token_server, tmp_path_factory):
+    op = Operator(tmp_path_factory.mktemp("operator"), token_server)
+    op.kubeconfig = install_operator_side(Kube(), op.webhook_port, op.root)
+    op.start()
+    yield op
+    op.stop()
+
+
+@pytest.fixture
+def reconciled(kube, operator):
+    """wait(kind, name, namespace, status="True"): the object once its Ready condition has that status for its
+    current generation (status.observedGeneration too when Ready=True)."""
+
+    def wait(kind, name, namespace, status="True", reason=None, timeout=RECONCILE_TIMEOUT):
+        last = {}
+
+        def check():
+            obj = last["obj"] = kube.get(kind, name, namespace)
+            cond = ready_condition(obj)
+            if not obj or not cond or cond.get("status") != status:
+                return None
+            if reason and cond.get("reason") != reason:
+                return None
+            gen = obj["metadata"]["generation"]
+            if cond.get("observedGeneration", gen) != gen:
+                return None
+            if status == "True" and obj["status"].get("observedGeneration") != gen:
+                return None
+            return obj
+
+        def what():
+            obj = last.get("obj") or {}
+            return (f"{kind} {namespace}/{name} Ready={status}{f' ({reason})' if reason else ''}; "
+                    f"generation {obj.get('metadata', {}).get('generation')}, status {json.dumps(obj.get('status'))}\n"
+                    f"operator log:\n{tail(operator.log)}")
+
+        return wait_until(check, timeout, what)
+
+    return wait

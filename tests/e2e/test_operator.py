@@ -1,0 +1,127 @@
+"""The operator (a process outside the cluster) reconciles OAuthClient, Scope and
+ExchangePolicy resources of the real API server into the real token server."""
+
+import base64
+
+import jwt
+import requests
+
+from conftest import resource, unique, wait_until
+
+METHOD_SECRET = {"method": "client_secret_basic"}
+
+
+def client(ns, name="orders", scopes=("orders:read",), audiences=("payments",)):
+    """An OAuthClient with a generated secret; scopes are made unique()."""
+    return resource("OAuthClient", name, {
+        "grantTypes": ["client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"],
+        "authentication": METHOD_SECRET,
+        "scopes": [unique(ns, s) for s in scopes],
+        "audiences": list(audiences),
+        "accessToken": {"format": "jwt", "ttl": "300s"},
+    }, ns)
+
+
+def scope(ns, name, value):
+    return resource("Scope", name, {"name": unique(ns, value)}, ns)
+
+
+def generated_secret(kube, ns, name):
+    """The client secret the operator generated into the Secret <name>-client-secret."""
+    secret = kube.get("secret", f"{name}-client-secret", ns)
+    assert secret is not None, f"no Secret {ns}/{name}-client-secret"
+    return secret, base64.b64decode(secret["data"]["client_secret"]).decode()
+
+
+def test_resources_become_ready_and_the_client_gets_a_token_with_its_generated_secret(
+        kube, token_server, reconciled, namespace):
+    ns = namespace
+    docs = [
+        scope(ns, "orders-read", "orders:read"),
+        client(ns),
+        resource("ExchangePolicy", "orders-to-payments", {
+            "mode": "exchange",
+            "from": {"audiences": ["orders"]},
+            "actor": {"clients": [f"{ns}/orders"]},
+            "to": {"audience": "payments", "scopes": [unique(ns, "orders:read")]},
+            "ttl": "120s",
+        }, ns),
+    ]
+    kube.apply(*docs)
+    for doc in docs:
+        obj = reconciled(doc["kind"], doc["metadata"]["name"], ns)
+        cond = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
+        assert cond["reason"] == "Applied", cond
+        assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"] == 1
+        assert "tokenmesh.dev/token-server" in obj["metadata"].get("finalizers", []), obj["metadata"]
+
+    owner = kube.get("oauthclients", "orders", ns)
+    secret, value = generated_secret(kube, ns, "orders")
+    refs = secret["metadata"].get("ownerReferences") or []
+    assert [(r["kind"], r["name"], r["uid"]) for r in refs] == [("OAuthClient", "orders", owner["metadata"]["uid"])], refs
+    assert len(value) >= 32
+
+    resp = token_server.token(f"{ns}/orders", value, scope=unique(ns, "orders:read"))
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["token_type"].lower() == "bearer" and body["scope"] == unique(ns, "orders:read"), body
+    meta = requests.get(f"{token_server.base}/.well-known/oauth-authorization-server", timeout=10).json()
+    key = jwt.PyJWKClient(meta["jwks_uri"]).get_signing_key_from_jwt(body["access_token"])
+    claims = jwt.decode(body["access_token"], key, algorithms=["ES256"], options={"verify_aud": False})
+    assert claims["iss"] == token_server.base
+    assert claims.get("client_id", claims.get("sub")) == f"{ns}/orders", claims
+
+    wrong = token_server.token(f"{ns}/orders", value[::-1], scope=unique(ns, "orders:read"))
+    assert wrong.status_code == 401, wrong.text
+
+
+def test_an_edit_changes_what_the_token_server_grants_and_a_delete_goes_through_the_finalizer(
+        kube, token_server, reconciled, namespace):
+    ns = namespace
+    kube.apply(scope(ns, "orders-read", "orders:read"), scope(ns, "orders-write", "orders:write"),
+               client(ns, scopes=["orders:read", "orders:write"]))
+    reconciled("OAuthClient", "orders", ns)
+    _, value = generated_secret(kube, ns, "orders")
+    assert token_server.token(f"{ns}/orders", value, scope=unique(ns, "orders:write")).status_code == 200
+
+    # Remove a scope from the client: the token server refuses it from then on.
+    kube.apply(client(ns, scopes=["orders:read"]))
+    obj = reconciled("OAuthClient", "orders", ns)
+    assert obj["metadata"]["generation"] == 2
+    refused = token_server.token(f"{ns}/orders", value, scope=unique(ns, "orders:write"))
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_scope", refused.text
+    assert token_server.token(f"{ns}/orders", value, scope=unique(ns, "orders:read")).status_code == 200
+
+    # Delete the client: the operator removes it from the token server, then its finalizer.
+    kube.run("delete", "oauthclient", "orders", "-n", ns, "--timeout=60s")
+    assert kube.get("oauthclients", "orders", ns) is None
+    gone = token_server.token(f"{ns}/orders", value, scope=unique(ns, "orders:read"))
+    assert gone.status_code == 401, gone.text
+
+    # A Scope no client uses any more is deleted the same way.
+    kube.run("delete", "scope", "orders-write", "-n", ns, "--timeout=60s")
+    assert kube.get("scopes", "orders-write", ns) is None
+
+
+def test_a_client_with_a_secret_of_its_own(kube, token_server, reconciled, namespace):
+    ns = namespace
+    kube.run("create", "secret", "generic", "gateway-oauth", "-n", ns,
+             "--from-literal=client_secret=gateway-secret-0123456789abcdefghijklmnopqrstuvwxyz")
+    kube.apply(scope(ns, "orders-read", "orders:read"), resource("OAuthClient", "gateway", {
+        "grantTypes": ["client_credentials"],
+        "authentication": {"method": "client_secret_post", "secretRef": {"name": "gateway-oauth", "key": "client_secret"}},
+        "scopes": [unique(ns, "orders:read")],
+        "audiences": ["orders"],
+        "accessToken": {"format": "opaque"},
+    }, ns))
+    reconciled("OAuthClient", "gateway", ns)
+    assert kube.get("secret", "gateway-client-secret", ns) is None, "a Secret was generated for a client with secretRef"
+
+    def token():
+        return requests.post(f"{token_server.base}/oauth2/token", timeout=10, data={
+            "grant_type": "client_credentials", "client_id": f"{ns}/gateway",
+            "client_secret": "gateway-secret-0123456789abcdefghijklmnopqrstuvwxyz",
+            "scope": unique(ns, "orders:read")})
+
+    resp = wait_until(lambda: (r := token()).status_code == 200 and r, 10, lambda: token().text)
+    assert "." not in resp.json()["access_token"], "an opaque token was asked for"
