@@ -64,7 +64,8 @@ mod tests {
 
     #[test]
     fn yaml_1_1_booleans_are_quoted_as_keys_only() {
-        let yaml = "properties:\n  x:\n    type: string\n  y:\n    type: string\n  n: {}\n  name: y\n";
+        let yaml =
+            "properties:\n  x:\n    type: string\n  y:\n    type: string\n  n: {}\n  name: y\n";
         assert_eq!(
             quote_ambiguous_keys(yaml),
             "properties:\n  x:\n    type: string\n  'y':\n    type: string\n  'n': {}\n  name: y\n"
