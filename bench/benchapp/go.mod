@@ -1,0 +1,3 @@
+module tokenmesh.dev/bench/benchapp
+
+go 1.22
