@@ -38,7 +38,14 @@ dur_s() { # 10, 10s, 2m -> seconds
   local n=${1%[smh]}
   case $1 in *m) echo $(( n * 60 )) ;; *h) echo $(( n * 3600 )) ;; *) echo "$n" ;; esac
 }
-busy_ticks() { local a; a=($(head -n1 /proc/stat)); echo $(( a[1] + a[2] + a[3] + a[6] + a[7] + a[8] )); }
+# Busy ticks of all CPUs that processes are charged for (user, nice, system):
+# what is left after the processes a script accounts for is other load.
+# Interrupt and softirq time (loopback TCP is mostly softirq) is charged to no
+# process, so it is left out here and shown by cpu_ticks instead.
+busy_ticks() { local a; a=($(head -n1 /proc/stat)); echo $(( a[1] + a[2] + a[3] )); }
+cpu_ticks() { # N: all busy ticks of CPU N (user, nice, system, irq, softirq, steal)
+  local a; a=($(grep "^cpu$1 " /proc/stat)); echo $(( a[1] + a[2] + a[3] + a[6] + a[7] + a[8] ))
+}
 proc_ticks() { # utime + stime of a process, all its threads (0 once it is gone)
   local f; f=($(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null || echo x x x x x x x x x x x 0 0))
   echo $(( f[11] + f[12] ))

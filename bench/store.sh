@@ -64,7 +64,16 @@ if want pg1 || want pg2; then
   # Pin the postmaster and its children; backends forked later inherit it.
   for p in "$postmaster" $(pgrep -P "$postmaster"); do taskset -a -p -c "$PGCPU" "$p" >/dev/null; done
 fi
-pg_pids() { [[ -n $pg_started ]] && { echo "$postmaster"; pgrep -P "$postmaster"; } || true; }
+# PostgreSQL's CPU ticks: the postmaster's own and those of the children it
+# reaped (cutime, cstime: autovacuum workers come and go), plus its live children.
+pg_ticks() {
+  [[ -n $pg_started ]] || { echo 0; return; }
+  local f c s
+  f=($(sed 's/^.*) //' "/proc/$postmaster/stat"))
+  s=$(( f[11] + f[12] + f[13] + f[14] ))
+  for c in $(pgrep -P "$postmaster"); do s=$(( s + $(proc_ticks "$c") )); done
+  echo "$s"
+}
 
 # --- configuration: one TokenServer, an opaque-token client, a resource server ---
 mkdir -p "$tmp/cfg" "$tmp/secrets/bench"
@@ -75,7 +84,7 @@ client() { # name, accessToken, extra spec line
 }
 basic() { printf 'Basic %s' "$(printf '%s:%s' "$1" "$SECRET" | base64 -w0)"; }
 
-declare -A RPS P50 P99 ERR SCORE PGCORE CCORE OTHER NOTE_OF
+declare -A RPS P50 P99 ERR SCORE PGCORE CCORE OTHER NOTE_OF SBUSY
 NOTES=()
 flagged=0
 
@@ -122,16 +131,15 @@ issued_total() { # opaque tokens issued, summed over the replicas' /metrics
 # replicas, of PostgreSQL (postmaster and its children), of wrk, and the rest.
 measure() {
   local key=$1; shift
-  local b0 s0 g0 w0 b1 s1 g1 w1 client ms pgp
-  pgp=$(pg_pids | tr '\n' ' ')
-  b0=$(busy_ticks) s0=$(ticks_of "${REPLICA_PIDS[@]}") g0=$(ticks_of $pgp) w0=$(date +%s%N)
+  local b0 s0 g0 w0 b1 s1 g1 w1 client ms k0 k1
+  b0=$(busy_ticks) s0=$(ticks_of "${REPLICA_PIDS[@]}") g0=$(pg_ticks) k0=$(cpu_ticks "$SCPU") w0=$(date +%s%N)
   { TIMEFORMAT='%3U %3S'; time "$@" >"$tmp/load.out"; } 2>"$tmp/load.time" \
     || die "$key: wrk failed: $(tail -n 5 "$tmp/load.time")"
-  b1=$(busy_ticks) s1=$(ticks_of "${REPLICA_PIDS[@]}") g1=$(ticks_of $pgp) w1=$(date +%s%N)
+  b1=$(busy_ticks) s1=$(ticks_of "${REPLICA_PIDS[@]}") g1=$(pg_ticks) k1=$(cpu_ticks "$SCPU") w1=$(date +%s%N)
   client=$(awk 'END { print $1 + $2 }' "$tmp/load.time")
   ms=$(( (w1 - w0) / 1000000 ))
   frac() { awk -v t="$1" -v hz="$HZ" -v ms="$ms" 'BEGIN { printf "%.4f", t / hz * 1000 / ms }'; }
-  SCORE[$key]=$(frac $(( s1 - s0 ))) PGCORE[$key]=$(frac $(( g1 - g0 )))
+  SCORE[$key]=$(frac $(( s1 - s0 ))) PGCORE[$key]=$(frac $(( g1 - g0 ))) SBUSY[$key]=$(frac $(( k1 - k0 )))
   CCORE[$key]=$(awk -v c="$client" -v ms="$ms" 'BEGIN { printf "%.4f", c * 1000 / ms }')
   OTHER[$key]=$(awk -v b=$(( b1 - b0 - (s1 - s0) - (g1 - g0) )) -v hz="$HZ" -v c="$client" -v ms="$ms" \
     'BEGIN { o = (b / hz - c) * 1000 / ms; printf "%.2f", o < 0 ? 0 : o }')
@@ -175,7 +183,7 @@ run_wrk() {
       NOTES+=("$key: FLAGGED, the replicas counted $n opaque tokens issued, wrk $ok successful responses (up to $CONNS more in flight)")
     fi
   fi
-  log "$key: ${RPS[$key]} req/s, p50 ${P50[$key]} µs, p99 ${P99[$key]} µs, ok $ok, bad $bad; replicas $(pct "${SCORE[$key]}"), PostgreSQL $(pct "${PGCORE[$key]}"), wrk $(pct "${CCORE[$key]}"), other $(pct "${OTHER[$key]}")"
+  log "$key: ${RPS[$key]} req/s, p50 ${P50[$key]} µs, p99 ${P99[$key]} µs, ok $ok, bad $bad; CPU $SCPU busy $(pct "${SBUSY[$key]}"): replicas $(pct "${SCORE[$key]}"), PostgreSQL $(pct "${PGCORE[$key]}"); wrk $(pct "${CCORE[$key]}"), other $(pct "${OTHER[$key]}")"
 }
 pct() { awk -v f="$1" 'BEGIN { printf "%.0f%%", f * 100 }'; }
 
@@ -224,18 +232,20 @@ echo "### Storage: opaque tokens, embedded against PostgreSQL ($(date -u '+%Y-%m
 echo
 echo "Machine: $(machine_line). Token-server replicas pinned to CPU $SCPU, PostgreSQL (postmaster and every backend) to CPU $PGCPU, wrk (2 threads, $CONNS connections; with two replicas one thread and $(( CONNS / 2 )) connections each) to CPU $CCPU; $WARMUP warm-up + $DURATION per case. Source $(source_line), release build. $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2)${PG_VERSION:+, PostgreSQL $PG_VERSION ($PG_SETTINGS; a pool of ${BENCH_DB_MAX_CONNECTIONS:-10} connections per replica)}. Before each case: no cargo/rustc/go for ${QUIET_SECS} s and load average < ${QUIET_LOAD}."
 echo
-echo '| store | operation | req/s | ratio to embedded | p50 | p99 | replicas CPU | PostgreSQL CPU | wrk CPU | errors |'
-echo '|---|---|---:|---:|---:|---:|---:|---:|---:|---|'
+echo "| store | operation | req/s | ratio to embedded | p50 | p99 | CPU $SCPU busy | replicas CPU | PostgreSQL CPU | wrk CPU | errors |"
+echo '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|'
 for id in embedded pg1 pg2; do
   for op in issue introspect; do
     k=$id/$op
     [[ -n ${RPS[$k]:-} ]] || continue
-    printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s |\n' "$(label "$id")" \
+    printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$(label "$id")" \
       "$( [[ $op == issue ]] && echo 'issue (`client_credentials`, opaque)' || echo "introspect (pool of $POOL)")" \
       "${RPS[$k]}" "$(ratio "${RPS[$k]}" "${RPS[embedded/$op]:-}")" "$(ms "${P50[$k]}")" "$(ms "${P99[$k]}")" \
-      "$(pct "${SCORE[$k]}")" "$( [[ $id == embedded ]] && echo - || pct "${PGCORE[$k]}")" "$(pct "${CCORE[$k]}")" "${ERR[$k]}"
+      "$(pct "${SBUSY[$k]}")" "$(pct "${SCORE[$k]}")" "$( [[ $id == embedded ]] && echo - || pct "${PGCORE[$k]}")" "$(pct "${CCORE[$k]}")" "${ERR[$k]}"
   done
 done
+echo
+echo "CPU $SCPU busy: /proc/stat for that core over the measured run, interrupt and softirq time included (loopback TCP, between wrk and the replicas and between the replicas and PostgreSQL, is mostly softirq and charged to no process). Replicas and PostgreSQL: utime+stime from /proc/<pid>/stat (PostgreSQL: the postmaster with the children it reaped, e.g. autovacuum workers, plus its live backends)."
 echo
 for id in pg1 pg2; do
   [[ -n ${RPS[$id/introspect]:-} && -n ${RPS[embedded/introspect]:-} ]] || continue
