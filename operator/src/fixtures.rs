@@ -106,3 +106,18 @@ pub fn not_found() -> Value {
 pub fn as_json(scope: &Scope) -> Value {
     json!(scope)
 }
+
+/// Expects the controller to publish an Event in `namespace`; returns it.
+pub async fn expect_event(handle: &mut ApiServer, namespace: &str) -> Value {
+    let answer = json!({
+        "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": namespace},
+        "eventTime": "2026-01-01T00:00:00.000000Z"
+    });
+    expect(
+        handle,
+        Method::POST,
+        &format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events"),
+        answer,
+    )
+    .await
+}

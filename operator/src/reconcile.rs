@@ -487,7 +487,9 @@ mod api_tests {
     use serde_json::json;
 
     use super::*;
-    use crate::fixtures::{as_json, context, expect, expect_status, not_found, scope};
+    use crate::fixtures::{
+        as_json, context, expect, expect_event, expect_status, not_found, scope,
+    };
     use tokenmesh_crds::{OAuthClient, OAuthClientSpec};
 
     const SCOPE: &str = "/apis/tokenmesh.dev/v1alpha1/namespaces/shop/scopes/read";
@@ -526,10 +528,7 @@ mod api_tests {
         assert_eq!(ready["status"], "False");
         assert_eq!(ready["reason"], "TokenServerUnavailable");
         assert_eq!(status["status"]["observedGeneration"], 2);
-        let event = expect(&mut api, Method::POST, "/apis/events.k8s.io/v1/namespaces/shop/events", json!({
-            "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "shop"}, "eventTime": "2026-01-01T00:00:00.000000Z"
-        }))
-        .await;
+        let event = expect_event(&mut api, "shop").await;
         assert_eq!(event["type"], "Warning");
         assert_eq!(event["reason"], "TokenServerUnavailable");
         let err = task.await.unwrap().unwrap_err();
@@ -563,10 +562,7 @@ mod api_tests {
                 .unwrap()
                 .contains("cannot remove it")
         );
-        expect(&mut api, Method::POST, "/apis/events.k8s.io/v1/namespaces/shop/events", json!({
-            "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "shop"}, "eventTime": "2026-01-01T00:00:00.000000Z"
-        }))
-        .await;
+        expect_event(&mut api, "shop").await;
         // No call removes the finalizer: it stays until the token server agrees.
         assert!(task.await.unwrap().is_err());
     }
@@ -595,10 +591,7 @@ mod api_tests {
         );
         let secret = written["data"]["client_secret"].as_str().unwrap();
         assert!(secret.len() >= 40, "≥ 256 bits, base64");
-        let event = expect(&mut api, Method::POST, "/apis/events.k8s.io/v1/namespaces/shop/events", json!({
-            "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "shop"}, "eventTime": "2026-01-01T00:00:00.000000Z"
-        }))
-        .await;
+        let event = expect_event(&mut api, "shop").await;
         assert_eq!(event["reason"], "SecretWritten");
         // The token server is down: reported, and nothing else is written.
         let status = expect(
@@ -612,10 +605,7 @@ mod api_tests {
             status["status"]["conditions"][0]["reason"],
             "TokenServerUnavailable"
         );
-        expect(&mut api, Method::POST, "/apis/events.k8s.io/v1/namespaces/shop/events", json!({
-            "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "shop"}, "eventTime": "2026-01-01T00:00:00.000000Z"
-        }))
-        .await;
+        expect_event(&mut api, "shop").await;
         assert!(task.await.unwrap().is_err());
     }
 
@@ -632,11 +622,7 @@ mod api_tests {
         let entries: Vec<&String> = written["data"].as_object().unwrap().keys().collect();
         assert_eq!(entries.len(), 2, "{entries:?}");
         assert_eq!(written["metadata"]["ownerReferences"][0]["uid"], "uid-ts");
-        let events = "/apis/events.k8s.io/v1/namespaces/tokenmesh/events";
-        let event = expect(&mut api, Method::POST, events, json!({
-            "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "tokenmesh"}, "eventTime": "2026-01-01T00:00:00.000000Z"
-        }))
-        .await;
+        let event = expect_event(&mut api, "tokenmesh").await;
         assert_eq!(event["reason"], "KeysRotated");
         let status = expect(
             &mut api,
@@ -711,8 +697,6 @@ mod api_tests {
     #[tokio::test]
     async fn applied_resources_become_ready_and_deleted_ones_lose_their_finalizer() {
         let (ctx, mut api) = context(agreeable_token_server().await);
-        let events = "/apis/events.k8s.io/v1/namespaces/shop/events";
-        let event_answer = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "shop"}, "eventTime": "2026-01-01T00:00:00.000000Z"});
         let task = tokio::spawn(reconcile(Arc::new(scope(true)), ctx.clone()));
         let status = expect(
             &mut api,
@@ -723,10 +707,7 @@ mod api_tests {
         .await;
         assert_eq!(status["status"]["conditions"][0]["status"], "True");
         assert_eq!(status["status"]["conditions"][0]["reason"], "Applied");
-        assert_eq!(
-            expect(&mut api, Method::POST, events, event_answer.clone()).await["reason"],
-            "Applied"
-        );
+        assert_eq!(expect_event(&mut api, "shop").await["reason"], "Applied");
         assert_eq!(
             task.await.unwrap().unwrap(),
             Action::requeue(Duration::from_secs(300)),
@@ -739,10 +720,7 @@ mod api_tests {
                 k8s_openapi::jiff::Timestamp::now(),
             ));
         let task = tokio::spawn(reconcile(Arc::new(deleting.clone()), ctx));
-        assert_eq!(
-            expect(&mut api, Method::POST, events, event_answer).await["reason"],
-            "Removed"
-        );
+        assert_eq!(expect_event(&mut api, "shop").await["reason"], "Removed");
         let patch = expect(&mut api, Method::PATCH, SCOPE, as_json(&scope(false))).await;
         assert!(patch.to_string().contains("finalizers"), "{patch}");
         task.await.unwrap().unwrap();

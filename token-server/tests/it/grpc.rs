@@ -70,6 +70,14 @@ fn as_admin<T>(body: T) -> Request<T> {
     request
 }
 
+fn exchange_request(subject: &str, audience: &str) -> ExchangeRequest {
+    ExchangeRequest {
+        subject_token: subject.into(),
+        audience: audience.into(),
+        ..Default::default()
+    }
+}
+
 async fn tokens(server: &Server) -> TokenServiceClient<Channel> {
     TokenServiceClient::connect(server.grpc.clone())
         .await
@@ -150,11 +158,7 @@ async fn exchange_embed_and_share_along_three_hops() {
     let exchanged = grpc
         .exchange(as_client(
             "orders-svc",
-            ExchangeRequest {
-                subject_token: first.clone(),
-                audience: "payments".into(),
-                ..Default::default()
-            },
+            exchange_request(&first, "payments"),
         ))
         .await
         .unwrap()
@@ -182,33 +186,18 @@ async fn exchange_embed_and_share_along_three_hops() {
     let status = grpc
         .exchange(as_client(
             "payments-svc",
-            ExchangeRequest {
-                subject_token: first.clone(),
-                audience: "payments".into(),
-                ..Default::default()
-            },
+            exchange_request(&first, "payments"),
         ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     let status = grpc
-        .exchange(as_client(
-            "orders-svc",
-            ExchangeRequest {
-                subject_token: first.clone(),
-                audience: "billing".into(),
-                ..Default::default()
-            },
-        ))
+        .exchange(as_client("orders-svc", exchange_request(&first, "billing")))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     let status = grpc
-        .exchange(Request::new(ExchangeRequest {
-            subject_token: first.clone(),
-            audience: "payments".into(),
-            ..Default::default()
-        }))
+        .exchange(Request::new(exchange_request(&first, "payments")))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
