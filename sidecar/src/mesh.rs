@@ -77,8 +77,20 @@ impl Refusal {
 /// How tokens are made for one destination host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    pub audience: String,
+    pub audience: Arc<str>,
     pub mode: Mode,
+    /// The scopes the policy allows, sorted and space-joined: part of the
+    /// exchange cache key, so a policy that narrows them takes effect at once.
+    pub scopes: Arc<str>,
+}
+
+/// (subject token, audience, scopes): what an exchanged token answers for.
+type ExchangeKey = (SecretHash, Arc<str>, Arc<str>);
+
+fn scope_key(mut scopes: Vec<String>) -> Arc<str> {
+    scopes.sort_unstable();
+    scopes.dedup();
+    Arc::from(scopes.join(" "))
 }
 
 struct Keys {
@@ -94,13 +106,13 @@ pub struct Mesh {
     pub metrics: Metrics,
     keys: ArcSwap<Option<Keys>>,
     keys_fetched: tokio::sync::Mutex<Option<Instant>>,
-    routes: ArcSwap<HashMap<String, Route>>,
+    routes: ArcSwap<HashMap<String, Arc<Route>>>,
     routes_ready: AtomicBool,
     /// Revoked jti and grant ids → when they stop mattering.
     revoked: RwLock<HashMap<String, u64>>,
     verified: TtlCache<SecretHash, Arc<Verified>>,
-    exchanged: TtlCache<(SecretHash, String), Arc<str>>,
-    exchanging: SingleFlight<(SecretHash, String)>,
+    exchanged: TtlCache<ExchangeKey, Arc<str>>,
+    exchanging: SingleFlight<ExchangeKey>,
     shared: TtlCache<(SecretHash, String), bool>,
 }
 
@@ -139,7 +151,7 @@ impl Mesh {
         self.keys.load().is_some() && self.routes_ready.load(Ordering::Relaxed)
     }
 
-    pub fn route(&self, host: &str) -> Option<Route> {
+    pub fn route(&self, host: &str) -> Option<Arc<Route>> {
         self.routes.load().get(host).cloned()
     }
 
@@ -264,7 +276,7 @@ impl Mesh {
                 .share(host, incoming)
                 .await
                 .map(|()| Arc::from(incoming)),
-            Mode::Exchange => self.exchange(&route.audience, incoming).await,
+            Mode::Exchange => self.exchange(&route, incoming).await,
             Mode::Embed => self.embedded(&route.audience, incoming).await,
             Mode::Unspecified => Err(Refusal::Forbidden(host.to_owned())),
         }
@@ -301,8 +313,9 @@ impl Mesh {
         }
     }
 
-    async fn exchange(&self, audience: &str, subject: &str) -> Result<Arc<str>, Refusal> {
-        let key = (hash(subject), audience.to_owned());
+    async fn exchange(&self, route: &Route, subject: &str) -> Result<Arc<str>, Refusal> {
+        let audience = &*route.audience;
+        let key = (hash(subject), route.audience.clone(), route.scopes.clone());
         if let Some(hit) = self.exchanged.get(&key, now()) {
             self.metrics.cache_hits.inc();
             return Ok(hit);
@@ -372,10 +385,11 @@ impl Mesh {
                                             Mode::try_from(r.mode).unwrap_or(Mode::Unspecified);
                                         (
                                             r.host.to_ascii_lowercase(),
-                                            Route {
-                                                audience: r.audience,
+                                            Arc::new(Route {
+                                                audience: Arc::from(r.audience),
                                                 mode,
-                                            },
+                                                scopes: scope_key(r.scopes),
+                                            }),
                                         )
                                     })
                                     .collect::<HashMap<_, _>>();

@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 
 pub const SECRET: &str = "mesh-test-client-secret-0123456789abcdef";
+const ADMIN_TOKEN: &str = "mesh-test-admin-token-0123456789abcdef0123";
 const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 
 pub fn free_port() -> u16 {
@@ -43,15 +44,19 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// An ExchangePolicy document.
+pub fn policy(name: &str, body: &str) -> String {
+    format!(
+        "---\napiVersion: tokenmesh.dev/v1alpha1\nkind: ExchangePolicy\nmetadata: {{name: {name}}}\nspec:\n{body}"
+    )
+}
+
+pub const ORDERS_TO_PAYMENTS: &str = "  mode: exchange\n  from: {audiences: [orders]}\n  actor: {clients: [orders-svc]}\n  to: {audience: payments, scopes: [\"orders:read\"], hosts: [payments.local]}\n  ttl: 120s\n";
+
 fn config() -> String {
     let client = |name: &str, audiences: &str, format: &str| {
         format!(
             "---\napiVersion: tokenmesh.dev/v1alpha1\nkind: OAuthClient\nmetadata: {{name: {name}}}\nspec:\n  grantTypes: [client_credentials, \"{EXCHANGE}\"]\n  authentication: {{method: client_secret_basic, secretRef: {{name: shared, key: client_secret}}}}\n  scopes: [\"orders:read\", \"orders:write\"]\n  audiences: [{audiences}]\n  allowIntrospection: true\n  accessToken: {{format: {format}, ttl: 300s}}\n"
-        )
-    };
-    let policy = |name: &str, body: &str| {
-        format!(
-            "---\napiVersion: tokenmesh.dev/v1alpha1\nkind: ExchangePolicy\nmetadata: {{name: {name}}}\nspec:\n{body}"
         )
     };
     let mut yaml = String::from(
@@ -67,10 +72,7 @@ fn config() -> String {
         "share-orders",
         "  mode: share\n  from: {clients: [frontend, frontend-opaque]}\n  to: {audience: orders, hosts: [orders.local]}\n",
     );
-    yaml += &policy(
-        "orders-to-payments",
-        "  mode: exchange\n  from: {audiences: [orders]}\n  actor: {clients: [orders-svc]}\n  to: {audience: payments, scopes: [\"orders:read\"], hosts: [payments.local]}\n  ttl: 120s\n",
-    );
+    yaml += &policy("orders-to-payments", ORDERS_TO_PAYMENTS);
     yaml += &policy(
         "embed-ledger",
         "  mode: embed\n  from: {audiences: [payments], clients: [orders-svc]}\n  to: {audience: ledger, scopes: [\"orders:read\"], hosts: [ledger.local]}\n  ttl: 60s\n",
@@ -92,6 +94,7 @@ impl TokenServer {
         std::fs::write(dir.path().join("tokenmesh.yaml"), config()).unwrap();
         std::fs::create_dir_all(dir.path().join("secrets/shared")).unwrap();
         std::fs::write(dir.path().join("secrets/shared/client_secret"), SECRET).unwrap();
+        std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
         let (http, grpc) = (free_port(), free_port());
         let args = vec![
             "--config".into(),
@@ -104,6 +107,8 @@ impl TokenServer {
             format!("http://127.0.0.1:{http}"),
             "--data-dir".into(),
             dir.path().join("data").display().to_string(),
+            "--admin-token-file".into(),
+            dir.path().join("admin-token").display().to_string(),
         ];
         let mut server = Self {
             child: None,
@@ -170,6 +175,20 @@ impl TokenServer {
             .await
             .unwrap();
         assert_eq!(resp.status(), 200);
+    }
+
+    /// Applies one resource document through ControlService, as the operator does.
+    pub async fn apply(&self, document: String) {
+        use tokenmesh_proto::v1::{ApplyRequest, control_service_client::ControlServiceClient};
+        let mut control = ControlServiceClient::connect(self.grpc.clone())
+            .await
+            .unwrap();
+        let mut request = tonic::Request::new(ApplyRequest { document });
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
+        );
+        control.apply(request).await.unwrap();
     }
 
     /// `tokenmesh_tokens_issued_total` for one grant type.

@@ -6,7 +6,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 use tokenmesh_tokens::{Algorithm, signing::SigningKey};
 
-use crate::harness::{Mesh, claims};
+use crate::harness::{Mesh, ORDERS_TO_PAYMENTS, claims, policy};
 
 #[tokio::test]
 async fn three_hops_carry_the_right_token_by_share_exchange_and_embed() {
@@ -69,6 +69,38 @@ async fn three_hops_carry_the_right_token_by_share_exchange_and_embed() {
             .await
             >= 2
     );
+}
+
+#[tokio::test]
+async fn a_policy_that_changes_scopes_is_not_answered_from_the_exchange_cache() {
+    let mesh = Mesh::start().await;
+    let t0 = mesh.server.token("frontend", None).await;
+    let scope_at_payments =
+        |body: &Value| claims(&body["next"]["next"]["received"])["scope"].clone();
+    let (status, body, _) = mesh.call(Some(&t0)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(scope_at_payments(&body), "orders:read");
+
+    let narrowed =
+        ORDERS_TO_PAYMENTS.replace("scopes: [\"orders:read\"]", "scopes: [\"orders:write\"]");
+    assert_ne!(narrowed, ORDERS_TO_PAYMENTS);
+    mesh.server
+        .apply(policy("orders-to-payments", &narrowed))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body, _) = mesh.call(Some(&t0)).await;
+        assert_eq!(status, 200, "{body}");
+        if scope_at_payments(&body) == "orders:write" {
+            break;
+        }
+        assert_eq!(scope_at_payments(&body), "orders:read", "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "the cached token for the old scopes is still sent"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
