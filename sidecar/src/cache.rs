@@ -1,89 +1,10 @@
-//! A bounded cache whose entries expire, and single-flight for misses.
+//! Single-flight for cache misses.
 
 use std::{
     collections::HashMap,
     hash::Hash,
     sync::{Arc, Mutex},
 };
-
-/// Entries expire at a unix time. When full, expired entries go first; if
-/// that frees too little, the eighth of the entries that expire soonest go
-/// too, so a full cache costs one scan per `capacity / 8` inserts and keeps
-/// most of what it holds.
-pub struct TtlCache<K, V> {
-    entries: Mutex<HashMap<K, (V, u64)>>,
-    capacity: usize,
-}
-
-impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            entries: Mutex::new(HashMap::new()),
-            capacity,
-        }
-    }
-
-    pub fn get(&self, key: &K, now: u64) -> Option<V> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries
-            .get(key)
-            .filter(|(_, expires)| *expires > now)
-            .map(|(value, _)| value.clone())
-    }
-
-    pub fn insert(&self, key: K, value: V, expires: u64, now: u64) {
-        if expires <= now {
-            return;
-        }
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= self.capacity && !entries.contains_key(&key) {
-            entries.retain(|_, (_, at)| *at > now);
-            let room = (self.capacity / 8).max(1);
-            let excess = (entries.len() + room).saturating_sub(self.capacity);
-            if excess > 0 {
-                evict_soonest(&mut entries, excess);
-            }
-        }
-        entries.insert(key, (value, expires));
-    }
-
-    pub fn clear(&self) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-}
-
-/// Removes the `count` entries that expire first.
-fn evict_soonest<K: Eq + Hash, V>(entries: &mut HashMap<K, (V, u64)>, count: usize) {
-    let mut expiries: Vec<u64> = entries.values().map(|(_, at)| *at).collect();
-    let Some(index) = count.checked_sub(1).filter(|i| *i < expiries.len()) else {
-        entries.clear();
-        return;
-    };
-    let (_, &mut cutoff, _) = expiries.select_nth_unstable(index);
-    // Entries at the cutoff may outnumber what is needed; drop only enough.
-    let mut at_cutoff = count - expiries[..index].iter().filter(|at| **at < cutoff).count();
-    entries.retain(|_, (_, at)| {
-        if *at < cutoff {
-            false
-        } else if *at == cutoff && at_cutoff > 0 {
-            at_cutoff -= 1;
-            false
-        } else {
-            true
-        }
-    });
-}
 
 /// One lock per key in flight, so concurrent identical misses make one call.
 pub struct SingleFlight<K> {
@@ -121,58 +42,6 @@ impl<K: Eq + Hash + Clone> Default for SingleFlight<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn entries_expire_and_the_cache_stays_bounded() {
-        let cache = TtlCache::new(2);
-        cache.insert(1, "a", 10, 0);
-        assert_eq!(cache.get(&1, 9), Some("a"));
-        assert_eq!(cache.get(&1, 10), None);
-        cache.insert(2, "b", 5, 0);
-        cache.insert(3, "c", 20, 6); // full: the expired 2 goes
-        assert_eq!(cache.get(&1, 6), Some("a"));
-        assert_eq!(cache.get(&3, 6), Some("c"));
-        cache.insert(4, "d", 20, 6); // full of live entries: the soonest (1) goes
-        assert_eq!(cache.len(), 2);
-        assert_eq!(cache.get(&1, 6), None);
-        assert_eq!(cache.get(&3, 6), Some("c"));
-        assert_eq!(cache.get(&4, 6), Some("d"));
-        cache.insert(5, "e", 3, 6);
-        assert_eq!(
-            cache.get(&5, 6),
-            None,
-            "already expired entries are not kept"
-        );
-    }
-
-    #[test]
-    fn a_full_cache_evicts_an_eighth_that_expires_soonest_and_keeps_the_rest() {
-        let cache = TtlCache::new(64);
-        for key in 0..64u64 {
-            cache.insert(key, key, 1_000 + key, 0);
-        }
-        cache.insert(64, 64, 5_000, 0);
-        assert_eq!(cache.len(), 64 - 8 + 1);
-        assert!((0..8).all(|key| cache.get(&key, 0).is_none()));
-        assert!((8..=64).all(|key| cache.get(&key, 0) == Some(key)));
-        // Replacing a key already present evicts nothing.
-        for key in 65..72 {
-            cache.insert(key, key, 5_000, 0);
-        }
-        cache.insert(64, 0, 6_000, 0);
-        assert_eq!(cache.len(), 64);
-        assert_eq!(cache.get(&8, 0), Some(8));
-    }
-
-    #[test]
-    fn ties_at_the_cutoff_evict_only_what_is_needed() {
-        let cache = TtlCache::new(16);
-        for key in 0..16u64 {
-            cache.insert(key, (), 100, 0);
-        }
-        cache.insert(99, (), 100, 0);
-        assert_eq!(cache.len(), 16 - 2 + 1);
-    }
 
     #[tokio::test]
     async fn single_flight_serialises_one_key() {

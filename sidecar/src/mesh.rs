@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use tokenmesh_proto::v1::{Mode, revocation_event::Kind};
 use tokenmesh_tokens::{
+    cache::TtlCache,
     claims::{ACCESS_TOKEN_TYP, AccessTokenClaims},
     jwk::JwkSet,
     secret::SecretHash,
@@ -23,11 +24,7 @@ use tokenmesh_tokens::{
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-use crate::{
-    cache::{SingleFlight, TtlCache},
-    metrics::Metrics,
-    token_server::TokenServer,
-};
+use crate::{cache::SingleFlight, metrics::Metrics, token_server::TokenServer};
 
 /// The JWKS is fetched again on an unknown `kid` at most this often.
 const JWKS_MIN_INTERVAL: Duration = Duration::from_secs(5);

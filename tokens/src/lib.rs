@@ -2,6 +2,7 @@
 //! access-token claims, JWT signing with keys parsed once, JWT verification
 //! against a key set, JSON Web Keys, and secret hashing.
 
+pub mod cache;
 pub mod claims;
 pub mod jwk;
 pub mod secret;
