@@ -19,7 +19,7 @@ pub mod store;
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
-use tokenmesh_tokens::secret::SecretHash;
+use tokenmesh_tokens::{cache::TtlCache, secret::SecretHash};
 use tracing_subscriber::EnvFilter;
 
 use crate::{
@@ -275,6 +275,7 @@ async fn start(args: Args) -> Result<(), StartError> {
         version: tokio::sync::watch::Sender::new(1),
         revoked: tokio::sync::Notify::new(),
         revocations: revocations::Revocations::new(),
+        opaque_tokens: TtlCache::new(OPAQUE_TOKENS_CACHED),
         admin,
     });
     state.revocations.sync(state.store.as_ref()).await?;
@@ -321,6 +322,8 @@ async fn start(args: Args) -> Result<(), StartError> {
     Ok(())
 }
 
+/// Opaque tokens remembered for introspection (a few hundred bytes each).
+const OPAQUE_TOKENS_CACHED: usize = 20_000;
 /// How long requests in flight may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 

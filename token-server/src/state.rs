@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use tokenmesh_tokens::secret::SecretHash;
+use tokenmesh_tokens::{cache::TtlCache, claims::AccessTokenClaims, secret::SecretHash};
 use tokio::sync::{Mutex, Notify, watch};
 
 use crate::{
@@ -57,6 +57,10 @@ pub struct AppState {
     pub revoked: Notify,
     /// Revocations in memory, for checks without a store round trip.
     pub revocations: crate::revocations::Revocations,
+    /// Opaque tokens already looked up, by hash, until they expire. A record
+    /// never changes once stored (revocation is checked apart, above), so a
+    /// hit is as good as the store's answer and spares a round trip.
+    pub opaque_tokens: TtlCache<SecretHash, AccessTokenClaims>,
     /// Digest of the admin credential of ControlService.
     pub admin: Option<SecretHash>,
     /// What the registry is rebuilt from when stored resources change.

@@ -65,17 +65,25 @@ pub async fn active_claims(
             }
         }
     } else {
-        let Some(record) = state
-            .store
-            .opaque_token(&SecretHash::of(token.as_bytes()))
-            .await?
-        else {
-            return Ok(None);
-        };
-        if record.expires_at <= now {
-            return Ok(None);
+        let hash = SecretHash::of(token.as_bytes());
+        match state.opaque_tokens.get(&hash, now) {
+            Some(claims) => claims,
+            None => {
+                // Unknown tokens are not remembered: anyone can make them up.
+                let Some(record) = state.store.opaque_token(&hash).await? else {
+                    return Ok(None);
+                };
+                if record.expires_at <= now {
+                    return Ok(None);
+                }
+                let claims: AccessTokenClaims =
+                    serde_json::from_str(&record.claims).map_err(|_| OAuthError::Internal)?;
+                state
+                    .opaque_tokens
+                    .insert(hash, claims.clone(), record.expires_at, now);
+                claims
+            }
         }
-        serde_json::from_str(&record.claims).map_err(|_| OAuthError::Internal)?
     };
     if state
         .revocations

@@ -114,6 +114,29 @@ async fn replicas_share_tokens_revocations_resources_keys_and_replay_records() {
     );
     assert_eq!(b.introspect(&jwt).await["active"], false);
 
+    // B remembers the opaque token it introspected; revoking it on A still counts.
+    assert_eq!(b.introspect(&token).await["active"], true);
+    let by_owner = assertion(&config, "r-revoke");
+    let resp = a
+        .post(
+            "/oauth2/revoke",
+            None,
+            &[
+                ("token", token.as_str()),
+                ("client_assertion_type", ASSERTION),
+                ("client_assertion", by_owner.as_str()),
+            ],
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let took = until(
+        "opaque revocation in force on B",
+        Duration::from_secs(3),
+        async || b.introspect(&token).await["active"] == false,
+    )
+    .await;
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+
     // A resource applied on A is in force on B.
     let mut control = ControlServiceClient::connect(a.grpc.clone()).await.unwrap();
     let hash = tokenmesh_tokens::secret::SecretHash::of(SECRET.as_bytes()).encode();
@@ -261,9 +284,33 @@ async fn the_database_going_away_and_coming_back() {
         let url = s.url("/readyz");
         async move { reqwest::get(url).await.unwrap().status().as_u16() }
     };
-    assert_eq!(opaque(&server, &config, "d-1").await.status(), 200);
+    let resp = opaque(&server, &config, "d-1").await;
+    assert_eq!(resp.status(), 200);
+    let token: Value = resp.json().await.unwrap();
+    let token = token["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(server.introspect(&token).await["active"], true);
 
     relay.cut();
+    // Remembered opaque tokens are not vouched for once revocations cannot be
+    // followed: 503 after at most the freshness window, never a wrong answer.
+    until(
+        "introspection unavailable",
+        Duration::from_secs(6),
+        async || {
+            let resp = server
+                .post(
+                    "/oauth2/introspect",
+                    Some(("gateway", SECRET)),
+                    &[("token", &token)],
+                )
+                .await;
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap();
+            assert!(status == 503 || body["active"] == true, "{status} {body}");
+            status == 503
+        },
+    )
+    .await;
     // JWTs for secret clients need no stored state: still issued.
     assert_eq!(server.token(&[]).await["token_type"], "Bearer");
     // Opaque issuance needs the store: a clear 503, never a wrong answer.
