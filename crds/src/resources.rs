@@ -63,6 +63,42 @@ pub struct TokenServerSpec {
     pub max_access_token_ttl: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageSpec>,
+    /// Workload identity: accept service-account tokens of this Kubernetes
+    /// cluster as client assertions (`kubernetes_service_account` clients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesSpec>,
+}
+
+/// Where the cluster's service-account tokens come from and how their keys
+/// are fetched (OIDC discovery of the API server's issuer).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubernetesSpec {
+    /// The `iss` of the cluster's service-account tokens (the API server's
+    /// `--service-account-issuer`), e.g. `https://kubernetes.default.svc`.
+    #[schemars(length(min = 1, max = 2048))]
+    pub issuer: String,
+    /// The `aud` a token must carry (the audience of the projected token).
+    /// Default: the token server's issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub audience: Option<String>,
+    /// Base URL where `/.well-known/openid-configuration` is fetched, when
+    /// the issuer URL itself is not reachable (e.g. the API server's
+    /// address). Default: the issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery_url: Option<String>,
+    /// PEM CA bundle to trust for discovery and JWKS fetches. Default: in a
+    /// pod, `/var/run/secrets/kubernetes.io/serviceaccount/ca.crt`; else the
+    /// system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// A bearer token file sent with discovery and JWKS fetches (the API
+    /// server serves discovery to authenticated service accounts), read
+    /// again on each fetch. Default: in a pod,
+    /// `/var/run/secrets/kubernetes.io/serviceaccount/token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -221,6 +257,7 @@ impl GrantType {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = Rule::new("!(self.method in ['client_secret_basic', 'client_secret_post']) || !has(self.jwks)").message("a secret method takes no jwks"))]
 #[x_kube(validation = Rule::new("self.method != 'private_key_jwt' || has(self.jwks) || has(self.jwksUri)").message("private_key_jwt needs jwks or jwksUri"))]
+#[x_kube(validation = Rule::new("self.method != 'kubernetes_service_account' || has(self.serviceAccount)").message("kubernetes_service_account needs serviceAccount"))]
 pub struct ClientAuthentication {
     pub method: AuthMethod,
     /// The client secret (secret methods). Without it the operator generates one.
@@ -234,6 +271,8 @@ pub struct ClientAuthentication {
     pub jwks: Option<JwkSetSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_uri: Option<String>,
+    /// The service account of a `kubernetes_service_account` client: its
+    /// tokens (`sub: system:serviceaccount:<namespace>:<name>`) authenticate it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account: Option<ServiceAccountRef>,
 }
@@ -295,8 +334,11 @@ pub struct JwkSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceAccountRef {
+    /// Default: the OAuthClient's namespace (required standalone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
     pub namespace: Option<String>,
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
 }
 

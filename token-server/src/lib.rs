@@ -8,6 +8,7 @@ pub mod grpc;
 pub mod http;
 pub mod issue;
 pub mod keys;
+pub mod kubernetes_issuer;
 pub mod metrics;
 pub mod oauth;
 pub mod policy;
@@ -277,7 +278,9 @@ async fn start(args: Args) -> Result<(), StartError> {
         revocations: revocations::Revocations::new(),
         opaque_tokens: TtlCache::new(OPAQUE_TOKENS_CACHED),
         admin,
+        service_accounts: kubernetes_issuer::ServiceAccountIssuer::default(),
     });
+    warm_up_service_account_keys(&state)?;
     state.revocations.sync(state.store.as_ref()).await?;
     spawn_maintenance(state.clone());
     let tls = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
@@ -319,6 +322,25 @@ async fn start(args: Args) -> Result<(), StartError> {
     }
     state.store.close().await;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Builds the service-account verifier (a bad `caFile` stops the start)
+/// and fetches the keys in the background: an API server that is down only
+/// delays `kubernetes_service_account` clients, and says so in the log.
+fn warm_up_service_account_keys(state: &Arc<AppState>) -> Result<(), StartError> {
+    let registry = state.registry.load();
+    let Some(settings) = &registry.server.kubernetes else {
+        return Ok(());
+    };
+    let verifier = state
+        .service_accounts
+        .verifier(settings)
+        .map_err(|e| StartError::Refused(format!("TokenServer spec.kubernetes: {e}")))?;
+    tokio::spawn(async move {
+        // Failures are logged inside; the first client retries.
+        let _ = verifier.warm_up().await;
+    });
     Ok(())
 }
 

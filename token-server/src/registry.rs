@@ -16,7 +16,10 @@ use tokenmesh_tokens::{
     verify::{KeySet, VerifyingKey},
 };
 
-use crate::config::{ConfigError, Document, Origin, Resource};
+use crate::{
+    config::{ConfigError, Document, Origin, Resource},
+    kubernetes_issuer::{KubernetesSettings, ServiceAccount},
+};
 
 /// Shortest client secret accepted: a fast digest is only safe for secrets
 /// of high entropy.
@@ -87,6 +90,8 @@ pub struct ServerSettings {
     pub key_directory: Option<PathBuf>,
     /// Where the PostgreSQL URL is, when the TokenServer asks for postgres storage.
     pub database: Option<SecretKeyRef>,
+    /// Workload identity: whose service-account tokens are accepted.
+    pub kubernetes: Option<KubernetesSettings>,
 }
 
 impl ServerSettings {
@@ -100,6 +105,7 @@ impl ServerSettings {
             key_files: Vec::new(),
             key_directory: None,
             database: None,
+            kubernetes: None,
         }
     }
 }
@@ -114,6 +120,8 @@ pub enum ClientAuth {
     },
     /// `private_key_jwt` with the client's public keys.
     PrivateKeyJwt { keys: KeySet },
+    /// `kubernetes_service_account`: tokens of this service account.
+    ServiceAccount(ServiceAccount),
 }
 
 impl ClientAuth {
@@ -121,6 +129,7 @@ impl ClientAuth {
         match self {
             Self::Secret { method, .. } => *method,
             Self::PrivateKeyJwt { .. } => AuthMethod::PrivateKeyJwt,
+            Self::ServiceAccount(_) => AuthMethod::KubernetesServiceAccount,
         }
     }
 }
@@ -381,6 +390,7 @@ impl Registry {
     /// Checks references between resources and uniqueness.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut ids: BTreeMap<&str, &Origin> = BTreeMap::new();
+        let mut accounts: BTreeMap<&ServiceAccount, &Origin> = BTreeMap::new();
         let mut patterns: BTreeMap<&str, &Origin> = BTreeMap::new();
         for entry in self.scopes.values() {
             if let Some(first) = patterns.insert(entry.value.pattern.text(), &entry.origin) {
@@ -416,6 +426,9 @@ impl Registry {
                     ));
                 }
             }
+            if let ClientAuth::ServiceAccount(account) = &client.auth {
+                self.check_service_account(entry, account, &mut accounts)?;
+            }
             if client.ttl > self.server.max_ttl {
                 return Err(ConfigError::new(
                     &entry.origin,
@@ -443,6 +456,38 @@ impl Registry {
             }
         }
         Ok(())
+    }
+
+    /// A `kubernetes_service_account` client needs the TokenServer's
+    /// `kubernetes` block, and one service account is one client (a token
+    /// must say which client it authenticates, gRPC sends no client id).
+    fn check_service_account<'a>(
+        &self,
+        entry: &'a Entry<Arc<Client>>,
+        account: &'a ServiceAccount,
+        accounts: &mut BTreeMap<&'a ServiceAccount, &'a Origin>,
+    ) -> Result<(), ConfigError> {
+        if self.server.kubernetes.is_none() {
+            return Err(ConfigError::new(
+                &entry.origin,
+                "spec.authentication.method",
+                "kubernetes_service_account needs the TokenServer's spec.kubernetes (the cluster's service-account issuer)".to_owned(),
+            ));
+        }
+        if let Some(first) = accounts.insert(account, &entry.origin) {
+            return Err(ConfigError::new(
+                &entry.origin,
+                "spec.authentication.serviceAccount",
+                format!("service account {account} already authenticates the client at {first}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The `kubernetes_service_account` client of `account`.
+    pub fn client_for_service_account(&self, account: &ServiceAccount) -> Option<&Arc<Client>> {
+        self.clients()
+            .find(|c| matches!(&c.auth, ClientAuth::ServiceAccount(a) if a == account))
     }
 
     pub fn client(&self, id: &str) -> Option<&Arc<Client>> {
@@ -561,7 +606,13 @@ fn server_settings(
         }
         _ => None,
     };
+    let kubernetes = spec
+        .kubernetes
+        .as_ref()
+        .map(|k| kubernetes_settings(k, &issuer))
+        .transpose()?;
     Ok(ServerSettings {
+        kubernetes,
         database,
         issuer,
         algorithm: spec.signing.algorithm,
@@ -575,6 +626,92 @@ fn server_settings(
         key_files: spec.signing.key_files.iter().map(PathBuf::from).collect(),
         key_directory: spec.signing.key_directory.as_ref().map(PathBuf::from),
     })
+}
+
+/// In a pod, the API server's CA and this pod's service-account token.
+const IN_CLUSTER_CA: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+const IN_CLUSTER_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+fn kubernetes_settings(
+    spec: &tokenmesh_crds::KubernetesSpec,
+    issuer: &str,
+) -> Result<KubernetesSettings, FieldError> {
+    if spec.issuer.is_empty() {
+        return Err(("spec.kubernetes.issuer", "is required".into()));
+    }
+    let discovery_url = spec.discovery_url.clone().unwrap_or(spec.issuer.clone());
+    let field = if spec.discovery_url.is_some() {
+        "spec.kubernetes.discoveryUrl"
+    } else {
+        "spec.kubernetes.issuer"
+    };
+    check_issuer(&discovery_url).map_err(|m| {
+        (
+            field,
+            format!("{m} (discovery is fetched from it: set discoveryUrl)"),
+        )
+    })?;
+    let in_cluster = |path: &str| {
+        let path = PathBuf::from(path);
+        path.exists().then_some(path)
+    };
+    Ok(KubernetesSettings {
+        issuer: spec.issuer.clone(),
+        audience: spec.audience.clone().unwrap_or_else(|| issuer.to_owned()),
+        discovery_url,
+        ca_file: spec
+            .ca_file
+            .as_ref()
+            .map(PathBuf::from)
+            .or_else(|| in_cluster(IN_CLUSTER_CA)),
+        token_file: spec
+            .token_file
+            .as_ref()
+            .map(PathBuf::from)
+            .or_else(|| in_cluster(IN_CLUSTER_TOKEN)),
+    })
+}
+
+fn service_account_auth(
+    auth: &tokenmesh_crds::ClientAuthentication,
+    namespace: Option<&str>,
+) -> Result<ClientAuth, FieldError> {
+    let account = auth.service_account.as_ref().ok_or((
+        "spec.authentication.serviceAccount",
+        "kubernetes_service_account needs serviceAccount: {name, namespace}".to_owned(),
+    ))?;
+    let namespace = account.namespace.as_deref().or(namespace).ok_or((
+        "spec.authentication.serviceAccount.namespace",
+        "is required when the OAuthClient has no namespace".to_owned(),
+    ))?;
+    let valid =
+        |s: &str| !s.is_empty() && !s.contains([':', '/']) && !s.chars().any(char::is_whitespace);
+    if !valid(namespace) {
+        return Err((
+            "spec.authentication.serviceAccount.namespace",
+            format!("`{namespace}` is not a namespace name"),
+        ));
+    }
+    if !valid(&account.name) {
+        return Err((
+            "spec.authentication.serviceAccount.name",
+            format!("`{}` is not a service account name", account.name),
+        ));
+    }
+    if auth.secret_ref.is_some()
+        || !auth.secret_hashes.is_empty()
+        || auth.jwks.is_some()
+        || auth.jwks_uri.is_some()
+    {
+        return Err((
+            "spec.authentication.method",
+            "kubernetes_service_account takes no secret and no keys".to_owned(),
+        ));
+    }
+    Ok(ClientAuth::ServiceAccount(ServiceAccount {
+        namespace: namespace.to_owned(),
+        name: account.name.clone(),
+    }))
 }
 
 /// An issuer is an https URL (http only for development) with no query or fragment.
@@ -659,7 +796,7 @@ fn client(
             ));
         }
     }
-    let auth = client_auth(spec, secrets)?;
+    let auth = client_auth(spec, namespace, secrets)?;
     for (i, scope) in spec.scopes.iter().enumerate() {
         if !is_scope_token(scope) {
             return Err(f(
@@ -728,6 +865,7 @@ fn client(
 
 fn client_auth(
     spec: &OAuthClientSpec,
+    namespace: Option<&str>,
     secrets: &dyn SecretSource,
 ) -> Result<ClientAuth, (String, String)> {
     let auth = &spec.authentication;
@@ -812,6 +950,9 @@ fn client_auth(
             Ok(ClientAuth::PrivateKeyJwt {
                 keys: KeySet::new(keys),
             })
+        }
+        AuthMethod::KubernetesServiceAccount => {
+            service_account_auth(auth, namespace).map_err(|(field, m)| f(field, m))
         }
         other => Err(f(
             "spec.authentication.method",
@@ -920,6 +1061,95 @@ mod tests {
         assert_eq!(
             reg.algorithms_in_use(),
             vec![SigningAlgorithm::PS256, SigningAlgorithm::EdDSA]
+        );
+    }
+
+    const KUBERNETES: &str = "apiVersion: tokenmesh.dev/v1alpha1\nkind: TokenServer\nmetadata: {name: d}\nspec: {issuer: https://tokens.example, kubernetes: {issuer: https://kubernetes.default.svc}}\n---\n";
+
+    fn sa_client(name: &str, namespace: &str, auth: &str) -> String {
+        format!(
+            "apiVersion: tokenmesh.dev/v1alpha1\nkind: OAuthClient\nmetadata: {{name: {name}{namespace}}}\nspec:\n  authentication: {{method: kubernetes_service_account{auth}}}\n  audiences: [orders]\n---\n"
+        )
+    }
+
+    #[test]
+    fn service_account_clients_default_to_their_own_namespace() {
+        let yaml = format!(
+            "{KUBERNETES}{}{}",
+            sa_client("a", ", namespace: shop", ", serviceAccount: {name: orders}"),
+            sa_client("b", "", ", serviceAccount: {name: pay, namespace: bank}")
+        );
+        let reg = build(&yaml).unwrap();
+        let account = |ns: &str, name: &str| ServiceAccount {
+            namespace: ns.into(),
+            name: name.into(),
+        };
+        assert_eq!(
+            reg.client_for_service_account(&account("shop", "orders"))
+                .map(|c| c.id.as_str()),
+            Some("shop/a")
+        );
+        assert_eq!(
+            reg.client_for_service_account(&account("bank", "pay"))
+                .map(|c| c.id.as_str()),
+            Some("b")
+        );
+        assert!(
+            reg.client_for_service_account(&account("shop", "pay"))
+                .is_none()
+        );
+        let k8s = reg.server.kubernetes.as_ref().unwrap();
+        assert_eq!(k8s.audience, "https://tokens.example", "default audience");
+        assert_eq!(k8s.discovery_url, "https://kubernetes.default.svc");
+    }
+
+    #[test]
+    fn service_account_misconfigurations_name_the_field() {
+        let case = |yaml: String| build(&yaml).err().map(|e| (e.field, e.message));
+        let (field, message) = case(sa_client(
+            "a",
+            ", namespace: shop",
+            ", serviceAccount: {name: orders}",
+        ))
+        .unwrap();
+        assert_eq!(field, "spec.authentication.method");
+        assert!(message.contains("spec.kubernetes"), "{message}");
+        for (client, field) in [
+            (
+                sa_client("a", ", namespace: shop", ""),
+                "spec.authentication.serviceAccount",
+            ),
+            (
+                sa_client("a", "", ", serviceAccount: {name: orders}"),
+                "spec.authentication.serviceAccount.namespace",
+            ),
+            (
+                sa_client(
+                    "a",
+                    ", namespace: shop",
+                    ", serviceAccount: {name: \"a:b\"}",
+                ),
+                "spec.authentication.serviceAccount.name",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    sa_client("a", ", namespace: shop", ", serviceAccount: {name: orders}"),
+                    sa_client("b", "", ", serviceAccount: {name: orders, namespace: shop}")
+                ),
+                "spec.authentication.serviceAccount",
+            ),
+        ] {
+            assert_eq!(
+                case(format!("{KUBERNETES}{client}")).map(|(f, _)| f),
+                Some(field.to_owned()),
+                "{client}"
+            );
+        }
+        let bad_discovery = "apiVersion: tokenmesh.dev/v1alpha1\nkind: TokenServer\nmetadata: {name: d}\nspec: {kubernetes: {issuer: kubernetes/serviceaccount}}\n";
+        assert_eq!(
+            case(bad_discovery.to_owned()).map(|(f, _)| f),
+            Some("spec.kubernetes.issuer".to_owned())
         );
     }
 

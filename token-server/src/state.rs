@@ -65,6 +65,9 @@ pub struct AppState {
     pub admin: Option<SecretHash>,
     /// What the registry is rebuilt from when stored resources change.
     pub source: crate::RegistrySource,
+    /// Verifies service-account tokens (TokenServer `spec.kubernetes`),
+    /// with the cluster's keys cached.
+    pub service_accounts: crate::kubernetes_issuer::ServiceAccountIssuer,
 }
 
 impl AppState {

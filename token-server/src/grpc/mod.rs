@@ -39,7 +39,7 @@ impl From<OAuthError> for Status {
             OAuthError::UnauthorizedClient(_)
             | OAuthError::AccessDenied(_)
             | OAuthError::UnsupportedGrantType(_) => Status::permission_denied(message),
-            OAuthError::Unavailable => Status::unavailable(message),
+            OAuthError::Unavailable | OAuthError::KeysUnavailable => Status::unavailable(message),
             OAuthError::Internal => Status::internal(message),
         }
     }

@@ -1,6 +1,6 @@
 //! Client authentication at the token, introspection and revocation
-//! endpoints: `client_secret_basic`, `client_secret_post` and
-//! `private_key_jwt` (RFC 7523).
+//! endpoints: `client_secret_basic`, `client_secret_post`,
+//! `private_key_jwt` (RFC 7523) and `kubernetes_service_account`.
 
 use std::sync::Arc;
 
@@ -22,7 +22,7 @@ const MAX_ASSERTION_LEN: usize = 8 * 1024;
 const MAX_ASSERTION_LIFETIME: u64 = 3600;
 const LEEWAY: u64 = 30;
 
-fn refused(reason: &'static str) -> OAuthError {
+pub(super) fn refused(reason: &'static str) -> OAuthError {
     OAuthError::InvalidClient(reason.into())
 }
 
@@ -155,8 +155,9 @@ fn assertion_issuer(assertion: &str) -> Option<String> {
     claims.get("iss")?.as_str().map(str::to_owned)
 }
 
-/// Authenticates a client by its RFC 7523 assertion (`private_key_jwt`).
-/// `claimed_id` is a `client_id` sent beside it, which must match.
+/// Authenticates a client by its RFC 7523 assertion: `private_key_jwt`,
+/// or a service-account token of the configured cluster (its `iss` says
+/// which). `claimed_id` is a `client_id` sent beside it, which must match.
 pub async fn check_assertion(
     state: &AppState,
     registry: &Registry,
@@ -169,6 +170,14 @@ pub async fn check_assertion(
     }
     let id = assertion_issuer(assertion)
         .ok_or_else(|| refused("the client assertion names no issuer"))?;
+    if let Some(kubernetes) = &registry.server.kubernetes
+        && id == kubernetes.issuer
+    {
+        return super::service_account::authenticate(
+            state, registry, kubernetes, claimed_id, assertion,
+        )
+        .await;
+    }
     if claimed_id.is_some_and(|claimed| claimed != id) {
         return Err(refused("client_id differs from the assertion issuer"));
     }

@@ -38,6 +38,10 @@ pub enum OAuthError {
     TooLarge,
     #[error("temporarily_unavailable")]
     Unavailable,
+    /// The cluster's service-account keys cannot be fetched (the Kubernetes
+    /// API server is down or misconfigured): the client is not to blame.
+    #[error("temporarily_unavailable")]
+    KeysUnavailable,
     #[error("server_error")]
     Internal,
 }
@@ -55,7 +59,7 @@ impl OAuthError {
             Self::InvalidClient(_) => StatusCode::UNAUTHORIZED,
             Self::AccessDenied(_) => StatusCode::FORBIDDEN,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -73,6 +77,9 @@ impl OAuthError {
             | Self::AccessDenied(d) => d,
             Self::TooLarge => "the request body is too large",
             Self::Unavailable => "the token server cannot reach its store; retry later",
+            Self::KeysUnavailable => {
+                "the token server cannot fetch the Kubernetes service-account keys; retry later"
+            }
             Self::Internal => "internal error",
         }
     }
@@ -103,7 +110,7 @@ impl IntoResponse for OAuthError {
                 HeaderValue::from_static("Basic realm=\"tokenmesh\""),
             );
         }
-        if matches!(self, Self::Unavailable) {
+        if matches!(self, Self::Unavailable | Self::KeysUnavailable) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response

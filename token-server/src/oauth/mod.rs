@@ -6,6 +6,7 @@ pub mod form;
 mod introspect;
 mod metadata;
 mod revoke;
+mod service_account;
 mod token;
 
 pub use introspect::{active_claims, introspect, introspection_response};

@@ -8,4 +8,5 @@ mod grpc;
 mod harness;
 mod oauth;
 mod replicas;
+mod service_accounts;
 mod startup;

@@ -1,0 +1,257 @@
+//! Fetching the cluster's service-account keys the way any OIDC relying
+//! party does: `<discovery>/.well-known/openid-configuration`, then its
+//! `jwks_uri`. Bounded in time and size; rustls only.
+
+use std::time::Duration;
+
+use serde::{Deserialize, de::DeserializeOwned};
+use tokenmesh_tokens::{jwk::JwkSet, verify::KeySet};
+
+use super::KubernetesSettings;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Discovery and JWKS documents are a few KiB; anything larger is refused.
+const MAX_BODY: usize = 256 * 1024;
+
+/// Why the keys could not be had. Messages name URLs and files, never a token.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("cannot set up the HTTP client: {0}")]
+    Setup(String),
+    #[error("cannot read {path}: {message}")]
+    File { path: String, message: String },
+    #[error("{url} cannot be reached: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("{url} answered HTTP {status}{hint}")]
+    Status {
+        url: String,
+        status: u16,
+        hint: &'static str,
+    },
+    #[error("{url}: {message}")]
+    Document { url: String, message: String },
+}
+
+/// The part of the OIDC discovery document used here.
+#[derive(Deserialize)]
+struct Discovery {
+    issuer: String,
+    jwks_uri: String,
+}
+
+pub struct Fetcher {
+    http: reqwest::Client,
+    settings: KubernetesSettings,
+}
+
+impl Fetcher {
+    pub fn new(settings: &KubernetesSettings) -> Result<Self, FetchError> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            // A redirect could carry the bearer token to another host.
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(path) = &settings.ca_file {
+            let pem = std::fs::read(path).map_err(|e| FetchError::File {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| FetchError::File {
+                    path: path.display().to_string(),
+                    message: format!("not a PEM certificate bundle: {e}"),
+                })?;
+            // The cluster CA alone: the API server is not vouched for by public roots.
+            builder = builder.tls_certs_only(certs);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| FetchError::Setup(e.to_string()))?;
+        Ok(Self {
+            http,
+            settings: settings.clone(),
+        })
+    }
+
+    /// Discovery, then the JWKS. Keys that cannot verify anything (unknown
+    /// type, `use: enc`) are skipped; a set with no usable key is an error.
+    pub async fn keys(&self) -> Result<KeySet, FetchError> {
+        let base = &self.settings.discovery_url;
+        let url = format!("{base}/.well-known/openid-configuration");
+        let discovery: Discovery = self.get_json(&url).await?;
+        if discovery.issuer != self.settings.issuer {
+            return Err(FetchError::Document {
+                url,
+                message: format!(
+                    "the discovery document's issuer is `{}`, not the configured `{}`",
+                    discovery.issuer, self.settings.issuer
+                ),
+            });
+        }
+        let jwks_url = self.jwks_url(&discovery.jwks_uri);
+        let jwks: JwkSet = self.get_json(&jwks_url).await?;
+        let (keys, unusable) = KeySet::from_jwks(&jwks);
+        for err in unusable {
+            tracing::debug!(url = %jwks_url, error = %err, "service-account key skipped");
+        }
+        if keys.is_empty() {
+            return Err(FetchError::Document {
+                url: jwks_url,
+                message: "the JWK Set holds no usable signing key".into(),
+            });
+        }
+        Ok(keys)
+    }
+
+    /// The API server names its JWKS under its issuer
+    /// (`https://kubernetes.default.svc/openid/v1/jwks`); when discovery goes
+    /// to another address, so does the JWKS fetch. A `jwks_uri` elsewhere
+    /// (a cloud provider's public bucket) is used as it is.
+    fn jwks_url(&self, jwks_uri: &str) -> String {
+        let KubernetesSettings {
+            issuer,
+            discovery_url,
+            ..
+        } = &self.settings;
+        match jwks_uri.strip_prefix(issuer.as_str()) {
+            Some(rest) if rest.starts_with('/') => format!("{discovery_url}{rest}"),
+            _ => jwks_uri.to_owned(),
+        }
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, url: &str) -> Result<T, FetchError> {
+        let mut request = self
+            .http
+            .get(url)
+            .header(reqwest::header::ACCEPT, "application/json");
+        // The credential goes only to the discovery address, never to a
+        // third-party jwks_uri.
+        if let Some(path) = &self.settings.token_file
+            && same_origin(url, &self.settings.discovery_url)
+        {
+            let token = tokio::fs::read_to_string(path)
+                .await
+                .map_err(|e| FetchError::File {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+            request = request.bearer_auth(token.trim());
+        }
+        let unreachable = |e: reqwest::Error| FetchError::Unreachable {
+            url: url.to_owned(),
+            message: error_chain(&e),
+        };
+        let mut response = request.send().await.map_err(unreachable)?;
+        let status = response.status();
+        if !status.is_success() {
+            let hint = match status.as_u16() {
+                401 | 403 => {
+                    " (the API server serves discovery to authenticated service accounts: set tokenFile)"
+                }
+                _ => "",
+            };
+            return Err(FetchError::Status {
+                url: url.to_owned(),
+                status: status.as_u16(),
+                hint,
+            });
+        }
+        let too_large = || FetchError::Document {
+            url: url.to_owned(),
+            message: format!("larger than {MAX_BODY} bytes"),
+        };
+        if response
+            .content_length()
+            .is_some_and(|len| len > MAX_BODY as u64)
+        {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body).map_err(|e| FetchError::Document {
+            url: url.to_owned(),
+            message: format!("not the expected JSON: {e}"),
+        })
+    }
+}
+
+/// Scheme, host and port of `url` (everything before the path).
+fn origin(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let end = url
+        .get(after_scheme..)
+        .and_then(|rest| rest.find(['/', '?', '#']))
+        .map_or(url.len(), |i| after_scheme + i);
+    url.get(..end).unwrap_or(url)
+}
+
+fn same_origin(a: &str, b: &str) -> bool {
+    origin(a).eq_ignore_ascii_case(origin(b))
+}
+
+/// reqwest's message and its causes ("error sending request" alone says little).
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_goes_only_to_the_discovery_origin() {
+        assert!(same_origin(
+            "https://127.0.0.1:6443/openid/v1/jwks",
+            "https://127.0.0.1:6443"
+        ));
+        assert!(!same_origin(
+            "https://127.0.0.1:6443.evil.example/jwks",
+            "https://127.0.0.1:6443"
+        ));
+        assert!(!same_origin(
+            "http://127.0.0.1:6443/jwks",
+            "https://127.0.0.1:6443"
+        ));
+        assert!(!same_origin(
+            "https://bucket.example/keys",
+            "https://127.0.0.1:6443"
+        ));
+    }
+
+    #[test]
+    fn the_jwks_follows_discovery_to_the_reachable_address() {
+        let fetcher = Fetcher::new(&KubernetesSettings {
+            issuer: "https://kubernetes.default.svc".into(),
+            audience: "tokenmesh".into(),
+            discovery_url: "https://127.0.0.1:6443".into(),
+            ca_file: None,
+            token_file: None,
+        })
+        .unwrap();
+        assert_eq!(
+            fetcher.jwks_url("https://kubernetes.default.svc/openid/v1/jwks"),
+            "https://127.0.0.1:6443/openid/v1/jwks"
+        );
+        assert_eq!(
+            fetcher.jwks_url("https://kubernetes.default.svc.evil/jwks"),
+            "https://kubernetes.default.svc.evil/jwks"
+        );
+        assert_eq!(
+            fetcher.jwks_url("https://oidc.example/keys"),
+            "https://oidc.example/keys"
+        );
+    }
+}

@@ -1,0 +1,231 @@
+//! Workload identity: verifying the cluster's service-account tokens
+//! (`kubectl create token`, projected tokens) against the keys the API
+//! server publishes through OIDC discovery of its issuer.
+//!
+//! The keys are cached and fetched again when a token names an unknown
+//! `kid` (the API server rotated its key) or the cache is an hour old, at
+//! most once every [`MIN_REFRESH`]: a flood of tokens with made-up kids
+//! costs the API server one request per interval.
+
+mod fetch;
+
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use serde_json::Value;
+use tokenmesh_tokens::verify::{Expected, KeySet, VerifyError, verify};
+
+pub use fetch::FetchError;
+use fetch::Fetcher;
+
+/// Fewest seconds between two fetches of the keys.
+pub const MIN_REFRESH: Duration = Duration::from_secs(10);
+/// Cached keys are fetched again after this long, so a key the API server
+/// dropped stops verifying.
+const MAX_AGE: Duration = Duration::from_secs(3600);
+/// Clock skew allowed on `exp` and `nbf`.
+const LEEWAY: u64 = 30;
+const SUBJECT_PREFIX: &str = "system:serviceaccount:";
+
+/// `TokenServer.spec.kubernetes` with its defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesSettings {
+    /// The `iss` of service-account tokens.
+    pub issuer: String,
+    /// The `aud` a token must carry.
+    pub audience: String,
+    /// Base URL of `/.well-known/openid-configuration`.
+    pub discovery_url: String,
+    pub ca_file: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+}
+
+/// A service account, as named by a token's `sub`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServiceAccount {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceAccount {
+    /// `system:serviceaccount:<namespace>:<name>`; anything else is not a
+    /// service account (a node, a user).
+    pub fn from_subject(sub: &str) -> Option<Self> {
+        let (namespace, name) = sub.strip_prefix(SUBJECT_PREFIX)?.split_once(':')?;
+        if namespace.is_empty() || name.is_empty() || name.contains(':') {
+            return None;
+        }
+        Some(Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for ServiceAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SaTokenError {
+    /// The keys cannot be had: the API server is unreachable or answers
+    /// wrongly. Not the caller's fault.
+    #[error("service-account keys unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Token(#[from] VerifyError),
+    #[error("the token's sub is not a service account")]
+    Subject,
+}
+
+struct Cached {
+    keys: KeySet,
+    fetched: Option<Instant>,
+}
+
+#[derive(Default)]
+struct RefreshState {
+    last_attempt: Option<Instant>,
+    last_error: Option<String>,
+}
+
+/// Verifies service-account tokens of one issuer.
+pub struct Verifier {
+    settings: KubernetesSettings,
+    fetcher: Fetcher,
+    cached: ArcSwap<Cached>,
+    /// Held while fetching: one fetch at a time, and its rate limit.
+    refresh: tokio::sync::Mutex<RefreshState>,
+    min_refresh: Duration,
+}
+
+impl Verifier {
+    pub fn new(settings: &KubernetesSettings) -> Result<Self, FetchError> {
+        Ok(Self {
+            settings: settings.clone(),
+            fetcher: Fetcher::new(settings)?,
+            cached: ArcSwap::from_pointee(Cached {
+                keys: KeySet::default(),
+                fetched: None,
+            }),
+            refresh: tokio::sync::Mutex::new(RefreshState::default()),
+            min_refresh: MIN_REFRESH,
+        })
+    }
+
+    #[cfg(test)]
+    fn with_min_refresh(mut self, min_refresh: Duration) -> Self {
+        self.min_refresh = min_refresh;
+        self
+    }
+
+    /// Fetches the keys now (at startup), so the first client does not wait
+    /// and a wrong configuration shows in the log at once.
+    pub async fn warm_up(&self) -> Result<(), SaTokenError> {
+        let seen = self.cached.load_full();
+        self.refresh(seen).await.map(|_| ())
+    }
+
+    /// Checks signature (algorithm from the key: no `none`, no HMAC), `iss`,
+    /// `aud`, `exp` (required), `nbf`, and returns the service account of
+    /// `sub`. There is no `jti` replay check: the kubelet hands a pod the
+    /// same token until it rotates it, so reuse is the normal case.
+    pub async fn verify(&self, token: &str, now: u64) -> Result<ServiceAccount, SaTokenError> {
+        let kid = jsonwebtoken::decode_header(token)
+            .map_err(|_| VerifyError::Malformed)?
+            .kid;
+        let mut cached = self.cached.load_full();
+        let stale = cached.fetched.is_none_or(|at| at.elapsed() > MAX_AGE);
+        let unknown = kid.as_deref().is_none_or(|k| !cached.keys.contains_kid(k));
+        if stale || unknown {
+            cached = self.refresh(cached).await?;
+        }
+        let expected = Expected {
+            typ: None,
+            issuers: &[self.settings.issuer.as_str()],
+            audiences: &[self.settings.audience.as_str()],
+            require_exp: true,
+            leeway: LEEWAY,
+            now,
+        };
+        let claims = verify(token, &cached.keys, &expected)?;
+        claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .and_then(ServiceAccount::from_subject)
+            .ok_or(SaTokenError::Subject)
+    }
+
+    /// Fetches the keys unless another caller just did (`seen` is no longer
+    /// current) or the last attempt is younger than `min_refresh`. Keeps the
+    /// old keys when a fetch fails; fails only when there are none.
+    async fn refresh(&self, seen: Arc<Cached>) -> Result<Arc<Cached>, SaTokenError> {
+        let mut state = self.refresh.lock().await;
+        let current = self.cached.load_full();
+        if !Arc::ptr_eq(&current, &seen) {
+            return Ok(current);
+        }
+        let unavailable = |message: &str| {
+            if current.keys.is_empty() {
+                Err(SaTokenError::Unavailable(message.to_owned()))
+            } else {
+                Ok(current.clone())
+            }
+        };
+        if state
+            .last_attempt
+            .is_some_and(|at| at.elapsed() < self.min_refresh)
+        {
+            let last = state.last_error.as_deref();
+            return unavailable(last.unwrap_or("no key fetched yet"));
+        }
+        state.last_attempt = Some(Instant::now());
+        match self.fetcher.keys().await {
+            Ok(keys) => {
+                tracing::info!(issuer = %self.settings.issuer, "service-account keys fetched");
+                let fresh = Arc::new(Cached {
+                    keys,
+                    fetched: Some(Instant::now()),
+                });
+                self.cached.store(fresh.clone());
+                state.last_error = None;
+                Ok(fresh)
+            }
+            Err(err) => {
+                tracing::warn!(issuer = %self.settings.issuer, error = %err, "service-account keys unavailable");
+                let message = err.to_string();
+                state.last_error = Some(message.clone());
+                unavailable(&message)
+            }
+        }
+    }
+}
+
+/// The verifier in force: rebuilt when `TokenServer.spec.kubernetes`
+/// changes, kept (with its cached keys) otherwise.
+#[derive(Default)]
+pub struct ServiceAccountIssuer {
+    current: ArcSwapOption<Verifier>,
+}
+
+impl ServiceAccountIssuer {
+    pub fn verifier(&self, settings: &KubernetesSettings) -> Result<Arc<Verifier>, FetchError> {
+        if let Some(verifier) = self.current.load_full()
+            && verifier.settings == *settings
+        {
+            return Ok(verifier);
+        }
+        let verifier = Arc::new(Verifier::new(settings)?);
+        self.current.store(Some(verifier.clone()));
+        Ok(verifier)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,340 @@
+//! The verifier against a small in-test "API server" that serves OIDC
+//! discovery and a JWKS, and counts the requests.
+
+use std::sync::{
+    Mutex,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    routing::get,
+};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use serde_json::{Value, json};
+use tokenmesh_tokens::{Algorithm, signing::SigningKey};
+
+use super::*;
+
+const ISSUER: &str = "https://kubernetes.default.svc";
+const AUDIENCE: &str = "https://tokens.example";
+const NOW: u64 = 2_000_000_000;
+
+#[derive(Default)]
+struct ApiServer {
+    jwks: Mutex<Value>,
+    /// Requests for the JWKS (each fetch makes one after discovery).
+    jwks_hits: AtomicUsize,
+    authorization: Mutex<Vec<Option<String>>>,
+    /// When set, discovery answers with this issuer.
+    issuer: Mutex<Option<String>>,
+}
+
+async fn discovery(State(api): State<Arc<ApiServer>>, headers: HeaderMap) -> Json<Value> {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    api.authorization.lock().unwrap().push(auth);
+    let issuer = api.issuer.lock().unwrap().clone();
+    Json(json!({
+        "issuer": issuer.as_deref().unwrap_or(ISSUER),
+        "jwks_uri": format!("{ISSUER}/openid/v1/jwks"),
+        "id_token_signing_alg_values_supported": ["RS256"],
+    }))
+}
+
+async fn jwks(State(api): State<Arc<ApiServer>>) -> (StatusCode, Json<Value>) {
+    api.jwks_hits.fetch_add(1, Ordering::SeqCst);
+    (StatusCode::OK, Json(api.jwks.lock().unwrap().clone()))
+}
+
+async fn start(keys: &[&SigningKey]) -> (Arc<ApiServer>, String) {
+    let api = Arc::new(ApiServer::default());
+    set_keys(&api, keys);
+    let app = Router::new()
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/openid/v1/jwks", get(jwks))
+        .with_state(api.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (api, url)
+}
+
+fn set_keys(api: &ApiServer, keys: &[&SigningKey]) {
+    let keys: Vec<_> = keys.iter().map(|k| k.public_jwk()).collect();
+    *api.jwks.lock().unwrap() = json!({ "keys": keys });
+}
+
+fn settings(discovery_url: &str) -> KubernetesSettings {
+    KubernetesSettings {
+        issuer: ISSUER.into(),
+        audience: AUDIENCE.into(),
+        discovery_url: discovery_url.into(),
+        ca_file: None,
+        token_file: None,
+    }
+}
+
+/// Claims as `kubectl create token orders -n shop --audience <AUDIENCE>` has them.
+fn claims() -> Value {
+    json!({
+        "iss": ISSUER,
+        "aud": [AUDIENCE],
+        "sub": "system:serviceaccount:shop:orders",
+        "exp": NOW + 600,
+        "iat": NOW - 10,
+        "nbf": NOW - 10,
+        "jti": "2f0b1c2e",
+        "kubernetes.io": {"namespace": "shop", "serviceaccount": {"name": "orders", "uid": "u"}},
+    })
+}
+
+fn with(patch: Value) -> Value {
+    let mut c = claims();
+    for (k, v) in patch.as_object().unwrap() {
+        if v.is_null() {
+            c.as_object_mut().unwrap().remove(k);
+        } else {
+            c[k] = v.clone();
+        }
+    }
+    c
+}
+
+fn sign(key: &SigningKey, claims: &Value) -> String {
+    key.sign_jwt("JWT", claims).unwrap()
+}
+
+fn rsa(kid: &str) -> SigningKey {
+    SigningKey::generate(kid.into(), Algorithm::RS256).unwrap()
+}
+
+fn orders() -> ServiceAccount {
+    ServiceAccount {
+        namespace: "shop".into(),
+        name: "orders".into(),
+    }
+}
+
+#[tokio::test]
+async fn rs256_and_es256_tokens_verify_to_their_service_account() {
+    let (rs, es) = (
+        rsa("rs"),
+        SigningKey::generate("es".into(), Algorithm::ES256).unwrap(),
+    );
+    let (_api, url) = start(&[&rs, &es]).await;
+    let verifier = Verifier::new(&settings(&url)).unwrap();
+    for key in [&rs, &es] {
+        let account = verifier.verify(&sign(key, &claims()), NOW).await.unwrap();
+        assert_eq!(account, orders());
+    }
+    let single_aud = sign(&rs, &with(json!({"aud": AUDIENCE})));
+    assert!(verifier.verify(&single_aud, NOW).await.is_ok());
+}
+
+#[tokio::test]
+async fn wrong_claims_are_refused() {
+    let key = rsa("k1");
+    let (_api, url) = start(&[&key]).await;
+    let verifier = Verifier::new(&settings(&url)).unwrap();
+    let refused = |patch: Value| {
+        let token = sign(&key, &with(patch));
+        let verifier = &verifier;
+        async move { verifier.verify(&token, NOW).await.unwrap_err() }
+    };
+    let token_error = |err: SaTokenError| match err {
+        SaTokenError::Token(e) => e,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        token_error(refused(json!({"aud": ["someone-else"]})).await),
+        VerifyError::Audience
+    );
+    assert_eq!(
+        token_error(refused(json!({"iss": "https://other.cluster"})).await),
+        VerifyError::Issuer
+    );
+    assert_eq!(
+        token_error(refused(json!({"exp": NOW - 60})).await),
+        VerifyError::Expired
+    );
+    assert_eq!(
+        token_error(refused(json!({"exp": null})).await),
+        VerifyError::Claim("exp")
+    );
+    assert_eq!(
+        token_error(refused(json!({"nbf": NOW + 600})).await),
+        VerifyError::NotYetValid
+    );
+    for sub in [
+        "system:node:worker-1",
+        "alice",
+        "system:serviceaccount:shop",
+        "system:serviceaccount::orders",
+    ] {
+        assert!(
+            matches!(refused(json!({"sub": sub})).await, SaTokenError::Subject),
+            "{sub}"
+        );
+    }
+    let other = sign(
+        &key,
+        &with(json!({"sub": "system:serviceaccount:shop:payments"})),
+    );
+    assert_ne!(verifier.verify(&other, NOW).await.unwrap(), orders());
+}
+
+#[tokio::test]
+async fn alg_none_and_hmac_with_the_public_key_are_refused() {
+    let key = rsa("k1");
+    let (_api, url) = start(&[&key]).await;
+    let verifier = Verifier::new(&settings(&url)).unwrap();
+    let b64 = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    let none = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "kid": "k1"})),
+        b64(claims())
+    );
+    assert!(matches!(
+        verifier.verify(&none, NOW).await,
+        Err(SaTokenError::Token(
+            VerifyError::Algorithm(_) | VerifyError::Malformed
+        ))
+    ));
+    // HS256 keyed with the RSA public key's bytes: the classic confusion.
+    let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+    header.kid = Some("k1".into());
+    let modulus = key.public_jwk().n.unwrap();
+    let secret = jsonwebtoken::EncodingKey::from_secret(modulus.as_bytes());
+    let hs = jsonwebtoken::encode(&header, &claims(), &secret).unwrap();
+    assert!(matches!(
+        verifier.verify(&hs, NOW).await,
+        Err(SaTokenError::Token(VerifyError::Algorithm(_)))
+    ));
+    // ES256 under the RSA key's kid: no key carries that algorithm.
+    let es = SigningKey::generate("k1".into(), Algorithm::ES256).unwrap();
+    assert!(matches!(
+        verifier.verify(&sign(&es, &claims()), NOW).await,
+        Err(SaTokenError::Token(VerifyError::UnknownKey))
+    ));
+    // The right kid signed by another key.
+    assert!(matches!(
+        verifier.verify(&sign(&rsa("k1"), &claims()), NOW).await,
+        Err(SaTokenError::Token(VerifyError::Signature))
+    ));
+}
+
+#[tokio::test]
+async fn unknown_kids_refetch_at_most_once_per_interval() {
+    let key = rsa("k1");
+    let (api, url) = start(&[&key]).await;
+    let verifier = Verifier::new(&settings(&url)).unwrap();
+    verifier.verify(&sign(&key, &claims()), NOW).await.unwrap();
+    assert_eq!(api.jwks_hits.load(Ordering::SeqCst), 1);
+    // ES256 keys are quick to make: fifty tokens under kids never published.
+    for i in 0..50 {
+        let stranger = SigningKey::generate(format!("made-up-{i}"), Algorithm::ES256).unwrap();
+        let err = verifier
+            .verify(&sign(&stranger, &claims()), NOW)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SaTokenError::Token(VerifyError::UnknownKey)));
+    }
+    assert_eq!(
+        api.jwks_hits.load(Ordering::SeqCst),
+        1,
+        "a flood of unknown kids must not reach the API server"
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_key_is_fetched_on_its_first_use() {
+    let (old, new) = (rsa("old"), rsa("new"));
+    let (api, url) = start(&[&old]).await;
+    let verifier = Verifier::new(&settings(&url))
+        .unwrap()
+        .with_min_refresh(Duration::ZERO);
+    verifier.verify(&sign(&old, &claims()), NOW).await.unwrap();
+    set_keys(&api, &[&old, &new]);
+    assert_eq!(
+        verifier.verify(&sign(&new, &claims()), NOW).await.unwrap(),
+        orders()
+    );
+    assert_eq!(api.jwks_hits.load(Ordering::SeqCst), 2);
+    // Known kids are served from the cache.
+    verifier.verify(&sign(&old, &claims()), NOW).await.unwrap();
+    assert_eq!(api.jwks_hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_unreachable_api_server_is_reported_not_blamed_on_the_token() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let verifier = Verifier::new(&settings(&closed)).unwrap();
+    let token = sign(&rsa("k1"), &claims());
+    match verifier.verify(&token, NOW).await {
+        Err(SaTokenError::Unavailable(message)) => {
+            assert!(message.contains("cannot be reached"), "{message}");
+            assert!(!message.contains(&token));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Within the interval the failure is remembered, not retried.
+    assert!(matches!(
+        verifier.verify(&token, NOW).await,
+        Err(SaTokenError::Unavailable(_))
+    ));
+}
+
+#[tokio::test]
+async fn discovery_must_name_the_configured_issuer() {
+    let key = rsa("k1");
+    let (api, url) = start(&[&key]).await;
+    *api.issuer.lock().unwrap() = Some("https://impostor.example".into());
+    let verifier = Verifier::new(&settings(&url)).unwrap();
+    match verifier.verify(&sign(&key, &claims()), NOW).await {
+        Err(SaTokenError::Unavailable(message)) => assert!(message.contains("issuer"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(api.jwks_hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn the_token_file_is_sent_and_read_again_on_each_fetch() {
+    let key = rsa("k1");
+    let (api, url) = start(&[&key]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "first\n").unwrap();
+    let verifier = Verifier::new(&KubernetesSettings {
+        token_file: Some(file.clone()),
+        ..settings(&url)
+    })
+    .unwrap()
+    .with_min_refresh(Duration::ZERO);
+    verifier.warm_up().await.unwrap();
+    std::fs::write(&file, "second").unwrap();
+    verifier.warm_up().await.unwrap();
+    assert_eq!(
+        *api.authorization.lock().unwrap(),
+        vec![Some("Bearer first".into()), Some("Bearer second".into())]
+    );
+}
+
+#[test]
+fn subjects_name_service_accounts() {
+    assert_eq!(
+        ServiceAccount::from_subject("system:serviceaccount:shop:orders"),
+        Some(orders())
+    );
+    assert_eq!(
+        ServiceAccount::from_subject("system:serviceaccount:a:b:c"),
+        None
+    );
+}
