@@ -47,6 +47,7 @@ VALUE_SETS = {
     "secret-cert": ([HERE / "values-secret-cert.yaml"], []),
     "cert-manager": ([HERE / "values-cert-manager.yaml"], []),
     "cert-manager-selfsigned": ([], ["webhook.certificate.source=certManager"]),
+    "no-workload-identity": ([], ["tokenServer.workloadIdentity.enabled=false"]),
 }
 
 TOKEN_SERVER_BIN = REPO / "target" / "debug" / "token-server"
@@ -363,6 +364,15 @@ def test_default_values():
     assert config["kind"] == "TokenServer"
     assert config["spec"]["signing"]["algorithm"] == "ES256"
     assert crdcheck.validate(config, crdcheck.load_crds(CRDS)) == []
+    # Workload identity: the token server expects the audience the webhook projects for sidecars, and reads
+    # discovery with a projected token and the cluster CA at the in-pod defaults of caFile and tokenFile.
+    assert config["spec"]["kubernetes"] == {"issuer": "https://kubernetes.default.svc", "audience": "tokenmesh"}
+    assert "--token-audience=tokenmesh" in container(docs, f"{FULLNAME}-operator")["args"]
+    sources = volumes["kube-api-access"]["projected"]["sources"]
+    assert {"path": "token", "expirationSeconds": 3600} in [s.get("serviceAccountToken") for s in sources]
+    assert [s["configMap"]["name"] for s in sources if "configMap" in s] == ["kube-root-ca.crt"]
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts["kube-api-access"] == "/var/run/secrets/kubernetes.io/serviceaccount"
 
     op = container(docs, f"{FULLNAME}-operator")
     assert op["image"] == "ghcr.io/tokenmesh/operator:0.1.0"
@@ -421,6 +431,22 @@ def test_admin_token_generated_on_install():
     assert tokens[0] != tokens[1]
     source = (CHART / "templates" / "admin-token-secret.yaml").read_text()
     assert "lookup" in source and "randAlphaNum 48" in source
+
+
+def test_workload_identity_can_be_turned_off_or_pointed_elsewhere():
+    docs = manifests("no-workload-identity")
+    config = yaml.safe_load(one(docs, "ConfigMap", f"{FULLNAME}-token-server")["data"]["tokenserver.yaml"])
+    assert "kubernetes" not in config["spec"]
+    spec = one(docs, "Deployment", f"{FULLNAME}-token-server")["spec"]["template"]["spec"]
+    assert "kube-api-access" not in {v["name"] for v in spec["volumes"]}
+
+    sets = ["tokenServer.workloadIdentity.issuer=https://oidc.example/id/ABC",
+            "tokenServer.workloadIdentity.discoveryUrl=https://oidc.example/id/ABC", "sidecar.tokenAudience=mesh"]
+    docs = documents(run(HELMS["helm4"], *template_args(sets=sets)).stdout)
+    config = yaml.safe_load(one(docs, "ConfigMap", f"{FULLNAME}-token-server")["data"]["tokenserver.yaml"])
+    assert config["spec"]["kubernetes"] == {"issuer": "https://oidc.example/id/ABC", "audience": "mesh",
+                                            "discoveryUrl": "https://oidc.example/id/ABC"}
+    assert crdcheck.validate(config, crdcheck.load_crds(CRDS)) == []
 
 
 def test_postgres_values():
@@ -649,6 +675,7 @@ def test_binaries_accept_the_rendered_arguments(values, component, binary, tmp_p
 WRONG_VALUES = {
     "replicas on embedded storage": (["tokenServer.replicas=2"], r"replicas"),
     "autoscaling on embedded storage": (["tokenServer.autoscaling.enabled=true"], r"autoscaling"),
+    "discovery URL not a URL": (["tokenServer.workloadIdentity.discoveryUrl=kubernetes"], r"discoveryUrl"),
     "misspelled key": (["tokenServer.replica=2"], r"replica"),
     "misspelled nested key": (["webhook.failurepolicy=Fail"], r"failurepolicy"),
     "failure policy not in enum": (["webhook.failurePolicy=Sometimes"], r"failurePolicy"),

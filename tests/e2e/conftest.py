@@ -176,10 +176,13 @@ class Process:
 
 
 class TokenServer(Process):
-    """The real token server: no resources of its own but a TokenServer; the operator applies the rest."""
+    """The real token server: no resources of its own but a TokenServer (plus `resources`, when given); the
+    operator applies the rest. `kubernetes` is the TokenServer's spec.kubernetes; `wrapper` a command the binary
+    runs under (faketime), with `env` added to its environment."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, kubernetes=None, resources=(), wrapper=(), env=None):
         super().__init__("token-server", root / "token-server.log")
+        self.wrapper, self.env = list(wrapper), env or {}
         self.root = root
         self.port, self.grpc_port = free_port(), free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -188,18 +191,28 @@ class TokenServer(Process):
         self.admin_token_file.write_text(secrets.token_urlsafe(36))
         self.admin_token_file.chmod(0o600)
         self.config = root / "tokenmesh.yaml"
-        self.config.write_text(json.dumps(resource("TokenServer", "default", {"signing": {"algorithm": "ES256"}})))
+        spec = {"signing": {"algorithm": "ES256"}} | ({"kubernetes": kubernetes} if kubernetes else {})
+        docs = [resource("TokenServer", "default", spec), *resources]
+        self.config.write_text("\n---\n".join(json.dumps(d) for d in docs))
 
     def start(self):
-        self.spawn([SERVER_BIN, "--config", str(self.config), "--admin-token-file", str(self.admin_token_file),
+        self.spawn([*self.wrapper, SERVER_BIN, "--config", str(self.config), "--admin-token-file", str(self.admin_token_file),
                     "--http-addr", f"127.0.0.1:{self.port}", "--grpc-addr", f"127.0.0.1:{self.grpc_port}",
-                    "--issuer", self.base, "--data-dir", str(self.root / "data")])
+                    "--issuer", self.base, "--data-dir", str(self.root / "data")], env=self.env)
         self.wait_http(f"{self.base}/readyz")
 
     def token(self, client_id, secret, **form):
         """POST /oauth2/token with HTTP Basic client authentication (client_credentials by default)."""
         return requests.post(f"{self.base}/oauth2/token", auth=(client_id, secret),
                              data={"grant_type": "client_credentials", **form}, timeout=10)
+
+    def token_by_assertion(self, assertion, client_id=None, **form):
+        """POST /oauth2/token authenticated by an RFC 7523 client assertion (a service-account token)."""
+        data = {"grant_type": "client_credentials", "client_assertion": assertion,
+                "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer", **form}
+        if client_id:
+            data["client_id"] = client_id
+        return requests.post(f"{self.base}/oauth2/token", data=data, timeout=10)
 
 
 # The operator's side of the cluster as the chart renders it for release "tokenmesh" in "tokenmesh-system":
@@ -212,6 +225,8 @@ WEBHOOK_SERVICE = "tokenmesh-webhook"
 WEBHOOK_CONFIGURATION = "tokenmesh-webhook"
 WEBHOOK_SECRET = "tokenmesh-webhook-tls"
 TOKEN_AUDIENCE = "tokenmesh-e2e"
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc"
+TOKEN_SERVER_ACCOUNT = "tokenmesh-token-server"
 
 
 def helm(*args, check=True):
@@ -281,9 +296,27 @@ class Operator(Process):
         wait_until(webhook_listens, 30, lambda: f"the operator's webhook port:\n{tail(self.log)}")
 
 
+def service_account_issuer(kube, root: Path):
+    """TokenServer spec.kubernetes for a token server outside the cluster: the issuer the API server signs with,
+    the audience the operator's webhook projects, discovery at the API server's address with the cluster CA, and
+    a token of the chart's token-server ServiceAccount to read it (the API server serves discovery to
+    authenticated service accounts: the default RBAC binds system:service-account-issuer-discovery to
+    system:serviceaccounts), as in a real cluster."""
+    kube.run("create", "namespace", RELEASE_NAMESPACE, check=False)
+    kube.run("create", "serviceaccount", TOKEN_SERVER_ACCOUNT, "-n", RELEASE_NAMESPACE, check=False)
+    token = kube.run("create", "token", TOKEN_SERVER_ACCOUNT, "-n", RELEASE_NAMESPACE, "--duration", "12h").stdout
+    token_file = root / "kubernetes-token"
+    token_file.write_text(token.strip())
+    token_file.chmod(0o600)
+    return {"issuer": SERVICE_ACCOUNT_ISSUER, "audience": TOKEN_AUDIENCE,
+            "discoveryUrl": os.environ["TOKENMESH_K8S_SERVER"], "caFile": os.environ["TOKENMESH_K8S_CA"],
+            "tokenFile": str(token_file)}
+
+
 @pytest.fixture(scope="session")
-def token_server(tmp_path_factory):
-    server = TokenServer(tmp_path_factory.mktemp("token-server"))
+def token_server(kube, tmp_path_factory):
+    root = tmp_path_factory.mktemp("token-server")
+    server = TokenServer(root, kubernetes=service_account_issuer(kube, root))
     server.start()
     yield server
     server.stop()

@@ -1,17 +1,20 @@
-"""Service-account tokens of this API server, the groundwork of workload
-identity: `kubectl create token --audience` issues a JWT that verifies against
-the keys the API server publishes through OIDC discovery of its issuer, bound
-to that audience and that service account.
-
-(The token server does not accept them yet: `kubernetes_service_account` is
-refused as not supported, docs/configuration.md.)"""
+"""Workload identity against this API server: `kubectl create token --audience` issues a JWT that verifies
+against the keys the API server publishes through OIDC discovery of its issuer, and the token server, which
+fetches those keys the way it would in a cluster (discovery at the API server's address with the cluster CA,
+authenticated by a service-account token of its own: conftest.service_account_issuer), accepts it as the
+client assertion of the OAuthClient of that service account (applied with kubectl, pushed by the operator).
+A token for another audience, of another service account, or expired is refused."""
 
 import json
+import shutil
 
 import jwt
 import pytest
 
-ISSUER = "https://kubernetes.default.svc"
+from conftest import (RELEASE_NAMESPACE, SERVICE_ACCOUNT_ISSUER, TOKEN_AUDIENCE, TokenServer, resource,
+                      service_account_issuer)
+
+ISSUER = SERVICE_ACCOUNT_ISSUER
 
 
 def keys(kube):
@@ -43,3 +46,83 @@ def test_a_token_for_an_audience_verifies_against_the_published_keys(kube, names
 def test_no_token_for_a_service_account_that_does_not_exist(kube, namespace):
     proc = kube.run("create", "token", "nobody", "-n", namespace, "--audience", "tokenmesh-e2e", check=False)
     assert proc.returncode != 0 and "not found" in proc.stderr, proc.stderr
+
+
+def service_account_client(ns, name):
+    """The OAuthClient `<ns>/<name>` of the service account `<name>` in `<ns>` (namespace defaulted)."""
+    return resource("OAuthClient", name, {
+        "authentication": {"method": "kubernetes_service_account", "serviceAccount": {"name": name}},
+        "audiences": ["orders-api"],
+    }, namespace=ns)
+
+
+def create_token(kube, ns, account, audience=TOKEN_AUDIENCE, duration="10m"):
+    return kube.run("create", "token", account, "-n", ns, "--audience", audience,
+                    "--duration", duration).stdout.strip()
+
+
+def refused(response):
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == "invalid_client", response.text
+    return response.json()["error_description"]
+
+
+@pytest.fixture
+def orders_client(kube, namespace, reconciled):
+    """Service accounts `orders` (with its OAuthClient, Ready) and `payments` (none) in the test's namespace."""
+    for account in ("orders", "payments"):
+        kube.run("create", "serviceaccount", account, "-n", namespace)
+    kube.apply(service_account_client(namespace, "orders"))
+    reconciled("OAuthClient", "orders", namespace)
+    return f"{namespace}/orders"
+
+
+def test_the_token_server_accepts_a_service_account_token_as_the_client_assertion(
+        kube, namespace, orders_client, token_server):
+    token = create_token(kube, namespace, "orders")
+    for client_id in (orders_client, None):
+        response = token_server.token_by_assertion(token, client_id=client_id)
+        assert response.status_code == 200, response.text
+        claims = jwt.decode(response.json()["access_token"], options={"verify_signature": False})
+        assert claims["client_id"] == orders_client
+        assert claims["aud"] == "orders-api"
+
+
+def test_another_audience_or_another_service_account_is_refused(kube, namespace, orders_client, token_server):
+    wrong_audience = create_token(kube, namespace, "orders", audience="someone-else")
+    assert "aud" in refused(token_server.token_by_assertion(wrong_audience, client_id=orders_client))
+    assert "aud" in refused(token_server.token_by_assertion(wrong_audience))
+
+    payments = create_token(kube, namespace, "payments")
+    refused(token_server.token_by_assertion(payments, client_id=orders_client))
+    refused(token_server.token_by_assertion(payments))
+
+    # The token server's own service account (any other token of this API server) names no client either.
+    ours = create_token(kube, RELEASE_NAMESPACE, "tokenmesh-token-server")
+    refused(token_server.token_by_assertion(ours, client_id=orders_client))
+
+
+@pytest.fixture
+def later_token_server(kube, namespace, tmp_path):
+    """A second token server, standalone, with the same OAuthClient in its --config and the same view of the
+    cluster, whose clock runs 15 minutes ahead (libfaketime; monotonic time untouched)."""
+    faketime = shutil.which("faketime")
+    if not faketime:
+        pytest.skip("faketime is not installed (apt-get install faketime; .ci/run installs it)")
+    server = TokenServer(tmp_path, kubernetes=service_account_issuer(kube, tmp_path),
+                         resources=[service_account_client(namespace, "orders")],
+                         wrapper=[faketime, "-f", "+15m"], env={"FAKETIME_DONT_FAKE_MONOTONIC": "1"})
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_an_expired_service_account_token_is_refused(kube, namespace, orders_client, token_server,
+                                                     later_token_server):
+    """The API server issues no token shorter than 10 minutes, and signing one here would not be its token.
+    So the token is real and the clock moves instead: a 10-minute token, accepted by the token server, is
+    presented to a token server whose clock reads 15 minutes later (past exp and the 30 s leeway), which refuses
+    it as expired. Everything else about the two servers is the same, so expiry is the only reason."""
+    token = create_token(kube, namespace, "orders", duration="10m")
+    assert token_server.token_by_assertion(token, client_id=orders_client).status_code == 200
+    assert "expired" in refused(later_token_server.token_by_assertion(token, client_id=orders_client))

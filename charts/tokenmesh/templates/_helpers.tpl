@@ -242,6 +242,17 @@ directory when it manages the keys.
 {{- $_ := set $signing "keyDirectory" "/etc/tokenmesh/signing-keys" -}}
 {{- $_ := set $spec "signing" $signing -}}
 {{- end -}}
+{{- with .Values.tokenServer.workloadIdentity -}}
+{{- if .enabled -}}
+{{- /* The audience injected sidecars' projected tokens carry; caFile and
+tokenFile default to the in-pod paths the Deployment mounts. */ -}}
+{{- $kubernetes := dict "issuer" .issuer "audience" $.Values.sidecar.tokenAudience -}}
+{{- with .discoveryUrl -}}
+{{- $_ := set $kubernetes "discoveryUrl" . -}}
+{{- end -}}
+{{- $_ := set $spec "kubernetes" $kubernetes -}}
+{{- end -}}
+{{- end -}}
 {{- if $spec -}}
 {{- toYaml $spec -}}
 {{- else -}}

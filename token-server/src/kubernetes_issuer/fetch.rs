@@ -79,7 +79,7 @@ impl Fetcher {
     pub async fn keys(&self) -> Result<KeySet, FetchError> {
         let base = &self.settings.discovery_url;
         let url = format!("{base}/.well-known/openid-configuration");
-        let discovery: Discovery = self.get_json(&url).await?;
+        let discovery: Discovery = self.get_json(&url, "application/json").await?;
         if discovery.issuer != self.settings.issuer {
             return Err(FetchError::Document {
                 url,
@@ -90,7 +90,10 @@ impl Fetcher {
             });
         }
         let jwks_url = self.jwks_url(&discovery.jwks_uri);
-        let jwks: JwkSet = self.get_json(&jwks_url).await?;
+        // The API server answers 406 to a JWKS request accepting only application/json.
+        let jwks: JwkSet = self
+            .get_json(&jwks_url, "application/jwk-set+json, application/json")
+            .await?;
         let (keys, unusable) = KeySet::from_jwks(&jwks);
         for err in unusable {
             tracing::debug!(url = %jwks_url, error = %err, "service-account key skipped");
@@ -120,11 +123,12 @@ impl Fetcher {
         }
     }
 
-    async fn get_json<T: DeserializeOwned>(&self, url: &str) -> Result<T, FetchError> {
-        let mut request = self
-            .http
-            .get(url)
-            .header(reqwest::header::ACCEPT, "application/json");
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        accept: &'static str,
+    ) -> Result<T, FetchError> {
+        let mut request = self.http.get(url).header(reqwest::header::ACCEPT, accept);
         // The credential goes only to the discovery address, never to a
         // third-party jwks_uri.
         if let Some(path) = &self.settings.token_file

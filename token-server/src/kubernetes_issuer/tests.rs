@@ -46,8 +46,13 @@ async fn discovery(State(api): State<Arc<ApiServer>>, headers: HeaderMap) -> Jso
     }))
 }
 
-async fn jwks(State(api): State<Arc<ApiServer>>) -> (StatusCode, Json<Value>) {
+/// Like kube-apiserver: 406 unless the client accepts `application/jwk-set+json`.
+async fn jwks(State(api): State<Arc<ApiServer>>, headers: HeaderMap) -> (StatusCode, Json<Value>) {
     api.jwks_hits.fetch_add(1, Ordering::SeqCst);
+    let accept = headers.get("accept").and_then(|v| v.to_str().ok());
+    if !accept.is_some_and(|a| a.contains("application/jwk-set+json")) {
+        return (StatusCode::NOT_ACCEPTABLE, Json(json!({})));
+    }
     (StatusCode::OK, Json(api.jwks.lock().unwrap().clone()))
 }
 
