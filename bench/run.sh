@@ -4,7 +4,7 @@
 # Prints a markdown table on stdout (progress on stderr). See bench/README.md.
 # Env knobs:
 #   BENCH_DURATION=10s  BENCH_WARMUP=2s  BENCH_CONNECTIONS=32
-#   BENCH_CASES="healthz opaque es256 eddsa exchange-http exchange-grpc peer"   (subset to run)
+#   BENCH_CASES="healthz opaque es256 eddsa exchange-http exchange-grpc bare peer"   (subset to run)
 #   BENCH_SERVER_CPU=0  BENCH_CLIENT_CPU=1
 #   TOKEN_SERVER_BIN=path (skip cargo build)   BENCH_SKIP_BUILD=1
 #   PEER_NODE_ENV=production (the peer's NODE_ENV; "development" is its default mode)
@@ -16,7 +16,7 @@ DURATION=${BENCH_DURATION:-10s}
 WARMUP=${BENCH_WARMUP:-2s}
 CONNS=${BENCH_CONNECTIONS:-32}
 TM_CASES="healthz opaque es256 eddsa exchange-http exchange-grpc" # served by token-server
-CASES=" ${BENCH_CASES:-$TM_CASES peer} "
+CASES=" ${BENCH_CASES:-$TM_CASES bare peer} "
 SCPU=${BENCH_SERVER_CPU:-0}
 CCPU=${BENCH_CLIENT_CPU:-1}
 SECRET=bench-client-secret-0123456789abcdef # >= 32 chars, shared by all clients
@@ -89,6 +89,11 @@ if want_tm; then
     bin=${CARGO_TARGET_DIR:-$root/target}/release/token-server
   fi
   [[ -x $bin ]] || die "no token-server binary at $bin"
+fi
+if want bare; then
+  bare_bin=${CARGO_TARGET_DIR:-$root/target}/release/bare-signer
+  [[ -n ${BENCH_SKIP_BUILD:-} ]] || (cd "$root" && cargo build --release -p bare-signer >&2)
+  [[ -x $bare_bin ]] || die "no bare-signer binary at $bare_bin"
 fi
 if want peer; then
   command -v node >/dev/null && command -v npm >/dev/null || die "node and npm are required for the peer"
@@ -331,6 +336,18 @@ if want_tm; then
   kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 fi
 
+# --- reference: the bare signer (bench/bare-signer) -----------------------------
+if want bare; then
+  bport=$(free_port); biss=http://127.0.0.1:$bport
+  log "starting bare-signer on $biss (CPU $SCPU)"
+  taskset -c "$SCPU" "$bare_bin" "127.0.0.1:$bport" "$biss" ES256 >"$tmp/bare.log" 2>&1 &
+  pids+=($!) spid=$!
+  wait_ready "$biss/healthz" "$!" "$tmp/bare.log"
+  # The same request as (c), Basic header included; nothing checks it.
+  run_case bare "$biss/oauth2/token" POST "$TOKEN_BODY" bench-es256 - "$biss" -
+  kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+fi
+
 # --- peer: oidc-provider ------------------------------------------------------
 peer_ver=-
 if want peer; then
@@ -368,6 +385,7 @@ row healthz '(a) tokenmesh `GET /healthz` (ceiling)' healthz
 row opaque '(b) tokenmesh opaque token' healthz
 row es256 '(c) tokenmesh JWT ES256' healthz
 row eddsa '(d) tokenmesh JWT EdDSA' healthz
+row bare '(c0) reference: bare signer (parse the form, sign one ES256 JWT; bench/bare-signer)' healthz
 row peer "(e) oidc-provider ${peer_ver} JWT ES256 (1 Node process)" healthz
 row peer_healthz '(e0) oidc-provider process `GET /healthz` (Node ceiling)' healthz
 row exchange-http '(f) tokenmesh token exchange (RFC 8693) → JWT ES256, HTTP `POST /oauth2/token` (wrk)' healthz
@@ -376,6 +394,9 @@ echo
 if [[ -n ${RPS[es256]:-} && -n ${RPS[peer]:-} ]]; then
   echo -n "ES256 tokenmesh / ES256 oidc-provider: **$(ratio "${RPS[es256]}" "${RPS[peer]}")×** requests/s"
   [[ ${ERR[es256]}${ERR[peer]} == 00 ]] && echo . || echo " (⚠ NOT VALID: a case had errors)."
+fi
+if [[ -n ${RPS[bare]:-} && -n ${RPS[peer]:-} ]]; then
+  echo "Bare signer / ES256 oidc-provider: $(ratio "${RPS[bare]}" "${RPS[peer]}")× requests/s; tokenmesh ES256 / bare signer: $(ratio "${RPS[es256]:-0}" "${RPS[bare]}")."
 fi
 if [[ -n ${RPS[peer]:-} && -n ${RPS[peer_healthz]:-} ]]; then
   echo "oidc-provider ES256 / its own Node \`/healthz\`: $(ratio "${RPS[peer]}" "${RPS[peer_healthz]}")."
