@@ -9,7 +9,9 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http::{
+    HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, header, uri::PathAndQuery,
+};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::{
@@ -42,6 +44,8 @@ pub struct Proxy {
     pub resolve: HashMap<String, SocketAddr>,
     pub allow_unlisted: bool,
     pub timeout: Duration,
+    /// Admin path → (application port, path): kubelet probes.
+    probes: HashMap<String, (u16, PathAndQuery)>,
     http1: Client<HttpConnector, Incoming>,
     http2: Client<HttpConnector, Incoming>,
 }
@@ -118,6 +122,7 @@ impl Proxy {
         resolve: HashMap<String, SocketAddr>,
         allow_unlisted: bool,
         timeout: Duration,
+        probes: HashMap<String, (u16, PathAndQuery)>,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -132,6 +137,7 @@ impl Proxy {
             resolve,
             allow_unlisted,
             timeout,
+            probes,
             http1,
             http2,
         }
@@ -255,14 +261,17 @@ impl Proxy {
                 )
             })?;
         let (host, port) = match authority.rsplit_once(':') {
-            Some((host, port)) if port.parse::<u16>().is_ok() => {
-                (host.to_ascii_lowercase(), Some(port.to_owned()))
-            }
-            _ => (authority.to_ascii_lowercase(), None),
+            Some((host, port)) => match port.parse::<u16>() {
+                Ok(port) => (host.to_ascii_lowercase(), Some(port)),
+                Err(_) => (authority.to_ascii_lowercase(), None),
+            },
+            None => (authority.to_ascii_lowercase(), None),
         };
         let incoming = bearer(request.headers()).map(str::to_owned);
+        let mut carries_token = false;
         match (self.mesh.route(&host), incoming) {
             (Some(_), Some(token)) => {
+                carries_token = true;
                 let token = self
                     .mesh
                     .outbound_token(&host, &token)
@@ -284,15 +293,35 @@ impl Proxy {
         if let Ok(value) = HeaderValue::try_from(authority.as_str()) {
             request.headers_mut().insert(header::HOST, value);
         }
-        let original = request.extensions().get::<OriginalDst>();
-        Ok(match (original, self.resolve.get(&host)) {
-            (Some(OriginalDst(addr)), _) | (None, Some(addr)) => addr.to_string(),
-            (None, None) => format!("{host}:{}", port.as_deref().unwrap_or("80")),
+        let original = request
+            .extensions()
+            .get::<OriginalDst>()
+            .map(|OriginalDst(addr)| *addr);
+        Ok(match (self.resolve.get(&host), original) {
+            // A token goes only to the host its policy names: a captured
+            // connection to some other address with this Host goes to the
+            // host, never to where the application connected.
+            (Some(addr), _) if carries_token => addr.to_string(),
+            (Some(addr), None) => addr.to_string(),
+            (None, Some(addr)) if carries_token => {
+                format!("{host}:{}", port.unwrap_or(addr.port()))
+            }
+            (_, Some(addr)) => addr.to_string(),
+            (None, None) => format!("{host}:{}", port.unwrap_or(80)),
         })
     }
 
-    /// `/healthz`, `/readyz`, `/metrics`.
-    pub fn admin(&self, request: &Request<Incoming>) -> Response<Body> {
+    /// `/healthz`, `/readyz`, `/metrics`, and the application's probes.
+    pub async fn admin(&self, mut request: Request<Incoming>) -> Response<Body> {
+        if let Some((port, target)) = self.probes.get(request.uri().path()) {
+            if !matches!(*request.method(), http::Method::GET | http::Method::HEAD) {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "probes are GET");
+            }
+            // Only the configured path, never the caller's: no way around the token checks.
+            *request.uri_mut() = Uri::from(target.clone());
+            let app = SocketAddr::new(self.app_addr.ip(), *port);
+            return self.forward(request, &app.to_string()).await;
+        }
         match request.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok"),
             "/readyz" if self.mesh.ready() => text(StatusCode::OK, "ready"),

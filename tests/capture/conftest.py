@@ -48,6 +48,7 @@ SECRET = "capture-test-client-secret-0123456789abcdef"
 EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 
 POD, CLIENT, SVC, TOKEN_SERVER, EXCLUDED = "198.18.0.2", "198.18.0.3", "198.18.0.4", "198.18.0.5", "198.18.0.6"
+DECOY = "198.18.0.7"  # captured, but not the address of any host a policy names
 POD6, CLIENT6 = "fd00:746d::2", "fd00:746d::3"
 APP_PORTS = (8080, 8090)  # captured
 APP_OPEN_PORT = 8099  # the application listens here too, not captured
@@ -189,7 +190,7 @@ class Mesh:
         self.net.ip("link", "add", "br0", "type", "bridge")
         self.net.ip("link", "set", "br0", "up")
         for ns, v4, v6 in [(self.pod, [POD], POD6), (self.client, [CLIENT], CLIENT6),
-                           (self.svc, [SVC, TOKEN_SERVER, EXCLUDED], "fd00:746d::4")]:
+                           (self.svc, [SVC, TOKEN_SERVER, EXCLUDED, DECOY], "fd00:746d::4")]:
             leg = "v-" + ns.name.rsplit("-", 1)[1]
             self.net.ip("link", "add", leg, "type", "veth", "peer", "name", "eth0", "netns", ns.name)
             self.net.ip("link", "set", leg, "master", "br0", "up")
@@ -223,7 +224,7 @@ class Mesh:
             "--issuer", f"http://{TOKEN_SERVER}:8081", "--data-dir", self.dir / "data", "--insecure-http"])
         self.spawn(self.svc, "svc", [PYTHON, HERE / "app.py", "--log", self.dir / "svc.jsonl",
                                      "--listen", f"{SVC}:9000", "--listen", f"{SVC}:{EXCLUDED_PORT}",
-                                     "--listen", f"{EXCLUDED}:9000"])
+                                     "--listen", f"{EXCLUDED}:9000", "--listen", f"{DECOY}:9000"])
         # The init step, as the webhook runs it: settings in the environment, NET_ADMIN and NET_RAW only.
         self.install_output = self.pod.capture("install", env={
             "TOKENMESH_CAPTURE_INBOUND_PORTS": ",".join(map(str, APP_PORTS)),
@@ -247,7 +248,9 @@ class Mesh:
             SIDECAR_BIN, "--token-server", f"http://{TOKEN_SERVER}:8082", "--client-id", "orders-svc",
             "--client-secret-file", secret, "--audience", "orders",
             "--app-addr", "127.0.0.1:8080", "--inbound-addr", "0.0.0.0:15006",
-            "--outbound-addr", "127.0.0.1:15001", "--admin-addr", "127.0.0.1:15020", "--clock-skew", "0s"],
+            "--outbound-addr", "127.0.0.1:15001", "--admin-addr", "127.0.0.1:15020", "--clock-skew", "0s",
+            # Where DNS would send payments.local in a cluster.
+            "--resolve", f"payments.local={SVC}:9000"],
             prefix=["setpriv", f"--reuid={SIDECAR_UID}", f"--regid={SIDECAR_UID}", "--clear-groups", "--"])
         self.wait_ready()
 

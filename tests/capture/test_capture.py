@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from conftest import (APP_OPEN_PORT, APP_PORTS, EXCLUDED, EXCLUDED_PORT, INIT_PRIVILEGES, POD, POD6,
-                      SIDECAR_UID, SVC, claims)
+from conftest import (APP_OPEN_PORT, APP_PORTS, DECOY, EXCLUDED, EXCLUDED_PORT, INIT_PRIVILEGES, POD,
+                      POD6, SIDECAR_UID, SVC, claims)
 
 
 def unique(prefix):
@@ -105,7 +105,7 @@ def test_a_plain_outbound_call_is_exchanged_by_policy(mesh):
     body = call(mesh, token, f"{SVC}:9000", "payments.local", path)
     assert body.get("call_status") == 200, body
     [record] = seen(mesh, "svc", path)
-    # It went where the application connected (SO_ORIGINAL_DST), with the Host it sent ...
+    # It went to payments.local (where the application connected, too), with the Host it sent ...
     assert record["listener"] == f"{SVC}:9000"
     assert record["host"] == "payments.local"
     # ... carrying a token exchanged for the destination, orders-svc acting.
@@ -115,6 +115,18 @@ def test_a_plain_outbound_call_is_exchanged_by_policy(mesh):
     assert exchanged["act"] == {"sub": "orders-svc", "client_id": "orders-svc"}
     assert exchanged["scope"] == "orders:read"
     assert record["authorization"] != f"Bearer {token}"
+
+
+def test_a_token_goes_to_the_host_its_policy_names_not_where_the_application_connected(mesh):
+    # The application connects to another address and claims to be calling payments.local:
+    # the token for payments must not go there.
+    token = mesh.token()
+    path = unique("decoy")
+    body = call(mesh, token, f"{DECOY}:9000", "payments.local", path)
+    assert body.get("call_status") == 200, body
+    [record] = seen(mesh, "svc", path)
+    assert record["listener"] == f"{SVC}:9000", "delivered to payments.local, not the decoy"
+    assert claims(record["authorization"])["aud"] == "payments"
 
 
 def test_a_plain_outbound_call_to_an_unlisted_host_is_refused(mesh):
