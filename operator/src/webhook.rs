@@ -266,6 +266,69 @@ fn token_volume(config: &InjectConfig) -> Volume {
     }
 }
 
+fn env_value<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
+    container
+        .env
+        .iter()
+        .flatten()
+        .find(|v| v.name == name)
+        .and_then(|v| v.value.as_deref())
+}
+
+/// kubelet's HTTP probes of captured ports carry no token, so the sidecar
+/// would refuse them: they move to the sidecar's admin port, which answers
+/// each one with the application's answer. Returns the JSON Patch operations
+/// and the sidecar's `--app-probe` values. Probes to another host, HTTPS
+/// probes (the sidecar's inbound listener speaks plain HTTP) and ports not
+/// captured are left as they are.
+fn rewrite_probes(pod: &Pod, captured: &[i32]) -> (Vec<Value>, Vec<String>) {
+    let (mut ops, mut probes) = (Vec::new(), Vec::new());
+    let containers = pod.spec.as_ref().map(|s| s.containers.as_slice());
+    for (index, container) in containers.unwrap_or_default().iter().enumerate() {
+        let kinds = [
+            ("livenessProbe", "livez", &container.liveness_probe),
+            ("readinessProbe", "readyz", &container.readiness_probe),
+            ("startupProbe", "startupz", &container.startup_probe),
+        ];
+        for (field, kind, probe) in kinds {
+            let Some(get) = probe.as_ref().and_then(|p| p.http_get.as_ref()) else {
+                continue;
+            };
+            let https = get
+                .scheme
+                .as_deref()
+                .is_some_and(|s| s.eq_ignore_ascii_case("https"));
+            if get.host.is_some() || https {
+                continue;
+            }
+            let port = match &get.port {
+                IntOrString::Int(port) => Some(*port),
+                IntOrString::String(name) => container
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_deref() == Some(name))
+                    .map(|p| p.container_port),
+            };
+            let Some(port) = port.filter(|p| captured.contains(p)) else {
+                continue;
+            };
+            let path = format!("/app-health/{}/{kind}", container.name);
+            let target = get.path.as_deref().unwrap_or("/");
+            let slash = if target.starts_with('/') { "" } else { "/" };
+            probes.push(format!("{path}={port}{slash}{target}"));
+            let moved = HTTPGetAction {
+                path: Some(path),
+                port: IntOrString::Int(ADMIN_PORT),
+                scheme: Some("HTTP".into()),
+                ..get.clone()
+            };
+            ops.push(json!({"op": "replace", "path": format!("/spec/containers/{index}/{field}/httpGet"), "value": moved}));
+        }
+    }
+    (ops, probes)
+}
+
 /// Whether `pod` is to be injected: not opted out, not injected already.
 pub fn wants_sidecar(pod: &Pod) -> bool {
     let opted_out = pod
@@ -291,7 +354,27 @@ pub fn mutate(
     }
     let mut ops: Vec<Value> = Vec::new();
     let spec = pod.spec.as_ref();
-    ops.push(json!({"op": "add", "path": "/spec/containers/-", "value": sidecar(pod, config)}));
+    let init = capture(pod, config);
+    let captured_ports: Vec<i32> = init
+        .as_ref()
+        .and_then(|c| env_value(c, "TOKENMESH_CAPTURE_INBOUND_PORTS"))
+        .map(|ports| {
+            ports
+                .split(',')
+                .filter_map(|p| p.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let (probe_ops, probes) = rewrite_probes(pod, &captured_ports);
+    let mut sidecar = sidecar(pod, config);
+    if !probes.is_empty() {
+        sidecar
+            .env
+            .get_or_insert_with(Vec::new)
+            .push(env("TOKENMESH_SIDECAR_APP_PROBES", probes.join(",")));
+    }
+    ops.push(json!({"op": "add", "path": "/spec/containers/-", "value": sidecar}));
+    ops.extend(probe_ops);
     match spec.and_then(|s| s.volumes.as_ref()) {
         Some(_) => {
             ops.push(json!({"op": "add", "path": "/spec/volumes/-", "value": token_volume(config)}))
@@ -300,15 +383,10 @@ pub fn mutate(
             ops.push(json!({"op": "add", "path": "/spec/volumes", "value": [token_volume(config)]}))
         }
     }
-    let init = capture(pod, config);
     let outbound_captured = init
         .as_ref()
-        .and_then(|c| c.env.as_ref())
-        .is_some_and(|vars| {
-            vars.iter().any(|v| {
-                v.name == "TOKENMESH_CAPTURE_OUTBOUND" && v.value.as_deref() == Some("true")
-            })
-        });
+        .and_then(|c| env_value(c, "TOKENMESH_CAPTURE_OUTBOUND"))
+        .is_some_and(|v| v == "true");
     if let Some(init) = init {
         // First, so no other init container runs unprotected.
         match spec.and_then(|s| s.init_containers.as_ref()) {
@@ -574,6 +652,55 @@ mod tests {
         assert_eq!(
             result["spec"]["containers"][0]["env"][0]["name"],
             "HTTP_PROXY"
+        );
+    }
+
+    #[test]
+    fn probes_of_captured_ports_move_to_the_sidecar_admin_port() {
+        let capturing = InjectConfig {
+            capture: true,
+            ..config()
+        };
+        let get = |path: &str, port: Value| json!({"httpGet": {"path": path, "port": port, "httpHeaders": [{"name": "X-Probe", "value": "1"}]}});
+        let original = pod(
+            json!({"tokenmesh.dev/inbound-ports": "8080"}),
+            json!([{
+                "name": "web", "image": "x",
+                "ports": [{"containerPort": 8080, "name": "http"}, {"containerPort": 9090, "name": "debug"}],
+                "livenessProbe": get("/healthz", json!(8080)),
+                "readinessProbe": get("ready?deep=1", json!("http")),
+                "startupProbe": get("/started", json!("debug")),
+            }]),
+        );
+        let result = patched(&review(&admission(original.clone()), &capturing), &original);
+        let web = &result["spec"]["containers"][0];
+        assert_eq!(
+            web["livenessProbe"]["httpGet"],
+            json!({"path": "/app-health/web/livez", "port": 15020, "scheme": "HTTP", "httpHeaders": [{"name": "X-Probe", "value": "1"}]})
+        );
+        assert_eq!(
+            web["readinessProbe"]["httpGet"]["path"],
+            "/app-health/web/readyz"
+        );
+        assert_eq!(
+            web["startupProbe"], original["spec"]["containers"][0]["startupProbe"],
+            "9090 is not captured: the probe reaches the application as before"
+        );
+        let sidecar_env = result["spec"]["containers"][1]["env"].as_array().unwrap();
+        let probes = sidecar_env
+            .iter()
+            .find(|e| e["name"] == "TOKENMESH_SIDECAR_APP_PROBES")
+            .unwrap();
+        assert_eq!(
+            probes["value"],
+            "/app-health/web/livez=8080/healthz,/app-health/web/readyz=8080/ready?deep=1"
+        );
+
+        // Without capture the application's ports are reachable: nothing moves.
+        let result = patched(&review(&admission(original.clone()), &config()), &original);
+        assert_eq!(
+            result["spec"]["containers"][0]["livenessProbe"],
+            original["spec"]["containers"][0]["livenessProbe"]
         );
     }
 }

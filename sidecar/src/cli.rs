@@ -104,6 +104,18 @@ pub struct Args {
     )]
     pub resolve: Vec<Resolve>,
 
+    /// PATH=PORT/TARGET: answer `GET PATH` on the admin listener with the
+    /// application's answer to `GET TARGET` on PORT, no token needed. The
+    /// injection webhook rewrites kubelet HTTP probes of captured ports to
+    /// these, since a probe carries no token (repeat, or comma-separate in
+    /// the environment).
+    #[arg(
+        long = "app-probe",
+        env = "TOKENMESH_SIDECAR_APP_PROBES",
+        value_delimiter = ','
+    )]
+    pub app_probes: Vec<AppProbe>,
+
     /// Forward calls to destinations no policy names, without any token.
     /// Default: refuse them (403).
     #[arg(long, env = "TOKENMESH_SIDECAR_ALLOW_UNLISTED")]
@@ -150,6 +162,35 @@ impl FromStr for Resolve {
         Ok(Self {
             host: host.to_ascii_lowercase(),
             addr,
+        })
+    }
+}
+
+/// `PATH=PORT/TARGET`: a probe path of the admin listener and where it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppProbe {
+    pub path: String,
+    pub port: u16,
+    pub target: http::uri::PathAndQuery,
+}
+
+impl FromStr for AppProbe {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let usage =
+            || format!("`{text}`: write PATH=PORT/TARGET, like /app-health/web/livez=8080/healthz");
+        let (path, to) = text.split_once('=').ok_or_else(usage)?;
+        let (port, target) = to.split_at(to.find('/').unwrap_or(to.len()));
+        let port = port.parse::<u16>().map_err(|_| usage())?;
+        if !path.starts_with('/') || port == 0 {
+            return Err(usage());
+        }
+        let target = if target.is_empty() { "/" } else { target };
+        Ok(Self {
+            path: path.to_owned(),
+            port,
+            target: target.parse().map_err(|_| usage())?,
         })
     }
 }

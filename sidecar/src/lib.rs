@@ -74,6 +74,10 @@ async fn start(args: Args) -> Result<(), String> {
         resolve,
         args.allow_unlisted_destinations,
         args.upstream_timeout,
+        args.app_probes
+            .iter()
+            .map(|p| (p.path.clone(), (p.port, p.target.clone())))
+            .collect(),
     ));
     let inbound = bind(args.inbound_addr).await?;
     let outbound = bind(args.outbound_addr).await?;
@@ -125,7 +129,7 @@ async fn start(args: Args) -> Result<(), String> {
         admin,
         move |request| {
             let proxy = admin_proxy.clone();
-            async move { proxy.admin(&request) }
+            async move { proxy.admin(request).await }
         },
         until_stopped(stopped.clone()),
     );

@@ -289,7 +289,8 @@ async fn handle(
         (Some(url), Some((_, proxy))) => Some((url.to_owned(), proxy)),
         (_, next) => next,
     };
-    let mut body = json!({"received": authorization});
+    let path = request.uri().path_and_query().map(|p| p.to_string());
+    let mut body = json!({"received": authorization, "path": path});
     if let Some((url, proxy)) = next {
         let client = reqwest::Client::builder()
             .proxy(reqwest::Proxy::http(format!("http://{proxy}")).unwrap())
@@ -328,6 +329,28 @@ impl Sidecar {
         resolve: &[(&str, SocketAddr)],
         outbound_port: u16,
     ) -> Self {
+        Self::start_with(
+            server,
+            client_id,
+            audience,
+            app,
+            resolve,
+            outbound_port,
+            &[],
+        )
+        .await
+    }
+
+    /// [`Sidecar::start`] with more flags.
+    pub async fn start_with(
+        server: &TokenServer,
+        client_id: &str,
+        audience: &str,
+        app: SocketAddr,
+        resolve: &[(&str, SocketAddr)],
+        outbound_port: u16,
+        extra: &[String],
+    ) -> Self {
         let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
         let (inbound, outbound, admin) =
             (local(free_port()), local(outbound_port), local(free_port()));
@@ -360,6 +383,7 @@ impl Sidecar {
         for (host, target) in resolve {
             command.arg("--resolve").arg(format!("{host}={target}"));
         }
+        command.args(extra);
         let child = command.spawn().unwrap();
         wait_ok(&format!("http://{admin}/readyz")).await;
         Self {

@@ -6,7 +6,9 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 use tokenmesh_tokens::{Algorithm, signing::SigningKey};
 
-use crate::harness::{Mesh, ORDERS_TO_PAYMENTS, claims, policy};
+use crate::harness::{
+    App, Mesh, ORDERS_TO_PAYMENTS, Sidecar, TokenServer, claims, free_port, policy,
+};
 
 #[tokio::test]
 async fn three_hops_carry_the_right_token_by_share_exchange_and_embed() {
@@ -261,4 +263,61 @@ async fn the_token_server_going_down_and_coming_back() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn kubelet_probes_reach_the_application_only_by_their_configured_path() {
+    let server = TokenServer::start().await;
+    let app = App::start(None).await;
+    let probe = format!("/app-health/app/livez={}/healthz?deep=1", app.addr.port());
+    let sidecar = Sidecar::start_with(
+        &server,
+        "orders-svc",
+        "orders",
+        app.addr,
+        &[],
+        free_port(),
+        &["--app-probe".into(), probe],
+    )
+    .await;
+    let admin = |path: &str| format!("http://{}{path}", sidecar.admin);
+    let client = reqwest::Client::new();
+
+    let resp = client
+        .get(admin("/app-health/app/livez"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["path"], "/healthz?deep=1",
+        "the configured target, not the caller's path"
+    );
+    assert_eq!(body["received"], Value::Null, "no token needed, none added");
+
+    let resp = client
+        .post(admin("/app-health/app/livez"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    let resp = client
+        .get(admin("/app-health/app/livez/../../orders"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let hits = app.hits();
+    let resp = client
+        .get(format!("http://{}/healthz?deep=1", sidecar.inbound))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        401,
+        "the application's port still wants a token"
+    );
+    assert_eq!(app.hits(), hits);
 }
