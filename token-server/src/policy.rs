@@ -77,6 +77,39 @@ fn may_act_allows(subject: &AccessTokenClaims, actor: &ActingParty<'_>) -> bool 
     named("sub", actor.sub) || named("client_id", actor.client_id)
 }
 
+/// The CEL variables of one decision, built on first use: most policies have
+/// no expression, and building them costs more than the rest of a decision.
+struct CelVariables<'a> {
+    subject: &'a AccessTokenClaims,
+    actor: &'a ActingParty<'a>,
+    audience: &'a str,
+    scopes: &'a [String],
+    built: std::cell::OnceCell<Option<cel::Context<'static, 'static>>>,
+}
+
+impl<'a> CelVariables<'a> {
+    fn new(
+        subject: &'a AccessTokenClaims,
+        actor: &'a ActingParty<'a>,
+        audience: &'a str,
+        scopes: &'a [String],
+    ) -> Self {
+        Self {
+            subject,
+            actor,
+            audience,
+            scopes,
+            built: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn context(&self) -> Option<&cel::Context<'static, 'static>> {
+        self.built
+            .get_or_init(|| cel_context(self.subject, self.actor, self.audience, self.scopes))
+            .as_ref()
+    }
+}
+
 /// The variables CEL sees: `subject`, `actor`, `request`.
 fn cel_context(
     subject: &AccessTokenClaims,
@@ -104,9 +137,13 @@ fn cel_context(
 
 /// Whether the policy's condition holds. An expression that errors or is not
 /// a boolean counts as false: policies fail closed.
-fn condition_holds(policy: &Policy, context: &cel::Context<'_, '_>) -> bool {
+fn condition_holds(policy: &Policy, variables: &CelVariables<'_>) -> bool {
     let Some(program) = &policy.condition else {
         return true;
+    };
+    let Some(context) = variables.context() else {
+        tracing::warn!(policy = %policy.name, "the CEL variables cannot be built; refusing");
+        return false;
     };
     match program.execute(context) {
         Ok(cel::Value::Bool(result)) => result,
@@ -124,9 +161,13 @@ fn condition_holds(policy: &Policy, context: &cel::Context<'_, '_>) -> bool {
 /// The claims a policy adds; an expression that fails refuses the token.
 fn policy_claims(
     policy: &Policy,
-    context: &cel::Context<'_, '_>,
+    variables: &CelVariables<'_>,
 ) -> Result<Map<String, Value>, OAuthError> {
     let mut claims = Map::new();
+    if policy.claims.is_empty() {
+        return Ok(claims);
+    }
+    let context = variables.context().ok_or(OAuthError::Internal)?;
     for (name, program) in &policy.claims {
         let value = program
             .execute(context)
@@ -205,11 +246,10 @@ pub fn decide(registry: &Registry, request: &ExchangeRequest<'_>) -> Result<Deci
         .scopes
         .clone()
         .unwrap_or_else(|| live.iter().map(|s| (*s).to_owned()).collect());
-    let context = cel_context(subject, &request.actor, request.audience, &requested)
-        .ok_or(OAuthError::Internal)?;
+    let variables = CelVariables::new(subject, &request.actor, request.audience, &requested);
     let Some(policy) = candidates
         .into_iter()
-        .find(|p| condition_holds(p, &context))
+        .find(|p| condition_holds(p, &variables))
     else {
         return Err(OAuthError::UnauthorizedClient(
             "no exchange policy's condition holds for this request".into(),
@@ -253,7 +293,7 @@ pub fn decide(registry: &Registry, request: &ExchangeRequest<'_>) -> Result<Deci
         scopes,
         ttl: ttl_within(registry, policy, subject, request.now),
         act,
-        claims: policy_claims(policy, &context)?,
+        claims: policy_claims(policy, &variables)?,
     })
 }
 
@@ -283,17 +323,17 @@ pub fn embeds(
             .filter(|s| policy_allows_scope(registry, policy, s))
             .map(|s| (*s).to_owned())
             .collect();
-        let context = cel_context(claims, &actor, &policy.spec.to.audience, &scopes)
-            .ok_or(OAuthError::Internal)?;
-        if !condition_holds(policy, &context) {
+        let variables = CelVariables::new(claims, &actor, &policy.spec.to.audience, &scopes);
+        if !condition_holds(policy, &variables) {
             continue;
         }
+        let extra = policy_claims(policy, &variables)?;
         embeds.push(Embed {
             policy: policy.name.clone(),
             audience: policy.spec.to.audience.clone(),
             scopes,
             ttl: ttl_within(registry, policy, claims, now),
-            claims: policy_claims(policy, &context)?,
+            claims: extra,
         });
     }
     Ok(embeds)
@@ -325,10 +365,8 @@ pub fn share(
             continue;
         }
         let scopes: Vec<String> = claims.scopes().map(str::to_owned).collect();
-        let Some(context) = cel_context(claims, &actor, &to.audience, &scopes) else {
-            continue;
-        };
-        if condition_holds(policy, &context) {
+        let variables = CelVariables::new(claims, &actor, &to.audience, &scopes);
+        if condition_holds(policy, &variables) {
             return Ok(to.audience.clone());
         }
     }
