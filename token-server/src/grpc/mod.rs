@@ -18,7 +18,7 @@ use tonic::{
 
 use crate::{
     oauth::{
-        client_auth::{basic_credentials, check_any_secret, check_assertion},
+        client_auth::{basic_credentials_of, check_any_secret, check_assertion},
         error::OAuthError,
     },
     registry::Client,
@@ -58,9 +58,11 @@ pub async fn authenticate(state: &AppState, metadata: &MetadataMap) -> Result<Ar
         let endpoint = registry.server.issuer.clone();
         return Ok(check_assertion(state, &registry, None, assertion, &endpoint).await?);
     }
-    let headers = metadata.clone().into_headers();
-    match basic_credentials(&headers)? {
-        Some((id, secret)) => Ok(check_any_secret(&registry, &id, secret.as_bytes())?),
+    match metadata.get("authorization") {
+        Some(value) => {
+            let (id, secret) = basic_credentials_of(value.as_bytes())?;
+            Ok(check_any_secret(&registry, &id, secret.as_bytes())?)
+        }
         None => Err(Status::unauthenticated(
             "authenticate the client: `authorization: Basic` or `x-client-assertion` metadata",
         )),

@@ -79,11 +79,16 @@ pub async fn authenticate(
 
 /// `Authorization: Basic` with form-urlencoded id and secret (RFC 6749 §2.3.1).
 pub fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OAuthError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Ok(None);
-    };
+    headers
+        .get(header::AUTHORIZATION)
+        .map(|value| basic_credentials_of(value.as_bytes()))
+        .transpose()
+}
+
+/// The client id and secret of an `Authorization: Basic` value.
+pub fn basic_credentials_of(value: &[u8]) -> Result<(String, String), OAuthError> {
     let malformed = || refused("malformed Basic credentials");
-    let value = value.to_str().map_err(|_| malformed())?;
+    let value = std::str::from_utf8(value).map_err(|_| malformed())?;
     let Some((scheme, encoded)) = value.split_once(' ') else {
         return Err(malformed());
     };
@@ -100,7 +105,7 @@ pub fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>
             .map(|c| c.into_owned())
             .map_err(|_| malformed())
     };
-    Ok(Some((unescape(id)?, unescape(secret)?)))
+    Ok((unescape(id)?, unescape(secret)?))
 }
 
 /// Authenticates a client by its secret, presented with any secret method
