@@ -651,6 +651,14 @@ fn kubernetes_settings(
             format!("{m} (discovery is fetched from it: set discoveryUrl)"),
         )
     })?;
+    if !crate::kubernetes_issuer::confidential_url(&discovery_url) {
+        return Err((
+            field,
+            format!(
+                "`{discovery_url}`: the cluster's keys are fetched from it, so it must be https (plain http only to loopback)"
+            ),
+        ));
+    }
     let in_cluster = |path: &str| {
         let path = PathBuf::from(path);
         path.exists().then_some(path)
@@ -680,6 +688,16 @@ fn service_account_auth(
         "spec.authentication.serviceAccount",
         "kubernetes_service_account needs serviceAccount: {name, namespace}".to_owned(),
     ))?;
+    // A namespaced OAuthClient speaks only for its own namespace's accounts:
+    // otherwise one tenant could take another's service account first.
+    if let (Some(own), Some(named)) = (namespace, account.namespace.as_deref())
+        && own != named
+    {
+        return Err((
+            "spec.authentication.serviceAccount.namespace",
+            format!("`{named}` is not this OAuthClient's namespace `{own}`"),
+        ));
+    }
     let namespace = account.namespace.as_deref().or(namespace).ok_or((
         "spec.authentication.serviceAccount.namespace",
         "is required when the OAuthClient has no namespace".to_owned(),
@@ -1132,6 +1150,15 @@ mod tests {
                 "spec.authentication.serviceAccount.name",
             ),
             (
+                // Another namespace's account: not this client's to claim.
+                sa_client(
+                    "a",
+                    ", namespace: shop",
+                    ", serviceAccount: {name: orders, namespace: bank}",
+                ),
+                "spec.authentication.serviceAccount.namespace",
+            ),
+            (
                 format!(
                     "{}{}",
                     sa_client("a", ", namespace: shop", ", serviceAccount: {name: orders}"),
@@ -1151,6 +1178,15 @@ mod tests {
             case(bad_discovery.to_owned()).map(|(f, _)| f),
             Some("spec.kubernetes.issuer".to_owned())
         );
+        // Keys fetched in clear could be swapped on the way: https, or loopback.
+        let plain = KUBERNETES.replace(
+            "{issuer: https://kubernetes.default.svc}",
+            "{issuer: https://kubernetes.default.svc, discoveryUrl: \"http://10.0.0.1:6443\"}",
+        );
+        assert_ne!(plain, KUBERNETES);
+        let (field, message) = case(plain).unwrap();
+        assert_eq!(field, "spec.kubernetes.discoveryUrl");
+        assert!(message.contains("https"), "{message}");
     }
 
     #[test]

@@ -33,6 +33,28 @@ pub enum FetchError {
     Document { url: String, message: String },
 }
 
+/// Whether keys fetched from `url` can be trusted to arrive unchanged:
+/// https, or plain http to this machine (tests, a local proxy).
+pub fn confidential_url(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The part of the OIDC discovery document used here.
 #[derive(Deserialize)]
 struct Discovery {
@@ -90,6 +112,14 @@ impl Fetcher {
             });
         }
         let jwks_url = self.jwks_url(&discovery.jwks_uri);
+        if !confidential_url(&jwks_url) {
+            return Err(FetchError::Document {
+                url,
+                message:
+                    "the jwks_uri is not https: keys must not travel where they can be changed"
+                        .into(),
+            });
+        }
         // The API server answers 406 to a JWKS request accepting only application/json.
         let jwks: JwkSet = self
             .get_json(&jwks_url, "application/jwk-set+json, application/json")

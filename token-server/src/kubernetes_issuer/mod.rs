@@ -19,14 +19,18 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use serde_json::Value;
 use tokenmesh_tokens::verify::{Expected, KeySet, VerifyError, verify};
 
-pub use fetch::FetchError;
 use fetch::Fetcher;
+pub use fetch::{FetchError, confidential_url};
 
 /// Fewest seconds between two fetches of the keys.
 pub const MIN_REFRESH: Duration = Duration::from_secs(10);
 /// Cached keys are fetched again after this long, so a key the API server
 /// dropped stops verifying.
 const MAX_AGE: Duration = Duration::from_secs(3600);
+/// Longest life (`exp - iat`) of an accepted service-account token. Projected
+/// tokens live an hour; a year-long `kubectl create token --duration` is a
+/// credential nobody will rotate.
+const MAX_LIFETIME: u64 = 24 * 3600;
 /// Clock skew allowed on `exp` and `nbf`.
 const LEEWAY: u64 = 30;
 const SUBJECT_PREFIX: &str = "system:serviceaccount:";
@@ -82,6 +86,8 @@ pub enum SaTokenError {
     Token(#[from] VerifyError),
     #[error("the token's sub is not a service account")]
     Subject,
+    #[error("the token lives longer than {MAX_LIFETIME} s (exp - iat, iat required)")]
+    Lifetime,
 }
 
 struct Cached {
@@ -155,6 +161,11 @@ impl Verifier {
             now,
         };
         let claims = verify(token, &cached.keys, &expected)?;
+        let number = |name: &str| claims.get(name).and_then(Value::as_u64);
+        match (number("iat"), number("exp")) {
+            (Some(iat), Some(exp)) if exp.saturating_sub(iat) <= MAX_LIFETIME => {}
+            _ => return Err(SaTokenError::Lifetime),
+        }
         claims
             .get("sub")
             .and_then(Value::as_str)

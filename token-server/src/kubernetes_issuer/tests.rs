@@ -175,6 +175,13 @@ async fn wrong_claims_are_refused() {
         token_error(refused(json!({"nbf": NOW + 600})).await),
         VerifyError::NotYetValid
     );
+    // A year-long token, or one that does not say how long it lives.
+    for patch in [json!({"exp": NOW + 365 * 86400}), json!({"iat": null})] {
+        assert!(
+            matches!(refused(patch.clone()).await, SaTokenError::Lifetime),
+            "{patch}"
+        );
+    }
     for sub in [
         "system:node:worker-1",
         "alice",
@@ -342,4 +349,27 @@ fn subjects_name_service_accounts() {
         ServiceAccount::from_subject("system:serviceaccount:a:b:c"),
         None
     );
+}
+
+#[test]
+fn keys_come_only_over_https_or_loopback() {
+    use super::confidential_url;
+    for url in [
+        "https://kubernetes.default.svc",
+        "https://oidc.example/keys",
+        "http://127.0.0.1:6443",
+        "http://localhost/jwks",
+        "http://[::1]:8080/openid/v1/jwks",
+    ] {
+        assert!(confidential_url(url), "{url}");
+    }
+    for url in [
+        "http://10.0.0.1:6443",
+        "http://kubernetes.default.svc/openid/v1/jwks",
+        "http://127.0.0.1.evil.example/jwks",
+        "http://localhost.evil.example:80/jwks",
+        "ftp://127.0.0.1/jwks",
+    ] {
+        assert!(!confidential_url(url), "{url}");
+    }
 }
