@@ -27,6 +27,8 @@ pub const MIN_REFRESH: Duration = Duration::from_secs(10);
 /// Cached keys are fetched again after this long, so a key the API server
 /// dropped stops verifying.
 const MAX_AGE: Duration = Duration::from_secs(3600);
+/// How long keys fetched last keep verifying while no fetch succeeds.
+const MAX_STALE: Duration = Duration::from_secs(24 * 3600);
 /// Longest life (`exp - iat`) of an accepted service-account token. Projected
 /// tokens live an hour; a year-long `kubectl create token --duration` is a
 /// credential nobody will rotate.
@@ -109,6 +111,9 @@ pub struct Verifier {
     /// Held while fetching: one fetch at a time, and its rate limit.
     refresh: tokio::sync::Mutex<RefreshState>,
     min_refresh: Duration,
+    /// [`MAX_AGE`] and [`MAX_STALE`], shortened by tests.
+    max_age: Duration,
+    max_stale: Duration,
 }
 
 impl Verifier {
@@ -122,12 +127,21 @@ impl Verifier {
             }),
             refresh: tokio::sync::Mutex::new(RefreshState::default()),
             min_refresh: MIN_REFRESH,
+            max_age: MAX_AGE,
+            max_stale: MAX_STALE,
         })
     }
 
     #[cfg(test)]
     fn with_min_refresh(mut self, min_refresh: Duration) -> Self {
         self.min_refresh = min_refresh;
+        self
+    }
+
+    #[cfg(test)]
+    fn with_ages(mut self, max_age: Duration, max_stale: Duration) -> Self {
+        self.max_age = max_age;
+        self.max_stale = max_stale;
         self
     }
 
@@ -147,7 +161,7 @@ impl Verifier {
             .map_err(|_| VerifyError::Malformed)?
             .kid;
         let mut cached = self.cached.load_full();
-        let stale = cached.fetched.is_none_or(|at| at.elapsed() > MAX_AGE);
+        let stale = cached.fetched.is_none_or(|at| at.elapsed() > self.max_age);
         let unknown = kid.as_deref().is_none_or(|k| !cached.keys.contains_kid(k));
         if stale || unknown {
             cached = self.refresh(cached).await?;
@@ -182,8 +196,13 @@ impl Verifier {
         if !Arc::ptr_eq(&current, &seen) {
             return Ok(current);
         }
+        // Old keys bridge an API server outage, but not for ever: a key the
+        // cluster dropped must stop verifying at some point.
+        let too_old = current
+            .fetched
+            .is_none_or(|at| at.elapsed() > self.max_stale);
         let unavailable = |message: &str| {
-            if current.keys.is_empty() {
+            if current.keys.is_empty() || too_old {
                 Err(SaTokenError::Unavailable(message.to_owned()))
             } else {
                 Ok(current.clone())

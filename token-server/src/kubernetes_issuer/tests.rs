@@ -305,6 +305,27 @@ async fn an_unreachable_api_server_is_reported_not_blamed_on_the_token() {
 }
 
 #[tokio::test]
+async fn old_keys_bridge_an_outage_for_a_while_only() {
+    let key = rsa("k1");
+    let (api, url) = start(&[&key]).await;
+    let verifier = Verifier::new(&settings(&url))
+        .unwrap()
+        .with_min_refresh(Duration::ZERO)
+        .with_ages(Duration::ZERO, Duration::from_millis(300));
+    let token = sign(&key, &claims());
+    assert!(verifier.verify(&token, NOW).await.is_ok());
+    // Every fetch fails from now on; the keys fetched before still verify ...
+    *api.issuer.lock().unwrap() = Some("https://impostor.example".into());
+    assert!(verifier.verify(&token, NOW).await.is_ok());
+    // ... until they are too old to vouch for anything.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(matches!(
+        verifier.verify(&token, NOW).await,
+        Err(SaTokenError::Unavailable(_))
+    ));
+}
+
+#[tokio::test]
 async fn discovery_must_name_the_configured_issuer() {
     let key = rsa("k1");
     let (api, url) = start(&[&key]).await;
