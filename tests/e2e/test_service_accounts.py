@@ -107,8 +107,8 @@ def later_token_server(kube, namespace, tmp_path):
     """A second token server, standalone, with the same OAuthClient in its --config and the same view of the
     cluster, whose clock runs 15 minutes ahead (libfaketime; monotonic time untouched)."""
     faketime = shutil.which("faketime")
-    if not faketime:
-        pytest.skip("faketime is not installed (apt-get install faketime; .ci/run installs it)")
+    # A missing tool fails the test: a skipped expiry check must not pass as one.
+    assert faketime, "faketime is not installed (apt-get install faketime; .ci/run installs it)"
     server = TokenServer(tmp_path, kubernetes=service_account_issuer(kube, tmp_path),
                          resources=[service_account_client(namespace, "orders")],
                          wrapper=[faketime, "-f", "+15m"], env={"FAKETIME_DONT_FAKE_MONOTONIC": "1"})
