@@ -633,7 +633,7 @@ def test_rbac_is_what_the_docs_list():
 @pytest.mark.parametrize("values", sorted(VALUE_SETS))
 def test_token_server_accepts_its_configmap(values, tmp_path):
     if not TOKEN_SERVER_BIN.exists():
-        pytest.skip(f"{TOKEN_SERVER_BIN} not built")
+        pytest.fail(f"{TOKEN_SERVER_BIN} not built: run `cargo build --workspace --bins` first (.ci/run does)")
     docs = manifests(values)
     config = one(docs, "ConfigMap", next(d["metadata"]["name"] for d in find(docs, "ConfigMap")))
     (tmp_path / "tokenserver.yaml").write_text(config["data"]["tokenserver.yaml"])
@@ -652,7 +652,7 @@ def test_binaries_accept_the_rendered_arguments(values, component, binary, tmp_p
     """The real binary parses the container's args and env (it then stops on
     a missing file of the pod: /etc/tokenmesh/...). A clap usage error exits 2."""
     if not binary.exists():
-        pytest.skip(f"{binary} not built")
+        pytest.fail(f"{binary} not built: run `cargo build --workspace --bins` first (.ci/run does)")
     docs = manifests(values)
     deployment = next(d for d in find(docs, "Deployment") if d["metadata"]["name"].endswith(component))
     c = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -844,7 +844,7 @@ def test_examples_load_in_the_token_server(tmp_path):
     conditions compiled, references checked), with the secret hashes the
     operator would push for generated secrets and a file for secretRefs."""
     if not TOKEN_SERVER_BIN.exists():
-        pytest.skip(f"{TOKEN_SERVER_BIN} not built")
+        pytest.fail(f"{TOKEN_SERVER_BIN} not built: run `cargo build --workspace --bins` first (.ci/run does)")
     secret = "x" * 44
     digest = base64.urlsafe_b64encode(hashlib.sha256(secret.encode()).digest()).decode().rstrip("=")
     docs = []
@@ -979,7 +979,7 @@ def stop(process: subprocess.Popen) -> str:
 
 def test_token_server_starts_as_its_pod_would(tmp_path):
     if not TOKEN_SERVER_BIN.exists():
-        pytest.skip(f"{TOKEN_SERVER_BIN} not built")
+        pytest.fail(f"{TOKEN_SERVER_BIN} not built: run `cargo build --workspace --bins` first (.ci/run does)")
     docs = manifests("default")
     process, port = start_like_the_pod(docs, tmp_path)
     try:
@@ -1003,9 +1003,9 @@ def test_token_server_waits_for_operator_keys(tmp_path):
     starts with an empty key folder and is alive but not ready; the first key
     the operator writes makes it ready (the folder is read every 30 s)."""
     if not TOKEN_SERVER_BIN.exists():
-        pytest.skip(f"{TOKEN_SERVER_BIN} not built")
+        pytest.fail(f"{TOKEN_SERVER_BIN} not built: run `cargo build --workspace --bins` first (.ci/run does)")
     if not shutil.which("openssl"):
-        pytest.skip("no openssl to make a key")
+        pytest.fail("no openssl to make a key (.ci/run installs it)")
     docs = documents(run(HELM4, *template_args(sets=["tokenServer.signingKeys=operator"])).stdout)
     process, port = start_like_the_pod(docs, tmp_path)
     try:
