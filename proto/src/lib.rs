@@ -1,7 +1,9 @@
-//! The tokenmesh gRPC API, generated from `proto/tokenmesh/v1/*.proto`.
+//! The tokenmesh gRPC API, generated from `proto/tokenmesh/v1/*.proto`,
+//! and the connection wrapper both gRPC servers use.
 
-#![allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod one_write;
 
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("tokenmesh.v1");
 
@@ -11,6 +13,7 @@ pub mod v1 {
 }
 
 /// The subset of Envoy's `envoy.service.auth.v3` the sidecar serves.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod envoy_auth_v3 {
     tonic::include_proto!("envoy.service.auth.v3");
 

@@ -137,8 +137,11 @@ async fn start(args: Args) -> Result<(), String> {
         if let Some(listener) = ext_authz {
             // TCP_NODELAY: otherwise an OK answer's trailer waits ~40 ms for
             // Envoy's delayed ACK.
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            // One write per answer: see tokenmesh_proto::one_write.
+            let incoming = tokio_stream::StreamExt::map(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                |accepted| accepted.map(tokenmesh_proto::one_write::OneWrite),
+            );
             let service =
                 tokenmesh_proto::envoy_auth_v3::authorization_server::AuthorizationServer::new(
                     ext_authz::ExtAuthz { mesh: mesh.clone() },

@@ -2,7 +2,6 @@
 //! ControlService for the operator, health and reflection.
 
 mod control;
-mod one_write;
 mod token_service;
 
 use std::{future::Future, path::Path, sync::Arc};
@@ -119,7 +118,7 @@ pub async fn serve(
     let incoming =
         tonic::transport::server::TcpIncoming::from(tokio::net::TcpListener::from_std(listener)?)
             .with_nodelay(Some(true))
-            .map(|accepted| accepted.map(one_write::OneWrite));
+            .map(|accepted| accepted.map(tokenmesh_proto::one_write::OneWrite));
     builder
         .add_service(health)
         .add_service(reflection_v1)
