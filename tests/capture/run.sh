@@ -16,6 +16,7 @@ repo="$(cd "$here/../.." && pwd)"
 cache="${TOKENMESH_CACHE:-$HOME/.cache/tokenmesh}"
 venv="$cache/venv-capture"
 python="${PYTHON:-python3}"
+source "$repo/tests/lib.sh"
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "run.sh: the capture tests make network namespaces: run them as root" >&2
@@ -27,30 +28,9 @@ for tool in ip iptables iptables-legacy ip6tables ip6tables-legacy iptables-save
         exit 1
     fi
 done
-for var in TOKENMESH_CAPTURE_BIN:tokenmesh-capture TOKENMESH_SIDECAR_BIN:tokenmesh-sidecar TOKENMESH_SERVER_BIN:token-server; do
-    name="${var%%:*}" bin="${var#*:}"
-    path="${!name:-target/debug/$bin}"
-    [[ "$path" = /* ]] || path="$repo/$path"
-    if [[ ! -x "$path" ]]; then
-        echo "run.sh: no executable $bin at $path (build it: cargo build --workspace --bins)" >&2
-        exit 1
-    fi
-    export "$name=$path"
-done
+require_bins TOKENMESH_CAPTURE_BIN:tokenmesh-capture TOKENMESH_SIDECAR_BIN:tokenmesh-sidecar TOKENMESH_SERVER_BIN:token-server
 
-# (Re)build the venv when it is missing or requirements.txt / the interpreter changed.
-mkdir -p "$cache"
-exec 9>"$cache/venv-capture.lock"
-flock 9
-stamp="$( { cat "$here/requirements.txt"; "$python" -VV; } | sha256sum | cut -d' ' -f1)"
-if [[ ! -x "$venv/bin/python" || "$(cat "$venv/.stamp" 2>/dev/null)" != "$stamp" ]]; then
-    echo "run.sh: creating $venv" >&2
-    rm -rf "$venv"
-    "$python" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
-    echo "$stamp" >"$venv/.stamp"
-fi
-flock -u 9
+ensure_venv "$venv" "$here/requirements.txt"
 
 cd "$repo"
 rc=0

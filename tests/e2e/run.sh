@@ -15,31 +15,11 @@ repo="$(cd "$here/../.." && pwd)"
 cache="${TOKENMESH_CACHE:-$HOME/.cache/tokenmesh}"
 venv="$cache/venv-e2e"
 python="${PYTHON:-python3}"
+source "$repo/tests/lib.sh"
 
-for var in TOKENMESH_SERVER_BIN:token-server TOKENMESH_OPERATOR_BIN:tokenmesh-operator; do
-    name="${var%%:*}" default="target/debug/${var#*:}"
-    path="${!name:-$default}"
-    [[ "$path" = /* ]] || path="$repo/$path"
-    if [[ ! -x "$path" ]]; then
-        echo "run.sh: no executable ${var#*:} at $path (build it: cargo build --workspace --bins)" >&2
-        exit 1
-    fi
-    export "$name=$path"
-done
+require_bins TOKENMESH_SERVER_BIN:token-server TOKENMESH_OPERATOR_BIN:tokenmesh-operator
 
-# (Re)build the venv when it is missing or requirements.txt / the interpreter changed.
-mkdir -p "$cache"
-exec 9>"$cache/venv-e2e.lock"
-flock 9
-stamp="$( { cat "$here/requirements.txt"; "$python" -VV; } | sha256sum | cut -d' ' -f1)"
-if [[ ! -x "$venv/bin/python" || "$(cat "$venv/.stamp" 2>/dev/null)" != "$stamp" ]]; then
-    echo "run.sh: creating $venv" >&2
-    rm -rf "$venv"
-    "$python" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
-    echo "$stamp" >"$venv/.stamp"
-fi
-flock -u 9
+ensure_venv "$venv" "$here/requirements.txt"
 
 if [[ ${TOKENMESH_E2E_REUSE:-0} == 1 ]]; then
     eval "$("$here/control-plane.sh" env)"

@@ -15,35 +15,11 @@ repo="$(cd "$here/../.." && pwd)"
 cache="${TOKENMESH_CACHE:-$HOME/.cache/tokenmesh}"
 venv="$cache/venv-interop"
 python="${PYTHON:-python3}"
+source "$repo/tests/lib.sh"
 
-bin="${TOKENMESH_SERVER_BIN:-target/debug/token-server}"
-[[ "$bin" = /* ]] || bin="$repo/$bin"
-if [[ ! -x "$bin" ]]; then
-    echo "run.sh: no executable token-server at $bin (build it: cargo build -p token-server)" >&2
-    exit 1
-fi
-export TOKENMESH_SERVER_BIN="$bin"
-sidecar="${TOKENMESH_SIDECAR_BIN:-target/debug/tokenmesh-sidecar}"
-[[ "$sidecar" = /* ]] || sidecar="$repo/$sidecar"
-if [[ ! -x "$sidecar" ]]; then
-    echo "run.sh: no executable tokenmesh-sidecar at $sidecar (build it: cargo build -p tokenmesh-sidecar)" >&2
-    exit 1
-fi
-export TOKENMESH_SIDECAR_BIN="$sidecar"
+require_bins TOKENMESH_SERVER_BIN:token-server TOKENMESH_SIDECAR_BIN:tokenmesh-sidecar
 
-# (Re)build the venv when it is missing or requirements.txt / the interpreter changed.
-mkdir -p "$cache"
-exec 9>"$cache/venv-interop.lock"
-flock 9
-stamp="$( { cat "$here/requirements.txt"; "$python" -VV; } | sha256sum | cut -d' ' -f1)"
-if [[ ! -x "$venv/bin/python" || "$(cat "$venv/.stamp" 2>/dev/null)" != "$stamp" ]]; then
-    echo "run.sh: creating $venv" >&2
-    rm -rf "$venv"
-    "$python" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
-    echo "$stamp" >"$venv/.stamp"
-fi
-flock -u 9
+ensure_venv "$venv" "$here/requirements.txt"
 
 cd "$repo"
 rc=0
