@@ -1,5 +1,4 @@
-# Shared by bench/sidecar.sh and bench/store.sh (sourced, not run). bench/run.sh
-# predates it and keeps its own copies.
+# Shared by bench/run.sh, bench/sidecar.sh and bench/store.sh (sourced, not run).
 # Needs: $here (bench/), $root (repository), $tmp (scratch dir), `pids` array.
 
 CACHE=${TOKENMESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenmesh}
@@ -43,6 +42,8 @@ dur_s() { # 10, 10s, 2m -> seconds
 # Interrupt and softirq time (loopback TCP is mostly softirq) is charged to no
 # process, so it is left out here and shown by cpu_ticks instead.
 busy_ticks() { local a; a=($(head -n1 /proc/stat)); echo $(( a[1] + a[2] + a[3] )); }
+# The same with interrupt and softirq time: bench/run.sh counts it as other load.
+all_busy_ticks() { local a; a=($(head -n1 /proc/stat)); echo $(( a[1] + a[2] + a[3] + a[6] + a[7] + a[8] )); }
 cpu_ticks() { # N: all busy ticks of CPU N (user, nice, system, irq, softirq, steal)
   local a; a=($(grep "^cpu$1 " /proc/stat)); echo $(( a[1] + a[2] + a[3] + a[6] + a[7] + a[8] ))
 }

@@ -29,12 +29,9 @@ ACTOR=bench-actor
 EXCHANGE_BODY='grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token&audience=payments&subject_token='
 GRPC_PATH=/tokenmesh.v1.TokenService/Exchange
 
-log() { echo "bench: $*" >&2; }
-die() { log "error: $*"; exit 1; }
 want() { [[ $CASES == *" $1 "* ]]; }
 want_tm() { local c; for c in $TM_CASES; do want "$c" && return 0; done; return 1; }
 want_exchange() { want exchange-http || want exchange-grpc; }
-sudo_() { if [[ $(id -u) == 0 ]]; then "$@"; else sudo "$@"; fi; }
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/tokenmesh-bench.XXXXXX")
 pids=()
@@ -46,16 +43,11 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+source "$here/lib.sh"
 
 # --- prerequisites ----------------------------------------------------------
-if ! command -v wrk >/dev/null; then
-  log "installing wrk"
-  sudo_ apt-get install -y wrk >&2 || { sudo_ apt-get update >&2 && sudo_ apt-get install -y wrk >&2; }
-fi
-if want exchange-grpc && ! command -v h2load >/dev/null; then
-  log "installing h2load (nghttp2-client)"
-  sudo_ apt-get install -y nghttp2-client >&2 || { sudo_ apt-get update >&2 && sudo_ apt-get install -y nghttp2-client >&2; }
-fi
+apt_install wrk wrk
+want exchange-grpc && apt_install h2load nghttp2-client
 if want exchange-grpc; then # grpcio, for one real gRPC call before the load
   command -v python3 >/dev/null || die "python3 is required for exchange-grpc"
   venv=${BENCH_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenmesh/venv-bench}
@@ -72,13 +64,6 @@ command -v taskset >/dev/null || die "taskset (util-linux) is required"
 command -v curl >/dev/null || die "curl is required"
 (( $(nproc) >= 2 )) || log "warning: fewer than 2 CPUs; server and wrk will share a core"
 
-cpu_busy() { # percent of all CPUs busy over 1 s, from /proc/stat
-  local a b
-  a=($(head -n1 /proc/stat)); sleep 1; b=($(head -n1 /proc/stat))
-  local idle=$(( b[4] + b[5] - a[4] - a[5] )) total=0 i
-  for i in 1 2 3 4 5 6 7 8; do total=$(( total + b[i] - a[i] )); done
-  echo $(( total > 0 ? 100 * (total - idle) / total : 0 ))
-}
 if want_tm; then
   bin=${TOKEN_SERVER_BIN:-}
   if [[ -z $bin ]]; then
@@ -107,32 +92,6 @@ if (( busy > 10 )); then
   log "warning: CPUs already ${busy}% busy before the benchmark (a build running?); figures will be noisy"
 fi
 
-dur_s() { # wrk/h2load duration (10, 10s, 2m, 1h) in seconds
-  local n=${1%[smh]}
-  case $1 in *m) echo $(( n * 60 )) ;; *h) echo $(( n * 3600 )) ;; *) echo "$n" ;; esac
-}
-busy_ticks() { local a; a=($(head -n1 /proc/stat)); echo $(( a[1] + a[2] + a[3] + a[6] + a[7] + a[8] )); }
-proc_ticks() { # utime + stime of a process, all its threads (0 once it is gone)
-  local f; f=($(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null || echo x x x x x x x x x x x 0 0))
-  echo $(( f[11] + f[12] ))
-}
-
-free_port() { # first port from a random start that nothing answers on
-  local p=$((20000 + RANDOM % 20000))
-  while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
-  echo "$p"
-}
-
-wait_ready() { # url pid logfile
-  local i
-  for i in $(seq 1 300); do
-    kill -0 "$2" 2>/dev/null || { tail -n 30 "$3" >&2; die "server exited while starting ($3)"; }
-    [[ $(curl -s -o /dev/null -w '%{http_code}' "$1" || true) == 200 ]] && return 0
-    sleep 0.1
-  done
-  tail -n 30 "$3" >&2
-  die "$1 not 200 after 30 s"
-}
 
 # --- one case ------------------------------------------------------------------
 declare -A RPS P50 P99 ERR SCPU_PCT SFRAC CCPU_PCT
@@ -148,10 +107,10 @@ flag() { ERR[$1]="**$2** ⚠" flagged=1; NOTES+=("$1: FLAGGED, $3"); }
 measure() {
   local id=$1; shift
   local b0 s0 t0 b1 s1 t1 client_cpu hz wall server_pct other_pct
-  b0=$(busy_ticks) s0=$(proc_ticks "$spid") t0=$(date +%s%N)
+  b0=$(all_busy_ticks) s0=$(proc_ticks "$spid") t0=$(date +%s%N)
   { TIMEFORMAT='%3U %3S'; time "$@" >"$tmp/load.out"; } 2>"$tmp/load.time" \
     || die "$id: load generator failed: $(tail -n 5 "$tmp/load.time")"
-  b1=$(busy_ticks) s1=$(proc_ticks "$spid") t1=$(date +%s%N)
+  b1=$(all_busy_ticks) s1=$(proc_ticks "$spid") t1=$(date +%s%N)
   client_cpu=$(awk 'END { print $1 + $2 }' "$tmp/load.time")
   hz=$(getconf CLK_TCK) wall=$(( (t1 - t0) / 1000000 )) # ms
   server_pct=$(( (s1 - s0) * 100000 / hz / wall ))
