@@ -308,6 +308,15 @@ async fn kubelet_probes_reach_the_application_only_by_their_configured_path() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 404);
+    // Only the exact path: nothing below it reaches the application.
+    let hits_before = app.hits();
+    let resp = client
+        .get(admin("/app-health/app/livez/orders"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(app.hits(), hits_before);
     let hits = app.hits();
     let resp = client
         .get(format!("http://{}/healthz?deep=1", sidecar.inbound))
