@@ -390,6 +390,7 @@ fn keys_come_only_over_https_or_loopback() {
         "http://127.0.0.1.evil.example/jwks",
         "http://localhost.evil.example:80/jwks",
         "ftp://127.0.0.1/jwks",
+        "http://127.0.0.1@evil.example/jwks",
     ] {
         assert!(!confidential_url(url), "{url}");
     }
