@@ -1,5 +1,18 @@
 # Shared by bench/run.sh, bench/sidecar.sh and bench/store.sh (sourced, not run).
-# Needs: $here (bench/), $root (repository), $tmp (scratch dir), `pids` array.
+# Needs: $here (bench/), $root (repository), $tmp (scratch dir), `pids` array;
+# sets the EXIT trap (cleanup) and runs the script's cleanup_more from it.
+
+# On exit or interrupt: kill and reap every process in $pids, run the
+# script's cleanup_more if it has one, remove $tmp.
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  if declare -F cleanup_more >/dev/null; then cleanup_more; fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 CACHE=${TOKENMESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenmesh}
 QUIET_SECS=${BENCH_QUIET_SECS:-30}     # no cargo/rustc/go for this long ...

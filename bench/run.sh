@@ -35,14 +35,6 @@ want_exchange() { want exchange-http || want exchange-grpc; }
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/tokenmesh-bench.XXXXXX")
 pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 source "$here/lib.sh"
 
 # --- prerequisites ----------------------------------------------------------

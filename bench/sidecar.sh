@@ -32,14 +32,6 @@ SUBJECT_TTL=86400 # a whole run, quiet waits included, stays within it (the serv
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/tokenmesh-sidecar-bench.XXXXXX")
 pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 source "$here/lib.sh"
 
 # --- prerequisites ----------------------------------------------------------

@@ -31,15 +31,7 @@ ISSUE_BODY='grant_type=client_credentials&scope=orders:read'
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/tokenmesh-store-bench.XXXXXX")
 pids=()
 pg_started=
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  [[ -n $pg_started ]] && "$root/tests/pg/throwaway.sh" stop >&2 || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+cleanup_more() { [[ -n $pg_started ]] && "$root/tests/pg/throwaway.sh" stop >&2 || true; }
 source "$here/lib.sh"
 
 # --- prerequisites ----------------------------------------------------------
