@@ -164,7 +164,7 @@ impl Store for SqliteStore {
 
     async fn signing_keys(&self) -> StoreResult<Vec<StoredKey>> {
         let rows = sqlx::query(
-            "SELECT kid, alg, pkcs8, created_at, activates_at, retires_at, publish_until FROM signing_keys ORDER BY activates_at",
+            "SELECT kid, alg, pkcs8, created_at, activates_at, retires_at, publish_until FROM signing_keys ORDER BY activates_at, kid",
         )
         .fetch_all(&self.reader)
         .await?;

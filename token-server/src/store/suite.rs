@@ -110,7 +110,20 @@ pub async fn run(store: &dyn Store) {
     store.save_signing_key(&retired).await.unwrap();
     store.save_signing_key(&key("gone")).await.unwrap();
     store.delete_signing_key("gone").await.unwrap();
-    assert_eq!(store.signing_keys().await.unwrap(), vec![retired]);
+    assert_eq!(store.signing_keys().await.unwrap(), vec![retired.clone()]);
+    // Keys that activate together come back in one order every time (the
+    // JWKS is built from it), whatever order they were saved in.
+    let (mut late_z, mut late_a) = (key("zz"), key("aa"));
+    late_z.activates_at = 2;
+    late_a.activates_at = 2;
+    store.save_signing_key(&late_z).await.unwrap();
+    store.save_signing_key(&late_a).await.unwrap();
+    assert_eq!(
+        store.signing_keys().await.unwrap(),
+        vec![retired, late_a, late_z]
+    );
+    store.delete_signing_key("zz").await.unwrap();
+    store.delete_signing_key("aa").await.unwrap();
 
     // Resources, in the order applied; every change moves the mark.
     let (_, version) = store.change_marks().await.unwrap();
