@@ -272,7 +272,7 @@ async fn start(args: Args) -> Result<(), StartError> {
         clock: system_now,
         secrets: Box::new(secrets),
         source,
-        changes: tokio::sync::Mutex::new(()),
+        changes: tokio::sync::Mutex::new(state::StoredResources::from(stored.as_slice())),
         version: tokio::sync::watch::Sender::new(1),
         revoked: tokio::sync::Notify::new(),
         revocations: revocations::Revocations::new(),
@@ -416,9 +416,10 @@ fn spawn_maintenance(state: Arc<AppState>) {
                 }
                 if marks.1 != resources {
                     match state.reload().await {
-                        Ok(version) => {
+                        Ok(Some(version)) => {
                             tracing::info!(version, "resources changed in the store; reloaded")
                         }
+                        Ok(None) => {}
                         Err(err) => tracing::error!(error = %err, "reload failed"),
                     }
                 }

@@ -49,8 +49,9 @@ pub struct AppState {
     pub clock: fn() -> u64,
     /// Where `secretRef`s of applied resources resolve.
     pub secrets: Box<dyn SecretSource>,
-    /// Serialises changes to the registry (ControlService).
-    pub changes: Mutex<()>,
+    /// The stored resource documents the registry in force was built from,
+    /// by key; its lock serialises changes to the registry.
+    pub changes: Mutex<StoredResources>,
     /// The configuration version, bumped on every change; watchers wake on it.
     pub version: watch::Sender<u64>,
     /// Woken on every revocation this replica records.
@@ -72,10 +73,17 @@ pub struct AppState {
 
 impl AppState {
     /// Rebuilds the registry from the files and the stored resources (after
-    /// a change on any replica), makes sure its keys exist, and puts it in force.
-    pub async fn reload(&self) -> Result<u64, String> {
-        let _serial = self.changes.lock().await;
+    /// a change on any replica), makes sure its keys exist, and puts it in
+    /// force. Returns the new version, or `None` when the stored resources
+    /// are those already in force (this replica's own change, seen again),
+    /// so the version moves only when the configuration does.
+    pub async fn reload(&self) -> Result<Option<u64>, String> {
+        let mut in_force = self.changes.lock().await;
         let stored = self.store.resources().await.map_err(|e| e.to_string())?;
+        let stored_now = StoredResources::from(stored.as_slice());
+        if stored_now == *in_force {
+            return Ok(None);
+        }
         let next = self
             .source
             .build(self.secrets.as_ref(), &stored)
@@ -90,8 +98,31 @@ impl AppState {
             .await
             .map_err(|e| e.to_string())?;
         self.registry.store(std::sync::Arc::new(next));
+        *in_force = stored_now;
         self.version.send_modify(|v| *v += 1);
-        Ok(*self.version.borrow())
+        Ok(Some(*self.version.borrow()))
+    }
+}
+
+/// Stored resource documents by key, as `Store::resources` lists them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StoredResources(std::collections::BTreeMap<String, String>);
+
+impl StoredResources {
+    /// Records a write as `Store::put_resource` makes it: an empty document
+    /// deletes.
+    pub fn put(&mut self, key: &str, document: &str) {
+        if document.is_empty() {
+            self.0.remove(key);
+        } else {
+            self.0.insert(key.to_owned(), document.to_owned());
+        }
+    }
+}
+
+impl From<&[(String, String)]> for StoredResources {
+    fn from(stored: &[(String, String)]) -> Self {
+        Self(stored.iter().cloned().collect())
     }
 }
 

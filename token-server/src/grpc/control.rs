@@ -10,7 +10,11 @@ use tokenmesh_proto::v1::{
 };
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
-use crate::{config, registry::Registry, state::AppState};
+use crate::{
+    config,
+    registry::Registry,
+    state::{AppState, StoredResources},
+};
 
 /// Largest resource document accepted.
 const MAX_DOCUMENT: usize = 1024 * 1024;
@@ -52,6 +56,7 @@ impl Control {
     /// it), makes sure its keys exist, and puts it in force.
     async fn commit(
         &self,
+        in_force: &mut StoredResources,
         current: &Registry,
         next: Registry,
         key: &str,
@@ -81,6 +86,7 @@ impl Control {
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         self.state.registry.store(Arc::new(next));
+        in_force.put(key, document);
         self.state.version.send_modify(|v| *v += 1);
         Ok(*self.state.version.borrow())
     }
@@ -106,13 +112,15 @@ impl ControlService for Control {
                 "send exactly one resource document",
             ));
         };
-        let _serial = self.state.changes.lock().await;
+        let mut in_force = self.state.changes.lock().await;
         let current = self.state.registry.load_full();
         let mut next = (*current).clone();
         next.apply(&doc, self.state.secrets.as_ref())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let key = format!("{}/{}", doc.resource.kind(), doc.origin.name);
-        let version = self.commit(&current, next, &key, &text).await?;
+        let version = self
+            .commit(&mut in_force, &current, next, &key, &text)
+            .await?;
         tracing::info!(kind = doc.resource.kind(), name = %doc.origin.name, version, "resource applied");
         Ok(Response::new(ApplyResponse {
             resource: Some(reference(doc.resource.kind(), &doc.origin.name)),
@@ -134,7 +142,7 @@ impl ControlService for Control {
         } else {
             format!("{}/{}", resource.namespace, resource.name)
         };
-        let _serial = self.state.changes.lock().await;
+        let mut in_force = self.state.changes.lock().await;
         let current = self.state.registry.load_full();
         let mut next = (*current).clone();
         if !next.delete(&resource.kind, &key) {
@@ -144,7 +152,9 @@ impl ControlService for Control {
             }));
         }
         let stored_key = format!("{}/{key}", resource.kind);
-        let version = self.commit(&current, next, &stored_key, "").await?;
+        let version = self
+            .commit(&mut in_force, &current, next, &stored_key, "")
+            .await?;
         tracing::info!(kind = %resource.kind, name = %key, version, "resource deleted");
         Ok(Response::new(DeleteResponse {
             existed: true,

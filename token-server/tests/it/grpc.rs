@@ -312,6 +312,9 @@ async fn policy_changes_reach_the_policy_stream_through_the_control_service() {
         .await
         .unwrap_err();
     assert_eq!(denied.code(), Code::Unauthenticated);
+    // Let the store sync (every 250 ms) take its first look, so that it
+    // finds the change below new and must not count it twice.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let applied = control
         .apply(as_admin(ApplyRequest {
             document: document.into(),
@@ -353,6 +356,11 @@ async fn policy_changes_reach_the_policy_stream_through_the_control_service() {
             .status(),
         200
     );
+
+    // The server finds its own change in the store on its next sync; that
+    // is no new configuration, so no new version reaches the stream.
+    let echoed = tokio::time::timeout(Duration::from_secs(1), stream.next()).await;
+    assert!(echoed.is_err(), "own change pushed twice: {echoed:?}");
 
     let bad = control
         .apply(as_admin(ApplyRequest {
