@@ -433,6 +433,27 @@ def test_check_share_of_another_clients_token(grpc_server, stubs):
     assert resp.allowed is False, resp
 
 
+RELAY = policy_resource("relay-to-orders", "share", {"audience": "orders", "hosts": ["orders-relay.local"]},
+                        actor={"clients": ["orders-svc"]})
+
+
+def test_check_share_is_for_the_policys_actors(grpc_server, stubs):
+    """A share policy with `actor` admits only those callers: orders-svc may relay gateway's token, gateway may not."""
+    srv = grpc_server
+    control, tokens, pb = control_stub(srv, stubs), token_stub(srv, stubs), stubs.token_pb2
+    access_token = srv.client_token()
+    control.Apply(stubs.control_pb2.ApplyRequest(document=as_json(RELAY)), metadata=srv.admin(), timeout=GRPC_TIMEOUT)
+    try:
+        answers = {caller: tokens.CheckShare(pb.CheckShareRequest(token=access_token, destination="orders-relay.local"),
+                                             metadata=srv.basic(caller), timeout=GRPC_TIMEOUT)
+                   for caller in ("orders-svc", "gateway")}
+    finally:
+        control.Delete(stubs.control_pb2.DeleteRequest(resource=stubs.control_pb2.ResourceRef(
+            kind="ExchangePolicy", name="relay-to-orders")), metadata=srv.admin(), timeout=GRPC_TIMEOUT)
+    assert answers["orders-svc"].allowed and answers["orders-svc"].audience == "orders", answers
+    assert not answers["gateway"].allowed and "actor" in answers["gateway"].reason, answers
+
+
 def test_check_share_needs_client_credentials(grpc_server, stubs):
     access_token = grpc_server.client_token()
     err = call_error(token_stub(grpc_server, stubs).CheckShare,

@@ -339,16 +339,19 @@ pub fn embeds(
     Ok(embeds)
 }
 
-/// Whether `claims` may be passed unchanged to `destination` (a host a share
-/// policy names, or its audience): the answer is that audience.
+/// Whether `caller` (the client passing it on) may pass `claims` unchanged
+/// to `destination` (a host a share policy names, or its audience): the
+/// answer is that audience. The caller must be among the policy's actors,
+/// as it must to see the route on `WatchPolicies`.
 pub fn share(
     registry: &Registry,
     claims: &AccessTokenClaims,
+    caller: &str,
     destination: &str,
 ) -> Result<String, &'static str> {
     let actor = ActingParty {
-        client_id: &claims.client_id,
-        sub: &claims.sub,
+        client_id: caller,
+        sub: caller,
         claims: None,
     };
     let mut named = false;
@@ -361,7 +364,10 @@ pub fn share(
             continue;
         }
         named = true;
-        if !claims.aud.contains(&to.audience) || !from_admits(policy, claims) {
+        if !listed(&policy.spec.actor.clients, caller)
+            || !claims.aud.contains(&to.audience)
+            || !from_admits(policy, claims)
+        {
             continue;
         }
         let scopes: Vec<String> = claims.scopes().map(str::to_owned).collect();
@@ -371,7 +377,7 @@ pub fn share(
         }
     }
     Err(if named {
-        "a share policy names the destination but does not admit this token (its aud must cover the destination)"
+        "a share policy names the destination but does not admit this token from this client (its aud must cover the destination; the caller must be one of the policy's actors)"
     } else {
         "no share policy names the destination"
     })
@@ -654,19 +660,36 @@ mod tests {
         );
         let subject = subject();
         assert_eq!(
-            share(&reg, &subject, "orders.local"),
+            share(&reg, &subject, "anyone", "orders.local"),
             Ok("orders".to_owned())
         );
-        assert_eq!(share(&reg, &subject, "orders"), Ok("orders".to_owned()));
-        assert!(share(&reg, &subject, "payments.local").is_err());
+        assert_eq!(
+            share(&reg, &subject, "anyone", "orders"),
+            Ok("orders".to_owned())
+        );
+        assert!(share(&reg, &subject, "anyone", "payments.local").is_err());
         let mut elsewhere = subject.clone();
         elsewhere.aud = Audience::One("billing".into());
-        assert!(share(&reg, &elsewhere, "orders.local").is_err());
+        assert!(share(&reg, &elsewhere, "anyone", "orders.local").is_err());
         let routes = routes(&reg, "anyone");
         assert_eq!(routes.len(), 1);
         assert_eq!(
             (routes[0].host.as_str(), routes[0].mode),
             ("orders.local", ExchangeMode::Share)
         );
+    }
+
+    #[test]
+    fn share_is_for_the_policys_actors_only() {
+        let reg = registry(
+            "  mode: share\n  actor: {clients: [edge]}\n  to: {audience: orders, hosts: [orders.local]}\n",
+        );
+        let subject = subject();
+        assert_eq!(
+            share(&reg, &subject, "edge", "orders.local"),
+            Ok("orders".to_owned())
+        );
+        assert!(share(&reg, &subject, "batch", "orders.local").is_err());
+        assert!(routes(&reg, "batch").is_empty());
     }
 }

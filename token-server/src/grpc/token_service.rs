@@ -124,7 +124,7 @@ impl TokenService for Tokens {
         &self,
         request: Request<CheckShareRequest>,
     ) -> Result<Response<CheckShareResponse>, Status> {
-        authenticate(&self.state, request.metadata()).await?;
+        let caller = authenticate(&self.state, request.metadata()).await?;
         let body = request.into_inner();
         let Some(claims) = active_claims(&self.state, required(&body.token, "token")?).await?
         else {
@@ -138,6 +138,7 @@ impl TokenService for Tokens {
         let answer = match policy::share(
             &registry,
             &claims,
+            &caller.id,
             required(&body.destination, "destination")?,
         ) {
             Ok(audience) => CheckShareResponse {
