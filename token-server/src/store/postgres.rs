@@ -19,6 +19,7 @@ use super::{
 /// Advisory lock ids (arbitrary, fixed).
 pub const ROTATION_LOCK: i64 = 0x746f_6b65_6e6d_0001;
 const MIGRATION_LOCK: i64 = 0x746f_6b65_6e6d_0002;
+const REVOCATION_LOCK: i64 = 0x746f_6b65_6e6d_0003;
 
 const MIGRATIONS: &[&str] = &["CREATE TABLE signing_keys (
         kid TEXT PRIMARY KEY,
@@ -219,6 +220,14 @@ impl Store for PgStore {
     }
 
     async fn revoke(&self, kind: RevocationKind, id: &str, expires_at: u64) -> StoreResult<i64> {
+        // Readers follow `seq` with a cursor, so a revocation must commit
+        // before any with a higher `seq` is visible: one writer at a time,
+        // holding the lock from taking the number until the commit.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(REVOCATION_LOCK)
+            .execute(&mut *tx)
+            .await?;
         let seq: i64 = sqlx::query_scalar(
             "INSERT INTO revocations (kind, id, expires_at) VALUES ($1, $2, $3)
              ON CONFLICT (kind, id) DO UPDATE SET expires_at = GREATEST(revocations.expires_at, excluded.expires_at)
@@ -227,8 +236,9 @@ impl Store for PgStore {
         .bind(kind.as_str())
         .bind(id)
         .bind(int(expires_at))
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(seq)
     }
 
@@ -377,6 +387,7 @@ mod tests {
         let url = fresh_database().await;
         let store = PgStore::connect(&url, 4).await.unwrap();
         suite::run(&store).await;
+        suite::concurrent_revocations(&store).await;
         // A second replica migrates nothing and sees the same data; the
         // rotation lock is one replica's at a time.
         let other = PgStore::connect(&url, 2).await.unwrap();

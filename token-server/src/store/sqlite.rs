@@ -384,6 +384,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).await.unwrap();
         suite::run(&store).await;
+        suite::concurrent_revocations(&store).await;
         store.close().await;
         let reopened = SqliteStore::open(dir.path()).await.unwrap();
         suite::after_reopen(&reopened).await;

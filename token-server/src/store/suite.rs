@@ -171,3 +171,49 @@ pub async fn after_reopen(store: &dyn Store) {
             .is_some()
     );
 }
+
+/// Revocations committed concurrently all reach a reader that follows the
+/// cursor: a revocation must never become visible after one with a higher
+/// `seq` (the reader would have moved past it for good).
+pub async fn concurrent_revocations(store: &dyn Store) {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    const WRITERS: usize = 4;
+    const EACH: usize = 60;
+    let written = AtomicUsize::new(0);
+    let (mut cursor, _) = store.change_marks().await.unwrap();
+    let writer = |w: usize| {
+        let written = &written;
+        async move {
+            for i in 0..EACH {
+                let id = format!("concurrent-{w}-{i}");
+                store
+                    .revoke(RevocationKind::Token, &id, 4_000_000_000)
+                    .await
+                    .unwrap();
+                written.fetch_add(1, SeqCst);
+            }
+        }
+    };
+    let reader = async {
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            // Read "all written" before the query: then that query sees them all.
+            let done = written.load(SeqCst) == WRITERS * EACH;
+            let batch = store.revocations_after(cursor, 1000).await.unwrap();
+            for revocation in &batch {
+                seen.insert(revocation.id.clone());
+                cursor = cursor.max(revocation.seq);
+            }
+            if done && batch.is_empty() {
+                return seen;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let ((), (), (), (), seen) = tokio::join!(writer(0), writer(1), writer(2), writer(3), reader);
+    assert_eq!(
+        seen.len(),
+        WRITERS * EACH,
+        "the reader following the cursor missed revocations"
+    );
+}
