@@ -162,6 +162,23 @@ impl KeyRing {
     }
 }
 
+impl KeyRing {
+    /// Loads the stored keys as they are, without rotating (another replica
+    /// changed them); a no-op with key files or a key directory.
+    pub async fn load(
+        &self,
+        store: &dyn Store,
+        settings: &ServerSettings,
+        now: u64,
+    ) -> Result<(), KeyError> {
+        if settings.key_directory.is_none() && settings.key_files.is_empty() {
+            self.current
+                .store(Arc::new(snapshot(&store.signing_keys().await?, now)?));
+        }
+        Ok(())
+    }
+}
+
 /// Rotates under the store's rotation lock (one replica at a time); a
 /// replica without the lock only loads what the holder decided.
 async fn maintain(

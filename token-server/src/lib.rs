@@ -247,6 +247,8 @@ async fn start(args: Args) -> Result<(), StartError> {
     let http_listener = bind(args.http_addr)?;
     let grpc_listener = bind(args.grpc_addr)?;
     let store = open_store(&args, &registry, &secrets).await?;
+    // Before reading anything: a change from here on is seen by the sync.
+    let marks = store.change_marks().await?;
     let stored = store.resources().await?;
     let registry = if stored.is_empty() {
         registry
@@ -282,7 +284,7 @@ async fn start(args: Args) -> Result<(), StartError> {
     });
     warm_up_service_account_keys(&state)?;
     state.revocations.sync(state.store.as_ref()).await?;
-    spawn_maintenance(state.clone());
+    spawn_maintenance(state.clone(), marks);
     let tls = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
     let http_addr = http_listener.local_addr().map_err(http::ServeError::Io)?;
     let grpc_addr = grpc_listener.local_addr().map_err(http::ServeError::Io)?;
@@ -354,7 +356,7 @@ const SYNC_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Key rotation every 30 s (every second until a signing key exists),
 /// expired-row purge every 5 min, and the sync with other replicas.
-fn spawn_maintenance(state: Arc<AppState>) {
+fn spawn_maintenance(state: Arc<AppState>, marks: store::ChangeMarks) {
     let keys = state.clone();
     tokio::spawn(async move {
         let mut last_purge = std::time::Instant::now();
@@ -396,7 +398,7 @@ fn spawn_maintenance(state: Arc<AppState>) {
         }
     });
     tokio::spawn(async move {
-        let mut seen: Option<(i64, i64)> = None;
+        let mut seen = marks;
         loop {
             tokio::time::sleep(SYNC_INTERVAL).await;
             let marks = match state.store.change_marks().await {
@@ -406,25 +408,40 @@ fn spawn_maintenance(state: Arc<AppState>) {
                     continue;
                 }
             };
-            if let Some((revoked, resources)) = seen {
-                // Memory first, so a stream reader woken next finds it consistent.
-                if let Err(err) = state.revocations.sync(state.store.as_ref()).await {
-                    tracing::debug!(error = %err, "sync: revocations unavailable");
-                }
-                if marks.0 != revoked {
-                    state.revoked.notify_waiters();
-                }
-                if marks.1 != resources {
-                    match state.reload().await {
-                        Ok(Some(version)) => {
-                            tracing::info!(version, "resources changed in the store; reloaded")
+            // Memory first, so a stream reader woken next finds it consistent.
+            if let Err(err) = state.revocations.sync(state.store.as_ref()).await {
+                tracing::debug!(error = %err, "sync: revocations unavailable");
+            }
+            if marks.revoked != seen.revoked {
+                state.revoked.notify_waiters();
+                seen.revoked = marks.revoked;
+            }
+            // A mark moves on only once its change is in force: a failure is
+            // retried at the next turn.
+            if marks.resources != seen.resources {
+                match state.reload().await {
+                    Ok(version) => {
+                        if let Some(version) = version {
+                            tracing::info!(version, "resources changed in the store; reloaded");
                         }
-                        Ok(None) => {}
-                        Err(err) => tracing::error!(error = %err, "reload failed"),
+                        seen.resources = marks.resources;
                     }
+                    Err(err) => tracing::error!(error = %err, "reload failed"),
                 }
             }
-            seen = Some(marks);
+            // Another replica rotated: publish what it published now, not at
+            // this replica's next rotation check.
+            if marks.keys != seen.keys {
+                let registry = state.registry.load();
+                match state
+                    .keys
+                    .load(state.store.as_ref(), &registry.server, state.now())
+                    .await
+                {
+                    Ok(()) => seen.keys = marks.keys,
+                    Err(err) => tracing::warn!(error = %err, "sync: signing keys unavailable"),
+                }
+            }
         }
     });
 }

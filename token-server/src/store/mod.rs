@@ -94,6 +94,20 @@ pub struct Revocation {
     pub expires_at: u64,
 }
 
+/// See [`Store::change_marks`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChangeMarks {
+    /// The latest revocation's `seq`.
+    pub revoked: i64,
+    /// Bumped by every `put_resource`.
+    pub resources: i64,
+    /// Bumped by every signing-key write or deletion.
+    pub keys: i64,
+}
+
+/// Bumps the `keys` mark, in the transaction that changed a signing key.
+pub(crate) const BUMP_KEYS_MARK: &str = "INSERT INTO marks (name, value) VALUES ('keys', 1) ON CONFLICT (name) DO UPDATE SET value = marks.value + 1";
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Flushes and closes connections (on shutdown).
@@ -131,9 +145,9 @@ pub trait Store: Send + Sync {
     /// Every stored resource document, in the order they were first applied.
     async fn resources(&self) -> StoreResult<Vec<(String, String)>>;
 
-    /// Marks that change when another replica revokes or changes resources:
-    /// (latest revocation seq, resources version).
-    async fn change_marks(&self) -> StoreResult<(i64, i64)>;
+    /// Marks that move when any replica revokes, changes resources or
+    /// changes signing keys.
+    async fn change_marks(&self) -> StoreResult<ChangeMarks>;
 
     /// Takes the key-rotation lock if no other replica holds it.
     async fn try_lock_rotation(&self) -> StoreResult<Option<RotationLock>>;

@@ -12,8 +12,8 @@ use sqlx::{
 use tokenmesh_tokens::secret::SecretHash;
 
 use super::{
-    OpaqueToken, Revocation, RevocationKind, RotationLock, Store, StoreError, StoreResult,
-    StoredKey,
+    BUMP_KEYS_MARK, ChangeMarks, OpaqueToken, Revocation, RevocationKind, RotationLock, Store,
+    StoreError, StoreResult, StoredKey,
 };
 
 /// Advisory lock ids (arbitrary, fixed).
@@ -159,6 +159,7 @@ impl Store for PgStore {
     }
 
     async fn save_signing_key(&self, key: &StoredKey) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO signing_keys (kid, alg, pkcs8, created_at, activates_at, retires_at, publish_until)
              VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -172,16 +173,21 @@ impl Store for PgStore {
         .bind(int(key.activates_at))
         .bind(key.retires_at.map(int))
         .bind(key.publish_until.map(int))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        sqlx::query(BUMP_KEYS_MARK).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
     async fn delete_signing_key(&self, kid: &str) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM signing_keys WHERE kid = $1")
             .bind(kid)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        sqlx::query(BUMP_KEYS_MARK).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -337,13 +343,19 @@ impl Store for PgStore {
             .map_err(StoreError::from)
     }
 
-    async fn change_marks(&self) -> StoreResult<(i64, i64)> {
+    async fn change_marks(&self) -> StoreResult<ChangeMarks> {
         let row = sqlx::query(
-            "SELECT (SELECT COALESCE(MAX(seq), 0) FROM revocations) AS revoked, (SELECT value FROM marks WHERE name = 'resources') AS resources",
+            "SELECT (SELECT COALESCE(MAX(seq), 0) FROM revocations) AS revoked,
+                (SELECT value FROM marks WHERE name = 'resources') AS resources,
+                COALESCE((SELECT value FROM marks WHERE name = 'keys'), 0) AS keys",
         )
         .fetch_one(&self.pool)
         .await?;
-        Ok((row.try_get("revoked")?, row.try_get("resources")?))
+        Ok(ChangeMarks {
+            revoked: row.try_get("revoked")?,
+            resources: row.try_get("resources")?,
+            keys: row.try_get("keys")?,
+        })
     }
 
     async fn try_lock_rotation(&self) -> StoreResult<Option<RotationLock>> {

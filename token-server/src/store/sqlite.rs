@@ -12,8 +12,8 @@ use sqlx::{
 use tokenmesh_tokens::secret::SecretHash;
 
 use super::{
-    OpaqueToken, Revocation, RevocationKind, RotationLock, Store, StoreError, StoreResult,
-    StoredKey,
+    BUMP_KEYS_MARK, ChangeMarks, OpaqueToken, Revocation, RevocationKind, RotationLock, Store,
+    StoreError, StoreResult, StoredKey,
 };
 
 /// Versioned schema; each entry runs once, in order.
@@ -185,6 +185,7 @@ impl Store for SqliteStore {
     }
 
     async fn save_signing_key(&self, key: &StoredKey) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "INSERT INTO signing_keys (kid, alg, pkcs8, created_at, activates_at, retires_at, publish_until)
              VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -198,16 +199,21 @@ impl Store for SqliteStore {
         .bind(int(key.activates_at))
         .bind(key.retires_at.map(int))
         .bind(key.publish_until.map(int))
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        sqlx::query(BUMP_KEYS_MARK).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
     async fn delete_signing_key(&self, kid: &str) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
         sqlx::query("DELETE FROM signing_keys WHERE kid = ?")
             .bind(kid)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
+        sqlx::query(BUMP_KEYS_MARK).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -336,13 +342,19 @@ impl Store for SqliteStore {
             .map_err(StoreError::from)
     }
 
-    async fn change_marks(&self) -> StoreResult<(i64, i64)> {
+    async fn change_marks(&self) -> StoreResult<ChangeMarks> {
         let row = sqlx::query(
-            "SELECT (SELECT COALESCE(MAX(seq), 0) FROM revocations) AS revoked, (SELECT value FROM marks WHERE name = 'resources') AS resources",
+            "SELECT (SELECT COALESCE(MAX(seq), 0) FROM revocations) AS revoked,
+                (SELECT value FROM marks WHERE name = 'resources') AS resources,
+                COALESCE((SELECT value FROM marks WHERE name = 'keys'), 0) AS keys",
         )
         .fetch_one(&self.reader)
         .await?;
-        Ok((row.try_get("revoked")?, row.try_get("resources")?))
+        Ok(ChangeMarks {
+            revoked: row.try_get("revoked")?,
+            resources: row.try_get("resources")?,
+            keys: row.try_get("keys")?,
+        })
     }
 
     async fn try_lock_rotation(&self) -> StoreResult<Option<RotationLock>> {

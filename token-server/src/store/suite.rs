@@ -48,7 +48,7 @@ pub async fn run(store: &dyn Store) {
     assert!(store.opaque_token(&long.hash).await.unwrap().is_some());
 
     // Revocations are sequenced and found by token or grant.
-    let (marks_before, _) = store.change_marks().await.unwrap();
+    let marks_before = store.change_marks().await.unwrap().revoked;
     let a = store
         .revoke(RevocationKind::Token, "jti-1", u64::from(u32::MAX))
         .await
@@ -65,7 +65,7 @@ pub async fn run(store: &dyn Store) {
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].kind, RevocationKind::Grant);
     assert_eq!(after[0].seq, b);
-    assert_eq!(store.change_marks().await.unwrap().0, b);
+    assert_eq!(store.change_marks().await.unwrap().revoked, b);
     // Revoking again keeps one record.
     store
         .revoke(RevocationKind::Token, "jti-1", u64::from(u32::MAX))
@@ -102,14 +102,18 @@ pub async fn run(store: &dyn Store) {
             .unwrap()
     );
 
-    // Signing keys.
+    // Signing keys; every write and deletion moves the mark.
+    let keys_mark = store.change_marks().await.unwrap().keys;
     store.save_signing_key(&key("k1")).await.unwrap();
     let mut retired = key("k1");
     retired.retires_at = Some(5);
     retired.publish_until = Some(9);
     store.save_signing_key(&retired).await.unwrap();
     store.save_signing_key(&key("gone")).await.unwrap();
+    let before_delete = store.change_marks().await.unwrap().keys;
+    assert_eq!(before_delete, keys_mark + 3);
     store.delete_signing_key("gone").await.unwrap();
+    assert_eq!(store.change_marks().await.unwrap().keys, before_delete + 1);
     assert_eq!(store.signing_keys().await.unwrap(), vec![retired.clone()]);
     // Keys that activate together come back in one order every time (the
     // JWKS is built from it), whatever order they were saved in.
@@ -126,7 +130,7 @@ pub async fn run(store: &dyn Store) {
     store.delete_signing_key("aa").await.unwrap();
 
     // Resources, in the order applied; every change moves the mark.
-    let (_, version) = store.change_marks().await.unwrap();
+    let version = store.change_marks().await.unwrap().resources;
     store.put_resource("Scope/a", "doc-a").await.unwrap();
     store.put_resource("Scope/b", "doc-b").await.unwrap();
     store.put_resource("Scope/a", "doc-a2").await.unwrap();
@@ -138,7 +142,7 @@ pub async fn run(store: &dyn Store) {
         ]
     );
     store.put_resource("Scope/b", "").await.unwrap();
-    let (_, after_changes) = store.change_marks().await.unwrap();
+    let after_changes = store.change_marks().await.unwrap().resources;
     assert!(after_changes >= version + 4);
 
     // The rotation lock can be taken and given back.
@@ -180,7 +184,7 @@ pub async fn concurrent_revocations(store: &dyn Store) {
     const WRITERS: usize = 4;
     const EACH: usize = 60;
     let written = AtomicUsize::new(0);
-    let (mut cursor, _) = store.change_marks().await.unwrap();
+    let mut cursor = store.change_marks().await.unwrap().revoked;
     let writer = |w: usize| {
         let written = &written;
         async move {

@@ -11,6 +11,9 @@ use tokio::{io::copy_bidirectional, net::TcpListener, task::JoinSet};
 use tokio_stream::StreamExt;
 use tonic::Request;
 
+use token_server::store::{Store, StoredKey};
+use tokenmesh_tokens::signing::SigningKey;
+
 use crate::harness::{ADMIN_TOKEN, Config, SECRET, Server, fresh_database};
 
 const ISSUER: &str = "http://tokenmesh.test";
@@ -65,6 +68,35 @@ async fn replicas_share_tokens_revocations_resources_keys_and_replay_records() {
         jwks(&a).await == jwks(&b).await
     })
     .await;
+
+    // A key the rotating replica adds (here: written straight to the
+    // database, as that replica would) is published by both within a second,
+    // not at their next rotation check.
+    let store = token_server::store::PgStore::connect(&url, 1)
+        .await
+        .unwrap();
+    let successor =
+        SigningKey::generate("successor".into(), tokenmesh_tokens::Algorithm::ES256).unwrap();
+    let stored = StoredKey {
+        kid: "successor".into(),
+        alg: "ES256".into(),
+        pkcs8: successor.pkcs8().to_vec(),
+        created_at: now(),
+        activates_at: now() + 3600,
+        retires_at: None,
+        publish_until: None,
+    };
+    store.save_signing_key(&stored).await.unwrap();
+    for replica in [&a, &b] {
+        let took = until(
+            "the new key published",
+            Duration::from_secs(3),
+            async || jwks(replica).await.contains("\"successor\""),
+        )
+        .await;
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+    }
+    store.close().await;
 
     // A token from one replica introspects, and revokes, on the other.
     let token: Value = opaque(&a, &config, "r-1").await.json().await.unwrap();
