@@ -472,8 +472,12 @@ pub struct PolicyFrom {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicyActor {
+    /// Client ids that may act (the client a sidecar authenticates as).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clients: Vec<String>,
+    /// Service accounts, as `<namespace>/<name>`, whose
+    /// `kubernetes_service_account` clients may act. With neither list,
+    /// any client may.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub service_accounts: Vec<String>,
 }

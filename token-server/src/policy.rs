@@ -9,7 +9,7 @@ use tokenmesh_tokens::claims::{AccessTokenClaims, Actor};
 
 use crate::{
     oauth::error::OAuthError,
-    registry::{Policy, Registry, ScopePattern},
+    registry::{ClientAuth, Policy, Registry, ScopePattern, service_account_of},
 };
 
 /// Delegation depth allowed when a policy names none.
@@ -59,6 +59,27 @@ pub struct Embed {
 
 fn listed(list: &[String], value: &str) -> bool {
     list.is_empty() || list.iter().any(|v| v == value)
+}
+
+/// Whether the client `client_id` may act under `policy`: named in
+/// `actor.clients`, or authenticated as a service account named in
+/// `actor.serviceAccounts`; anyone when the policy names no actor.
+fn actor_admits(registry: &Registry, policy: &Policy, client_id: &str) -> bool {
+    let actor = &policy.spec.actor;
+    if actor.clients.is_empty() && actor.service_accounts.is_empty() {
+        return true;
+    }
+    actor.clients.iter().any(|c| c == client_id)
+        || registry.client(client_id).is_some_and(|client| {
+            let ClientAuth::ServiceAccount(account) = &client.auth else {
+                return false;
+            };
+            actor
+                .service_accounts
+                .iter()
+                .filter_map(|text| service_account_of(text))
+                .any(|named| named == *account)
+        })
 }
 
 fn from_admits(policy: &Policy, subject: &AccessTokenClaims) -> bool {
@@ -229,7 +250,7 @@ pub fn decide(registry: &Registry, request: &ExchangeRequest<'_>) -> Result<Deci
     }
     let candidates: Vec<&Policy> = candidates
         .into_iter()
-        .filter(|p| listed(&p.spec.actor.clients, request.actor.client_id))
+        .filter(|p| actor_admits(registry, p, request.actor.client_id))
         .collect();
     if candidates.is_empty() {
         return Err(OAuthError::UnauthorizedClient(
@@ -315,7 +336,7 @@ pub fn embeds(
         .policies()
         .filter(|p| p.spec.mode == ExchangeMode::Embed && from_admits(p, claims))
     {
-        if !listed(&policy.spec.actor.clients, &claims.client_id) {
+        if !actor_admits(registry, policy, &claims.client_id) {
             continue;
         }
         let scopes: Vec<String> = live
@@ -364,7 +385,7 @@ pub fn share(
             continue;
         }
         named = true;
-        if !listed(&policy.spec.actor.clients, caller)
+        if !actor_admits(registry, policy, caller)
             || !claims.aud.contains(&to.audience)
             || !from_admits(policy, claims)
         {
@@ -399,7 +420,7 @@ pub fn routes(registry: &Registry, client_id: &str) -> Vec<Route> {
     let mut routes = Vec::new();
     for policy in registry
         .policies()
-        .filter(|p| listed(&p.spec.actor.clients, client_id))
+        .filter(|p| actor_admits(registry, p, client_id))
     {
         for host in &policy.spec.to.hosts {
             routes.push(Route {
@@ -691,5 +712,40 @@ mod tests {
         );
         assert!(share(&reg, &subject, "batch", "orders.local").is_err());
         assert!(routes(&reg, "batch").is_empty());
+    }
+
+    #[test]
+    fn service_account_actors_are_the_clients_they_authenticate() {
+        let reg = registry(
+            "  mode: share\n  actor: {serviceAccounts: [shop/orders]}\n  to: {audience: orders, hosts: [orders.local]}\n---\n\
+             apiVersion: tokenmesh.dev/v1alpha1\nkind: TokenServer\nmetadata: {name: default}\nspec:\n  \
+             issuer: https://issuer\n  kubernetes: {issuer: \"https://kubernetes.default.svc\"}\n---\n\
+             apiVersion: tokenmesh.dev/v1alpha1\nkind: OAuthClient\nmetadata: {name: shop-orders}\nspec:\n  \
+             authentication: {method: kubernetes_service_account, serviceAccount: {name: orders, namespace: shop}}\n  audiences: [orders]\n---\n\
+             apiVersion: tokenmesh.dev/v1alpha1\nkind: OAuthClient\nmetadata: {name: shop-billing}\nspec:\n  \
+             authentication: {method: kubernetes_service_account, serviceAccount: {name: billing, namespace: shop}}\n  audiences: [orders]\n",
+        );
+        let subject = subject();
+        assert_eq!(
+            share(&reg, &subject, "shop-orders", "orders.local"),
+            Ok("orders".to_owned())
+        );
+        // Another service account, and a client merely named like the account.
+        assert!(share(&reg, &subject, "shop-billing", "orders.local").is_err());
+        assert!(share(&reg, &subject, "shop/orders", "orders.local").is_err());
+        assert_eq!(routes(&reg, "shop-orders").len(), 1);
+        assert!(routes(&reg, "gateway").is_empty());
+    }
+
+    #[test]
+    fn a_service_account_actor_must_be_namespace_slash_name() {
+        let yaml = "apiVersion: tokenmesh.dev/v1alpha1\nkind: ExchangePolicy\nmetadata: {name: p}\nspec:\n  mode: share\n  actor: {serviceAccounts: [orders]}\n  to: {audience: orders}\n";
+        let docs = parse_documents(None, yaml).unwrap();
+        let err = Registry::new("https://issuer".into(), None)
+            .from_documents(&docs, &Secrets)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("spec.actor.serviceAccounts[0]"), "{err}");
     }
 }

@@ -207,6 +207,16 @@ fn compile_cel(field: &str, source: &str) -> Result<Arc<cel::Program>, (String, 
         .map_err(|e| (field.to_owned(), format!("not a valid CEL expression: {e}")))
 }
 
+/// `<namespace>/<name>` as a service account.
+pub fn service_account_of(text: &str) -> Option<ServiceAccount> {
+    let (namespace, name) = text.split_once('/')?;
+    let valid = |part: &str| !part.is_empty() && !part.contains(['/', ':']);
+    (valid(namespace) && valid(name)).then(|| ServiceAccount {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    })
+}
+
 fn policy(name: &str, spec: &ExchangePolicySpec) -> Result<Policy, (String, String)> {
     let ttl = match &spec.ttl {
         Some(text) => Some(
@@ -224,6 +234,14 @@ fn policy(name: &str, spec: &ExchangePolicySpec) -> Result<Policy, (String, Stri
     };
     if spec.to.audience.is_empty() {
         return Err(("spec.to.audience".into(), "is required".into()));
+    }
+    for (index, account) in spec.actor.service_accounts.iter().enumerate() {
+        if service_account_of(account).is_none() {
+            return Err((
+                format!("spec.actor.serviceAccounts[{index}]"),
+                format!("`{account}` is not `<namespace>/<name>`"),
+            ));
+        }
     }
     let condition = spec
         .condition
