@@ -101,8 +101,17 @@ impl TokenService for Tokens {
         &self,
         request: Request<GetEmbeddedTokenRequest>,
     ) -> Result<Response<GetEmbeddedTokenResponse>, Status> {
-        authenticate(&self.state, request.metadata()).await?;
+        let client = authenticate(&self.state, request.metadata()).await?;
         let body = request.into_inner();
+        // A JWT shows its embedded tokens to anyone holding it; an opaque
+        // token's are read from the store, as introspection would.
+        if body.token.starts_with(crate::issue::OPAQUE_PREFIX) && !client.allow_introspection {
+            return Err(OAuthError::AccessDenied(
+                "the client may not introspect tokens, so not read an opaque token's embedded ones"
+                    .into(),
+            )
+            .into());
+        }
         let outer = active_claims(&self.state, required(&body.token, "token")?)
             .await?
             .ok_or_else(|| Status::failed_precondition("the token is not active"))?;

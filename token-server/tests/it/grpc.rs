@@ -410,3 +410,26 @@ async fn policy_changes_reach_the_policy_stream_through_the_control_service() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn an_opaque_tokens_embedded_tokens_are_for_clients_that_may_introspect() {
+    let config = mesh_config();
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&config, data.path()).await;
+    let mut grpc = tokens(&server).await;
+    let ask = |client: &str| {
+        as_client(
+            client,
+            GetEmbeddedTokenRequest {
+                token: "tmo_not-a-real-token".into(),
+                audience: "payments".into(),
+            },
+        )
+    };
+    // `poster` has no allowIntrospection: refused before any lookup.
+    let refused = grpc.get_embedded_token(ask("poster")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    // `gateway` may introspect: the token is looked up (and is not active).
+    let looked_up = grpc.get_embedded_token(ask("gateway")).await.unwrap_err();
+    assert_eq!(looked_up.code(), Code::FailedPrecondition, "{looked_up:?}");
+}
