@@ -140,7 +140,9 @@ def namespace(kube, request):
 
 
 class Process:
-    """A child process with its log in a file, stopped with SIGTERM."""
+    """A child process with its log in a file, stopped with SIGTERM. It runs in a process group of its own and
+    stop() signals the whole group, so a wrapper's child (the token server under faketime, which forks it and
+    does not pass SIGTERM on) is stopped too, not left running after the suite."""
 
     def __init__(self, name, log):
         self.name, self.log, self.proc = name, Path(log), None
@@ -148,10 +150,24 @@ class Process:
     def spawn(self, args, env=None):
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=child_env() | (env or {}))
+                                         env=child_env() | (env or {}), start_new_session=True)
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
+
+    def group_alive(self):
+        """Whether any process of the group is left (the leader, or a child it started)."""
+        try:
+            os.killpg(self.proc.pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def signal_group(self, sig):
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
 
     def wait_http(self, url, timeout=30):
         def ok():
@@ -165,14 +181,18 @@ class Process:
         wait_until(ok, timeout, lambda: f"{url} of {self.name}:\n{tail(self.log)}")
 
     def stop(self):
-        if not self.alive():
+        """SIGTERM to the group; SIGKILL to what is left of it after 15 s."""
+        if self.proc is None or (not self.alive() and not self.group_alive()):
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        # Reaped first, so a leader that has exited is no zombie in the group.
+        while self.proc.poll() is None or self.group_alive():
+            if time.monotonic() > deadline:
+                self.signal_group(signal.SIGKILL)
+                self.proc.wait()
+                break
+            time.sleep(0.05)
 
 
 class TokenServer(Process):
