@@ -8,15 +8,21 @@ use clap::{Parser, Subcommand, ValueEnum};
 ///
 /// Reads tokenmesh resources (TokenServer, OAuthClient, Scope,
 /// ExchangePolicy) from YAML files, keeps signing keys, opaque tokens and
-/// revocations in an embedded store under --data-dir, and serves the OAuth
-/// endpoints over HTTP(S). Every endpoint is listed at
+/// revocations in an embedded store under --data-dir (or in PostgreSQL with
+/// --database-url, for several replicas), and serves the OAuth endpoints over
+/// HTTP(S) and the gRPC API. Every endpoint is listed at
 /// /.well-known/oauth-authorization-server.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "token-server", version)]
 pub struct Args {
     /// A YAML file or a folder of YAML files (*.yaml, *.yml) holding
     /// resources; repeat for several. Multi-document files are read whole.
-    #[arg(long = "config", env = "TOKENMESH_CONFIG", value_delimiter = ',')]
+    #[arg(
+        long = "config",
+        env = "TOKENMESH_CONFIG",
+        value_delimiter = ',',
+        global = true
+    )]
     pub config: Vec<PathBuf>,
 
     #[command(subcommand)]
@@ -24,7 +30,9 @@ pub struct Args {
 
     /// PostgreSQL URL (`postgres://user:pass@host/db?sslmode=verify-full`):
     /// use PostgreSQL instead of the embedded store, for several replicas.
-    /// TLS to the database follows `sslmode` (rustls). Overrides
+    /// TLS to the database follows `sslmode` (rustls); without it TLS is
+    /// tried but plaintext accepted, so across a network give
+    /// `sslmode=verify-full&sslrootcert=<CA file>`. Overrides
     /// TokenServer.spec.storage.
     #[arg(
         long,
@@ -34,7 +42,8 @@ pub struct Args {
     )]
     pub database_url: Option<String>,
 
-    /// Most connections to PostgreSQL this replica opens.
+    /// Most connections to PostgreSQL this replica opens. A request waits at
+    /// most 3 s for one, a statement runs at most 5 s, a lock wait 2 s.
     #[arg(
         long,
         env = "TOKENMESH_DATABASE_MAX_CONNECTIONS",
@@ -52,14 +61,15 @@ pub struct Args {
     #[arg(long, env = "TOKENMESH_GRPC_ADDR", default_value = "127.0.0.1:8081")]
     pub grpc_addr: SocketAddr,
 
-    /// Where the embedded store keeps keys, opaque tokens and revocations.
+    /// Where the embedded store keeps keys, opaque tokens and revocations
+    /// (unused with PostgreSQL).
     #[arg(long, env = "TOKENMESH_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
     /// Where `secretRef: {name, key}` resolves, as the file <dir>/<name>/<key>
     /// (the layout of a mounted Kubernetes Secret). Default: `secrets/`
     /// beside the first --config.
-    #[arg(long, env = "TOKENMESH_SECRETS_DIR")]
+    #[arg(long, env = "TOKENMESH_SECRETS_DIR", global = true)]
     pub secrets_dir: Option<PathBuf>,
 
     /// The issuer URL (`iss`); overrides TokenServer.spec.issuer. Default:
@@ -102,8 +112,9 @@ pub struct Args {
 
 #[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Apply the PostgreSQL schema migrations (--database-url) and exit; the
-    /// server also applies them on start.
+    /// Apply the PostgreSQL schema migrations and exit (the server also
+    /// applies them on start). The database is --database-url, else the
+    /// --config's TokenServer spec.storage.
     Migrate,
 }
 

@@ -62,6 +62,7 @@ pub async fn exchange(
         .grant_types
         .contains(&tokenmesh_crds::GrantType::TokenExchange)
     {
+        tracing::debug!(client_id = %client.id, "exchange refused: the client lacks the token-exchange grant type");
         return Err(OAuthError::UnauthorizedClient(
             "the client may not use token exchange".into(),
         ));
@@ -69,7 +70,8 @@ pub async fn exchange(
     let (format, issued_token_type) = match params.requested_token_type {
         None | Some("") | Some(ACCESS_TOKEN_TYPE) => (client.format, ACCESS_TOKEN_TYPE),
         Some(JWT_TYPE) => (TokenFormat::Jwt, JWT_TYPE),
-        Some(_) => {
+        Some(other) => {
+            tracing::debug!(client_id = %client.id, requested_token_type = other, "exchange refused: requested_token_type not supported");
             return Err(OAuthError::InvalidRequest(
                 "requested_token_type is not supported".into(),
             ));

@@ -165,39 +165,63 @@ pub fn load_source(args: &Args) -> Result<RegistrySource, StartError> {
 
 /// The store: PostgreSQL when a database URL is given (flag, or the
 /// TokenServer's storage Secret), else SQLite in the data directory.
+/// The PostgreSQL URL: `--database-url`, else the TokenServer's
+/// `spec.storage` secret; none means the embedded store.
+fn database_url(
+    args: &Args,
+    registry: &Registry,
+    secrets: &dyn registry::SecretSource,
+) -> Result<Option<String>, StartError> {
+    match (&args.database_url, &registry.server.database) {
+        (Some(url), _) => Ok(Some(url.clone())),
+        (None, Some(secret)) => {
+            let bytes = secrets
+                .read(secret)
+                .map_err(|e| StartError::Refused(format!("the database URL secret: {e}")))?;
+            let url = String::from_utf8(bytes)
+                .map_err(|_| StartError::Refused("the database URL is not UTF-8".into()))?;
+            Ok(Some(url.trim().to_owned()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 async fn open_store(
     args: &Args,
     registry: &Registry,
     secrets: &dyn registry::SecretSource,
 ) -> Result<Arc<dyn Store>, StartError> {
-    let url = match (&args.database_url, &registry.server.database) {
-        (Some(url), _) => Some(url.clone()),
-        (None, Some(secret)) => {
-            let bytes = secrets
-                .read(secret)
-                .map_err(|e| StartError::Refused(format!("the database URL secret: {e}")))?;
-            Some(
-                String::from_utf8(bytes)
-                    .map_err(|_| StartError::Refused("the database URL is not UTF-8".into()))?
-                    .trim()
-                    .to_owned(),
-            )
-        }
-        (None, None) => None,
-    };
-    Ok(match url {
+    Ok(match database_url(args, registry, secrets)? {
         Some(url) => Arc::new(PgStore::connect(&url, args.database_max_connections).await?),
         None => Arc::new(SqliteStore::open(&args.data_dir).await?),
     })
 }
 
+/// `token-server migrate`: the PostgreSQL schema, from `--database-url` or
+/// the configuration's `spec.storage`.
 async fn migrate(args: &Args) -> Result<(), StartError> {
-    let url = args.database_url.as_deref().ok_or_else(|| {
-        StartError::Refused("migrate needs --database-url (or TOKENMESH_DATABASE_URL)".into())
+    let url = if args.config.is_empty() {
+        args.database_url.clone()
+    } else {
+        let secrets = FileSecrets {
+            dir: secrets_dir(args),
+        };
+        let registry = load_source(args)?.build(&secrets, &[])?;
+        database_url(args, &registry, &secrets)?
+    };
+    let url = url.ok_or_else(|| {
+        StartError::Refused(
+            "migrate needs --database-url (or TOKENMESH_DATABASE_URL), or a --config whose TokenServer has spec.storage of type postgres".into(),
+        )
     })?;
-    // Connecting migrates.
-    let store = PgStore::connect(url, 1).await?;
-    println!("database schema is up to date");
+    let store = PgStore::open(&url, 1).await?;
+    let applied = store.migrate().await?;
+    let version = PgStore::SCHEMA_VERSION;
+    if applied == 0 {
+        println!("database schema is up to date (version {version})");
+    } else {
+        println!("applied {applied} migration(s); database schema is at version {version}");
+    }
     store.close().await;
     Ok(())
 }

@@ -77,10 +77,22 @@ fn uint(value: i64) -> u64 {
 impl PgStore {
     /// Connects (TLS as the URL's `sslmode` says), with a bounded pool, and migrates.
     pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
+        let store = Self::open(url, max_connections).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects without migrating.
+    pub async fn open(url: &str, max_connections: u32) -> StoreResult<Self> {
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Unavailable(format!("the database URL does not parse: {e}")))?
             .application_name("tokenmesh-token-server")
             .options([("statement_timeout", "5s"), ("lock_timeout", "2s")]);
+        // One plain connection first: when the database is away, its error
+        // (refused, TLS, authentication) says why, where the pool would only
+        // say it timed out.
+        let probe = sqlx::ConnectOptions::connect(&options).await?;
+        sqlx::Connection::close(probe).await?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .min_connections(1)
@@ -88,21 +100,29 @@ impl PgStore {
             .idle_timeout(Duration::from_secs(300))
             .connect_with(options)
             .await?;
-        let store = Self { pool };
-        store.migrate().await?;
-        Ok(store)
+        Ok(Self { pool })
     }
 
-    /// Applies the migrations not applied yet.
+    /// The schema version this build migrates to.
+    pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+    /// Applies the migrations not applied yet; returns how many.
     pub async fn migrate(&self) -> StoreResult<usize> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(MIGRATION_LOCK)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            .execute(&mut *tx)
-            .await?;
+        // Created only when missing: `IF NOT EXISTS` would log a notice on every start.
+        let exists: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass('schema_version')::text")
+                .fetch_one(&mut *tx)
+                .await?;
+        if exists.is_none() {
+            sqlx::query("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+                .execute(&mut *tx)
+                .await?;
+        }
         let current: Option<i32> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
             .fetch_one(&mut *tx)
             .await?;

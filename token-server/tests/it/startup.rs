@@ -1,6 +1,6 @@
 //! What the binary does with bad configuration and unsafe settings.
 
-use crate::harness::{Config, Server, free_port, run_to_exit};
+use crate::harness::{Config, Server, binary, free_port, fresh_database, run_to_exit};
 
 #[test]
 fn invalid_configuration_names_file_document_and_field() {
@@ -197,4 +197,39 @@ async fn sigterm_stops_cleanly_and_the_data_dir_is_private() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "signing keys live here");
+}
+
+/// `token-server migrate` says what it applied, reads the URL from
+/// `--database-url` or from the configuration's `spec.storage`, and names
+/// the real cause when the database is away.
+#[tokio::test]
+async fn migrate_reports_what_it_did_and_reads_spec_storage() {
+    let url = fresh_database().await;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(binary())
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, out) = run(&["migrate", "--database-url", &url]);
+    assert!(ok && out.contains("applied 1 migration(s)"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("secrets/db")).unwrap();
+    std::fs::write(dir.path().join("secrets/db/url"), format!("{url}\n")).unwrap();
+    let config = dir.path().join("server.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: tokenmesh.dev/v1alpha1\nkind: TokenServer\nmetadata: {name: default}\nspec:\n  issuer: http://127.0.0.1:8080\n  storage: {type: postgres, databaseUrlSecretRef: {name: db, key: url}}\n",
+    )
+    .unwrap();
+    let (ok, out) = run(&["migrate", "--config", config.to_str().unwrap()]);
+    assert!(ok && out.contains("up to date (version 1)"), "{out}");
+
+    let away = format!("postgres://postgres@127.0.0.1:{}/none", free_port());
+    let (ok, out) = run(&["migrate", "--database-url", &away]);
+    assert!(!ok && out.contains("Connection refused"), "{out}");
 }
