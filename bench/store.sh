@@ -80,10 +80,10 @@ declare -A RPS P50 P99 ERR SCORE PGCORE CCORE OTHER NOTE_OF SBUSY
 NOTES=()
 flagged=0
 
-# start_replicas case n [database-url]: n token-server processes on CPU $SCPU
+# start_replicas case n [database-url [extra flags...]]: n token-server processes on CPU $SCPU
 start_replicas() {
-  local id=$1 n=$2 url=${3:-} r port extra=()
-  [[ -n $url ]] && extra=(--database-url "$url")
+  local id=$1 n=$2 url=${3:-} r port extra=("${@:4}")
+  [[ -n $url ]] && extra+=(--database-url "$url")
   [[ -n $url && -n ${BENCH_DB_MAX_CONNECTIONS:-} ]] && extra+=(--database-max-connections "$BENCH_DB_MAX_CONNECTIONS")
   REPLICA_PIDS=() REPLICA_ADDRS=()
   local first_port
@@ -194,6 +194,11 @@ run_case() {
   got=$(curl -s -u "bench-rs:$SECRET" -d "token=$tok" "http://${REPLICA_ADDRS[-1]}/oauth2/introspect")
   [[ $got == *'"active":true'* ]] || die "$id: a pooled token does not introspect as active on ${REPLICA_ADDRS[-1]}: ${got:0:200}"
   run_wrk "$id/introspect" introspect /oauth2/introspect "$(basic bench-rs)"
+  # Again with the opaque-token cache off: every introspection reads the
+  # store, as the first look at each token does (same data, replicas restarted).
+  stop_replicas
+  start_replicas "$id" "$n" "$url" --opaque-token-cache 0
+  run_wrk "$id/introspect-uncached" introspect /oauth2/introspect "$(basic bench-rs)"
   if [[ -n $url ]]; then
     NOTE_OF[$id]="database $(psql "$url" -Atc 'select pg_size_pretty(pg_database_size(current_database()))')"
   else
@@ -227,11 +232,11 @@ echo
 echo "| store | operation | req/s | ratio to embedded | p50 | p99 | CPU $SCPU busy | replicas CPU | PostgreSQL CPU | wrk CPU | errors |"
 echo '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|'
 for id in embedded pg1 pg2; do
-  for op in issue introspect; do
+  for op in issue introspect introspect-uncached; do
     k=$id/$op
     [[ -n ${RPS[$k]:-} ]] || continue
     printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$(label "$id")" \
-      "$( [[ $op == issue ]] && echo 'issue (`client_credentials`, opaque)' || echo "introspect (pool of $POOL)")" \
+      "$(case $op in issue) echo 'issue (`client_credentials`, opaque)' ;; introspect) echo "introspect (pool of $POOL)" ;; *) echo "introspect, cache off (\`--opaque-token-cache 0\`)" ;; esac)" \
       "${RPS[$k]}" "$(ratio "${RPS[$k]}" "${RPS[embedded/$op]:-}")" "$(ms "${P50[$k]}")" "$(ms "${P99[$k]}")" \
       "$(pct "${SBUSY[$k]}")" "$(pct "${SCORE[$k]}")" "$( [[ $id == embedded ]] && echo - || pct "${PGCORE[$k]}")" "$(pct "${CCORE[$k]}")" "${ERR[$k]}"
   done
@@ -239,13 +244,15 @@ done
 echo
 echo "CPU $SCPU busy: /proc/stat for that core over the measured run, interrupt and softirq time included (loopback TCP, between wrk and the replicas and between the replicas and PostgreSQL, is mostly softirq and charged to no process). Replicas and PostgreSQL: utime+stime from /proc/<pid>/stat (PostgreSQL: the postmaster with the children it reaped, e.g. autovacuum workers, plus its live backends)."
 echo
-for id in pg1 pg2; do
-  [[ -n ${RPS[$id/introspect]:-} && -n ${RPS[embedded/introspect]:-} ]] || continue
-  r=$(ratio "${RPS[$id/introspect]}" "${RPS[embedded/introspect]}")
-  v=$(awk -v r="$r" 'BEGIN { print (r >= 0.5 ? "met" : "**NOT met**") }')
-  [[ ${ERR[$id/introspect]}${ERR[embedded/introspect]} == 00 ]] || v="$v (⚠ not valid: errors)"
-  echo "Introspection, $(label "$id") / embedded: **${r}×** (goal ≥ 0.50: $v)."
-  echo
+for op in introspect introspect-uncached; do
+  for id in pg1 pg2; do
+    [[ -n ${RPS[$id/$op]:-} && -n ${RPS[embedded/$op]:-} ]] || continue
+    r=$(ratio "${RPS[$id/$op]}" "${RPS[embedded/$op]}")
+    v=$(awk -v r="$r" 'BEGIN { print (r >= 0.5 ? "met" : "**NOT met**") }')
+    [[ ${ERR[$id/$op]}${ERR[embedded/$op]} == 00 ]] || v="$v (⚠ not valid: errors)"
+    echo "Introspection$( [[ $op == introspect ]] && echo ' (cache on, the default)' || echo ' with the cache off'), $(label "$id") / embedded: **${r}×** (goal ≥ 0.50: $v)."
+    echo
+  done
 done
 for id in embedded pg1 pg2; do [[ -n ${NOTE_OF[$id]:-} ]] && NOTES+=("$(label "$id"): ${NOTE_OF[$id]} after its cases"); done
 if (( ${#NOTES[@]} )); then

@@ -61,6 +61,13 @@ pub struct Args {
     #[arg(long, env = "TOKENMESH_GRPC_ADDR", default_value = "127.0.0.1:8081")]
     pub grpc_addr: SocketAddr,
 
+    /// How many opaque-token records introspection keeps in memory (a few
+    /// hundred bytes each, until the token expires), so a token introspected
+    /// again costs no store round trip; revocation is still checked on every
+    /// call. 0 turns the cache off.
+    #[arg(long, env = "TOKENMESH_OPAQUE_TOKEN_CACHE", default_value_t = 20_000)]
+    pub opaque_token_cache: usize,
+
     /// Where the embedded store keeps keys, opaque tokens and revocations
     /// (unused with PostgreSQL).
     #[arg(long, env = "TOKENMESH_DATA_DIR", default_value = "./data")]

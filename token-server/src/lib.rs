@@ -302,7 +302,7 @@ async fn start(args: Args) -> Result<(), StartError> {
         version: tokio::sync::watch::Sender::new(1),
         revoked: tokio::sync::Notify::new(),
         revocations: revocations::Revocations::new(),
-        opaque_tokens: TtlCache::new(OPAQUE_TOKENS_CACHED),
+        opaque_tokens: TtlCache::new(args.opaque_token_cache),
         admin,
         service_accounts: kubernetes_issuer::ServiceAccountIssuer::default(),
     });
@@ -370,8 +370,6 @@ fn warm_up_service_account_keys(state: &Arc<AppState>) -> Result<(), StartError>
     Ok(())
 }
 
-/// Opaque tokens remembered for introspection (a few hundred bytes each).
-const OPAQUE_TOKENS_CACHED: usize = 20_000;
 /// How long requests in flight may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 

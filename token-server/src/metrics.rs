@@ -23,6 +23,12 @@ pub struct IssuedLabels {
     pub format: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LookupLabels {
+    /// `cache` or `store`.
+    pub source: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new([
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -34,6 +40,8 @@ pub struct Metrics {
     pub requests: Family<HttpLabels, Counter>,
     pub latency: Family<EndpointLabels, Histogram, fn() -> Histogram>,
     pub issued: Family<IssuedLabels, Counter>,
+    /// Opaque-token records found by introspection, by where they came from.
+    pub opaque_lookups: Family<LookupLabels, Counter>,
 }
 
 impl Metrics {
@@ -59,11 +67,18 @@ impl Metrics {
             "Access tokens issued by grant type and format",
             issued.clone(),
         );
+        let opaque_lookups = Family::<LookupLabels, Counter>::default();
+        registry.register(
+            "opaque_token_lookups",
+            "Opaque-token records found at introspection, from the cache or the store",
+            opaque_lookups.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             issued,
+            opaque_lookups,
         }
     }
 

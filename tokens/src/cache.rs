@@ -27,8 +27,9 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
             .map(|(value, _)| value.clone())
     }
 
+    /// Keeps `value` until `expires`; a cache of capacity 0 keeps nothing.
     pub fn insert(&self, key: K, value: V, expires: u64, now: u64) {
-        if expires <= now {
+        if expires <= now || self.capacity == 0 {
             return;
         }
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -106,6 +107,15 @@ mod tests {
             None,
             "already expired entries are not kept"
         );
+    }
+
+    #[test]
+    fn a_cache_of_capacity_zero_keeps_nothing() {
+        let cache = TtlCache::new(0);
+        cache.insert(1, "a", 10, 0);
+        cache.insert(2, "b", 10, 0);
+        assert!(cache.is_empty());
+        assert_eq!(cache.get(&1, 0), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tokenmesh_tokens::{
 };
 
 use super::{client_auth::authenticate, error::OAuthError, form::Form, no_store, respond};
-use crate::{issue, keys::jose_algorithm, state::AppState};
+use crate::{issue, keys::jose_algorithm, metrics::LookupLabels, state::AppState};
 
 pub const INTROSPECTION_JWT: &str = "application/token-introspection+jwt";
 const PHANTOM_JWT: &str = "application/jwt";
@@ -66,8 +66,18 @@ pub async fn active_claims(
         }
     } else {
         let hash = SecretHash::of(token.as_bytes());
+        let lookups = |source| {
+            state
+                .metrics
+                .opaque_lookups
+                .get_or_create(&LookupLabels { source })
+                .inc();
+        };
         match state.opaque_tokens.get(&hash, now) {
-            Some(claims) => claims,
+            Some(claims) => {
+                lookups("cache");
+                claims
+            }
             None => {
                 // Unknown tokens are not remembered: anyone can make them up.
                 let Some(record) = state.store.opaque_token(&hash).await? else {
@@ -81,6 +91,7 @@ pub async fn active_claims(
                 state
                     .opaque_tokens
                     .insert(hash, claims.clone(), record.expires_at, now);
+                lookups("store");
                 claims
             }
         }

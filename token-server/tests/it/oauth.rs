@@ -572,3 +572,57 @@ async fn bad_requests_get_rfc_errors_never_500() {
         .unwrap();
     assert_eq!(resp.status(), 405);
 }
+
+/// Introspection remembers opaque-token records (`--opaque-token-cache`);
+/// with 0 every introspection reads the store. `/metrics` tells which.
+#[tokio::test]
+async fn the_opaque_token_cache_spares_store_reads_and_can_be_turned_off() {
+    let config = Config::new(ES256_SPEC);
+    for (cache, from_store, from_cache) in [("20000", 1, 2), ("0", 3, 0)] {
+        let data = tempfile::tempdir().unwrap();
+        let extra = vec!["--opaque-token-cache".to_owned(), cache.to_owned()];
+        let server =
+            Server::start_with(&config, data.path(), extra, reqwest::Client::new(), "http").await;
+        let token_url = server.url("/oauth2/token");
+        let jwt = assertion(&config, &token_url, "cache-1");
+        let form = [
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", jwt.as_str()),
+        ];
+        let body: Value = server
+            .post("/oauth2/token", None, &form)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let opaque = body["access_token"].as_str().unwrap();
+        for _ in 0..3 {
+            assert_eq!(server.introspect(opaque).await["active"], true);
+        }
+        let metrics = reqwest::get(server.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let count = |source: &str| {
+            metrics
+                .lines()
+                .find(|l| {
+                    l.starts_with("tokenmesh_opaque_token_lookups_total")
+                        && l.contains(&format!("source=\"{source}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .map_or(0, |n| n.parse::<u64>().unwrap())
+        };
+        assert_eq!(
+            (count("store"), count("cache")),
+            (from_store, from_cache),
+            "--opaque-token-cache {cache}: {metrics}"
+        );
+    }
+}
