@@ -283,6 +283,24 @@ impl Server {
         self.wait_ready().await;
     }
 
+    /// Starts a killed server again on the same ports and data.
+    pub async fn restart(&mut self) {
+        assert!(
+            self.child.try_wait().unwrap().is_some(),
+            "restart: the server is still running"
+        );
+        let grpc_port: u16 = self.grpc.rsplit(':').next().unwrap().parse().unwrap();
+        self.child = spawn(
+            &self.config,
+            self.port,
+            grpc_port,
+            &self.data_dir,
+            &self.extra,
+            &self.issuer,
+        );
+        self.wait_ready().await;
+    }
+
     /// SIGTERM, and the exit status once the server is gone.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
