@@ -161,7 +161,7 @@ pub fn claims(issuer: &str, plan: TokenPlan<'_>) -> Result<AccessTokenClaims, OA
         scope_exp,
         grant_id: Some(grant_id),
         act: None,
-        may_act: None,
+        may_act: plan.client.may_act.clone(),
         embedded_tokens: BTreeMap::new(),
         extra,
     })

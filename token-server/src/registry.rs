@@ -147,6 +147,8 @@ pub struct Client {
     /// The client's own signing algorithm; the TokenServer's when unset.
     pub algorithm: Option<SigningAlgorithm>,
     pub claims: Map<String, Value>,
+    /// `may_act` for the client's tokens (RFC 8693 §4.4), from `spec.claims`.
+    pub may_act: Option<Value>,
 }
 
 /// A defined scope or scope family.
@@ -874,13 +876,22 @@ fn client(
         None => None,
     };
     for claim in spec.claims.keys() {
-        if RESERVED_CLAIMS.contains(&claim.as_str()) {
+        if RESERVED_CLAIMS.contains(&claim.as_str()) && claim != MAY_ACT {
             return Err(f(
                 &format!("spec.claims.{claim}"),
                 "is set by the token server and cannot be overridden".into(),
             ));
         }
     }
+    let may_act = spec
+        .claims
+        .get(MAY_ACT)
+        .map(|value| {
+            may_act_of(value)
+                .map(|()| value.clone())
+                .map_err(|m| f("spec.claims.may_act", m))
+        })
+        .transpose()?;
     Ok(Client {
         id,
         grant_types,
@@ -894,9 +905,37 @@ fn client(
         claims: spec
             .claims
             .iter()
+            .filter(|(k, _)| *k != MAY_ACT)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
+        may_act,
     })
+}
+
+/// RFC 8693 §4.4: which party may act for the subject of this client's
+/// tokens. The one claim of `RESERVED_CLAIMS` a client may set.
+const MAY_ACT: &str = "may_act";
+
+/// `may_act` must name the party as `sub` and/or `client_id` strings, the
+/// identities an exchange compares with its actor.
+fn may_act_of(value: &Value) -> Result<(), String> {
+    let Value::Object(map) = value else {
+        return Err("must be an object such as {client_id: orders-svc}".into());
+    };
+    let names = ["sub", "client_id"];
+    if let Some(other) = map.keys().find(|k| !names.contains(&k.as_str())) {
+        return Err(format!(
+            "`{other}`: only `sub` and `client_id` are compared"
+        ));
+    }
+    if map.is_empty()
+        || !map
+            .values()
+            .all(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+    {
+        return Err("name the actor by a non-empty `sub` or `client_id` string".into());
+    }
+    Ok(())
 }
 
 fn client_auth(
@@ -1054,6 +1093,10 @@ mod tests {
             ("  accessToken: {ttl: 10x}\n", "spec.accessToken.ttl"),
             ("  accessToken: {ttl: 48h}\n", "spec.accessToken.ttl"),
             ("  claims: {sub: admin}\n", "spec.claims.sub"),
+            ("  claims: {may_act: orders}\n", "spec.claims.may_act"),
+            ("  claims: {may_act: {}}\n", "spec.claims.may_act"),
+            ("  claims: {may_act: {iss: x}}\n", "spec.claims.may_act"),
+            ("  claims: {may_act: {sub: 7}}\n", "spec.claims.may_act"),
             ("  grantTypes: [authorization_code]\n", "spec.grantTypes[0]"),
         ] {
             assert_eq!(

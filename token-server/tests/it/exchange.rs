@@ -140,3 +140,50 @@ async fn a_client_without_the_exchange_grant_is_refused() {
         "unauthorized_client"
     );
 }
+
+/// A client's `claims.may_act` goes into its tokens (RFC 8693 §4.4), and an
+/// exchange is then open only to the actor it names, whatever policies say.
+#[tokio::test]
+async fn may_act_in_a_subject_token_names_the_only_actor() {
+    let config = mesh_config();
+    let mut yaml = std::fs::read_to_string(config.file()).unwrap();
+    yaml += "---\napiVersion: tokenmesh.dev/v1alpha1\nkind: OAuthClient\nmetadata: {name: kiosk}\nspec:\n  authentication: {method: client_secret_basic, secretRef: {name: shared, key: client_secret}}\n  scopes: [\"orders:read\"]\n  audiences: [orders]\n  claims: {may_act: {client_id: payments-svc}}\n";
+    yaml += "---\napiVersion: tokenmesh.dev/v1alpha1\nkind: ExchangePolicy\nmetadata: {name: orders-to-ledger}\nspec:\n  mode: exchange\n  from: {audiences: [orders]}\n  actor: {clients: [payments-svc]}\n  to: {audience: ledger, scopes: [\"orders:read\"]}\n";
+    std::fs::write(config.file(), yaml).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&config, data.path()).await;
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("scope", "orders:read"),
+    ];
+    let issued: Value = server
+        .post("/oauth2/token", Some(("kiosk", SECRET)), &form)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let subject = issued["access_token"].as_str().unwrap();
+    use base64::Engine;
+    let payload = subject.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["may_act"], json!({"client_id": "payments-svc"}));
+
+    // orders-to-payments admits orders-svc, but may_act does not name it.
+    let refused = exchange(&server, "orders-svc", subject, "payments").await;
+    assert_eq!(refused.status(), 400);
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("may_act"),
+        "{body}"
+    );
+    let allowed = exchange(&server, "payments-svc", subject, "ledger").await;
+    assert_eq!(allowed.status(), 200, "{}", allowed.text().await.unwrap());
+}
