@@ -11,6 +11,7 @@
 #   BENCH_DB_MAX_CONNECTIONS (passed as --database-max-connections; default: the server's, 10)
 #   BENCH_QUIET_SECS=30 BENCH_QUIET_LOAD=0.5 BENCH_QUIET_MAX=3600 (BENCH_NO_QUIET=1: don't wait)
 #   BENCH_RETRIES=2 (measure a case disturbed by other load again)
+#   BENCH_PG_SSLMODE=disable (sslmode of the replicas' database URL; e.g. require for TLS)
 #   TOKEN_SERVER_BIN (skip cargo)  BENCH_SKIP_BUILD=1
 set -euo pipefail
 
@@ -25,6 +26,7 @@ SCPU=${BENCH_SERVER_CPU:-0}
 PGCPU=${BENCH_PG_CPU:-$SCPU}
 CCPU=${BENCH_CLIENT_CPU:-1}
 SECRET=bench-store-secret-0123456789abcdefgh
+PG_SSLMODE=${BENCH_PG_SSLMODE:-disable} # the throwaway cluster speaks TLS too; loopback figures without it by default
 RETRIES=${BENCH_RETRIES:-2} # a case disturbed by other load (> 10% of a core) is measured again, up to this often
 ISSUE_BODY='grant_type=client_credentials&scope=orders:read'
 
@@ -211,7 +213,7 @@ want embedded && run_case embedded 1
 for c in pg1 pg2; do
   want "$c" || continue
   psql "$TOKENMESH_TEST_DATABASE_URL" -qc "create database tokenmesh_bench_$c" >/dev/null
-  run_case "$c" "${c#pg}" "${TOKENMESH_TEST_DATABASE_URL%/*}/tokenmesh_bench_$c"
+  run_case "$c" "${c#pg}" "${TOKENMESH_TEST_DATABASE_URL%/*}/tokenmesh_bench_$c?sslmode=$PG_SSLMODE"
 done
 [[ ${BENCH_NO_QUIET:-} == 1 ]] && NOTES+=("BENCH_NO_QUIET=1: no case waited for a quiet machine; figures not for the record")
 
@@ -227,7 +229,7 @@ label() {
 }
 echo "### Storage: opaque tokens, embedded against PostgreSQL ($(date -u '+%Y-%m-%d %H:%M UTC'))"
 echo
-echo "Machine: $(machine_line). Token-server replicas pinned to CPU $SCPU, PostgreSQL (postmaster and every backend) to CPU $PGCPU, wrk (2 threads, $CONNS connections; with two replicas one thread and $(( CONNS / 2 )) connections each) to CPU $CCPU; $WARMUP warm-up + $DURATION per case. Source $(source_line), release build. $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2)${PG_VERSION:+, PostgreSQL $PG_VERSION ($PG_SETTINGS; a pool of ${BENCH_DB_MAX_CONNECTIONS:-10} connections per replica)}. Before each case: no cargo/rustc/go for ${QUIET_SECS} s and load average < ${QUIET_LOAD}."
+echo "Machine: $(machine_line). Token-server replicas pinned to CPU $SCPU, PostgreSQL (postmaster and every backend) to CPU $PGCPU, wrk (2 threads, $CONNS connections; with two replicas one thread and $(( CONNS / 2 )) connections each) to CPU $CCPU; $WARMUP warm-up + $DURATION per case. Source $(source_line), release build. $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2)${PG_VERSION:+, PostgreSQL $PG_VERSION ($PG_SETTINGS; a pool of ${BENCH_DB_MAX_CONNECTIONS:-10} connections per replica, sslmode=$PG_SSLMODE)}. Before each case: no cargo/rustc/go for ${QUIET_SECS} s and load average < ${QUIET_LOAD}."
 echo
 echo "| store | operation | req/s | ratio to embedded | p50 | p99 | CPU $SCPU busy | replicas CPU | PostgreSQL CPU | wrk CPU | errors |"
 echo '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|'

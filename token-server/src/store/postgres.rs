@@ -437,4 +437,53 @@ mod tests {
         store.close().await;
         suite::after_reopen(&other).await;
     }
+
+    /// TLS to the database as `sslmode` says: `verify-full` with the right
+    /// CA connects over TLS; with another CA, or none (the system roots),
+    /// it is refused rather than falling back.
+    #[tokio::test]
+    async fn tls_to_the_database_is_verified() {
+        let url = fresh_database().await;
+        let ca = std::env::var("TOKENMESH_TEST_PG_CA").expect(
+            "TOKENMESH_TEST_PG_CA: tests/pg/throwaway.sh starts PostgreSQL with TLS and exports it",
+        );
+        let verified = format!("{url}?sslmode=verify-full&sslrootcert={ca}");
+        let store = PgStore::connect(&verified, 1).await.unwrap();
+        let over_tls: bool =
+            sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+        assert!(over_tls);
+        store.close().await;
+
+        let dir = tempfile::tempdir().unwrap();
+        let other_ca = dir.path().join("other-ca.pem");
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=another-ca", "-keyout"])
+            .arg(dir.path().join("other-ca.key"))
+            .arg("-out")
+            .arg(&other_ca)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+        for refused in [
+            format!(
+                "{url}?sslmode=verify-full&sslrootcert={}",
+                other_ca.display()
+            ),
+            format!("{url}?sslmode=verify-full"),
+        ] {
+            let err = PgStore::connect(&refused, 1).await.err().unwrap();
+            assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+        }
+    }
 }
