@@ -287,16 +287,19 @@ if want_tm; then
   kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 fi
 
-# --- reference: the bare signer (bench/bare-signer) -----------------------------
+# --- reference: the bare signer (bench/bare-signer), ES256 and EdDSA -------------
 if want bare; then
-  bport=$(free_port); biss=http://127.0.0.1:$bport
-  log "starting bare-signer on $biss (CPU $SCPU)"
-  taskset -c "$SCPU" "$bare_bin" "127.0.0.1:$bport" "$biss" ES256 >"$tmp/bare.log" 2>&1 &
-  pids+=($!) spid=$!
-  wait_ready "$biss/healthz" "$!" "$tmp/bare.log"
-  # The same request as (c), Basic header included; nothing checks it.
-  run_case bare "$biss/oauth2/token" POST "$TOKEN_BODY" bench-es256 - "$biss" -
-  kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+  for alg in ES256 EdDSA; do
+    id=bare; [[ $alg == EdDSA ]] && id=bare-eddsa
+    bport=$(free_port); biss=http://127.0.0.1:$bport
+    log "starting bare-signer ($alg) on $biss (CPU $SCPU)"
+    taskset -c "$SCPU" "$bare_bin" "127.0.0.1:$bport" "$biss" "$alg" >"$tmp/$id.log" 2>&1 &
+    pids+=($!) spid=$!
+    wait_ready "$biss/healthz" "$!" "$tmp/$id.log"
+    # The same request as (c), Basic header included; nothing checks it.
+    run_case "$id" "$biss/oauth2/token" POST "$TOKEN_BODY" bench-es256 - "$biss" -
+    kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+  done
 fi
 
 # --- peer: oidc-provider ------------------------------------------------------
@@ -337,6 +340,7 @@ row opaque '(b) tokenmesh opaque token' healthz
 row es256 '(c) tokenmesh JWT ES256' healthz
 row eddsa '(d) tokenmesh JWT EdDSA' healthz
 row bare '(c0) reference: bare signer (parse the form, sign one ES256 JWT; bench/bare-signer)' healthz
+row bare-eddsa '(d0) reference: the same bare signer signing one EdDSA JWT' healthz
 row peer "(e) oidc-provider ${peer_ver} JWT ES256 (1 Node process)" healthz
 row peer_healthz '(e0) oidc-provider process `GET /healthz` (Node ceiling)' healthz
 row exchange-http '(f) tokenmesh token exchange (RFC 8693) → JWT ES256, HTTP `POST /oauth2/token` (wrk)' healthz
@@ -348,6 +352,9 @@ if [[ -n ${RPS[es256]:-} && -n ${RPS[peer]:-} ]]; then
 fi
 if [[ -n ${RPS[bare]:-} && -n ${RPS[peer]:-} ]]; then
   echo "Bare signer / ES256 oidc-provider: $(ratio "${RPS[bare]}" "${RPS[peer]}")× requests/s; tokenmesh ES256 / bare signer: $(ratio "${RPS[es256]:-0}" "${RPS[bare]}")."
+fi
+if [[ -n ${RPS[bare-eddsa]:-} && -n ${RPS[peer]:-} ]]; then
+  echo "Bare EdDSA signer / ES256 oidc-provider: $(ratio "${RPS[bare-eddsa]}" "${RPS[peer]}")×; bare EdDSA signer / ceiling (a): $(ratio "${RPS[bare-eddsa]}" "${RPS[healthz]:-0}"); tokenmesh EdDSA / bare EdDSA signer: $(ratio "${RPS[eddsa]:-0}" "${RPS[bare-eddsa]}"); tokenmesh EdDSA / ES256 oidc-provider: $(ratio "${RPS[eddsa]:-0}" "${RPS[peer]}")×."
 fi
 if [[ -n ${RPS[peer]:-} && -n ${RPS[peer_healthz]:-} ]]; then
   echo "oidc-provider ES256 / its own Node \`/healthz\`: $(ratio "${RPS[peer]}" "${RPS[peer_healthz]}")."
