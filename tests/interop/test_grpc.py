@@ -302,6 +302,8 @@ def test_exchange_as_orders_svc(grpc_server, stubs):
     pytest.param({"scopes": ["orders:read"]}, ACCESS_TOKEN_TYPE, id="explicit-scope"),
     pytest.param({"requested_token_type": ACCESS_TOKEN_TYPE}, ACCESS_TOKEN_TYPE, id="access-token-type"),
     pytest.param({"requested_token_type": JWT_TOKEN_TYPE}, JWT_TOKEN_TYPE, id="jwt-type"),
+    # RFC 8693: audience is optional; the one policy open to orders-svc leads to payments.
+    pytest.param({"audience": ""}, ACCESS_TOKEN_TYPE, id="audience-from-the-only-policy"),
 ])
 def test_exchange_variants(grpc_server, stubs, fields, issued):
     resp = exchange(grpc_server, stubs, grpc_server.client_token(), **fields)
@@ -326,7 +328,6 @@ def tampered(token):
     pytest.param(lambda s: s.basic("gateway"), {}, C.PERMISSION_DENIED, id="gateway-has-no-exchange-grant"),
     pytest.param(lambda s: s.basic("orders-svc"), {"audience": "billing"}, C.INVALID_ARGUMENT,
                  id="no-policy-to-billing"),
-    pytest.param(lambda s: s.basic("orders-svc"), {"audience": ""}, C.INVALID_ARGUMENT, id="no-audience"),
     pytest.param(lambda s: s.basic("orders-svc"), {"scopes": ["orders:write"]}, C.INVALID_ARGUMENT,
                  id="scope-not-carried"),
     pytest.param(lambda s: s.basic("orders-svc"), {"requested_token_type": "urn:example:saml"}, C.INVALID_ARGUMENT,
@@ -344,6 +345,16 @@ def test_exchange_errors(grpc_server, stubs, metadata, fields, code):
         fields["subject_token"] = tampered(subject)
     err = call_error(token_stub(srv, stubs).Exchange, stubs.token_pb2.ExchangeRequest(**fields), metadata(srv))
     assert_status(err, code, subject, srv.secrets["orders-svc"], srv.admin_token)
+
+
+def test_exchange_without_audience_needs_a_policy_that_admits_the_subject(grpc_server, stubs):
+    """No audience: the policies decide; none admits orders-svc's own token (aud payments)."""
+    srv = grpc_server
+    own = srv.client_token("orders-svc", scope="orders:read", audience="payments")
+    err = call_error(token_stub(srv, stubs).Exchange, stubs.token_pb2.ExchangeRequest(subject_token=own),
+                     srv.basic("orders-svc"))
+    assert_status(err, C.INVALID_ARGUMENT, own, srv.secrets["orders-svc"])
+    assert "no exchange policy admits" in err.details(), err.details()
 
 
 def test_exchange_of_a_revoked_subject_token(grpc_server, stubs):

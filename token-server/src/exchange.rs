@@ -18,7 +18,8 @@ pub const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 pub struct ExchangeParams<'a> {
     pub subject_token: &'a str,
     pub actor_token: Option<&'a str>,
-    pub audience: &'a str,
+    /// `None`: the one audience the policies open to this actor and subject.
+    pub audience: Option<&'a str>,
     /// `None`: every scope the policy allows.
     pub scopes: Option<Vec<String>>,
     pub requested_token_type: Option<&'a str>,
@@ -83,6 +84,12 @@ pub async fn exchange(
         None => None,
     };
     let now = state.now();
+    let audience = match params.audience {
+        Some(audience) => audience.to_owned(),
+        None => policy::sole_audience(registry, &subject, &client.id).inspect_err(|err| {
+            tracing::debug!(client_id = %client.id, subject_jti = %subject.jti, reason = err.description(), "exchange refused");
+        })?,
+    };
     let request = ExchangeRequest {
         subject: &subject,
         actor: ActingParty {
@@ -92,12 +99,12 @@ pub async fn exchange(
                 .map_or(client.id.as_str(), |a| a.sub.as_str()),
             claims: actor_claims.as_ref(),
         },
-        audience: params.audience,
+        audience: &audience,
         scopes: params.scopes,
         now,
     };
     let decision = policy::decide(registry, &request).inspect_err(|err| {
-        tracing::debug!(client_id = %client.id, subject_jti = %subject.jti, audience = %params.audience, reason = err.description(), "exchange refused");
+        tracing::debug!(client_id = %client.id, subject_jti = %subject.jti, %audience, reason = err.description(), "exchange refused");
     })?;
     let scopes = decision
         .scopes
@@ -113,7 +120,7 @@ pub async fn exchange(
             client,
             subject: subject.sub.clone(),
             scopes,
-            audiences: vec![params.audience.to_owned()],
+            audiences: vec![audience.clone()],
             grant_id: subject.grant_id.clone(),
             now,
             ttl: decision.ttl,

@@ -222,6 +222,40 @@ fn ttl_within(registry: &Registry, policy: &Policy, subject: &AccessTokenClaims,
     policy_ttl.min(subject.exp.saturating_sub(now))
 }
 
+/// The audience of an exchange that names none (RFC 8693 leaves it to the
+/// server): the one target of the exchange policies that admit this subject
+/// token and this actor. Several targets, or none, must be named.
+pub fn sole_audience(
+    registry: &Registry,
+    subject: &AccessTokenClaims,
+    actor: &str,
+) -> Result<String, OAuthError> {
+    let mut targets: Vec<&str> = registry
+        .policies()
+        .filter(|p| {
+            p.spec.mode == ExchangeMode::Exchange
+                && from_admits(p, subject)
+                && actor_admits(registry, p, actor)
+        })
+        .map(|p| p.spec.to.audience.as_str())
+        .collect();
+    targets.sort_unstable();
+    targets.dedup();
+    match targets.as_slice() {
+        [only] => Ok((*only).to_owned()),
+        [] => Err(OAuthError::InvalidTarget(
+            "no exchange policy admits this subject token for this client".into(),
+        )),
+        several => Err(OAuthError::InvalidTarget(
+            format!(
+                "name the audience (`audience` or `resource`): policies lead to {}",
+                several.join(", ")
+            )
+            .into(),
+        )),
+    }
+}
+
 /// Decides an exchange; the first policy (by name) that admits it wins.
 pub fn decide(registry: &Registry, request: &ExchangeRequest<'_>) -> Result<Decision, OAuthError> {
     let subject = request.subject;

@@ -53,7 +53,7 @@ impl TokenService for Tokens {
         let params = ExchangeParams {
             subject_token: required(&body.subject_token, "subject_token")?,
             actor_token: Some(body.actor_token.as_str()).filter(|t| !t.is_empty()),
-            audience: required(&body.audience, "audience")?,
+            audience: Some(body.audience.as_str()).filter(|a| !a.is_empty()),
             scopes: Some(body.scopes).filter(|s| !s.is_empty()),
             requested_token_type: Some(body.requested_token_type.as_str()),
         };

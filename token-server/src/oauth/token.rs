@@ -127,10 +127,15 @@ async fn exchange(
         .iter()
         .chain(form.all("resource"))
         .collect();
-    let [audience] = targets.as_slice() else {
-        return Err(OAuthError::InvalidTarget(
-            "name exactly one audience or resource".into(),
-        ));
+    // RFC 8693 §2.1: both are optional; without either the policies decide.
+    let audience = match targets.as_slice() {
+        [] => None,
+        [audience] => Some(audience.as_str()),
+        _ => {
+            return Err(OAuthError::InvalidTarget(
+                "name one audience or resource: a token here is for one audience".into(),
+            ));
+        }
     };
     let params = ExchangeParams {
         subject_token,

@@ -187,3 +187,39 @@ async fn may_act_in_a_subject_token_names_the_only_actor() {
     let allowed = exchange(&server, "payments-svc", subject, "ledger").await;
     assert_eq!(allowed.status(), 200, "{}", allowed.text().await.unwrap());
 }
+
+/// RFC 8693 §2.1: `audience` and `resource` are optional. Without them the
+/// one audience the policies open to this actor and subject is taken; two
+/// targets are refused, since a token here is for one audience.
+#[tokio::test]
+async fn the_audience_may_be_left_to_the_policies() {
+    let config = mesh_config();
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&config, data.path()).await;
+    let first = server.token(&[("audience", "orders")]).await;
+    let subject = first["access_token"].as_str().unwrap();
+    let post = async |targets: &[(&str, &str)]| {
+        let mut form = vec![
+            ("grant_type", EXCHANGE),
+            ("subject_token_type", ACCESS_TOKEN),
+            ("subject_token", subject),
+        ];
+        form.extend_from_slice(targets);
+        let resp = server
+            .post("/oauth2/token", Some(("orders-svc", SECRET)), &form)
+            .await;
+        (resp.status(), resp.json::<Value>().await.unwrap())
+    };
+    let (status, body) = post(&[]).await;
+    assert_eq!(status, 200, "{body}");
+    let exchanged = server
+        .introspect(body["access_token"].as_str().unwrap())
+        .await;
+    assert_eq!(exchanged["aud"], json!("payments"), "{exchanged}");
+
+    let (status, body) = post(&[("audience", "payments"), ("audience", "ledger")]).await;
+    assert_eq!(
+        (status.as_u16(), body["error"].as_str()),
+        (400, Some("invalid_target"))
+    );
+}
