@@ -18,8 +18,12 @@ use clap::{ArgGroup, Parser, ValueEnum};
 #[command(name = "tokenmesh-sidecar", version)]
 #[command(group(ArgGroup::new("credential").required(true).args(["client_secret_file", "service_account_token_file", "private_key_file"])))]
 pub struct Args {
-    /// The token server's gRPC URL: https:// uses rustls, http:// is
-    /// plaintext (loopback only).
+    /// The token server's gRPC URL. https:// uses rustls (the system roots
+    /// plus --token-server-ca). http:// is plaintext: meant for loopback,
+    /// but accepted for any host, since an in-cluster install uses it by
+    /// default (the chart's tokenServer.insecureHttp); to a host that is not
+    /// loopback the sidecar then logs a warning at startup, as its credential
+    /// and every token it sends cross the network in clear.
     #[arg(long, env = "TOKENMESH_SIDECAR_TOKEN_SERVER")]
     pub token_server: String,
 
@@ -41,9 +45,22 @@ pub struct Args {
     #[arg(long, env = "TOKENMESH_SIDECAR_SERVICE_ACCOUNT_TOKEN_FILE")]
     pub service_account_token_file: Option<PathBuf>,
 
-    /// PKCS#8 PEM private key for private_key_jwt (needs --issuer).
+    /// PKCS#8 PEM private key for private_key_jwt (needs --issuer): each
+    /// call carries a fresh assertion signed with it.
     #[arg(long, env = "TOKENMESH_SIDECAR_PRIVATE_KEY_FILE", requires = "issuer")]
     pub private_key_file: Option<PathBuf>,
+
+    /// The `kid` of --private-key-file's public key in the OAuthClient's
+    /// jwks, sent in the assertion header so the token server picks that
+    /// key. Without it the header's kid is empty, which matches only a
+    /// registered key that has no kid.
+    #[arg(
+        long,
+        env = "TOKENMESH_SIDECAR_PRIVATE_KEY_ID",
+        value_name = "KID",
+        requires = "private_key_file"
+    )]
+    pub private_key_id: Option<String>,
 
     /// The token server's issuer URL, the `aud` of private_key_jwt assertions.
     #[arg(long, env = "TOKENMESH_SIDECAR_ISSUER")]
@@ -121,9 +138,28 @@ pub struct Args {
     #[arg(long, env = "TOKENMESH_SIDECAR_ALLOW_UNLISTED")]
     pub allow_unlisted_destinations: bool,
 
-    /// How long an upstream (application or destination) may take to answer.
+    /// How long an upstream (application or destination) may take to
+    /// start its answer: connecting and sending the status and headers.
+    /// The body that follows is bounded by --stream-idle-timeout.
     #[arg(long, env = "TOKENMESH_SIDECAR_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = seconds)]
     pub upstream_timeout: Duration,
+
+    /// The longest a body may pause between two pieces once it has
+    /// started: an upstream's answer, or a client's request. A stalled body
+    /// is cut off (its connection or HTTP/2 stream reset). Streams that
+    /// stay quiet longer (gRPC watches, server-sent events) need a larger
+    /// value or their own heartbeats.
+    #[arg(long, env = "TOKENMESH_SIDECAR_STREAM_IDLE_TIMEOUT", default_value = "300s", value_parser = positive_seconds)]
+    pub stream_idle_timeout: Duration,
+
+    /// Bounds on clients of the inbound, outbound and admin listeners: the
+    /// time to send a request's headers (HTTP/1); how long a connection may
+    /// sit with no request in progress before it is closed (HTTP/1
+    /// keep-alive, HTTP/2 with a GOAWAY); how long a client may stop
+    /// reading its answer before it is dropped; and the HTTP/2 ping
+    /// interval and ping-answer deadline that drop dead peers.
+    #[arg(long, env = "TOKENMESH_SIDECAR_CLIENT_TIMEOUT", default_value = "30s", value_parser = positive_seconds)]
+    pub client_timeout: Duration,
 
     /// Clock skew accepted on a token's `exp` and `nbf`, in seconds.
     #[arg(long, env = "TOKENMESH_SIDECAR_CLOCK_SKEW", default_value = "10s", value_parser = seconds)]
@@ -201,4 +237,15 @@ fn seconds(text: &str) -> Result<Duration, String> {
         .parse::<u64>()
         .map(Duration::from_secs)
         .map_err(|_| format!("`{text}`: write seconds, like 30s"))
+}
+
+/// Seconds, at least one: a zero timeout would close every connection at once.
+fn positive_seconds(text: &str) -> Result<Duration, String> {
+    seconds(text).and_then(|d| {
+        if d.is_zero() {
+            Err(format!("`{text}`: give at least 1s"))
+        } else {
+            Ok(d)
+        }
+    })
 }

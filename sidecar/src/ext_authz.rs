@@ -10,7 +10,10 @@ use tokenmesh_proto::envoy_auth_v3::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::mesh::{Mesh, Refusal};
+use crate::{
+    mesh::{Mesh, Refusal},
+    proxy::CHALLENGE,
+};
 
 /// `OVERWRITE_IF_EXISTS_OR_ADD` of Envoy's HeaderAppendAction.
 const OVERWRITE: i32 = 2;
@@ -67,8 +70,8 @@ fn authorization(request: &CheckRequest) -> Option<String> {
 
 fn denied(refusal: &Refusal) -> CheckResponse {
     let (http, rpc, challenge) = match refusal {
-        Refusal::Missing => (401, RPC_UNAUTHENTICATED, "Bearer"),
-        Refusal::Invalid(_) => (401, RPC_UNAUTHENTICATED, "Bearer error=\"invalid_token\""),
+        // Every 401 carries the same challenge as the proxy's.
+        Refusal::Missing | Refusal::Invalid(_) => (401, RPC_UNAUTHENTICATED, CHALLENGE),
         Refusal::Forbidden(_) => (
             403,
             RPC_PERMISSION_DENIED,
@@ -128,5 +131,35 @@ impl Authorization for ExtAuthz {
             },
         };
         Ok(Response::new(answer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn challenge(answer: &CheckResponse) -> (i32, String) {
+        let Some(HttpResponse::DeniedResponse(denied)) = &answer.http_response else {
+            return (0, String::new());
+        };
+        let value = denied
+            .headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .find(|h| h.key == "www-authenticate")
+            .map(|h| h.value.clone())
+            .unwrap_or_default();
+        (denied.status.as_ref().map_or(0, |s| s.code), value)
+    }
+
+    #[test]
+    fn every_401_says_invalid_token() {
+        for refusal in [Refusal::Missing, Refusal::Invalid("expired".into())] {
+            assert_eq!(
+                challenge(&denied(&refusal)),
+                (401, "Bearer error=\"invalid_token\"".to_owned()),
+                "{refusal:?}"
+            );
+        }
     }
 }

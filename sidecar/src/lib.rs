@@ -74,6 +74,7 @@ async fn start(args: Args) -> Result<(), String> {
         resolve,
         args.allow_unlisted_destinations,
         args.upstream_timeout,
+        args.stream_idle_timeout,
         args.app_probes
             .iter()
             .map(|p| (p.path.clone(), (p.port, p.target.clone())))
@@ -114,6 +115,7 @@ async fn start(args: Args) -> Result<(), String> {
             async move { proxy.inbound(request).await }
         },
         until_stopped(stopped.clone()),
+        args.client_timeout,
     );
     let outbound_proxy = proxy.clone();
     let outbound = proxy::serve(
@@ -123,6 +125,7 @@ async fn start(args: Args) -> Result<(), String> {
             async move { proxy.outbound(request).await }
         },
         until_stopped(stopped.clone()),
+        args.client_timeout,
     );
     let admin_proxy = proxy.clone();
     let admin = proxy::serve(
@@ -132,6 +135,7 @@ async fn start(args: Args) -> Result<(), String> {
             async move { proxy.admin(request).await }
         },
         until_stopped(stopped.clone()),
+        args.client_timeout,
     );
     let ext_authz = async {
         if let Some(listener) = ext_authz {

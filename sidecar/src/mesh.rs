@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, RwLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -31,6 +31,9 @@ const JWKS_MIN_INTERVAL: Duration = Duration::from_secs(5);
 const CACHE_ENTRIES: usize = 10_000;
 /// An exchanged token is used until this close to its expiry.
 const EXCHANGE_MARGIN: u64 = 30;
+/// A misconfiguration warned about on the request path is repeated at
+/// most this often (seconds), so a flood of requests cannot flood the log.
+const WARN_INTERVAL: u64 = 60;
 
 pub fn now() -> u64 {
     std::time::SystemTime::now()
@@ -111,6 +114,8 @@ pub struct Mesh {
     exchanged: TtlCache<ExchangeKey, Arc<str>>,
     exchanging: SingleFlight<ExchangeKey>,
     shared: TtlCache<(SecretHash, String), bool>,
+    /// When the last "may not introspect" warning was logged (unix seconds).
+    introspection_warned: AtomicU64,
 }
 
 fn hash(token: &str) -> SecretHash {
@@ -140,6 +145,33 @@ impl Mesh {
             exchanged: TtlCache::new(CACHE_ENTRIES),
             exchanging: SingleFlight::new(),
             shared: TtlCache::new(CACHE_ENTRIES),
+            introspection_warned: AtomicU64::new(0),
+        }
+    }
+
+    /// PermissionDenied from Introspect or GetEmbeddedToken (opaque tokens)
+    /// means this sidecar's own client lacks `allowIntrospection`: not the
+    /// token's fault, and invisible in a debug-level reason, so say so at
+    /// WARN, at most once per [`WARN_INTERVAL`].
+    fn warn_if_introspection_denied(&self, status: &tonic::Status) {
+        if status.code() != Code::PermissionDenied {
+            return;
+        }
+        let now = now();
+        let last = self.introspection_warned.load(Ordering::Relaxed);
+        if now >= last.saturating_add(WARN_INTERVAL)
+            && self
+                .introspection_warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                client_id = self.token_server.client_id(),
+                reason = status.message(),
+                "the token server refused this sidecar an opaque token's introspection: the \
+                 sidecar's client may not introspect: set allowIntrospection: true on its \
+                 OAuthClient"
+            );
         }
     }
 
@@ -234,11 +266,15 @@ impl Mesh {
             if token.is_empty() || token.len() > 4096 {
                 return Err(Refusal::Invalid("malformed token".into()));
             }
+            // PermissionDenied stays a 503: the token is not at fault.
             let answer = self
                 .token_server
                 .introspect(token)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|status| {
+                    self.warn_if_introspection_denied(&status);
+                    unavailable(status)
+                })?;
             if !answer.active {
                 return Err(Refusal::Invalid("not active".into()));
             }
@@ -358,9 +394,12 @@ impl Mesh {
             .embedded_token(outer, audience)
             .await
             .map(Arc::from)
-            .map_err(|status| match status.code() {
-                Code::Unavailable | Code::DeadlineExceeded => unavailable(status),
-                _ => Refusal::Forbidden(audience.to_owned()),
+            .map_err(|status| {
+                self.warn_if_introspection_denied(&status);
+                match status.code() {
+                    Code::Unavailable | Code::DeadlineExceeded => unavailable(status),
+                    _ => Refusal::Forbidden(audience.to_owned()),
+                }
             })
     }
 

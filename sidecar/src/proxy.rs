@@ -4,8 +4,17 @@
 #![allow(clippy::result_large_err)]
 
 use std::{
-    collections::HashMap, convert::Infallible, future::Future, net::SocketAddr, sync::Arc,
-    time::Duration,
+    collections::HashMap,
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -13,11 +22,11 @@ use http::{
     HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, header, uri::PathAndQuery,
 };
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioIo},
-    server::{conn::auto, graceful::GracefulShutdown},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
 };
 
 use crate::{
@@ -26,7 +35,13 @@ use crate::{
     redirect::{self, OriginalDst},
 };
 
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// How long idle pooled upstream connections are kept: under the 30 s
+/// default --client-timeout, so a peer sidecar is not the one to close a
+/// connection just as this one reuses it.
+const POOL_IDLE: Duration = Duration::from_secs(20);
 
 /// Headers that belong to one connection, not to the request.
 const HOP_BY_HOP: [&str; 6] = [
@@ -44,10 +59,12 @@ pub struct Proxy {
     pub resolve: HashMap<String, SocketAddr>,
     pub allow_unlisted: bool,
     pub timeout: Duration,
+    /// The longest pause inside a body: see [`Stall`].
+    pub stream_idle: Duration,
     /// Admin path → (application port, path): kubelet probes.
     probes: HashMap<String, (u16, PathAndQuery)>,
-    http1: Client<HttpConnector, Incoming>,
-    http2: Client<HttpConnector, Incoming>,
+    http1: Client<HttpConnector, Stall<Incoming>>,
+    http2: Client<HttpConnector, Stall<Incoming>>,
 }
 
 fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
@@ -63,16 +80,17 @@ fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     response
 }
 
+/// The challenge of every 401. RFC 6750 allows a bare `Bearer` when no
+/// token came, but the sidecar's contract is `error="invalid_token"` on any
+/// refusal, and clients test it literally.
+pub const CHALLENGE: &str = "Bearer error=\"invalid_token\"";
+
 /// 401 with the RFC 6750 challenge; the reason stays in the body, bounded.
 fn unauthorized(refusal: &Refusal) -> Response<Body> {
     let mut response = text(StatusCode::UNAUTHORIZED, refusal.public());
-    let challenge = match refusal {
-        Refusal::Missing => "Bearer",
-        _ => "Bearer error=\"invalid_token\"",
-    };
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
-        HeaderValue::from_static(challenge),
+        HeaderValue::from_static(CHALLENGE),
     );
     response
 }
@@ -122,13 +140,19 @@ impl Proxy {
         resolve: HashMap<String, SocketAddr>,
         allow_unlisted: bool,
         timeout: Duration,
+        stream_idle: Duration,
         probes: HashMap<String, (u16, PathAndQuery)>,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let http1 = Client::builder(TokioExecutor::new()).build(connector.clone());
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .build(connector.clone());
         let http2 = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE)
             .http2_only(true)
             .build(connector);
         Self {
@@ -137,12 +161,16 @@ impl Proxy {
             resolve,
             allow_unlisted,
             timeout,
+            stream_idle,
             probes,
             http1,
             http2,
         }
     }
 
+    /// Sends `request` to `target`. --upstream-timeout bounds the wait for
+    /// the answer's head; a pause of --stream-idle-timeout inside either
+    /// body cuts it off.
     async fn forward(&self, mut request: Request<Incoming>, target: &str) -> Response<Body> {
         strip_hop_by_hop(request.headers_mut());
         let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -159,11 +187,12 @@ impl Proxy {
         if request.version() != Version::HTTP_2 {
             *request.version_mut() = Version::HTTP_11;
         }
+        let request = request.map(|body| Stall::new(body, self.stream_idle));
         match tokio::time::timeout(self.timeout, client.request(request)).await {
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, body.boxed())
+                Response::from_parts(parts, Stall::new(body, self.stream_idle).boxed())
             }
             Ok(Err(err)) => {
                 tracing::debug!(%target, error = %err, "upstream failed");
@@ -335,19 +364,295 @@ impl Proxy {
     }
 }
 
+/// A bound on one pause: armed when a source first has nothing, disarmed by
+/// progress. The timer is made at the first pause only, so a source that is
+/// never pending costs nothing.
+struct Pause {
+    timeout: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+impl Pause {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            timer: None,
+            armed: false,
+        }
+    }
+
+    fn progress(&mut self) {
+        self.armed = false;
+    }
+
+    /// The source is pending: whether the pause has now lasted `timeout`.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let timer = match &mut self.timer {
+            Some(timer) if self.armed => timer,
+            Some(timer) => {
+                timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + self.timeout);
+                timer
+            }
+            None => self
+                .timer
+                .insert(Box::pin(tokio::time::sleep(self.timeout))),
+        };
+        self.armed = true;
+        timer.as_mut().poll(cx).is_ready()
+    }
+}
+
+/// A body that fails when its source pauses longer than `timeout` between
+/// two frames: a stalled upstream answer or client upload cannot hold a
+/// connection for ever, while a long stream that keeps moving is not cut.
+pub struct Stall<B> {
+    inner: B,
+    pause: Pause,
+}
+
+impl<B> Stall<B> {
+    pub fn new(inner: B, timeout: Duration) -> Self {
+        Self {
+            inner,
+            pause: Pause::new(timeout),
+        }
+    }
+}
+
+/// The error a [`Stall`] body ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the body paused longer than {0:?}")]
+pub struct Stalled(Duration);
+
+impl<B> hyper::body::Body for Stall<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.pause.progress();
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if this.pause.expired(cx) {
+            tracing::debug!(timeout = ?this.pause.timeout, "a body stalled; cutting it off");
+            return Poll::Ready(Some(Err(Box::new(Stalled(this.pause.timeout)))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A client connection whose writes fail after a pause of `timeout`: a
+/// client that stops reading its answers (TCP flow control) cannot hold the
+/// connection and the answer's upstream for ever. Writes that progress
+/// count as activity: an answer still being sent after its body ended
+/// (hyper buffers it) is not idle.
+struct WriteDeadline<S> {
+    inner: S,
+    pause: Pause,
+    activity: Arc<Activity>,
+}
+
+impl<S> WriteDeadline<S> {
+    fn new(inner: S, timeout: Duration, activity: Arc<Activity>) -> Self {
+        Self {
+            inner,
+            pause: Pause::new(timeout),
+            activity,
+        }
+    }
+
+    fn bound<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if poll.is_ready() {
+            self.pause.progress();
+            self.activity.touch();
+            return poll;
+        }
+        if self.pause.expired(cx) {
+            tracing::debug!("a client stopped reading; closing its connection");
+            return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+        }
+        Poll::Pending
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.bound(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.bound(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_flush(cx);
+        this.bound(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.bound(cx, poll)
+    }
+}
+
+/// What a connection is doing, for the idle bound: requests in progress
+/// (until their answer's body is sent) and when the last one ended.
+struct Activity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds from `opened` to when the last request ended.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last: AtomicU64::new(0),
+        })
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    /// When the connection will have been idle for `timeout`, unless a
+    /// request comes; `None` while one is in progress.
+    fn idle_until(&self, timeout: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last.load(Ordering::Acquire));
+        Some(self.opened + last + timeout)
+    }
+
+    fn touch(&self) {
+        let since = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(since, Ordering::Release);
+    }
+}
+
+/// One request in progress; ends when dropped (with its answer's body).
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An answer's body that keeps its request counted as in progress.
+struct Tracked {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Serves HTTP/1.1 and HTTP/2 (h2c) on `listener` until `shutdown`, then
 /// lets requests in flight finish (10 s at most). The requests of a
 /// connection that was redirected to `listener` carry its [`OriginalDst`].
+///
+/// `client_timeout` bounds slow and idle clients: HTTP/1 request headers
+/// must arrive within it; a connection with no request in progress for
+/// that long is closed (gracefully, then for good after as long again),
+/// which also covers one that never finishes its first bytes, before the
+/// protocol is even known; a client that stops reading for that long is
+/// dropped; HTTP/2 peers are pinged at that interval and dropped if they do
+/// not answer within it.
 pub async fn serve<H, F>(
     listener: tokio::net::TcpListener,
     handler: H,
     shutdown: impl Future<Output = ()>,
+    client_timeout: Duration,
 ) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(client_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(client_timeout)
+        .keep_alive_timeout(client_timeout);
+    // Connections hold a receiver: all gone means all closed.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -356,25 +661,67 @@ pub async fn serve<H, F>(
                 let _ = stream.set_nodelay(true);
                 let original = redirect::original_destination(&stream);
                 let handler = handler.clone();
+                let activity = Activity::new();
+                let tracker = activity.clone();
                 let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                    let in_flight = tracker.begin();
                     if let Some(original) = original {
                         request.extensions_mut().insert(OriginalDst(original));
                     }
                     let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler(request).await) }
+                    async move {
+                        let response = handler(request).await;
+                        Ok::<_, Infallible>(response.map(|body| Tracked { body, _in_flight: in_flight }))
+                    }
                 });
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let connection = graceful.watch(connection);
+                let io = TokioIo::new(WriteDeadline::new(stream, client_timeout, activity.clone()));
+                let connection = builder.serve_connection(io, service).into_owned();
+                let mut stopping = stopping.clone();
                 tokio::spawn(async move {
-                    if let Err(err) = connection.await {
-                        tracing::trace!(error = %err, "connection ended");
+                    tokio::pin!(connection);
+                    let (mut closing, mut stopped) = (false, false);
+                    loop {
+                        let idle = activity.idle_until(client_timeout);
+                        // While requests are in progress, look again later.
+                        let wake = idle.unwrap_or_else(|| Instant::now() + client_timeout);
+                        tokio::select! {
+                            result = connection.as_mut() => {
+                                if let Err(err) = result {
+                                    tracing::trace!(error = %err, "connection ended");
+                                }
+                                break;
+                            }
+                            _ = stopping.wait_for(|stop| *stop), if !stopped => {
+                                stopped = true;
+                                closing = true;
+                                connection.as_mut().graceful_shutdown();
+                            }
+                            () = tokio::time::sleep_until(wake.into()) => {
+                                // Again: a request may have come and gone meanwhile.
+                                if activity
+                                    .idle_until(client_timeout)
+                                    .is_some_and(|at| at <= Instant::now())
+                                {
+                                    if closing {
+                                        // It did not close when asked: drop it.
+                                        break;
+                                    }
+                                    tracing::trace!("closing an idle connection");
+                                    closing = true;
+                                    connection.as_mut().graceful_shutdown();
+                                    activity.touch();
+                                }
+                            }
+                        }
                     }
                 });
             }
             () = &mut shutdown => break,
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+    drop(stopping);
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), stop.closed()).await;
 }
 
 #[cfg(test)]
@@ -425,7 +772,8 @@ mod tests {
         );
         assert_eq!(
             refused(&Refusal::Missing).headers()[header::WWW_AUTHENTICATE],
-            "Bearer"
+            "Bearer error=\"invalid_token\"",
+            "the contract: every 401 says invalid_token, even without a token"
         );
         assert_eq!(
             refused(&Refusal::Forbidden("x".into())).status(),
@@ -435,5 +783,173 @@ mod tests {
             refused(&Refusal::Unavailable("down".into())).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
+    }
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const TIMEOUT: Duration = Duration::from_secs(1);
+
+    /// A listener served with `TIMEOUT`; answers "ok" after `delay`.
+    async fn listener(delay: Duration) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(
+            listener,
+            move |_request| async move {
+                tokio::time::sleep(delay).await;
+                text(StatusCode::OK, "ok")
+            },
+            std::future::pending(),
+            TIMEOUT,
+        ));
+        addr
+    }
+
+    /// Writes `bytes`, then reads until the server closes; how long that took.
+    async fn closed_after(addr: SocketAddr, bytes: &[u8]) -> (Duration, String) {
+        let started = Instant::now();
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        let mut seen = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = [0u8; 1024];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "still open after 10 s");
+        (
+            started.elapsed(),
+            String::from_utf8_lossy(&seen).into_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn slow_and_idle_clients_are_disconnected() {
+        let addr = listener(Duration::ZERO).await;
+        let bound = TIMEOUT * 3;
+        for (name, bytes) in [
+            ("partial headers", &b"GET / HTTP/1.1\r\nHost: x\r\n"[..]),
+            ("nothing at all", b""),
+            ("a few bytes", b"GE"),
+            ("part of the HTTP/2 preface", b"PRI * HTTP/2.0\r\n"),
+        ] {
+            let (took, _) = closed_after(addr, bytes).await;
+            assert!(took < bound, "{name}: open for {took:?}");
+        }
+        // An idle keep-alive connection, after its answer.
+        let (took, answer) = closed_after(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(took < bound, "idle keep-alive: open for {took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_request_in_progress_outlives_the_client_timeout() {
+        let addr = listener(TIMEOUT * 2 + Duration::from_millis(500)).await;
+        let (_, answer) = closed_after(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    }
+
+    #[tokio::test]
+    async fn idle_http2_connections_are_closed() {
+        let addr = listener(Duration::ZERO).await;
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+            TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        let started = Instant::now();
+        let connection = tokio::spawn(connection);
+        let response = sender
+            .send_request(Request::new(Full::new(Bytes::new())))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        drop(response);
+        let ended = tokio::time::timeout(Duration::from_secs(10), connection).await;
+        assert!(ended.is_ok(), "an idle HTTP/2 connection stayed open");
+        assert!(started.elapsed() < TIMEOUT * 3, "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_dropped() {
+        const SIZE: usize = 32 << 20;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(
+            listener,
+            |_request| async {
+                // Streamed, so the answer is in progress until the end.
+                let chunk = Bytes::from(vec![b'x'; 1 << 16]);
+                let frames = (0..SIZE >> 16).map(move |_| Ok(Frame::data(chunk.clone())));
+                let body = http_body_util::StreamBody::new(tokio_stream::iter(frames));
+                Response::new(body.boxed())
+            },
+            std::future::pending(),
+            TIMEOUT,
+        ));
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // Not reading: the answer fills the socket buffers and stops.
+        tokio::time::sleep(TIMEOUT * 3).await;
+        let mut received = 0;
+        let read = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut buf = vec![0u8; 1 << 16];
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                received += n;
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "still open");
+        assert!(
+            received < SIZE,
+            "the whole answer came: the client was waited for"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_is_cut_off_and_a_moving_one_is_not() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+        let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let mut body = Stall::new(body, Duration::from_millis(300));
+        let feeder = tokio::spawn(async move {
+            // Five pieces 200 ms apart: a whole second, never a 300 ms pause.
+            for _ in 0..5 {
+                tx.send(Ok(Frame::data(Bytes::from_static(b"x"))))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            // Then silence, with the sender kept alive.
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            drop(tx);
+        });
+        for _ in 0..5 {
+            let frame = body.frame().await.unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap(), "x");
+        }
+        let started = Instant::now();
+        let end = body.frame().await.unwrap();
+        assert!(end.unwrap_err().is::<Stalled>());
+        assert!(started.elapsed() < Duration::from_secs(2));
+        feeder.abort();
     }
 }

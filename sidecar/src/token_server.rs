@@ -73,13 +73,31 @@ impl Credential {
         let der = der.secret_pkcs8_der().to_vec();
         let alg = SigningKey::detect_algorithm(&der)
             .ok_or_else(|| fail("not a P-256, Ed25519 or RSA key".into()))?;
-        let key =
-            SigningKey::from_pkcs8(String::new(), alg, der).map_err(|e| fail(e.to_string()))?;
+        // The token server picks the client's key by this kid: a key
+        // registered with a kid does not match an assertion without it.
+        let kid = args.private_key_id.clone().unwrap_or_default();
+        let key = SigningKey::from_pkcs8(kid, alg, der).map_err(|e| fail(e.to_string()))?;
         Ok(Self::PrivateKey {
             key,
             audience: issuer.clone(),
         })
     }
+}
+
+/// The host of an `http://` URL unless it is loopback (`localhost`,
+/// `*.localhost`, 127.0.0.0/8, `::1`); `None` for other URLs.
+pub fn plaintext_remote_host(url: &str) -> Option<String> {
+    let uri = url.parse::<http::Uri>().ok()?;
+    if uri.scheme_str() != Some("http") {
+        return None;
+    }
+    let host = uri.host()?.to_ascii_lowercase();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => bare == "localhost" || bare.ends_with(".localhost"),
+    };
+    (!loopback).then_some(host)
 }
 
 pub struct TokenServer {
@@ -116,6 +134,16 @@ impl TokenServer {
             endpoint = endpoint.tls_config(tls).map_err(|e| bad(e.to_string()))?;
         } else if !url.starts_with("http://") {
             return Err(bad("use an http:// or https:// URL".into()));
+        } else if let Some(host) = plaintext_remote_host(&url) {
+            // Not refused: in-cluster installs reach the token server over
+            // plain http by default (the chart's tokenServer.insecureHttp).
+            tracing::warn!(
+                %host,
+                "--token-server is plaintext http:// to a host that is not loopback: \
+                 this workload's credential and the tokens it exchanges cross the network \
+                 in clear; use https:// (with --token-server-ca) or protect the path (mTLS, \
+                 a NetworkPolicy)"
+            );
         }
         Ok(Self {
             client: TokenServiceClient::new(endpoint.connect_lazy()),
@@ -257,5 +285,41 @@ impl TokenServer {
             .watch_revocations(self.request(body, false)?)
             .await?
             .into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plaintext_remote_host;
+
+    #[test]
+    fn plaintext_to_a_remote_host_is_recognised() {
+        for local in [
+            "http://127.0.0.1:8081",
+            "http://127.9.9.9:1",
+            "http://localhost:8081",
+            "http://LOCALHOST",
+            "http://token.localhost:80",
+            "http://[::1]:8081",
+            "https://token-server.tokenmesh.svc:8081",
+            "not a url",
+        ] {
+            assert_eq!(plaintext_remote_host(local), None, "{local}");
+        }
+        for (remote, host) in [
+            (
+                "http://tokenmesh-token-server.tokenmesh.svc:8081",
+                "tokenmesh-token-server.tokenmesh.svc",
+            ),
+            ("http://10.0.0.7:8081", "10.0.0.7"),
+            ("http://[fd00::1]:8081", "[fd00::1]"),
+            ("http://localhost.example.com", "localhost.example.com"),
+        ] {
+            assert_eq!(
+                plaintext_remote_host(remote).as_deref(),
+                Some(host),
+                "{remote}"
+            );
+        }
     }
 }

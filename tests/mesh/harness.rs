@@ -2,11 +2,12 @@
 
 use std::{
     convert::Infallible,
+    io::BufRead,
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -21,6 +22,8 @@ use serde_json::{Value, json};
 pub const SECRET: &str = "mesh-test-client-secret-0123456789abcdef";
 const ADMIN_TOKEN: &str = "mesh-test-admin-token-0123456789abcdef0123";
 const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// The `kid` of `keyed-svc`'s registered key (it authenticates by private_key_jwt).
+pub const KEYED_KID: &str = "keyed-1";
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -53,7 +56,23 @@ pub fn policy(name: &str, body: &str) -> String {
 
 pub const ORDERS_TO_PAYMENTS: &str = "  mode: exchange\n  from: {audiences: [orders]}\n  actor: {clients: [orders-svc]}\n  to: {audience: payments, scopes: [\"orders:read\"], hosts: [payments.local]}\n  ttl: 120s\n";
 
-fn config() -> String {
+/// PKCS#8 DER as PEM.
+fn private_key_pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        lines.join("\n")
+    )
+}
+
+/// `keyed` is the public JWK of `keyed-svc`, a private_key_jwt client.
+fn config(keyed: &str) -> String {
     let client = |name: &str, audiences: &str, format: &str| {
         format!(
             "---\napiVersion: tokenmesh.dev/v1alpha1\nkind: OAuthClient\nmetadata: {{name: {name}}}\nspec:\n  grantTypes: [client_credentials, \"{EXCHANGE}\"]\n  authentication: {{method: client_secret_basic, secretRef: {{name: shared, key: client_secret}}}}\n  scopes: [\"orders:read\", \"orders:write\"]\n  audiences: [{audiences}]\n  allowIntrospection: true\n  accessToken: {{format: {format}, ttl: 300s}}\n"
@@ -68,6 +87,12 @@ fn config() -> String {
     for name in ["gateway-svc", "orders-svc", "payments-svc", "ledger-svc"] {
         yaml += &client(name, "internal", "jwt");
     }
+    yaml += &client("keyed-svc", "internal", "jwt").replace(
+        "{method: client_secret_basic, secretRef: {name: shared, key: client_secret}}",
+        &format!("{{method: private_key_jwt, jwks: {{keys: [{keyed}]}}}}"),
+    );
+    // A sidecar's client without allowIntrospection.
+    yaml += &client("blind-svc", "internal", "jwt").replace("  allowIntrospection: true\n", "");
     yaml += &policy(
         "share-orders",
         "  mode: share\n  from: {clients: [frontend, frontend-opaque]}\n  to: {audience: orders, hosts: [orders.local]}\n",
@@ -91,7 +116,18 @@ pub struct TokenServer {
 impl TokenServer {
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("tokenmesh.yaml"), config()).unwrap();
+        let keyed = tokenmesh_tokens::signing::SigningKey::generate(
+            KEYED_KID.into(),
+            tokenmesh_tokens::Algorithm::ES256,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("keyed-svc.pem"),
+            private_key_pem(keyed.pkcs8()),
+        )
+        .unwrap();
+        let jwk = serde_json::to_string(&keyed.public_jwk()).unwrap();
+        std::fs::write(dir.path().join("tokenmesh.yaml"), config(&jwk)).unwrap();
         std::fs::create_dir_all(dir.path().join("secrets/shared")).unwrap();
         std::fs::write(dir.path().join("secrets/shared/client_secret"), SECRET).unwrap();
         std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
@@ -145,6 +181,11 @@ impl TokenServer {
 
     pub fn secret_file(&self) -> PathBuf {
         self.dir.path().join("secrets/shared/client_secret")
+    }
+
+    /// The private key of `keyed-svc` (PKCS#8 PEM).
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.path().join("keyed-svc.pem")
     }
 
     pub async fn token(&self, client: &str, audience: Option<&str>) -> String {
@@ -315,7 +356,10 @@ async fn handle(
 pub struct Sidecar {
     child: Child,
     pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
     pub admin: SocketAddr,
+    /// What it has logged so far (it also goes to this process's stderr).
+    logs: Arc<Mutex<String>>,
 }
 
 impl Sidecar {
@@ -351,6 +395,30 @@ impl Sidecar {
         outbound_port: u16,
         extra: &[String],
     ) -> Self {
+        let mut args = vec![
+            "--client-secret-file".to_owned(),
+            server.secret_file().display().to_string(),
+        ];
+        for (host, target) in resolve {
+            args.push("--resolve".into());
+            args.push(format!("{host}={target}"));
+        }
+        args.extend_from_slice(extra);
+        let sidecar = Self::launch(&server.grpc, client_id, audience, app, outbound_port, &args);
+        sidecar.wait_ready().await;
+        sidecar
+    }
+
+    /// Starts a sidecar without waiting for it; `args` must give its
+    /// credential.
+    pub fn launch(
+        token_server: &str,
+        client_id: &str,
+        audience: &str,
+        app: SocketAddr,
+        outbound_port: u16,
+        args: &[String],
+    ) -> Self {
         let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
         let (inbound, outbound, admin) =
             (local(free_port()), local(outbound_port), local(free_port()));
@@ -358,14 +426,12 @@ impl Sidecar {
         command
             .args([
                 "--token-server",
-                &server.grpc,
+                token_server,
                 "--client-id",
                 client_id,
                 "--audience",
                 audience,
             ])
-            .arg("--client-secret-file")
-            .arg(server.secret_file())
             .args([
                 "--inbound-addr",
                 &inbound.to_string(),
@@ -379,17 +445,52 @@ impl Sidecar {
                 &admin.to_string(),
             ])
             .args(["--clock-skew", "0s"])
-            .stdout(Stdio::null());
-        for (host, target) in resolve {
-            command.arg("--resolve").arg(format!("{host}={target}"));
-        }
-        command.args(extra);
-        let child = command.spawn().unwrap();
-        wait_ok(&format!("http://{admin}/readyz")).await;
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        let logs = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                eprintln!("{line}");
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
         Self {
             child,
             inbound,
+            outbound,
             admin,
+            logs,
+        }
+    }
+
+    pub async fn wait_ready(&self) {
+        wait_ok(&format!("http://{}/readyz", self.admin)).await;
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits up to 10 s for a log line containing `needle`; the line.
+    pub async fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = self.logs().lines().find(|l| l.contains(needle)) {
+                return line.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with `{needle}`:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

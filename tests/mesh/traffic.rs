@@ -1,10 +1,16 @@
 //! Requests through the mesh.
 
-use std::time::{Duration, Instant};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use base64::{
+    Engine,
+    engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
+};
 use serde_json::{Value, json};
-use tokenmesh_tokens::{Algorithm, signing::SigningKey};
+use tokenmesh_tokens::{Algorithm, secret::SecretHash, signing::SigningKey};
 
 use crate::harness::{
     App, Mesh, ORDERS_TO_PAYMENTS, Sidecar, TokenServer, claims, free_port, policy,
@@ -128,6 +134,114 @@ fn forge(header: Value, body: &Value, signature: &[u8]) -> String {
     )
 }
 
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    *SecretHash::of(bytes).as_bytes()
+}
+
+/// HMAC-SHA256 (RFC 2104), from the SHA-256 the tokens crate has.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&sha256(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
+    let inner = sha256(&[pad(0x36), message.to_vec()].concat());
+    sha256(&[pad(0x5c), inner.to_vec()].concat())
+}
+
+#[test]
+fn hmac_matches_rfc_4231() {
+    // Test cases 2 and 6 (a key longer than the block).
+    let hex = |bytes: [u8; 32]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    assert_eq!(
+        hex(hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    );
+    assert_eq!(
+        hex(hmac_sha256(
+            &[0xaa; 131],
+            b"Test Using Larger Than Block-Size Key - Hash Key First"
+        )),
+        "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+    );
+}
+
+/// HS256 tokens with `claims`, keyed with each form of the token server's
+/// public key an HS/RS confused verifier might use as the HMAC secret:
+/// the SPKI PEM (with and without its final newline), the SPKI DER, the
+/// SEC1 point, the JWK's x||y, and the JWK's JSON.
+async fn hs256_with_the_public_key(server: &TokenServer, claims: &Value) -> Vec<(String, String)> {
+    let metadata: Value = reqwest::get(format!(
+        "{}/.well-known/oauth-authorization-server",
+        server.http
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let jwks: Value = reqwest::get(metadata["jwks_uri"].as_str().unwrap())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut tokens = Vec::new();
+    for jwk in jwks["keys"].as_array().unwrap() {
+        assert_eq!(
+            jwk["kty"], "EC",
+            "the forms below are for P-256 keys: {jwk}"
+        );
+        let coordinate = |name: &str| URL_SAFE_NO_PAD.decode(jwk[name].as_str().unwrap()).unwrap();
+        let xy = [coordinate("x"), coordinate("y")].concat();
+        let point = [&[0x04][..], &xy].concat();
+        // SubjectPublicKeyInfo { id-ecPublicKey, prime256v1 }, BIT STRING of the point.
+        let spki_prefix: [u8; 26] = [
+            0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
+            0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+        ];
+        let der = [&spki_prefix[..], &point].concat();
+        let b64 = STANDARD.encode(&der);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        let pem = format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            lines.join("\n")
+        );
+        let forms = [
+            ("PEM", pem.as_bytes().to_vec()),
+            (
+                "PEM without its last newline",
+                pem.trim_end().as_bytes().to_vec(),
+            ),
+            ("DER", der.clone()),
+            ("SEC1 point", point.clone()),
+            ("x||y", xy.clone()),
+            ("JWK JSON", jwk.to_string().into_bytes()),
+        ];
+        for (form, secret) in forms {
+            let header = json!({"alg": "HS256", "typ": "at+jwt", "kid": jwk["kid"]});
+            let signing_input = format!(
+                "{}.{}",
+                URL_SAFE_NO_PAD.encode(header.to_string()),
+                URL_SAFE_NO_PAD.encode(claims.to_string())
+            );
+            let mac = hmac_sha256(&secret, signing_input.as_bytes());
+            tokens.push((
+                format!("HS256 with the public key as {form}"),
+                forge(header, claims, &mac),
+            ));
+        }
+    }
+    assert!(!tokens.is_empty());
+    tokens
+}
+
 #[tokio::test]
 async fn bad_tokens_never_reach_the_application() {
     let mesh = Mesh::start().await;
@@ -146,11 +260,11 @@ async fn bad_tokens_never_reach_the_application() {
     let short = mesh.server.token("short-lived", None).await;
     let wrong_audience = mesh.server.token("frontend", Some("orders")).await;
     tokio::time::sleep(Duration::from_millis(2100)).await; // `short` expires (1 s, no skew in tests)
-    let cases = [
-        ("no token", None),
-        ("garbage", Some("not-a-token".to_owned())),
+    let mut cases = vec![
+        ("no token".to_owned(), None),
+        ("garbage".to_owned(), Some("not-a-token".to_owned())),
         (
-            "alg none",
+            "alg none".to_owned(),
             Some(forge(
                 json!({"alg": "none", "typ": "at+jwt"}),
                 &real_claims,
@@ -158,29 +272,46 @@ async fn bad_tokens_never_reach_the_application() {
             )),
         ),
         (
-            "HS256 with the public key",
+            "HS256 without a kid".to_owned(),
             Some(forge(
-                json!({"alg": "HS256", "typ": "at+jwt", "kid": kid}),
+                json!({"alg": "HS256", "typ": "at+jwt"}),
                 &real_claims,
-                b"mac",
+                &hmac_sha256(b"any", b"mac"),
             )),
         ),
         (
-            "unknown kid",
+            "unknown kid".to_owned(),
             Some(stranger.sign_jwt("at+jwt", &real_claims).unwrap()),
         ),
-        ("wrong audience", Some(wrong_audience)),
-        ("expired", Some(short)),
+        ("wrong audience".to_owned(), Some(wrong_audience)),
+        ("expired".to_owned(), Some(short)),
     ];
+    let forged = hs256_with_the_public_key(&mesh.server, &real_claims).await;
+    let header_of = |token: &str| -> Value {
+        serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(token.split('.').next().unwrap())
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert!(
+        forged
+            .iter()
+            .any(|(_, token)| header_of(token)["kid"] == kid),
+        "one key signed the real token, so its forgeries name its kid"
+    );
+    cases.extend(forged.into_iter().map(|(name, token)| (name, Some(token))));
     let hits = mesh.apps[0].hits();
     for (name, token) in cases {
         let (status, body, challenge) = mesh.call(token.as_deref()).await;
         assert_eq!(status, 401, "{name}: {body}");
-        let challenge = challenge.unwrap_or_default();
-        assert!(challenge.starts_with("Bearer"), "{name}: {challenge}");
-        if token.is_some() {
-            assert!(challenge.contains("invalid_token"), "{name}: {challenge}");
-        }
+        // The contract: every refusal, even with no token at all.
+        assert_eq!(
+            challenge.as_deref(),
+            Some("Bearer error=\"invalid_token\""),
+            "{name}"
+        );
     }
     assert_eq!(
         mesh.apps[0].hits(),
@@ -329,4 +460,89 @@ async fn kubelet_probes_reach_the_application_only_by_their_configured_path() {
         "the application's port still wants a token"
     );
     assert_eq!(app.hits(), hits);
+}
+
+/// Writes `bytes` to `addr`, then reads until the peer closes; how long that took.
+async fn open_for(addr: SocketAddr, bytes: &[u8]) -> Duration {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 512];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "{addr} still open after 20 s");
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn slow_clients_are_disconnected_and_stalled_answers_cut_off() {
+    let server = TokenServer::start().await;
+    // An application that sends its head and a first piece, then nothing.
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = app.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = app.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    let sidecar = Sidecar::start_with(
+        &server,
+        "gateway-svc",
+        "gateway",
+        app_addr,
+        &[],
+        free_port(),
+        &[
+            "--client-timeout".into(),
+            "1s".into(),
+            "--stream-idle-timeout".into(),
+            "1s".into(),
+        ],
+    )
+    .await;
+    let bound = Duration::from_secs(4);
+    for listener in [sidecar.inbound, sidecar.outbound] {
+        // Headers begun and never finished.
+        let took = open_for(listener, b"GET / HTTP/1.1\r\nHost: x\r\n").await;
+        assert!(
+            took < bound,
+            "{listener}: open {took:?} after a partial request"
+        );
+        // Nothing sent at all.
+        let took = open_for(listener, b"").await;
+        assert!(took < bound, "{listener}: open {took:?} with nothing sent");
+    }
+
+    // The application stalls mid-answer: the client gets its head and
+    // first piece, then the answer is cut off, not held open.
+    let token = server.token("frontend", None).await;
+    let resp = reqwest::Client::new()
+        .get(format!("http://{}/slow", sidecar.inbound))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let started = Instant::now();
+    let body = tokio::time::timeout(Duration::from_secs(20), resp.bytes()).await;
+    let body = body.expect("the stalled answer was held open");
+    assert!(body.is_err(), "a cut-off answer is not a complete one");
+    assert!(started.elapsed() < bound, "{:?}", started.elapsed());
 }
