@@ -156,7 +156,7 @@ def tampered(jwt):
 def test_no_bearer_token_is_refused(envoy, upstream, listener, authorization):
     path = unique_path("none")
     resp = through(envoy, listener, path, authorization)
-    assert_refused(resp, upstream, path, "Bearer")
+    assert_refused(resp, upstream, path, f"Bearer {INVALID}")
 
 
 @pytest.mark.parametrize("kind", ["opaque-garbage", "three-parts", "bad-signature"])
@@ -344,7 +344,7 @@ def test_check_with_opaque_token_sets_phantom_jwt(sync_stub, opaque_token):
 
 @pytest.mark.parametrize("raw", [False, True], ids=["headers", "header_map"])
 def test_check_without_token_is_denied(sync_stub, raw):
-    assert_denied(sync_stub.check(check_request(raw=raw)), "Bearer")
+    assert_denied(sync_stub.check(check_request(raw=raw)), f"Bearer {INVALID}")
 
 
 def test_check_with_invalid_token_is_denied(sync_stub, jwt_token):
@@ -352,7 +352,7 @@ def test_check_with_invalid_token_is_denied(sync_stub, jwt_token):
 
 
 def test_check_without_attributes_is_denied(sync_stub):
-    assert_denied(sync_stub.check(CheckRequest()), "Bearer")
+    assert_denied(sync_stub.check(CheckRequest()), f"Bearer {INVALID}")
 
 
 def test_check_ok_answers_promptly(sync_stub, jwt_token):
@@ -385,4 +385,4 @@ def test_check_over_grpclib(sidecar, jwt_token):
 
     ok, denied = asyncio.run(asyncio.wait_for(calls(), 3 * GRPC_TIMEOUT))
     assert assert_ok(ok) == f"Bearer {jwt_token}"
-    assert_denied(denied, "Bearer")
+    assert_denied(denied, f"Bearer {INVALID}")
