@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod cli;
+pub mod deadlines;
 pub mod ext_authz;
 pub mod mesh;
 pub mod metrics;

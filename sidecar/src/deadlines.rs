@@ -1,0 +1,322 @@
+//! Bounds on slow peers: a body that pauses too long, a client that stops
+//! reading, and what a connection has in progress (for the idle bound).
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use hyper::body::{Frame, SizeHint};
+
+use crate::proxy::{Body, BoxError};
+
+/// A bound on one pause: armed when a source first has nothing, disarmed by
+/// progress. The timer is made at the first pause only, so a source that is
+/// never pending costs nothing.
+struct Pause {
+    timeout: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+impl Pause {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            timer: None,
+            armed: false,
+        }
+    }
+
+    fn progress(&mut self) {
+        self.armed = false;
+    }
+
+    /// The source is pending: whether the pause has now lasted `timeout`.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let timer = match &mut self.timer {
+            Some(timer) if self.armed => timer,
+            Some(timer) => {
+                timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + self.timeout);
+                timer
+            }
+            None => self
+                .timer
+                .insert(Box::pin(tokio::time::sleep(self.timeout))),
+        };
+        self.armed = true;
+        timer.as_mut().poll(cx).is_ready()
+    }
+}
+
+/// A body that fails when its source pauses longer than `timeout` between
+/// two frames: a stalled upstream answer or client upload cannot hold a
+/// connection for ever, while a long stream that keeps moving is not cut.
+pub struct Stall<B> {
+    inner: B,
+    pause: Pause,
+}
+
+impl<B> Stall<B> {
+    pub fn new(inner: B, timeout: Duration) -> Self {
+        Self {
+            inner,
+            pause: Pause::new(timeout),
+        }
+    }
+}
+
+/// The error a [`Stall`] body ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the body paused longer than {0:?}")]
+pub struct Stalled(Duration);
+
+impl<B> hyper::body::Body for Stall<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.pause.progress();
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if this.pause.expired(cx) {
+            tracing::debug!(timeout = ?this.pause.timeout, "a body stalled; cutting it off");
+            return Poll::Ready(Some(Err(Box::new(Stalled(this.pause.timeout)))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A client connection whose writes fail after a pause of `timeout`: a
+/// client that stops reading its answers (TCP flow control) cannot hold the
+/// connection and the answer's upstream for ever. Writes that progress
+/// count as activity: an answer still being sent after its body ended
+/// (hyper buffers it) is not idle.
+pub(crate) struct WriteDeadline<S> {
+    inner: S,
+    pause: Pause,
+    activity: Arc<Activity>,
+}
+
+impl<S> WriteDeadline<S> {
+    pub(crate) fn new(inner: S, timeout: Duration, activity: Arc<Activity>) -> Self {
+        Self {
+            inner,
+            pause: Pause::new(timeout),
+            activity,
+        }
+    }
+
+    fn bound<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if poll.is_ready() {
+            self.pause.progress();
+            self.activity.touch();
+            return poll;
+        }
+        if self.pause.expired(cx) {
+            tracing::debug!("a client stopped reading; closing its connection");
+            return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+        }
+        Poll::Pending
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.bound(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.bound(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_flush(cx);
+        this.bound(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.bound(cx, poll)
+    }
+}
+
+/// What a connection is doing, for the idle bound: requests in progress
+/// (until their answer's body is sent) and when the last one ended.
+pub(crate) struct Activity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds from `opened` to when the last request ended.
+    last: AtomicU64,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    /// When the connection will have been idle for `timeout`, unless a
+    /// request comes; `None` while one is in progress.
+    pub(crate) fn idle_until(&self, timeout: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last.load(Ordering::Acquire));
+        Some(self.opened + last + timeout)
+    }
+
+    pub(crate) fn touch(&self) {
+        let since = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(since, Ordering::Release);
+    }
+}
+
+/// One request in progress; ends when dropped (with its answer's body).
+pub(crate) struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An answer's body that keeps its request counted as in progress.
+pub(crate) struct Tracked {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl Tracked {
+    pub(crate) fn new(body: Body, in_flight: InFlight) -> Self {
+        Self {
+            body,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stalled_body_is_cut_off_and_a_moving_one_is_not() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+        let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let mut body = Stall::new(body, Duration::from_secs(1));
+        let feeder = tokio::spawn(async move {
+            // Ten pieces 100 ms apart: a whole second, never a 1 s pause.
+            for _ in 0..10 {
+                tx.send(Ok(Frame::data(Bytes::from_static(b"x"))))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            // Then silence, with the sender kept alive.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(tx);
+        });
+        for _ in 0..10 {
+            let frame = body.frame().await.unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap(), "x");
+        }
+        let started = Instant::now();
+        let end = body.frame().await.unwrap();
+        assert!(end.unwrap_err().is::<Stalled>());
+        // Cut off by the bound, not by the feeder's end 30 s later.
+        assert!(started.elapsed() < Duration::from_secs(10));
+        feeder.abort();
+    }
+}
