@@ -109,14 +109,10 @@ impl AppState {
 pub struct StoredResources(std::collections::BTreeMap<String, String>);
 
 impl StoredResources {
-    /// Records a write as `Store::put_resource` makes it: an empty document
-    /// deletes.
+    /// Records a write as `Store::put_resource` makes it: a deletion is an
+    /// empty document (a tombstone), kept like any other.
     pub fn put(&mut self, key: &str, document: &str) {
-        if document.is_empty() {
-            self.0.remove(key);
-        } else {
-            self.0.insert(key.to_owned(), document.to_owned());
-        }
+        self.0.insert(key.to_owned(), document.to_owned());
     }
 }
 

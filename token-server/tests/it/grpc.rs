@@ -390,6 +390,15 @@ async fn policy_changes_reach_the_policy_stream_through_the_control_service() {
         .unwrap()
         .into_inner();
     assert!(gone.existed);
+    let after_delete = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(after_delete.version, gone.version);
+    // A deletion is stored as a tombstone; finding it again is no change.
+    let echoed = tokio::time::timeout(Duration::from_secs(1), stream.next()).await;
+    assert!(echoed.is_err(), "own deletion pushed twice: {echoed:?}");
     assert_eq!(
         server
             .post("/oauth2/token", Some(("orders-svc", SECRET)), &form)
