@@ -380,11 +380,10 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
+    // No HTTP/1 header-read timer: a request whose head has not fully come
+    // is not in progress, so the idle bound below closes its connection
+    // after `client_timeout` anyway, without a timer armed per request.
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(client_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())
