@@ -9,7 +9,7 @@ use tokenmesh_tokens::claims::{AccessTokenClaims, Actor};
 
 use crate::{
     oauth::error::OAuthError,
-    registry::{ClientAuth, Policy, Registry, ScopePattern, service_account_of},
+    registry::{ClientAuth, Policy, Registry, ScopePattern},
 };
 
 /// Delegation depth allowed when a policy names none.
@@ -71,14 +71,8 @@ fn actor_admits(registry: &Registry, policy: &Policy, client_id: &str) -> bool {
     }
     actor.clients.iter().any(|c| c == client_id)
         || registry.client(client_id).is_some_and(|client| {
-            let ClientAuth::ServiceAccount(account) = &client.auth else {
-                return false;
-            };
-            actor
-                .service_accounts
-                .iter()
-                .filter_map(|text| service_account_of(text))
-                .any(|named| named == *account)
+            matches!(&client.auth, ClientAuth::ServiceAccount(account)
+                if policy.service_accounts.contains(account))
         })
 }
 

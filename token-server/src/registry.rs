@@ -183,6 +183,8 @@ pub struct Policy {
     pub claims: Vec<(String, Arc<cel::Program>)>,
     /// The lifetime bound (`ttl`), if any.
     pub ttl: Option<Duration>,
+    /// `actor.serviceAccounts`, parsed.
+    pub service_accounts: Vec<ServiceAccount>,
 }
 
 impl std::fmt::Debug for Policy {
@@ -210,7 +212,7 @@ fn compile_cel(field: &str, source: &str) -> Result<Arc<cel::Program>, (String, 
 }
 
 /// `<namespace>/<name>` as a service account.
-pub fn service_account_of(text: &str) -> Option<ServiceAccount> {
+fn service_account_of(text: &str) -> Option<ServiceAccount> {
     let (namespace, name) = text.split_once('/')?;
     let valid = |part: &str| !part.is_empty() && !part.contains(['/', ':']);
     (valid(namespace) && valid(name)).then(|| ServiceAccount {
@@ -237,14 +239,20 @@ fn policy(name: &str, spec: &ExchangePolicySpec) -> Result<Policy, (String, Stri
     if spec.to.audience.is_empty() {
         return Err(("spec.to.audience".into(), "is required".into()));
     }
-    for (index, account) in spec.actor.service_accounts.iter().enumerate() {
-        if service_account_of(account).is_none() {
-            return Err((
-                format!("spec.actor.serviceAccounts[{index}]"),
-                format!("`{account}` is not `<namespace>/<name>`"),
-            ));
-        }
-    }
+    let service_accounts = spec
+        .actor
+        .service_accounts
+        .iter()
+        .enumerate()
+        .map(|(index, account)| {
+            service_account_of(account).ok_or_else(|| {
+                (
+                    format!("spec.actor.serviceAccounts[{index}]"),
+                    format!("`{account}` is not `<namespace>/<name>`"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let condition = spec
         .condition
         .as_deref()
@@ -267,6 +275,7 @@ fn policy(name: &str, spec: &ExchangePolicySpec) -> Result<Policy, (String, Stri
         condition,
         claims,
         ttl,
+        service_accounts,
     })
 }
 
