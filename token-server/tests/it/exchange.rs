@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{Config, SECRET, Server};
+use crate::harness::{Config, SECRET, Server, jwt_part};
 
 const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -163,14 +163,7 @@ async fn may_act_in_a_subject_token_names_the_only_actor() {
         .await
         .unwrap();
     let subject = issued["access_token"].as_str().unwrap();
-    use base64::Engine;
-    let payload = subject.split('.').nth(1).unwrap();
-    let claims: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap();
+    let claims = jwt_part(subject, 1);
     assert_eq!(claims["may_act"], json!({"client_id": "payments-svc"}));
 
     // orders-to-payments admits orders-svc, but may_act does not name it.

@@ -14,7 +14,7 @@ use tokenmesh_proto::v1::{
 use tokio_stream::StreamExt;
 use tonic::{Code, Request, metadata::MetadataValue, transport::Channel};
 
-use crate::harness::{ADMIN_TOKEN, Config, SECRET, Server};
+use crate::harness::{ADMIN_TOKEN, Config, SECRET, Server, basic_auth, jwt_part};
 
 const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 
@@ -50,9 +50,7 @@ fn mesh_config() -> Config {
 }
 
 fn basic(id: &str) -> MetadataValue<tonic::metadata::Ascii> {
-    use base64::Engine;
-    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{SECRET}"));
-    format!("Basic {encoded}").parse().unwrap()
+    basic_auth(id).parse().unwrap()
 }
 
 fn as_client<T>(id: &str, body: T) -> Request<T> {
@@ -84,17 +82,6 @@ async fn tokens(server: &Server) -> TokenServiceClient<Channel> {
         .unwrap()
 }
 
-fn payload(token: &str) -> Value {
-    use base64::Engine;
-    let part = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(part)
-            .unwrap(),
-    )
-    .unwrap()
-}
-
 #[tokio::test]
 async fn exchange_embed_and_share_along_three_hops() {
     let config = mesh_config();
@@ -110,9 +97,9 @@ async fn exchange_embed_and_share_along_three_hops() {
     let first = first["access_token"].as_str().unwrap().to_owned();
 
     // Embed: the gateway's token carries one for payments.
-    let outer = payload(&first);
+    let outer = jwt_part(&first, 1);
     let embedded = outer["embedded_tokens"]["payments"].as_str().unwrap();
-    let inner = payload(embedded);
+    let inner = jwt_part(embedded, 1);
     assert_eq!(inner["aud"], "payments");
     assert_eq!(inner["scope"], "orders:read");
     assert_eq!(inner["sub"], "gateway");
@@ -180,7 +167,7 @@ async fn exchange_embed_and_share_along_three_hops() {
     assert_eq!(claims["sub"], "gateway");
     assert_eq!(claims["act"]["sub"], "orders-svc");
     assert_eq!(claims["origin"], "gateway", "CEL claim");
-    assert_eq!(payload(&info.phantom_jwt)["jti"], claims["jti"]);
+    assert_eq!(jwt_part(&info.phantom_jwt, 1)["jti"], claims["jti"]);
 
     // Refusals map to status codes.
     let status = grpc
@@ -236,7 +223,7 @@ async fn revocations_stream_and_resume_from_a_cursor() {
         .unwrap()
         .unwrap();
     assert_eq!(event.kind, Kind::Token as i32);
-    assert_eq!(event.id, payload(&a)["jti"]);
+    assert_eq!(event.id, jwt_part(&a, 1)["jti"]);
     drop(stream);
 
     // A reconnecting sidecar resumes after what it saw: nothing old, the new one.
@@ -268,7 +255,7 @@ async fn revocations_stream_and_resume_from_a_cursor() {
         .unwrap()
         .unwrap();
     assert_eq!(next.kind, Kind::Grant as i32);
-    assert_eq!(next.id, payload(&b)["grant_id"]);
+    assert_eq!(next.id, jwt_part(&b, 1)["grant_id"]);
     assert!(next.seq > event.seq);
 
     // An open stream does not keep SIGTERM from stopping the server.

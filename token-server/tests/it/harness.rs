@@ -364,3 +364,22 @@ pub fn run_to_exit(args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A JWT's header (`part` 0) or claims (`part` 1), not verified.
+pub fn jwt_part(token: &str, part: usize) -> serde_json::Value {
+    use base64::Engine;
+    let encoded = token.split('.').nth(part).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(encoded)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// `Basic` credentials of client `id` with the shared secret.
+pub fn basic_auth(id: &str) -> String {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{SECRET}"));
+    format!("Basic {encoded}")
+}

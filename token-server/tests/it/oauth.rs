@@ -8,7 +8,7 @@ use tokenmesh_tokens::{
     verify::{Expected, KeySet, verify},
 };
 
-use crate::harness::{Config, SECRET, Server};
+use crate::harness::{Config, SECRET, Server, jwt_part};
 
 const ES256_SPEC: &str = "{signing: {algorithm: ES256}}";
 
@@ -46,6 +46,18 @@ fn check(token: &str, keys: &KeySet, issuer: &str, typ: &str) -> serde_json::Map
         now: now(),
     };
     verify(token, keys, &expected).unwrap()
+}
+
+/// `client_credentials` authenticated by the client assertion `jwt`.
+fn assertion_grant(jwt: &str) -> [(&'static str, &str); 3] {
+    [
+        ("grant_type", "client_credentials"),
+        (
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        ),
+        ("client_assertion", jwt),
+    ]
 }
 
 fn assertion(config: &Config, aud: &str, jti: &str) -> String {
@@ -115,16 +127,7 @@ async fn client_credentials_jwt_follows_rfc_9068() {
     assert_eq!(resp["expires_in"], 300);
     assert_eq!(resp["scope"], "orders:read video_stream_movie123");
     let token = resp["access_token"].as_str().unwrap();
-    let header: Value = {
-        use base64::Engine;
-        let part = token.split('.').next().unwrap();
-        serde_json::from_slice(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(part)
-                .unwrap(),
-        )
-        .unwrap()
-    };
+    let header = jwt_part(token, 0);
     assert_eq!(header["alg"], "ES256");
     let claims = check(token, &keys(&server).await, &server.issuer, "at+jwt");
     assert_eq!(claims["sub"], "gateway");
@@ -221,14 +224,7 @@ async fn private_key_jwt_opaque_token_introspection_and_replay() {
     let server = Server::start(&config, data.path()).await;
     let token_url = server.url("/oauth2/token");
     let jwt = assertion(&config, &token_url, "a-1");
-    let form = [
-        ("grant_type", "client_credentials"),
-        (
-            "client_assertion_type",
-            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-        ),
-        ("client_assertion", jwt.as_str()),
-    ];
+    let form = assertion_grant(&jwt);
     let resp = server.post("/oauth2/token", None, &form).await;
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
@@ -245,14 +241,7 @@ async fn private_key_jwt_opaque_token_introspection_and_replay() {
     assert_eq!(err["error"], "invalid_client");
 
     let wrong_aud = assertion(&config, "https://elsewhere", "a-2");
-    let form = [
-        ("grant_type", "client_credentials"),
-        (
-            "client_assertion_type",
-            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-        ),
-        ("client_assertion", wrong_aud.as_str()),
-    ];
+    let form = assertion_grant(&wrong_aud);
     assert_eq!(
         server.post("/oauth2/token", None, &form).await.status(),
         401
@@ -400,14 +389,7 @@ async fn opaque_tokens_and_revocations_survive_kill_9() {
     let mut opaque = Vec::new();
     for jti in ["k-1", "k-2"] {
         let jwt = assertion(&config, &server.url("/oauth2/token"), jti);
-        let form = [
-            ("grant_type", "client_credentials"),
-            (
-                "client_assertion_type",
-                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            ),
-            ("client_assertion", jwt.as_str()),
-        ];
+        let form = assertion_grant(&jwt);
         let body: Value = server
             .post("/oauth2/token", None, &form)
             .await
@@ -585,14 +567,7 @@ async fn the_opaque_token_cache_spares_store_reads_and_can_be_turned_off() {
             Server::start_with(&config, data.path(), extra, reqwest::Client::new(), "http").await;
         let token_url = server.url("/oauth2/token");
         let jwt = assertion(&config, &token_url, "cache-1");
-        let form = [
-            ("grant_type", "client_credentials"),
-            (
-                "client_assertion_type",
-                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            ),
-            ("client_assertion", jwt.as_str()),
-        ];
+        let form = assertion_grant(&jwt);
         let body: Value = server
             .post("/oauth2/token", None, &form)
             .await

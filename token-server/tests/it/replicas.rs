@@ -15,7 +15,7 @@ use tonic::{Request, Streaming};
 use token_server::store::{Store, StoredKey};
 use tokenmesh_tokens::signing::SigningKey;
 
-use crate::harness::{ADMIN_TOKEN, Config, SECRET, Server, fresh_database};
+use crate::harness::{ADMIN_TOKEN, Config, SECRET, Server, basic_auth, fresh_database, jwt_part};
 
 const ISSUER: &str = "http://tokenmesh.test";
 const ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -61,23 +61,6 @@ fn exchange_config() -> Config {
     config
 }
 
-fn basic(id: &str) -> String {
-    use base64::Engine;
-    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{SECRET}"));
-    format!("Basic {encoded}")
-}
-
-fn claims(jwt: &str) -> Value {
-    use base64::Engine;
-    let payload = jwt.split('.').nth(1).unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap()
-}
-
 /// A `WatchRevocations` stream served by `server`, after `after_seq`.
 async fn watch(server: &Server, after_seq: i64) -> Streaming<RevocationEvent> {
     let mut grpc = TokenServiceClient::connect(server.grpc.clone())
@@ -86,7 +69,7 @@ async fn watch(server: &Server, after_seq: i64) -> Streaming<RevocationEvent> {
     let mut request = Request::new(WatchRevocationsRequest { after_seq });
     request
         .metadata_mut()
-        .insert("authorization", basic("gateway").parse().unwrap());
+        .insert("authorization", basic_auth("gateway").parse().unwrap());
     grpc.watch_revocations(request).await.unwrap().into_inner()
 }
 
@@ -104,7 +87,7 @@ async fn gateway_jwt(server: &Server) -> (String, String) {
         .as_str()
         .unwrap()
         .to_owned();
-    let jti = claims(&jwt)["jti"].as_str().unwrap().to_owned();
+    let jti = jwt_part(&jwt, 1)["jti"].as_str().unwrap().to_owned();
     (jwt, jti)
 }
 
@@ -315,7 +298,7 @@ async fn a_token_from_one_replica_exchanges_on_the_other() {
     });
     request
         .metadata_mut()
-        .insert("authorization", basic("orders-svc").parse().unwrap());
+        .insert("authorization", basic_auth("orders-svc").parse().unwrap());
     let from_opaque = grpc.exchange(request).await.unwrap().into_inner();
     assert_eq!(from_opaque.scopes, vec!["orders:read"]);
     let info = a.introspect(&from_opaque.access_token).await;
