@@ -271,16 +271,7 @@ impl Server {
     pub async fn kill_and_restart(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        let grpc_port: u16 = self.grpc.rsplit(':').next().unwrap().parse().unwrap();
-        self.child = spawn(
-            &self.config,
-            self.port,
-            grpc_port,
-            &self.data_dir,
-            &self.extra,
-            &self.issuer,
-        );
-        self.wait_ready().await;
+        self.restart().await;
     }
 
     /// Starts a killed server again on the same ports and data.
