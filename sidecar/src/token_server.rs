@@ -92,12 +92,7 @@ pub fn plaintext_remote_host(url: &str) -> Option<String> {
         return None;
     }
     let host = uri.host()?.to_ascii_lowercase();
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let loopback = match bare.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.is_loopback(),
-        Err(_) => bare == "localhost" || bare.ends_with(".localhost"),
-    };
-    (!loopback).then_some(host)
+    (!tokenmesh_tokens::net::is_loopback_host(&host)).then_some(host)
 }
 
 pub struct TokenServer {

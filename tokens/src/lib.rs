@@ -1,10 +1,12 @@
 //! What the tokenmesh token server and sidecar share about tokens: the
 //! access-token claims, JWT signing with keys parsed once, JWT verification
-//! against a key set, JSON Web Keys, and secret hashing.
+//! against a key set, JSON Web Keys, secret hashing, and what counts as a
+//! loopback host.
 
 pub mod cache;
 pub mod claims;
 pub mod jwk;
+pub mod net;
 pub mod secret;
 pub mod signing;
 pub mod verify;

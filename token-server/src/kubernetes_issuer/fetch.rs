@@ -40,14 +40,8 @@ pub fn confidential_url(url: &str) -> bool {
         return false;
     };
     let loopback = || {
-        url.host_str().is_some_and(|host| {
-            host.eq_ignore_ascii_case("localhost")
-                || host
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-        })
+        url.host_str()
+            .is_some_and(tokenmesh_tokens::net::is_loopback_host)
     };
     url.scheme() == "https" || (url.scheme() == "http" && loopback())
 }
