@@ -133,14 +133,20 @@ impl<S> WriteDeadline<S> {
         }
     }
 
+    /// `wrote`: whether a ready `poll` put bytes on the wire. Only that is
+    /// activity: hyper flushes whenever the connection is polled, so a
+    /// flush that had nothing to do would keep an idle client alive.
     fn bound<T>(
         &mut self,
         cx: &mut Context<'_>,
         poll: Poll<std::io::Result<T>>,
+        wrote: impl FnOnce(&T) -> bool,
     ) -> Poll<std::io::Result<T>> {
-        if poll.is_ready() {
+        if let Poll::Ready(result) = &poll {
             self.pause.progress();
-            self.activity.touch();
+            if result.as_ref().is_ok_and(wrote) {
+                self.activity.touch();
+            }
             return poll;
         }
         if self.pause.expired(cx) {
@@ -169,7 +175,7 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<S
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
         let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.bound(cx, poll)
+        this.bound(cx, poll, |&n| n > 0)
     }
 
     fn poll_write_vectored(
@@ -179,7 +185,7 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<S
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
         let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.bound(cx, poll)
+        this.bound(cx, poll, |&n| n > 0)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -189,13 +195,13 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<S
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
         let poll = Pin::new(&mut this.inner).poll_flush(cx);
-        this.bound(cx, poll)
+        this.bound(cx, poll, |()| false)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
         let poll = Pin::new(&mut this.inner).poll_shutdown(cx);
-        this.bound(cx, poll)
+        this.bound(cx, poll, |()| false)
     }
 }
 
