@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # tokenmesh sidecar benchmark: latency the sidecar adds per hop (inbound and
 # outbound, cache hit and cache miss) against a direct call to the same
-# application in the same run, at one connection (closed loop) and at a fixed
+# application in the same run, next to what a bare hyper proxy adds
+# (bench/bare-proxy: the floor of any proxy built on the same stack), at one connection (closed loop) and at a fixed
 # rate (open loop, vegeta); requests/s through one sidecar (wrk); CPU per
 # 1,000 req/s and resident memory. Markdown on stdout, progress on stderr.
 # See bench/README.md ("Sidecar").
@@ -11,7 +12,7 @@
 #   BENCH_MODES="c1 rate max"   BENCH_SERVER_CPU=0  BENCH_CLIENT_CPU=1
 #   BENCH_QUIET_SECS=30 BENCH_QUIET_LOAD=0.5 BENCH_QUIET_MAX=3600 (BENCH_NO_QUIET=1: don't wait)
 #   BENCH_RETRIES=2 (measure a case disturbed by other load again)
-#   TOKEN_SERVER_BIN / SIDECAR_BIN (skip cargo)  BENCH_SKIP_BUILD=1
+#   TOKEN_SERVER_BIN / SIDECAR_BIN / BARE_PROXY_BIN (skip cargo)  BENCH_SKIP_BUILD=1
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -43,11 +44,13 @@ ensure_vegeta
 ensure_benchapp
 ts_bin=${TOKEN_SERVER_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/token-server}
 sc_bin=${SIDECAR_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/tokenmesh-sidecar}
-if [[ -z ${TOKEN_SERVER_BIN:-}${SIDECAR_BIN:-}${BENCH_SKIP_BUILD:-} ]]; then
-  release_build -p token-server -p tokenmesh-sidecar
+bare_bin=${BARE_PROXY_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/bare-proxy}
+if [[ -z ${TOKEN_SERVER_BIN:-}${SIDECAR_BIN:-}${BARE_PROXY_BIN:-}${BENCH_SKIP_BUILD:-} ]]; then
+  release_build -p token-server -p tokenmesh-sidecar -p bare-proxy
 fi
 [[ -x $ts_bin ]] || die "no token-server binary at $ts_bin"
 [[ -x $sc_bin ]] || die "no tokenmesh-sidecar binary at $sc_bin"
+[[ -x $bare_bin ]] || die "no bare-proxy binary at $bare_bin"
 (( $(nproc) >= 2 )) || log "warning: fewer than 2 CPUs; everything shares one core"
 
 wait_quiet start # before anything is started or minted
@@ -91,6 +94,11 @@ taskset -c "$SCPU" "$sc_bin" --token-server "http://127.0.0.1:$grpc" --client-id
   --resolve "payments.local=$app" >"$tmp/sidecar.log" 2>&1 &
 pids+=($!) sc_pid=$!
 wait_ready "http://$admin/readyz" "$sc_pid" "$tmp/sidecar.log"
+bare=127.0.0.1:$(free_port)
+log "starting the reference bare-proxy on $bare -> $app (CPU $SCPU)"
+taskset -c "$SCPU" "$bare_bin" "$bare" "$app" >"$tmp/bare.log" 2>&1 &
+pids+=($!) bare_pid=$!
+wait_ready "http://$bare/" "$bare_pid" "$tmp/bare.log"
 sleep 3
 RSS_IDLE=$(vm_kib "$sc_pid" VmRSS)
 log "sidecar idle: VmRSS $(mib "$RSS_IDLE") MiB, $(awk '/^Threads/ { print $2 }' "/proc/$sc_pid/status") threads"
@@ -136,6 +144,7 @@ target() { # url token [host]
   fi
 }
 target "http://$app/" "" >"$tmp/direct.t"
+target "http://$bare/" "$HIT" >"$tmp/bare.t"
 target "http://$inbound/" "$HIT" >"$tmp/in-hit.t"
 target "http://$outbound/" "$HIT" payments.local >"$tmp/out-hit.t"
 # make_miss path mode: fresh frontend tokens for one miss case (each used
@@ -161,19 +170,21 @@ ts_exchanges() {
 }
 declare -A N RPS P50 P90 P99 PMAX ERRS SCORE ACORE TSCORE CCORE RSSMAX HITS EXCH OTHER
 # measure key command...: runs the load (stdout to $tmp/load.out) and accounts
-# CPU from /proc: sidecar, application and token server by their utime+stime,
+# CPU from /proc: the proxy (the sidecar, or bare-proxy for bare/*),
+# application and token server by their utime+stime,
 # the load generator by its user+sys; all CPUs' busy time minus those is other
 # load (> 10% of a core marks the case). VmRSS of the sidecar sampled every 0.2 s.
 measure() {
   local key=$1; shift
-  local b0 s0 a0 t0 w0 b1 s1 a1 t1 w1 h0 e0 client ms
+  local b0 s0 a0 t0 w0 b1 s1 a1 t1 w1 h0 e0 client ms proxy=$sc_pid
+  [[ $key == bare/* ]] && proxy=$bare_pid
   h0=$(sc_metric tokenmesh_sidecar_cache_hits) e0=$(sc_metric tokenmesh_sidecar_exchanges)
-  ( max=0; while kill -0 "$sc_pid" 2>/dev/null; do r=$(vm_kib "$sc_pid" VmRSS); (( r > max )) && { max=$r; echo "$max" >"$tmp/rss.max"; }; sleep 0.2; done ) &
+  ( max=0; while kill -0 "$proxy" 2>/dev/null; do r=$(vm_kib "$proxy" VmRSS); (( r > max )) && { max=$r; echo "$max" >"$tmp/rss.max"; }; sleep 0.2; done ) &
   local sampler=$!
-  b0=$(busy_ticks) s0=$(proc_ticks "$sc_pid") a0=$(proc_ticks "$app_pid") t0=$(proc_ticks "$ts_pid") w0=$(date +%s%N)
+  b0=$(busy_ticks) s0=$(proc_ticks "$proxy") a0=$(proc_ticks "$app_pid") t0=$(proc_ticks "$ts_pid") w0=$(date +%s%N)
   { TIMEFORMAT='%3U %3S'; time "$@" >"$tmp/load.out"; } 2>"$tmp/load.time" \
     || die "$key: load generator failed: $(tail -n 5 "$tmp/load.time")"
-  b1=$(busy_ticks) s1=$(proc_ticks "$sc_pid") a1=$(proc_ticks "$app_pid") t1=$(proc_ticks "$ts_pid") w1=$(date +%s%N)
+  b1=$(busy_ticks) s1=$(proc_ticks "$proxy") a1=$(proc_ticks "$app_pid") t1=$(proc_ticks "$ts_pid") w1=$(date +%s%N)
   kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true
   RSSMAX[$key]=$(cat "$tmp/rss.max" 2>/dev/null || echo 0); rm -f "$tmp/rss.max"
   client=$(awk 'END { print $1 + $2 }' "$tmp/load.time")
@@ -273,6 +284,7 @@ pct() { awk -v f="$1" 'BEGIN { printf "%.0f%%", f * 100 }'; }
 for mode in c1 rate; do
   [[ $MODES == *" $mode "* ]] || continue
   run_vegeta "direct/$mode" "$tmp/direct.t" "$mode" 0
+  run_vegeta "bare/$mode" "$tmp/bare.t" "$mode" 0
   run_vegeta "in-hit/$mode" "$tmp/in-hit.t" "$mode" 0
   run_vegeta "out-hit/$mode" "$tmp/out-hit.t" "$mode" 0
   run_vegeta "in-miss/$mode" "$tmp/in-miss" "$mode" 1
@@ -317,6 +329,7 @@ label() {
   case $1 in
     direct) echo 'direct to the application' ;;
     direct2) echo 'direct again (drift check)' ;;
+    bare) echo 'reference: bare hyper proxy (bench/bare-proxy), no checks' ;;
     in-hit) echo 'inbound, cache hit (JWT verified before)' ;;
     out-hit) echo 'outbound, cache hit (exchange cached)' ;;
     in-miss) echo 'inbound, miss (new JWT each request: ES256 verify)' ;;
@@ -337,7 +350,7 @@ for mode in c1 rate; do
   echo
   echo '| path | requests | req/s | p50 | p90 | p99 | max | added p50 | added p90 | added p99 | sidecar CPU | per 1,000 req/s | token server CPU | sidecar RSS (max) | errors |'
   echo '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|'
-  for p in direct in-hit out-hit in-miss out-miss direct2; do
+  for p in direct bare in-hit out-hit in-miss out-miss direct2; do
     k=$p/$mode
     [[ -n ${N[$k]:-} ]] || continue
     if [[ $p == direct* ]]; then a50=- a90=- a99=- sc=- pk=-; else
@@ -375,6 +388,14 @@ g() { # label value-in value-out limit
   echo "| $1 | $2 | $3 | $v |"
 }
 [[ -n ${N[in-hit/c1]:-} ]] && g "added p50 at one connection ≤ 60 µs" "$(added in-hit/c1 P50 c1)" "$(added out-hit/c1 P50 c1)" 60
+over_bare() { # key percentile-array-name mode: path's percentile minus the bare proxy's
+  local -n arr=$2
+  awk -v a="${arr[$1]:--}" -v b="${arr[bare/$3]:--}" 'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%+.0f", a - b }'
+}
+for mode in c1 rate; do
+  [[ -n ${N[bare/$mode]:-} && -n ${N[in-hit/$mode]:-} ]] || continue
+  echo "| for reference, $( [[ $mode == c1 ]] && echo "one connection" || echo "$RATE req/s"): the bare hyper proxy adds p50 $(added "bare/$mode" P50 "$mode"); the sidecar adds over it | $(over_bare "in-hit/$mode" P50 "$mode") | $(over_bare "out-hit/$mode" P50 "$mode") | |"
+done
 if [[ -n ${N[in-hit/rate]:-} ]]; then
   g "added p50 at $RATE req/s ≤ 100 µs" "$(added in-hit/rate P50 rate)" "$(added out-hit/rate P50 rate)" 100
   g "added p90 at $RATE req/s ≤ 100 µs" "$(added in-hit/rate P90 rate)" "$(added out-hit/rate P90 rate)" 100
