@@ -122,14 +122,23 @@ pub(crate) struct WriteDeadline<S> {
     inner: S,
     pause: Pause,
     activity: Arc<Activity>,
+    vectored: bool,
 }
 
 impl<S> WriteDeadline<S> {
-    pub(crate) fn new(inner: S, timeout: Duration, activity: Arc<Activity>) -> Self {
+    /// `vectored`: whether to offer vectored writes when `inner` has them
+    /// (see `tokenmesh_proto::one_write` for why gRPC answers go without).
+    pub(crate) fn new(
+        inner: S,
+        timeout: Duration,
+        activity: Arc<Activity>,
+        vectored: bool,
+    ) -> Self {
         Self {
             inner,
             pause: Pause::new(timeout),
             activity,
+            vectored,
         }
     }
 
@@ -189,7 +198,7 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<S
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.vectored && self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -4,16 +4,37 @@
 
 use std::sync::Arc;
 
+use http_body_util::BodyExt;
+use tokenmesh_proto::envoy_auth_v3::authorization_server::AuthorizationServer;
 use tokenmesh_proto::envoy_auth_v3::{
     CheckRequest, CheckResponse, DeniedHttpResponse, HeaderValue, HeaderValueOption, HttpStatus,
     OkHttpResponse, RpcStatus, authorization_server::Authorization, check_response::HttpResponse,
 };
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, codegen::Service};
 
 use crate::{
     mesh::{Mesh, Refusal},
-    proxy::CHALLENGE,
+    proxy::{self, CHALLENGE},
 };
+
+/// One HTTP/2 request to the gRPC service, for [`proxy::serve`].
+pub async fn serve_grpc(
+    mut service: AuthorizationServer<ExtAuthz>,
+    request: http::Request<hyper::body::Incoming>,
+) -> http::Response<proxy::Body> {
+    let answer = match std::future::poll_fn(|cx| {
+        Service::<http::Request<hyper::body::Incoming>>::poll_ready(&mut service, cx)
+    })
+    .await
+    {
+        Ok(()) => service.call(request).await,
+        Err(never) => Err(never),
+    };
+    match answer {
+        Ok(response) => response.map(|body| body.map_err(Into::into).boxed_unsync()),
+        Err(never) => match never {},
+    }
+}
 
 /// `OVERWRITE_IF_EXISTS_OR_ADD` of Envoy's HeaderAppendAction.
 const OVERWRITE: i32 = 2;

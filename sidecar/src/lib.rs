@@ -117,6 +117,7 @@ async fn start(args: Args) -> Result<(), String> {
         },
         until_stopped(stopped.clone()),
         args.client_timeout,
+        true,
     );
     let outbound_proxy = proxy.clone();
     let outbound = proxy::serve(
@@ -127,6 +128,7 @@ async fn start(args: Args) -> Result<(), String> {
         },
         until_stopped(stopped.clone()),
         args.client_timeout,
+        true,
     );
     let admin_proxy = proxy.clone();
     let admin = proxy::serve(
@@ -137,27 +139,24 @@ async fn start(args: Args) -> Result<(), String> {
         },
         until_stopped(stopped.clone()),
         args.client_timeout,
+        true,
     );
+    // The same bounds on slow and idle clients as the proxies, which
+    // tonic's own server does not give.
     let ext_authz = async {
         if let Some(listener) = ext_authz {
-            // TCP_NODELAY: otherwise an OK answer's trailer waits ~40 ms for
-            // Envoy's delayed ACK.
-            // One write per answer: see tokenmesh_proto::one_write.
-            let incoming = tokio_stream::StreamExt::map(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                |accepted| accepted.map(tokenmesh_proto::one_write::OneWrite),
-            );
             let service =
                 tokenmesh_proto::envoy_auth_v3::authorization_server::AuthorizationServer::new(
                     ext_authz::ExtAuthz { mesh: mesh.clone() },
                 );
-            if let Err(err) = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, until_stopped(stopped.clone()))
-                .await
-            {
-                tracing::error!(error = %err, "ext_authz server failed");
-            }
+            proxy::serve(
+                listener,
+                move |request| ext_authz::serve_grpc(service.clone(), request),
+                until_stopped(stopped.clone()),
+                args.client_timeout,
+                false,
+            )
+            .await;
         }
     };
     tokio::join!(inbound, outbound, admin, ext_authz);

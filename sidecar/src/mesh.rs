@@ -299,17 +299,20 @@ impl Mesh {
         Ok(verified)
     }
 
-    /// The token to send to `host` given the token the application propagated.
-    pub async fn outbound_token(&self, host: &str, incoming: &str) -> Result<Arc<str>, Refusal> {
-        let route = self
-            .route(host)
-            .ok_or_else(|| Refusal::Forbidden(host.to_owned()))?;
+    /// The token to send to `host`, whose route is `route`, given the token
+    /// the application propagated.
+    pub async fn outbound_token(
+        &self,
+        host: &str,
+        route: &Route,
+        incoming: &str,
+    ) -> Result<Arc<str>, Refusal> {
         match route.mode {
             Mode::Share => self
                 .share(host, incoming)
                 .await
                 .map(|()| Arc::from(incoming)),
-            Mode::Exchange => self.exchange(&route, incoming).await,
+            Mode::Exchange => self.exchange(route, incoming).await,
             Mode::Embed => self.embedded(&route.audience, incoming).await,
             Mode::Unspecified => Err(Refusal::Forbidden(host.to_owned())),
         }

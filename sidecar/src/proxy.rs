@@ -17,7 +17,7 @@ use http::{
     HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, header,
     uri::{Authority, PathAndQuery, Scheme},
 };
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
@@ -33,7 +33,8 @@ use crate::{
 };
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type Body = BoxBody<Bytes, BoxError>;
+/// Unsync: tonic's answers (ext_authz) are not `Sync`, and hyper needs only `Send`.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// How long idle pooled upstream connections are kept: under the 30 s
 /// default --client-timeout, so a peer sidecar is not the one to close a
@@ -55,7 +56,8 @@ pub struct Proxy {
     pub app_addr: SocketAddr,
     /// `app_addr` as a URI authority, made once rather than per request.
     app_authority: Authority,
-    pub resolve: HashMap<String, SocketAddr>,
+    /// --resolve: where a destination host is reached, as a URI authority.
+    resolve: HashMap<String, Authority>,
     pub allow_unlisted: bool,
     pub timeout: Duration,
     /// The longest pause inside a body: see [`Stall`].
@@ -69,7 +71,7 @@ pub struct Proxy {
 fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     let body = Full::new(Bytes::from(message.into() + "\n"))
         .map_err(|never| match never {})
-        .boxed();
+        .boxed_unsync();
     let mut response = Response::new(body);
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -177,7 +179,10 @@ impl Proxy {
             mesh,
             app_addr,
             app_authority: authority_of(app_addr),
-            resolve,
+            resolve: resolve
+                .into_iter()
+                .map(|(host, addr)| (host, authority_of(addr)))
+                .collect(),
             allow_unlisted,
             timeout,
             stream_idle,
@@ -215,7 +220,7 @@ impl Proxy {
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, Stall::new(body, self.stream_idle).boxed())
+                Response::from_parts(parts, Stall::new(body, self.stream_idle).boxed_unsync())
             }
             Ok(Err(err)) => {
                 tracing::debug!(%target, error = %err, "upstream failed");
@@ -327,11 +332,11 @@ impl Proxy {
             self.mesh.route(&host),
             authorization.as_ref().and_then(bearer_in),
         ) {
-            (Some(_), Some(token)) => {
+            (Some(route), Some(token)) => {
                 carries_token = true;
                 let token = self
                     .mesh
-                    .outbound_token(&host, token)
+                    .outbound_token(&host, &route, token)
                     .await
                     .map_err(|refusal| {
                         tracing::debug!(%host, reason = %refusal, "outbound request refused");
@@ -347,7 +352,10 @@ impl Proxy {
             }
             (None, _) => return Err(refused(&Refusal::Forbidden(host))),
         }
-        if let Ok(value) = HeaderValue::try_from(authority.as_str()) {
+        let host_header = request.headers().get(header::HOST);
+        if host_header.is_none_or(|h| h.as_bytes() != authority.as_bytes())
+            && let Ok(value) = HeaderValue::try_from(authority.as_str())
+        {
             request.headers_mut().insert(header::HOST, value);
         }
         let original = request
@@ -358,8 +366,8 @@ impl Proxy {
             // A token goes only to the host its policy names: a captured
             // connection to some other address with this Host goes to the
             // host, never to where the application connected.
-            (Some(addr), _) if carries_token => return Ok(authority_of(*addr)),
-            (Some(addr), None) => return Ok(authority_of(*addr)),
+            (Some(resolved), _) if carries_token => return Ok(resolved.clone()),
+            (Some(resolved), None) => return Ok(resolved.clone()),
             (None, Some(addr)) if carries_token => {
                 format!("{host}:{}", port.unwrap_or(addr.port()))
             }
@@ -398,18 +406,20 @@ impl Proxy {
 /// lets requests in flight finish (10 s at most). The requests of a
 /// connection that was redirected to `listener` carry its [`OriginalDst`].
 ///
-/// `client_timeout` bounds slow and idle clients: HTTP/1 request headers
-/// must arrive within it; a connection with no request in progress for
-/// that long is closed (gracefully, then for good after as long again),
-/// which also covers one that never finishes its first bytes, before the
+/// `client_timeout` bounds slow and idle clients: a connection with no
+/// request in progress for that long is closed (gracefully, then for good
+/// after as long again), which also covers HTTP/1 headers that never end
+/// and a connection that never finishes its first bytes, before the
 /// protocol is even known; a client that stops reading for that long is
 /// dropped; HTTP/2 peers are pinged at that interval and dropped if they do
-/// not answer within it.
+/// not answer within it. `vectored_writes: false` makes small HTTP/2
+/// answers leave in one write (see `tokenmesh_proto::one_write`).
 pub async fn serve<H, F>(
     listener: tokio::net::TcpListener,
     handler: H,
     shutdown: impl Future<Output = ()>,
     client_timeout: Duration,
+    vectored_writes: bool,
 ) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
@@ -446,7 +456,12 @@ pub async fn serve<H, F>(
                         Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
                     }
                 });
-                let io = TokioIo::new(WriteDeadline::new(stream, client_timeout, activity.clone()));
+                let io = TokioIo::new(WriteDeadline::new(
+                    stream,
+                    client_timeout,
+                    activity.clone(),
+                    vectored_writes,
+                ));
                 let connection = builder.serve_connection(io, service).into_owned();
                 let mut stopping = stopping.clone();
                 tokio::spawn(async move {
@@ -608,6 +623,7 @@ mod tests {
             },
             std::future::pending(),
             TIMEOUT,
+            true,
         ));
         addr
     }
@@ -712,10 +728,11 @@ mod tests {
                 let frames =
                     (0..SIZE >> 16).map(move |_| Ok(hyper::body::Frame::data(chunk.clone())));
                 let body = http_body_util::StreamBody::new(tokio_stream::iter(frames));
-                Response::new(body.boxed())
+                Response::new(body.boxed_unsync())
             },
             std::future::pending(),
             TIMEOUT,
+            true,
         ));
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();

@@ -502,6 +502,7 @@ async fn slow_clients_are_disconnected_and_stalled_answers_cut_off() {
             });
         }
     });
+    let ext_authz = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let sidecar = Sidecar::start_with(
         &server,
         "gateway-svc",
@@ -514,19 +515,24 @@ async fn slow_clients_are_disconnected_and_stalled_answers_cut_off() {
             "1s".into(),
             "--stream-idle-timeout".into(),
             "1s".into(),
+            "--ext-authz-addr".into(),
+            ext_authz.to_string(),
         ],
     )
     .await;
     // The 1 s timeouts plus a loaded machine's delays; without them the
     // connections stay open for the 20 s guards below.
     let bound = Duration::from_secs(8);
-    for listener in [sidecar.inbound, sidecar.outbound] {
+    for listener in [sidecar.inbound, sidecar.outbound, ext_authz] {
         // Headers begun and never finished.
         let took = open_for(listener, b"GET / HTTP/1.1\r\nHost: x\r\n").await;
         assert!(
             took < bound,
             "{listener}: open {took:?} after a partial request"
         );
+        // HTTP/2 (gRPC to ext_authz): the preface, then nothing.
+        let took = open_for(listener, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+        assert!(took < bound, "{listener}: open {took:?} after the preface");
         // Nothing sent at all.
         let took = open_for(listener, b"").await;
         assert!(took < bound, "{listener}: open {took:?} with nothing sent");
