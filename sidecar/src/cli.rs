@@ -152,13 +152,13 @@ pub struct Args {
     #[arg(long, env = "TOKENMESH_SIDECAR_STREAM_IDLE_TIMEOUT", default_value = "300s", value_parser = positive_seconds)]
     pub stream_idle_timeout: Duration,
 
-    /// Bounds on clients of the inbound, outbound and admin listeners: how
-    /// long a connection may sit with no request in progress (a request
-    /// whose headers have not all arrived is not in progress yet) before it
-    /// is closed (HTTP/1, HTTP/2 with a GOAWAY; dropped after as long again
-    /// if it does not close); how long a client may stop
-    /// reading its answer before it is dropped; and the HTTP/2 ping
-    /// interval and ping-answer deadline that drop dead peers.
+    /// Bounds on clients of every listener (inbound, outbound, admin and
+    /// ext_authz): how long a connection may sit with no request in
+    /// progress (a request whose headers have not all arrived is not in
+    /// progress yet) before it is closed (HTTP/1, HTTP/2 with a GOAWAY;
+    /// dropped after as long again if it does not close); how long a client
+    /// may stop reading its answer before it is dropped; and the HTTP/2
+    /// ping interval and ping-answer deadline that drop dead peers.
     #[arg(long, env = "TOKENMESH_SIDECAR_CLIENT_TIMEOUT", default_value = "30s", value_parser = positive_seconds)]
     pub client_timeout: Duration,
 
