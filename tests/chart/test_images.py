@@ -34,7 +34,7 @@ IMAGES = {
     "capture.Dockerfile": ("tokenmesh-sidecar", ["tokenmesh-capture"], "debian:bookworm-slim", "65532:65532"),
 }
 # Binaries that are tools of the repository, not shipped.
-NOT_SHIPPED = {"crdgen", "bare-signer"}  # build tools and the benchmark reference
+NOT_SHIPPED = {"crdgen", "bare-signer", "bare-proxy"}  # build tools and the benchmark references
 
 
 def workspace_binaries() -> dict[str, str]:
