@@ -41,9 +41,9 @@ function done(summary, latency, requests)
   end
   local e = summary.errors
   io.write(string.format(
-    "BENCH_RESULT rps=%.1f p50_us=%d p99_us=%d ok=%d non200=%d sockerr=%d\n",
+    "BENCH_RESULT rps=%.1f p50_us=%d p90_us=%d p99_us=%d ok=%d non200=%d sockerr=%d\n",
     summary.requests / (summary.duration / 1e6),
-    latency:percentile(50), latency:percentile(99), okn, badn,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), okn, badn,
     e.connect + e.read + e.write + e.timeout))
   if sample ~= "" then io.write("BENCH_FIRST_BAD " .. sample .. "\n") end
 end
