@@ -14,7 +14,7 @@ use tokenmesh_proto::v1::{
 use tokio_stream::StreamExt;
 use tonic::{Code, Request, metadata::MetadataValue, transport::Channel};
 
-use crate::harness::{ADMIN_TOKEN, Config, SECRET, Server, basic_auth, jwt_part};
+use crate::harness::{ADMIN_TOKEN, Config, SECRET, Server, basic_auth, jwt_part, next_message};
 
 const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 
@@ -217,11 +217,7 @@ async fn revocations_stream_and_resume_from_a_cursor() {
         )
         .await;
     assert_eq!(resp.status(), 200);
-    let event = tokio::time::timeout(Duration::from_secs(5), stream.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let event = next_message(&mut stream, Duration::from_secs(5)).await;
     assert_eq!(event.kind, Kind::Token as i32);
     assert_eq!(event.id, jwt_part(&a, 1)["jti"]);
     drop(stream);
@@ -278,11 +274,7 @@ async fn policy_changes_reach_the_policy_stream_through_the_control_service() {
         .await
         .unwrap()
         .into_inner();
-    let first = tokio::time::timeout(Duration::from_secs(5), stream.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let first = next_message(&mut stream, Duration::from_secs(5)).await;
     let payments = first
         .routes
         .iter()
@@ -309,11 +301,7 @@ async fn policy_changes_reach_the_policy_stream_through_the_control_service() {
         .await
         .unwrap()
         .into_inner();
-    let next = tokio::time::timeout(Duration::from_secs(5), stream.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let next = next_message(&mut stream, Duration::from_secs(5)).await;
     assert_eq!(next.version, applied.version);
     assert!(next.version > first.version);
     assert!(
@@ -377,11 +365,7 @@ async fn policy_changes_reach_the_policy_stream_through_the_control_service() {
         .unwrap()
         .into_inner();
     assert!(gone.existed);
-    let after_delete = tokio::time::timeout(Duration::from_secs(5), stream.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let after_delete = next_message(&mut stream, Duration::from_secs(5)).await;
     assert_eq!(after_delete.version, gone.version);
     // A deletion is stored as a tombstone; finding it again is no change.
     let echoed = tokio::time::timeout(Duration::from_secs(1), stream.next()).await;

@@ -374,3 +374,13 @@ pub fn basic_auth(id: &str) -> String {
     let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{SECRET}"));
     format!("Basic {encoded}")
 }
+
+/// The next message of a gRPC stream within `within`; panics on a timeout,
+/// the stream's end or an error.
+pub async fn next_message<T>(stream: &mut tonic::Streaming<T>, within: std::time::Duration) -> T {
+    tokio::time::timeout(within, tokio_stream::StreamExt::next(stream))
+        .await
+        .unwrap_or_else(|_| panic!("no message within {within:?}"))
+        .expect("the stream ended")
+        .expect("the stream failed")
+}

@@ -15,7 +15,9 @@ use tonic::{Request, Streaming};
 use token_server::store::{Store, StoredKey};
 use tokenmesh_tokens::signing::SigningKey;
 
-use crate::harness::{ADMIN_TOKEN, Config, SECRET, Server, basic_auth, fresh_database, jwt_part};
+use crate::harness::{
+    ADMIN_TOKEN, Config, SECRET, Server, basic_auth, fresh_database, jwt_part, next_message,
+};
 
 const ISSUER: &str = "http://tokenmesh.test";
 const ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -71,14 +73,6 @@ async fn watch(server: &Server, after_seq: i64) -> Streaming<RevocationEvent> {
         .metadata_mut()
         .insert("authorization", basic_auth("gateway").parse().unwrap());
     grpc.watch_revocations(request).await.unwrap().into_inner()
-}
-
-async fn next_event(stream: &mut Streaming<RevocationEvent>, within: Duration) -> RevocationEvent {
-    tokio::time::timeout(within, stream.next())
-        .await
-        .unwrap_or_else(|_| panic!("no revocation event within {within:?}"))
-        .expect("the stream ended")
-        .expect("the stream failed")
 }
 
 /// A fresh JWT of `gateway` from `server`, and its jti.
@@ -374,7 +368,7 @@ async fn a_revocation_reaches_the_streams_of_every_replica() {
         let revoked_at = Instant::now();
         revoke(by, &jwt).await;
         let timed = async |stream: &mut Streaming<RevocationEvent>| {
-            let event = next_event(stream, Duration::from_secs(3)).await;
+            let event = next_message(stream, Duration::from_secs(3)).await;
             (event, revoked_at.elapsed())
         };
         let ((from_a, took_a), (from_b, took_b)) = tokio::join!(timed(&mut on_a), timed(&mut on_b));
@@ -406,14 +400,14 @@ async fn the_revocation_cursor_survives_a_replica_restart() {
     for _ in 0..2 {
         let (jwt, jti) = gateway_jwt(&a).await;
         revoke(&a, &jwt).await;
-        let event = next_event(&mut stream, Duration::from_secs(3)).await;
+        let event = next_message(&mut stream, Duration::from_secs(3)).await;
         assert_eq!(event.id, jti);
         seen.push(jti);
     }
     let mut cursor = 0;
     let mut replay = watch(&a, 0).await;
     for jti in &seen {
-        let event = next_event(&mut replay, Duration::from_secs(3)).await;
+        let event = next_message(&mut replay, Duration::from_secs(3)).await;
         assert_eq!(&event.id, jti);
         cursor = event.seq;
     }
@@ -445,7 +439,7 @@ async fn the_revocation_cursor_survives_a_replica_restart() {
     let mut resumed = watch(&b, cursor).await;
     let mut last = cursor;
     for jti in &missed {
-        let event = next_event(&mut resumed, Duration::from_secs(3)).await;
+        let event = next_message(&mut resumed, Duration::from_secs(3)).await;
         assert_eq!(&event.id, jti, "after seq {last}");
         assert!(event.seq > last, "{} after {last}", event.seq);
         last = event.seq;
@@ -459,7 +453,7 @@ async fn the_revocation_cursor_survives_a_replica_restart() {
     // The stream stays live: one more, on B itself.
     let (jwt, jti) = gateway_jwt(&b).await;
     revoke(&b, &jwt).await;
-    let event = next_event(&mut resumed, WITHIN).await;
+    let event = next_message(&mut resumed, WITHIN).await;
     assert_eq!(event.id, jti);
     assert!(event.seq > last);
 }
