@@ -9,8 +9,13 @@ pub fn is_loopback_host(host: &str) -> bool {
     match bare.parse::<std::net::IpAddr>() {
         Ok(ip) => ip.is_loopback(),
         Err(_) => {
-            let name = bare.to_ascii_lowercase();
-            name == "localhost" || name.ends_with(".localhost")
+            // Bytes, not str slices: a non-ASCII name has no char boundary
+            // where the suffix would start.
+            let name = bare.as_bytes();
+            let suffix = b".localhost";
+            name.eq_ignore_ascii_case(b"localhost")
+                || (name.len() >= suffix.len()
+                    && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix))
         }
     }
 }
@@ -29,6 +34,7 @@ mod tests {
             "localhost",
             "LOCALHOST",
             "a.localhost",
+            "A.LocalHost",
         ] {
             assert!(is_loopback_host(host), "{host}");
         }
@@ -37,6 +43,8 @@ mod tests {
             "[fd00::1]",
             "localhost.example.com",
             "example.com",
+            "xlocalhost",
+            "é.localhosté",
             "",
         ] {
             assert!(!is_loopback_host(host), "{host}");
