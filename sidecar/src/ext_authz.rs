@@ -22,18 +22,13 @@ pub async fn serve_grpc(
     mut service: AuthorizationServer<ExtAuthz>,
     request: http::Request<hyper::body::Incoming>,
 ) -> http::Response<proxy::Body> {
-    let answer = match std::future::poll_fn(|cx| {
+    // The generated server never fails (its error type is `Infallible`).
+    let Ok(()) = std::future::poll_fn(|cx| {
         Service::<http::Request<hyper::body::Incoming>>::poll_ready(&mut service, cx)
     })
-    .await
-    {
-        Ok(()) => service.call(request).await,
-        Err(never) => Err(never),
-    };
-    match answer {
-        Ok(response) => response.map(|body| body.map_err(Into::into).boxed_unsync()),
-        Err(never) => match never {},
-    }
+    .await;
+    let Ok(response) = service.call(request).await;
+    response.map(|body| body.map_err(Into::into).boxed_unsync())
 }
 
 /// `OVERWRITE_IF_EXISTS_OR_ADD` of Envoy's HeaderAppendAction.
