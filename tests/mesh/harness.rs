@@ -3,7 +3,7 @@
 use std::{
     convert::Infallible,
     io::BufRead,
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -25,13 +25,7 @@ const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// The `kid` of `keyed-svc`'s registered key (it authenticates by private_key_jwt).
 pub const KEYED_KID: &str = "keyed-1";
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use tokenmesh_e2e::free_port;
 
 /// A binary of the workspace, built by `cargo build --workspace`.
 pub fn binary(name: &str) -> PathBuf {

@@ -1,7 +1,6 @@
 //! Starting the real binary with a generated configuration.
 
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -95,13 +94,7 @@ spec:
     }
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use tokenmesh_e2e::free_port;
 
 pub struct Server {
     child: Child,
