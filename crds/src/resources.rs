@@ -121,6 +121,13 @@ pub struct SigningSpec {
     /// already active; every key is published. Read again every 30 s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_directory: Option<String>,
+    /// Encrypts the keys the token server generates and stores (AES-256-GCM
+    /// under a key derived from this Secret's value, at least 32 bytes:
+    /// `openssl rand -base64 32`). Keys stored in clear before are encrypted
+    /// at the next rotation check. Every replica needs the same value; a
+    /// server without it cannot read encrypted keys and does not start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_encryption_key_ref: Option<SecretKeyRef>,
 }
 
 #[derive(

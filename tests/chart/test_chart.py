@@ -696,6 +696,10 @@ WRONG_VALUES = {
     "certificate source not in enum": (["webhook.certificate.source=vault"], r"source"),
     "operator keys with a namespaced operator": (["tokenServer.signingKeys=operator", "operator.namespaces={shop}"],
                                                  r"namespaces"),
+    "key encryption of operator keys": (["tokenServer.signingKeys=operator", "tokenServer.keyEncryption.secretName=kek"],
+                                        r"signingKeys"),
+    "key encryption key with a slash": (["tokenServer.keyEncryption.secretName=kek", "tokenServer.keyEncryption.key=a/b"],
+                                        r"key"),
 }
 
 
@@ -724,6 +728,8 @@ FAIL_MESSAGES = {
     "no TLS and no plain HTTP": (["tokenServer.insecureHttp=false"], "needs tokenServer.tls.secretName"),
     "operator keys with a namespaced operator": (["tokenServer.signingKeys=operator", "operator.namespaces={shop}"],
                                                  "tokenServer.signingKeys=operator needs the cluster-wide operator"),
+    "key encryption of operator keys": (["tokenServer.signingKeys=operator", "tokenServer.keyEncryption.secretName=kek"],
+                                        "tokenServer.keyEncryption.secretName needs tokenServer.signingKeys=store"),
 }
 
 
@@ -1022,6 +1028,30 @@ def test_token_server_waits_for_operator_keys(tmp_path):
     finally:
         err = stop(process)
     assert process.returncode == 0, err
+
+
+def test_token_server_encrypts_its_keys_as_its_pod_would(tmp_path):
+    """keyEncryption: the Secret is mounted where the rendered
+    keyEncryptionKeyRef points under --secrets-dir, and the keys in the
+    embedded store are sealed, not PKCS#8."""
+    if not TOKEN_SERVER_BIN.exists():
+        pytest.fail(f"{TOKEN_SERVER_BIN} not built: run `cargo build --workspace --bins` first (.ci/run does)")
+    docs = documents(run(HELM4, *template_args(sets=["tokenServer.keyEncryption.secretName=tokenmesh-kek"])).stdout)
+    config = yaml.safe_load(one(docs, "ConfigMap", f"{FULLNAME}-token-server")["data"]["tokenserver.yaml"])
+    assert config["spec"]["signing"]["keyEncryptionKeyRef"] == {"name": "tokenmesh-kek", "key": "key"}
+    process, port = start_like_the_pod(docs, tmp_path)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: http_get(f"{base}/readyz")[0] == 200, 60, "/readyz", process)
+        assert json.loads(http_get(f"{base}/jwks")[1])["keys"]
+    finally:
+        err = stop(process)
+    assert process.returncode == 0, err
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "var/lib/tokenmesh/data/tokenmesh.db") as db:
+        rows = [row[0] for row in db.execute("SELECT pkcs8 FROM signing_keys")]
+    assert rows and all(row.startswith(b"tmkw1.") for row in rows), rows
 
 
 def test_the_values_in_install_md_render(tmp_path):

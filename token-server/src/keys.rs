@@ -16,6 +16,7 @@ use tokenmesh_tokens::{
 };
 
 use crate::{
+    key_wrap::{self, KeyWrap},
     registry::ServerSettings,
     store::{Store, StoreError, StoredKey},
 };
@@ -172,8 +173,11 @@ impl KeyRing {
         now: u64,
     ) -> Result<(), KeyError> {
         if settings.key_directory.is_none() && settings.key_files.is_empty() {
-            self.current
-                .store(Arc::new(snapshot(&store.signing_keys().await?, now)?));
+            self.current.store(Arc::new(snapshot(
+                &store.signing_keys().await?,
+                now,
+                settings.key_wrap.as_deref(),
+            )?));
         }
         Ok(())
     }
@@ -188,7 +192,11 @@ async fn maintain(
     now: u64,
 ) -> Result<KeySnapshot, KeyError> {
     let Some(lock) = store.try_lock_rotation().await? else {
-        return snapshot(&store.signing_keys().await?, now);
+        return snapshot(
+            &store.signing_keys().await?,
+            now,
+            settings.key_wrap.as_deref(),
+        );
     };
     let result = rotate(store, settings, algorithms, now).await;
     lock.release().await;
@@ -202,6 +210,10 @@ async fn rotate(
     now: u64,
 ) -> Result<KeySnapshot, KeyError> {
     let mut keys = store.signing_keys().await?;
+    let wrap = settings.key_wrap.as_deref();
+    if let Some(wrap) = wrap {
+        seal_clear_keys(store, wrap, &mut keys).await?;
+    }
     let plan = plan(
         &keys,
         now,
@@ -232,10 +244,20 @@ async fn rotate(
                 kid: kid.clone(),
                 message: e.to_string(),
             })?;
+        let pkcs8 = match wrap {
+            Some(wrap) => {
+                wrap.seal(&kid, alg.as_str(), key.pkcs8())
+                    .map_err(|e| KeyError::Key {
+                        kid: kid.clone(),
+                        message: e.to_string(),
+                    })?
+            }
+            None => key.pkcs8().to_vec(),
+        };
         let stored = StoredKey {
             kid: kid.clone(),
             alg: alg.as_str().to_owned(),
-            pkcs8: key.pkcs8().to_vec(),
+            pkcs8,
             created_at: now,
             activates_at: *activates_at,
             retires_at: None,
@@ -245,7 +267,26 @@ async fn rotate(
         tracing::info!(%kid, alg = alg.as_str(), activates_at, "signing key created");
         keys.push(stored);
     }
-    snapshot(&keys, now)
+    snapshot(&keys, now, wrap)
+}
+
+/// Keys stored before `keyEncryptionKeyRef` was set are sealed in place.
+async fn seal_clear_keys(
+    store: &dyn Store,
+    wrap: &KeyWrap,
+    keys: &mut [StoredKey],
+) -> Result<(), KeyError> {
+    for key in keys.iter_mut().filter(|k| !key_wrap::is_sealed(&k.pkcs8)) {
+        key.pkcs8 = wrap
+            .seal(&key.kid, &key.alg, &key.pkcs8)
+            .map_err(|e| KeyError::Key {
+                kid: key.kid.clone(),
+                message: e.to_string(),
+            })?;
+        store.save_signing_key(key).await?;
+        tracing::info!(kid = %key.kid, "signing key encrypted at rest");
+    }
+    Ok(())
 }
 
 fn parse_alg(name: &str) -> Option<SigningAlgorithm> {
@@ -254,7 +295,7 @@ fn parse_alg(name: &str) -> Option<SigningAlgorithm> {
         .find(|a| a.as_str() == name)
 }
 
-fn snapshot(keys: &[StoredKey], now: u64) -> Result<KeySnapshot, KeyError> {
+fn snapshot(keys: &[StoredKey], now: u64, wrap: Option<&KeyWrap>) -> Result<KeySnapshot, KeyError> {
     let mut signers: HashMap<Algorithm, (u64, Arc<SigningKey>)> = HashMap::new();
     let mut published = Vec::new();
     for stored in keys {
@@ -262,15 +303,14 @@ fn snapshot(keys: &[StoredKey], now: u64) -> Result<KeySnapshot, KeyError> {
             kid: stored.kid.clone(),
             message: format!("unknown algorithm {}", stored.alg),
         })?;
-        let key = SigningKey::from_pkcs8(
-            stored.kid.clone(),
-            jose_algorithm(alg),
-            stored.pkcs8.clone(),
-        )
-        .map_err(|e| KeyError::Key {
+        let key_error = |message: String| KeyError::Key {
             kid: stored.kid.clone(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let pkcs8 = key_wrap::unwrap_stored(wrap, &stored.kid, &stored.alg, &stored.pkcs8)
+            .map_err(|e| key_error(e.to_string()))?;
+        let key = SigningKey::from_pkcs8(stored.kid.clone(), jose_algorithm(alg), pkcs8)
+            .map_err(|e| key_error(e.to_string()))?;
         let key = Arc::new(key);
         let signs = stored.activates_at <= now && stored.retires_at.is_none_or(|r| r > now);
         if signs {
@@ -466,7 +506,7 @@ mod tests {
             generated("cur", 20),
             generated("next", 30),
         ];
-        let snap = snapshot(&keys, 25).unwrap();
+        let snap = snapshot(&keys, 25, None).unwrap();
         assert_eq!(snap.signer(Algorithm::ES256).unwrap().kid(), "cur");
         for kid in ["old", "cur", "next"] {
             assert!(snap.jwks_json.contains(kid));

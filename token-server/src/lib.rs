@@ -7,6 +7,7 @@ pub mod exchange;
 pub mod grpc;
 pub mod http;
 pub mod issue;
+pub mod key_wrap;
 pub mod keys;
 pub mod kubernetes_issuer;
 pub mod metrics;

@@ -18,6 +18,7 @@ use tokenmesh_tokens::{
 
 use crate::{
     config::{ConfigError, Document, Origin, Resource},
+    key_wrap::KeyWrap,
     kubernetes_issuer::{KubernetesSettings, ServiceAccount},
 };
 
@@ -92,6 +93,8 @@ pub struct ServerSettings {
     pub database: Option<SecretKeyRef>,
     /// Workload identity: whose service-account tokens are accepted.
     pub kubernetes: Option<KubernetesSettings>,
+    /// Encrypts generated keys in the store (`spec.signing.keyEncryptionKeyRef`).
+    pub key_wrap: Option<Arc<KeyWrap>>,
 }
 
 impl ServerSettings {
@@ -106,6 +109,7 @@ impl ServerSettings {
             key_directory: None,
             database: None,
             kubernetes: None,
+            key_wrap: None,
         }
     }
 }
@@ -341,6 +345,7 @@ impl Registry {
                     &res.spec,
                     &self.server.issuer,
                     self.issuer_override.as_deref(),
+                    secrets,
                 )
                 .map_err(|(f, m)| err(f, m))?;
                 self.server_origin = Some(origin.clone());
@@ -603,6 +608,7 @@ fn server_settings(
     spec: &TokenServerSpec,
     current_issuer: &str,
     issuer_override: Option<&str>,
+    secrets: &dyn SecretSource,
 ) -> Result<ServerSettings, FieldError> {
     let issuer = match (issuer_override, &spec.issuer) {
         (Some(cli), _) => cli.to_owned(),
@@ -640,9 +646,11 @@ fn server_settings(
         .as_ref()
         .map(|k| kubernetes_settings(k, &issuer))
         .transpose()?;
+    let key_wrap = key_wrap(&spec.signing, secrets)?;
     Ok(ServerSettings {
         kubernetes,
         database,
+        key_wrap,
         issuer,
         algorithm: spec.signing.algorithm,
         rotation_period: duration(
@@ -655,6 +663,26 @@ fn server_settings(
         key_files: spec.signing.key_files.iter().map(PathBuf::from).collect(),
         key_directory: spec.signing.key_directory.as_ref().map(PathBuf::from),
     })
+}
+
+fn key_wrap(
+    signing: &tokenmesh_crds::SigningSpec,
+    secrets: &dyn SecretSource,
+) -> Result<Option<Arc<KeyWrap>>, FieldError> {
+    const FIELD: &str = "spec.signing.keyEncryptionKeyRef";
+    let Some(secret_ref) = &signing.key_encryption_key_ref else {
+        return Ok(None);
+    };
+    if !signing.key_files.is_empty() || signing.key_directory.is_some() {
+        return Err((
+            FIELD,
+            "encrypts generated keys only; keyFiles and keyDirectory are not stored".into(),
+        ));
+    }
+    let secret = secrets.read(secret_ref).map_err(|m| (FIELD, m))?;
+    KeyWrap::from_secret(&secret)
+        .map(|wrap| Some(Arc::new(wrap)))
+        .map_err(|e| (FIELD, e.to_string()))
 }
 
 /// In a pod, the API server's CA and this pod's service-account token.

@@ -193,6 +193,9 @@ every install renders.
 {{- if and (not $ts.insecureHttp) (not $ts.tls.secretName) -}}
 {{- fail "tokenServer.insecureHttp=false needs tokenServer.tls.secretName: the token server refuses plain HTTP on the pod address" -}}
 {{- end -}}
+{{- if and (eq $ts.signingKeys "operator") $ts.keyEncryption.secretName -}}
+{{- fail "tokenServer.keyEncryption.secretName needs tokenServer.signingKeys=store: the operator's keys live in a Secret, not in the store" -}}
+{{- end -}}
 {{- if and (eq $ts.signingKeys "operator") .Values.operator.namespaces -}}
 {{- fail "tokenServer.signingKeys=operator needs the cluster-wide operator (operator.namespaces empty): its TokenServer controller watches every namespace" -}}
 {{- end -}}
@@ -241,6 +244,14 @@ directory when it manages the keys.
 {{- $signing := default dict $spec.signing -}}
 {{- $_ := set $signing "keyDirectory" "/etc/tokenmesh/signing-keys" -}}
 {{- $_ := set $spec "signing" $signing -}}
+{{- end -}}
+{{- with .Values.tokenServer.keyEncryption -}}
+{{- if .secretName -}}
+{{- /* Mounted under --secrets-dir as <secretName>/<key>. */ -}}
+{{- $signing := default dict $spec.signing -}}
+{{- $_ := set $signing "keyEncryptionKeyRef" (dict "name" .secretName "key" .key) -}}
+{{- $_ := set $spec "signing" $signing -}}
+{{- end -}}
 {{- end -}}
 {{- with .Values.tokenServer.workloadIdentity -}}
 {{- if .enabled -}}

@@ -28,7 +28,8 @@ impl From<sqlx::Error> for StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// A signing key as kept in the store (the private key in PKCS#8 DER).
+/// A signing key as kept in the store: the private key in PKCS#8 DER, or
+/// sealed by `key_wrap` when `keyEncryptionKeyRef` is set.
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoredKey {
     pub kid: String,

@@ -183,8 +183,9 @@ impl Store for PgStore {
         sqlx::query(
             "INSERT INTO signing_keys (kid, alg, pkcs8, created_at, activates_at, retires_at, publish_until)
              VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (kid) DO UPDATE SET activates_at = excluded.activates_at,
-                retires_at = excluded.retires_at, publish_until = excluded.publish_until",
+             ON CONFLICT (kid) DO UPDATE SET pkcs8 = excluded.pkcs8,
+                activates_at = excluded.activates_at, retires_at = excluded.retires_at,
+                publish_until = excluded.publish_until",
         )
         .bind(&key.kid)
         .bind(&key.alg)

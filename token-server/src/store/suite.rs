@@ -109,9 +109,12 @@ pub async fn run(store: &dyn Store) {
     retired.retires_at = Some(5);
     retired.publish_until = Some(9);
     store.save_signing_key(&retired).await.unwrap();
+    // Encryption at rest rewrites a stored key's bytes in place.
+    retired.pkcs8 = b"sealed in place".to_vec();
+    store.save_signing_key(&retired).await.unwrap();
     store.save_signing_key(&key("gone")).await.unwrap();
     let before_delete = store.change_marks().await.unwrap().keys;
-    assert_eq!(before_delete, keys_mark + 3);
+    assert_eq!(before_delete, keys_mark + 4);
     store.delete_signing_key("gone").await.unwrap();
     assert_eq!(store.change_marks().await.unwrap().keys, before_delete + 1);
     assert_eq!(store.signing_keys().await.unwrap(), vec![retired.clone()]);

@@ -141,18 +141,27 @@ pub async fn fresh_database() -> String {
     format!("{base}/{name}")
 }
 
-fn spawn(
+fn spawn(mut command: Command) -> Child {
+    command
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+fn command(
     config: &Path,
     port: u16,
     grpc_port: u16,
     data_dir: &Path,
     extra: &[String],
     issuer: &str,
-) -> Child {
+) -> Command {
     std::fs::create_dir_all(data_dir).unwrap();
     let admin = data_dir.join("admin-token");
     std::fs::write(&admin, ADMIN_TOKEN).unwrap();
-    Command::new(binary())
+    let mut command = Command::new(binary());
+    command
         .arg("--admin-token-file")
         .arg(&admin)
         .arg("--grpc-addr")
@@ -165,11 +174,8 @@ fn spawn(
         .arg(issuer)
         .arg("--data-dir")
         .arg(data_dir)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
+        .args(extra);
+    command
 }
 
 impl Server {
@@ -222,7 +228,14 @@ impl Server {
             extra.extend(["--database-url".to_owned(), fresh_database().await]);
         }
         let grpc_port = free_port();
-        let child = spawn(&config.file(), port, grpc_port, data_dir, &extra, &issuer);
+        let child = spawn(command(
+            &config.file(),
+            port,
+            grpc_port,
+            data_dir,
+            &extra,
+            &issuer,
+        ));
         let server = Self {
             child,
             issuer,
@@ -273,16 +286,70 @@ impl Server {
             self.child.try_wait().unwrap().is_some(),
             "restart: the server is still running"
         );
+        self.child = spawn(self.command());
+        self.wait_ready().await;
+    }
+
+    /// The command line this server was started with.
+    fn command(&self) -> Command {
         let grpc_port: u16 = self.grpc.rsplit(':').next().unwrap().parse().unwrap();
-        self.child = spawn(
+        command(
             &self.config,
             self.port,
             grpc_port,
             &self.data_dir,
             &self.extra,
             &self.issuer,
-        );
-        self.wait_ready().await;
+        )
+    }
+
+    /// The JWKS document as served.
+    pub async fn jwks_text(&self) -> String {
+        let resp = self.http.get(self.url("/jwks")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.text().await.unwrap()
+    }
+
+    pub async fn jwks(&self) -> tokenmesh_tokens::jwk::JwkSet {
+        serde_json::from_str(&self.jwks_text().await).unwrap()
+    }
+
+    /// Starts the binary again as it last ran (this one stopped), for a
+    /// start that must be refused: what it printed before it gave up.
+    pub fn start_refused(&self) -> String {
+        let mut child = self
+            .command()
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the token server started; it should have refused");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success(), "{:?}", out.status);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// The store this server uses, opened directly (stop the server first).
+    pub async fn open_store(&self) -> Box<dyn token_server::store::Store> {
+        match self.extra.iter().position(|a| a == "--database-url") {
+            Some(at) => Box::new(
+                token_server::store::PgStore::connect(&self.extra[at + 1], 2)
+                    .await
+                    .unwrap(),
+            ),
+            None => Box::new(
+                token_server::store::SqliteStore::open(&self.data_dir)
+                    .await
+                    .unwrap(),
+            ),
+        }
     }
 
     /// SIGTERM, and the exit status once the server is gone.

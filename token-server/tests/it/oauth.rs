@@ -3,26 +3,14 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokenmesh_tokens::{
-    jwk::JwkSet,
-    verify::{Expected, KeySet, verify},
-};
+use tokenmesh_tokens::verify::{Expected, KeySet, verify};
 
 use crate::harness::{Config, SECRET, Server, jwt_part};
 
 const ES256_SPEC: &str = "{signing: {algorithm: ES256}}";
 
 async fn keys(server: &Server) -> KeySet {
-    let jwks: JwkSet = server
-        .http
-        .get(server.url("/jwks"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let (keys, errors) = KeySet::from_jwks(&jwks);
+    let (keys, errors) = KeySet::from_jwks(&server.jwks().await);
     assert!(errors.is_empty(), "{errors:?}");
     keys
 }
@@ -402,15 +390,7 @@ async fn opaque_tokens_and_revocations_survive_kill_9() {
         .as_str()
         .unwrap()
         .to_owned();
-    let jwks_before = server
-        .http
-        .get(server.url("/jwks"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let jwks_before = server.jwks_text().await;
     let jwt_assertion = assertion(&config, &server.url("/oauth2/revoke"), "k-3");
     let form = [
         ("token", opaque[1].as_str()),
@@ -434,15 +414,7 @@ async fn opaque_tokens_and_revocations_survive_kill_9() {
         true,
         "signing keys persist"
     );
-    let jwks_after = server
-        .http
-        .get(server.url("/jwks"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let jwks_after = server.jwks_text().await;
     assert_eq!(jwks_before, jwks_after);
     let replay = server.post("/oauth2/revoke", None, &form).await;
     assert_eq!(replay.status(), 401, "replay records persist");

@@ -115,12 +115,8 @@ async fn replicas_share_tokens_revocations_resources_keys_and_replay_records() {
     let b = Server::start_replica(&config, db.path(), &url, ISSUER).await;
 
     // One JWKS.
-    let jwks = |s: &Server| {
-        let url = s.url("/jwks");
-        async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
-    };
     until("same JWKS", Duration::from_secs(5), async || {
-        jwks(&a).await == jwks(&b).await
+        a.jwks_text().await == b.jwks_text().await
     })
     .await;
 
@@ -147,7 +143,7 @@ async fn replicas_share_tokens_revocations_resources_keys_and_replay_records() {
         until(
             "the new key published",
             Duration::from_secs(3),
-            async || jwks(replica).await.contains("\"successor\""),
+            async || replica.jwks_text().await.contains("\"successor\""),
         )
         .await;
         let took = saved.elapsed();

@@ -1,6 +1,6 @@
 //! What the binary does with bad configuration and unsafe settings.
 
-use crate::harness::{Config, Server, binary, free_port, fresh_database, run_to_exit};
+use crate::harness::{Config, Server, binary, free_port, fresh_database, jwt_part, run_to_exit};
 
 #[test]
 fn invalid_configuration_names_file_document_and_field() {
@@ -232,4 +232,100 @@ async fn migrate_reports_what_it_did_and_reads_spec_storage() {
     let away = format!("postgres://postgres@127.0.0.1:{}/none", free_port());
     let (ok, out) = run(&["migrate", "--database-url", &away]);
     assert!(!ok && out.contains("Connection refused"), "{out}");
+}
+
+/// With `keyEncryptionKeyRef` no generated key is stored in clear: keys
+/// from before are sealed in place (the same kids stay published), and a
+/// server without the secret, or with another one, refuses to start.
+#[tokio::test]
+async fn generated_keys_are_encrypted_at_rest_and_need_their_secret() {
+    const KEK_REF: &str = "{signing: {keyEncryptionKeyRef: {name: kek, key: key}}}";
+    let config = Config::new("{}");
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&config, &data.path().join("d")).await;
+    let published = published_kids(&server).await;
+    server.terminate();
+    let clear: Vec<Vec<u8>> = stored_keys(&server).await;
+    assert!(
+        clear.iter().all(|der| der.first() == Some(&0x30)),
+        "PKCS#8 DER before"
+    );
+
+    let yaml = std::fs::read_to_string(config.file()).unwrap();
+    let set_spec = |spec: &str| {
+        std::fs::write(
+            config.file(),
+            yaml.replacen("spec: {}", &format!("spec: {spec}"), 1),
+        )
+        .unwrap();
+    };
+    let set_secret = |value: &str| {
+        std::fs::create_dir_all(config.dir.path().join("secrets/kek")).unwrap();
+        std::fs::write(config.dir.path().join("secrets/kek/key"), value).unwrap();
+    };
+    set_spec(KEK_REF);
+    set_secret("q0Vd3Jp1mH8sXw4uTz6bNc9eLk2yRa7fGi5oPj1SxUA=\n");
+    server.restart().await;
+    assert_eq!(published_kids(&server).await, published, "the same keys");
+    let token = server
+        .token(&[("scope", "orders:read"), ("audience", "orders")])
+        .await;
+    assert!(
+        published.contains(
+            &jwt_part(token["access_token"].as_str().unwrap(), 0)["kid"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        )
+    );
+    server.terminate();
+    let sealed = stored_keys(&server).await;
+    assert_eq!(sealed.len(), clear.len());
+    for (der, row) in clear.iter().zip(&sealed) {
+        assert!(row.starts_with(b"tmkw1."), "sealed");
+        assert!(
+            !row.windows(der.len()).any(|w| w == der.as_slice()),
+            "no clear key left"
+        );
+    }
+
+    set_spec("{}");
+    let stderr = server.start_refused();
+    assert!(
+        stderr.contains("stored encrypted") && stderr.contains("keyEncryptionKeyRef"),
+        "{stderr}"
+    );
+    set_spec(KEK_REF);
+    set_secret("another-secret-of-at-least-thirty-two-bytes");
+    let stderr = server.start_refused();
+    assert!(stderr.contains("does not decrypt"), "{stderr}");
+    set_secret("too short");
+    let stderr = server.start_refused();
+    assert!(
+        stderr.contains("spec.signing.keyEncryptionKeyRef") && stderr.contains("at least 32"),
+        "{stderr}"
+    );
+
+    set_secret("q0Vd3Jp1mH8sXw4uTz6bNc9eLk2yRa7fGi5oPj1SxUA=\n");
+    server.restart().await;
+    assert_eq!(published_kids(&server).await, published);
+}
+
+async fn published_kids(server: &Server) -> Vec<String> {
+    let mut kids: Vec<String> = server
+        .jwks()
+        .await
+        .keys
+        .into_iter()
+        .map(|k| k.kid.unwrap())
+        .collect();
+    kids.sort();
+    kids
+}
+
+/// The stored private keys, in kid order.
+async fn stored_keys(server: &Server) -> Vec<Vec<u8>> {
+    let mut keys = server.open_store().await.signing_keys().await.unwrap();
+    keys.sort_by(|a, b| a.kid.cmp(&b.kid));
+    keys.into_iter().map(|k| k.pkcs8).collect()
 }
