@@ -99,7 +99,10 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5))
             // Under constant writes the WAL is reused, never shrunk: cap what
             // it keeps after each checkpoint.
-            .pragma("journal_size_limit", "67108864");
+            .pragma("journal_size_limit", "67108864")
+            // Freed space is zeroed: a deleted or re-encrypted signing key
+            // does not linger in the file.
+            .pragma("secure_delete", "ON");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(5))
