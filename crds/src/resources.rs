@@ -128,6 +128,11 @@ pub struct SigningSpec {
     /// server without it cannot read encrypted keys and does not start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_encryption_key_ref: Option<SecretKeyRef>,
+    /// Secrets that encrypted the keys before `keyEncryptionKeyRef`: keys
+    /// they open are encrypted again under the current one at the next
+    /// rotation check. Drop them once every replica has run with the new one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_key_encryption_key_refs: Vec<SecretKeyRef>,
 }
 
 #[derive(

@@ -700,6 +700,8 @@ WRONG_VALUES = {
                                         r"signingKeys"),
     "key encryption key with a slash": (["tokenServer.keyEncryption.secretName=kek", "tokenServer.keyEncryption.key=a/b"],
                                         r"key"),
+    "previous key encryption without a current one": (["tokenServer.keyEncryption.previous[0].secretName=old",
+                                                       "tokenServer.keyEncryption.previous[0].key=key"], r"secretName"),
 }
 
 
@@ -730,6 +732,9 @@ FAIL_MESSAGES = {
                                                  "tokenServer.signingKeys=operator needs the cluster-wide operator"),
     "key encryption of operator keys": (["tokenServer.signingKeys=operator", "tokenServer.keyEncryption.secretName=kek"],
                                         "tokenServer.keyEncryption.secretName needs tokenServer.signingKeys=store"),
+    "previous key encryption without a current one": (["tokenServer.keyEncryption.previous[0].secretName=old",
+                                                       "tokenServer.keyEncryption.previous[0].key=key"],
+                                                      "tokenServer.keyEncryption.previous needs tokenServer.keyEncryption.secretName"),
 }
 
 
@@ -1036,9 +1041,23 @@ def test_token_server_encrypts_its_keys_as_its_pod_would(tmp_path):
     embedded store are sealed, not PKCS#8."""
     if not TOKEN_SERVER_BIN.exists():
         pytest.fail(f"{TOKEN_SERVER_BIN} not built: run `cargo build --workspace --bins` first (.ci/run does)")
-    docs = documents(run(HELM4, *template_args(sets=["tokenServer.keyEncryption.secretName=tokenmesh-kek"])).stdout)
+    sets = ["tokenServer.keyEncryption.secretName=tokenmesh-kek",
+            # An earlier key of the same Secret, and one of another Secret.
+            "tokenServer.keyEncryption.previous[0].secretName=tokenmesh-kek",
+            "tokenServer.keyEncryption.previous[0].key=before",
+            "tokenServer.keyEncryption.previous[1].secretName=old-kek",
+            "tokenServer.keyEncryption.previous[1].key=key"]
+    docs = documents(run(HELM4, *template_args(sets=sets)).stdout)
     config = yaml.safe_load(one(docs, "ConfigMap", f"{FULLNAME}-token-server")["data"]["tokenserver.yaml"])
     assert config["spec"]["signing"]["keyEncryptionKeyRef"] == {"name": "tokenmesh-kek", "key": "key"}
+    assert config["spec"]["signing"]["previousKeyEncryptionKeyRefs"] == [
+        {"name": "tokenmesh-kek", "key": "before"}, {"name": "old-kek", "key": "key"}]
+    pod = one(docs, "Deployment", f"{FULLNAME}-token-server")["spec"]["template"]["spec"]
+    secrets = {v["secret"]["secretName"]: [i["key"] for i in v["secret"]["items"]]
+               for v in pod["volumes"] if v["name"].startswith("key-encryption")}
+    assert secrets == {"tokenmesh-kek": ["key", "before"], "old-kek": ["key"]}, "one volume per Secret"
+    mounts = sorted(m["mountPath"] for m in pod["containers"][0]["volumeMounts"] if m["name"].startswith("key-encryption"))
+    assert mounts == ["/etc/tokenmesh/secrets/old-kek", "/etc/tokenmesh/secrets/tokenmesh-kek"]
     process, port = start_like_the_pod(docs, tmp_path)
     try:
         base = f"http://127.0.0.1:{port}"

@@ -25,7 +25,7 @@ pub enum WrapError {
     #[error("it is stored encrypted and spec.signing.keyEncryptionKeyRef is not set")]
     NoKey,
     #[error(
-        "it does not decrypt with spec.signing.keyEncryptionKeyRef (another secret, or a damaged row)"
+        "it does not decrypt with spec.signing.keyEncryptionKeyRef nor any of previousKeyEncryptionKeyRefs (another secret, or a damaged row)"
     )]
     Undecryptable,
     #[error("encryption failed")]
@@ -92,18 +92,63 @@ impl KeyWrap {
     }
 }
 
-/// The PKCS#8 DER of a stored key: sealed rows through `wrap`, rows from
-/// before encryption was set as they are.
+/// The secret that seals, and earlier ones that still open (while keys
+/// they sealed are sealed again under the current one).
+#[derive(Debug)]
+pub struct KeyEncryption {
+    current: KeyWrap,
+    previous: Vec<KeyWrap>,
+}
+
+/// A stored key, opened.
+pub struct Opened {
+    pub pkcs8: Vec<u8>,
+    /// In clear, or sealed under a previous secret: to be sealed again.
+    pub stale: bool,
+}
+
+impl KeyEncryption {
+    pub fn new(current: KeyWrap, previous: Vec<KeyWrap>) -> Self {
+        Self { current, previous }
+    }
+
+    pub fn seal(&self, kid: &str, alg: &str, pkcs8: &[u8]) -> Result<Vec<u8>, WrapError> {
+        self.current.seal(kid, alg, pkcs8)
+    }
+
+    pub fn open(&self, kid: &str, alg: &str, stored: &[u8]) -> Result<Opened, WrapError> {
+        if !is_sealed(stored) {
+            return Ok(Opened {
+                pkcs8: stored.to_vec(),
+                stale: true,
+            });
+        }
+        if let Ok(pkcs8) = self.current.open(kid, alg, stored) {
+            return Ok(Opened {
+                pkcs8,
+                stale: false,
+            });
+        }
+        self.previous
+            .iter()
+            .find_map(|wrap| wrap.open(kid, alg, stored).ok())
+            .map(|pkcs8| Opened { pkcs8, stale: true })
+            .ok_or(WrapError::Undecryptable)
+    }
+}
+
+/// The PKCS#8 DER of a stored key: sealed rows opened, rows from before
+/// encryption was set as they are.
 pub fn unwrap_stored(
-    wrap: Option<&KeyWrap>,
+    encryption: Option<&KeyEncryption>,
     kid: &str,
     alg: &str,
     stored: &[u8],
 ) -> Result<Vec<u8>, WrapError> {
-    match (is_sealed(stored), wrap) {
-        (false, _) => Ok(stored.to_vec()),
-        (true, Some(wrap)) => wrap.open(kid, alg, stored),
-        (true, None) => Err(WrapError::NoKey),
+    match encryption {
+        Some(encryption) => encryption.open(kid, alg, stored).map(|o| o.pkcs8),
+        None if is_sealed(stored) => Err(WrapError::NoKey),
+        None => Ok(stored.to_vec()),
     }
 }
 
@@ -159,17 +204,37 @@ mod tests {
 
     #[test]
     fn clear_rows_pass_and_sealed_rows_need_the_secret() {
-        let wrap = KeyWrap::from_secret(SECRET).unwrap();
-        let sealed = wrap.seal("k", "ES256", DER).unwrap();
-        assert_eq!(unwrap_stored(None, "k", "ES256", DER).unwrap(), DER);
-        assert_eq!(unwrap_stored(Some(&wrap), "k", "ES256", DER).unwrap(), DER);
-        assert_eq!(
-            unwrap_stored(Some(&wrap), "k", "ES256", &sealed).unwrap(),
-            DER
+        let encryption = KeyEncryption::new(KeyWrap::from_secret(SECRET).unwrap(), vec![]);
+        let sealed = encryption.seal("k", "ES256", DER).unwrap();
+        let open =
+            |e: Option<&KeyEncryption>, stored: &[u8]| unwrap_stored(e, "k", "ES256", stored);
+        assert_eq!(open(None, DER).unwrap(), DER);
+        assert_eq!(open(Some(&encryption), DER).unwrap(), DER);
+        assert_eq!(open(Some(&encryption), &sealed).unwrap(), DER);
+        assert_eq!(open(None, &sealed), Err(WrapError::NoKey));
+    }
+
+    #[test]
+    fn previous_secrets_open_and_mark_their_keys_stale() {
+        let old = KeyEncryption::new(KeyWrap::from_secret(SECRET).unwrap(), vec![]);
+        let by_old = old.seal("k", "ES256", DER).unwrap();
+        let new_secret = b"the next secret, thirty-two bytes or more";
+        let rotated = KeyEncryption::new(
+            KeyWrap::from_secret(new_secret).unwrap(),
+            vec![KeyWrap::from_secret(SECRET).unwrap()],
+        );
+        let opened = rotated.open("k", "ES256", &by_old).unwrap();
+        assert_eq!((opened.pkcs8.as_slice(), opened.stale), (DER, true));
+        let by_new = rotated.seal("k", "ES256", DER).unwrap();
+        let opened = rotated.open("k", "ES256", &by_new).unwrap();
+        assert_eq!((opened.pkcs8.as_slice(), opened.stale), (DER, false));
+        assert!(
+            rotated.open("k", "ES256", DER).unwrap().stale,
+            "clear rows too"
         );
         assert_eq!(
-            unwrap_stored(None, "k", "ES256", &sealed),
-            Err(WrapError::NoKey)
+            old.open("k", "ES256", &by_new).err(),
+            Some(WrapError::Undecryptable)
         );
     }
 

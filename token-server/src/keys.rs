@@ -16,7 +16,7 @@ use tokenmesh_tokens::{
 };
 
 use crate::{
-    key_wrap::{self, KeyWrap},
+    key_wrap::{self, KeyEncryption},
     registry::ServerSettings,
     store::{Store, StoreError, StoredKey},
 };
@@ -176,7 +176,7 @@ impl KeyRing {
             self.current.store(Arc::new(snapshot(
                 &store.signing_keys().await?,
                 now,
-                settings.key_wrap.as_deref(),
+                settings.key_encryption.as_deref(),
             )?));
         }
         Ok(())
@@ -195,7 +195,7 @@ async fn maintain(
         return snapshot(
             &store.signing_keys().await?,
             now,
-            settings.key_wrap.as_deref(),
+            settings.key_encryption.as_deref(),
         );
     };
     let result = rotate(store, settings, algorithms, now).await;
@@ -210,9 +210,9 @@ async fn rotate(
     now: u64,
 ) -> Result<KeySnapshot, KeyError> {
     let mut keys = store.signing_keys().await?;
-    let wrap = settings.key_wrap.as_deref();
-    if let Some(wrap) = wrap {
-        seal_clear_keys(store, wrap, &mut keys).await?;
+    let encryption = settings.key_encryption.as_deref();
+    if let Some(encryption) = encryption {
+        reseal_stale_keys(store, encryption, &mut keys).await?;
     }
     let plan = plan(
         &keys,
@@ -244,14 +244,13 @@ async fn rotate(
                 kid: kid.clone(),
                 message: e.to_string(),
             })?;
-        let pkcs8 = match wrap {
-            Some(wrap) => {
-                wrap.seal(&kid, alg.as_str(), key.pkcs8())
-                    .map_err(|e| KeyError::Key {
-                        kid: kid.clone(),
-                        message: e.to_string(),
-                    })?
-            }
+        let pkcs8 = match encryption {
+            Some(encryption) => encryption
+                .seal(&kid, alg.as_str(), key.pkcs8())
+                .map_err(|e| KeyError::Key {
+                    kid: kid.clone(),
+                    message: e.to_string(),
+                })?,
             None => key.pkcs8().to_vec(),
         };
         let stored = StoredKey {
@@ -267,24 +266,32 @@ async fn rotate(
         tracing::info!(%kid, alg = alg.as_str(), activates_at, "signing key created");
         keys.push(stored);
     }
-    snapshot(&keys, now, wrap)
+    snapshot(&keys, now, encryption)
 }
 
-/// Keys stored before `keyEncryptionKeyRef` was set are sealed in place.
-async fn seal_clear_keys(
+/// Keys stored in clear, or under a previous key-encryption secret, are
+/// sealed again in place under the current one.
+async fn reseal_stale_keys(
     store: &dyn Store,
-    wrap: &KeyWrap,
+    encryption: &KeyEncryption,
     keys: &mut [StoredKey],
 ) -> Result<(), KeyError> {
-    for key in keys.iter_mut().filter(|k| !key_wrap::is_sealed(&k.pkcs8)) {
-        key.pkcs8 = wrap
-            .seal(&key.kid, &key.alg, &key.pkcs8)
-            .map_err(|e| KeyError::Key {
-                kid: key.kid.clone(),
-                message: e.to_string(),
-            })?;
+    for key in keys.iter_mut() {
+        let key_error = |e: key_wrap::WrapError| KeyError::Key {
+            kid: key.kid.clone(),
+            message: e.to_string(),
+        };
+        let opened = encryption
+            .open(&key.kid, &key.alg, &key.pkcs8)
+            .map_err(key_error)?;
+        if !opened.stale {
+            continue;
+        }
+        key.pkcs8 = encryption
+            .seal(&key.kid, &key.alg, &opened.pkcs8)
+            .map_err(key_error)?;
         store.save_signing_key(key).await?;
-        tracing::info!(kid = %key.kid, "signing key encrypted at rest");
+        tracing::info!(kid = %key.kid, "signing key encrypted at rest under the current secret");
     }
     Ok(())
 }
@@ -295,7 +302,11 @@ fn parse_alg(name: &str) -> Option<SigningAlgorithm> {
         .find(|a| a.as_str() == name)
 }
 
-fn snapshot(keys: &[StoredKey], now: u64, wrap: Option<&KeyWrap>) -> Result<KeySnapshot, KeyError> {
+fn snapshot(
+    keys: &[StoredKey],
+    now: u64,
+    encryption: Option<&KeyEncryption>,
+) -> Result<KeySnapshot, KeyError> {
     let mut signers: HashMap<Algorithm, (u64, Arc<SigningKey>)> = HashMap::new();
     let mut published = Vec::new();
     for stored in keys {
@@ -307,7 +318,7 @@ fn snapshot(keys: &[StoredKey], now: u64, wrap: Option<&KeyWrap>) -> Result<KeyS
             kid: stored.kid.clone(),
             message,
         };
-        let pkcs8 = key_wrap::unwrap_stored(wrap, &stored.kid, &stored.alg, &stored.pkcs8)
+        let pkcs8 = key_wrap::unwrap_stored(encryption, &stored.kid, &stored.alg, &stored.pkcs8)
             .map_err(|e| key_error(e.to_string()))?;
         let key = SigningKey::from_pkcs8(stored.kid.clone(), jose_algorithm(alg), pkcs8)
             .map_err(|e| key_error(e.to_string()))?;

@@ -18,7 +18,7 @@ use tokenmesh_tokens::{
 
 use crate::{
     config::{ConfigError, Document, Origin, Resource},
-    key_wrap::KeyWrap,
+    key_wrap::{KeyEncryption, KeyWrap},
     kubernetes_issuer::{KubernetesSettings, ServiceAccount},
 };
 
@@ -94,7 +94,7 @@ pub struct ServerSettings {
     /// Workload identity: whose service-account tokens are accepted.
     pub kubernetes: Option<KubernetesSettings>,
     /// Encrypts generated keys in the store (`spec.signing.keyEncryptionKeyRef`).
-    pub key_wrap: Option<Arc<KeyWrap>>,
+    pub key_encryption: Option<Arc<KeyEncryption>>,
 }
 
 impl ServerSettings {
@@ -109,7 +109,7 @@ impl ServerSettings {
             key_directory: None,
             database: None,
             kubernetes: None,
-            key_wrap: None,
+            key_encryption: None,
         }
     }
 }
@@ -646,11 +646,11 @@ fn server_settings(
         .as_ref()
         .map(|k| kubernetes_settings(k, &issuer))
         .transpose()?;
-    let key_wrap = key_wrap(&spec.signing, secrets)?;
+    let key_encryption = key_encryption(&spec.signing, secrets)?;
     Ok(ServerSettings {
         kubernetes,
         database,
-        key_wrap,
+        key_encryption,
         issuer,
         algorithm: spec.signing.algorithm,
         rotation_period: duration(
@@ -665,13 +665,20 @@ fn server_settings(
     })
 }
 
-fn key_wrap(
+fn key_encryption(
     signing: &tokenmesh_crds::SigningSpec,
     secrets: &dyn SecretSource,
-) -> Result<Option<Arc<KeyWrap>>, FieldError> {
+) -> Result<Option<Arc<KeyEncryption>>, FieldError> {
     const FIELD: &str = "spec.signing.keyEncryptionKeyRef";
+    const PREVIOUS: &str = "spec.signing.previousKeyEncryptionKeyRefs";
     let Some(secret_ref) = &signing.key_encryption_key_ref else {
-        return Ok(None);
+        if signing.previous_key_encryption_key_refs.is_empty() {
+            return Ok(None);
+        }
+        return Err((
+            PREVIOUS,
+            "needs keyEncryptionKeyRef, the secret that seals now".into(),
+        ));
     };
     if !signing.key_files.is_empty() || signing.key_directory.is_some() {
         return Err((
@@ -679,10 +686,19 @@ fn key_wrap(
             "encrypts generated keys only; keyFiles and keyDirectory are not stored".into(),
         ));
     }
-    let secret = secrets.read(secret_ref).map_err(|m| (FIELD, m))?;
-    KeyWrap::from_secret(&secret)
-        .map(|wrap| Some(Arc::new(wrap)))
-        .map_err(|e| (FIELD, e.to_string()))
+    let wrap = |field: &'static str, secret_ref: &SecretKeyRef| {
+        let secret = secrets.read(secret_ref).map_err(|m| (field, m))?;
+        KeyWrap::from_secret(&secret).map_err(|e| (field, e.to_string()))
+    };
+    let previous = signing
+        .previous_key_encryption_key_refs
+        .iter()
+        .map(|r| wrap(PREVIOUS, r))
+        .collect::<Result<_, _>>()?;
+    Ok(Some(Arc::new(KeyEncryption::new(
+        wrap(FIELD, secret_ref)?,
+        previous,
+    ))))
 }
 
 /// In a pod, the API server's CA and this pod's service-account token.

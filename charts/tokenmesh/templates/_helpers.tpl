@@ -193,6 +193,9 @@ every install renders.
 {{- if and (not $ts.insecureHttp) (not $ts.tls.secretName) -}}
 {{- fail "tokenServer.insecureHttp=false needs tokenServer.tls.secretName: the token server refuses plain HTTP on the pod address" -}}
 {{- end -}}
+{{- if and $ts.keyEncryption.previous (not $ts.keyEncryption.secretName) -}}
+{{- fail "tokenServer.keyEncryption.previous needs tokenServer.keyEncryption.secretName: the secret that encrypts now" -}}
+{{- end -}}
 {{- if and (eq $ts.signingKeys "operator") $ts.keyEncryption.secretName -}}
 {{- fail "tokenServer.keyEncryption.secretName needs tokenServer.signingKeys=store: the operator's keys live in a Secret, not in the store" -}}
 {{- end -}}
@@ -250,6 +253,13 @@ directory when it manages the keys.
 {{- /* Mounted under --secrets-dir as <secretName>/<key>. */ -}}
 {{- $signing := default dict $spec.signing -}}
 {{- $_ := set $signing "keyEncryptionKeyRef" (dict "name" .secretName "key" .key) -}}
+{{- with .previous -}}
+{{- $previous := list -}}
+{{- range . -}}
+{{- $previous = append $previous (dict "name" .secretName "key" .key) -}}
+{{- end -}}
+{{- $_ := set $signing "previousKeyEncryptionKeyRefs" $previous -}}
+{{- end -}}
 {{- $_ := set $spec "signing" $signing -}}
 {{- end -}}
 {{- end -}}

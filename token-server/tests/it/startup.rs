@@ -259,10 +259,15 @@ async fn generated_keys_are_encrypted_at_rest_and_need_their_secret() {
         )
         .unwrap();
     };
-    let set_secret = |value: &str| {
-        std::fs::create_dir_all(config.dir.path().join("secrets/kek")).unwrap();
-        std::fs::write(config.dir.path().join("secrets/kek/key"), value).unwrap();
+    let write_secret = |name: &str, value: &str| {
+        std::fs::create_dir_all(config.dir.path().join("secrets").join(name)).unwrap();
+        std::fs::write(
+            config.dir.path().join("secrets").join(name).join("key"),
+            value,
+        )
+        .unwrap();
     };
+    let set_secret = |value: &str| write_secret("kek", value);
     set_spec(KEK_REF);
     set_secret("q0Vd3Jp1mH8sXw4uTz6bNc9eLk2yRa7fGi5oPj1SxUA=\n");
     server.restart().await;
@@ -318,6 +323,37 @@ async fn generated_keys_are_encrypted_at_rest_and_need_their_secret() {
     );
 
     set_secret("q0Vd3Jp1mH8sXw4uTz6bNc9eLk2yRa7fGi5oPj1SxUA=\n");
+    server.restart().await;
+    assert_eq!(published_kids(&server).await, published);
+    server.terminate();
+
+    // A new secret: the old one named as previous opens the keys, which
+    // are sealed again under the new one; then the old one can go.
+    write_secret("kek2", "a-new-key-encryption-secret-0123456789abcdef");
+    set_spec("{signing: {previousKeyEncryptionKeyRefs: [{name: kek, key: key}]}}");
+    let stderr = server.start_refused();
+    assert!(
+        stderr.contains("spec.signing.previousKeyEncryptionKeyRefs")
+            && stderr.contains("needs keyEncryptionKeyRef"),
+        "{stderr}"
+    );
+    set_spec(
+        "{signing: {keyEncryptionKeyRef: {name: kek2, key: key}, previousKeyEncryptionKeyRefs: [{name: kek, key: key}]}}",
+    );
+    server.restart().await;
+    assert_eq!(published_kids(&server).await, published);
+    server.terminate();
+    let resealed = stored_keys(&server).await;
+    assert!(
+        sealed.iter().zip(&resealed).all(|(a, b)| a != b),
+        "sealed again"
+    );
+    set_spec(KEK_REF);
+    assert!(
+        server.start_refused().contains("does not decrypt"),
+        "the old secret alone no longer opens them"
+    );
+    set_spec("{signing: {keyEncryptionKeyRef: {name: kek2, key: key}}}");
     server.restart().await;
     assert_eq!(published_kids(&server).await, published);
 }
