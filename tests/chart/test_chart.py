@@ -29,7 +29,9 @@ CRDS = CHART / "crds"
 EXAMPLES = REPO / "examples" / "kubernetes"
 INVALID = HERE / "invalid-resources"
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO / "tests"))
 import crdcheck  # noqa: E402
+from ports import free_port  # noqa: E402  (shared with the interop and e2e harnesses)
 
 HELM4 = os.environ.get("TOKENMESH_HELM") or shutil.which("helm") or "helm"
 HELM3 = os.environ.get("TOKENMESH_HELM3", "")
@@ -907,14 +909,6 @@ def test_every_cel_rule_has_an_invalid_example():
 
 # --------------------------------------------------------------------------
 # the token server started as its pod would start it
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http_get(url: str) -> tuple[int, str]:

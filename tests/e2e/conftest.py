@@ -14,6 +14,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -22,6 +23,9 @@ import pytest
 import requests
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+from ports import free_port  # noqa: E402  (shared with the interop and chart harnesses)
+
 CRDS = REPO / "charts" / "tokenmesh" / "crds"
 KUBECTL = os.environ.get("TOKENMESH_KUBECTL", "kubectl")
 HELM = os.environ.get("TOKENMESH_HELM", "helm")
@@ -32,12 +36,6 @@ GROUP = "tokenmesh.dev"
 API_VERSION = f"{GROUP}/v1alpha1"
 KINDS = {"OAuthClient": "oauthclients", "Scope": "scopes", "ExchangePolicy": "exchangepolicies", "TokenServer": "tokenservers"}
 RECONCILE_TIMEOUT = 60
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def tail(path, lines=40):

@@ -7,13 +7,12 @@ against the published JWKS) so the tests stay short.
 """
 
 import base64
-import itertools
 import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
+import sys
 import time
 from functools import cached_property
 from pathlib import Path
@@ -28,6 +27,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc.jwk import ECKey
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+from ports import free_port  # noqa: E402  (shared with the chart and e2e harnesses)
+
 SERVER_BIN = REPO / os.environ.get("TOKENMESH_SERVER_BIN", "target/debug/token-server")  # relative: to the repo
 READY_TIMEOUT = 20
 HTTP_TIMEOUT = 10
@@ -59,40 +61,6 @@ def client_resource(client_id, scopes, audiences, introspection=False, jwks=None
         "allowIntrospection": introspection,
         "accessToken": {"format": fmt, "ttl": f"{ttl}s"},
     })
-
-
-def _outside_ephemeral_range():
-    """Ports the kernel does not pick for outgoing connections (as tests/lib.rs)."""
-    try:
-        first, last = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    except (OSError, ValueError):
-        return 20_000, 32_768
-    if first >= 21_000:
-        return 20_000, first
-    if last <= 64_000:
-        return last + 1, 65_535
-    return 20_000, 32_768
-
-
-_handed_out = itertools.count()
-
-
-def free_port():
-    """A loopback port for a child to listen on: free now, outside the ephemeral
-    range (a port-0 answer can be taken by an outgoing connection before the
-    child binds it) and handed out once per process."""
-    low, high = _outside_ephemeral_range()
-    span = high - low
-    start = os.getpid() * 7919
-    for _ in range(span):
-        port = low + (start + next(_handed_out)) % span
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {low}..{high}")
 
 
 class TokenServer:
