@@ -99,6 +99,13 @@ pub struct KubernetesSpec {
     /// `/var/run/secrets/kubernetes.io/serviceaccount/token`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<String>,
+    /// Also ask the API server at the discovery URL (TokenReview) whether a
+    /// token it signed is still valid: a token of a deleted service account,
+    /// or bound to a deleted pod, is then refused before it expires. Answers
+    /// are remembered for 5 s. Needs `create` on `tokenreviews` for the
+    /// token of `tokenFile` (the ClusterRole `system:auth-delegator`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub token_review: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -449,6 +449,26 @@ def test_workload_identity_can_be_turned_off_or_pointed_elsewhere():
     assert config["spec"]["kubernetes"] == {"issuer": "https://oidc.example/id/ABC", "audience": "mesh",
                                             "discoveryUrl": "https://oidc.example/id/ABC"}
     assert crdcheck.validate(config, crdcheck.load_crds(CRDS)) == []
+    assert not token_review_bindings(docs), "no TokenReview permission unless asked for"
+
+
+def test_token_review_is_switched_on_with_its_permission_only():
+    docs = documents(run(HELMS["helm4"], *template_args(sets=["tokenServer.workloadIdentity.tokenReview=true"])).stdout)
+    config = yaml.safe_load(one(docs, "ConfigMap", f"{FULLNAME}-token-server")["data"]["tokenserver.yaml"])
+    assert config["spec"]["kubernetes"]["tokenReview"] is True
+    assert crdcheck.validate(config, crdcheck.load_crds(CRDS)) == []
+    binding = one(docs, "ClusterRoleBinding", f"{FULLNAME}-token-server-token-review")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": "system:auth-delegator"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{FULLNAME}-token-server",
+                                    "namespace": NAMESPACE}]
+    off = documents(run(HELMS["helm4"], *template_args(sets=["tokenServer.workloadIdentity.tokenReview=true",
+                                                             "tokenServer.workloadIdentity.enabled=false"])).stdout)
+    assert not token_review_bindings(off)
+
+
+def token_review_bindings(docs):
+    return [b for b in find(docs, "ClusterRoleBinding") if b["roleRef"]["name"] == "system:auth-delegator"]
 
 
 def test_postgres_values():

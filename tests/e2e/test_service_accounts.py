@@ -3,7 +3,8 @@ against the keys the API server publishes through OIDC discovery of its issuer, 
 fetches those keys the way it would in a cluster (discovery at the API server's address with the cluster CA,
 authenticated by a service-account token of its own: conftest.service_account_issuer), accepts it as the
 client assertion of the OAuthClient of that service account (applied with kubectl, pushed by the operator).
-A token for another audience, of another service account, or expired is refused."""
+A token for another audience, of another service account, or expired is refused; with TokenReview, so is the
+token of a service account deleted since."""
 
 import json
 import shutil
@@ -11,8 +12,8 @@ import shutil
 import jwt
 import pytest
 
-from conftest import (RELEASE_NAMESPACE, SERVICE_ACCOUNT_ISSUER, TOKEN_AUDIENCE, TokenServer, resource,
-                      service_account_issuer)
+from conftest import (RELEASE_NAMESPACE, SERVICE_ACCOUNT_ISSUER, TOKEN_AUDIENCE, TOKEN_SERVER_ACCOUNT, TokenServer,
+                      resource, service_account_issuer, wait_until)
 
 ISSUER = SERVICE_ACCOUNT_ISSUER
 
@@ -126,3 +127,32 @@ def test_an_expired_service_account_token_is_refused(kube, namespace, orders_cli
     token = create_token(kube, namespace, "orders", duration="10m")
     assert token_server.token_by_assertion(token, client_id=orders_client).status_code == 200
     assert "expired" in refused(later_token_server.token_by_assertion(token, client_id=orders_client))
+
+
+@pytest.fixture
+def reviewing_token_server(kube, namespace, tmp_path):
+    """A standalone token server with spec.kubernetes.tokenReview and the `orders` OAuthClient in its --config;
+    its ServiceAccount bound to system:auth-delegator, as the chart binds it (tokenServer.workloadIdentity)."""
+    kube.run("create", "clusterrolebinding", "tokenmesh-token-server-token-review",
+             "--clusterrole=system:auth-delegator", f"--serviceaccount={RELEASE_NAMESPACE}:{TOKEN_SERVER_ACCOUNT}",
+             check=False)
+    kubernetes = service_account_issuer(kube, tmp_path) | {"tokenReview": True}
+    server = TokenServer(tmp_path, kubernetes=kubernetes, resources=[service_account_client(namespace, "orders")])
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_token_review_refuses_the_token_of_a_deleted_service_account(kube, namespace, orders_client, token_server,
+                                                                     reviewing_token_server):
+    """The API server invalidates a token whose service account is gone; its signature still checks out, so
+    only a token server that asks the API server (TokenReview) refuses it before it expires."""
+    token = create_token(kube, namespace, "orders")
+    assert reviewing_token_server.token_by_assertion(token, client_id=orders_client).status_code == 200
+    kube.run("delete", "serviceaccount", "orders", "-n", namespace)
+    assert token_server.token_by_assertion(token, client_id=orders_client).status_code == 200, \
+        "without TokenReview the token is good until it expires"
+    # At the latest once the remembered answer (5 s) is gone.
+    wait_until(lambda: reviewing_token_server.token_by_assertion(token, client_id=orders_client).status_code != 200,
+               20, "the reviewing token server to refuse the deleted account's token")
+    assert "TokenReview" in refused(reviewing_token_server.token_by_assertion(token, client_id=orders_client))

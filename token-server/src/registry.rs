@@ -750,6 +750,7 @@ fn kubernetes_settings(
             .as_ref()
             .map(PathBuf::from)
             .or_else(|| in_cluster(IN_CLUSTER_TOKEN)),
+        token_review: spec.token_review,
     })
 }
 

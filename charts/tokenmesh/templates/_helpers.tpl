@@ -271,6 +271,9 @@ tokenFile default to the in-pod paths the Deployment mounts. */ -}}
 {{- with .discoveryUrl -}}
 {{- $_ := set $kubernetes "discoveryUrl" . -}}
 {{- end -}}
+{{- if .tokenReview -}}
+{{- $_ := set $kubernetes "tokenReview" true -}}
+{{- end -}}
 {{- $_ := set $spec "kubernetes" $kubernetes -}}
 {{- end -}}
 {{- end -}}

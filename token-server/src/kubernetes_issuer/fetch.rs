@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::json;
 use tokenmesh_tokens::{jwk::JwkSet, verify::KeySet};
 
 use super::KubernetesSettings;
@@ -51,6 +52,27 @@ pub fn confidential_url(url: &str) -> bool {
 struct Discovery {
     issuer: String,
     jwks_uri: String,
+}
+
+/// What the API server answered a TokenReview.
+#[derive(Deserialize, Default)]
+struct TokenReviewStatus {
+    #[serde(default)]
+    authenticated: bool,
+    #[serde(default)]
+    user: ReviewedUser,
+}
+
+#[derive(Deserialize, Default)]
+struct ReviewedUser {
+    #[serde(default)]
+    username: String,
+}
+
+#[derive(Deserialize)]
+struct TokenReview {
+    #[serde(default)]
+    status: TokenReviewStatus,
 }
 
 pub struct Fetcher {
@@ -128,6 +150,28 @@ impl Fetcher {
         Ok(keys)
     }
 
+    /// Asks the API server whether it still accepts `token` for the
+    /// audience, and as whom: `Some(username)` when it does.
+    pub async fn review(&self, token: &str) -> Result<Option<String>, FetchError> {
+        let url = format!(
+            "{}/apis/authentication.k8s.io/v1/tokenreviews",
+            self.settings.discovery_url
+        );
+        let body = json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": [self.settings.audience]},
+        });
+        let request = self
+            .http
+            .post(&url)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .json(&body);
+        let review: TokenReview = self.send_json(request, &url).await?;
+        let status = review.status;
+        Ok(status.authenticated.then_some(status.user.username))
+    }
+
     /// The API server names its JWKS under its issuer
     /// (`https://kubernetes.default.svc/openid/v1/jwks`); when discovery goes
     /// to another address, so does the JWKS fetch. A `jwks_uri` elsewhere
@@ -149,7 +193,15 @@ impl Fetcher {
         url: &str,
         accept: &'static str,
     ) -> Result<T, FetchError> {
-        let mut request = self.http.get(url).header(reqwest::header::ACCEPT, accept);
+        let request = self.http.get(url).header(reqwest::header::ACCEPT, accept);
+        self.send_json(request, url).await
+    }
+
+    async fn send_json<T: DeserializeOwned>(
+        &self,
+        mut request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<T, FetchError> {
         // The credential goes only to the discovery address, never to a
         // third-party jwks_uri.
         if let Some(path) = &self.settings.token_file
@@ -171,8 +223,11 @@ impl Fetcher {
         let status = response.status();
         if !status.is_success() {
             let hint = match status.as_u16() {
-                401 | 403 => {
+                401 => {
                     " (the API server serves discovery to authenticated service accounts: set tokenFile)"
+                }
+                403 => {
+                    " (tokenFile's account lacks the permission: discovery, or create tokenreviews)"
                 }
                 _ => "",
             };
@@ -257,6 +312,7 @@ mod tests {
             discovery_url: "https://127.0.0.1:6443".into(),
             ca_file: None,
             token_file: None,
+            token_review: false,
         })
         .unwrap();
         assert_eq!(

@@ -10,14 +10,18 @@
 mod fetch;
 
 use std::{
+    collections::HashMap,
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use serde_json::Value;
-use tokenmesh_tokens::verify::{Expected, KeySet, VerifyError, verify};
+use tokenmesh_tokens::{
+    secret::SecretHash,
+    verify::{Expected, KeySet, VerifyError, verify},
+};
 
 use fetch::Fetcher;
 pub use fetch::{FetchError, confidential_url};
@@ -36,6 +40,12 @@ const MAX_LIFETIME: u64 = 24 * 3600;
 /// Clock skew allowed on `exp` and `nbf`.
 const LEEWAY: u64 = 30;
 const SUBJECT_PREFIX: &str = "system:serviceaccount:";
+/// How long a TokenReview answer is remembered: a revoked token is refused
+/// at most this late, and one client costs the API server at most one
+/// review per interval.
+pub const REVIEW_TTL: Duration = Duration::from_secs(5);
+/// Answers remembered at most (by token digest); beyond, the old ones go.
+const MAX_REVIEWS: usize = 10_000;
 
 /// `TokenServer.spec.kubernetes` with its defaults applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +58,8 @@ pub struct KubernetesSettings {
     pub discovery_url: String,
     pub ca_file: Option<PathBuf>,
     pub token_file: Option<PathBuf>,
+    /// Ask the API server (TokenReview) after the signature checks out.
+    pub token_review: bool,
 }
 
 /// A service account, as named by a token's `sub`.
@@ -90,6 +102,8 @@ pub enum SaTokenError {
     Subject,
     #[error("the token lives longer than {MAX_LIFETIME} s (exp - iat, iat required)")]
     Lifetime,
+    #[error("the API server no longer accepts the token (TokenReview)")]
+    Reviewed,
 }
 
 struct Cached {
@@ -110,6 +124,8 @@ pub struct Verifier {
     cached: ArcSwap<Cached>,
     /// Held while fetching: one fetch at a time, and its rate limit.
     refresh: tokio::sync::Mutex<RefreshState>,
+    /// TokenReview answers by token digest: accepted, and when asked.
+    reviews: Mutex<HashMap<SecretHash, (bool, Instant)>>,
     min_refresh: Duration,
     /// [`MAX_AGE`] and [`MAX_STALE`], shortened by tests.
     max_age: Duration,
@@ -126,6 +142,7 @@ impl Verifier {
                 fetched: None,
             }),
             refresh: tokio::sync::Mutex::new(RefreshState::default()),
+            reviews: Mutex::new(HashMap::new()),
             min_refresh: MIN_REFRESH,
             max_age: MAX_AGE,
             max_stale: MAX_STALE,
@@ -154,8 +171,9 @@ impl Verifier {
 
     /// Checks signature (algorithm from the key: no `none`, no HMAC), `iss`,
     /// `aud`, `exp` (required), `nbf`, and returns the service account of
-    /// `sub`. There is no `jti` replay check: the kubelet hands a pod the
-    /// same token until it rotates it, so reuse is the normal case.
+    /// `sub`; with `tokenReview`, the API server must still accept it. There
+    /// is no `jti` replay check: the kubelet hands a pod the same token until
+    /// it rotates it, so reuse is the normal case.
     pub async fn verify(&self, token: &str, now: u64) -> Result<ServiceAccount, SaTokenError> {
         let kid = jsonwebtoken::decode_header(token)
             .map_err(|_| VerifyError::Malformed)?
@@ -180,11 +198,50 @@ impl Verifier {
             (Some(iat), Some(exp)) if exp.saturating_sub(iat) <= MAX_LIFETIME => {}
             _ => return Err(SaTokenError::Lifetime),
         }
-        claims
-            .get("sub")
-            .and_then(Value::as_str)
-            .and_then(ServiceAccount::from_subject)
-            .ok_or(SaTokenError::Subject)
+        let sub = claims.get("sub").and_then(Value::as_str).unwrap_or("");
+        let account = ServiceAccount::from_subject(sub).ok_or(SaTokenError::Subject)?;
+        if self.settings.token_review {
+            self.review(token, sub).await?;
+        }
+        Ok(account)
+    }
+
+    /// Whether the API server accepts `token` as `sub`, remembered for
+    /// [`REVIEW_TTL`]. An API server that cannot answer refuses nothing and
+    /// accepts nothing: the caller gets `Unavailable`.
+    async fn review(&self, token: &str, sub: &str) -> Result<(), SaTokenError> {
+        let digest = SecretHash::of(token.as_bytes());
+        let remembered = self
+            .reviews
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&digest)
+            .filter(|(_, at)| at.elapsed() < REVIEW_TTL)
+            .map(|(accepted, _)| *accepted);
+        let accepted = match remembered {
+            Some(accepted) => accepted,
+            None => {
+                let answer = self.fetcher.review(token).await.map_err(|err| {
+                    tracing::warn!(issuer = %self.settings.issuer, error = %err, "TokenReview failed");
+                    SaTokenError::Unavailable(err.to_string())
+                })?;
+                let accepted = answer.as_deref() == Some(sub);
+                let mut reviews = self.reviews.lock().unwrap_or_else(PoisonError::into_inner);
+                if reviews.len() >= MAX_REVIEWS {
+                    reviews.retain(|_, (_, at)| at.elapsed() < REVIEW_TTL);
+                    if reviews.len() >= MAX_REVIEWS {
+                        reviews.clear();
+                    }
+                }
+                reviews.insert(digest, (accepted, Instant::now()));
+                accepted
+            }
+        };
+        if accepted {
+            Ok(())
+        } else {
+            Err(SaTokenError::Reviewed)
+        }
     }
 
     /// Fetches the keys unless another caller just did (`seen` is no longer

@@ -10,7 +10,7 @@ use axum::{
     Json, Router,
     extract::State,
     http::{HeaderMap, StatusCode},
-    routing::get,
+    routing::{get, post},
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
@@ -30,6 +30,37 @@ struct ApiServer {
     authorization: Mutex<Vec<Option<String>>>,
     /// When set, discovery answers with this issuer.
     issuer: Mutex<Option<String>>,
+    /// TokenReview: the username it authenticates tokens as (none: it does
+    /// not), or an HTTP error status to answer with.
+    review_user: Mutex<Option<String>>,
+    review_status: Mutex<Option<StatusCode>>,
+    /// TokenReview requests, as received.
+    reviews: Mutex<Vec<(Option<String>, Value)>>,
+}
+
+/// Like kube-apiserver: 201 with the review's status.
+async fn token_review(
+    State(api): State<Arc<ApiServer>>,
+    headers: HeaderMap,
+    Json(review): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    api.reviews.lock().unwrap().push((auth, review.clone()));
+    if let Some(status) = *api.review_status.lock().unwrap() {
+        return (status, Json(json!({"kind": "Status"})));
+    }
+    let user = api.review_user.lock().unwrap().clone();
+    let status = match user {
+        Some(username) => json!({"authenticated": true, "user": {"username": username}}),
+        None => json!({"authenticated": false, "error": "token has been invalidated"}),
+    };
+    (
+        StatusCode::CREATED,
+        Json(json!({"kind": "TokenReview", "spec": review["spec"], "status": status})),
+    )
 }
 
 async fn discovery(State(api): State<Arc<ApiServer>>, headers: HeaderMap) -> Json<Value> {
@@ -62,6 +93,10 @@ async fn start(keys: &[&SigningKey]) -> (Arc<ApiServer>, String) {
     let app = Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/openid/v1/jwks", get(jwks))
+        .route(
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            post(token_review),
+        )
         .with_state(api.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -81,6 +116,7 @@ fn settings(discovery_url: &str) -> KubernetesSettings {
         discovery_url: discovery_url.into(),
         ca_file: None,
         token_file: None,
+        token_review: false,
     }
 }
 
@@ -394,4 +430,71 @@ fn keys_come_only_over_https_or_loopback() {
     ] {
         assert!(!confidential_url(url), "{url}");
     }
+}
+
+#[tokio::test]
+async fn token_review_asks_the_api_server_and_remembers_the_answer_briefly() {
+    let key = rsa("k1");
+    let (api, url) = start(&[&key]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "reviewer").unwrap();
+    let verifier = Verifier::new(&KubernetesSettings {
+        token_file: Some(file),
+        token_review: true,
+        ..settings(&url)
+    })
+    .unwrap();
+    let token = sign(&key, &claims());
+    *api.review_user.lock().unwrap() = Some("system:serviceaccount:shop:orders".into());
+    assert_eq!(verifier.verify(&token, NOW).await.unwrap(), orders());
+    assert_eq!(verifier.verify(&token, NOW).await.unwrap(), orders());
+    {
+        let reviews = api.reviews.lock().unwrap();
+        assert_eq!(reviews.len(), 1, "the second answer came from memory");
+        let (auth, review) = &reviews[0];
+        assert_eq!(auth.as_deref(), Some("Bearer reviewer"));
+        assert_eq!(review["kind"], "TokenReview");
+        assert_eq!(review["spec"]["token"], token.as_str());
+        assert_eq!(review["spec"]["audiences"], json!([AUDIENCE]));
+    }
+
+    // Invalidated (the account or its pod deleted): refused. (Each case
+    // uses another token: answers are remembered per token.)
+    *api.review_user.lock().unwrap() = None;
+    let other = sign(&key, &with(json!({"jti": "another"})));
+    assert!(matches!(
+        verifier.verify(&other, NOW).await,
+        Err(SaTokenError::Reviewed)
+    ));
+    // Accepted, but as someone else than the token's sub.
+    *api.review_user.lock().unwrap() = Some("system:serviceaccount:shop:payments".into());
+    let third = sign(&key, &with(json!({"jti": "third"})));
+    assert!(matches!(
+        verifier.verify(&third, NOW).await,
+        Err(SaTokenError::Reviewed)
+    ));
+    // No answer: neither accepted nor refused.
+    *api.review_status.lock().unwrap() = Some(StatusCode::FORBIDDEN);
+    let fourth = sign(&key, &with(json!({"jti": "fourth"})));
+    match verifier.verify(&fourth, NOW).await {
+        Err(SaTokenError::Unavailable(message)) => {
+            assert!(message.contains("tokenreviews"), "{message}");
+            assert!(!message.contains(&fourth), "no token in messages");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(api.reviews.lock().unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn without_token_review_the_api_server_is_not_asked() {
+    let key = rsa("k1");
+    let (api, url) = start(&[&key]).await;
+    let verifier = Verifier::new(&settings(&url)).unwrap();
+    assert_eq!(
+        verifier.verify(&sign(&key, &claims()), NOW).await.unwrap(),
+        orders()
+    );
+    assert!(api.reviews.lock().unwrap().is_empty());
 }

@@ -38,8 +38,9 @@ pub enum OAuthError {
     TooLarge,
     #[error("temporarily_unavailable")]
     Unavailable,
-    /// The cluster's service-account keys cannot be fetched (the Kubernetes
-    /// API server is down or misconfigured): the client is not to blame.
+    /// The cluster's service-account keys cannot be fetched, or a
+    /// TokenReview not made (the Kubernetes API server is down or
+    /// misconfigured): the client is not to blame.
     #[error("temporarily_unavailable")]
     KeysUnavailable,
     #[error("server_error")]
@@ -78,7 +79,7 @@ impl OAuthError {
             Self::TooLarge => "the request body is too large",
             Self::Unavailable => "the token server cannot reach its store; retry later",
             Self::KeysUnavailable => {
-                "the token server cannot fetch the Kubernetes service-account keys; retry later"
+                "the token server cannot check service-account tokens with the Kubernetes API server; retry later"
             }
             Self::Internal => "internal error",
         }

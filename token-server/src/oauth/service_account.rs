@@ -47,6 +47,10 @@ pub async fn authenticate(
                 tracing::debug!("service-account token refused: sub is no service account");
                 refused("the token's sub is not a service account")
             }
+            SaTokenError::Reviewed => {
+                tracing::debug!("service-account token refused by the API server's TokenReview");
+                refused("the API server no longer accepts this service-account token (TokenReview)")
+            }
             SaTokenError::Lifetime => {
                 tracing::debug!("service-account token refused: lives longer than 24 h");
                 refused("the service-account token lives longer than 24 h: issue a shorter one")
