@@ -99,13 +99,19 @@ pub struct KubernetesSpec {
     /// `/var/run/secrets/kubernetes.io/serviceaccount/token`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<String>,
-    /// Also ask the API server at the discovery URL (TokenReview) whether a
-    /// token it signed is still valid: a token of a deleted service account,
-    /// or bound to a deleted pod, is then refused before it expires. Answers
-    /// are remembered for 5 s. Needs `create` on `tokenreviews` for the
-    /// token of `tokenFile` (the ClusterRole `system:auth-delegator`).
+    /// Also ask the API server (TokenReview) whether a token it signed is
+    /// still valid: a token of a deleted service account, or bound to a
+    /// deleted pod, is then refused before it expires. Answers are
+    /// remembered for 5 s. Needs `tokenFile`, whose account may `create`
+    /// `tokenreviews` (the ClusterRole `system:auth-delegator`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub token_review: bool,
+    /// The API server's base URL, where TokenReview goes (https, or http to
+    /// loopback). Default: in a pod, `https://kubernetes.default.svc`; else
+    /// the discovery URL. On a managed cluster the issuer and discovery URL
+    /// are a public OIDC host, never sent tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_server_url: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

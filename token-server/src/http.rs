@@ -52,11 +52,19 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready when the store answers and the default algorithm has a signing key.
+/// Ready when the store answers, the default algorithm has a signing key and
+/// every stored key opens.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let alg = jose_algorithm(state.registry.load().server.algorithm);
     if state.keys.snapshot().signer(alg).is_none() {
         return (StatusCode::SERVICE_UNAVAILABLE, "no signing key").into_response();
+    }
+    if state.keys.unreadable() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a stored signing key cannot be opened (keyEncryptionKeyRef; see the log)",
+        )
+            .into_response();
     }
     match state.store.ping().await {
         Ok(()) => "ready".into_response(),

@@ -1,7 +1,13 @@
 //! Signing keys: one signing key per algorithm in use, the next one already
 //! published, retired ones published until every token they signed expired.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use arc_swap::ArcSwap;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -57,6 +63,10 @@ impl KeySnapshot {
 
 pub struct KeyRing {
     current: ArcSwap<KeySnapshot>,
+    /// The last look at the store found a key this server cannot open (its
+    /// key-encryption secret changed under it): it signs with what it had,
+    /// and is not ready.
+    unreadable: AtomicBool,
 }
 
 /// What maintenance should change, decided from the stored keys alone.
@@ -137,11 +147,35 @@ impl KeyRing {
         };
         Ok(Self {
             current: ArcSwap::from_pointee(snapshot),
+            unreadable: AtomicBool::new(false),
         })
     }
 
     pub fn snapshot(&self) -> arc_swap::Guard<Arc<KeySnapshot>> {
         self.current.load()
+    }
+
+    /// Whether the last look at the stored keys found one it cannot open.
+    pub fn unreadable(&self) -> bool {
+        self.unreadable.load(Ordering::Relaxed)
+    }
+
+    /// Swaps in the snapshot built from the store, noting whether every
+    /// stored key could be opened (store errors say nothing about that).
+    fn take_stored(&self, built: Result<KeySnapshot, KeyError>) -> Result<(), KeyError> {
+        match built {
+            Ok(snapshot) => {
+                self.unreadable.store(false, Ordering::Relaxed);
+                self.current.store(Arc::new(snapshot));
+                Ok(())
+            }
+            Err(err) => {
+                if matches!(err, KeyError::Key { .. }) {
+                    self.unreadable.store(true, Ordering::Relaxed);
+                }
+                Err(err)
+            }
+        }
     }
 
     /// Runs rotation and swaps in the new snapshot (no-op with key files).
@@ -156,8 +190,7 @@ impl KeyRing {
             self.current
                 .store(Arc::new(from_directory(dir, settings, now)?));
         } else if settings.key_files.is_empty() {
-            self.current
-                .store(Arc::new(maintain(store, settings, algorithms, now).await?));
+            self.take_stored(maintain(store, settings, algorithms, now).await)?;
         }
         Ok(())
     }
@@ -173,14 +206,33 @@ impl KeyRing {
         now: u64,
     ) -> Result<(), KeyError> {
         if settings.key_directory.is_none() && settings.key_files.is_empty() {
-            self.current.store(Arc::new(snapshot(
-                &store.signing_keys().await?,
-                now,
-                settings.key_encryption.as_deref(),
-            )?));
+            let stored = store.signing_keys().await?;
+            self.take_stored(snapshot(&stored, now, settings.key_encryption.as_deref()))?;
         }
         Ok(())
     }
+}
+
+/// Whether `settings` can open every stored key. A TokenServer change that
+/// cannot is refused before it is stored: stored, it would stop every
+/// replica from loading its keys, and from starting.
+pub async fn check_readable(store: &dyn Store, settings: &ServerSettings) -> Result<(), KeyError> {
+    if settings.key_directory.is_some() || !settings.key_files.is_empty() {
+        return Ok(());
+    }
+    for stored in store.signing_keys().await? {
+        key_wrap::unwrap_stored(
+            settings.key_encryption.as_deref(),
+            &stored.kid,
+            &stored.alg,
+            &stored.pkcs8,
+        )
+        .map_err(|e| KeyError::Key {
+            kid: stored.kid.clone(),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(())
 }
 
 /// Rotates under the store's rotation lock (one replica at a time); a
@@ -276,6 +328,7 @@ async fn reseal_stale_keys(
     encryption: &KeyEncryption,
     keys: &mut [StoredKey],
 ) -> Result<(), KeyError> {
+    let mut resealed = false;
     for key in keys.iter_mut() {
         let key_error = |e: key_wrap::WrapError| KeyError::Key {
             kid: key.kid.clone(),
@@ -292,6 +345,10 @@ async fn reseal_stale_keys(
             .map_err(key_error)?;
         store.save_signing_key(key).await?;
         tracing::info!(kid = %key.kid, "signing key encrypted at rest under the current secret");
+        resealed = true;
+    }
+    if resealed {
+        store.forget_overwritten_keys().await?;
     }
     Ok(())
 }

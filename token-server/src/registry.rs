@@ -704,6 +704,7 @@ fn key_encryption(
 /// In a pod, the API server's CA and this pod's service-account token.
 const IN_CLUSTER_CA: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
 const IN_CLUSTER_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+const IN_CLUSTER_API_SERVER: &str = "https://kubernetes.default.svc";
 
 fn kubernetes_settings(
     spec: &tokenmesh_crds::KubernetesSpec,
@@ -736,6 +737,34 @@ fn kubernetes_settings(
         let path = PathBuf::from(path);
         path.exists().then_some(path)
     };
+    let token_file = spec
+        .token_file
+        .as_ref()
+        .map(PathBuf::from)
+        .or_else(|| in_cluster(IN_CLUSTER_TOKEN));
+    let api_server_url = match &spec.api_server_url {
+        Some(url) => url.clone(),
+        None if in_cluster(IN_CLUSTER_TOKEN).is_some() => IN_CLUSTER_API_SERVER.to_owned(),
+        None => discovery_url.clone(),
+    };
+    if spec.token_review {
+        const FIELD: &str = "spec.kubernetes.apiServerUrl";
+        check_issuer(&api_server_url).map_err(|m| (FIELD, m))?;
+        if !crate::kubernetes_issuer::confidential_url(&api_server_url) {
+            return Err((
+                FIELD,
+                format!(
+                    "`{api_server_url}`: tokens are sent to it for review, so it must be https (plain http only to loopback)"
+                ),
+            ));
+        }
+        if token_file.is_none() {
+            return Err((
+                "spec.kubernetes.tokenReview",
+                "needs tokenFile: the API server reviews tokens for an authenticated caller allowed to create tokenreviews".into(),
+            ));
+        }
+    }
     Ok(KubernetesSettings {
         issuer: spec.issuer.clone(),
         audience: spec.audience.clone().unwrap_or_else(|| issuer.to_owned()),
@@ -745,12 +774,9 @@ fn kubernetes_settings(
             .as_ref()
             .map(PathBuf::from)
             .or_else(|| in_cluster(IN_CLUSTER_CA)),
-        token_file: spec
-            .token_file
-            .as_ref()
-            .map(PathBuf::from)
-            .or_else(|| in_cluster(IN_CLUSTER_TOKEN)),
+        token_file,
         token_review: spec.token_review,
+        api_server_url,
     })
 }
 
@@ -1302,6 +1328,29 @@ mod tests {
         let (field, message) = case(plain).unwrap();
         assert_eq!(field, "spec.kubernetes.discoveryUrl");
         assert!(message.contains("https"), "{message}");
+
+        // TokenReview sends tokens, so it needs a credential and an https
+        // API server, which outside a pod defaults to the discovery URL.
+        let review = |extra: &str| {
+            KUBERNETES.replace(
+                "{issuer: https://kubernetes.default.svc}",
+                &format!("{{issuer: https://kubernetes.default.svc, tokenReview: true{extra}}}"),
+            )
+        };
+        let (field, message) = case(review("")).unwrap();
+        assert_eq!(field, "spec.kubernetes.tokenReview");
+        assert!(message.contains("tokenFile"), "{message}");
+        let (field, message) = case(review(
+            ", tokenFile: /t, apiServerUrl: \"http://10.0.0.1:6443\"",
+        ))
+        .unwrap();
+        assert_eq!(field, "spec.kubernetes.apiServerUrl");
+        assert!(message.contains("https"), "{message}");
+        assert_eq!(case(review(", tokenFile: /t")), None);
+        let reg = build(&review(", tokenFile: /t")).unwrap();
+        let k8s = reg.server.kubernetes.unwrap();
+        assert!(k8s.token_review);
+        assert_eq!(k8s.api_server_url, "https://kubernetes.default.svc");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 use crate::{
     config,
+    keys::KeyError,
     registry::Registry,
     state::{AppState, StoredResources},
 };
@@ -69,6 +70,12 @@ impl Control {
                 "changing the issuer needs a restart of the token server",
             ));
         }
+        crate::keys::check_readable(self.state.store.as_ref(), &next.server)
+            .await
+            .map_err(|e| match e {
+                KeyError::Store(e) => Status::unavailable(format!("cannot read the keys: {e}")),
+                other => Status::failed_precondition(format!("{other}; the change is not stored")),
+            })?;
         self.state
             .store
             .put_resource(key, document)

@@ -72,6 +72,8 @@ struct ReviewedUser {
 #[derive(Deserialize)]
 struct TokenReview {
     #[serde(default)]
+    kind: String,
+    #[serde(default)]
     status: TokenReviewStatus,
 }
 
@@ -155,7 +157,7 @@ impl Fetcher {
     pub async fn review(&self, token: &str) -> Result<Option<String>, FetchError> {
         let url = format!(
             "{}/apis/authentication.k8s.io/v1/tokenreviews",
-            self.settings.discovery_url
+            self.settings.api_server_url
         );
         let body = json!({
             "apiVersion": "authentication.k8s.io/v1",
@@ -167,7 +169,13 @@ impl Fetcher {
             .post(&url)
             .header(reqwest::header::ACCEPT, "application/json")
             .json(&body);
-        let review: TokenReview = self.send_json(request, &url).await?;
+        let review: TokenReview = self.send_json(request, &url, true).await?;
+        if review.kind != "TokenReview" {
+            return Err(FetchError::Document {
+                url,
+                message: format!("answered a `{}`, not a TokenReview", review.kind),
+            });
+        }
         let status = review.status;
         Ok(status.authenticated.then_some(status.user.username))
     }
@@ -194,18 +202,22 @@ impl Fetcher {
         accept: &'static str,
     ) -> Result<T, FetchError> {
         let request = self.http.get(url).header(reqwest::header::ACCEPT, accept);
-        self.send_json(request, url).await
+        // The credential goes only to the discovery address, never to a
+        // third-party jwks_uri.
+        let credential = same_origin(url, &self.settings.discovery_url);
+        self.send_json(request, url, credential).await
     }
 
+    /// Sends `request`, with the token file's bearer when `credential`, and
+    /// reads a bounded JSON answer.
     async fn send_json<T: DeserializeOwned>(
         &self,
         mut request: reqwest::RequestBuilder,
         url: &str,
+        credential: bool,
     ) -> Result<T, FetchError> {
-        // The credential goes only to the discovery address, never to a
-        // third-party jwks_uri.
         if let Some(path) = &self.settings.token_file
-            && same_origin(url, &self.settings.discovery_url)
+            && credential
         {
             let token = tokio::fs::read_to_string(path)
                 .await
@@ -313,6 +325,7 @@ mod tests {
             ca_file: None,
             token_file: None,
             token_review: false,
+            api_server_url: "https://127.0.0.1:6443".into(),
         })
         .unwrap();
         assert_eq!(

@@ -8,20 +8,17 @@
 //! costs the API server one request per interval.
 
 mod fetch;
+mod review;
 
 use std::{
-    collections::HashMap,
     path::PathBuf,
-    sync::{Arc, Mutex, PoisonError},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use serde_json::Value;
-use tokenmesh_tokens::{
-    secret::SecretHash,
-    verify::{Expected, KeySet, VerifyError, verify},
-};
+use tokenmesh_tokens::verify::{Expected, KeySet, VerifyError, verify};
 
 use fetch::Fetcher;
 pub use fetch::{FetchError, confidential_url};
@@ -41,11 +38,9 @@ const MAX_LIFETIME: u64 = 24 * 3600;
 const LEEWAY: u64 = 30;
 const SUBJECT_PREFIX: &str = "system:serviceaccount:";
 /// How long a TokenReview answer is remembered: a revoked token is refused
-/// at most this late, and one client costs the API server at most one
+/// at most this late, and one token costs the API server at most one
 /// review per interval.
 pub const REVIEW_TTL: Duration = Duration::from_secs(5);
-/// Answers remembered at most (by token digest); beyond, the old ones go.
-const MAX_REVIEWS: usize = 10_000;
 
 /// `TokenServer.spec.kubernetes` with its defaults applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +55,8 @@ pub struct KubernetesSettings {
     pub token_file: Option<PathBuf>,
     /// Ask the API server (TokenReview) after the signature checks out.
     pub token_review: bool,
+    /// Where TokenReview goes.
+    pub api_server_url: String,
 }
 
 /// A service account, as named by a token's `sub`.
@@ -124,8 +121,7 @@ pub struct Verifier {
     cached: ArcSwap<Cached>,
     /// Held while fetching: one fetch at a time, and its rate limit.
     refresh: tokio::sync::Mutex<RefreshState>,
-    /// TokenReview answers by token digest: accepted, and when asked.
-    reviews: Mutex<HashMap<SecretHash, (bool, Instant)>>,
+    reviews: review::Reviews,
     min_refresh: Duration,
     /// [`MAX_AGE`] and [`MAX_STALE`], shortened by tests.
     max_age: Duration,
@@ -142,7 +138,7 @@ impl Verifier {
                 fetched: None,
             }),
             refresh: tokio::sync::Mutex::new(RefreshState::default()),
-            reviews: Mutex::new(HashMap::new()),
+            reviews: review::Reviews::new(REVIEW_TTL),
             min_refresh: MIN_REFRESH,
             max_age: MAX_AGE,
             max_stale: MAX_STALE,
@@ -210,37 +206,19 @@ impl Verifier {
     /// [`REVIEW_TTL`]. An API server that cannot answer refuses nothing and
     /// accepts nothing: the caller gets `Unavailable`.
     async fn review(&self, token: &str, sub: &str) -> Result<(), SaTokenError> {
-        let digest = SecretHash::of(token.as_bytes());
-        let remembered = self
-            .reviews
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&digest)
-            .filter(|(_, at)| at.elapsed() < REVIEW_TTL)
-            .map(|(accepted, _)| *accepted);
-        let accepted = match remembered {
-            Some(accepted) => accepted,
-            None => {
-                let answer = self.fetcher.review(token).await.map_err(|err| {
+        let ask = || async {
+            match self.fetcher.review(token).await {
+                Ok(user) => Ok(user.as_deref() == Some(sub)),
+                Err(err) => {
                     tracing::warn!(issuer = %self.settings.issuer, error = %err, "TokenReview failed");
-                    SaTokenError::Unavailable(err.to_string())
-                })?;
-                let accepted = answer.as_deref() == Some(sub);
-                let mut reviews = self.reviews.lock().unwrap_or_else(PoisonError::into_inner);
-                if reviews.len() >= MAX_REVIEWS {
-                    reviews.retain(|_, (_, at)| at.elapsed() < REVIEW_TTL);
-                    if reviews.len() >= MAX_REVIEWS {
-                        reviews.clear();
-                    }
+                    Err(err.to_string())
                 }
-                reviews.insert(digest, (accepted, Instant::now()));
-                accepted
             }
         };
-        if accepted {
-            Ok(())
-        } else {
-            Err(SaTokenError::Reviewed)
+        match self.reviews.answer(token, ask).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(SaTokenError::Reviewed),
+            Err(message) => Err(SaTokenError::Unavailable(message)),
         }
     }
 

@@ -117,6 +117,7 @@ fn settings(discovery_url: &str) -> KubernetesSettings {
         ca_file: None,
         token_file: None,
         token_review: false,
+        api_server_url: discovery_url.into(),
     }
 }
 
@@ -484,7 +485,16 @@ async fn token_review_asks_the_api_server_and_remembers_the_answer_briefly() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(api.reviews.lock().unwrap().len(), 4);
+    // A 2xx that is no TokenReview (a wrong apiServerUrl): no answer either.
+    *api.review_status.lock().unwrap() = Some(StatusCode::OK);
+    let fifth = sign(&key, &with(json!({"jti": "fifth"})));
+    match verifier.verify(&fifth, NOW).await {
+        Err(SaTokenError::Unavailable(message)) => {
+            assert!(message.contains("not a TokenReview"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(api.reviews.lock().unwrap().len(), 5);
 }
 
 #[tokio::test]

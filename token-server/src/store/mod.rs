@@ -121,6 +121,11 @@ pub trait Store: Send + Sync {
     /// Inserts or updates a key.
     async fn save_signing_key(&self, key: &StoredKey) -> StoreResult<()>;
     async fn delete_signing_key(&self, kid: &str) -> StoreResult<()>;
+    /// After keys were rewritten in place (sealed): leaves no copy of what
+    /// they were in files the store keeps (SQLite: its write-ahead log).
+    async fn forget_overwritten_keys(&self) -> StoreResult<()> {
+        Ok(())
+    }
 
     async fn put_opaque_token(&self, token: &OpaqueToken) -> StoreResult<()>;
     async fn opaque_token(&self, hash: &SecretHash) -> StoreResult<Option<OpaqueToken>>;

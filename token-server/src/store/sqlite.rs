@@ -221,6 +221,15 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn forget_overwritten_keys(&self) -> StoreResult<()> {
+        // The new pages reach the database file (whose freed space
+        // secure_delete zeroes) and the log is emptied.
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
     async fn put_opaque_token(&self, token: &OpaqueToken) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO opaque_tokens (hash, jti, client_id, grant_id, expires_at, claims) VALUES (?, ?, ?, ?, ?, ?)",

@@ -616,3 +616,57 @@ async fn the_database_going_away_and_coming_back() {
     )
     .await;
 }
+
+/// During a change of the key-encryption secret, a replica still on the old
+/// secret alone cannot open keys another replica sealed under the new one:
+/// it keeps signing with the keys it has, and says so in `/readyz`.
+#[tokio::test]
+async fn a_replica_that_cannot_open_the_stored_keys_is_not_ready() {
+    let with_secrets = |spec: &str| {
+        let config = Config::new(spec);
+        for (name, value) in [
+            ("old", "the-old-key-encryption-secret-0123456789"),
+            ("new", "the-new-key-encryption-secret-0123456789"),
+        ] {
+            std::fs::create_dir_all(config.dir.path().join("secrets").join(name)).unwrap();
+            std::fs::write(
+                config.dir.path().join("secrets").join(name).join("key"),
+                value,
+            )
+            .unwrap();
+        }
+        config
+    };
+    let old = with_secrets("{signing: {keyEncryptionKeyRef: {name: old, key: key}}}");
+    let new = with_secrets(
+        "{signing: {keyEncryptionKeyRef: {name: new, key: key}, previousKeyEncryptionKeyRefs: [{name: old, key: key}]}}",
+    );
+    let url = fresh_database().await;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Server::start_replica(&old, da.path(), &url, ISSUER).await;
+    let ready = |server: &Server| {
+        let url = server.url("/readyz");
+        async move { reqwest::get(url).await.unwrap().status().as_u16() }
+    };
+    assert_eq!(ready(&a).await, 200);
+    let b = Server::start_replica(&new, db.path(), &url, ISSUER).await;
+    until(
+        "the old-secret replica not ready",
+        Duration::from_secs(5),
+        async || ready(&a).await == 503,
+    )
+    .await;
+    assert_eq!(ready(&b).await, 200);
+    let body = reqwest::get(a.url("/readyz"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains("cannot be opened"), "{body}");
+    // It still signs with the keys it had.
+    assert_eq!(
+        a.token(&[("audience", "orders")]).await["token_type"],
+        "Bearer"
+    );
+}

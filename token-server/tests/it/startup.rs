@@ -237,7 +237,9 @@ async fn migrate_reports_what_it_did_and_reads_spec_storage() {
 /// With `keyEncryptionKeyRef` no generated key is stored in clear: keys
 /// from before are sealed in place (the same kids stay published), and a
 /// server without the secret, or with another one, refuses to start.
-#[tokio::test]
+// Multi-threaded: the gRPC client's connection closes on another thread
+// while this one waits for the server to stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_keys_are_encrypted_at_rest_and_need_their_secret() {
     const KEK_REF: &str = "{signing: {keyEncryptionKeyRef: {name: kek, key: key}}}";
     let config = Config::new("{}");
@@ -283,6 +285,50 @@ async fn generated_keys_are_encrypted_at_rest_and_need_their_secret() {
                 .to_owned()
         )
     );
+    if !crate::harness::postgres() {
+        // Sealed in place, while the server runs: neither the database file
+        // nor its write-ahead log keeps the clear keys.
+        for file in ["tokenmesh.db", "tokenmesh.db-wal"] {
+            let bytes = std::fs::read(data.path().join("d").join(file)).unwrap_or_default();
+            for der in &clear {
+                assert!(
+                    !bytes.windows(der.len()).any(|w| w == der.as_slice()),
+                    "a clear key is left in {file}"
+                );
+            }
+        }
+    }
+    // A TokenServer applied through the ControlService that could not open
+    // the keys is refused, not stored (stored, it would stop every restart).
+    let mut control = tokenmesh_proto::v1::control_service_client::ControlServiceClient::connect(
+        server.grpc.clone(),
+    )
+    .await
+    .unwrap();
+    let mut apply = tonic::Request::new(tokenmesh_proto::v1::ApplyRequest {
+        document: format!(
+            "apiVersion: tokenmesh.dev/v1alpha1\nkind: TokenServer\nmetadata: {{name: default}}\nspec: {{issuer: \"{}\"}}\n",
+            server.issuer
+        ),
+    });
+    apply.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", crate::harness::ADMIN_TOKEN)
+            .parse()
+            .unwrap(),
+    );
+    let refused = control.apply(apply).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("stored encrypted"),
+        "{}",
+        refused.message()
+    );
+    drop(control); // an open connection would hold up the graceful stop
     server.terminate();
     let sealed = stored_keys(&server).await;
     assert_eq!(sealed.len(), clear.len());
