@@ -37,6 +37,15 @@ pub enum KeyError {
     File { path: String, message: String },
 }
 
+impl KeyError {
+    fn key(kid: &str, message: impl std::fmt::Display) -> Self {
+        Self::Key {
+            kid: kid.to_owned(),
+            message: message.to_string(),
+        }
+    }
+}
+
 pub fn jose_algorithm(alg: SigningAlgorithm) -> Algorithm {
     match alg {
         SigningAlgorithm::ES256 => Algorithm::ES256,
@@ -205,7 +214,7 @@ impl KeyRing {
         settings: &ServerSettings,
         now: u64,
     ) -> Result<(), KeyError> {
-        if settings.key_directory.is_none() && settings.key_files.is_empty() {
+        if settings.keys_in_store() {
             let stored = store.signing_keys().await?;
             self.take_stored(snapshot(&stored, now, settings.key_encryption.as_deref()))?;
         }
@@ -217,7 +226,7 @@ impl KeyRing {
 /// cannot is refused before it is stored: stored, it would stop every
 /// replica from loading its keys, and from starting.
 pub async fn check_readable(store: &dyn Store, settings: &ServerSettings) -> Result<(), KeyError> {
-    if settings.key_directory.is_some() || !settings.key_files.is_empty() {
+    if !settings.keys_in_store() {
         return Ok(());
     }
     for stored in store.signing_keys().await? {
@@ -227,10 +236,7 @@ pub async fn check_readable(store: &dyn Store, settings: &ServerSettings) -> Res
             &stored.alg,
             &stored.pkcs8,
         )
-        .map_err(|e| KeyError::Key {
-            kid: stored.kid.clone(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| KeyError::key(&stored.kid, e))?;
     }
     Ok(())
 }
@@ -287,22 +293,13 @@ async fn rotate(
         }
     }
     for (alg, activates_at) in &plan.create {
-        let kid = random_id().map_err(|_| KeyError::Key {
-            kid: String::new(),
-            message: "no randomness".into(),
-        })?;
-        let key =
-            SigningKey::generate(kid.clone(), jose_algorithm(*alg)).map_err(|e| KeyError::Key {
-                kid: kid.clone(),
-                message: e.to_string(),
-            })?;
+        let kid = random_id().map_err(|_| KeyError::key("", "no randomness"))?;
+        let key = SigningKey::generate(kid.clone(), jose_algorithm(*alg))
+            .map_err(|e| KeyError::key(&kid, e))?;
         let pkcs8 = match encryption {
             Some(encryption) => encryption
                 .seal(&kid, alg.as_str(), key.pkcs8())
-                .map_err(|e| KeyError::Key {
-                    kid: kid.clone(),
-                    message: e.to_string(),
-                })?,
+                .map_err(|e| KeyError::key(&kid, e))?,
             None => key.pkcs8().to_vec(),
         };
         let stored = StoredKey {
@@ -330,19 +327,15 @@ async fn reseal_stale_keys(
 ) -> Result<(), KeyError> {
     let mut resealed = false;
     for key in keys.iter_mut() {
-        let key_error = |e: key_wrap::WrapError| KeyError::Key {
-            kid: key.kid.clone(),
-            message: e.to_string(),
-        };
         let opened = encryption
             .open(&key.kid, &key.alg, &key.pkcs8)
-            .map_err(key_error)?;
+            .map_err(|e| KeyError::key(&key.kid, e))?;
         if !opened.stale {
             continue;
         }
         key.pkcs8 = encryption
             .seal(&key.kid, &key.alg, &opened.pkcs8)
-            .map_err(key_error)?;
+            .map_err(|e| KeyError::key(&key.kid, e))?;
         store.save_signing_key(key).await?;
         tracing::info!(kid = %key.kid, "signing key encrypted at rest under the current secret");
         resealed = true;
@@ -367,18 +360,16 @@ fn snapshot(
     let mut signers: HashMap<Algorithm, (u64, Arc<SigningKey>)> = HashMap::new();
     let mut published = Vec::new();
     for stored in keys {
-        let alg = parse_alg(&stored.alg).ok_or_else(|| KeyError::Key {
-            kid: stored.kid.clone(),
-            message: format!("unknown algorithm {}", stored.alg),
+        let alg = parse_alg(&stored.alg).ok_or_else(|| {
+            KeyError::key(
+                &stored.kid,
+                format_args!("unknown algorithm {}", stored.alg),
+            )
         })?;
-        let key_error = |message: String| KeyError::Key {
-            kid: stored.kid.clone(),
-            message,
-        };
         let pkcs8 = key_wrap::unwrap_stored(encryption, &stored.kid, &stored.alg, &stored.pkcs8)
-            .map_err(|e| key_error(e.to_string()))?;
+            .map_err(|e| KeyError::key(&stored.kid, e))?;
         let key = SigningKey::from_pkcs8(stored.kid.clone(), jose_algorithm(alg), pkcs8)
-            .map_err(|e| key_error(e.to_string()))?;
+            .map_err(|e| KeyError::key(&stored.kid, e))?;
         let key = Arc::new(key);
         let signs = stored.activates_at <= now && stored.retires_at.is_none_or(|r| r > now);
         if signs {
@@ -409,15 +400,9 @@ fn build(
     };
     let mut verifying = Vec::new();
     for (key, jwk) in published.iter().zip(&jwks.keys) {
-        verifying.push(VerifyingKey::from_jwk(jwk).map_err(|e| KeyError::Key {
-            kid: key.kid().to_owned(),
-            message: e.to_string(),
-        })?);
+        verifying.push(VerifyingKey::from_jwk(jwk).map_err(|e| KeyError::key(key.kid(), e))?);
     }
-    let jwks_json = serde_json::to_string(&jwks).map_err(|e| KeyError::Key {
-        kid: String::new(),
-        message: e.to_string(),
-    })?;
+    let jwks_json = serde_json::to_string(&jwks).map_err(|e| KeyError::key("", e))?;
     Ok(KeySnapshot {
         signers,
         jwks_json: jwks_json.into(),

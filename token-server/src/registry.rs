@@ -98,6 +98,12 @@ pub struct ServerSettings {
 }
 
 impl ServerSettings {
+    /// Whether signing keys are generated and kept in the store (not
+    /// `keyFiles` or a `keyDirectory`).
+    pub fn keys_in_store(&self) -> bool {
+        self.key_directory.is_none() && self.key_files.is_empty()
+    }
+
     fn defaults(issuer: String) -> Self {
         Self {
             issuer,
@@ -706,6 +712,19 @@ const IN_CLUSTER_CA: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.cr
 const IN_CLUSTER_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 const IN_CLUSTER_API_SERVER: &str = "https://kubernetes.default.svc";
 
+/// https, or plain http only to loopback, for a URL whose traffic must not
+/// be read or changed on the way (`why`).
+fn confidential(field: &'static str, url: &str, why: &str) -> Result<(), FieldError> {
+    if crate::kubernetes_issuer::confidential_url(url) {
+        Ok(())
+    } else {
+        Err((
+            field,
+            format!("`{url}`: {why}, so it must be https (plain http only to loopback)"),
+        ))
+    }
+}
+
 fn kubernetes_settings(
     spec: &tokenmesh_crds::KubernetesSpec,
     issuer: &str,
@@ -725,14 +744,11 @@ fn kubernetes_settings(
             format!("{m} (discovery is fetched from it: set discoveryUrl)"),
         )
     })?;
-    if !crate::kubernetes_issuer::confidential_url(&discovery_url) {
-        return Err((
-            field,
-            format!(
-                "`{discovery_url}`: the cluster's keys are fetched from it, so it must be https (plain http only to loopback)"
-            ),
-        ));
-    }
+    confidential(
+        field,
+        &discovery_url,
+        "the cluster's keys are fetched from it",
+    )?;
     let in_cluster = |path: &str| {
         let path = PathBuf::from(path);
         path.exists().then_some(path)
@@ -750,14 +766,7 @@ fn kubernetes_settings(
     if spec.token_review {
         const FIELD: &str = "spec.kubernetes.apiServerUrl";
         check_issuer(&api_server_url).map_err(|m| (FIELD, m))?;
-        if !crate::kubernetes_issuer::confidential_url(&api_server_url) {
-            return Err((
-                FIELD,
-                format!(
-                    "`{api_server_url}`: tokens are sent to it for review, so it must be https (plain http only to loopback)"
-                ),
-            ));
-        }
+        confidential(FIELD, &api_server_url, "tokens are sent to it for review")?;
         if token_file.is_none() {
             return Err((
                 "spec.kubernetes.tokenReview",

@@ -155,6 +155,14 @@ fn rsa(kid: &str) -> SigningKey {
     SigningKey::generate(kid.into(), Algorithm::RS256).unwrap()
 }
 
+/// A token file (in a folder that lives as long as the first value).
+fn token_file(contents: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, contents).unwrap();
+    (dir, file)
+}
+
 fn orders() -> ServiceAccount {
     ServiceAccount {
         namespace: "shop".into(),
@@ -379,9 +387,7 @@ async fn discovery_must_name_the_configured_issuer() {
 async fn the_token_file_is_sent_and_read_again_on_each_fetch() {
     let key = rsa("k1");
     let (api, url) = start(&[&key]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("token");
-    std::fs::write(&file, "first\n").unwrap();
+    let (_dir, file) = token_file("first\n");
     let verifier = Verifier::new(&KubernetesSettings {
         token_file: Some(file.clone()),
         ..settings(&url)
@@ -437,9 +443,7 @@ fn keys_come_only_over_https_or_loopback() {
 async fn token_review_asks_the_api_server_and_remembers_the_answer_briefly() {
     let key = rsa("k1");
     let (api, url) = start(&[&key]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("token");
-    std::fs::write(&file, "reviewer").unwrap();
+    let (_dir, file) = token_file("reviewer");
     let verifier = Verifier::new(&KubernetesSettings {
         token_file: Some(file),
         token_review: true,

@@ -80,13 +80,16 @@ spec:
 "#
         );
         std::fs::write(dir.path().join("tokenmesh.yaml"), yaml).unwrap();
-        std::fs::create_dir_all(dir.path().join("secrets/shared")).unwrap();
-        std::fs::write(
-            dir.path().join("secrets/shared/client_secret"),
-            format!("{SECRET}\n"),
-        )
-        .unwrap();
-        Self { dir, batch_key }
+        let config = Self { dir, batch_key };
+        config.write_secret("shared", "client_secret", &format!("{SECRET}\n"));
+        config
+    }
+
+    /// Writes `secrets/<name>/<key>`, the layout of a mounted Secret.
+    pub fn write_secret(&self, name: &str, key: &str, value: &str) {
+        let dir = self.dir.path().join("secrets").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(key), value).unwrap();
     }
 
     pub fn file(&self) -> PathBuf {
@@ -303,11 +306,17 @@ impl Server {
         )
     }
 
+    /// GET `path`: the status and the body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let resp = self.http.get(self.url(path)).send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
     /// The JWKS document as served.
     pub async fn jwks_text(&self) -> String {
-        let resp = self.http.get(self.url("/jwks")).send().await.unwrap();
-        assert_eq!(resp.status(), 200);
-        resp.text().await.unwrap()
+        let (status, body) = self.get("/jwks").await;
+        assert_eq!(status, 200);
+        body
     }
 
     pub async fn jwks(&self) -> tokenmesh_tokens::jwk::JwkSet {

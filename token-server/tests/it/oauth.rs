@@ -550,12 +550,7 @@ async fn the_opaque_token_cache_spares_store_reads_and_can_be_turned_off() {
         for _ in 0..3 {
             assert_eq!(server.introspect(opaque).await["active"], true);
         }
-        let metrics = reqwest::get(server.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let (_, metrics) = server.get("/metrics").await;
         let count = |source: &str| {
             metrics
                 .lines()

@@ -557,10 +557,7 @@ async fn the_database_going_away_and_coming_back() {
     let relayed = format!("{prefix}@127.0.0.1:{}/{database}", relay.port);
     let data = tempfile::tempdir().unwrap();
     let server = Server::start_replica(&config, data.path(), &relayed, ISSUER).await;
-    let ready = |s: &Server| {
-        let url = s.url("/readyz");
-        async move { reqwest::get(url).await.unwrap().status().as_u16() }
-    };
+    let ready = async |s: &Server| s.get("/readyz").await.0;
     let resp = opaque(&server, &config, "d-1").await;
     assert_eq!(resp.status(), 200);
     let token: Value = resp.json().await.unwrap();
@@ -628,12 +625,7 @@ async fn a_replica_that_cannot_open_the_stored_keys_is_not_ready() {
             ("old", "the-old-key-encryption-secret-0123456789"),
             ("new", "the-new-key-encryption-secret-0123456789"),
         ] {
-            std::fs::create_dir_all(config.dir.path().join("secrets").join(name)).unwrap();
-            std::fs::write(
-                config.dir.path().join("secrets").join(name).join("key"),
-                value,
-            )
-            .unwrap();
+            config.write_secret(name, "key", value);
         }
         config
     };
@@ -644,10 +636,7 @@ async fn a_replica_that_cannot_open_the_stored_keys_is_not_ready() {
     let url = fresh_database().await;
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = Server::start_replica(&old, da.path(), &url, ISSUER).await;
-    let ready = |server: &Server| {
-        let url = server.url("/readyz");
-        async move { reqwest::get(url).await.unwrap().status().as_u16() }
-    };
+    let ready = async |server: &Server| server.get("/readyz").await.0;
     assert_eq!(ready(&a).await, 200);
     let b = Server::start_replica(&new, db.path(), &url, ISSUER).await;
     until(
@@ -657,12 +646,7 @@ async fn a_replica_that_cannot_open_the_stored_keys_is_not_ready() {
     )
     .await;
     assert_eq!(ready(&b).await, 200);
-    let body = reqwest::get(a.url("/readyz"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, body) = a.get("/readyz").await;
     assert!(body.contains("cannot be opened"), "{body}");
     // It still signs with the keys it had.
     assert_eq!(

@@ -261,14 +261,7 @@ async fn generated_keys_are_encrypted_at_rest_and_need_their_secret() {
         )
         .unwrap();
     };
-    let write_secret = |name: &str, value: &str| {
-        std::fs::create_dir_all(config.dir.path().join("secrets").join(name)).unwrap();
-        std::fs::write(
-            config.dir.path().join("secrets").join(name).join("key"),
-            value,
-        )
-        .unwrap();
-    };
+    let write_secret = |name: &str, value: &str| config.write_secret(name, "key", value);
     let set_secret = |value: &str| write_secret("kek", value);
     set_spec(KEK_REF);
     set_secret("q0Vd3Jp1mH8sXw4uTz6bNc9eLk2yRa7fGi5oPj1SxUA=\n");
