@@ -7,10 +7,6 @@
 # its --data-dir (the chart mounts a volume there) and /tmp.
 
 FROM rust:1.95-bookworm AS builder
-# proto/build.rs compiles the gRPC API with protoc.
-RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends protobuf-compiler \
- && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
