@@ -8,6 +8,7 @@ picture, wired with veth pairs to a bridge in a namespace of its own:
     client 198.18.0.3 ──┐
     pod    198.18.0.2 ──┤ br0 (namespace "net")
     svc    198.18.0.4 ──┘ 198.18.0.5: the token server, 198.18.0.6: an excluded host
+           fd00:746d::4, fd00:746d::6 (excluded): the same service over IPv6
 
 The pod runs an application (app.py, as root) and the sidecar (as
 SIDECAR_UID), with tokenmesh-capture installed first, as the init container
@@ -49,7 +50,7 @@ EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 
 POD, CLIENT, SVC, TOKEN_SERVER, EXCLUDED = "198.18.0.2", "198.18.0.3", "198.18.0.4", "198.18.0.5", "198.18.0.6"
 DECOY = "198.18.0.7"  # captured, but not the address of any host a policy names
-POD6, CLIENT6 = "fd00:746d::2", "fd00:746d::3"
+POD6, CLIENT6, SVC6, EXCLUDED6 = "fd00:746d::2", "fd00:746d::3", "fd00:746d::4", "fd00:746d::6"
 APP_PORTS = (8080, 8090)  # captured
 APP_OPEN_PORT = 8099  # the application listens here too, not captured
 EXCLUDED_PORT = 9001
@@ -57,6 +58,7 @@ EXCLUDED_PORT = 9001
 IP = shutil.which("ip") or "ip"
 SETPRIV = shutil.which("setpriv") or "setpriv"
 INIT_PRIVILEGES = [SETPRIV, "--bounding-set=-all,+net_admin,+net_raw", "--inh-caps=-all", "--"]
+AS_SIDECAR = [SETPRIV, f"--reuid={SIDECAR_UID}", f"--regid={SIDECAR_UID}", "--clear-groups", "--"]
 
 
 def run(argv, check=True, **kwargs):
@@ -189,14 +191,15 @@ class Mesh:
         self.svc = namespaces.new("svc")
         self.net.ip("link", "add", "br0", "type", "bridge")
         self.net.ip("link", "set", "br0", "up")
-        for ns, v4, v6 in [(self.pod, [POD], POD6), (self.client, [CLIENT], CLIENT6),
-                           (self.svc, [SVC, TOKEN_SERVER, EXCLUDED, DECOY], "fd00:746d::4")]:
+        for ns, v4, v6 in [(self.pod, [POD], [POD6]), (self.client, [CLIENT], [CLIENT6]),
+                           (self.svc, [SVC, TOKEN_SERVER, EXCLUDED, DECOY], [SVC6, EXCLUDED6])]:
             leg = "v-" + ns.name.rsplit("-", 1)[1]
             self.net.ip("link", "add", leg, "type", "veth", "peer", "name", "eth0", "netns", ns.name)
             self.net.ip("link", "set", leg, "master", "br0", "up")
             for addr in v4:
                 ns.ip("addr", "add", f"{addr}/24", "dev", "eth0")
-            ns.ip("addr", "add", f"{v6}/64", "dev", "eth0", "nodad")
+            for addr in v6:
+                ns.ip("addr", "add", f"{addr}/64", "dev", "eth0", "nodad")
             ns.ip("link", "set", "eth0", "up")
 
     def spawn(self, ns, name, argv, prefix=()):
@@ -224,14 +227,16 @@ class Mesh:
             "--issuer", f"http://{TOKEN_SERVER}:8081", "--data-dir", self.dir / "data", "--insecure-http"])
         self.spawn(self.svc, "svc", [PYTHON, HERE / "app.py", "--log", self.dir / "svc.jsonl",
                                      "--listen", f"{SVC}:9000", "--listen", f"{SVC}:{EXCLUDED_PORT}",
-                                     "--listen", f"{EXCLUDED}:9000", "--listen", f"{DECOY}:9000"])
+                                     "--listen", f"{EXCLUDED}:9000", "--listen", f"{DECOY}:9000",
+                                     "--listen", f"[{SVC6}]:9000", "--listen", f"[{SVC6}]:{EXCLUDED_PORT}",
+                                     "--listen", f"[{EXCLUDED6}]:9000"])
         # The init step, as the webhook runs it: settings in the environment, NET_ADMIN and NET_RAW only.
         self.install_output = self.pod.capture("install", env={
             "TOKENMESH_CAPTURE_INBOUND_PORTS": ",".join(map(str, APP_PORTS)),
             "TOKENMESH_CAPTURE_OUTBOUND": "true",
             "TOKENMESH_CAPTURE_SIDECAR_UID": str(SIDECAR_UID),
             "TOKENMESH_CAPTURE_EXCLUDE_OUTBOUND_PORTS": str(EXCLUDED_PORT),
-            "TOKENMESH_CAPTURE_EXCLUDE_OUTBOUND_CIDRS": f"{EXCLUDED}/32",
+            "TOKENMESH_CAPTURE_EXCLUDE_OUTBOUND_CIDRS": f"{EXCLUDED}/32,{EXCLUDED6}/128",
         }).stdout
         # The application: dual-stack, on its captured ports and one that is not.
         self.spawn(self.pod, "app", [PYTHON, HERE / "app.py", "--log", self.dir / "app.jsonl",
@@ -251,7 +256,7 @@ class Mesh:
             "--outbound-addr", "127.0.0.1:15001", "--admin-addr", "127.0.0.1:15020", "--clock-skew", "0s",
             # Where DNS would send payments.local in a cluster.
             "--resolve", f"payments.local={SVC}:9000"],
-            prefix=["setpriv", f"--reuid={SIDECAR_UID}", f"--regid={SIDECAR_UID}", "--clear-groups", "--"])
+            prefix=AS_SIDECAR)
         self.wait_ready()
 
     def wait_ready(self):
@@ -264,6 +269,7 @@ class Mesh:
 
         wait_for("the token server", lambda: ok(self.svc, f"http://{TOKEN_SERVER}:8081/readyz"))
         wait_for("the service", lambda: ok(self.svc, f"http://{SVC}:9000/__ping"))
+        wait_for("the service over IPv6", lambda: ok(self.svc, f"http://[{EXCLUDED6}]:9000/__ping"))
         wait_for("the application", lambda: ok(self.pod, "http://127.0.0.1:8080/__ping"))
         wait_for("the sidecar", lambda: ok(self.pod, "http://127.0.0.1:15020/readyz"))
 

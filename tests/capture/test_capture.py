@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from conftest import (APP_OPEN_PORT, APP_PORTS, DECOY, EXCLUDED, EXCLUDED_PORT, INIT_PRIVILEGES, POD,
-                      POD6, SIDECAR_UID, SVC, claims)
+from conftest import (APP_OPEN_PORT, APP_PORTS, AS_SIDECAR, DECOY, EXCLUDED, EXCLUDED6, EXCLUDED_PORT, HERE,
+                      INIT_PRIVILEGES, POD, POD6, PYTHON, SIDECAR_UID, SVC, SVC6, claims)
 
 
 def unique(prefix):
@@ -31,6 +31,9 @@ def test_the_init_step_prints_what_it_installed(mesh):
     assert f"-A TOKENMESH_OUTBOUND -m owner --uid-owner {SIDECAR_UID} -j RETURN" in out, out
     assert "-A PREROUTING -p tcp -j TOKENMESH_INBOUND" in out, out
     assert "-A OUTPUT -p tcp -j TOKENMESH_OUTBOUND" in out, out
+    assert ("ip6tables -t filter -A TOKENMESH_OUTBOUND -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN "
+            "-j REJECT --reject-with tcp-reset") in out, out
+    assert f"ip6tables -t filter -A TOKENMESH_OUTBOUND -d {EXCLUDED6}/128 -j RETURN" in out, out
 
 
 @pytest.mark.parametrize("port", APP_PORTS)
@@ -137,8 +140,11 @@ def test_a_plain_outbound_call_to_an_unlisted_host_is_refused(mesh):
     assert seen(mesh, "svc", path) == [], "the token never leaves"
 
 
-@pytest.mark.parametrize("target", [f"{SVC}:{EXCLUDED_PORT}", f"{EXCLUDED}:9000"], ids=["port", "cidr"])
+@pytest.mark.parametrize("target", [f"{SVC}:{EXCLUDED_PORT}", f"{EXCLUDED}:9000",
+                                    f"[{SVC6}]:{EXCLUDED_PORT}", f"[{EXCLUDED6}]:9000"],
+                         ids=["port", "cidr", "ipv6-port", "ipv6-cidr"])
 def test_excluded_destinations_are_not_captured(mesh, target):
+    # Over IPv6 they are not refused either.
     token = mesh.token()
     path = unique("excluded")
     # No policy names this host: through the sidecar it would be refused.
@@ -147,6 +153,29 @@ def test_excluded_destinations_are_not_captured(mesh, target):
     [record] = seen(mesh, "svc", path)
     assert record["listener"] == target
     assert record["authorization"] == f"Bearer {token}", "untouched: the sidecar was not on the way"
+
+
+def test_outbound_ipv6_does_not_carry_the_token_around_the_sidecar(mesh):
+    # The sidecar is not reached over IPv6: the application's call is refused
+    # at once (a client with the IPv4 address too tries it next, captured).
+    token = mesh.token()
+    path = unique("ipv6-out")
+    body = call(mesh, token, f"[{SVC6}]:9000", "payments.local", path)
+    assert "call_status" not in body and "refused" in body.get("call_error", "").lower(), body
+    assert seen(mesh, "svc", path) == [], "the raw token never left over IPv6"
+
+
+def test_the_sidecars_own_ipv6_calls_are_not_refused(mesh):
+    # The sidecar forwards to what DNS gives, IPv6 addresses included.
+    path = unique("sidecar6")
+    url = f"http://[{SVC6}]:9000{path}"
+    resp = json.loads(mesh.pod.run([*AS_SIDECAR, PYTHON, HERE / "client.py", "GET", url]).stdout)
+    assert resp.get("status") == 200, resp
+    assert len(seen(mesh, "svc", path)) == 1
+    # The same call as the application (root here) is refused.
+    resp = json.loads(mesh.pod.run([PYTHON, HERE / "client.py", "GET", url + "-app"]).stdout)
+    assert "error" in resp, resp
+    assert seen(mesh, "svc", path + "-app") == []
 
 
 def test_the_sidecars_own_calls_are_not_looped_back(mesh):
@@ -170,7 +199,7 @@ def test_the_sidecars_own_calls_are_not_looped_back(mesh):
 # ---------------------------------------------------------- install, remove
 
 FLAGS = ["--inbound-ports", "8080,9090", "--outbound", "--sidecar-uid", str(SIDECAR_UID),
-         "--exclude-outbound-ports", "5432,9001", "--exclude-outbound-cidrs", "198.18.0.5/32"]
+         "--exclude-outbound-ports", "5432,9001", "--exclude-outbound-cidrs", "fd00:746d::5,198.18.0.5/32"]
 OTHER_FLAGS = ["--inbound-ports", "7070"]
 
 
@@ -222,11 +251,41 @@ def test_install_twice_changes_nothing_and_remove_restores(fresh, iptables):
     assert fresh.capture("check", *backend, *FLAGS, check=False).returncode == 1
 
 
+# The last rule of each outbound chain moved first, before the uid, loopback
+# and DNS exemptions: the same rules, but every connection (the sidecar's own
+# too) captured, or refused.
+REORDERED = {
+    "ipv4": ("", "nat", ["-p", "tcp", "-j", "REDIRECT", "--to-ports", "15001"]),
+    "ipv6": ("6", "filter", ["-p", "tcp", "--syn", "-j", "REJECT", "--reject-with", "tcp-reset"]),
+}
+
+
+@pytest.mark.parametrize("family", sorted(REORDERED))
+@pytest.mark.parametrize("iptables", ["iptables", "iptables-legacy"])
+def test_a_reordered_chain_is_found_and_repaired(fresh, iptables, family):
+    backend = ["--iptables", iptables]
+    fresh.capture("install", *backend, *FLAGS)
+    installed = saved(fresh, iptables)
+    six, table, last = REORDERED[family]
+    command = iptables.replace("iptables", f"ip{six}tables", 1)
+    fresh.run([command, "-t", table, "-D", "TOKENMESH_OUTBOUND", *last])
+    fresh.run([command, "-t", table, "-I", "TOKENMESH_OUTBOUND", "1", *last])
+    assert saved(fresh, iptables) != installed
+
+    result = fresh.capture("check", *backend, *FLAGS, check=False)
+    assert result.returncode == 1, result.stdout
+    assert f"{command} {table} TOKENMESH_OUTBOUND: its rules or their order differ" in result.stdout, result.stdout
+    repaired = fresh.capture("install", *backend, *FLAGS)
+    assert repaired.stdout.startswith("tokenmesh-capture: installed"), repaired.stdout
+    assert saved(fresh, iptables) == installed
+    assert fresh.capture("check", *backend, *FLAGS).returncode == 0
+
+
 def test_flags_come_from_the_environment_too(fresh):
     env = {"TOKENMESH_CAPTURE_INBOUND_PORTS": "8080,9090", "TOKENMESH_CAPTURE_OUTBOUND": "1",
            "TOKENMESH_CAPTURE_SIDECAR_UID": str(SIDECAR_UID),
            "TOKENMESH_CAPTURE_EXCLUDE_OUTBOUND_PORTS": "5432,9001",
-           "TOKENMESH_CAPTURE_EXCLUDE_OUTBOUND_CIDRS": "198.18.0.5/32"}
+           "TOKENMESH_CAPTURE_EXCLUDE_OUTBOUND_CIDRS": "198.18.0.5/32,fd00:746d::5/128"}
     fresh.capture("install", env=env)
     assert fresh.capture("check", *FLAGS).returncode == 0
 
@@ -260,7 +319,7 @@ def test_without_the_capabilities_the_pod_does_not_start(fresh, iptables):
     (["--outbound"], "--sidecar-uid"),
     ([], "nothing to capture"),
     (["--inbound-ports", "8080,15006"], "loop"),
-    (["--inbound-ports", "8080", "--exclude-outbound-cidrs", "fd00::/8"], "IPv4"),
+    (["--inbound-ports", "8080", "--exclude-outbound-cidrs", "fd00::/129"], "IP address or CIDR"),
 ])
 def test_settings_that_cannot_protect_the_pod_are_refused(fresh, flags, message):
     before = saved(fresh, "iptables")
