@@ -76,6 +76,26 @@ fn authorizations(request: &CheckRequest) -> Vec<&[u8]> {
     values
 }
 
+/// More than one credential came: which one is checked and which one the
+/// application reads need not agree.
+#[derive(Debug, PartialEq, Eq)]
+struct ManyCredentials;
+
+/// The bearer token of the one Authorization value, if it is one.
+fn only_bearer<'a>(values: &[&'a [u8]]) -> Result<Option<&'a str>, ManyCredentials> {
+    let token = match values {
+        [] => None,
+        [value] => bearer_in(value),
+        _ => return Err(ManyCredentials),
+    };
+    // Envoy joins repeated headers with a comma, which no bearer token
+    // holds (RFC 6750's b64token): a comma means a second credential.
+    match token {
+        Some(token) if token.contains(',') => Err(ManyCredentials),
+        token => Ok(token),
+    }
+}
+
 /// A denied answer: the HTTP status Envoy sends, the gRPC code, the
 /// challenge (if any) and the body.
 fn denied_with(http: i32, rpc: i32, challenge: Option<&str>, message: String) -> CheckResponse {
@@ -122,17 +142,17 @@ impl ExtAuthz {
     /// The decision on one request: OK with the JWT the application gets,
     /// or a denial.
     pub async fn check(&self, check: &CheckRequest) -> CheckResponse {
-        let values = authorizations(check);
-        if values.len() > 1 {
-            return denied_with(
-                400,
-                RPC_INVALID_ARGUMENT,
-                Some(INVALID_REQUEST),
-                MANY_CREDENTIALS.into(),
-            );
-        }
-        let Some(token) = values.first().and_then(|value| bearer_in(value)) else {
-            return denied(&Refusal::Missing);
+        let token = match only_bearer(&authorizations(check)) {
+            Err(ManyCredentials) => {
+                return denied_with(
+                    400,
+                    RPC_INVALID_ARGUMENT,
+                    Some(INVALID_REQUEST),
+                    MANY_CREDENTIALS.into(),
+                );
+            }
+            Ok(None) => return denied(&Refusal::Missing),
+            Ok(Some(token)) => token,
         };
         match self.mesh.validate(token).await {
             Ok(verified) => CheckResponse {
@@ -220,6 +240,28 @@ mod tests {
             &[("authorization", b"Bearer b"), ("cookie", b"c")],
         );
         assert_eq!(authorizations(&both).len(), 2);
+    }
+
+    #[test]
+    fn one_credential_or_a_refusal() {
+        assert_eq!(only_bearer(&[]), Ok(None));
+        assert_eq!(only_bearer(&[b"Bearer a.b.c"]), Ok(Some("a.b.c")));
+        assert_eq!(only_bearer(&[b"Basic eA=="]), Ok(None));
+        // A Digest credential has commas of its own: not a bearer token.
+        assert_eq!(only_bearer(&[b"Digest a=1, b=2"]), Ok(None));
+        assert_eq!(
+            only_bearer(&[b"Bearer a", b"Bearer a"]),
+            Err(ManyCredentials)
+        );
+        // As Envoy joins two headers into one value.
+        assert_eq!(
+            only_bearer(&[b"Bearer a.b.c,Basic eA=="]),
+            Err(ManyCredentials)
+        );
+        assert_eq!(
+            only_bearer(&[b"Bearer a.b.c, Bearer x"]),
+            Err(ManyCredentials)
+        );
     }
 
     #[test]
