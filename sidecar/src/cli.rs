@@ -133,6 +133,18 @@ pub struct Args {
     )]
     pub app_probes: Vec<AppProbe>,
 
+    /// PATH=NAME: the request header NAME of the probe at PATH (an
+    /// --app-probe) passes on to the application, as named in the probe's
+    /// `httpHeaders`. A probe passes on only these, kubelet's `User-Agent`
+    /// and `Accept`: never the caller's Authorization or Cookie (repeat, or
+    /// comma-separate in the environment).
+    #[arg(
+        long = "app-probe-header",
+        env = "TOKENMESH_SIDECAR_APP_PROBE_HEADERS",
+        value_delimiter = ','
+    )]
+    pub app_probe_headers: Vec<AppProbeHeader>,
+
     /// Forward calls to destinations no policy names, without any token.
     /// Default: refuse them (403).
     #[arg(long, env = "TOKENMESH_SIDECAR_ALLOW_UNLISTED")]
@@ -228,6 +240,29 @@ impl FromStr for AppProbe {
             path: path.to_owned(),
             port,
             target: target.parse().map_err(|_| usage())?,
+        })
+    }
+}
+
+/// `PATH=NAME`: a header a probe passes on to the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppProbeHeader {
+    pub path: String,
+    pub name: http::HeaderName,
+}
+
+impl FromStr for AppProbeHeader {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let usage = || format!("`{text}`: write PATH=NAME, like /app-health/web/livez=x-probe");
+        let (path, name) = text.split_once('=').ok_or_else(usage)?;
+        if !path.starts_with('/') {
+            return Err(usage());
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            name: name.trim().parse().map_err(|_| usage())?,
         })
     }
 }

@@ -1,43 +1,36 @@
 //! Envoy's external authorization API (`envoy.service.auth.v3.Authorization`),
 //! so an existing Envoy or Istio mesh can use the sidecar to validate inbound
 //! tokens: OK carries the JWT to forward in `authorization`, a refusal the 401.
+//!
+//! Every Check is answered with a decision, never a gRPC error: Envoy lets a
+//! request through on an error when `failure_mode_allow` is set, so an
+//! error a caller can provoke (a token the sidecar cannot introspect, a
+//! token server that is away or slow) would be a way around the check. A
+//! missing decision source is a denied 503 instead.
+
+mod wire;
 
 use std::sync::Arc;
 
-use http_body_util::BodyExt;
-use tokenmesh_proto::envoy_auth_v3::authorization_server::AuthorizationServer;
 use tokenmesh_proto::envoy_auth_v3::{
     CheckRequest, CheckResponse, DeniedHttpResponse, HeaderValue, HeaderValueOption, HttpStatus,
-    OkHttpResponse, RpcStatus, authorization_server::Authorization, check_response::HttpResponse,
+    OkHttpResponse, RpcStatus, check_response::HttpResponse,
 };
-use tonic::{Request, Response, Status, codegen::Service};
 
+pub use self::wire::serve_grpc;
 use crate::{
     mesh::{Mesh, Refusal},
-    proxy::{self, CHALLENGE},
+    proxy::{CHALLENGE, INVALID_REQUEST, MANY_CREDENTIALS, bearer_in},
 };
-
-/// One HTTP/2 request to the gRPC service, for [`proxy::serve`].
-pub async fn serve_grpc(
-    mut service: AuthorizationServer<ExtAuthz>,
-    request: http::Request<hyper::body::Incoming>,
-) -> http::Response<proxy::Body> {
-    // The generated server never fails (its error type is `Infallible`).
-    let Ok(()) = std::future::poll_fn(|cx| {
-        Service::<http::Request<hyper::body::Incoming>>::poll_ready(&mut service, cx)
-    })
-    .await;
-    let Ok(response) = service.call(request).await;
-    response.map(|body| body.map_err(Into::into).boxed_unsync())
-}
 
 /// `OVERWRITE_IF_EXISTS_OR_ADD` of Envoy's HeaderAppendAction.
 const OVERWRITE: i32 = 2;
 /// google.rpc.Code values.
 const RPC_OK: i32 = 0;
-const RPC_UNAUTHENTICATED: i32 = 16;
+const RPC_INVALID_ARGUMENT: i32 = 3;
 const RPC_PERMISSION_DENIED: i32 = 7;
 const RPC_UNAVAILABLE: i32 = 14;
+const RPC_UNAUTHENTICATED: i32 = 16;
 
 pub struct ExtAuthz {
     pub mesh: Arc<Mesh>,
@@ -54,99 +47,129 @@ fn header(key: &str, value: String) -> HeaderValueOption {
     }
 }
 
-/// The `authorization` header, from the header map Envoy sends (either form).
-fn authorization(request: &CheckRequest) -> Option<String> {
-    let http = request
+/// Every `authorization` value in the header maps Envoy sends (the
+/// `headers` map, or `header_map` with `encode_raw_headers`).
+fn authorizations(request: &CheckRequest) -> Vec<&[u8]> {
+    let Some(http) = request
         .attributes
-        .as_ref()?
-        .request
-        .as_ref()?
-        .http
-        .as_ref()?;
-    if let Some(value) = http
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())
+    else {
+        return Vec::new();
+    };
+    let named = |key: &str| key.eq_ignore_ascii_case("authorization");
+    let mut values: Vec<&[u8]> = http
         .headers
         .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
-        .map(|(_, v)| v)
-    {
-        return Some(value.clone());
-    }
-    let map = http.header_map.as_ref()?;
-    map.headers
-        .iter()
-        .find(|h| h.key.eq_ignore_ascii_case("authorization"))
-        .map(|h| {
-            if h.raw_value.is_empty() {
-                h.value.clone()
-            } else {
-                String::from_utf8_lossy(&h.raw_value).into_owned()
-            }
-        })
+        .filter(|(k, _)| named(k))
+        .map(|(_, v)| v.as_bytes())
+        .collect();
+    let listed = http.header_map.iter().flat_map(|m| &m.headers);
+    values.extend(listed.filter(|h| named(&h.key)).map(|h| {
+        if h.raw_value.is_empty() {
+            h.value.as_bytes()
+        } else {
+            h.raw_value.as_slice()
+        }
+    }));
+    values
 }
 
-fn denied(refusal: &Refusal) -> CheckResponse {
-    let (http, rpc, challenge) = match refusal {
-        // Every 401 carries the same challenge as the proxy's.
-        Refusal::Missing | Refusal::Invalid(_) => (401, RPC_UNAUTHENTICATED, CHALLENGE),
-        Refusal::Forbidden(_) => (
-            403,
-            RPC_PERMISSION_DENIED,
-            "Bearer error=\"insufficient_scope\"",
-        ),
-        Refusal::Unavailable(_) => (503, RPC_UNAVAILABLE, "Bearer"),
+/// More than one credential came: which one is checked and which one the
+/// application reads need not agree.
+#[derive(Debug, PartialEq, Eq)]
+struct ManyCredentials;
+
+/// The bearer token of the one Authorization value, if it is one.
+fn only_bearer<'a>(values: &[&'a [u8]]) -> Result<Option<&'a str>, ManyCredentials> {
+    let token = match values {
+        [] => None,
+        [value] => bearer_in(value),
+        _ => return Err(ManyCredentials),
     };
+    // Envoy joins repeated headers with a comma, which no bearer token
+    // holds (RFC 6750's b64token): a comma means a second credential.
+    match token {
+        Some(token) if token.contains(',') => Err(ManyCredentials),
+        token => Ok(token),
+    }
+}
+
+/// A denied answer: the HTTP status Envoy sends, the gRPC code, the
+/// challenge (if any) and the body.
+fn denied_with(http: i32, rpc: i32, challenge: Option<&str>, message: String) -> CheckResponse {
     CheckResponse {
         status: Some(RpcStatus {
             code: rpc,
-            message: refusal.public(),
+            message: message.clone(),
         }),
         http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
             status: Some(HttpStatus { code: http }),
-            headers: vec![header("www-authenticate", challenge.into())],
-            body: format!("{}\n", refusal.public()),
+            headers: challenge
+                .map(|c| header("www-authenticate", c.into()))
+                .into_iter()
+                .collect(),
+            body: format!("{message}\n"),
         })),
     }
 }
 
-#[tonic::async_trait]
-impl Authorization for ExtAuthz {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
-        let check = request.into_inner();
-        let token = authorization(&check).and_then(|value| {
-            let (scheme, token) = value.split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| token.trim().to_owned())
-        });
-        let answer = match token {
-            None => denied(&Refusal::Missing),
-            Some(token) => match self.mesh.validate(&token).await {
-                Ok(verified) => CheckResponse {
-                    status: Some(RpcStatus {
-                        code: RPC_OK,
-                        message: String::new(),
-                    }),
-                    http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-                        headers: vec![header("authorization", format!("Bearer {}", verified.jwt))],
-                        headers_to_remove: Vec::new(),
-                    })),
-                },
-                // No answer from the token server is an error, not a refusal:
-                // Envoy then applies its failure_mode_allow / status_on_error.
-                Err(Refusal::Unavailable(detail)) => {
-                    tracing::warn!(%detail, "ext_authz check cannot be decided");
-                    return Err(Status::unavailable("the token server is unavailable"));
-                }
-                Err(refusal) => {
-                    tracing::debug!(reason = %refusal, "ext_authz check refused");
-                    denied(&refusal)
-                }
-            },
+fn denied(refusal: &Refusal) -> CheckResponse {
+    let message = refusal.public();
+    match refusal {
+        // Every 401 carries the same challenge as the proxy's.
+        Refusal::Missing | Refusal::Invalid(_) => {
+            denied_with(401, RPC_UNAUTHENTICATED, Some(CHALLENGE), message)
+        }
+        Refusal::Forbidden(_) => denied_with(
+            403,
+            RPC_PERMISSION_DENIED,
+            Some("Bearer error=\"insufficient_scope\""),
+            message,
+        ),
+        // Not the token's fault, and not a transport error either.
+        Refusal::Unavailable(_) => denied_with(503, RPC_UNAVAILABLE, None, message),
+    }
+}
+
+/// 400 for a request that cannot be checked as it is.
+fn malformed(message: &str) -> CheckResponse {
+    denied_with(400, RPC_INVALID_ARGUMENT, None, message.into())
+}
+
+impl ExtAuthz {
+    /// The decision on one request: OK with the JWT the application gets,
+    /// or a denial.
+    pub async fn check(&self, check: &CheckRequest) -> CheckResponse {
+        let token = match only_bearer(&authorizations(check)) {
+            Err(ManyCredentials) => {
+                return denied_with(
+                    400,
+                    RPC_INVALID_ARGUMENT,
+                    Some(INVALID_REQUEST),
+                    MANY_CREDENTIALS.into(),
+                );
+            }
+            Ok(None) => return denied(&Refusal::Missing),
+            Ok(Some(token)) => token,
         };
-        Ok(Response::new(answer))
+        match self.mesh.validate(token).await {
+            Ok(verified) => CheckResponse {
+                status: Some(RpcStatus {
+                    code: RPC_OK,
+                    message: String::new(),
+                }),
+                http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                    headers: vec![header("authorization", format!("Bearer {}", verified.jwt))],
+                    headers_to_remove: Vec::new(),
+                })),
+            },
+            Err(refusal) => {
+                tracing::debug!(reason = %refusal, "ext_authz check refused");
+                denied(&refusal)
+            }
+        }
     }
 }
 
@@ -166,6 +189,86 @@ mod tests {
             .map(|h| h.value.clone())
             .unwrap_or_default();
         (denied.status.as_ref().map_or(0, |s| s.code), value)
+    }
+
+    fn request(headers: &[(&str, &str)], raw: &[(&str, &[u8])]) -> CheckRequest {
+        use tokenmesh_proto::envoy_auth_v3::{
+            AttributeContext, HeaderMap,
+            attribute_context::{HttpRequest, Request},
+        };
+        let header_map = HeaderMap {
+            headers: raw
+                .iter()
+                .map(|(key, value)| HeaderValue {
+                    key: (*key).into(),
+                    value: String::new(),
+                    raw_value: value.to_vec(),
+                })
+                .collect(),
+        };
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(Request {
+                    http: Some(HttpRequest {
+                        headers: headers
+                            .iter()
+                            .map(|(k, v)| ((*k).into(), (*v).into()))
+                            .collect(),
+                        header_map: Some(header_map),
+                        ..Default::default()
+                    }),
+                }),
+            }),
+        }
+    }
+
+    #[test]
+    fn every_authorization_value_is_counted_in_either_map() {
+        assert!(authorizations(&CheckRequest::default()).is_empty());
+        let one = request(&[("authorization", "Bearer a")], &[]);
+        assert_eq!(authorizations(&one), [&b"Bearer a"[..]]);
+        let two = request(
+            &[],
+            &[
+                ("authorization", b"Bearer a"),
+                ("Authorization", b"Basic b"),
+            ],
+        );
+        assert_eq!(authorizations(&two).len(), 2);
+        let both = request(
+            &[("authorization", "Bearer a")],
+            &[("authorization", b"Bearer b"), ("cookie", b"c")],
+        );
+        assert_eq!(authorizations(&both).len(), 2);
+    }
+
+    #[test]
+    fn one_credential_or_a_refusal() {
+        assert_eq!(only_bearer(&[]), Ok(None));
+        assert_eq!(only_bearer(&[b"Bearer a.b.c"]), Ok(Some("a.b.c")));
+        assert_eq!(only_bearer(&[b"Basic eA=="]), Ok(None));
+        // A Digest credential has commas of its own: not a bearer token.
+        assert_eq!(only_bearer(&[b"Digest a=1, b=2"]), Ok(None));
+        assert_eq!(
+            only_bearer(&[b"Bearer a", b"Bearer a"]),
+            Err(ManyCredentials)
+        );
+        // As Envoy joins two headers into one value.
+        assert_eq!(
+            only_bearer(&[b"Bearer a.b.c,Basic eA=="]),
+            Err(ManyCredentials)
+        );
+        assert_eq!(
+            only_bearer(&[b"Bearer a.b.c, Bearer x"]),
+            Err(ManyCredentials)
+        );
+    }
+
+    #[test]
+    fn an_undecided_check_is_a_denied_503_without_challenge() {
+        let answer = denied(&Refusal::Unavailable("down".into()));
+        assert_eq!(challenge(&answer), (503, String::new()));
+        assert_ne!(answer.status.map(|s| s.code), Some(RPC_OK));
     }
 
     #[test]

@@ -11,14 +11,14 @@ pub mod proxy;
 pub mod redirect;
 pub mod token_server;
 
-use std::{process::ExitCode, sync::Arc};
+use std::{collections::HashMap, process::ExitCode, sync::Arc};
 
 use tracing_subscriber::EnvFilter;
 
 use crate::{
     cli::{Args, LogFormat},
     mesh::Mesh,
-    proxy::Proxy,
+    proxy::{Probe, Proxy},
     token_server::TokenServer,
 };
 
@@ -76,10 +76,7 @@ async fn start(args: Args) -> Result<(), String> {
         args.allow_unlisted_destinations,
         args.upstream_timeout,
         args.stream_idle_timeout,
-        args.app_probes
-            .iter()
-            .map(|p| (p.path.clone(), (p.port, p.target.clone())))
-            .collect(),
+        probes(&args)?,
     ));
     let inbound = bind(args.inbound_addr).await?;
     let outbound = bind(args.outbound_addr).await?;
@@ -145,13 +142,10 @@ async fn start(args: Args) -> Result<(), String> {
     // tonic's own server does not give.
     let ext_authz = async {
         if let Some(listener) = ext_authz {
-            let service =
-                tokenmesh_proto::envoy_auth_v3::authorization_server::AuthorizationServer::new(
-                    ext_authz::ExtAuthz { mesh: mesh.clone() },
-                );
+            let authz = Arc::new(ext_authz::ExtAuthz { mesh: mesh.clone() });
             proxy::serve(
                 listener,
-                move |request| ext_authz::serve_grpc(service.clone(), request),
+                move |request| ext_authz::serve_grpc(authz.clone(), request),
                 until_stopped(stopped.clone()),
                 args.client_timeout,
                 false,
@@ -162,6 +156,30 @@ async fn start(args: Args) -> Result<(), String> {
     tokio::join!(inbound, outbound, admin, ext_authz);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// --app-probe and --app-probe-header, by admin path.
+fn probes(args: &Args) -> Result<HashMap<String, Probe>, String> {
+    let mut probes: HashMap<String, Probe> = args
+        .app_probes
+        .iter()
+        .map(|p| {
+            let probe = Probe {
+                port: p.port,
+                target: p.target.clone(),
+                headers: Vec::new(),
+            };
+            (p.path.clone(), probe)
+        })
+        .collect();
+    for header in &args.app_probe_headers {
+        probes
+            .get_mut(&header.path)
+            .ok_or_else(|| format!("--app-probe-header: no --app-probe for {}", header.path))?
+            .headers
+            .push(header.name.clone());
+    }
+    Ok(probes)
 }
 
 async fn shutdown_signal() {

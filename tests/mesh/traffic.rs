@@ -408,14 +408,27 @@ async fn kubelet_probes_reach_the_application_only_by_their_configured_path() {
         app.addr,
         &[],
         free_port(),
-        &["--app-probe".into(), probe],
+        &[
+            "--app-probe".into(),
+            probe,
+            "--app-probe-header".into(),
+            "/app-health/app/livez=X-Probe".into(),
+        ],
     )
     .await;
     let admin = |path: &str| format!("http://{}{path}", sidecar.admin);
     let client = reqwest::Client::new();
 
+    // Anyone who reaches the admin port may call it: only the headers the
+    // probe names (and kubelet's own) reach the application.
     let resp = client
         .get(admin("/app-health/app/livez"))
+        .header("authorization", "Basic YWRtaW46YWRtaW4=")
+        .header("cookie", "session=stolen")
+        .header("proxy-authorization", "Basic YWRtaW46YWRtaW4=")
+        .header("x-forwarded-user", "admin")
+        .header("x-probe", "kubelet")
+        .header("user-agent", "kube-probe/1.35")
         .send()
         .await
         .unwrap();
@@ -425,7 +438,17 @@ async fn kubelet_probes_reach_the_application_only_by_their_configured_path() {
         body["path"], "/healthz?deep=1",
         "the configured target, not the caller's path"
     );
-    assert_eq!(body["received"], Value::Null, "no token needed, none added");
+    assert_eq!(
+        body["received"],
+        Value::Null,
+        "no token needed, none passed on"
+    );
+    let headers = body["headers"].as_object().unwrap();
+    assert_eq!(headers["x-probe"], json!(["kubelet"]));
+    assert_eq!(headers["user-agent"], json!(["kube-probe/1.35"]));
+    for name in ["cookie", "proxy-authorization", "x-forwarded-user"] {
+        assert!(!headers.contains_key(name), "{name} passed on: {body}");
+    }
 
     let resp = client
         .post(admin("/app-health/app/livez"))
