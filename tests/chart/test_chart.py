@@ -392,7 +392,8 @@ def test_default_values():
     assert not any(a.startswith("--namespaces") or a.startswith("--capture") for a in args)
     env = env_of(op)
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["TOKENMESH_OPERATOR_LEASE_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert "--resync=300s" in args and "--secret-grace=3600s" in args
     assert [m["name"] for m in op["volumeMounts"]] == ["admin-token", "tmp"]
     mwc_role = one(docs, "ClusterRole", f"{FULLNAME}-operator-webhook")
     assert mwc_role["rules"] == [{"apiGroups": ["admissionregistration.k8s.io"],
