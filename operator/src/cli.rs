@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
+use tokenmesh_tokens::duration::{parse_flag, parse_positive_flag};
 
 /// The tokenmesh operator.
 ///
@@ -25,21 +26,23 @@ pub struct Args {
     #[arg(long, env = "TOKENMESH_OPERATOR_NAMESPACES", value_delimiter = ',')]
     pub namespaces: Vec<String>,
 
-    /// /healthz, /readyz and /metrics.
+    /// /healthz, /readyz and /metrics. Not 8080 or 8081: the token
+    /// server's HTTP and gRPC ports, when both run on one machine.
     #[arg(
         long,
         env = "TOKENMESH_OPERATOR_HEALTH_ADDR",
-        default_value = "0.0.0.0:8080"
+        default_value = "0.0.0.0:9090"
     )]
     pub health_addr: SocketAddr,
 
     /// How often every resource is applied again, so a token server that
-    /// restarted empty converges.
-    #[arg(long, env = "TOKENMESH_OPERATOR_RESYNC", default_value = "300", value_parser = seconds)]
+    /// restarted empty converges (a duration: 30s, 5m, 1h; bare seconds too).
+    #[arg(long, env = "TOKENMESH_OPERATOR_RESYNC", default_value = "5m", value_parser = parse_positive_flag)]
     pub resync: Duration,
 
-    /// How long a rotated client secret keeps working.
-    #[arg(long, env = "TOKENMESH_OPERATOR_SECRET_GRACE", default_value = "3600", value_parser = seconds)]
+    /// How long a rotated client secret keeps working (a duration: 30s, 5m,
+    /// 1h; bare seconds too).
+    #[arg(long, env = "TOKENMESH_OPERATOR_SECRET_GRACE", default_value = "1h", value_parser = parse_flag)]
     pub secret_grace: Duration,
 
     /// Serve the sidecar-injection webhook here (HTTPS).
@@ -60,11 +63,13 @@ pub struct Args {
     )]
     pub webhook_secret: String,
 
-    /// The MutatingWebhookConfiguration whose caBundle the operator sets.
+    /// The MutatingWebhookConfiguration whose caBundle the operator sets
+    /// (the chart names it `<fullname>-webhook`: this default for release
+    /// "tokenmesh").
     #[arg(
         long,
         env = "TOKENMESH_OPERATOR_WEBHOOK_CONFIGURATION",
-        default_value = "tokenmesh-sidecar-injector"
+        default_value = "tokenmesh-webhook"
     )]
     pub webhook_configuration: String,
 
@@ -101,8 +106,10 @@ pub struct Args {
     #[arg(long, env = "TOKENMESH_OPERATOR_LEADER_ELECTION")]
     pub leader_election: bool,
 
-    /// Namespace of the leader-election Lease (usually the operator's own).
-    #[arg(long, env = "POD_NAMESPACE")]
+    /// The operator's own namespace: where its leader-election Lease and
+    /// the generated webhook certificate (--webhook-secret) live. Default:
+    /// "default". The chart sets it from the pod's namespace.
+    #[arg(long, env = "TOKENMESH_OPERATOR_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
 
     /// Inject the capture init container (iptables redirection through the sidecar).
@@ -126,9 +133,77 @@ pub struct Args {
     pub log: String,
 }
 
-fn seconds(text: &str) -> Result<Duration, String> {
-    text.trim_end_matches('s')
-        .parse::<u64>()
-        .map(Duration::from_secs)
-        .map_err(|_| format!("`{text}`: seconds"))
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Args {
+        let required = [
+            "tokenmesh-operator",
+            "--token-server",
+            "http://127.0.0.1:8081",
+        ];
+        let file = ["--admin-token-file", "/dev/null"];
+        Args::try_parse_from(required.iter().chain(&file).chain(extra)).unwrap()
+    }
+
+    #[test]
+    fn every_flag_is_a_tokenmesh_operator_variable() {
+        let command = Args::command();
+        let mut missing = Vec::new();
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version") {
+                continue;
+            }
+            let env = arg.get_env().and_then(|e| e.to_str()).unwrap_or("");
+            if !env.starts_with("TOKENMESH_OPERATOR_") {
+                missing.push(format!("--{id}: {env:?}"));
+            }
+        }
+        assert!(missing.is_empty(), "{missing:?}");
+        let lease = command
+            .get_arguments()
+            .find(|a| a.get_id() == "lease_namespace")
+            .unwrap();
+        assert_eq!(
+            lease.get_env().unwrap(),
+            "TOKENMESH_OPERATOR_LEASE_NAMESPACE"
+        );
+    }
+
+    #[test]
+    fn defaults_match_the_chart_and_leave_the_token_server_ports_alone() {
+        let args = parse(&[]);
+        // The chart's MutatingWebhookConfiguration for release "tokenmesh".
+        assert_eq!(args.webhook_configuration, "tokenmesh-webhook");
+        assert_eq!(args.webhook_secret, "tokenmesh-webhook-tls");
+        // The token server listens on 8080 (HTTP) and 8081 (gRPC) by default.
+        assert!(![8080, 8081].contains(&args.health_addr.port()));
+        assert_eq!(args.resync, Duration::from_secs(300));
+        assert_eq!(args.secret_grace, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn durations_take_units_like_the_sidecars_and_bare_seconds() {
+        let args = parse(&["--resync", "90s", "--secret-grace", "2h"]);
+        assert_eq!(args.resync, Duration::from_secs(90));
+        assert_eq!(args.secret_grace, Duration::from_secs(7200));
+        let args = parse(&["--resync", "300", "--secret-grace", "1m30s"]);
+        assert_eq!(args.resync, Duration::from_secs(300));
+        assert_eq!(args.secret_grace, Duration::from_secs(90));
+        let required = [
+            "tokenmesh-operator",
+            "--token-server",
+            "x",
+            "--admin-token-file",
+            "f",
+        ];
+        for bad in [["--resync", "0s"], ["--resync", "5 minutes"]] {
+            let argv = required.iter().chain(&bad);
+            assert!(Args::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+    }
 }

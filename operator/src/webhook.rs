@@ -66,6 +66,11 @@ fn sidecar(pod: &Pod, config: &InjectConfig) -> Container {
     let account = spec
         .and_then(|s| s.service_account_name.clone())
         .unwrap_or_else(|| "default".into());
+    // The audience defaults to the client id, which names the namespace:
+    // the service account's bare name would let `team-a/default` accept
+    // tokens addressed to `team-b/default`.
+    let client_id = annotation(CLIENT_ID).unwrap_or(format!("{namespace}/{account}"));
+    let audience = annotation(AUDIENCE).unwrap_or_else(|| client_id.clone());
     let app_port = annotation(APP_PORT)
         .and_then(|p| p.parse::<i32>().ok())
         .or_else(|| {
@@ -92,18 +97,12 @@ fn sidecar(pod: &Pod, config: &InjectConfig) -> Container {
         image: Some(config.image.clone()),
         env: Some(vec![
             env("TOKENMESH_SIDECAR_TOKEN_SERVER", &config.token_server),
-            env(
-                "TOKENMESH_SIDECAR_CLIENT_ID",
-                annotation(CLIENT_ID).unwrap_or(format!("{namespace}/{account}")),
-            ),
+            env("TOKENMESH_SIDECAR_CLIENT_ID", client_id),
             env(
                 "TOKENMESH_SIDECAR_SERVICE_ACCOUNT_TOKEN_FILE",
                 format!("{TOKEN_DIR}/token"),
             ),
-            env(
-                "TOKENMESH_SIDECAR_AUDIENCE",
-                annotation(AUDIENCE).unwrap_or(account),
-            ),
+            env("TOKENMESH_SIDECAR_AUDIENCE", audience),
             env(
                 "TOKENMESH_SIDECAR_INBOUND_ADDR",
                 format!("0.0.0.0:{INBOUND_PORT}"),
@@ -542,7 +541,7 @@ mod tests {
             .collect();
         assert_eq!(env["TOKENMESH_SIDECAR_CLIENT_ID"], "shop/orders");
         assert_eq!(env["TOKENMESH_SIDECAR_APP_ADDR"], "127.0.0.1:9000");
-        assert_eq!(env["TOKENMESH_SIDECAR_AUDIENCE"], "orders");
+        assert_eq!(env["TOKENMESH_SIDECAR_AUDIENCE"], "shop/orders");
         assert_eq!(sidecar["securityContext"]["runAsNonRoot"], true);
         assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/readyz");
         assert_eq!(
@@ -557,6 +556,49 @@ mod tests {
             result["metadata"]["annotations"]["tokenmesh.dev/injected"],
             "true"
         );
+    }
+
+    fn sidecar_env(pod: &Value) -> std::collections::HashMap<String, String> {
+        let result = patched(&review(&admission(pod.clone()), &config()), pod);
+        result["spec"]["containers"][1]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().into(),
+                    e["value"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn same_service_account_in_two_namespaces_gets_two_audiences() {
+        let in_namespace = |namespace: &str| {
+            let mut pod = pod(json!({}), json!([{"name": "app", "image": "x"}]));
+            pod["metadata"]["namespace"] = json!(namespace);
+            pod["spec"]["serviceAccountName"] = json!("default");
+            sidecar_env(&pod)
+        };
+        let (a, b) = (in_namespace("team-a"), in_namespace("team-b"));
+        assert_eq!(a["TOKENMESH_SIDECAR_AUDIENCE"], "team-a/default");
+        assert_eq!(b["TOKENMESH_SIDECAR_AUDIENCE"], "team-b/default");
+        assert_eq!(a["TOKENMESH_SIDECAR_CLIENT_ID"], "team-a/default");
+
+        // Annotations still choose: the client id, and the audience with it
+        // unless the audience is named too.
+        let annotated = |annotations: Value| {
+            sidecar_env(&pod(annotations, json!([{"name": "app", "image": "x"}])))
+        };
+        let env = annotated(json!({"tokenmesh.dev/client-id": "shop/orders-v2"}));
+        assert_eq!(env["TOKENMESH_SIDECAR_AUDIENCE"], "shop/orders-v2");
+        let env = annotated(json!({"tokenmesh.dev/audience": "https://orders.shop.example"}));
+        assert_eq!(
+            env["TOKENMESH_SIDECAR_AUDIENCE"],
+            "https://orders.shop.example"
+        );
+        assert_eq!(env["TOKENMESH_SIDECAR_CLIENT_ID"], "shop/orders");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Flags; each is also a `TOKENMESH_SIDECAR_*` environment variable (the
-//! injection webhook sets those).
+//! injection webhook sets those). Durations are written as in the resources
+//! and the operator's flags (`30s`, `5m`, `1h30m`), or as bare seconds.
 
 use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{ArgGroup, Parser, ValueEnum};
+use tokenmesh_tokens::duration::{parse_flag, parse_positive_flag};
 
 /// The tokenmesh sidecar.
 ///
@@ -153,7 +155,7 @@ pub struct Args {
     /// How long an upstream (application or destination) may take to
     /// start its answer: connecting and sending the status and headers.
     /// The body that follows is bounded by --stream-idle-timeout.
-    #[arg(long, env = "TOKENMESH_SIDECAR_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = seconds)]
+    #[arg(long, env = "TOKENMESH_SIDECAR_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = parse_flag)]
     pub upstream_timeout: Duration,
 
     /// The longest a body may pause between two pieces once it has
@@ -161,7 +163,7 @@ pub struct Args {
     /// is cut off (its connection or HTTP/2 stream reset). Streams that
     /// stay quiet longer (gRPC watches, server-sent events) need a larger
     /// value or their own heartbeats.
-    #[arg(long, env = "TOKENMESH_SIDECAR_STREAM_IDLE_TIMEOUT", default_value = "300s", value_parser = positive_seconds)]
+    #[arg(long, env = "TOKENMESH_SIDECAR_STREAM_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_positive_flag)]
     pub stream_idle_timeout: Duration,
 
     /// Bounds on clients of every listener (inbound, outbound, admin and
@@ -171,11 +173,11 @@ pub struct Args {
     /// dropped after as long again if it does not close); how long a client
     /// may stop reading its answer before it is dropped; and the HTTP/2
     /// ping interval and ping-answer deadline that drop dead peers.
-    #[arg(long, env = "TOKENMESH_SIDECAR_CLIENT_TIMEOUT", default_value = "30s", value_parser = positive_seconds)]
+    #[arg(long, env = "TOKENMESH_SIDECAR_CLIENT_TIMEOUT", default_value = "30s", value_parser = parse_positive_flag)]
     pub client_timeout: Duration,
 
-    /// Clock skew accepted on a token's `exp` and `nbf`, in seconds.
-    #[arg(long, env = "TOKENMESH_SIDECAR_CLOCK_SKEW", default_value = "10s", value_parser = seconds)]
+    /// Clock skew accepted on a token's `exp` and `nbf` (whole seconds count).
+    #[arg(long, env = "TOKENMESH_SIDECAR_CLOCK_SKEW", default_value = "10s", value_parser = parse_flag)]
     pub clock_skew: Duration,
 
     /// Log format.
@@ -267,21 +269,43 @@ impl FromStr for AppProbeHeader {
     }
 }
 
-fn seconds(text: &str) -> Result<Duration, String> {
-    let number = text.strip_suffix('s').unwrap_or(text);
-    number
-        .parse::<u64>()
-        .map(Duration::from_secs)
-        .map_err(|_| format!("`{text}`: write seconds, like 30s"))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Seconds, at least one: a zero timeout would close every connection at once.
-fn positive_seconds(text: &str) -> Result<Duration, String> {
-    seconds(text).and_then(|d| {
-        if d.is_zero() {
-            Err(format!("`{text}`: give at least 1s"))
-        } else {
-            Ok(d)
-        }
-    })
+    fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
+        let required = [
+            "tokenmesh-sidecar",
+            "--token-server",
+            "http://127.0.0.1:8081",
+            "--client-id",
+            "shop/orders",
+            "--client-secret-file",
+            "/dev/null",
+            "--audience",
+            "shop/orders",
+        ];
+        Args::try_parse_from(required.iter().chain(extra))
+    }
+
+    #[test]
+    fn durations_take_the_operators_form_and_bare_seconds() {
+        let args = parse(&[]).unwrap();
+        assert_eq!(args.stream_idle_timeout, Duration::from_secs(300));
+        assert_eq!(args.client_timeout, Duration::from_secs(30));
+        let args = parse(&[
+            "--stream-idle-timeout",
+            "10m",
+            "--upstream-timeout",
+            "1m30s",
+        ])
+        .unwrap();
+        assert_eq!(args.stream_idle_timeout, Duration::from_secs(600));
+        assert_eq!(args.upstream_timeout, Duration::from_secs(90));
+        let args = parse(&["--client-timeout", "45", "--clock-skew", "5"]).unwrap();
+        assert_eq!(args.client_timeout, Duration::from_secs(45));
+        assert_eq!(args.clock_skew, Duration::from_secs(5));
+        assert!(parse(&["--client-timeout", "0s"]).is_err());
+        assert!(parse(&["--upstream-timeout", "30 s"]).is_err());
+    }
 }

@@ -287,9 +287,16 @@ def test_kube_version_floor():
     assert result.returncode != 0 and "kubeVersion" in result.stderr, result.stderr
 
 
+def notes(*sets: str) -> str:
+    args = ["install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client"]
+    for item in sets:
+        args += ["--set", item]
+    out = run(HELM4, *args).stdout
+    return out[out.index("NOTES:"):]
+
+
 def test_notes_tell_what_to_do_next():
-    out = run(HELM4, "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client").stdout
-    notes = out[out.index("NOTES:"):]
+    text = notes()
     for expected in [
         f"rollout status deployment/{FULLNAME}-token-server",
         f"MutatingWebhookConfiguration {FULLNAME}-webhook",
@@ -297,8 +304,101 @@ def test_notes_tell_what_to_do_next():
         "examples/kubernetes/oauthclients.yaml",
         "kubectl apply --server-side -f charts/tokenmesh/crds/",
         "tokenServer.storage.type=postgres",
+        # The images are not published: where they come from.
+        "ghcr.io/tokenmesh/token-server:0.1.0", "ghcr.io/tokenmesh/sidecar:0.1.0", 'docs/install.md, "Images"',
     ]:
-        assert expected in notes, f"NOTES lack {expected!r}:\n{notes}"
+        assert expected in text, f"NOTES lack {expected!r}:\n{text}"
+
+
+def test_notes_walk_the_shop_example_to_an_exchange_in_the_cluster():
+    """Every step from the example's resources to the sidecar's exchange: the
+    gateway's Secret made before its client is applied, the workloads, a
+    token read with that secret, the exchange as orders (its service
+    account's token for the sidecars' audience), and a call through orders."""
+    text = notes()
+    steps = [
+        "kubectl -n shop create secret generic gateway-oauth",
+        "-f examples/kubernetes/oauthclients.yaml",
+        "kubectl apply -f examples/kubernetes/app.yaml",
+        "rollout status deployment/orders deployment/payments",
+        f"port-forward service/{FULLNAME}-token-server 8080:8080",
+        "kubectl -n shop get secret gateway-oauth -o jsonpath='{.data.client_secret}'",
+        "-d client_id=shop/gateway",
+        """.embedded_tokens["shop/orders"]""",
+        "kubectl -n shop create token orders --audience tokenmesh",
+        "-d audience=shop/payments",
+        "port-forward service/orders 8081:80",
+        "http://127.0.0.1:8081/charge",
+    ]
+    at = 0
+    for step in steps:
+        found = text.find(step, at)
+        assert found >= 0, f"NOTES lack {step!r} (after the step before):\n{text}"
+        at = found
+    assert "TOKEN_URL=http://127.0.0.1:8080/oauth2/token" in text
+    # The secret the client reads is the one the example's OAuthClient names.
+    gateway = next(d for _, d in example_documents() if d["kind"] == "OAuthClient" and d["metadata"]["name"] == "gateway")
+    assert gateway["spec"]["authentication"]["secretRef"] == {"name": "gateway-oauth", "key": "client_secret"}
+    # The audience of the projected token follows the value.
+    assert "--audience mesh" in notes("sidecar.tokenAudience=mesh")
+    # Without workload identity the meshed clients cannot sign in: no exchange step.
+    assert "create token orders" not in notes("tokenServer.workloadIdentity.enabled=false")
+
+
+def test_one_registry_and_tag_for_every_image():
+    docs = documents(run(HELM4, *template_args(sets=["image.registry=localhost/tokenmesh", "image.tag=dev-1",
+                                                     "image.pullPolicy=Never"])).stdout)
+    ts, op = container(docs, f"{FULLNAME}-token-server"), container(docs, f"{FULLNAME}-operator")
+    assert ts["image"] == "localhost/tokenmesh/token-server:dev-1"
+    assert op["image"] == "localhost/tokenmesh/operator:dev-1"
+    assert "--sidecar-image=localhost/tokenmesh/sidecar:dev-1" in op["args"]
+    assert ts["imagePullPolicy"] == op["imagePullPolicy"] == "Never"
+    # A component's own values still win.
+    docs = documents(run(HELM4, *template_args(sets=["image.registry=localhost/tokenmesh", "image.tag=dev-1",
+                                                     "operator.image.repository=registry.example/op",
+                                                     "operator.image.tag=v7", "tokenServer.image.pullPolicy=Always",
+                                                     "sidecar.image.tag=dev-2"])).stdout)
+    ts, op = container(docs, f"{FULLNAME}-token-server"), container(docs, f"{FULLNAME}-operator")
+    assert ts["image"] == "localhost/tokenmesh/token-server:dev-1" and ts["imagePullPolicy"] == "Always"
+    assert op["image"] == "registry.example/op:v7" and op["imagePullPolicy"] == "IfNotPresent"
+    assert "--sidecar-image=localhost/tokenmesh/sidecar:dev-2" in op["args"]
+    result = run(HELM4, *template_args(sets=["image.registry=Not A Registry"]), check=False)
+    assert result.returncode != 0 and "registry" in result.stderr, result.stderr
+
+
+def flag_defaults(help_text: str) -> dict[str, str]:
+    """--flag -> its default, from clap's --help."""
+    defaults = {}
+    for block in re.split(r"\n(?=\s+(?:-\w, )?--[a-z-]+(?: <[A-Z_]+>)?\n)", help_text):
+        name = re.match(r"\s+(?:-\w, )?--([a-z-]+)(?: <[A-Z_]+>)?\n", block)
+        default = re.search(r"\[default: ([^\]]+)\]", block)
+        if name and default:
+            defaults[name.group(1)] = default.group(1)
+    return defaults
+
+
+def test_operator_defaults_match_the_chart():
+    """Run by hand without the chart's flags, the operator looks for the
+    MutatingWebhookConfiguration and webhook Secret the chart makes for
+    release "tokenmesh", and its health port is not one of the token
+    server's (8080, 8081 by default) should both run on one machine."""
+    if not OPERATOR_BIN.exists():
+        pytest.fail(f"{OPERATOR_BIN} not built: run `cargo build --workspace --bins` first (.ci/run does)")
+    help_text = run(str(OPERATOR_BIN), "--help", env={"PATH": os.environ.get("PATH", "")}).stdout
+    defaults = flag_defaults(help_text)
+    docs = documents(run(HELM4, "template", "tokenmesh", str(CHART), "--namespace", NAMESPACE).stdout)
+    [webhook] = find(docs, "MutatingWebhookConfiguration")
+    assert defaults["webhook-configuration"] == webhook["metadata"]["name"], defaults
+    secret_arg = next(a for a in container(docs, "tokenmesh-operator")["args"] if a.startswith("--webhook-secret="))
+    assert defaults["webhook-secret"] == secret_arg.split("=", 1)[1]
+    token_server_help = run(str(TOKEN_SERVER_BIN), "--help", env={"PATH": os.environ.get("PATH", "")}).stdout
+    token_server_ports = set(re.findall(r"\[default: [0-9.]+:([0-9]+)\]", token_server_help))
+    assert token_server_ports >= {"8080", "8081"}, token_server_help
+    assert defaults["health-addr"].rsplit(":", 1)[1] not in token_server_ports, defaults
+    # Every flag is a TOKENMESH_OPERATOR_* variable; durations take units as the sidecar's do.
+    assert set(re.findall(r"\[env: ([A-Z_]+)=", help_text)) and all(
+        v.startswith("TOKENMESH_OPERATOR_") for v in re.findall(r"\[env: ([A-Z_]+)=", help_text)), help_text
+    assert (defaults["resync"], defaults["secret-grace"]) == ("5m", "1h"), defaults
 
 
 # --------------------------------------------------------------------------
@@ -392,7 +492,8 @@ def test_default_values():
     assert not any(a.startswith("--namespaces") or a.startswith("--capture") for a in args)
     env = env_of(op)
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["TOKENMESH_OPERATOR_LEASE_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert "--resync=300s" in args and "--secret-grace=3600s" in args
     assert [m["name"] for m in op["volumeMounts"]] == ["admin-token", "tmp"]
     mwc_role = one(docs, "ClusterRole", f"{FULLNAME}-operator-webhook")
     assert mwc_role["rules"] == [{"apiGroups": ["admissionregistration.k8s.io"],
@@ -875,12 +976,14 @@ def test_example_is_valid(name, doc, tmp_path):
 def test_examples_load_in_the_token_server(tmp_path):
     """The same documents through the token server's own loader (CEL
     conditions compiled, references checked), with the secret hashes the
-    operator would push for generated secrets and a file for secretRefs."""
+    operator would push for generated secrets and a file for secretRefs,
+    next to the TokenServer the chart renders (workload identity on, for the
+    kubernetes_service_account clients)."""
     if not TOKEN_SERVER_BIN.exists():
         pytest.fail(f"{TOKEN_SERVER_BIN} not built: run `cargo build --workspace --bins` first (.ci/run does)")
     secret = "x" * 44
     digest = base64.urlsafe_b64encode(hashlib.sha256(secret.encode()).digest()).decode().rstrip("=")
-    docs = []
+    docs = [yaml.safe_load(one(manifests("default"), "ConfigMap", f"{FULLNAME}-token-server")["data"]["tokenserver.yaml"])]
     for _, doc in example_documents():
         if not doc["apiVersion"].startswith("tokenmesh.dev/"):
             continue

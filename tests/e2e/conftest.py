@@ -295,13 +295,13 @@ class Operator(Process):
     def start(self):
         self.spawn([OPERATOR_BIN, "--token-server", self.server.grpc_url,
                     "--admin-token-file", str(self.server.admin_token_file),
-                    "--health-addr", self.health.removeprefix("http://"), "--resync", "30",
+                    "--health-addr", self.health.removeprefix("http://"), "--resync", "30s",
                     "--webhook-addr", f"127.0.0.1:{self.webhook_port}", "--webhook-service", WEBHOOK_SERVICE,
                     "--webhook-secret", WEBHOOK_SECRET, "--webhook-configuration", WEBHOOK_CONFIGURATION,
                     "--token-audience", TOKEN_AUDIENCE, "--leader-election",
                     "--log", "info,tokenmesh_operator=debug"],
                    env={"KUBECONFIG": str(self.kubeconfig), "POD_NAME": "tokenmesh-operator-e2e",
-                        "POD_NAMESPACE": RELEASE_NAMESPACE})
+                        "TOKENMESH_OPERATOR_LEASE_NAMESPACE": RELEASE_NAMESPACE})
         self.wait_http(f"{self.health}/readyz")
 
         def webhook_listens():

@@ -52,7 +52,8 @@ def test_a_labelled_pod_is_stored_with_the_sidecar_token_volume_and_environment(
     sidecar = containers[SIDECAR]
     env = {e["name"]: e.get("value") for e in sidecar["env"]}
     assert env["TOKENMESH_SIDECAR_CLIENT_ID"] == f"{ns}/orders"
-    assert env["TOKENMESH_SIDECAR_AUDIENCE"] == "orders"
+    # The audience is the client id: it names the namespace, so another namespace's "orders" is another audience.
+    assert env["TOKENMESH_SIDECAR_AUDIENCE"] == f"{ns}/orders"
     assert env["TOKENMESH_SIDECAR_TOKEN_SERVER"] == operator.server.grpc_url
     assert env["TOKENMESH_SIDECAR_APP_ADDR"] == "127.0.0.1:8080"
     token_file = env["TOKENMESH_SIDECAR_SERVICE_ACCOUNT_TOKEN_FILE"]

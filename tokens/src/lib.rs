@@ -1,10 +1,11 @@
 //! What the tokenmesh token server and sidecar share about tokens: the
 //! access-token claims, JWT signing with keys parsed once, JWT verification
-//! against a key set, JSON Web Keys, secret hashing, and what counts as a
-//! loopback host.
+//! against a key set, JSON Web Keys, secret hashing, what counts as a
+//! loopback host, and durations as resources and flags write them.
 
 pub mod cache;
 pub mod claims;
+pub mod duration;
 pub mod jwk;
 pub mod net;
 pub mod secret;

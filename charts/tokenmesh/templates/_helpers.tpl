@@ -49,14 +49,25 @@ app.kubernetes.io/part-of: tokenmesh
 {{- end }}
 {{- end -}}
 
-{{/* An image reference: dict "image" .Values.x.image "ctx" $. A digest pins it. */}}
+{{/*
+An image reference: dict "image" .Values.x.image "name" "operator" "ctx" $.
+The component's repository, else "<image.registry>/<name>"; its tag, else
+image.tag, else the appVersion. A digest pins it.
+*/}}
 {{- define "tokenmesh.image" -}}
-{{- $tag := default .ctx.Chart.AppVersion .image.tag -}}
+{{- $global := .ctx.Values.image -}}
+{{- $repository := .image.repository | default (printf "%s/%s" $global.registry .name) -}}
+{{- $tag := .image.tag | default $global.tag | default .ctx.Chart.AppVersion -}}
 {{- if .image.digest -}}
-{{- printf "%s@%s" .image.repository .image.digest -}}
+{{- printf "%s@%s" $repository .image.digest -}}
 {{- else -}}
-{{- printf "%s:%s" .image.repository $tag -}}
+{{- printf "%s:%s" $repository $tag -}}
 {{- end -}}
+{{- end -}}
+
+{{/* A pull policy: the component's, else image.pullPolicy. */}}
+{{- define "tokenmesh.imagePullPolicy" -}}
+{{- .image.pullPolicy | default .ctx.Values.image.pullPolicy -}}
 {{- end -}}
 
 {{/* Component names. */}}

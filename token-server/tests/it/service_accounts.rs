@@ -19,18 +19,18 @@ use tonic::{Code, Request};
 
 use crate::harness::{Config, Server};
 
-const K8S_ISSUER: &str = "https://kubernetes.default.svc";
+pub const K8S_ISSUER: &str = "https://kubernetes.default.svc";
 const AUDIENCE: &str = "tokenmesh-it";
-const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// The two documents an API server publishes for its service-account issuer.
-struct FakeApiServer {
-    url: String,
+pub struct FakeApiServer {
+    pub url: String,
     jwks_fetches: Arc<AtomicUsize>,
 }
 
 impl FakeApiServer {
-    async fn start(keys: &[&SigningKey]) -> Self {
+    pub async fn start(keys: &[&SigningKey]) -> Self {
         let jwks = json!({"keys": keys.iter().map(|k| k.public_jwk()).collect::<Vec<_>>()});
         let jwks_fetches = Arc::new(AtomicUsize::new(0));
         let app = Router::new()
@@ -55,7 +55,7 @@ impl FakeApiServer {
     }
 }
 
-fn now() -> u64 {
+pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -63,7 +63,7 @@ fn now() -> u64 {
 }
 
 /// A token as `kubectl create token <name> -n <namespace> --audience <aud>` makes it.
-fn sa_token(key: &SigningKey, namespace: &str, name: &str, aud: &str, exp: u64) -> String {
+pub fn sa_token(key: &SigningKey, namespace: &str, name: &str, aud: &str, exp: u64) -> String {
     let claims = json!({
         "iss": K8S_ISSUER, "aud": [aud], "sub": format!("system:serviceaccount:{namespace}:{name}"),
         "exp": exp, "iat": now() - 5, "nbf": now() - 5, "jti": "f5c3c2a4",
