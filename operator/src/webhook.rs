@@ -276,12 +276,14 @@ fn env_value<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
 
 /// kubelet's HTTP probes of captured ports carry no token, so the sidecar
 /// would refuse them: they move to the sidecar's admin port, which answers
-/// each one with the application's answer. Returns the JSON Patch operations
-/// and the sidecar's `--app-probe` values. Probes to another host, HTTPS
-/// probes (the sidecar's inbound listener speaks plain HTTP) and ports not
-/// captured are left as they are.
-fn rewrite_probes(pod: &Pod, captured: &[i32]) -> (Vec<Value>, Vec<String>) {
-    let (mut ops, mut probes) = (Vec::new(), Vec::new());
+/// each one with the application's answer. Returns the JSON Patch operations,
+/// the sidecar's `--app-probe` values and its `--app-probe-header` values (the
+/// sidecar passes on only the headers a probe names, never a caller's
+/// `Authorization` or `Cookie`). Probes to another host, HTTPS probes (the
+/// sidecar's inbound listener speaks plain HTTP) and ports not captured are
+/// left as they are.
+fn rewrite_probes(pod: &Pod, captured: &[i32]) -> (Vec<Value>, Vec<String>, Vec<String>) {
+    let (mut ops, mut probes, mut headers) = (Vec::new(), Vec::new(), Vec::new());
     let containers = pod.spec.as_ref().map(|s| s.containers.as_slice());
     for (index, container) in containers.unwrap_or_default().iter().enumerate() {
         let kinds = [
@@ -316,6 +318,9 @@ fn rewrite_probes(pod: &Pod, captured: &[i32]) -> (Vec<Value>, Vec<String>) {
             let target = get.path.as_deref().unwrap_or("/");
             let slash = if target.starts_with('/') { "" } else { "/" };
             probes.push(format!("{path}={port}{slash}{target}"));
+            for header in get.http_headers.iter().flatten() {
+                headers.push(format!("{path}={}", header.name));
+            }
             let moved = HTTPGetAction {
                 path: Some(path),
                 port: IntOrString::Int(ADMIN_PORT),
@@ -325,7 +330,7 @@ fn rewrite_probes(pod: &Pod, captured: &[i32]) -> (Vec<Value>, Vec<String>) {
             ops.push(json!({"op": "replace", "path": format!("/spec/containers/{index}/{field}/httpGet"), "value": moved}));
         }
     }
-    (ops, probes)
+    (ops, probes, headers)
 }
 
 /// Whether `pod` is to be injected: not opted out, not injected already.
@@ -364,13 +369,17 @@ pub fn mutate(
                 .collect()
         })
         .unwrap_or_default();
-    let (probe_ops, probes) = rewrite_probes(pod, &captured_ports);
+    let (probe_ops, probes, probe_headers) = rewrite_probes(pod, &captured_ports);
     let mut sidecar = sidecar(pod, config);
+    let sidecar_env = sidecar.env.get_or_insert_with(Vec::new);
     if !probes.is_empty() {
-        sidecar
-            .env
-            .get_or_insert_with(Vec::new)
-            .push(env("TOKENMESH_SIDECAR_APP_PROBES", probes.join(",")));
+        sidecar_env.push(env("TOKENMESH_SIDECAR_APP_PROBES", probes.join(",")));
+    }
+    if !probe_headers.is_empty() {
+        sidecar_env.push(env(
+            "TOKENMESH_SIDECAR_APP_PROBE_HEADERS",
+            probe_headers.join(","),
+        ));
     }
     ops.push(json!({"op": "add", "path": "/spec/containers/-", "value": sidecar}));
     ops.extend(probe_ops);
@@ -736,6 +745,14 @@ mod tests {
         assert_eq!(
             probes["value"],
             "/app-health/web/livez=8080/healthz,/app-health/web/readyz=8080/ready?deep=1"
+        );
+        let headers = sidecar_env
+            .iter()
+            .find(|e| e["name"] == "TOKENMESH_SIDECAR_APP_PROBE_HEADERS")
+            .unwrap();
+        assert_eq!(
+            headers["value"], "/app-health/web/livez=X-Probe,/app-health/web/readyz=X-Probe",
+            "the sidecar passes on exactly the headers each moved probe names"
         );
 
         // Without capture the application's ports are reachable: nothing moves.
