@@ -78,11 +78,22 @@ pub async fn exchange(
             ));
         }
     };
+    if let Some(scopes) = &params.scopes {
+        issue::check_requested_scopes(scopes)?;
+    }
     let subject = presented(state, params.subject_token, "subject_token").await?;
     let actor_claims = match params.actor_token {
         Some(token) => Some(presented(state, token, "actor_token").await?),
         None => None,
     };
+    if let Some(actor) = &actor_claims
+        && !policy::actor_token_identifies(actor, &client.id)
+    {
+        tracing::debug!(client_id = %client.id, actor_jti = %actor.jti, "exchange refused: the actor_token does not identify the calling client");
+        return Err(OAuthError::InvalidGrant(
+            "the actor_token must identify the calling client".into(),
+        ));
+    }
     let now = state.now();
     let audience = match params.audience {
         Some(audience) => audience.to_owned(),

@@ -7,6 +7,7 @@ use serde_json::Map;
 use tokenmesh_crds::TokenFormat;
 use tokenmesh_tokens::{
     claims::{ACCESS_TOKEN_TYP, AccessTokenClaims, Audience},
+    scope,
     secret::{SecretHash, random_id, random_token},
 };
 
@@ -45,23 +46,10 @@ pub fn resolve_scopes(
             .filter(|s| registry.find_scope(s).is_some())
             .cloned()
             .collect(),
-        Some(text) => {
-            let names: Vec<String> = text
-                .split(' ')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect();
-            if names.len() > MAX_SCOPES {
-                return Err(OAuthError::InvalidScope("too many scopes".into()));
-            }
-            names
-        }
+        Some(text) => requested_scopes(text)?,
     };
     let mut granted: Vec<GrantedScope> = Vec::with_capacity(names.len());
     for name in names {
-        if name.len() > MAX_SCOPE_LEN {
-            return Err(OAuthError::InvalidScope("a scope is too long".into()));
-        }
         let def = registry.find_scope(&name).ok_or_else(|| {
             OAuthError::InvalidScope(format!("unknown scope {}", printable(&name)).into())
         })?;
@@ -77,6 +65,34 @@ pub fn resolve_scopes(
         }
     }
     Ok(granted)
+}
+
+/// A requested `scope` parameter, split strictly (RFC 6749 §3.3) and bounded.
+pub fn requested_scopes(text: &str) -> Result<Vec<String>, OAuthError> {
+    let names: Vec<String> = scope::split(text)
+        .map_err(|err| OAuthError::InvalidScope(err.to_string().into()))?
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    check_requested_scopes(&names)?;
+    Ok(names)
+}
+
+/// Bounds requested scopes, and refuses any that is not a scope-token
+/// (gRPC sends them as a list, unsplit).
+pub fn check_requested_scopes(names: &[String]) -> Result<(), OAuthError> {
+    if names.len() > MAX_SCOPES {
+        return Err(OAuthError::InvalidScope("too many scopes".into()));
+    }
+    if names.iter().any(|name| name.len() > MAX_SCOPE_LEN) {
+        return Err(OAuthError::InvalidScope("a scope is too long".into()));
+    }
+    if !names.iter().all(|name| scope::is_scope_token(name)) {
+        return Err(OAuthError::InvalidScope(
+            scope::InvalidScope.to_string().into(),
+        ));
+    }
+    Ok(())
 }
 
 fn def_text(def: &crate::registry::ScopeDef) -> &str {

@@ -83,6 +83,15 @@ fn from_admits(policy: &Policy, subject: &AccessTokenClaims) -> bool {
         && listed(&from.issuers, &subject.iss)
 }
 
+/// Whether an actor token identifies the calling client `caller`: it was
+/// issued to it, or it names it as its undelegated `sub` (a client's own
+/// tokens carry its id there). A token the caller merely received from
+/// another service must not lend it that service's identity (`act.sub`,
+/// `may_act`, CEL's `actor`).
+pub fn actor_token_identifies(actor: &AccessTokenClaims, caller: &str) -> bool {
+    actor.client_id == caller || (actor.sub == caller && actor.act.is_none())
+}
+
 /// `may_act` (RFC 8693 §4.4), when the subject token carries it, must name the actor.
 fn may_act_allows(subject: &AccessTokenClaims, actor: &ActingParty<'_>) -> bool {
     let Some(may_act) = &subject.may_act else {
@@ -347,15 +356,18 @@ pub fn decide(registry: &Registry, request: &ExchangeRequest<'_>) -> Result<Deci
 }
 
 /// The tokens to embed in a token being issued with `claims`: one per embed
-/// policy that admits it (its audience and client), never outliving it.
+/// policy whose `from` admits it, never outliving it. An embed policy's
+/// `actor` is the workload that extracts the inner token, unknown now: it
+/// is checked at extraction ([`may_extract`]) and on `WatchPolicies`, and
+/// its CEL may not name `actor` (refused at load).
 pub fn embeds(
     registry: &Registry,
     claims: &AccessTokenClaims,
     now: u64,
 ) -> Result<Vec<Embed>, OAuthError> {
     let actor = ActingParty {
-        client_id: &claims.client_id,
-        sub: &claims.sub,
+        client_id: "",
+        sub: "",
         claims: None,
     };
     let (live, _) = claims.scopes_at(now);
@@ -364,9 +376,6 @@ pub fn embeds(
         .policies()
         .filter(|p| p.spec.mode == ExchangeMode::Embed && from_admits(p, claims))
     {
-        if !actor_admits(registry, policy, &claims.client_id) {
-            continue;
-        }
         let scopes: Vec<String> = live
             .iter()
             .filter(|s| policy_allows_scope(registry, policy, s))
@@ -386,6 +395,23 @@ pub fn embeds(
         });
     }
     Ok(embeds)
+}
+
+/// Whether `caller` may extract `outer`'s embedded token for `audience`: an
+/// embed policy to that audience admits `outer` and names `caller` among its
+/// actors (the workloads whose sidecars extract).
+pub fn may_extract(
+    registry: &Registry,
+    outer: &AccessTokenClaims,
+    audience: &str,
+    caller: &str,
+) -> bool {
+    registry.policies().any(|p| {
+        p.spec.mode == ExchangeMode::Embed
+            && p.spec.to.audience == audience
+            && from_admits(p, outer)
+            && actor_admits(registry, p, caller)
+    })
 }
 
 /// Whether `caller` (the client passing it on) may pass `claims` unchanged
@@ -485,16 +511,20 @@ mod tests {
     const NOW: u64 = 10_000;
 
     fn registry(policy: &str) -> Registry {
+        load(policy).unwrap()
+    }
+
+    /// The three scopes, an ExchangePolicy `to-payments` of spec `policy`,
+    /// and any further documents `policy` appends.
+    fn load(policy: &str) -> Result<Registry, crate::config::ConfigError> {
         let yaml = format!(
             "apiVersion: tokenmesh.dev/v1alpha1\nkind: Scope\nmetadata: {{name: r}}\nspec: {{name: \"orders:read\"}}\n---\n\
              apiVersion: tokenmesh.dev/v1alpha1\nkind: Scope\nmetadata: {{name: w}}\nspec: {{name: \"orders:write\"}}\n---\n\
              apiVersion: tokenmesh.dev/v1alpha1\nkind: Scope\nmetadata: {{name: v}}\nspec: {{prefix: video_}}\n---\n\
              apiVersion: tokenmesh.dev/v1alpha1\nkind: ExchangePolicy\nmetadata: {{name: to-payments}}\nspec:\n{policy}"
         );
-        let docs = parse_documents(None, &yaml).unwrap();
-        Registry::new("https://issuer".into(), None)
-            .from_documents(&docs, &Secrets)
-            .unwrap()
+        let docs = parse_documents(None, &yaml)?;
+        Registry::new("https://issuer".into(), None).from_documents(&docs, &Secrets)
     }
 
     fn subject() -> AccessTokenClaims {
@@ -700,6 +730,105 @@ mod tests {
         let mut other = subject();
         other.client_id = "batch".into();
         assert!(embeds(&reg, &other, NOW).unwrap().is_empty());
+    }
+
+    /// Issue #15 item 9: `actor` of an embed policy is the workload that
+    /// extracts (orders), not the client the outer token is issued to
+    /// (gateway); the same list gives orders the route.
+    #[test]
+    fn an_embed_policys_actor_is_the_workload_that_extracts() {
+        let reg = registry(
+            "  mode: embed\n  from: {audiences: [orders], clients: [gateway]}\n  actor: {clients: [orders]}\n  to: {audience: payments, scopes: [\"orders:read\"], hosts: [payments.local]}\n",
+        );
+        let outer = subject();
+        let found = embeds(&reg, &outer, NOW).unwrap();
+        assert_eq!(found.len(), 1, "gateway's token carries one for payments");
+        assert_eq!(found[0].audience, "payments");
+        assert!(may_extract(&reg, &outer, "payments", "orders"));
+        assert!(!may_extract(&reg, &outer, "payments", "gateway"));
+        assert!(!may_extract(&reg, &outer, "ledger", "orders"));
+        let mut other = outer.clone();
+        other.client_id = "batch".into();
+        assert!(!may_extract(&reg, &other, "payments", "orders"));
+        assert_eq!(routes(&reg, "orders").len(), 1);
+        assert!(routes(&reg, "gateway").is_empty());
+    }
+
+    /// Embed policies that no token or workload could satisfy are refused
+    /// at load, naming the policy and the field.
+    #[test]
+    fn embed_policies_that_can_never_match_are_refused_at_load() {
+        const EMBED: &str = "  mode: embed\n  to: {audience: payments, scopes: [\"orders:read\"], hosts: [payments.local]}\n";
+        let refused = |extra: &str| {
+            let err = load(&format!("{EMBED}{extra}")).err().unwrap();
+            assert!(err.origin.contains("ExchangePolicy to-payments"), "{err}");
+            (err.field, err.message)
+        };
+        let (field, message) = refused("  condition: \"actor.clientId == 'orders'\"\n");
+        assert_eq!(field, "spec.condition");
+        assert!(message.contains("`actor` is not known"), "{message}");
+        assert_eq!(
+            refused("  claims: {via: actor.clientId}\n").0,
+            "spec.claims.via"
+        );
+        assert_eq!(
+            refused("  actor: {serviceAccounts: [shop/orders]}\n").0,
+            "spec.actor.serviceAccounts"
+        );
+        assert_eq!(
+            refused("  from: {issuers: [\"https://elsewhere\"]}\n").0,
+            "spec.from.issuers"
+        );
+        // What can match still loads: the subject in CEL, this issuer, a
+        // service account with spec.kubernetes, an exchange naming `actor`.
+        assert!(
+            load(&format!(
+                "{EMBED}  condition: \"subject.client_id == 'gateway'\"\n"
+            ))
+            .is_ok()
+        );
+        assert!(
+            load(&format!(
+                "{EMBED}  from: {{issuers: [\"https://issuer\"]}}\n"
+            ))
+            .is_ok()
+        );
+        assert!(
+            load(&format!(
+                "{EMBED}  actor: {{serviceAccounts: [shop/orders]}}\n---\napiVersion: tokenmesh.dev/v1alpha1\nkind: TokenServer\nmetadata: {{name: default}}\nspec:\n  issuer: https://issuer\n  kubernetes: {{issuer: \"https://kubernetes.default.svc\"}}\n"
+            ))
+            .is_ok()
+        );
+        assert!(
+            load(&format!(
+                "{BASE}  condition: \"actor.clientId == 'orders'\"\n"
+            ))
+            .is_ok()
+        );
+    }
+
+    /// Issue #14 item 3: an actor token must be the caller's own.
+    #[test]
+    fn an_actor_token_must_identify_the_caller() {
+        let mut own = subject();
+        own.client_id = "orders".into();
+        own.sub = "orders".into();
+        assert!(actor_token_identifies(&own, "orders"));
+        // orders' token, received downstream by payments.
+        assert!(!actor_token_identifies(&own, "payments"));
+        // Issued to orders on behalf of alice: still orders'.
+        own.sub = "alice".into();
+        assert!(actor_token_identifies(&own, "orders"));
+        // About payments but delegated to orders: not payments' own.
+        let mut delegated = subject();
+        delegated.sub = "payments".into();
+        delegated.client_id = "orders".into();
+        delegated.act = Some(Actor {
+            sub: "orders".into(),
+            client_id: Some("orders".into()),
+            act: None,
+        });
+        assert!(!actor_token_identifies(&delegated, "payments"));
     }
 
     #[test]

@@ -7,11 +7,12 @@ use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use serde_json::{Map, Value};
 use tokenmesh_crds::{
-    AuthMethod, ExchangePolicySpec, GrantType, OAuthClientSpec, ScopeSpec, SecretKeyRef,
-    SigningAlgorithm, SubjectType, TokenFormat, TokenServerSpec, parse_duration,
+    AuthMethod, ExchangeMode, ExchangePolicySpec, GrantType, OAuthClientSpec, ScopeSpec,
+    SecretKeyRef, SigningAlgorithm, SubjectType, TokenFormat, TokenServerSpec, parse_duration,
 };
 use tokenmesh_tokens::{
     jwk::Jwk,
+    scope::is_scope_token,
     secret::SecretHash,
     verify::{KeySet, VerifyingKey},
 };
@@ -221,6 +222,8 @@ fn compile_cel(field: &str, source: &str) -> Result<Arc<cel::Program>, (String, 
         .map_err(|e| (field.to_owned(), format!("not a valid CEL expression: {e}")))
 }
 
+const EMBED_ACTOR_IN_CEL: &str = "an embed policy's tokens are made when the outer token is issued, before any workload extracts them: `actor` is not known then (spec.actor names the workloads that may extract)";
+
 /// `<namespace>/<name>` as a service account.
 fn service_account_of(text: &str) -> Option<ServiceAccount> {
     let (namespace, name) = text.split_once('/')?;
@@ -278,6 +281,18 @@ fn policy(name: &str, spec: &ExchangePolicySpec) -> Result<Policy, (String, Stri
             ));
         }
         claims.push((claim.clone(), compile_cel(&field, source)?));
+    }
+    if spec.mode == ExchangeMode::Embed {
+        let names_actor = |program: &cel::Program| program.references().has_variable("actor");
+        let cel = condition
+            .iter()
+            .map(|c| ("spec.condition".to_owned(), c))
+            .chain(claims.iter().map(|(n, c)| (format!("spec.claims.{n}"), c)));
+        for (field, program) in cel {
+            if names_actor(program) {
+                return Err((field, EMBED_ACTOR_IN_CEL.into()));
+            }
+        }
     }
     Ok(Policy {
         name: name.to_owned(),
@@ -481,6 +496,7 @@ impl Registry {
             }
         }
         for entry in self.policies.values() {
+            self.check_policy_can_match(entry)?;
             for (i, scope) in entry.value.spec.to.scopes.iter().enumerate() {
                 let is_pattern = self
                     .scopes
@@ -494,6 +510,39 @@ impl Registry {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses a policy no token or workload could ever satisfy.
+    fn check_policy_can_match(&self, entry: &Entry<Policy>) -> Result<(), ConfigError> {
+        let spec = &entry.value.spec;
+        let refuse =
+            |field: &str, message: String| Err(ConfigError::new(&entry.origin, field, message));
+        // Service-account clients need spec.kubernetes; without it only
+        // actor.clients could ever act.
+        if spec.actor.clients.is_empty()
+            && !spec.actor.service_accounts.is_empty()
+            && self.server.kubernetes.is_none()
+        {
+            return refuse(
+                "spec.actor.serviceAccounts",
+                "no client authenticates as a service account without the TokenServer's spec.kubernetes, so no workload could act under this policy".into(),
+            );
+        }
+        // The outer token of an embed is always this server's own.
+        let issuers = &spec.from.issuers;
+        if spec.mode == ExchangeMode::Embed
+            && !issuers.is_empty()
+            && !issuers.contains(&self.server.issuer)
+        {
+            return refuse(
+                "spec.from.issuers",
+                format!(
+                    "an embed policy admits tokens as this server issues them, with iss `{}`: this list never matches",
+                    self.server.issuer
+                ),
+            );
         }
         Ok(())
     }
@@ -553,8 +602,13 @@ impl Registry {
             .collect()
     }
 
-    /// The definition a scope falls under: its exact name, else the longest prefix.
+    /// The definition a scope falls under: its exact name, else the longest
+    /// prefix. Not a scope-token, not a scope: a prefix must not admit a
+    /// tab-joined list.
     pub fn find_scope(&self, scope: &str) -> Option<&ScopeDef> {
+        if !is_scope_token(scope) {
+            return None;
+        }
         let defs = || self.scopes.values().map(|e| &e.value);
         defs().find(|d| d.pattern == ScopePattern::Name(scope.to_owned())).or_else(|| {
             defs()
@@ -857,13 +911,6 @@ pub fn check_issuer(issuer: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-fn is_scope_token(text: &str) -> bool {
-    !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
 }
 
 fn scope_def(spec: &ScopeSpec) -> Result<ScopeDef, FieldError> {

@@ -68,8 +68,13 @@ pub struct AccessTokenClaims {
     pub nbf: u64,
     pub jti: String,
     pub client_id: String,
-    /// Space-separated scopes (RFC 9068 §2.2.3).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    /// Space-separated scopes (RFC 9068 §2.2.3); a claim that is not a
+    /// strict scope list (RFC 6749 §3.3) refuses the whole token.
+    #[serde(
+        default,
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "crate::scope::deserialize_claim"
+    )]
     pub scope: String,
     /// Scopes that stop counting before `exp`: scope → unix time.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -90,8 +95,12 @@ pub struct AccessTokenClaims {
 }
 
 impl AccessTokenClaims {
+    /// The scopes, split on the space character only; anything but a
+    /// scope-token never counts (deserialization refuses such a claim).
     pub fn scopes(&self) -> impl Iterator<Item = &str> {
-        self.scope.split_ascii_whitespace()
+        self.scope
+            .split(' ')
+            .filter(|s| crate::scope::is_scope_token(s))
     }
 
     /// Splits the scopes into (still valid, expired) at `now`.
@@ -136,6 +145,23 @@ mod tests {
             c.scopes_at(160),
             (vec!["orders:read"], vec!["video_stream_1"])
         );
+    }
+
+    /// A tab-joined claim is not three scopes: the token does not parse.
+    #[test]
+    fn a_scope_claim_split_by_other_whitespace_refuses_the_token() {
+        let mut json = serde_json::to_value(claims()).unwrap();
+        json["scope"] = "video_stream_x\torders:write\tadmin".into();
+        assert!(serde_json::from_value::<AccessTokenClaims>(json.clone()).is_err());
+        json["scope"] = "orders:read  video_stream_x".into();
+        let parsed: AccessTokenClaims = serde_json::from_value(json).unwrap();
+        assert_eq!(
+            parsed.scopes().collect::<Vec<_>>(),
+            ["orders:read", "video_stream_x"]
+        );
+        let mut built = claims();
+        built.scope = "a\tb c".into();
+        assert_eq!(built.scopes().collect::<Vec<_>>(), ["c"]);
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub enum VerifyError {
     Claim(&'static str),
     #[error("the key is not usable: {0}")]
     Key(String),
+    #[error("the token names critical header parameters this verifier does not understand")]
+    Critical,
 }
 
 /// A public key with the algorithms it may verify.
@@ -197,6 +199,11 @@ pub fn verify(
         Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
     ) {
         return Err(VerifyError::Algorithm(format!("{:?}", header.alg)));
+    }
+    // RFC 7515 §4.1.11: `crit` lists extensions the recipient must
+    // understand or refuse the JWS; this verifier understands none.
+    if header.crit.is_some() {
+        return Err(VerifyError::Critical);
     }
     if let Some(typ) = expected.typ
         && !header.typ.as_deref().is_some_and(|t| same_type(t, typ))
@@ -451,6 +458,36 @@ mod tests {
             verify(&"a".repeat(MAX_JWT_LEN + 1), &keys, &expected()),
             Err(VerifyError::TooLarge)
         );
+    }
+
+    /// A `crit` header refuses a token whose signature verifies.
+    #[test]
+    fn critical_header_parameters_are_refused() {
+        let key = SigningKey::generate("k1".into(), Algorithm::ES256).unwrap();
+        let keys = keyset(&key);
+        for crit in [vec!["x-unknown"], vec!["b64"], vec![]] {
+            let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+            header.typ = Some("at+jwt".into());
+            header.kid = Some("k1".into());
+            header.crit = Some(crit.iter().map(|c| (*c).to_owned()).collect());
+            header.extras.insert("x-unknown", 1);
+            let der = jsonwebtoken::EncodingKey::from_ec_der(key.pkcs8());
+            let jwt = jsonwebtoken::encode(&header, &claims(), &der).unwrap();
+            assert_eq!(
+                verify(&jwt, &keys, &expected()),
+                Err(VerifyError::Critical),
+                "{crit:?}"
+            );
+        }
+        let not_a_list = forge(
+            json!({"alg": "ES256", "typ": "at+jwt", "kid": "k1", "crit": "x-unknown"}),
+            &claims(),
+            b"sig",
+        );
+        assert!(matches!(
+            verify(&not_a_list, &keys, &expected()),
+            Err(VerifyError::Algorithm(_) | VerifyError::Malformed)
+        ));
     }
 
     #[test]

@@ -115,9 +115,17 @@ impl TokenService for Tokens {
         let outer = active_claims(&self.state, required(&body.token, "token")?)
             .await?
             .ok_or_else(|| Status::failed_precondition("the token is not active"))?;
+        let audience = required(&body.audience, "audience")?;
+        // An embed policy's actors are the workloads that extract.
+        if !policy::may_extract(&self.state.registry.load(), &outer, audience, &client.id) {
+            return Err(OAuthError::AccessDenied(
+                "no embed policy lets this client extract a token for this audience".into(),
+            )
+            .into());
+        }
         let inner = outer
             .embedded_tokens
-            .get(required(&body.audience, "audience")?)
+            .get(audience)
             .ok_or_else(|| Status::not_found("the token carries no token for this audience"))?;
         if active_claims(&self.state, inner).await?.is_none() {
             return Err(Status::failed_precondition(

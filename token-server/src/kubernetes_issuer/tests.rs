@@ -245,6 +245,28 @@ async fn wrong_claims_are_refused() {
     assert_ne!(verifier.verify(&other, NOW).await.unwrap(), orders());
 }
 
+/// RFC 7515 §4.1.11: a service-account token with a `crit` this verifier
+/// does not understand is refused, though its signature verifies.
+#[tokio::test]
+async fn a_token_with_crit_is_refused() {
+    let key = SigningKey::generate("es".into(), Algorithm::ES256).unwrap();
+    let (_api, url) = start(&[&key]).await;
+    let verifier = Verifier::new(&settings(&url)).unwrap();
+    let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+    header.kid = Some("es".into());
+    header.crit = Some(vec!["x-unknown".into()]);
+    header.extras.insert("x-unknown", true);
+    let der = jsonwebtoken::EncodingKey::from_ec_der(key.pkcs8());
+    let token = jsonwebtoken::encode(&header, &claims(), &der).unwrap();
+    assert!(matches!(
+        verifier.verify(&token, NOW).await,
+        Err(SaTokenError::Token(VerifyError::Critical))
+    ));
+    header.crit = None;
+    let token = jsonwebtoken::encode(&header, &claims(), &der).unwrap();
+    assert_eq!(verifier.verify(&token, NOW).await.unwrap(), orders());
+}
+
 #[tokio::test]
 async fn alg_none_and_hmac_with_the_public_key_are_refused() {
     let key = rsa("k1");

@@ -1,5 +1,6 @@
 //! Token revocation (RFC 7009): one token, or with `revoke=grant` every token
-//! issued under the same grant.
+//! issued under the same grant when the client started it; a client that
+//! got its token by exchange revokes that token and the ones embedded in it.
 
 use std::sync::Arc;
 
@@ -42,42 +43,53 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
         }
     };
     // Unknown, expired and already revoked tokens: nothing to do, still 200 (§2.2).
-    if let Some(claims) = active_claims(state, token).await? {
-        if claims.client_id != client.id {
-            return Err(OAuthError::UnauthorizedClient(
-                "the token was not issued to this client".into(),
-            ));
-        }
-        let grant = claims.grant_id.as_deref().filter(|_| whole_grant);
-        let seq = match grant {
-            Some(grant_id) => {
-                let until = state
-                    .now()
-                    .saturating_add(registry.server.max_ttl.as_secs());
-                state
-                    .store
-                    .revoke(RevocationKind::Grant, grant_id, until)
-                    .await?
-            }
-            None => {
-                state
-                    .store
-                    .revoke(RevocationKind::Token, &claims.jti, claims.exp)
-                    .await?
-            }
-        };
-        state.revocations.add(
-            grant.unwrap_or(&claims.jti),
-            if grant.is_some() {
-                state
-                    .now()
-                    .saturating_add(registry.server.max_ttl.as_secs())
-            } else {
-                claims.exp
-            },
-        );
-        state.revoked.notify_waiters();
-        tracing::info!(client_id = %client.id, jti = %claims.jti, whole_grant = grant.is_some(), seq, "token revoked");
+    let Some(claims) = active_claims(state, token).await? else {
+        return Ok(no_store(()));
+    };
+    if claims.client_id != client.id {
+        return Err(OAuthError::UnauthorizedClient(
+            "the token was not issued to this client".into(),
+        ));
     }
+    // Exchange always adds `act`: a token without one was issued to the
+    // client that started the grant, which alone may revoke all of it.
+    // Another client revokes what was issued to it: this token and the
+    // tokens embedded in it, never the tokens of the clients before it.
+    let grant = claims
+        .grant_id
+        .as_deref()
+        .filter(|_| whole_grant && claims.act.is_none());
+    let seq = match grant {
+        Some(grant_id) => {
+            let until = state
+                .now()
+                .saturating_add(registry.server.max_ttl.as_secs());
+            record(state, RevocationKind::Grant, grant_id, until).await?
+        }
+        None => {
+            if whole_grant {
+                for inner in claims.embedded_tokens.values() {
+                    if let Some(inner) = active_claims(state, inner).await? {
+                        record(state, RevocationKind::Token, &inner.jti, inner.exp).await?;
+                    }
+                }
+            }
+            record(state, RevocationKind::Token, &claims.jti, claims.exp).await?
+        }
+    };
+    state.revoked.notify_waiters();
+    tracing::info!(client_id = %client.id, jti = %claims.jti, whole_grant = grant.is_some(), seq, "token revoked");
     Ok(no_store(()))
+}
+
+/// Stores a revocation and remembers it at once on this replica.
+async fn record(
+    state: &AppState,
+    kind: RevocationKind,
+    id: &str,
+    until: u64,
+) -> Result<i64, OAuthError> {
+    let seq = state.store.revoke(kind, id, until).await?;
+    state.revocations.add(id, until);
+    Ok(seq)
 }

@@ -141,12 +141,7 @@ async fn exchange(
         subject_token,
         actor_token,
         audience,
-        scopes: form.get("scope").map(|s| {
-            s.split(' ')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect()
-        }),
+        scopes: form.get("scope").map(issue::requested_scopes).transpose()?,
         requested_token_type: form.get("requested_token_type"),
     };
     let issued = crate::exchange::exchange(state, registry, client, params).await?;

@@ -146,10 +146,8 @@ async fn a_client_without_the_exchange_grant_is_refused() {
 #[tokio::test]
 async fn may_act_in_a_subject_token_names_the_only_actor() {
     let config = mesh_config();
-    let mut yaml = std::fs::read_to_string(config.file()).unwrap();
-    yaml += "---\napiVersion: tokenmesh.dev/v1alpha1\nkind: OAuthClient\nmetadata: {name: kiosk}\nspec:\n  authentication: {method: client_secret_basic, secretRef: {name: shared, key: client_secret}}\n  scopes: [\"orders:read\"]\n  audiences: [orders]\n  claims: {may_act: {client_id: payments-svc}}\n";
-    yaml += "---\napiVersion: tokenmesh.dev/v1alpha1\nkind: ExchangePolicy\nmetadata: {name: orders-to-ledger}\nspec:\n  mode: exchange\n  from: {audiences: [orders]}\n  actor: {clients: [payments-svc]}\n  to: {audience: ledger, scopes: [\"orders:read\"]}\n";
-    std::fs::write(config.file(), yaml).unwrap();
+    config.append("---\napiVersion: tokenmesh.dev/v1alpha1\nkind: OAuthClient\nmetadata: {name: kiosk}\nspec:\n  authentication: {method: client_secret_basic, secretRef: {name: shared, key: client_secret}}\n  scopes: [\"orders:read\"]\n  audiences: [orders]\n  claims: {may_act: {client_id: payments-svc}}\n");
+    config.append("---\napiVersion: tokenmesh.dev/v1alpha1\nkind: ExchangePolicy\nmetadata: {name: orders-to-ledger}\nspec:\n  mode: exchange\n  from: {audiences: [orders]}\n  actor: {clients: [payments-svc]}\n  to: {audience: ledger, scopes: [\"orders:read\"]}\n");
     let data = tempfile::tempdir().unwrap();
     let server = Server::start(&config, data.path()).await;
     let form = [
@@ -215,4 +213,105 @@ async fn the_audience_may_be_left_to_the_policies() {
         (status.as_u16(), body["error"].as_str()),
         (400, Some("invalid_target"))
     );
+}
+
+/// Issue #14 item 3: an `actor_token` must identify the caller. payments-svc
+/// holds a token of orders-svc (it receives such tokens downstream); it must
+/// not lend payments-svc orders-svc's name for `act.sub` and `may_act`.
+#[tokio::test]
+async fn an_actor_token_of_another_client_is_invalid_grant() {
+    let config = mesh_config();
+    config.append("---\napiVersion: tokenmesh.dev/v1alpha1\nkind: OAuthClient\nmetadata: {name: kiosk}\nspec:\n  authentication: {method: client_secret_basic, secretRef: {name: shared, key: client_secret}}\n  scopes: [\"orders:read\"]\n  audiences: [payments]\n  claims: {may_act: {sub: orders-svc}}\n");
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&config, data.path()).await;
+    let issue = async |client: &str| {
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("scope", "orders:read"),
+        ];
+        let resp = server
+            .post("/oauth2/token", Some((client, SECRET)), &form)
+            .await;
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        body["access_token"].as_str().unwrap().to_owned()
+    };
+    let subject = issue("kiosk").await;
+    let orders_token = issue("orders-svc").await;
+    let own_token = issue("payments-svc").await;
+    let with_actor = async |actor_token: &str| {
+        let form = [
+            ("grant_type", EXCHANGE),
+            ("subject_token", subject.as_str()),
+            ("subject_token_type", ACCESS_TOKEN),
+            ("actor_token", actor_token),
+            ("actor_token_type", ACCESS_TOKEN),
+            ("audience", "ledger"),
+        ];
+        let resp = server
+            .post("/oauth2/token", Some(("payments-svc", SECRET)), &form)
+            .await;
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap();
+        (
+            status,
+            body["error"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    assert_eq!(
+        with_actor(&orders_token).await,
+        (400, "invalid_grant".to_owned())
+    );
+    // Its own token is accepted as an actor token, and may_act, naming
+    // orders-svc, still refuses payments-svc.
+    assert_eq!(
+        with_actor(&own_token).await,
+        (400, "unauthorized_client".to_owned())
+    );
+}
+
+/// Issue #14 item 6: a client that got its token by exchange revokes, with
+/// `revoke=grant`, what was issued to it (the token and the tokens embedded
+/// in it), never the token of the client that started the grant.
+#[tokio::test]
+async fn only_the_client_that_started_a_grant_revokes_all_of_it() {
+    let config = mesh_config();
+    config.append("---\napiVersion: tokenmesh.dev/v1alpha1\nkind: ExchangePolicy\nmetadata: {name: embed-ledger}\nspec:\n  mode: embed\n  from: {audiences: [payments], clients: [orders-svc]}\n  to: {audience: ledger, scopes: [\"orders:read\"]}\n");
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&config, data.path()).await;
+    let first = server
+        .token(&[("scope", "orders:read"), ("audience", "orders")])
+        .await;
+    let first = first["access_token"].as_str().unwrap();
+    let exchanged = async || {
+        let resp = exchange(&server, "orders-svc", first, "payments").await;
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        body["access_token"].as_str().unwrap().to_owned()
+    };
+    let second = exchanged().await;
+    let inner = jwt_part(&second, 1)["embedded_tokens"]["ledger"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let revoke_grant = async |client: &str, token: &str| {
+        let form = [("token", token), ("revoke", "grant")];
+        let resp = server
+            .post("/oauth2/revoke", Some((client, SECRET)), &form)
+            .await;
+        assert_eq!(resp.status(), 200);
+    };
+    revoke_grant("orders-svc", &second).await;
+    assert_eq!(server.introspect(&second).await["active"], false);
+    assert_eq!(server.introspect(&inner).await["active"], false);
+    assert_eq!(
+        server.introspect(first).await["active"],
+        true,
+        "gateway's token is not orders-svc's to revoke"
+    );
+    // gateway started the grant: its revocation reaches every token of it.
+    let third = exchanged().await;
+    revoke_grant("gateway", first).await;
+    assert_eq!(server.introspect(first).await["active"], false);
+    assert_eq!(server.introspect(&third).await["active"], false);
 }

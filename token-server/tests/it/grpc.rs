@@ -39,7 +39,7 @@ fn mesh_config() -> Config {
     );
     yaml += &policy(
         "embed-payments",
-        "  mode: embed\n  from: {audiences: [orders], clients: [gateway]}\n  to: {audience: payments, scopes: [\"orders:read\"], hosts: [payments.local]}\n  ttl: 60s\n",
+        "  mode: embed\n  from: {audiences: [orders], clients: [gateway]}\n  actor: {clients: [orders-svc]}\n  to: {audience: payments, scopes: [\"orders:read\"], hosts: [payments.local]}\n  ttl: 60s\n",
     );
     yaml += &policy(
         "share-orders",
@@ -116,6 +116,25 @@ async fn exchange_embed_and_share_along_three_hops() {
         .unwrap()
         .into_inner();
     assert_eq!(got.token, embedded);
+    // The embed policy's actor is the workload that extracts (orders-svc),
+    // not the client the outer token was issued to (gateway).
+    for other in ["gateway", "payments-svc"] {
+        let refused = grpc
+            .get_embedded_token(as_client(
+                other,
+                GetEmbeddedTokenRequest {
+                    token: first.clone(),
+                    audience: "payments".into(),
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Code::PermissionDenied,
+            "{other}: {refused:?}"
+        );
+    }
 
     // Share: orders.local is covered by the token's aud; payments.local is not.
     let share = |destination: &str| {

@@ -95,6 +95,13 @@ spec:
     pub fn file(&self) -> PathBuf {
         self.dir.path().join("tokenmesh.yaml")
     }
+
+    /// Appends YAML documents (each starting with `---`) to the configuration.
+    pub fn append(&self, documents: &str) {
+        let mut yaml = std::fs::read_to_string(self.file()).unwrap();
+        yaml += documents;
+        std::fs::write(self.file(), yaml).unwrap();
+    }
 }
 
 pub use tokenmesh_e2e::free_port;

@@ -48,9 +48,15 @@ fn assertion_grant(jwt: &str) -> [(&'static str, &str); 3] {
     ]
 }
 
+fn assertion_claims(aud: &str, jti: &str) -> Value {
+    json!({"iss": "batch", "sub": "batch", "aud": aud, "jti": jti, "exp": now() + 60, "iat": now()})
+}
+
 fn assertion(config: &Config, aud: &str, jti: &str) -> String {
-    let claims = json!({"iss": "batch", "sub": "batch", "aud": aud, "jti": jti, "exp": now() + 60, "iat": now()});
-    config.batch_key.sign_jwt("JWT", &claims).unwrap()
+    config
+        .batch_key
+        .sign_jwt("JWT", &assertion_claims(aud, jti))
+        .unwrap()
 }
 
 #[tokio::test]
@@ -294,6 +300,73 @@ async fn private_key_jwt_opaque_token_introspection_and_replay() {
             .status(),
         403
     );
+}
+
+/// Issue #14 item 7: RFC 7515 §4.1.11. An assertion whose `crit` names an
+/// extension the server does not understand is refused, though it verifies.
+#[tokio::test]
+async fn a_client_assertion_with_crit_is_refused() {
+    let config = Config::new(ES256_SPEC);
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&config, data.path()).await;
+    let token_url = server.url("/oauth2/token");
+    let mut header = jsonwebtoken::Header::new(tokenmesh_tokens::Algorithm::ES256);
+    header.typ = Some("JWT".into());
+    header.kid = Some("batch-1".into());
+    header.crit = Some(vec!["x-unknown".into()]);
+    header.extras.insert("x-unknown", true);
+    let key = jsonwebtoken::EncodingKey::from_ec_der(config.batch_key.pkcs8());
+    let critical =
+        jsonwebtoken::encode(&header, &assertion_claims(&token_url, "c-1"), &key).unwrap();
+    let resp = server
+        .post("/oauth2/token", None, &assertion_grant(&critical))
+        .await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"],
+        "invalid_client"
+    );
+    header.crit = None;
+    let plain = jsonwebtoken::encode(&header, &assertion_claims(&token_url, "c-2"), &key).unwrap();
+    let resp = server
+        .post("/oauth2/token", None, &assertion_grant(&plain))
+        .await;
+    assert_eq!(resp.status(), 200, "the same assertion without crit");
+}
+
+/// Issue #14 item 1: scopes are split on the space only. A client allowed
+/// only the prefix `video_stream_` cannot smuggle scopes behind a tab (or
+/// any other byte outside a scope-token): invalid_scope.
+#[tokio::test]
+async fn scopes_joined_by_other_whitespace_are_invalid_scope() {
+    let config = Config::new(ES256_SPEC);
+    config.append("---\napiVersion: tokenmesh.dev/v1alpha1\nkind: OAuthClient\nmetadata: {name: viewer}\nspec:\n  authentication: {method: client_secret_basic, secretRef: {name: shared, key: client_secret}}\n  scopes: [video_stream_]\n  audiences: [orders]\n  allowIntrospection: true\n");
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&config, data.path()).await;
+    let ask = async |scope: &str| {
+        let form = [("grant_type", "client_credentials"), ("scope", scope)];
+        let resp = server
+            .post("/oauth2/token", Some(("viewer", SECRET)), &form)
+            .await;
+        (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+    };
+    for scope in [
+        "video_stream_x\torders:write\tadmin",
+        "video_stream_x\norders:write",
+        "video_stream_x\u{b}admin",
+        "video_stream_x\u{a0}admin",
+        "video_stream_\"x",
+    ] {
+        let (status, body) = ask(scope).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_scope")),
+            "{scope:?}: {body}"
+        );
+    }
+    let (status, body) = ask(" video_stream_x  video_stream_y ").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["scope"], "video_stream_x video_stream_y");
 }
 
 #[tokio::test]
