@@ -1,7 +1,7 @@
 //! Token revocation (RFC 7009): one token, or with `revoke=grant` every token
 //! issued under the same grant.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use axum::{body::Body, extract::State, http::HeaderMap, response::Response};
 
@@ -30,6 +30,12 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
         &state.endpoints.revocation,
     )
     .await?;
+    // Every revocation reaches every sidecar and stays in its memory until
+    // the token would have expired: one client may not flood them.
+    if let Err(wait) = state.revoke_limit.take(&client.id, Instant::now()) {
+        tracing::debug!(client_id = %client.id, "revocation refused: over --revoke-rate");
+        return Err(OAuthError::TooManyRequests(wait.as_secs_f64().ceil() as u64));
+    }
     let token = form.require("token")?;
     // token_type_hint only speeds up a lookup; an unknown hint is ignored (§2.1).
     let whole_grant = match form.get("revoke") {
@@ -49,33 +55,18 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
             ));
         }
         let grant = claims.grant_id.as_deref().filter(|_| whole_grant);
-        let seq = match grant {
-            Some(grant_id) => {
-                let until = state
-                    .now()
-                    .saturating_add(registry.server.max_ttl.as_secs());
-                state
-                    .store
-                    .revoke(RevocationKind::Grant, grant_id, until)
-                    .await?
-            }
-            None => {
-                state
-                    .store
-                    .revoke(RevocationKind::Token, &claims.jti, claims.exp)
-                    .await?
-            }
+        let now = state.now();
+        let (kind, id, until) = match grant {
+            // Tokens of the grant issued until now expire by then.
+            Some(grant_id) => (
+                RevocationKind::Grant,
+                grant_id,
+                now.saturating_add(registry.server.max_ttl.as_secs()),
+            ),
+            None => (RevocationKind::Token, claims.jti.as_str(), claims.exp),
         };
-        state.revocations.add(
-            grant.unwrap_or(&claims.jti),
-            if grant.is_some() {
-                state
-                    .now()
-                    .saturating_add(registry.server.max_ttl.as_secs())
-            } else {
-                claims.exp
-            },
-        );
+        let seq = state.store.revoke(kind, id, until).await?;
+        state.revocations.add(id, until, now);
         state.revoked.notify_waiters();
         tracing::info!(client_id = %client.id, jti = %claims.jti, whole_grant = grant.is_some(), seq, "token revoked");
     }
