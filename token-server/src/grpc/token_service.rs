@@ -266,8 +266,8 @@ impl TokenService for Tokens {
 }
 
 /// Sends the revocations still in force as a few large events, so a starting
-/// sidecar does not replay one event per revocation kept (130k events took
-/// a sidecar seconds); `None` when the stream ended, else the cursor reached.
+/// sidecar takes them in without one event (and one lock) per revocation
+/// kept; `None` when the stream ended, else the cursor reached.
 async fn send_snapshot(
     state: &AppState,
     tx: &mpsc::Sender<Result<RevocationEvent, Status>>,
