@@ -148,8 +148,9 @@ async fn a_revoked_subject_token_is_not_exchanged_or_shared_from_the_caches() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    // Asked again, the token server refuses: no exchanged token for t0 (403),
-    // and t0 is not passed on to orders (where it would meet a 401).
+    // Asked again, the token server refuses (403): no token derived from t0
+    // leaves. From the caches, the exchanged token went out to payments and
+    // t0 to orders, each refused there (401).
     assert_eq!(through(orders, "http://payments.local/hop", &t0).await, 403);
     assert_eq!(through(gateway, "http://orders.local/hop", &t0).await, 403);
 }
