@@ -180,6 +180,14 @@ pub struct Args {
     #[arg(long, env = "TOKENMESH_SIDECAR_CLOCK_SKEW", default_value = "10s", value_parser = parse_flag)]
     pub clock_skew: Duration,
 
+    /// Revoked token and grant ids kept in memory (about 150 bytes each,
+    /// each until the token it concerns would have expired). When full, the
+    /// one that expires soonest is dropped and every token that expires by
+    /// then is refused as possibly revoked (401): newer tokens still pass,
+    /// a revoked one never does. Metric tokenmesh_sidecar_revocations_dropped.
+    #[arg(long, env = "TOKENMESH_SIDECAR_MAX_REVOCATIONS", default_value_t = 250_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_revocations: u64,
+
     /// Log format.
     #[arg(long, env = "TOKENMESH_SIDECAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -63,6 +63,7 @@ async fn start(args: Args) -> Result<(), String> {
         token_server,
         args.audience.clone(),
         args.clock_skew.as_secs(),
+        usize::try_from(args.max_revocations).unwrap_or(usize::MAX),
     ));
     let resolve = args
         .resolve

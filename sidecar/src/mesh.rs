@@ -13,11 +13,12 @@ use std::{
 
 use arc_swap::ArcSwap;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use tokenmesh_proto::v1::{Mode, revocation_event::Kind};
+use tokenmesh_proto::v1::{Mode, RevocationEvent};
 use tokenmesh_tokens::{
     cache::TtlCache,
     claims::{ACCESS_TOKEN_TYP, AccessTokenClaims},
     jwk::JwkSet,
+    revoked::RevokedSet,
     secret::SecretHash,
     verify::{Expected, KeySet, VerifyError, verify},
 };
@@ -87,6 +88,28 @@ pub struct Route {
 /// (subject token, audience, scopes): what an exchanged token answers for.
 type ExchangeKey = (SecretHash, Arc<str>, Arc<str>);
 
+/// The token an exchange or share decision was made for, so a cached
+/// decision is dropped once that token is revoked.
+#[derive(Debug)]
+struct Subject {
+    jti: String,
+    grant_id: Option<String>,
+    exp: u64,
+}
+
+impl From<&AccessTokenClaims> for Subject {
+    fn from(claims: &AccessTokenClaims) -> Self {
+        Self {
+            jti: claims.jti.clone(),
+            grant_id: claims.grant_id.clone(),
+            exp: claims.exp,
+        }
+    }
+}
+
+/// A cached decision and the token it was made for.
+type Derived<V> = (V, Arc<Subject>);
+
 fn scope_key(mut scopes: Vec<String>) -> Arc<str> {
     scopes.sort_unstable();
     scopes.dedup();
@@ -108,14 +131,21 @@ pub struct Mesh {
     keys_fetched: tokio::sync::Mutex<Option<Instant>>,
     routes: ArcSwap<HashMap<String, Arc<Route>>>,
     routes_ready: AtomicBool,
-    /// Revoked jti and grant ids → when they stop mattering.
-    revoked: RwLock<HashMap<String, u64>>,
+    /// Revoked jti and grant ids, until they stop mattering (`--max-revocations`).
+    revoked: RwLock<RevokedSet>,
     verified: TtlCache<SecretHash, Arc<Verified>>,
-    exchanged: TtlCache<ExchangeKey, Arc<str>>,
+    exchanged: TtlCache<ExchangeKey, Derived<Arc<str>>>,
     exchanging: SingleFlight<ExchangeKey>,
-    shared: TtlCache<(SecretHash, String), bool>,
+    shared: TtlCache<(SecretHash, String), Derived<bool>>,
     /// When the last "may not introspect" warning was logged (unix seconds).
     introspection_warned: AtomicU64,
+    /// When the last "revocations dropped" warning was logged (unix seconds).
+    revocations_warned: AtomicU64,
+}
+
+/// A revocation's `expires_at` as unix seconds (never before it was sent).
+fn until(expires_at: i64) -> u64 {
+    u64::try_from(expires_at).unwrap_or(u64::MAX)
 }
 
 fn hash(token: &str) -> SecretHash {
@@ -130,7 +160,12 @@ fn unverified_claims(jwt: &str) -> Option<AccessTokenClaims> {
 }
 
 impl Mesh {
-    pub fn new(token_server: TokenServer, audience: String, leeway: u64) -> Self {
+    pub fn new(
+        token_server: TokenServer,
+        audience: String,
+        leeway: u64,
+        max_revocations: usize,
+    ) -> Self {
         Self {
             token_server,
             audience,
@@ -140,12 +175,13 @@ impl Mesh {
             keys_fetched: tokio::sync::Mutex::new(None),
             routes: ArcSwap::from_pointee(HashMap::new()),
             routes_ready: AtomicBool::new(false),
-            revoked: RwLock::new(HashMap::new()),
+            revoked: RwLock::new(RevokedSet::new(max_revocations)),
             verified: TtlCache::new(CACHE_ENTRIES),
             exchanged: TtlCache::new(CACHE_ENTRIES),
             exchanging: SingleFlight::new(),
             shared: TtlCache::new(CACHE_ENTRIES),
             introspection_warned: AtomicU64::new(0),
+            revocations_warned: AtomicU64::new(0),
         }
     }
 
@@ -157,14 +193,7 @@ impl Mesh {
         if status.code() != Code::PermissionDenied {
             return;
         }
-        let now = now();
-        let last = self.introspection_warned.load(Ordering::Relaxed);
-        if now >= last.saturating_add(WARN_INTERVAL)
-            && self
-                .introspection_warned
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if due(&self.introspection_warned) {
             tracing::warn!(
                 client_id = self.token_server.client_id(),
                 reason = status.message(),
@@ -185,12 +214,80 @@ impl Mesh {
     }
 
     fn is_revoked(&self, claims: &AccessTokenClaims) -> bool {
-        let revoked = self.revoked.read().unwrap_or_else(|e| e.into_inner());
-        revoked.contains_key(&claims.jti)
-            || claims
-                .grant_id
-                .as_ref()
-                .is_some_and(|g| revoked.contains_key(g))
+        self.subject_revoked(&Subject::from(claims))
+    }
+
+    /// Revoked, or possibly revoked when full memory dropped its revocation.
+    fn subject_revoked(&self, subject: &Subject) -> bool {
+        self.revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .covers(&subject.jti, subject.grant_id.as_deref(), subject.exp)
+    }
+
+    /// The token an outbound decision is made for: a JWT's own claims (the
+    /// token server refuses to exchange or share a forged one), an opaque
+    /// token's from its inbound validation here; `None` if unknown, and
+    /// then the decision is not cached.
+    fn subject_of(&self, token: &str, now: u64) -> Option<Arc<Subject>> {
+        let subject = match unverified_claims(token) {
+            Some(claims) => Subject::from(&claims),
+            None => Subject::from(&self.verified.get(&hash(token), now)?.claims),
+        };
+        Some(Arc::new(subject))
+    }
+
+    /// A cached outbound decision, unless the token it was made for has
+    /// been revoked since: then the entry goes.
+    fn derived<K: Eq + std::hash::Hash, V: Clone>(
+        &self,
+        cache: &TtlCache<K, Derived<V>>,
+        key: &K,
+        now: u64,
+    ) -> Option<V> {
+        let (value, subject) = cache.get(key, now)?;
+        if self.subject_revoked(&subject) {
+            cache.remove(key);
+            return None;
+        }
+        self.metrics.cache_hits.inc();
+        Some(value)
+    }
+
+    /// Records a WatchRevocations event: one revocation, or a part of the
+    /// starting snapshot. Expired ids go on the way, in O(log n) each.
+    pub fn revoke(&self, event: RevocationEvent) {
+        // A token passes until `exp` + leeway: its revocation must outlive that.
+        let now = now().saturating_sub(self.leeway);
+        let count = event.snapshot.len().max(1);
+        let dropped = {
+            let mut revoked = self.revoked.write().unwrap_or_else(|e| e.into_inner());
+            let mut dropped = 0;
+            if event.snapshot.is_empty() {
+                dropped += revoked
+                    .insert(&event.id, until(event.expires_at), now)
+                    .dropped;
+            }
+            for part in &event.snapshot {
+                dropped += revoked
+                    .insert(&part.id, until(part.expires_at), now)
+                    .dropped;
+            }
+            dropped
+        };
+        self.metrics.revocations.inc_by(count as u64);
+        if dropped > 0 {
+            self.metrics.revocations_dropped.inc_by(dropped as u64);
+            if due(&self.revocations_warned) {
+                let revoked = self.revoked.read().unwrap_or_else(|e| e.into_inner());
+                tracing::warn!(
+                    max = revoked.capacity(),
+                    refused_until = revoked.dropped_until(),
+                    "--max-revocations reached: revocations that expire soonest were dropped, \
+                     and every token expiring by refused_until is refused as possibly revoked"
+                );
+            }
+        }
     }
 
     /// Fetches the keys; unless `force`, at most once per [`JWKS_MIN_INTERVAL`],
@@ -321,21 +418,19 @@ impl Mesh {
     async fn share(&self, host: &str, token: &str) -> Result<(), Refusal> {
         let key = (hash(token), host.to_owned());
         let now = now();
-        let allowed = match self.shared.get(&key, now) {
-            Some(allowed) => {
-                self.metrics.cache_hits.inc();
-                allowed
-            }
+        let allowed = match self.derived(&self.shared, &key, now) {
+            Some(allowed) => allowed,
             None => {
                 let answer = self
                     .token_server
                     .check_share(token, host)
                     .await
                     .map_err(unavailable)?;
-                let until = unverified_claims(token)
-                    .map_or(now + 60, |c| c.exp)
-                    .min(now + 300);
-                self.shared.insert(key, answer.allowed, until, now);
+                if let Some(subject) = self.subject_of(token, now) {
+                    let until = subject.exp.min(now + 300);
+                    self.shared
+                        .insert(key, (answer.allowed, subject), until, now);
+                }
                 if !answer.allowed {
                     tracing::debug!(%host, reason = %answer.reason, "share refused");
                 }
@@ -352,18 +447,16 @@ impl Mesh {
     async fn exchange(&self, route: &Route, subject: &str) -> Result<Arc<str>, Refusal> {
         let audience = &*route.audience;
         let key = (hash(subject), route.audience.clone(), route.scopes.clone());
-        if let Some(hit) = self.exchanged.get(&key, now()) {
-            self.metrics.cache_hits.inc();
+        if let Some(hit) = self.derived(&self.exchanged, &key, now()) {
             return Ok(hit);
         }
-        let lock = self.exchanging.lock_for(&key);
-        let _flight = lock.lock().await;
-        if let Some(hit) = self.exchanged.get(&key, now()) {
-            self.metrics.cache_hits.inc();
+        // Dropped at the end or when the request is cancelled, whichever first.
+        let flight = self.exchanging.join(&key);
+        let _held = flight.lock().await;
+        if let Some(hit) = self.derived(&self.exchanged, &key, now()) {
             return Ok(hit);
         }
         let result = self.token_server.exchange(subject, audience).await;
-        self.exchanging.done(&key);
         let answer = result.map_err(|status| match status.code() {
             Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Internal => {
                 unavailable(status)
@@ -378,8 +471,14 @@ impl Mesh {
         let now = now();
         let lifetime = u64::try_from(answer.expires_in).unwrap_or(0);
         let margin = EXCHANGE_MARGIN.min(lifetime / 10);
-        self.exchanged
-            .insert(key, token.clone(), now + lifetime - margin, now);
+        if let Some(derived_from) = self.subject_of(subject, now) {
+            self.exchanged.insert(
+                key,
+                (token.clone(), derived_from),
+                now + lifetime - margin,
+                now,
+            );
+        }
         Ok(token)
     }
 
@@ -461,24 +560,24 @@ impl Mesh {
         let mut backoff = Backoff::default();
         let mut cursor = 0i64;
         loop {
-            match self.token_server.watch_revocations(cursor).await {
+            // From the start: a snapshot of what is in force, not every event kept.
+            match self
+                .token_server
+                .watch_revocations(cursor, cursor == 0)
+                .await
+            {
                 Ok(mut stream) => {
                     while let Some(item) = stream.next().await {
                         match item {
                             Ok(event) => {
                                 backoff.reset();
                                 cursor = cursor.max(event.seq);
-                                let kind = Kind::try_from(event.kind).unwrap_or(Kind::Unspecified);
-                                tracing::debug!(seq = event.seq, ?kind, "revocation received");
-                                let until = u64::try_from(event.expires_at).unwrap_or(u64::MAX);
-                                let mut revoked =
-                                    self.revoked.write().unwrap_or_else(|e| e.into_inner());
-                                let now = now();
-                                if revoked.len() > 100_000 {
-                                    revoked.retain(|_, at| *at > now);
-                                }
-                                revoked.insert(event.id, until);
-                                self.metrics.revocations.inc();
+                                tracing::debug!(
+                                    seq = event.seq,
+                                    snapshot = event.snapshot.len(),
+                                    "revocation received"
+                                );
+                                self.revoke(event);
                             }
                             Err(status) => {
                                 tracing::warn!(code = ?status.code(), message = status.message(), "revocation stream ended");
@@ -503,6 +602,17 @@ impl Mesh {
             backoff.wait().await;
         }
     }
+}
+
+/// Whether a warning last logged at `last` (unix seconds) is due again,
+/// at most once per [`WARN_INTERVAL`]; marks it logged now if so.
+fn due(last: &AtomicU64) -> bool {
+    let now = now();
+    let at = last.load(Ordering::Relaxed);
+    now >= at.saturating_add(WARN_INTERVAL)
+        && last
+            .compare_exchange(at, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 fn unavailable(status: tonic::Status) -> Refusal {
@@ -530,5 +640,157 @@ impl Backoff {
     async fn wait(&mut self) {
         tokio::time::sleep(self.delay).await;
         self.delay = (self.delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use serde_json::json;
+    use tokenmesh_proto::v1::{Revoked, revocation_event::Kind};
+
+    use super::*;
+
+    /// A mesh whose token server is `url` (nothing answers there).
+    fn mesh(url: &str, max_revocations: usize) -> (Mesh, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "secret").unwrap();
+        let args = crate::cli::Args::try_parse_from([
+            "tokenmesh-sidecar",
+            "--token-server",
+            url,
+            "--client-id",
+            "orders-svc",
+            "--audience",
+            "orders",
+            "--client-secret-file",
+            secret.to_str().unwrap(),
+        ])
+        .unwrap();
+        let server = TokenServer::new(&args).unwrap();
+        (Mesh::new(server, "orders".into(), 0, max_revocations), dir)
+    }
+
+    fn claims(jti: &str, grant_id: Option<&str>, exp: u64) -> AccessTokenClaims {
+        serde_json::from_value(json!({
+            "iss": "https://issuer", "sub": "frontend", "aud": "orders", "exp": exp,
+            "iat": 0, "nbf": 0, "jti": jti, "client_id": "frontend", "grant_id": grant_id,
+        }))
+        .unwrap()
+    }
+
+    /// An (unsigned) JWT carrying `claims`: outbound decisions read it unverified.
+    fn jwt(claims: &AccessTokenClaims) -> String {
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap());
+        format!("eyJhbGciOiJFUzI1NiJ9.{payload}.c2ln")
+    }
+
+    fn revocation(id: &str, expires_at: u64) -> RevocationEvent {
+        RevocationEvent {
+            seq: 1,
+            kind: Kind::Token as i32,
+            id: id.into(),
+            expires_at: i64::try_from(expires_at).unwrap(),
+            snapshot: Vec::new(),
+        }
+    }
+
+    fn route() -> Route {
+        Route {
+            audience: Arc::from("payments"),
+            mode: Mode::Exchange,
+            scopes: Arc::from(""),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_revoked_subject_token_is_not_exchanged_or_shared_from_the_caches() {
+        let (mesh, _dir) = mesh("http://127.0.0.1:1", 100);
+        let now = now();
+        let subject = claims("t0", None, now + 600);
+        let token = jwt(&subject);
+        // What an earlier exchange and share check left in the caches.
+        let from = mesh.subject_of(&token, now).unwrap();
+        let route = route();
+        let key = (hash(&token), route.audience.clone(), route.scopes.clone());
+        mesh.exchanged
+            .insert(key, (Arc::from("exchanged"), from.clone()), now + 300, now);
+        mesh.shared.insert(
+            (hash(&token), "orders.local".into()),
+            (true, from),
+            now + 300,
+            now,
+        );
+        assert_eq!(
+            mesh.exchange(&route, &token).await.as_deref(),
+            Ok("exchanged")
+        );
+        assert_eq!(mesh.share("orders.local", &token).await, Ok(()));
+
+        mesh.revoke(revocation("t0", now + 600));
+        // Asked again, of a token server that is down: the cached answers are gone.
+        assert!(matches!(
+            mesh.exchange(&route, &token).await,
+            Err(Refusal::Unavailable(_))
+        ));
+        assert!(matches!(
+            mesh.share("orders.local", &token).await,
+            Err(Refusal::Unavailable(_))
+        ));
+        assert!(mesh.exchanged.is_empty() && mesh.shared.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_exchange_leaves_no_single_flight_entry() {
+        // Accepts connections (the kernel does) and never answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", silent.local_addr().unwrap());
+        let (mesh, _dir) = mesh(&url, 100);
+        let token = jwt(&claims("t0", None, now() + 600));
+        let route = route();
+        for _ in 0..3 {
+            let waited =
+                tokio::time::timeout(Duration::from_millis(50), mesh.exchange(&route, &token))
+                    .await;
+            assert!(waited.is_err(), "the token server never answers");
+        }
+        assert!(
+            mesh.exchanging.is_empty(),
+            "cancelled flights were forgotten"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_revocation_memory_refuses_every_token_that_may_be_a_dropped_one() {
+        let (mesh, _dir) = mesh("http://127.0.0.1:1", 2);
+        let now = now();
+        // The start: one snapshot event with three revocations, one too many.
+        let snapshot = [("a", now + 100), ("b", now + 200), ("c", now + 300)]
+            .map(|(id, until)| Revoked {
+                kind: Kind::Token as i32,
+                id: id.into(),
+                expires_at: i64::try_from(until).unwrap(),
+            })
+            .to_vec();
+        mesh.revoke(RevocationEvent {
+            seq: 3,
+            snapshot,
+            ..Default::default()
+        });
+        assert_eq!(mesh.metrics.revocations.get(), 3);
+        assert_eq!(mesh.metrics.revocations_dropped.get(), 1);
+        assert!(
+            mesh.is_revoked(&claims("a", None, now + 100)),
+            "dropped, still refused"
+        );
+        assert!(mesh.is_revoked(&claims("other", None, now + 50)));
+        assert!(!mesh.is_revoked(&claims("other", None, now + 101)));
+        assert!(mesh.is_revoked(&claims("c", None, now + 300)));
+        mesh.revoke(revocation("g", now + 1_000));
+        assert!(mesh.is_revoked(&claims("x", Some("g"), now + 500)));
+        // `b` made room for `g`: tokens expiring by `b`'s expiry are refused now.
+        assert!(mesh.is_revoked(&claims("other", None, now + 200)));
+        assert!(!mesh.is_revoked(&claims("other", None, now + 201)));
     }
 }

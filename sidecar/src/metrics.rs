@@ -19,6 +19,7 @@ pub struct Metrics {
     pub exchanges: Counter,
     pub jwks_fetches: Counter,
     pub revocations: Counter,
+    pub revocations_dropped: Counter,
 }
 
 impl Metrics {
@@ -50,6 +51,12 @@ impl Metrics {
             jwks_fetches.clone(),
         );
         registry.register("revocations", "Revocations received", revocations.clone());
+        let revocations_dropped = Counter::default();
+        registry.register(
+            "revocations_dropped",
+            "Revocations dropped from a full memory (--max-revocations); tokens expiring by then are refused",
+            revocations_dropped.clone(),
+        );
         Self {
             registry,
             requests,
@@ -57,6 +64,7 @@ impl Metrics {
             exchanges,
             jwks_fetches,
             revocations,
+            revocations_dropped,
         }
     }
 

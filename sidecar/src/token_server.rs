@@ -269,11 +269,17 @@ impl TokenServer {
             .into_inner())
     }
 
+    /// Revocations after `after_seq`; with `snapshot`, those in force first
+    /// as a few large events.
     pub async fn watch_revocations(
         &self,
         after_seq: i64,
+        snapshot: bool,
     ) -> Result<Streaming<RevocationEvent>, Status> {
-        let body = WatchRevocationsRequest { after_seq };
+        let body = WatchRevocationsRequest {
+            after_seq,
+            snapshot,
+        };
         Ok(self
             .client
             .clone()

@@ -111,6 +111,50 @@ async fn a_policy_that_changes_scopes_is_not_answered_from_the_exchange_cache() 
     }
 }
 
+/// Calls `url` through `sidecar`'s outbound proxy, as its application would.
+async fn through(sidecar: &Sidecar, url: &str, token: &str) -> u16 {
+    reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(format!("http://{}", sidecar.outbound)).unwrap())
+        .build()
+        .unwrap()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn a_revoked_subject_token_is_not_exchanged_or_shared_from_the_caches() {
+    let mesh = Mesh::start().await;
+    let t0 = mesh.server.token("frontend", None).await;
+    let (status, body, _) = mesh.call(Some(&t0)).await;
+    assert_eq!(body["next"]["next_status"], 200, "{body}");
+    assert_eq!(status, 200);
+    // Cached now: the gateway's share check and orders' exchange of t0.
+    let (gateway, orders) = (&mesh.sidecars[0], &mesh.sidecars[1]);
+    assert_eq!(through(orders, "http://payments.local/hop", &t0).await, 200);
+
+    mesh.server.revoke("frontend", &t0).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for sidecar in [gateway, orders] {
+        while sidecar.metric("tokenmesh_sidecar_revocations_total").await == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the revocation did not stream in"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Asked again, the token server refuses (403): no token derived from t0
+    // leaves. From the caches, the exchanged token went out to payments and
+    // t0 to orders, each refused there (401).
+    assert_eq!(through(orders, "http://payments.local/hop", &t0).await, 403);
+    assert_eq!(through(gateway, "http://orders.local/hop", &t0).await, 403);
+}
+
 #[tokio::test]
 async fn opaque_tokens_reach_the_application_as_their_phantom_jwt() {
     let mesh = Mesh::start().await;

@@ -68,6 +68,24 @@ pub struct Args {
     #[arg(long, env = "TOKENMESH_OPAQUE_TOKEN_CACHE", default_value_t = 20_000)]
     pub opaque_token_cache: usize,
 
+    /// Revocations each client may make per second at /oauth2/revoke, on
+    /// average (a token bucket per client and replica); past it the answer
+    /// is 429 with `Retry-After`. Every revocation reaches every sidecar and
+    /// stays in its memory until the token would have expired. 0: no limit.
+    #[arg(long, env = "TOKENMESH_REVOKE_RATE", default_value_t = 10.0)]
+    pub revoke_rate: f64,
+
+    /// Revocations a client may make at once before --revoke-rate applies.
+    #[arg(long, env = "TOKENMESH_REVOKE_BURST", default_value_t = 100)]
+    pub revoke_burst: u32,
+
+    /// Revoked ids this replica keeps in memory (about 150 bytes each, until
+    /// the token would have expired). Past it the ids that expire soonest
+    /// are dropped from memory, and a token that may be one of them is
+    /// checked in the store: never accepted on memory's word.
+    #[arg(long, env = "TOKENMESH_MAX_REVOCATIONS", default_value_t = 1_000_000)]
+    pub max_revocations: usize,
+
     /// Where the embedded store keeps keys, opaque tokens and revocations
     /// (unused with PostgreSQL).
     #[arg(long, env = "TOKENMESH_DATA_DIR", default_value = "./data")]

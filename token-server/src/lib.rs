@@ -13,6 +13,7 @@ pub mod kubernetes_issuer;
 pub mod metrics;
 pub mod oauth;
 pub mod policy;
+pub mod rate_limit;
 pub mod registry;
 pub mod revocations;
 pub mod state;
@@ -302,13 +303,17 @@ async fn start(args: Args) -> Result<(), StartError> {
         changes: tokio::sync::Mutex::new(state::StoredResources::from(stored.as_slice())),
         version: tokio::sync::watch::Sender::new(1),
         revoked: tokio::sync::Notify::new(),
-        revocations: revocations::Revocations::new(),
+        revocations: revocations::Revocations::new(args.max_revocations),
+        revoke_limit: rate_limit::RateLimiter::new(args.revoke_rate, args.revoke_burst),
         opaque_tokens: TtlCache::new(args.opaque_token_cache),
         admin,
         service_accounts: kubernetes_issuer::ServiceAccountIssuer::default(),
     });
     warm_up_service_account_keys(&state)?;
-    state.revocations.sync(state.store.as_ref()).await?;
+    state
+        .revocations
+        .sync(state.store.as_ref(), state.now())
+        .await?;
     spawn_maintenance(state.clone(), marks);
     let tls = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
     let http_addr = http_listener.local_addr().map_err(http::ServeError::Io)?;
@@ -432,7 +437,11 @@ fn spawn_maintenance(state: Arc<AppState>, marks: store::ChangeMarks) {
                 }
             };
             // Memory first, so a stream reader woken next finds it consistent.
-            if let Err(err) = state.revocations.sync(state.store.as_ref()).await {
+            if let Err(err) = state
+                .revocations
+                .sync(state.store.as_ref(), state.now())
+                .await
+            {
                 tracing::debug!(error = %err, "sync: revocations unavailable");
             }
             if marks.revoked != seen.revoked {

@@ -2,16 +2,19 @@
 //! Filled from the store at start, by this replica's own revocations at once,
 //! and by the sync with the store (other replicas) every 250 ms. When the
 //! sync has not succeeded lately the store is asked instead, so a replica cut
-//! off from it never answers from stale knowledge.
+//! off from it never answers from stale knowledge. At most `--max-revocations`
+//! ids are kept (ordered by expiry, see `RevokedSet`); past that, a token that
+//! may concern a dropped one is checked in the store.
 
 use std::{
-    collections::HashMap,
     sync::{
         RwLock,
-        atomic::{AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
+
+use tokenmesh_tokens::revoked::RevokedSet;
 
 use crate::store::{Store, StoreResult};
 
@@ -19,27 +22,33 @@ use crate::store::{Store, StoreResult};
 const FRESH: Duration = Duration::from_secs(2);
 const BATCH: u32 = 5_000;
 
+/// The ids and the store's sequence number they reach, changed together.
+struct Known {
+    set: RevokedSet,
+    cursor: i64,
+}
+
 pub struct Revocations {
-    ids: RwLock<HashMap<String, u64>>,
-    cursor: AtomicI64,
+    known: RwLock<Known>,
     started: Instant,
     /// Milliseconds since `started` of the last successful sync.
     synced_at: AtomicU64,
-}
-
-impl Default for Revocations {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// Whether the full memory was logged (once: a flood would repeat it).
+    full_warned: AtomicBool,
 }
 
 impl Revocations {
-    pub fn new() -> Self {
+    /// Keeps at most `capacity` ids in memory (`--max-revocations`); past
+    /// that, tokens that may concern a dropped one are checked in the store.
+    pub fn new(capacity: usize) -> Self {
         Self {
-            ids: RwLock::new(HashMap::new()),
-            cursor: AtomicI64::new(0),
+            known: RwLock::new(Known {
+                set: RevokedSet::new(capacity),
+                cursor: 0,
+            }),
             started: Instant::now(),
             synced_at: AtomicU64::new(0),
+            full_warned: AtomicBool::new(false),
         }
     }
 
@@ -48,20 +57,28 @@ impl Revocations {
     }
 
     /// Reads every revocation after the cursor from the store.
-    pub async fn sync(&self, store: &dyn Store) -> StoreResult<()> {
+    pub async fn sync(&self, store: &dyn Store, now: u64) -> StoreResult<()> {
         loop {
-            let batch = store
-                .revocations_after(self.cursor.load(Ordering::Acquire), BATCH)
-                .await?;
+            let cursor = self.known.read().unwrap_or_else(|e| e.into_inner()).cursor;
+            let batch = store.revocations_after(cursor, BATCH).await?;
             let full = batch.len() == BATCH as usize;
-            if let Some(last) = batch.last() {
-                self.cursor.fetch_max(last.seq, Ordering::AcqRel);
-            }
-            {
-                let mut ids = self.ids.write().unwrap_or_else(|e| e.into_inner());
-                for revocation in batch {
-                    ids.insert(revocation.id, revocation.expires_at);
+            let dropped = {
+                let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+                let mut dropped = 0;
+                for revocation in &batch {
+                    dropped += known
+                        .set
+                        .insert(&revocation.id, revocation.expires_at, now)
+                        .dropped;
+                    known.cursor = known.cursor.max(revocation.seq);
                 }
+                dropped
+            };
+            if dropped > 0 && !self.full_warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    dropped,
+                    "--max-revocations reached: tokens that may concern the dropped revocations are checked in the store"
+                );
             }
             if !full {
                 break;
@@ -73,34 +90,47 @@ impl Revocations {
     }
 
     /// Records a revocation this replica just stored.
-    pub fn add(&self, id: &str, expires_at: u64) {
-        self.ids
+    pub fn add(&self, id: &str, expires_at: u64, now: u64) {
+        self.known
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id.to_owned(), expires_at);
+            .set
+            .insert(id, expires_at, now);
     }
 
-    /// Whether the token `jti` or its grant is revoked.
+    /// Whether the token `jti` (expiring at `exp`) or its grant is revoked.
     pub async fn is_revoked(
         &self,
         store: &dyn Store,
         jti: &str,
         grant_id: Option<&str>,
+        exp: u64,
     ) -> StoreResult<bool> {
         let synced = self.synced_at.load(Ordering::Acquire);
         if synced == 0 || self.elapsed_ms().saturating_sub(synced) > FRESH.as_millis() as u64 {
             return store.is_revoked(jti, grant_id).await;
         }
-        let ids = self.ids.read().unwrap_or_else(|e| e.into_inner());
-        Ok(ids.contains_key(jti) || grant_id.is_some_and(|g| ids.contains_key(g)))
+        let (revoked, maybe_dropped) = {
+            let known = self.known.read().unwrap_or_else(|e| e.into_inner());
+            (
+                known.set.revokes(jti, grant_id),
+                known.set.may_have_dropped(exp),
+            )
+        };
+        // Not in memory, but it may have been dropped from it: the store knows.
+        if !revoked && maybe_dropped {
+            return store.is_revoked(jti, grant_id).await;
+        }
+        Ok(revoked)
     }
 
     /// Forgets revocations whose tokens have all expired.
     pub fn purge(&self, now: u64) {
-        self.ids
+        self.known
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, until| *until >= now);
+            .set
+            .purge(now);
     }
 }
 
@@ -114,30 +144,85 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).await.unwrap();
         store.revoke(RevocationKind::Token, "a", 100).await.unwrap();
-        let revocations = Revocations::new();
+        let revocations = Revocations::new(100);
         // Never synced: the store answers.
-        assert!(revocations.is_revoked(&store, "a", None).await.unwrap());
-        revocations.sync(&store).await.unwrap();
-        store.revoke(RevocationKind::Grant, "g", 100).await.unwrap();
-        // Synced: memory answers, and does not know `g` until the next sync.
-        assert!(revocations.is_revoked(&store, "a", None).await.unwrap());
-        assert!(
-            !revocations
-                .is_revoked(&store, "x", Some("g"))
-                .await
-                .unwrap()
-        );
-        revocations.sync(&store).await.unwrap();
         assert!(
             revocations
-                .is_revoked(&store, "x", Some("g"))
+                .is_revoked(&store, "a", None, 100)
                 .await
                 .unwrap()
         );
-        revocations.add("b", 50);
-        assert!(revocations.is_revoked(&store, "b", None).await.unwrap());
+        revocations.sync(&store, 0).await.unwrap();
+        store.revoke(RevocationKind::Grant, "g", 100).await.unwrap();
+        // Synced: memory answers, and does not know `g` until the next sync.
+        assert!(
+            revocations
+                .is_revoked(&store, "a", None, 100)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !revocations
+                .is_revoked(&store, "x", Some("g"), 100)
+                .await
+                .unwrap()
+        );
+        revocations.sync(&store, 0).await.unwrap();
+        assert!(
+            revocations
+                .is_revoked(&store, "x", Some("g"), 100)
+                .await
+                .unwrap()
+        );
+        revocations.add("b", 50, 0);
+        assert!(revocations.is_revoked(&store, "b", None, 50).await.unwrap());
         revocations.purge(60);
-        assert!(!revocations.is_revoked(&store, "b", None).await.unwrap());
-        assert!(revocations.is_revoked(&store, "a", None).await.unwrap());
+        assert!(!revocations.is_revoked(&store, "b", None, 50).await.unwrap());
+        assert!(
+            revocations
+                .is_revoked(&store, "a", None, 100)
+                .await
+                .unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn past_the_memory_limit_the_store_answers_for_tokens_that_may_be_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        for (id, until) in [("a", 100), ("b", 200), ("c", 300)] {
+            store
+                .revoke(RevocationKind::Token, id, until)
+                .await
+                .unwrap();
+        }
+        let revocations = Revocations::new(2);
+        revocations.sync(&store, 0).await.unwrap();
+        assert_eq!(revocations.known.read().unwrap().set.len(), 2);
+        // `a` left memory; the store still says so.
+        assert!(
+            revocations
+                .is_revoked(&store, "a", None, 100)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !revocations
+                .is_revoked(&store, "z", None, 100)
+                .await
+                .unwrap()
+        );
+        assert!(
+            revocations
+                .is_revoked(&store, "c", None, 300)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !revocations
+                .is_revoked(&store, "z", None, 400)
+                .await
+                .unwrap()
+        );
     }
 }

@@ -58,6 +58,8 @@ pub struct AppState {
     pub revoked: Notify,
     /// Revocations in memory, for checks without a store round trip.
     pub revocations: crate::revocations::Revocations,
+    /// Revocations per client (`--revoke-rate`, `--revoke-burst`).
+    pub revoke_limit: crate::rate_limit::RateLimiter,
     /// Opaque tokens already looked up, by hash, until they expire. A record
     /// never changes once stored (revocation is checked apart, above), so a
     /// hit is as good as the store's answer and spares a round trip.

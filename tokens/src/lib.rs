@@ -1,14 +1,15 @@
 //! What the tokenmesh token server and sidecar share about tokens: the
 //! access-token claims, JWT signing with keys parsed once, JWT verification
-//! against a key set, JSON Web Keys, secret hashing, what counts as a
-//! loopback host, the scope-list parser, and durations as resources and flags
-//! write them.
+//! against a key set, JSON Web Keys, secret hashing, the bounded set of
+//! revoked ids, what counts as a loopback host, the scope-list parser, and
+//! durations as resources and flags write them.
 
 pub mod cache;
 pub mod claims;
 pub mod duration;
 pub mod jwk;
 pub mod net;
+pub mod revoked;
 pub mod scope;
 pub mod secret;
 pub mod signing;

@@ -42,6 +42,7 @@ impl From<OAuthError> for Status {
             | OAuthError::AccessDenied(_)
             | OAuthError::UnsupportedGrantType(_) => Status::permission_denied(message),
             OAuthError::Unavailable | OAuthError::KeysUnavailable => Status::unavailable(message),
+            OAuthError::TooManyRequests(_) => Status::resource_exhausted(message),
             OAuthError::Internal => Status::internal(message),
         }
     }

@@ -6,7 +6,7 @@ use tokenmesh_crds::ExchangeMode;
 use tokenmesh_proto::v1::{
     CheckShareRequest, CheckShareResponse, ExchangeRequest, ExchangeResponse,
     GetEmbeddedTokenRequest, GetEmbeddedTokenResponse, GetJwksRequest, GetJwksResponse,
-    IntrospectRequest, IntrospectResponse, Mode, PolicySnapshot, RevocationEvent, Route,
+    IntrospectRequest, IntrospectResponse, Mode, PolicySnapshot, RevocationEvent, Revoked, Route,
     WatchPoliciesRequest, WatchRevocationsRequest, revocation_event::Kind,
     token_service_server::TokenService,
 };
@@ -21,11 +21,14 @@ use crate::{
     oauth::{active_claims, error::OAuthError, introspection_response},
     policy,
     state::AppState,
-    store::RevocationKind,
+    store::{Revocation, RevocationKind},
 };
 
 /// Revocations sent per store read.
 const REVOCATION_BATCH: u32 = 256;
+/// Revocations per snapshot event (about 60 bytes each, far below gRPC's
+/// 4 MiB message limit).
+const SNAPSHOT_PART: u32 = 4_096;
 /// Other replicas' revocations are seen by polling at least this often.
 const REVOCATION_POLL: Duration = Duration::from_secs(1);
 
@@ -216,10 +219,18 @@ impl TokenService for Tokens {
         request: Request<WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
         authenticate(&self.state, request.metadata()).await?;
-        let mut cursor = request.into_inner().after_seq.max(0);
+        let request = request.into_inner();
+        let mut cursor = request.after_seq.max(0);
+        let snapshot = request.snapshot && cursor == 0;
         let state = self.state.clone();
         let (tx, rx) = mpsc::channel(REVOCATION_BATCH as usize);
         tokio::spawn(async move {
+            if snapshot {
+                match send_snapshot(&state, &tx).await {
+                    Some(last) => cursor = last,
+                    None => return,
+                }
+            }
             loop {
                 // Registered before the read, so a revocation in between still wakes us.
                 let woken = state.revoked.notified();
@@ -237,14 +248,13 @@ impl TokenService for Tokens {
                 let full = batch.len() == REVOCATION_BATCH as usize;
                 for revocation in batch {
                     cursor = revocation.seq;
+                    let revoked = revoked(revocation);
                     let event = RevocationEvent {
-                        seq: revocation.seq,
-                        kind: match revocation.kind {
-                            RevocationKind::Token => Kind::Token,
-                            RevocationKind::Grant => Kind::Grant,
-                        } as i32,
-                        id: revocation.id,
-                        expires_at: i64::try_from(revocation.expires_at).unwrap_or(i64::MAX),
+                        seq: cursor,
+                        kind: revoked.kind,
+                        id: revoked.id,
+                        expires_at: revoked.expires_at,
+                        snapshot: Vec::new(),
                     };
                     if tx.send(Ok(event)).await.is_err() {
                         return;
@@ -260,6 +270,58 @@ impl TokenService for Tokens {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Sends the revocations still in force as a few large events, so a starting
+/// sidecar takes them in without one event (and one lock) per revocation
+/// kept; `None` when the stream ended, else the cursor reached.
+async fn send_snapshot(
+    state: &AppState,
+    tx: &mpsc::Sender<Result<RevocationEvent, Status>>,
+) -> Option<i64> {
+    let mut cursor = 0;
+    loop {
+        let batch = match state.store.revocations_after(cursor, SNAPSHOT_PART).await {
+            Ok(batch) => batch,
+            Err(err) => {
+                let _ = tx.send(Err(Status::unavailable(err.to_string()))).await;
+                return None;
+            }
+        };
+        let Some(last) = batch.last().map(|r| r.seq) else {
+            return Some(cursor);
+        };
+        cursor = last;
+        let full = batch.len() == SNAPSHOT_PART as usize;
+        let now = state.now();
+        let live: Vec<Revoked> = batch
+            .into_iter()
+            .filter(|r| r.expires_at >= now)
+            .map(revoked)
+            .collect();
+        if !live.is_empty() {
+            let part = RevocationEvent {
+                seq: cursor,
+                snapshot: live,
+                ..Default::default()
+            };
+            tx.send(Ok(part)).await.ok()?;
+        }
+        if !full {
+            return Some(cursor);
+        }
+    }
+}
+
+fn revoked(revocation: Revocation) -> Revoked {
+    Revoked {
+        kind: match revocation.kind {
+            RevocationKind::Token => Kind::Token,
+            RevocationKind::Grant => Kind::Grant,
+        } as i32,
+        id: revocation.id,
+        expires_at: i64::try_from(revocation.expires_at).unwrap_or(i64::MAX),
     }
 }
 

@@ -36,6 +36,10 @@ pub enum OAuthError {
     AccessDenied(Text),
     #[error("invalid_request")]
     TooLarge,
+    /// The client went past its rate (RFC 6585 429); `slow_down` is the
+    /// registered OAuth code for it (RFC 8628). Carries the seconds to wait.
+    #[error("slow_down")]
+    TooManyRequests(u64),
     #[error("temporarily_unavailable")]
     Unavailable,
     /// The cluster's service-account keys cannot be fetched, or a
@@ -60,6 +64,7 @@ impl OAuthError {
             Self::InvalidClient(_) => StatusCode::UNAUTHORIZED,
             Self::AccessDenied(_) => StatusCode::FORBIDDEN,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable | Self::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
@@ -77,6 +82,7 @@ impl OAuthError {
             | Self::InvalidTarget(d)
             | Self::AccessDenied(d) => d,
             Self::TooLarge => "the request body is too large",
+            Self::TooManyRequests(_) => "too many requests from this client; retry later",
             Self::Unavailable => "the token server cannot reach its store; retry later",
             Self::KeysUnavailable => {
                 "the token server cannot check service-account tokens with the Kubernetes API server; retry later"
@@ -111,8 +117,14 @@ impl IntoResponse for OAuthError {
                 HeaderValue::from_static("Basic realm=\"tokenmesh\""),
             );
         }
-        if matches!(self, Self::Unavailable | Self::KeysUnavailable) {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match self {
+            Self::Unavailable | Self::KeysUnavailable => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::TooManyRequests(seconds) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+            }
+            _ => {}
         }
         response
     }

@@ -2,7 +2,7 @@
 //! issued under the same grant when the client started it; a client that
 //! got its token by exchange revokes that token and the ones embedded in it.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use axum::{body::Body, extract::State, http::HeaderMap, response::Response};
 
@@ -31,6 +31,12 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
         &state.endpoints.revocation,
     )
     .await?;
+    // Every revocation reaches every sidecar and stays in its memory until
+    // the token would have expired: one client may not flood them.
+    if let Err(wait) = state.revoke_limit.take(&client.id, Instant::now()) {
+        tracing::debug!(client_id = %client.id, "revocation refused: over --revoke-rate");
+        return Err(OAuthError::TooManyRequests(wait.as_secs_f64().ceil() as u64));
+    }
     let token = form.require("token")?;
     // token_type_hint only speeds up a lookup; an unknown hint is ignored (§2.1).
     let whole_grant = match form.get("revoke") {
@@ -90,6 +96,6 @@ async fn record(
     until: u64,
 ) -> Result<i64, OAuthError> {
     let seq = state.store.revoke(kind, id, until).await?;
-    state.revocations.add(id, until);
+    state.revocations.add(id, until, state.now());
     Ok(seq)
 }

@@ -219,7 +219,10 @@ async fn revocations_stream_and_resume_from_a_cursor() {
     let mut stream = grpc
         .watch_revocations(as_client(
             "orders-svc",
-            WatchRevocationsRequest { after_seq: 0 },
+            WatchRevocationsRequest {
+                after_seq: 0,
+                ..Default::default()
+            },
         ))
         .await
         .unwrap()
@@ -259,6 +262,7 @@ async fn revocations_stream_and_resume_from_a_cursor() {
             "orders-svc",
             WatchRevocationsRequest {
                 after_seq: event.seq,
+                ..Default::default()
             },
         ))
         .await
@@ -277,6 +281,67 @@ async fn revocations_stream_and_resume_from_a_cursor() {
     let status = server.terminate();
     assert!(status.success(), "{status:?}");
     drop(resumed);
+}
+
+/// Revokes a fresh token of `gateway` (its grant with `whole_grant`); the
+/// revoked id.
+async fn revoke_one(server: &Server, whole_grant: bool) -> String {
+    let token = server.token(&[]).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut form = vec![("token", token.as_str())];
+    if whole_grant {
+        form.push(("revoke", "grant"));
+    }
+    let resp = server
+        .post("/oauth2/revoke", Some(("gateway", SECRET)), &form)
+        .await;
+    assert_eq!(resp.status(), 200);
+    let claims = jwt_part(&token, 1);
+    let id = if whole_grant {
+        &claims["grant_id"]
+    } else {
+        &claims["jti"]
+    };
+    id.as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_starting_sidecar_gets_the_revocations_in_force_as_a_snapshot() {
+    let config = mesh_config();
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&config, data.path()).await;
+    let mut kept = Vec::new();
+    for whole_grant in [false, false, true] {
+        kept.push(revoke_one(&server, whole_grant).await);
+    }
+    let mut grpc = tokens(&server).await;
+    let mut stream = grpc
+        .watch_revocations(as_client(
+            "orders-svc",
+            WatchRevocationsRequest {
+                after_seq: 0,
+                snapshot: true,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    // One event carries all three, in the order they were made.
+    let first = next_message(&mut stream, Duration::from_secs(5)).await;
+    let ids: Vec<&str> = first.snapshot.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, kept);
+    assert_eq!(first.snapshot[0].kind, Kind::Token as i32);
+    assert_eq!(first.snapshot[2].kind, Kind::Grant as i32);
+    assert!(first.snapshot.iter().all(|r| r.expires_at > 0));
+    assert!(first.id.is_empty());
+    // Then live revocations, one per event, after the snapshot's cursor.
+    let live = revoke_one(&server, false).await;
+    let next = next_message(&mut stream, Duration::from_secs(5)).await;
+    assert_eq!(next.id, live);
+    assert!(next.snapshot.is_empty());
+    assert!(next.seq > first.seq);
 }
 
 #[tokio::test]

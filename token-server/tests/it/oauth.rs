@@ -443,6 +443,72 @@ async fn revocation_of_jwts_opaque_tokens_and_grants() {
 }
 
 #[tokio::test]
+async fn a_client_past_its_revocation_rate_is_answered_429_with_retry_after() {
+    let config = Config::new(ES256_SPEC);
+    let data = tempfile::tempdir().unwrap();
+    let limits = ["--revoke-rate", "0.01", "--revoke-burst", "3"].map(String::from);
+    let server = Server::start_with(
+        &config,
+        data.path(),
+        limits.to_vec(),
+        reqwest::Client::new(),
+        "http",
+    )
+    .await;
+    let token = server.token(&[]).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let revoke = async |token: &str| {
+        server
+            .post(
+                "/oauth2/revoke",
+                Some(("gateway", SECRET)),
+                &[("token", token)],
+            )
+            .await
+    };
+    for _ in 0..3 {
+        assert_eq!(revoke("unknown").await.status(), 200);
+    }
+    let resp = revoke(&token).await;
+    assert_eq!(resp.status(), 429);
+    // One more every 100 s (RFC 6585 §4).
+    assert_eq!(resp.headers()["retry-after"], "100");
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "slow_down");
+    assert_eq!(
+        server.introspect(&token).await["active"],
+        true,
+        "not revoked"
+    );
+    // The budget is per client.
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", "poster"),
+        ("client_secret", SECRET),
+    ];
+    let theirs: Value = server
+        .post("/oauth2/token", None, &form)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let theirs = theirs["access_token"].as_str().unwrap();
+    let form = [
+        ("token", theirs),
+        ("client_id", "poster"),
+        ("client_secret", SECRET),
+    ];
+    assert_eq!(
+        server.post("/oauth2/revoke", None, &form).await.status(),
+        200
+    );
+    assert_eq!(server.introspect(theirs).await["active"], false);
+}
+
+#[tokio::test]
 async fn opaque_tokens_and_revocations_survive_kill_9() {
     let config = Config::new(ES256_SPEC);
     let data = tempfile::tempdir().unwrap();

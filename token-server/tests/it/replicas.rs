@@ -68,7 +68,10 @@ async fn watch(server: &Server, after_seq: i64) -> Streaming<RevocationEvent> {
     let mut grpc = TokenServiceClient::connect(server.grpc.clone())
         .await
         .unwrap();
-    let mut request = Request::new(WatchRevocationsRequest { after_seq });
+    let mut request = Request::new(WatchRevocationsRequest {
+        after_seq,
+        ..Default::default()
+    });
     request
         .metadata_mut()
         .insert("authorization", basic_auth("gateway").parse().unwrap());
