@@ -1,10 +1,38 @@
 //! End-to-end tests live in `mesh/`. The library holds what the test
-//! harnesses of the workspace share: ports for the processes they start.
+//! harnesses of the workspace share: ports for the processes they start,
+//! and where the binaries they start are.
 
 use std::{
     net::TcpListener,
+    path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
 };
+
+/// A binary of the workspace, built by `cargo build --workspace --bins`.
+/// Cargo puts a test executable in `<target>/<profile>/deps/` and the
+/// binaries of the same build in `<target>/<profile>/`: the executable's own
+/// place follows `CARGO_TARGET_DIR`, `build.target-dir`, `--target` and the
+/// profile exactly as cargo did (tests/binaries.py is the scripts' side).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let path = profile_dir(&exe).join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// `<target>/<profile>` of a test executable in `<target>/<profile>/deps/`.
+fn profile_dir(exe: &Path) -> &Path {
+    let dir = exe.parent().unwrap_or(exe);
+    if dir.ends_with("deps") {
+        dir.parent().unwrap_or(dir)
+    } else {
+        dir
+    }
+}
 
 /// A loopback port for a child process to listen on. It is free now, it
 /// lies outside the kernel's ephemeral range, so no outgoing connection of
@@ -44,7 +72,25 @@ fn outside_ephemeral_range() -> (u16, u16) {
 
 #[cfg(test)]
 mod tests {
-    use super::free_port;
+    use std::path::Path;
+
+    use super::{free_port, profile_dir};
+
+    #[test]
+    fn binaries_are_found_beside_the_test_executable_wherever_cargo_builds() {
+        // CARGO_TARGET_DIR=/elsewhere cargo test: the test runs from /elsewhere.
+        assert_eq!(
+            profile_dir(Path::new("/elsewhere/debug/deps/mesh-0123abcd")),
+            Path::new("/elsewhere/debug")
+        );
+        assert_eq!(
+            profile_dir(Path::new("/t/x86_64-unknown-linux-gnu/release/deps/it-1")),
+            Path::new("/t/x86_64-unknown-linux-gnu/release")
+        );
+        // This very test: the workspace's binaries sit in the same profile dir.
+        let exe = std::env::current_exe().unwrap();
+        assert!(profile_dir(&exe).join("deps").is_dir());
+    }
 
     #[test]
     fn ports_are_free_distinct_and_outside_the_ephemeral_range() {

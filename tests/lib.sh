@@ -21,14 +21,19 @@ ensure_venv() {
 }
 
 # require_bins VAR:binary...: exports each VAR as the absolute path of a built
-# workspace binary (VAR's value, relative to the repository, else
-# target/debug/<binary>); a missing one stops the run with the build command.
+# workspace binary (VAR's value, relative to the repository, else the debug
+# binary where cargo puts it: tests/binaries.py); a missing one stops the run
+# with the build command.
 require_bins() {
     local spec name bin path
     for spec; do
         name="${spec%%:*}" bin="${spec#*:}"
-        path="${!name:-target/debug/$bin}"
-        [[ "$path" = /* ]] || path="$repo/$path"
+        if [[ -n "${!name:-}" ]]; then
+            path="${!name}"
+            [[ "$path" = /* ]] || path="$repo/$path"
+        else
+            path="$("$python" "$repo/tests/binaries.py" "$bin")"
+        fi
         if [[ ! -x "$path" ]]; then
             echo "run.sh: no executable $bin at $path (build it: cargo build --workspace --bins)" >&2
             exit 1

@@ -75,9 +75,15 @@ pub struct TokenServerSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KubernetesSpec {
     /// The `iss` of the cluster's service-account tokens (the API server's
-    /// `--service-account-issuer`), e.g. `https://kubernetes.default.svc`.
+    /// `--service-account-issuer`): `https://kubernetes.default.svc`, or
+    /// `https://kubernetes.default.svc.cluster.local` on kubeadm, kind and
+    /// minikube. Default: discovered, the `issuer` of the discovery document
+    /// (the API server's, through `kubernetes.default.svc`). When
+    /// set, the discovery document must name it, or the token server does
+    /// not become ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
-    pub issuer: String,
+    pub issuer: Option<String>,
     /// The `aud` a token must carry (the audience of the projected token).
     /// Default: the token server's issuer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,7 +91,8 @@ pub struct KubernetesSpec {
     pub audience: Option<String>,
     /// Base URL where `/.well-known/openid-configuration` is fetched, when
     /// the issuer URL itself is not reachable (e.g. the API server's
-    /// address). Default: the issuer.
+    /// address). Default: the issuer; without one, the in-cluster
+    /// `https://kubernetes.default.svc`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery_url: Option<String>,
     /// PEM CA bundle to trust for discovery and JWKS fetches. Default: in a

@@ -45,8 +45,15 @@ if [[ -z $BIN_DIR ]]; then
   command -v cargo >/dev/null || { echo "run.sh: cargo is required (or give --bin-dir)" >&2; exit 2; }
   flags=(-p token-server -p tokenmesh-sidecar --bins)
   [[ $PROFILE == release ]] && flags+=(--release)
-  echo "building: cargo build ${flags[*]}" >&2
-  (cd "$ROOT" && cargo build "${flags[@]}")
+  # The report comes first: cargo's ~240 "Compiling" lines go to a log, shown only if the build fails.
+  build_log=$(mktemp "${TMPDIR:-/tmp}/tokenmesh-mesh-build.XXXXXX")
+  echo "building: cargo build ${flags[*]} (a first build takes a few minutes)" >&2
+  if ! (cd "$ROOT" && cargo build --color never "${flags[@]}") >"$build_log" 2>&1; then
+    tail -n 40 "$build_log" >&2
+    echo "run.sh: the build failed (whole output in $build_log)" >&2
+    exit 2
+  fi
+  rm -f "$build_log"
   target=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
   BIN_DIR=$target/$PROFILE

@@ -97,8 +97,39 @@ pub fn plaintext_remote_host(url: &str) -> Option<String> {
 
 pub struct TokenServer {
     client: TokenServiceClient<Channel>,
+    /// `--token-server`, named in errors that happen on the way to it.
+    url: String,
     client_id: String,
     credential: Credential,
+}
+
+/// An error on the way to the token server with its address: by itself a
+/// refused connection says "tcp connect error" and an HTTP port's answer
+/// "grpc-status header missing", neither saying where. A status the token
+/// server decided (no transport error behind it) passes unchanged.
+fn on_the_way(url: &str, status: Status) -> Status {
+    if status.message().starts_with("grpc-status header missing") {
+        let message = format!(
+            "the token server at {url} answered, but not with gRPC ({}): is --token-server \
+             its gRPC address (port 8081 by default), not the HTTP one?",
+            status.message()
+        );
+        return Status::new(status.code(), message);
+    }
+    let Some(source) = std::error::Error::source(&status) else {
+        return status;
+    };
+    let mut message = format!("token server {url}: {}", status.message());
+    let mut cause = Some(source);
+    while let Some(err) = cause {
+        let text = err.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = err.source();
+    }
+    Status::new(status.code(), message)
 }
 
 fn now() -> u64 {
@@ -142,6 +173,7 @@ impl TokenServer {
         }
         Ok(Self {
             client: TokenServiceClient::new(endpoint.connect_lazy()),
+            url,
             client_id: args.client_id.clone(),
             credential: Credential::from_args(args)?,
         })
@@ -204,7 +236,8 @@ impl TokenServer {
             .client
             .clone()
             .exchange(self.request(body, true)?)
-            .await?
+            .await
+            .map_err(|e| on_the_way(&self.url, e))?
             .into_inner())
     }
 
@@ -216,7 +249,8 @@ impl TokenServer {
             .client
             .clone()
             .introspect(self.request(body, true)?)
-            .await?
+            .await
+            .map_err(|e| on_the_way(&self.url, e))?
             .into_inner())
     }
 
@@ -229,7 +263,8 @@ impl TokenServer {
             .client
             .clone()
             .get_embedded_token(self.request(body, true)?)
-            .await?
+            .await
+            .map_err(|e| on_the_way(&self.url, e))?
             .into_inner()
             .token)
     }
@@ -247,7 +282,8 @@ impl TokenServer {
             .client
             .clone()
             .check_share(self.request(body, true)?)
-            .await?
+            .await
+            .map_err(|e| on_the_way(&self.url, e))?
             .into_inner())
     }
 
@@ -256,7 +292,8 @@ impl TokenServer {
             .client
             .clone()
             .get_jwks(self.request(GetJwksRequest {}, true)?)
-            .await?
+            .await
+            .map_err(|e| on_the_way(&self.url, e))?
             .into_inner())
     }
 
@@ -265,7 +302,8 @@ impl TokenServer {
             .client
             .clone()
             .watch_policies(self.request(WatchPoliciesRequest {}, false)?)
-            .await?
+            .await
+            .map_err(|e| on_the_way(&self.url, e))?
             .into_inner())
     }
 
@@ -284,14 +322,92 @@ impl TokenServer {
             .client
             .clone()
             .watch_revocations(self.request(body, false)?)
-            .await?
+            .await
+            .map_err(|e| on_the_way(&self.url, e))?
             .into_inner())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::plaintext_remote_host;
+    use clap::Parser;
+
+    use super::{TokenServer, plaintext_remote_host};
+    use crate::cli::Args;
+
+    /// A client of `url` with a client secret (the folder holds the file).
+    fn client(url: &str) -> (tempfile::TempDir, TokenServer) {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "a-client-secret-0123456789abcdef").unwrap();
+        let args = Args::try_parse_from([
+            "tokenmesh-sidecar",
+            "--token-server",
+            url,
+            "--client-id",
+            "orders-svc",
+            "--client-secret-file",
+            secret.to_str().unwrap(),
+            "--audience",
+            "orders",
+        ])
+        .unwrap();
+        (dir, TokenServer::new(&args).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_names_the_token_server() {
+        let url = {
+            let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", closed.local_addr().unwrap())
+        };
+        let (_dir, server) = client(&url);
+        let status = server.jwks().await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(
+            status
+                .message()
+                .starts_with(&format!("token server {url}: ")),
+            "{}",
+            status.message()
+        );
+        assert!(status.message().contains("refused"), "{}", status.message());
+    }
+
+    /// The token server's HTTP port speaks HTTP/2 too, and answers a gRPC
+    /// call with a 404 and no grpc-status.
+    #[tokio::test]
+    async fn the_http_port_is_recognised_as_the_wrong_one() {
+        use hyper_util::{
+            rt::{TokioExecutor, TokioIo},
+            server::conn::auto,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let not_found = hyper::service::service_fn(|_| async {
+                    let mut response =
+                        hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                    *response.status_mut() = hyper::StatusCode::NOT_FOUND;
+                    Ok::<_, std::convert::Infallible>(response)
+                });
+                tokio::spawn(async move {
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), not_found)
+                        .await;
+                });
+            }
+        });
+        let (_dir, server) = client(&url);
+        let status = server.jwks().await.unwrap_err();
+        assert!(
+            status.message().contains(&url) && status.message().contains("gRPC address"),
+            "{}",
+            status.message()
+        );
+    }
 
     #[test]
     fn plaintext_to_a_remote_host_is_recognised() {

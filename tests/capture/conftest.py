@@ -34,14 +34,12 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
 
-def binary(var, default):
-    path = Path(os.environ.get(var, default))
-    return path if path.is_absolute() else REPO / path
+sys.path.insert(0, str(REPO / "tests"))
+from binaries import binary  # noqa: E402  (where cargo put the binaries)
 
-
-CAPTURE_BIN = binary("TOKENMESH_CAPTURE_BIN", "target/debug/tokenmesh-capture")
-SIDECAR_BIN = binary("TOKENMESH_SIDECAR_BIN", "target/debug/tokenmesh-sidecar")
-SERVER_BIN = binary("TOKENMESH_SERVER_BIN", "target/debug/token-server")
+CAPTURE_BIN = binary("tokenmesh-capture", "TOKENMESH_CAPTURE_BIN")
+SIDECAR_BIN = binary("tokenmesh-sidecar", "TOKENMESH_SIDECAR_BIN")
+SERVER_BIN = binary("token-server", "TOKENMESH_SERVER_BIN")
 PYTHON = sys.executable
 
 SIDECAR_UID = 15337  # a user of its own, as in a pod; no account is needed for a uid

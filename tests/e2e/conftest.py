@@ -24,14 +24,15 @@ import requests
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
+from binaries import binary  # noqa: E402  (where cargo put the binaries)
 from ports import free_port  # noqa: E402  (shared with the interop and chart harnesses)
 
 CRDS = REPO / "charts" / "tokenmesh" / "crds"
 KUBECTL = os.environ.get("TOKENMESH_KUBECTL", "kubectl")
 HELM = os.environ.get("TOKENMESH_HELM", "helm")
 CHART = REPO / "charts" / "tokenmesh"
-SERVER_BIN = os.environ.get("TOKENMESH_SERVER_BIN", str(REPO / "target/debug/token-server"))
-OPERATOR_BIN = os.environ.get("TOKENMESH_OPERATOR_BIN", str(REPO / "target/debug/tokenmesh-operator"))
+SERVER_BIN = str(binary("token-server", "TOKENMESH_SERVER_BIN"))
+OPERATOR_BIN = str(binary("tokenmesh-operator", "TOKENMESH_OPERATOR_BIN"))
 GROUP = "tokenmesh.dev"
 API_VERSION = f"{GROUP}/v1alpha1"
 KINDS = {"OAuthClient": "oauthclients", "Scope": "scopes", "ExchangePolicy": "exchangepolicies", "TokenServer": "tokenservers"}
@@ -213,10 +214,14 @@ class TokenServer(Process):
         docs = [resource("TokenServer", "default", spec), *resources]
         self.config.write_text("\n---\n".join(json.dumps(d) for d in docs))
 
-    def start(self):
+    def launch(self):
+        """Starts the binary without waiting for it to be ready."""
         self.spawn([*self.wrapper, SERVER_BIN, "--config", str(self.config), "--admin-token-file", str(self.admin_token_file),
                     "--http-addr", f"127.0.0.1:{self.port}", "--grpc-addr", f"127.0.0.1:{self.grpc_port}",
                     "--issuer", self.base, "--data-dir", str(self.root / "data")], env=self.env)
+
+    def start(self):
+        self.launch()
         self.wait_http(f"{self.base}/readyz")
 
     def token(self, client_id, secret, **form):

@@ -2,8 +2,8 @@
 # End-to-end tests against a real Kubernetes API server (tests/e2e/control-plane.sh: etcd and
 # kube-apiserver as local processes), with the real token server and operator binaries.
 #   tests/e2e/run.sh [pytest args...]
-# TOKENMESH_SERVER_BIN    token server binary (default: target/debug/token-server)
-# TOKENMESH_OPERATOR_BIN  operator binary (default: target/debug/tokenmesh-operator)
+# TOKENMESH_SERVER_BIN    token server binary (default: the debug build, where cargo puts it: tests/binaries.py)
+# TOKENMESH_OPERATOR_BIN  operator binary (default: the debug build, where cargo puts it: tests/binaries.py)
 # TOKENMESH_CACHE         where the venv and the control-plane binaries live (default: ~/.cache/tokenmesh)
 # TOKENMESH_E2E_REUSE=1   use the control plane already started in TOKENMESH_K8S_DIR (control-plane.sh start)
 #                         and leave it running; otherwise one is started for this run and stopped after it.

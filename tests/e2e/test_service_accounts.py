@@ -11,9 +11,10 @@ import shutil
 
 import jwt
 import pytest
+import requests
 
 from conftest import (RELEASE_NAMESPACE, SERVICE_ACCOUNT_ISSUER, TOKEN_AUDIENCE, TOKEN_SERVER_ACCOUNT, TokenServer,
-                      resource, service_account_issuer, wait_until)
+                      resource, service_account_issuer, tail, wait_until)
 
 ISSUER = SERVICE_ACCOUNT_ISSUER
 
@@ -116,6 +117,63 @@ def later_token_server(kube, namespace, tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+def test_the_issuer_is_discovered_when_none_is_set(kube, namespace, tmp_path):
+    """No spec.kubernetes.issuer: the token server takes the one the API server's discovery document names, and
+    accepts its tokens."""
+    kubernetes = service_account_issuer(kube, tmp_path)
+    del kubernetes["issuer"]
+    for account in ("orders", "payments"):
+        kube.run("create", "serviceaccount", account, "-n", namespace)
+    server = TokenServer(tmp_path, kubernetes=kubernetes, resources=[service_account_client(namespace, "orders")])
+    server.start()
+    try:
+        response = server.token_by_assertion(create_token(kube, namespace, "orders"))
+        assert response.status_code == 200, response.text
+        assert f"issuer={ISSUER}" in server.log.read_text(), "the discovered issuer is in the log"
+        refused(server.token_by_assertion(create_token(kube, namespace, "payments")))
+    finally:
+        server.stop()
+
+
+def test_an_issuer_the_api_server_does_not_name_keeps_the_server_unready(kube, namespace, tmp_path):
+    """kubeadm, kind and minikube sign with https://kubernetes.default.svc.cluster.local: configured with it while
+    this API server signs as https://kubernetes.default.svc, the token server says so and never becomes ready,
+    and a refused token's debug line names the issuer expected and the one received."""
+    configured = "https://kubernetes.default.svc.cluster.local"
+    kubernetes = service_account_issuer(kube, tmp_path) | {"issuer": configured}
+    kube.run("create", "serviceaccount", "orders", "-n", namespace)
+    server = TokenServer(tmp_path, kubernetes=kubernetes, resources=[service_account_client(namespace, "orders")],
+                         env={"TOKENMESH_LOG": "info,token_server=debug"})
+    server.launch()
+    try:
+        last = []
+
+        def unready():
+            try:
+                response = requests.get(f"{server.base}/readyz", timeout=2)
+            except requests.RequestException as err:
+                last[:] = [err]
+                return None
+            last[:] = [f"{response.status_code} {response.text}"]
+            # (A 503 Response is falsy: return its parts.)
+            return (response.status_code, response.text) if configured in response.text else None
+
+        status, text = wait_until(unready, 30, lambda: f"/readyz to name the issuers (last: {last}):\n{tail(server.log)}")
+        assert status == 503, text
+        assert f"`{ISSUER}`" in text and f"`{configured}`" in text, text
+        log = server.log.read_text()
+        assert "ERROR" in log and f"`{ISSUER}`" in log and f"`{configured}`" in log, log
+
+        description = refused(server.token_by_assertion(create_token(kube, namespace, "orders")))
+        assert "issuer" in description, description
+        wait_until(lambda: f"received={ISSUER}" in server.log.read_text(), 10,
+                   lambda: f"the refusal's debug line:\n{tail(server.log)}")
+        assert f"expected={configured}" in server.log.read_text()
+        assert requests.get(f"{server.base}/readyz", timeout=2).status_code == 503
+    finally:
+        server.stop()
 
 
 def test_an_expired_service_account_token_is_refused(kube, namespace, orders_client, token_server,

@@ -23,9 +23,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from binaries import binary
 from tokenserver import HTTP_TIMEOUT, READY_TIMEOUT, REPO, TokenServer, free_port, resource
 
-SIDECAR_BIN = REPO / os.environ.get("TOKENMESH_SIDECAR_BIN", "target/debug/tokenmesh-sidecar")  # relative: to the repo
+SIDECAR_BIN = binary("tokenmesh-sidecar", "TOKENMESH_SIDECAR_BIN")
 AUDIENCE = "gateway"  # what the sidecar (--audience) and so Envoy accept
 SIDECAR_CLIENT = "gateway-svc"
 BLIND_CLIENT = "blind-svc"  # a sidecar client without allowIntrospection (the default)

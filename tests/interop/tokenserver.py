@@ -28,9 +28,10 @@ from joserfc.jwk import ECKey
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
+from binaries import binary  # noqa: E402  (where cargo put the binaries)
 from ports import free_port  # noqa: E402  (shared with the chart and e2e harnesses)
 
-SERVER_BIN = REPO / os.environ.get("TOKENMESH_SERVER_BIN", "target/debug/token-server")  # relative: to the repo
+SERVER_BIN = binary("token-server", "TOKENMESH_SERVER_BIN")
 READY_TIMEOUT = 20
 HTTP_TIMEOUT = 10
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"

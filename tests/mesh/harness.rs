@@ -4,7 +4,7 @@ use std::{
     convert::Infallible,
     io::BufRead,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
@@ -27,19 +27,7 @@ pub const KEYED_KID: &str = "keyed-1";
 
 pub use tokenmesh_e2e::free_port;
 
-/// A binary of the workspace, built by `cargo build --workspace`.
-pub fn binary(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target.join("debug").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        path.display()
-    );
-    path
-}
+pub use tokenmesh_e2e::binary;
 
 /// An ExchangePolicy document.
 pub fn policy(name: &str, body: &str) -> String {

@@ -13,13 +13,21 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// HTTP(S) and the gRPC API. Every endpoint is listed at
 /// /.well-known/oauth-authorization-server.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "token-server", version)]
+// clap cannot require a global flag (`migrate` may go without it): the
+// usage line says it.
+#[command(
+    name = "token-server",
+    version,
+    override_usage = "token-server --config <PATH>... [OPTIONS]\n       token-server migrate [--database-url <URL> | --config <PATH>]"
+)]
 pub struct Args {
-    /// A YAML file or a folder of YAML files (*.yaml, *.yml) holding
-    /// resources; repeat for several. Multi-document files are read whole.
+    /// Required: a YAML file or a folder of YAML files (*.yaml, *.yml)
+    /// holding resources; repeat for several. Multi-document files are read
+    /// whole.
     #[arg(
         long = "config",
         env = "TOKENMESH_CONFIG",
+        value_name = "PATH",
         value_delimiter = ',',
         global = true
     )]

@@ -52,8 +52,9 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready when the store answers, the default algorithm has a signing key and
-/// every stored key opens.
+/// Ready when the store answers, the default algorithm has a signing key,
+/// every stored key opens, and the cluster's service-account issuer (with
+/// spec.kubernetes) is the configured one.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let alg = jose_algorithm(state.registry.load().server.algorithm);
     if state.keys.snapshot().signer(alg).is_none() {
@@ -65,6 +66,10 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             "a stored signing key cannot be opened (keyEncryptionKeyRef; see the log)",
         )
             .into_response();
+    }
+    let kubernetes = state.registry.load().server.kubernetes.clone();
+    if let Err(reason) = state.service_accounts.readiness(kubernetes.as_ref()) {
+        return (StatusCode::SERVICE_UNAVAILABLE, reason).into_response();
     }
     match state.store.ping().await {
         Ok(()) => "ready".into_response(),

@@ -32,7 +32,7 @@ use crate::{
     metrics::Metrics,
     registry::{FileSecrets, Registry},
     state::{AppState, Endpoints, system_now},
-    store::{PgStore, SqliteStore, Store},
+    store::{DataDirLock, PgStore, SqliteStore, Store},
 };
 
 /// Why the server did not start or stopped.
@@ -73,7 +73,8 @@ pub fn run(args: Args) -> ExitCode {
     match runtime.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!("{err}");
+            // Once, on stderr (where the log goes too), as the sidecar and
+            // the operator do.
             eprintln!("token-server: {err}");
             ExitCode::FAILURE
         }
@@ -188,14 +189,25 @@ fn database_url(
     }
 }
 
+/// With the embedded store, the lock that keeps other servers off the data
+/// directory comes with it; hold it until the end.
 async fn open_store(
     args: &Args,
     registry: &Registry,
     secrets: &dyn registry::SecretSource,
-) -> Result<Arc<dyn Store>, StartError> {
+) -> Result<(Arc<dyn Store>, Option<DataDirLock>), StartError> {
     Ok(match database_url(args, registry, secrets)? {
-        Some(url) => Arc::new(PgStore::connect(&url, args.database_max_connections).await?),
-        None => Arc::new(SqliteStore::open(&args.data_dir).await?),
+        Some(url) => (
+            Arc::new(PgStore::connect(&url, args.database_max_connections).await?),
+            None,
+        ),
+        None => {
+            let lock = DataDirLock::acquire(&args.data_dir)?;
+            (
+                Arc::new(SqliteStore::open(&args.data_dir).await?),
+                Some(lock),
+            )
+        }
     })
 }
 
@@ -272,7 +284,7 @@ async fn start(args: Args) -> Result<(), StartError> {
     let admin = admin_credential(&args)?;
     let http_listener = bind(args.http_addr)?;
     let grpc_listener = bind(args.grpc_addr)?;
-    let store = open_store(&args, &registry, &secrets).await?;
+    let (store, _data_dir_lock) = open_store(&args, &registry, &secrets).await?;
     // Before reading anything: a change from here on is seen by the sync.
     let marks = store.change_marks().await?;
     let stored = store.resources().await?;
@@ -357,22 +369,19 @@ async fn start(args: Args) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Builds the service-account verifier (a bad `caFile` stops the start)
-/// and fetches the keys in the background: an API server that is down only
-/// delays `kubernetes_service_account` clients, and says so in the log.
+/// Builds the service-account verifier (a bad `caFile` stops the start),
+/// which fetches discovery and the keys in the background: an API server
+/// that is down only delays `kubernetes_service_account` clients, and says
+/// so in the log; one that names another issuer keeps the server unready.
 fn warm_up_service_account_keys(state: &Arc<AppState>) -> Result<(), StartError> {
     let registry = state.registry.load();
     let Some(settings) = &registry.server.kubernetes else {
         return Ok(());
     };
-    let verifier = state
+    state
         .service_accounts
         .verifier(settings)
         .map_err(|e| StartError::Refused(format!("TokenServer spec.kubernetes: {e}")))?;
-    tokio::spawn(async move {
-        // Failures are logged inside; the first client retries.
-        let _ = verifier.warm_up().await;
-    });
     Ok(())
 }
 

@@ -637,14 +637,19 @@ impl Registry {
 
     pub fn summary(&self) -> String {
         format!(
-            "issuer {}, {} client(s), {} scope(s), {} exchange polic(ies), signing {}",
+            "issuer {}, {}, {}, {}, signing {}",
             self.server.issuer,
-            self.clients.len(),
-            self.scopes.len(),
-            self.policies.len(),
+            count(self.clients.len(), "client", "clients"),
+            count(self.scopes.len(), "scope", "scopes"),
+            count(self.policies.len(), "exchange policy", "exchange policies"),
             self.server.algorithm.as_str()
         )
     }
+}
+
+/// `1 client`, `0 clients`.
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 type FieldError = (&'static str, String);
@@ -783,14 +788,25 @@ fn kubernetes_settings(
     spec: &tokenmesh_crds::KubernetesSpec,
     issuer: &str,
 ) -> Result<KubernetesSettings, FieldError> {
-    if spec.issuer.is_empty() {
-        return Err(("spec.kubernetes.issuer", "is required".into()));
+    if spec.issuer.as_deref() == Some("") {
+        return Err((
+            "spec.kubernetes.issuer",
+            "is empty: leave it out to discover it".into(),
+        ));
     }
-    let discovery_url = spec.discovery_url.clone().unwrap_or(spec.issuer.clone());
-    let field = if spec.discovery_url.is_some() {
-        "spec.kubernetes.discoveryUrl"
-    } else {
-        "spec.kubernetes.issuer"
+    let in_cluster = |path: &str| {
+        let path = PathBuf::from(path);
+        path.exists().then_some(path)
+    };
+    // Without an issuer, the API server says which it is, reached as every
+    // client library in a pod reaches it: through the in-cluster Service.
+    let (discovery_url, field) = match (&spec.discovery_url, &spec.issuer) {
+        (Some(url), _) => (url.clone(), "spec.kubernetes.discoveryUrl"),
+        (None, Some(issuer)) => (issuer.clone(), "spec.kubernetes.issuer"),
+        (None, None) => (
+            IN_CLUSTER_API_SERVER.to_owned(),
+            "spec.kubernetes.discoveryUrl",
+        ),
     };
     check_issuer(&discovery_url).map_err(|m| {
         (
@@ -803,10 +819,6 @@ fn kubernetes_settings(
         &discovery_url,
         "the cluster's keys are fetched from it",
     )?;
-    let in_cluster = |path: &str| {
-        let path = PathBuf::from(path);
-        path.exists().then_some(path)
-    };
     let token_file = spec
         .token_file
         .as_ref()
@@ -1259,6 +1271,16 @@ mod tests {
     }
 
     #[test]
+    fn the_summary_counts_in_words() {
+        let reg = build(&client_doc("")).unwrap();
+        let summary = reg.summary();
+        assert!(
+            summary.contains("1 client, 2 scopes, 0 exchange policies, signing"),
+            "{summary}"
+        );
+    }
+
+    #[test]
     fn clients_sign_with_the_server_algorithm_unless_they_name_one() {
         let server = "apiVersion: tokenmesh.dev/v1alpha1\nkind: TokenServer\nmetadata: {name: d}\nspec: {signing: {algorithm: EdDSA}}\n";
         let reg = build(&format!("{}---\n{server}", client_doc(""))).unwrap();
@@ -1407,6 +1429,25 @@ mod tests {
         let k8s = reg.server.kubernetes.unwrap();
         assert!(k8s.token_review);
         assert_eq!(k8s.api_server_url, "https://kubernetes.default.svc");
+    }
+
+    #[test]
+    fn a_left_out_issuer_is_discovered() {
+        let server = |kubernetes: &str| {
+            format!(
+                "apiVersion: tokenmesh.dev/v1alpha1\nkind: TokenServer\nmetadata: {{name: d}}\nspec: {{kubernetes: {kubernetes}}}\n"
+            )
+        };
+        let reg = build(&server("{discoveryUrl: \"https://127.0.0.1:6443\"}")).unwrap();
+        let k8s = reg.server.kubernetes.unwrap();
+        assert_eq!(k8s.issuer, None);
+        assert_eq!(k8s.discovery_url, "https://127.0.0.1:6443");
+        // As in a pod: the API server behind the in-cluster Service.
+        let k8s = build(&server("{}")).unwrap().server.kubernetes.unwrap();
+        assert_eq!(k8s.issuer, None);
+        assert_eq!(k8s.discovery_url, "https://kubernetes.default.svc");
+        let err = build(&server("{issuer: \"\"}")).err().map(|e| e.field);
+        assert_eq!(err.as_deref(), Some("spec.kubernetes.issuer"));
     }
 
     #[test]

@@ -278,7 +278,11 @@ directory when it manages the keys.
 {{- if .enabled -}}
 {{- /* The audience injected sidecars' projected tokens carry; caFile and
 tokenFile default to the in-pod paths the Deployment mounts. */ -}}
-{{- $kubernetes := dict "issuer" .issuer "audience" $.Values.sidecar.tokenAudience -}}
+{{- $kubernetes := dict "audience" $.Values.sidecar.tokenAudience -}}
+{{- /* No issuer: the token server takes the one the API server's discovery names. */ -}}
+{{- with .issuer -}}
+{{- $_ := set $kubernetes "issuer" . -}}
+{{- end -}}
 {{- with .discoveryUrl -}}
 {{- $_ := set $kubernetes "discoveryUrl" . -}}
 {{- end -}}

@@ -32,6 +32,22 @@ pub enum FetchError {
     },
     #[error("{url}: {message}")]
     Document { url: String, message: String },
+    /// The API server signs with another issuer than the one configured:
+    /// none of its tokens would ever verify.
+    #[error(
+        "the cluster's service-account issuer is `{discovered}` ({url}), not `{configured}` as spec.kubernetes.issuer says: set it to `{discovered}`, or leave it out to use the discovered one"
+    )]
+    IssuerMismatch {
+        url: String,
+        configured: String,
+        discovered: String,
+    },
+}
+
+/// What discovery found: the issuer in the document and its keys.
+pub struct Discovered {
+    pub issuer: String,
+    pub keys: KeySet,
 }
 
 /// Whether keys fetched from `url` can be trusted to arrive unchanged:
@@ -111,22 +127,23 @@ impl Fetcher {
         })
     }
 
-    /// Discovery, then the JWKS. Keys that cannot verify anything (unknown
-    /// type, `use: enc`) are skipped; a set with no usable key is an error.
-    pub async fn keys(&self) -> Result<KeySet, FetchError> {
+    /// Discovery, then the JWKS. The document must name the configured
+    /// issuer, if one is. Keys that cannot verify anything (unknown type,
+    /// `use: enc`) are skipped; a set with no usable key is an error.
+    pub async fn keys(&self) -> Result<Discovered, FetchError> {
         let base = &self.settings.discovery_url;
         let url = format!("{base}/.well-known/openid-configuration");
         let discovery: Discovery = self.get_json(&url, "application/json").await?;
-        if discovery.issuer != self.settings.issuer {
-            return Err(FetchError::Document {
+        if let Some(configured) = &self.settings.issuer
+            && discovery.issuer != *configured
+        {
+            return Err(FetchError::IssuerMismatch {
                 url,
-                message: format!(
-                    "the discovery document's issuer is `{}`, not the configured `{}`",
-                    discovery.issuer, self.settings.issuer
-                ),
+                configured: configured.clone(),
+                discovered: discovery.issuer,
             });
         }
-        let jwks_url = self.jwks_url(&discovery.jwks_uri);
+        let jwks_url = self.jwks_url(&discovery.issuer, &discovery.jwks_uri);
         if !confidential_url(&jwks_url) {
             return Err(FetchError::Document {
                 url,
@@ -149,7 +166,10 @@ impl Fetcher {
                 message: "the JWK Set holds no usable signing key".into(),
             });
         }
-        Ok(keys)
+        Ok(Discovered {
+            issuer: discovery.issuer,
+            keys,
+        })
     }
 
     /// Asks the API server whether it still accepts `token` for the
@@ -184,14 +204,11 @@ impl Fetcher {
     /// (`https://kubernetes.default.svc/openid/v1/jwks`); when discovery goes
     /// to another address, so does the JWKS fetch. A `jwks_uri` elsewhere
     /// (a cloud provider's public bucket) is used as it is.
-    fn jwks_url(&self, jwks_uri: &str) -> String {
-        let KubernetesSettings {
-            issuer,
-            discovery_url,
-            ..
-        } = &self.settings;
-        match jwks_uri.strip_prefix(issuer.as_str()) {
-            Some(rest) if rest.starts_with('/') => format!("{discovery_url}{rest}"),
+    fn jwks_url(&self, issuer: &str, jwks_uri: &str) -> String {
+        match jwks_uri.strip_prefix(issuer) {
+            Some(rest) if rest.starts_with('/') => {
+                format!("{}{rest}", self.settings.discovery_url)
+            }
             _ => jwks_uri.to_owned(),
         }
     }
@@ -318,8 +335,9 @@ mod tests {
 
     #[test]
     fn the_jwks_follows_discovery_to_the_reachable_address() {
+        const ISSUER: &str = "https://kubernetes.default.svc";
         let fetcher = Fetcher::new(&KubernetesSettings {
-            issuer: "https://kubernetes.default.svc".into(),
+            issuer: None,
             audience: "tokenmesh".into(),
             discovery_url: "https://127.0.0.1:6443".into(),
             ca_file: None,
@@ -329,15 +347,15 @@ mod tests {
         })
         .unwrap();
         assert_eq!(
-            fetcher.jwks_url("https://kubernetes.default.svc/openid/v1/jwks"),
+            fetcher.jwks_url(ISSUER, "https://kubernetes.default.svc/openid/v1/jwks"),
             "https://127.0.0.1:6443/openid/v1/jwks"
         );
         assert_eq!(
-            fetcher.jwks_url("https://kubernetes.default.svc.evil/jwks"),
+            fetcher.jwks_url(ISSUER, "https://kubernetes.default.svc.evil/jwks"),
             "https://kubernetes.default.svc.evil/jwks"
         );
         assert_eq!(
-            fetcher.jwks_url("https://oidc.example/keys"),
+            fetcher.jwks_url(ISSUER, "https://oidc.example/keys"),
             "https://oidc.example/keys"
         );
     }

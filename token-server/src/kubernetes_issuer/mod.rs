@@ -2,6 +2,13 @@
 //! (`kubectl create token`, projected tokens) against the keys the API
 //! server publishes through OIDC discovery of its issuer.
 //!
+//! The issuer differs between clusters (`https://kubernetes.default.svc`,
+//! `https://kubernetes.default.svc.cluster.local` on kubeadm, kind and
+//! minikube, a cloud URL on managed ones). Left out, it is the one the
+//! discovery document names; configured, the document must name it, or
+//! the token server does not become ready: a wrong issuer would otherwise
+//! only show as every service-account client refused.
+//!
 //! The keys are cached and fetched again when a token names an unknown
 //! `kid` (the API server rotated its key) or the cache is an hour old, at
 //! most once every [`MIN_REFRESH`]: a flood of tokens with made-up kids
@@ -20,7 +27,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use serde_json::Value;
 use tokenmesh_tokens::verify::{Expected, KeySet, VerifyError, verify};
 
-use fetch::Fetcher;
+use fetch::{Discovered, Fetcher};
 pub use fetch::{FetchError, confidential_url};
 
 /// Fewest seconds between two fetches of the keys.
@@ -45,8 +52,8 @@ pub const REVIEW_TTL: Duration = Duration::from_secs(5);
 /// `TokenServer.spec.kubernetes` with its defaults applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubernetesSettings {
-    /// The `iss` of service-account tokens.
-    pub issuer: String,
+    /// The `iss` of service-account tokens; `None`: the one discovery names.
+    pub issuer: Option<String>,
     /// The `aud` a token must carry.
     pub audience: String,
     /// Base URL of `/.well-known/openid-configuration`.
@@ -101,11 +108,31 @@ pub enum SaTokenError {
     Lifetime,
     #[error("the API server no longer accepts the token (TokenReview)")]
     Reviewed,
+    /// The token's `iss` is not the cluster's issuer (not secret: both are
+    /// in the log at debug level).
+    #[error("the token's iss is `{received}`, the cluster's issuer is `{expected}`")]
+    Issuer { expected: String, received: String },
 }
 
 struct Cached {
     keys: KeySet,
+    /// The issuer the last discovery named.
+    issuer: Option<String>,
     fetched: Option<Instant>,
+}
+
+/// What discovery said about the configured issuer, for readiness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum IssuerCheck {
+    /// No answer yet.
+    Pending,
+    /// Discovery named it (or, with none configured, named one).
+    Confirmed,
+    /// The API server could not be asked: its tokens wait for it, the
+    /// other clients need not.
+    Unreachable,
+    /// Discovery names another issuer: the message names both.
+    Mismatch(String),
 }
 
 #[derive(Default)]
@@ -122,6 +149,7 @@ pub struct Verifier {
     /// Held while fetching: one fetch at a time, and its rate limit.
     refresh: tokio::sync::Mutex<RefreshState>,
     reviews: review::Reviews,
+    check: ArcSwap<IssuerCheck>,
     min_refresh: Duration,
     /// [`MAX_AGE`] and [`MAX_STALE`], shortened by tests.
     max_age: Duration,
@@ -135,10 +163,12 @@ impl Verifier {
             fetcher: Fetcher::new(settings)?,
             cached: ArcSwap::from_pointee(Cached {
                 keys: KeySet::default(),
+                issuer: None,
                 fetched: None,
             }),
             refresh: tokio::sync::Mutex::new(RefreshState::default()),
             reviews: review::Reviews::new(REVIEW_TTL),
+            check: ArcSwap::from_pointee(IssuerCheck::Pending),
             min_refresh: MIN_REFRESH,
             max_age: MAX_AGE,
             max_stale: MAX_STALE,
@@ -165,6 +195,39 @@ impl Verifier {
         self.refresh(seen).await.map(|_| ())
     }
 
+    /// The issuer in force: the configured one, else the one discovery
+    /// named last (none before the first discovery).
+    pub fn issuer(&self) -> Option<String> {
+        self.settings
+            .issuer
+            .clone()
+            .or_else(|| self.cached.load().issuer.clone())
+    }
+
+    /// Whether an assertion with this unverified `iss` and `sub` is meant
+    /// for this verifier: its issuer, or, while none is known yet, a
+    /// service account's subject (verification then discovers the issuer).
+    pub fn is_for(&self, iss: &str, sub: Option<&str>) -> bool {
+        match self.issuer() {
+            Some(issuer) => issuer == iss,
+            None => sub.is_some_and(|s| s.starts_with(SUBJECT_PREFIX)),
+        }
+    }
+
+    /// Ready unless discovery has not answered yet or names another issuer
+    /// than the configured one; an unreachable API server only delays the
+    /// service-account clients.
+    pub fn readiness(&self) -> Result<(), String> {
+        match &**self.check.load() {
+            IssuerCheck::Pending => Err(format!(
+                "asking {} for the cluster's service-account issuer",
+                self.settings.discovery_url
+            )),
+            IssuerCheck::Mismatch(message) => Err(message.clone()),
+            IssuerCheck::Confirmed | IssuerCheck::Unreachable => Ok(()),
+        }
+    }
+
     /// Checks signature (algorithm from the key: no `none`, no HMAC), `iss`,
     /// `aud`, `exp` (required), `nbf`, and returns the service account of
     /// `sub`; with `tokenReview`, the API server must still accept it. There
@@ -180,15 +243,29 @@ impl Verifier {
         if stale || unknown {
             cached = self.refresh(cached).await?;
         }
+        let issuer = match (&self.settings.issuer, &cached.issuer) {
+            (Some(issuer), _) | (None, Some(issuer)) => issuer.as_str(),
+            (None, None) => {
+                return Err(SaTokenError::Unavailable(
+                    "the cluster's issuer is not discovered yet".into(),
+                ));
+            }
+        };
         let expected = Expected {
             typ: None,
-            issuers: &[self.settings.issuer.as_str()],
+            issuers: &[issuer],
             audiences: &[self.settings.audience.as_str()],
             require_exp: true,
             leeway: LEEWAY,
             now,
         };
-        let claims = verify(token, &cached.keys, &expected)?;
+        let claims = verify(token, &cached.keys, &expected).map_err(|err| match err {
+            VerifyError::Issuer => SaTokenError::Issuer {
+                expected: issuer.to_owned(),
+                received: unverified_issuer(token).unwrap_or_default(),
+            },
+            other => SaTokenError::Token(other),
+        })?;
         let number = |name: &str| claims.get(name).and_then(Value::as_u64);
         match (number("iat"), number("exp")) {
             (Some(iat), Some(exp)) if exp.saturating_sub(iat) <= MAX_LIFETIME => {}
@@ -210,7 +287,7 @@ impl Verifier {
             match self.fetcher.review(token).await {
                 Ok(user) => Ok(user.as_deref() == Some(sub)),
                 Err(err) => {
-                    tracing::warn!(issuer = %self.settings.issuer, error = %err, "TokenReview failed");
+                    tracing::warn!(api_server = %self.settings.api_server_url, error = %err, "TokenReview failed");
                     Err(err.to_string())
                 }
             }
@@ -251,20 +328,33 @@ impl Verifier {
             return unavailable(last.unwrap_or("no key fetched yet"));
         }
         state.last_attempt = Some(Instant::now());
+        let discovery = &self.settings.discovery_url;
         match self.fetcher.keys().await {
-            Ok(keys) => {
-                tracing::info!(issuer = %self.settings.issuer, "service-account keys fetched");
+            Ok(Discovered { issuer, keys }) => {
+                tracing::info!(%issuer, %discovery, "service-account keys fetched");
                 let fresh = Arc::new(Cached {
                     keys,
+                    issuer: Some(issuer),
                     fetched: Some(Instant::now()),
                 });
                 self.cached.store(fresh.clone());
+                self.check.store(Arc::new(IssuerCheck::Confirmed));
                 state.last_error = None;
                 Ok(fresh)
             }
             Err(err) => {
-                tracing::warn!(issuer = %self.settings.issuer, error = %err, "service-account keys unavailable");
                 let message = err.to_string();
+                if let FetchError::IssuerMismatch { .. } = err {
+                    tracing::error!(error = %err, "service-account tokens cannot verify: not ready");
+                    self.check
+                        .store(Arc::new(IssuerCheck::Mismatch(message.clone())));
+                } else {
+                    tracing::warn!(%discovery, error = %err, "service-account keys unavailable");
+                    self.check.rcu(|check| match **check {
+                        IssuerCheck::Pending => Arc::new(IssuerCheck::Unreachable),
+                        _ => check.clone(),
+                    });
+                }
                 state.last_error = Some(message.clone());
                 unavailable(&message)
             }
@@ -280,6 +370,9 @@ pub struct ServiceAccountIssuer {
 }
 
 impl ServiceAccountIssuer {
+    /// The verifier of `settings`. A new one fetches discovery and the keys
+    /// at once, in the background: the first client does not wait, and a
+    /// wrong issuer shows in the log and at readiness.
     pub fn verifier(&self, settings: &KubernetesSettings) -> Result<Arc<Verifier>, FetchError> {
         if let Some(verifier) = self.current.load_full()
             && verifier.settings == *settings
@@ -288,8 +381,43 @@ impl ServiceAccountIssuer {
         }
         let verifier = Arc::new(Verifier::new(settings)?);
         self.current.store(Some(verifier.clone()));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let warming = verifier.clone();
+            // Failures are logged inside; the first client retries.
+            runtime.spawn(async move {
+                let _ = warming.warm_up().await;
+            });
+        }
         Ok(verifier)
     }
+
+    /// Readiness with `settings` (none: no service-account clients).
+    pub fn readiness(&self, settings: Option<&KubernetesSettings>) -> Result<(), String> {
+        match settings {
+            None => Ok(()),
+            Some(settings) => self
+                .verifier(settings)
+                .map_err(|e| format!("TokenServer spec.kubernetes: {e}"))?
+                .readiness(),
+        }
+    }
+}
+
+/// The `iss` of a token, unverified (for messages only).
+pub fn unverified_issuer(token: &str) -> Option<String> {
+    unverified_claim(token, "iss")
+}
+
+/// A string claim of a JWT, unverified: to route an assertion or name it
+/// in a message, never to trust it.
+pub fn unverified_claim(token: &str, name: &str) -> Option<String> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get(name)?.as_str().map(str::to_owned)
 }
 
 #[cfg(test)]

@@ -70,9 +70,10 @@ async fn discovery(State(api): State<Arc<ApiServer>>, headers: HeaderMap) -> Jso
         .map(str::to_owned);
     api.authorization.lock().unwrap().push(auth);
     let issuer = api.issuer.lock().unwrap().clone();
+    let issuer = issuer.as_deref().unwrap_or(ISSUER);
     Json(json!({
-        "issuer": issuer.as_deref().unwrap_or(ISSUER),
-        "jwks_uri": format!("{ISSUER}/openid/v1/jwks"),
+        "issuer": issuer,
+        "jwks_uri": format!("{issuer}/openid/v1/jwks"),
         "id_token_signing_alg_values_supported": ["RS256"],
     }))
 }
@@ -111,7 +112,7 @@ fn set_keys(api: &ApiServer, keys: &[&SigningKey]) {
 
 fn settings(discovery_url: &str) -> KubernetesSettings {
     KubernetesSettings {
-        issuer: ISSUER.into(),
+        issuer: Some(ISSUER.into()),
         audience: AUDIENCE.into(),
         discovery_url: discovery_url.into(),
         ca_file: None,
@@ -204,10 +205,15 @@ async fn wrong_claims_are_refused() {
         token_error(refused(json!({"aud": ["someone-else"]})).await),
         VerifyError::Audience
     );
-    assert_eq!(
-        token_error(refused(json!({"iss": "https://other.cluster"})).await),
-        VerifyError::Issuer
-    );
+    match refused(json!({"iss": "https://other.cluster"})).await {
+        SaTokenError::Issuer { expected, received } => {
+            assert_eq!(
+                (expected.as_str(), received.as_str()),
+                (ISSUER, "https://other.cluster")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
     assert_eq!(
         token_error(refused(json!({"exp": NOW - 60})).await),
         VerifyError::Expired
@@ -369,6 +375,8 @@ async fn an_unreachable_api_server_is_reported_not_blamed_on_the_token() {
         verifier.verify(&token, NOW).await,
         Err(SaTokenError::Unavailable(_))
     ));
+    // Only the service-account clients wait for the API server.
+    assert_eq!(verifier.readiness(), Ok(()));
 }
 
 #[tokio::test]
@@ -392,17 +400,61 @@ async fn old_keys_bridge_an_outage_for_a_while_only() {
     ));
 }
 
+/// kubeadm's, kind's and minikube's issuer, where the chart used to expect
+/// `https://kubernetes.default.svc`.
+const KUBEADM_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
 #[tokio::test]
-async fn discovery_must_name_the_configured_issuer() {
+async fn discovery_must_name_the_configured_issuer_or_the_server_is_not_ready() {
     let key = rsa("k1");
     let (api, url) = start(&[&key]).await;
-    *api.issuer.lock().unwrap() = Some("https://impostor.example".into());
+    *api.issuer.lock().unwrap() = Some(KUBEADM_ISSUER.into());
     let verifier = Verifier::new(&settings(&url)).unwrap();
-    match verifier.verify(&sign(&key, &claims()), NOW).await {
-        Err(SaTokenError::Unavailable(message)) => assert!(message.contains("issuer"), "{message}"),
+    assert!(
+        verifier.readiness().is_err(),
+        "not ready before discovery answered"
+    );
+    assert!(verifier.warm_up().await.is_err());
+    let reason = verifier.readiness().unwrap_err();
+    assert!(
+        reason.contains(&format!("`{KUBEADM_ISSUER}`")) && reason.contains(&format!("`{ISSUER}`")),
+        "{reason}"
+    );
+    let token = sign(&key, &with(json!({"iss": KUBEADM_ISSUER})));
+    match verifier.verify(&token, NOW).await {
+        Err(SaTokenError::Unavailable(message)) => {
+            assert!(message.contains(KUBEADM_ISSUER), "{message}")
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(api.jwks_hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn an_issuer_left_out_is_the_one_discovery_names() {
+    let key = rsa("k1");
+    let (api, url) = start(&[&key]).await;
+    *api.issuer.lock().unwrap() = Some(KUBEADM_ISSUER.into());
+    let verifier = Verifier::new(&KubernetesSettings {
+        issuer: None,
+        ..settings(&url)
+    })
+    .unwrap();
+    let token = sign(&key, &with(json!({"iss": KUBEADM_ISSUER})));
+    // Before discovery a service account's token is routed here by its sub.
+    assert_eq!(verifier.issuer(), None);
+    assert!(verifier.is_for(KUBEADM_ISSUER, Some("system:serviceaccount:shop:orders")));
+    assert!(!verifier.is_for("batch", Some("batch")));
+    assert_eq!(verifier.verify(&token, NOW).await.unwrap(), orders());
+    assert_eq!(verifier.issuer().as_deref(), Some(KUBEADM_ISSUER));
+    assert!(verifier.readiness().is_ok());
+    assert!(verifier.is_for(KUBEADM_ISSUER, None));
+    assert!(!verifier.is_for(ISSUER, Some("system:serviceaccount:shop:orders")));
+    // A token of the issuer the chart used to assume is another issuer's.
+    assert!(matches!(
+        verifier.verify(&sign(&key, &claims()), NOW).await,
+        Err(SaTokenError::Issuer { .. })
+    ));
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ use tokenmesh_tokens::verify::{Expected, VerifyError, verify};
 
 use super::{error::OAuthError, form::Form};
 use crate::{
+    kubernetes_issuer::{unverified_claim, unverified_issuer},
     registry::{Client, ClientAuth, Registry},
     state::AppState,
 };
@@ -150,16 +151,6 @@ fn check_secret(
     }
 }
 
-/// The unverified `iss` of an assertion, to know whose keys to use.
-fn assertion_issuer(assertion: &str) -> Option<String> {
-    let payload = assertion.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()?;
-    let claims: Value = serde_json::from_slice(&bytes).ok()?;
-    claims.get("iss")?.as_str().map(str::to_owned)
-}
-
 /// Authenticates a client by its RFC 7523 assertion: `private_key_jwt`,
 /// or a service-account token of the configured cluster (its `iss` says
 /// which). `claimed_id` is a `client_id` sent beside it, which must match.
@@ -173,22 +164,40 @@ pub async fn check_assertion(
     if assertion.len() > MAX_ASSERTION_LEN {
         return Err(refused("the client assertion is too large"));
     }
-    let id = assertion_issuer(assertion)
+    // Unverified: only to know whose keys verify it.
+    let id = unverified_issuer(assertion)
         .ok_or_else(|| refused("the client assertion names no issuer"))?;
-    if let Some(kubernetes) = &registry.server.kubernetes
-        && id == kubernetes.issuer
-    {
-        return super::service_account::authenticate(
-            state, registry, kubernetes, claimed_id, assertion,
-        )
-        .await;
+    let mut cluster_issuer = None;
+    if let Some(kubernetes) = &registry.server.kubernetes {
+        let verifier = state.service_accounts.verifier(kubernetes).map_err(|err| {
+            tracing::error!(error = %err, "the service-account verifier cannot be set up");
+            OAuthError::KeysUnavailable
+        })?;
+        let sub = unverified_claim(assertion, "sub");
+        if verifier.is_for(&id, sub.as_deref()) {
+            return super::service_account::authenticate(
+                state, registry, &verifier, claimed_id, assertion,
+            )
+            .await;
+        }
+        cluster_issuer = Some(verifier.issuer());
     }
     if claimed_id.is_some_and(|claimed| claimed != id) {
         return Err(refused("client_id differs from the assertion issuer"));
     }
-    let client = registry
-        .client(&id)
-        .ok_or_else(|| refused("unknown client"))?;
+    let client = registry.client(&id).ok_or_else(|| match &cluster_issuer {
+        // A service-account token of another cluster, or of this one under
+        // an issuer spec.kubernetes does not name.
+        Some(expected) => {
+            tracing::debug!(
+                received = %id,
+                expected = %expected.as_deref().unwrap_or("(not discovered yet)"),
+                "client assertion refused: its iss is neither a client id nor the cluster's service-account issuer"
+            );
+            refused("unknown client: the assertion's iss is neither a client id nor the cluster's service-account issuer")
+        }
+        None => refused("unknown client"),
+    })?;
     let ClientAuth::PrivateKeyJwt { keys } = &client.auth else {
         return Err(refused("the client authenticates with another method"));
     };

@@ -57,7 +57,6 @@ pub async fn metadata(State(state): State<Arc<AppState>>) -> Response {
         "introspection_signing_alg_values_supported": [server.algorithm.as_str()],
         "access_token_signing_alg_values_supported": algs,
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": [server.algorithm.as_str()],
     })))
 }
 

@@ -9,7 +9,7 @@ use tokenmesh_tokens::verify::VerifyError;
 
 use super::{client_auth::refused, error::OAuthError};
 use crate::{
-    kubernetes_issuer::{KubernetesSettings, SaTokenError},
+    kubernetes_issuer::{SaTokenError, Verifier},
     registry::{Client, ClientAuth, Registry},
     state::AppState,
 };
@@ -19,14 +19,10 @@ use crate::{
 pub async fn authenticate(
     state: &AppState,
     registry: &Registry,
-    settings: &KubernetesSettings,
+    verifier: &Verifier,
     claimed_id: Option<&str>,
     token: &str,
 ) -> Result<Arc<Client>, OAuthError> {
-    let verifier = state.service_accounts.verifier(settings).map_err(|err| {
-        tracing::error!(error = %err, "the service-account verifier cannot be set up");
-        OAuthError::KeysUnavailable
-    })?;
     let account = verifier
         .verify(token, state.now())
         .await
@@ -42,6 +38,10 @@ pub async fn authenticate(
                     VerifyError::NotYetValid => "the service-account token is not valid yet",
                     _ => "the service-account token does not verify",
                 })
+            }
+            SaTokenError::Issuer { expected, received } => {
+                tracing::debug!(%expected, %received, "service-account token refused: another issuer");
+                refused("the service-account token's iss is not the cluster's service-account issuer")
             }
             SaTokenError::Subject => {
                 tracing::debug!("service-account token refused: sub is no service account");

@@ -1,12 +1,14 @@
 //! Durable state behind one trait, so a PostgreSQL backend can sit beside the
 //! embedded SQLite one without touching callers.
 
+mod data_dir;
 mod postgres;
 mod sqlite;
 #[cfg(test)]
 mod suite;
 
 use async_trait::async_trait;
+pub use data_dir::DataDirLock;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 use tokenmesh_tokens::secret::SecretHash;
@@ -17,6 +19,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("the store holds data it cannot read: {0}")]
     Corrupt(String),
+    /// Another process holds the embedded store's data directory.
+    #[error("{0}")]
+    InUse(String),
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -67,7 +67,7 @@ pub struct SqliteStore {
 }
 
 /// The data directory holds private signing keys: owner only.
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+pub(super) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     #[cfg(unix)]
     {

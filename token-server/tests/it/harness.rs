@@ -333,23 +333,20 @@ impl Server {
     /// Starts the binary again as it last ran (this one stopped), for a
     /// start that must be refused: what it printed before it gave up.
     pub fn start_refused(&self) -> String {
-        let mut child = self
-            .command()
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("the token server started; it should have refused");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let out = child.wait_with_output().unwrap();
-        assert!(!out.status.success(), "{:?}", out.status);
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        refused(self.command())
+    }
+
+    /// Another server on this one's data directory and configuration, on
+    /// ports of its own, for a start that must be refused.
+    pub fn second_on_same_data_dir(&self) -> String {
+        refused(command(
+            &self.config,
+            free_port(),
+            free_port(),
+            &self.data_dir,
+            &self.extra,
+            &self.issuer,
+        ))
     }
 
     /// The store this server uses, opened directly (stop the server first).
@@ -366,6 +363,10 @@ impl Server {
                     .unwrap(),
             ),
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGTERM, and the exit status once the server is gone.
@@ -421,6 +422,27 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `command`, which must exit with a failure within 20 s: what it
+/// printed to stderr before it gave up.
+fn refused(mut command: Command) -> String {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the token server started; it should have refused");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{:?}", out.status);
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Runs the binary to completion (for startup failures).

@@ -90,6 +90,8 @@ async fn discovery_lists_every_endpoint() {
             meta["scopes_supported"],
             json!(["orders:read", "orders:write"])
         );
+        // No ID token is issued yet: none is advertised.
+        assert_eq!(meta.get("id_token_signing_alg_values_supported"), None);
     }
     let metrics = server
         .http

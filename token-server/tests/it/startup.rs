@@ -73,7 +73,8 @@ fn plain_http_off_loopback_is_refused() {
         data.path().to_str().unwrap(),
     ]);
     assert!(!ok);
-    assert!(stderr.contains("refusing plain HTTP"), "{stderr}");
+    // Said once: not in the log and again on stderr.
+    assert_eq!(stderr.matches("refusing plain HTTP").count(), 1, "{stderr}");
 }
 
 #[test]
@@ -83,6 +84,10 @@ fn help_explains_every_flag() {
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("Usage: token-server --config <PATH>"),
+        "--config is required: {help}"
+    );
     for flag in [
         "--config",
         "--http-addr",
@@ -197,6 +202,27 @@ async fn sigterm_stops_cleanly_and_the_data_dir_is_private() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "signing keys live here");
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_data_dir_is_refused() {
+    if crate::harness::postgres() {
+        return; // replicas on PostgreSQL share no data directory
+    }
+    let config = Config::new("{}");
+    let data = tempfile::tempdir().unwrap();
+    let mut first = Server::start(&config, &data.path().join("d")).await;
+    let stderr = first.second_on_same_data_dir();
+    assert!(
+        stderr.contains("is in use by another token server")
+            && stderr.contains(&format!("(pid {})", first.pid())),
+        "{stderr}"
+    );
+    // The first one serves on, and its lock goes with it.
+    let (status, _) = first.get("/readyz").await;
+    assert_eq!(status, 200);
+    first.kill();
+    first.restart().await;
 }
 
 /// `token-server migrate` says what it applied, reads the URL from
