@@ -6,7 +6,9 @@
 mod exchange;
 mod grpc;
 mod harness;
+mod limits;
 mod oauth;
 mod replicas;
 mod service_accounts;
 mod startup;
+mod tls;
