@@ -18,6 +18,39 @@ pub struct Args {
     #[arg(long, env = "TOKENMESH_OPERATOR_TOKEN_SERVER")]
     pub token_server: String,
 
+    /// PEM CA certificate(s) an https:// token server's certificate is
+    /// verified against (besides the system roots), and that injected
+    /// sidecars are given to trust (mounted as a file from a pod
+    /// annotation). Not needed with --token-server-service: the operator's
+    /// own CA is trusted then.
+    #[arg(long, env = "TOKENMESH_OPERATOR_TOKEN_SERVER_CA")]
+    pub token_server_ca: Option<PathBuf>,
+
+    /// The token server's Service (in the operator's namespace): the
+    /// operator issues its serving certificate (the Service's names, 90
+    /// days, renewed 30 days before the end) into --token-server-tls-secret,
+    /// from a CA of its own kept in --token-server-ca-secret.
+    #[arg(long, env = "TOKENMESH_OPERATOR_TOKEN_SERVER_SERVICE")]
+    pub token_server_service: Option<String>,
+
+    /// Secret (kubernetes.io/tls: tls.crt, tls.key, ca.crt) the token
+    /// server's certificate is written to; the token server mounts it.
+    #[arg(
+        long,
+        env = "TOKENMESH_OPERATOR_TOKEN_SERVER_TLS_SECRET",
+        default_value = "tokenmesh-token-server-tls"
+    )]
+    pub token_server_tls_secret: String,
+
+    /// Secret holding the CA (ca.crt, ca.key) that issues the token
+    /// server's certificate; only the operator reads it.
+    #[arg(
+        long,
+        env = "TOKENMESH_OPERATOR_TOKEN_SERVER_CA_SECRET",
+        default_value = "tokenmesh-token-server-ca"
+    )]
+    pub token_server_ca_secret: String,
+
     /// File holding the token server's admin credential.
     #[arg(long, env = "TOKENMESH_OPERATOR_ADMIN_TOKEN_FILE")]
     pub admin_token_file: PathBuf,

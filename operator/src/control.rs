@@ -9,7 +9,7 @@ use tokenmesh_proto::v1::{
 use tonic::{
     Request, Status,
     metadata::MetadataValue,
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
 
 #[derive(Clone)]
@@ -19,12 +19,23 @@ pub struct Control {
 }
 
 impl Control {
-    /// Connects lazily; the channel reconnects by itself.
-    pub fn new(url: &str, admin_token: &str) -> Result<Self, String> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| format!("--token-server {url}: {e}"))?
+    /// Connects lazily; the channel reconnects by itself. An https:// URL
+    /// is verified against the system roots and `ca_pem`.
+    pub fn new(url: &str, admin_token: &str, ca_pem: Option<&str>) -> Result<Self, String> {
+        let bad = |e: &dyn std::fmt::Display| format!("--token-server {url}: {e}");
+        let mut endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| bad(&e))?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(10));
+        if url.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new().with_native_roots();
+            if let Some(pem) = ca_pem {
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            endpoint = endpoint.tls_config(tls).map_err(|e| bad(&e))?;
+        } else if !url.starts_with("http://") {
+            return Err(bad(&"use an http:// or https:// URL"));
+        }
         let bearer = MetadataValue::try_from(format!("Bearer {}", admin_token.trim()))
             .map_err(|_| "the admin credential is not a valid header value".to_owned())?;
         Ok(Self {

@@ -119,10 +119,11 @@ async fn start(args: Args) -> Result<(), String> {
             args.admin_token_file.display()
         )
     })?;
-    let control = Control::new(&args.token_server, &admin)?;
     let client = Client::try_default()
         .await
         .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
+    let token_server_ca = token_server_trust(&args, &client).await?;
+    let control = Control::new(&args.token_server, &admin, token_server_ca.as_deref())?;
     let reporter = Reporter {
         controller: "tokenmesh-operator".into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -159,6 +160,7 @@ async fn start(args: Args) -> Result<(), String> {
                 .clone()
                 .unwrap_or_else(|| args.token_server.clone()),
             token_audience: args.token_audience.clone(),
+            token_server_ca: token_server_ca.clone(),
             capture: args.capture,
             capture_outbound: args.capture_outbound,
             exclude_outbound_cidrs: args.exclude_outbound_cidrs.clone(),
@@ -251,6 +253,59 @@ async fn start(args: Args) -> Result<(), String> {
     );
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often the token server's certificate is checked for renewal.
+const RENEWAL_CHECK: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The CA (PEM) the token server's certificate chains to: with
+/// --token-server-service the operator's own, after issuing the
+/// certificate (and renewing it from then on); else --token-server-ca.
+async fn token_server_trust(args: &Args, client: &Client) -> Result<Option<String>, String> {
+    let Some(service) = args.token_server_service.clone() else {
+        return match &args.token_server_ca {
+            Some(path) => std::fs::read_to_string(path)
+                .map(Some)
+                .map_err(|e| format!("--token-server-ca {}: {e}", path.display())),
+            None => Ok(None),
+        };
+    };
+    let namespace = args
+        .lease_namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let authority =
+        certs::ensure_authority(client.clone(), &namespace, &args.token_server_ca_secret)
+            .await
+            .map_err(|e| format!("the token server's CA: {e}"))?;
+    let ca_pem = authority.cert_pem.clone();
+    let (client, secret) = (client.clone(), args.token_server_tls_secret.clone());
+    // Issued before anything calls the token server, which waits for the
+    // Secret to start; renewed in the background (the token server reloads it).
+    renew_certificate(&client, &namespace, &secret, &service, &authority).await;
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(RENEWAL_CHECK).await;
+            renew_certificate(&client, &namespace, &secret, &service, &authority).await;
+        }
+    });
+    Ok(Some(ca_pem))
+}
+
+async fn renew_certificate(
+    client: &Client,
+    namespace: &str,
+    secret: &str,
+    service: &str,
+    authority: &certs::Authority,
+) {
+    match certs::ensure_serving(client.clone(), namespace, secret, service, authority).await {
+        Ok(true) => tracing::info!(%secret, %service, "token server certificate issued"),
+        Ok(false) => {}
+        Err(err) => {
+            tracing::warn!(%secret, error = %err, "cannot issue the token server certificate")
+        }
+    }
 }
 
 /// Ready when the token server answers.

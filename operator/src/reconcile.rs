@@ -500,7 +500,7 @@ mod api_tests {
             .local_addr()
             .unwrap()
             .port();
-        Control::new(&format!("http://127.0.0.1:{port}"), "admin").unwrap()
+        Control::new(&format!("http://127.0.0.1:{port}"), "admin", None).unwrap()
     }
 
     #[tokio::test]
@@ -691,7 +691,7 @@ mod api_tests {
                 .add_service(ControlServiceServer::new(Agreeable))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
-        Control::new(&format!("http://127.0.0.1:{port}"), "admin").unwrap()
+        Control::new(&format!("http://127.0.0.1:{port}"), "admin", None).unwrap()
     }
 
     #[tokio::test]

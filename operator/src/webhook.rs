@@ -1,9 +1,9 @@
 //! Sidecar injection: a mutating admission webhook around a pure `mutate`.
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Pod, Probe,
-    ProjectedVolumeSource, ResourceRequirements, SecurityContext, ServiceAccountTokenProjection,
-    Volume, VolumeMount, VolumeProjection,
+    Capabilities, Container, ContainerPort, DownwardAPIProjection, DownwardAPIVolumeFile, EnvVar,
+    HTTPGetAction, ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource, ResourceRequirements,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
@@ -22,6 +22,11 @@ pub const CAPTURE_OUTBOUND: &str = "tokenmesh.dev/capture-outbound";
 pub const INBOUND_PORTS: &str = "tokenmesh.dev/inbound-ports";
 pub const EXCLUDE_PORTS: &str = "tokenmesh.dev/exclude-outbound-ports";
 pub const EXCLUDE_CIDRS: &str = "tokenmesh.dev/exclude-outbound-cidrs";
+/// Annotation the webhook writes: the CA (PEM) the sidecar trusts for the
+/// token server, which the pod's token volume shows as a file. A pod
+/// annotation needs no object in the pod's namespace and no RBAC there.
+pub const TOKEN_SERVER_CA: &str = "tokenmesh.dev/token-server-ca";
+const CA_FILE: &str = "ca.crt";
 const CAPTURE_CONTAINER: &str = "tokenmesh-capture";
 pub const SIDECAR: &str = "tokenmesh-sidecar";
 const TOKEN_VOLUME: &str = "tokenmesh-token";
@@ -47,6 +52,8 @@ pub struct InjectConfig {
     pub token_server: String,
     /// The audience of the projected service-account token.
     pub token_audience: String,
+    /// The CA (PEM) of an https:// token server, given to the sidecar.
+    pub token_server_ca: Option<String>,
 }
 
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
@@ -95,32 +102,42 @@ fn sidecar(pod: &Pod, config: &InjectConfig) -> Container {
     Container {
         name: SIDECAR.into(),
         image: Some(config.image.clone()),
-        env: Some(vec![
-            env("TOKENMESH_SIDECAR_TOKEN_SERVER", &config.token_server),
-            env("TOKENMESH_SIDECAR_CLIENT_ID", client_id),
-            env(
-                "TOKENMESH_SIDECAR_SERVICE_ACCOUNT_TOKEN_FILE",
-                format!("{TOKEN_DIR}/token"),
-            ),
-            env("TOKENMESH_SIDECAR_AUDIENCE", audience),
-            env(
-                "TOKENMESH_SIDECAR_INBOUND_ADDR",
-                format!("0.0.0.0:{INBOUND_PORT}"),
-            ),
-            env(
-                "TOKENMESH_SIDECAR_APP_ADDR",
-                format!("127.0.0.1:{app_port}"),
-            ),
-            env(
-                "TOKENMESH_SIDECAR_OUTBOUND_ADDR",
-                format!("127.0.0.1:{OUTBOUND_PORT}"),
-            ),
-            env(
-                "TOKENMESH_SIDECAR_ADMIN_ADDR",
-                format!("0.0.0.0:{ADMIN_PORT}"),
-            ),
-            env("TOKENMESH_SIDECAR_LOG_FORMAT", "json"),
-        ]),
+        env: Some(
+            vec![
+                env("TOKENMESH_SIDECAR_TOKEN_SERVER", &config.token_server),
+                env("TOKENMESH_SIDECAR_CLIENT_ID", client_id),
+                env(
+                    "TOKENMESH_SIDECAR_SERVICE_ACCOUNT_TOKEN_FILE",
+                    format!("{TOKEN_DIR}/token"),
+                ),
+                env("TOKENMESH_SIDECAR_AUDIENCE", audience),
+                env(
+                    "TOKENMESH_SIDECAR_INBOUND_ADDR",
+                    format!("0.0.0.0:{INBOUND_PORT}"),
+                ),
+                env(
+                    "TOKENMESH_SIDECAR_APP_ADDR",
+                    format!("127.0.0.1:{app_port}"),
+                ),
+                env(
+                    "TOKENMESH_SIDECAR_OUTBOUND_ADDR",
+                    format!("127.0.0.1:{OUTBOUND_PORT}"),
+                ),
+                env(
+                    "TOKENMESH_SIDECAR_ADMIN_ADDR",
+                    format!("0.0.0.0:{ADMIN_PORT}"),
+                ),
+                env("TOKENMESH_SIDECAR_LOG_FORMAT", "json"),
+            ]
+            .into_iter()
+            .chain(config.token_server_ca.as_ref().map(|_| {
+                env(
+                    "TOKENMESH_SIDECAR_TOKEN_SERVER_CA",
+                    format!("{TOKEN_DIR}/{CA_FILE}"),
+                )
+            }))
+            .collect(),
+        ),
         ports: Some(vec![
             ContainerPort {
                 name: Some("tm-inbound".into()),
@@ -247,18 +264,34 @@ fn capture(pod: &Pod, config: &InjectConfig) -> Option<Container> {
     })
 }
 
+/// The sidecar's projected service-account token, and the token server's
+/// CA from the pod's annotation when there is one.
 fn token_volume(config: &InjectConfig) -> Volume {
-    Volume {
-        name: TOKEN_VOLUME.into(),
-        projected: Some(ProjectedVolumeSource {
-            sources: Some(vec![VolumeProjection {
-                service_account_token: Some(ServiceAccountTokenProjection {
-                    audience: Some(config.token_audience.clone()),
-                    expiration_seconds: Some(3600),
-                    path: "token".into(),
+    let token = VolumeProjection {
+        service_account_token: Some(ServiceAccountTokenProjection {
+            audience: Some(config.token_audience.clone()),
+            expiration_seconds: Some(3600),
+            path: "token".into(),
+        }),
+        ..Default::default()
+    };
+    let ca = config.token_server_ca.as_ref().map(|_| VolumeProjection {
+        downward_api: Some(DownwardAPIProjection {
+            items: Some(vec![DownwardAPIVolumeFile {
+                path: CA_FILE.into(),
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: format!("metadata.annotations['{TOKEN_SERVER_CA}']"),
+                    ..Default::default()
                 }),
                 ..Default::default()
             }]),
+        }),
+        ..Default::default()
+    });
+    Volume {
+        name: TOKEN_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some([token].into_iter().chain(ca).collect()),
             ..Default::default()
         }),
         ..Default::default()
@@ -423,9 +456,24 @@ pub fn mutate(
             None => ops.push(json!({"op": "add", "path": format!("/spec/containers/{index}/env"), "value": vars})),
         }
     }
+    let mut annotations = vec![("tokenmesh.dev/injected", "true")];
+    if let Some(ca) = &config.token_server_ca {
+        annotations.push((TOKEN_SERVER_CA, ca));
+    }
     match &pod.metadata.annotations {
-        Some(_) => ops.push(json!({"op": "add", "path": "/metadata/annotations/tokenmesh.dev~1injected", "value": "true"})),
-        None => ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": {"tokenmesh.dev/injected": "true"}})),
+        Some(_) => {
+            for (key, value) in annotations {
+                let key = key.replace('~', "~0").replace('/', "~1");
+                ops.push(json!({"op": "add", "path": format!("/metadata/annotations/{key}"), "value": value}));
+            }
+        }
+        None => {
+            let map: serde_json::Map<String, Value> = annotations
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), Value::from(v)))
+                .collect();
+            ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": map}));
+        }
     }
     serde_json::from_value(Value::Array(ops)).map(Some)
 }
@@ -471,6 +519,7 @@ mod tests {
             image: "ghcr.io/tokenmesh/sidecar:0.1.0".into(),
             token_server: "http://tokenmesh-token-server.tokenmesh:8081".into(),
             token_audience: "tokenmesh".into(),
+            token_server_ca: None,
             capture: false,
             capture_outbound: false,
             exclude_outbound_cidrs: vec!["10.96.0.20/32".into()],
@@ -646,6 +695,54 @@ mod tests {
                 .contains("AdmissionReview"),
             "{answer}"
         );
+    }
+
+    #[test]
+    fn the_sidecar_trusts_the_token_servers_ca_from_its_pods_annotation() {
+        let ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let tls = InjectConfig {
+            token_server: "https://tokenmesh-token-server.tokenmesh.svc:8081".into(),
+            token_server_ca: Some(ca.into()),
+            ..config()
+        };
+        for annotations in [json!({}), Value::Null] {
+            let original = pod(annotations, json!([{"name": "app", "image": "orders"}]));
+            let result = patched(&review(&admission(original.clone()), &tls), &original);
+            assert_eq!(result["metadata"]["annotations"][TOKEN_SERVER_CA], ca);
+            assert_eq!(
+                result["metadata"]["annotations"]["tokenmesh.dev/injected"],
+                "true"
+            );
+            let sidecar = &result["spec"]["containers"][1];
+            let ca_env = sidecar["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == "TOKENMESH_SIDECAR_TOKEN_SERVER_CA")
+                .unwrap();
+            assert_eq!(ca_env["value"], "/var/run/secrets/tokenmesh/ca.crt");
+            assert_eq!(
+                sidecar["volumeMounts"][0]["mountPath"],
+                "/var/run/secrets/tokenmesh"
+            );
+            let sources = &result["spec"]["volumes"][0]["projected"]["sources"];
+            assert_eq!(
+                sources[1]["downwardAPI"]["items"][0],
+                json!({"path": "ca.crt", "fieldRef": {"fieldPath": "metadata.annotations['tokenmesh.dev/token-server-ca']"}})
+            );
+        }
+        // Plaintext: nothing of it.
+        let original = pod(json!({}), json!([{"name": "app", "image": "orders"}]));
+        let result = patched(&review(&admission(original.clone()), &config()), &original);
+        assert!(
+            result["metadata"]["annotations"]
+                .get(TOKEN_SERVER_CA)
+                .is_none()
+        );
+        let sources = result["spec"]["volumes"][0]["projected"]["sources"]
+            .as_array()
+            .unwrap();
+        assert_eq!(sources.len(), 1);
     }
 
     #[test]

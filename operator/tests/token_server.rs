@@ -68,7 +68,7 @@ async fn what_the_operator_applies_is_in_force_and_what_it_deletes_is_gone() {
             .spawn()
             .unwrap(),
     );
-    let control = Control::new(&format!("http://127.0.0.1:{grpc}"), ADMIN).unwrap();
+    let control = Control::new(&format!("http://127.0.0.1:{grpc}"), ADMIN, None).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !control.ready().await {
         assert!(Instant::now() < deadline, "token server not ready");
@@ -137,11 +137,67 @@ async fn what_the_operator_applies_is_in_force_and_what_it_deletes_is_gone() {
 
 #[tokio::test]
 async fn an_unreachable_token_server_is_reported_as_such() {
-    let control = Control::new(&format!("http://127.0.0.1:{}", free_port()), ADMIN).unwrap();
+    let control = Control::new(&format!("http://127.0.0.1:{}", free_port()), ADMIN, None).unwrap();
     assert!(!control.ready().await);
     let status = control.apply("{}".into()).await.unwrap_err();
     assert_eq!(
         tokenmesh_operator::control::reason(&status),
         "TokenServerUnavailable"
     );
+}
+
+/// The token server serving gRPC over TLS with a certificate from the
+/// operator's CA: the operator's client trusts that CA and no other.
+#[tokio::test]
+async fn the_operator_reaches_a_tls_token_server_through_its_own_ca() {
+    use tokenmesh_operator::certs::Authority;
+    let dir = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (authority, _) = Authority::generate(now).unwrap();
+    // The Service name "localhost": one of the names the certificate carries.
+    let (cert, key, _) = authority.issue("localhost", "tokenmesh", now).unwrap();
+    std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
+    std::fs::write(dir.path().join("tls.key"), key).unwrap();
+    std::fs::write(dir.path().join("empty.yaml"), "apiVersion: tokenmesh.dev/v1alpha1\nkind: TokenServer\nmetadata: {name: default}\nspec: {}\n").unwrap();
+    std::fs::write(dir.path().join("admin"), ADMIN).unwrap();
+    let (http, grpc) = (free_port(), free_port());
+    let _server = Server(
+        Command::new(binary())
+            .arg("--config")
+            .arg(dir.path().join("empty.yaml"))
+            .args([
+                "--http-addr",
+                &format!("127.0.0.1:{http}"),
+                "--grpc-addr",
+                &format!("127.0.0.1:{grpc}"),
+            ])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--admin-token-file")
+            .arg(dir.path().join("admin"))
+            .arg("--tls-cert")
+            .arg(dir.path().join("tls.crt"))
+            .arg("--tls-key")
+            .arg(dir.path().join("tls.key"))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("https://localhost:{grpc}");
+    let control = Control::new(&url, ADMIN, Some(&authority.cert_pem)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !control.ready().await {
+        assert!(Instant::now() < deadline, "token server not ready over TLS");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Another CA's client is refused the handshake.
+    let (stranger, _) = Authority::generate(now).unwrap();
+    let untrusting = Control::new(&url, ADMIN, Some(&stranger.cert_pem)).unwrap();
+    assert!(!untrusting.ready().await);
+    // And plaintext gets nowhere.
+    let plain = Control::new(&format!("http://127.0.0.1:{grpc}"), ADMIN, None).unwrap();
+    assert!(!plain.ready().await);
 }

@@ -21,16 +21,17 @@ use tokenmesh_tokens::duration::{parse_flag, parse_positive_flag};
 #[command(group(ArgGroup::new("credential").required(true).args(["client_secret_file", "service_account_token_file", "private_key_file"])))]
 pub struct Args {
     /// The token server's gRPC URL. https:// uses rustls (the system roots
-    /// plus --token-server-ca). http:// is plaintext: meant for loopback,
-    /// but accepted for any host, since an in-cluster install uses it by
-    /// default (the chart's tokenServer.insecureHttp); to a host that is not
-    /// loopback the sidecar then logs a warning at startup, as its credential
-    /// and every token it sends cross the network in clear.
+    /// plus --token-server-ca); the chart's default. http:// is plaintext:
+    /// meant for loopback, but accepted for any host (an install with the
+    /// chart's tokenServer.tls.enabled=false uses it); to a host that is
+    /// not loopback the sidecar then logs a warning at startup, as its
+    /// credential and every token it sends cross the network in clear.
     #[arg(long, env = "TOKENMESH_SIDECAR_TOKEN_SERVER")]
     pub token_server: String,
 
     /// PEM CA certificate(s) to trust for an https:// token server, in
-    /// addition to the system roots.
+    /// addition to the system roots. The injection webhook sets it to the
+    /// token server's CA, mounted from the pod's annotation.
     #[arg(long, env = "TOKENMESH_SIDECAR_TOKEN_SERVER_CA")]
     pub token_server_ca: Option<PathBuf>,
 

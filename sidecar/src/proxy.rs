@@ -3,14 +3,7 @@
 // A refusal is the response to send; boxing it would only add an allocation.
 #![allow(clippy::result_large_err)]
 
-use std::{
-    collections::HashMap,
-    convert::Infallible,
-    future::Future,
-    net::SocketAddr,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{
@@ -21,12 +14,11 @@ use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::{Body as _, Incoming};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto,
+    rt::{TokioExecutor, TokioTimer},
 };
 
 use crate::{
-    deadlines::{Activity, Stall, Tracked, WriteDeadline},
+    deadlines::Stall,
     mesh::{Mesh, Refusal},
     metrics::RequestLabels,
     redirect::{self, OriginalDst},
@@ -496,14 +488,14 @@ fn probe_headers(sent: &HeaderMap, named: &[HeaderName]) -> HeaderMap {
 /// lets requests in flight finish (10 s at most). The requests of a
 /// connection that was redirected to `listener` carry its [`OriginalDst`].
 ///
-/// `client_timeout` bounds slow and idle clients: a connection with no
-/// request in progress for that long is closed (gracefully, then for good
-/// after as long again), which also covers HTTP/1 headers that never end
-/// and a connection that never finishes its first bytes, before the
-/// protocol is even known; a client that stops reading for that long is
-/// dropped; HTTP/2 peers are pinged at that interval and dropped if they do
-/// not answer within it. `vectored_writes: false` makes small HTTP/2
-/// answers leave in one write (see `tokenmesh_proto::one_write`).
+/// `client_timeout` bounds slow and idle clients ([`tokenmesh_listen::Limits::uniform`]):
+/// a connection with no request in progress for that long is closed
+/// (gracefully, then for good after as long again), which also covers
+/// HTTP/1 headers that never end and a connection that never finishes its
+/// first bytes; a client that stops reading for that long is dropped;
+/// HTTP/2 peers are pinged at that interval and dropped if they do not
+/// answer within it. `vectored_writes: false` makes small HTTP/2 answers
+/// leave in one write (see `tokenmesh_proto::one_write`).
 pub async fn serve<H, F>(
     listener: tokio::net::TcpListener,
     handler: H,
@@ -514,91 +506,21 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    // No HTTP/1 header-read timer: a request whose head has not fully come
-    // is not in progress, so the idle bound below closes its connection
-    // after `client_timeout` anyway, without a timer armed per request.
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(client_timeout)
-        .keep_alive_timeout(client_timeout);
-    // Connections hold a receiver: all gone means all closed.
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                let original = redirect::original_destination(&stream);
-                let handler = handler.clone();
-                let activity = Activity::new();
-                let tracker = activity.clone();
-                let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-                    let in_flight = tracker.begin();
-                    if let Some(original) = original {
-                        request.extensions_mut().insert(OriginalDst(original));
-                    }
-                    let handler = handler.clone();
-                    async move {
-                        let response = handler(request).await;
-                        Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
-                    }
-                });
-                let io = TokioIo::new(WriteDeadline::new(
-                    stream,
-                    client_timeout,
-                    activity.clone(),
-                    vectored_writes,
-                ));
-                let connection = builder.serve_connection(io, service).into_owned();
-                let mut stopping = stopping.clone();
-                tokio::spawn(async move {
-                    tokio::pin!(connection);
-                    let (mut closing, mut stopped) = (false, false);
-                    loop {
-                        let idle = activity.idle_until(client_timeout);
-                        // While requests are in progress, look again later.
-                        let wake = idle.unwrap_or_else(|| Instant::now() + client_timeout);
-                        tokio::select! {
-                            result = connection.as_mut() => {
-                                if let Err(err) = result {
-                                    tracing::trace!(error = %err, "connection ended");
-                                }
-                                break;
-                            }
-                            _ = stopping.wait_for(|stop| *stop), if !stopped => {
-                                stopped = true;
-                                closing = true;
-                                connection.as_mut().graceful_shutdown();
-                            }
-                            () = tokio::time::sleep_until(wake.into()) => {
-                                // Again: a request may have come and gone meanwhile.
-                                if activity
-                                    .idle_until(client_timeout)
-                                    .is_some_and(|at| at <= Instant::now())
-                                {
-                                    if closing {
-                                        // It did not close when asked: drop it.
-                                        break;
-                                    }
-                                    tracing::trace!("closing an idle connection");
-                                    closing = true;
-                                    connection.as_mut().graceful_shutdown();
-                                    activity.touch();
-                                }
-                            }
-                        }
-                    }
-                });
+    let limits = tokenmesh_listen::Limits {
+        vectored_writes,
+        ..tokenmesh_listen::Limits::uniform(client_timeout)
+    };
+    let handler_for = move |stream: &tokio::net::TcpStream| {
+        let original = redirect::original_destination(stream);
+        let handler = handler.clone();
+        move |mut request: Request<Incoming>| {
+            if let Some(original) = original {
+                request.extensions_mut().insert(OriginalDst(original));
             }
-            () = &mut shutdown => break,
+            handler(request)
         }
-    }
-    drop(stopping);
-    let _ = stop.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(10), stop.closed()).await;
+    };
+    tokenmesh_listen::serve(listener, None, limits, handler_for, shutdown).await;
 }
 
 #[cfg(test)]
@@ -761,6 +683,9 @@ mod tests {
         );
     }
 
+    use std::time::Instant;
+
+    use hyper_util::rt::TokioIo;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const TIMEOUT: Duration = Duration::from_secs(1);

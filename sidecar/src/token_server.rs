@@ -161,8 +161,8 @@ impl TokenServer {
         } else if !url.starts_with("http://") {
             return Err(bad("use an http:// or https:// URL".into()));
         } else if let Some(host) = plaintext_remote_host(&url) {
-            // Not refused: in-cluster installs reach the token server over
-            // plain http by default (the chart's tokenServer.insecureHttp).
+            // Not refused: an install may choose plaintext in the cluster
+            // (the chart's tokenServer.tls.enabled=false).
             tracing::warn!(
                 %host,
                 "--token-server is plaintext http:// to a host that is not loopback: \

@@ -336,7 +336,12 @@ def test_notes_walk_the_shop_example_to_an_exchange_in_the_cluster():
         found = text.find(step, at)
         assert found >= 0, f"NOTES lack {step!r} (after the step before):\n{text}"
         at = found
-    assert "TOKEN_URL=http://127.0.0.1:8080/oauth2/token" in text
+    # TLS by default: curl trusts the token server's CA and reaches it by its Service name.
+    host = f"{FULLNAME}-token-server.{NAMESPACE}.svc"
+    assert f"TOKEN_URL=https://{host}:8080/oauth2/token" in text
+    assert f"--cacert tokenmesh-ca.crt --resolve {host}:8080:127.0.0.1" in text
+    assert 'GATEWAY="$($CURL "$TOKEN_URL"' in text
+    assert "TOKEN_URL=http://127.0.0.1:8080/oauth2/token" in notes("tokenServer.tls.enabled=false")
     # The secret the client reads is the one the example's OAuthClient names.
     gateway = next(d for _, d in example_documents() if d["kind"] == "OAuthClient" and d["metadata"]["name"] == "gateway")
     assert gateway["spec"]["authentication"]["secretRef"] == {"name": "gateway-oauth", "key": "client_secret"}
@@ -445,10 +450,10 @@ def test_default_values():
     args = c["args"]
     assert "--config=/etc/tokenmesh/config" in args
     assert "--http-addr=0.0.0.0:8080" in args and "--grpc-addr=0.0.0.0:8081" in args
-    assert f"--issuer=http://{FULLNAME}-token-server.{NAMESPACE}.svc:8080" in args
+    assert f"--issuer=https://{FULLNAME}-token-server.{NAMESPACE}.svc:8080" in args
     assert "--admin-token-file=/etc/tokenmesh/admin/token" in args
     assert "--data-dir=/var/lib/tokenmesh/data" in args
-    assert "--insecure-http" in args
+    assert "--insecure-http" not in args
     assert "TOKENMESH_DATABASE_URL" not in env_of(c)
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -481,7 +486,7 @@ def test_default_values():
     op = container(docs, f"{FULLNAME}-operator")
     assert op["image"] == "ghcr.io/tokenmesh/operator:0.1.0"
     args = op["args"]
-    assert f"--token-server=http://{FULLNAME}-token-server.{NAMESPACE}.svc:8081" in args
+    assert f"--token-server=https://{FULLNAME}-token-server.{NAMESPACE}.svc:8081" in args
     assert "--admin-token-file=/etc/tokenmesh/admin/token" in args
     assert "--webhook-addr=0.0.0.0:9443" in args
     # The operator makes the webhook certificate and publishes its CA.
@@ -711,6 +716,89 @@ def test_cert_manager_values():
     assert certificate["spec"]["privateKey"]["encoding"] == "PKCS8"
 
 
+def notes(sets: list[str] = ()) -> str:
+    out = run(HELM4, "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client",
+              *[a for v in sets for a in ("--set", v)]).stdout
+    return out[out.index("NOTES:"):]
+
+
+def test_tls_is_the_default_with_the_operators_certificate():
+    docs = manifests("default")
+    ts = one(docs, "Deployment", f"{FULLNAME}-token-server")["spec"]["template"]["spec"]
+    c = ts["containers"][0]
+    assert "--tls-cert=/etc/tokenmesh/tls/tls.crt" in c["args"] and "--tls-key=/etc/tokenmesh/tls/tls.key" in c["args"]
+    assert "--insecure-http" not in c["args"]
+    assert all(c[p]["httpGet"]["scheme"] == "HTTPS" for p in ("startupProbe", "livenessProbe", "readinessProbe"))
+    tls = {v["name"]: v for v in ts["volumes"]}["tls"]["secret"]
+    assert tls["secretName"] == f"{FULLNAME}-token-server-tls"
+    # Never the CA's key: only the serving pair reaches the token server.
+    assert [i["key"] for i in tls["items"]] == ["tls.crt", "tls.key"]
+    op = one(docs, "Deployment", f"{FULLNAME}-operator")["spec"]["template"]["spec"]["containers"][0]["args"]
+    grpc = f"https://{FULLNAME}-token-server.{NAMESPACE}.svc:8081"
+    assert f"--token-server={grpc}" in op and f"--sidecar-token-server={grpc}" in op
+    assert f"--token-server-service={FULLNAME}-token-server" in op
+    assert f"--token-server-tls-secret={FULLNAME}-token-server-tls" in op
+    assert f"--token-server-ca-secret={FULLNAME}-token-server-ca" in op
+    assert not any(a.startswith("--token-server-ca=") for a in op)
+    assert not find(docs, "Certificate")
+    text = notes()
+    assert "WARNING" not in text
+    assert f"certificate issued and renewed by the operator (Secret {FULLNAME}-token-server-tls" in text
+
+
+def test_plaintext_needs_the_value_and_the_notes_warn():
+    sets = ["tokenServer.tls.enabled=false"]
+    docs = documents(run(HELM4, *template_args(sets=sets)).stdout)
+    c = one(docs, "Deployment", f"{FULLNAME}-token-server")["spec"]["template"]["spec"]["containers"][0]
+    assert "--insecure-http" in c["args"] and not any(a.startswith("--tls-") for a in c["args"])
+    assert f"--issuer=http://{FULLNAME}-token-server.{NAMESPACE}.svc:8080" in c["args"]
+    assert "tls" not in {m["name"] for m in c["volumeMounts"]}
+    op = one(docs, "Deployment", f"{FULLNAME}-operator")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"--token-server=http://{FULLNAME}-token-server.{NAMESPACE}.svc:8081" in op
+    assert not any(a.startswith("--token-server-service") or a.startswith("--token-server-ca") for a in op)
+    text = notes(sets)
+    assert "WARNING: TLS is off (tokenServer.tls.enabled=false)" in text, text
+    assert "cross it in clear" in text
+
+
+def test_tls_from_cert_manager_or_a_secret_is_trusted_through_its_ca():
+    sets = ["tokenServer.tls.source=certManager"]
+    docs = documents(run(HELM4, *template_args(sets=sets)).stdout)
+    name = f"{FULLNAME}-token-server"
+    certificate = one(docs, "Certificate", name)["spec"]
+    assert certificate["secretName"] == f"{name}-tls"
+    assert f"{name}.{NAMESPACE}.svc" in certificate["dnsNames"] and name in certificate["dnsNames"]
+    assert certificate["issuerRef"] == {"name": f"{name}-ca", "kind": "Issuer", "group": "cert-manager.io"}
+    assert one(docs, "Certificate", f"{name}-ca")["spec"]["isCA"] is True
+    assert one(docs, "Issuer", f"{name}-ca")["spec"] == {"ca": {"secretName": f"{name}-ca"}}
+    assert one(docs, "Issuer", f"{name}-selfsigned")["spec"] == {"selfSigned": {}}
+    op = one(docs, "Deployment", f"{FULLNAME}-operator")["spec"]["template"]["spec"]
+    assert "--token-server-ca=/etc/tokenmesh/token-server-ca/ca.crt" in op["containers"][0]["args"]
+    ca = {v["name"]: v for v in op["volumes"]}["token-server-ca"]["secret"]
+    assert ca == {"secretName": f"{name}-tls", "defaultMode": 0o440, "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    own = documents(run(HELM4, *template_args(sets=sets + ["tokenServer.tls.certManager.issuerRef.name=corp-ca",
+                                                             "tokenServer.tls.certManager.issuerRef.kind=ClusterIssuer"])).stdout)
+    assert one(own, "Certificate", name)["spec"]["issuerRef"] == {"name": "corp-ca", "kind": "ClusterIssuer",
+                                                                  "group": "cert-manager.io"}
+    assert not find(own, "Certificate", f"{name}-ca")
+
+    secret = manifests("secret-cert")
+    ts = one(secret, "Deployment", "tm-token-server")["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in ts["volumes"]}["tls"]["secret"]["secretName"] == "tokenmesh-token-server-tls"
+    op = one(secret, "Deployment", "tm-operator")["spec"]["template"]["spec"]
+    assert "--token-server-ca=/etc/tokenmesh/token-server-ca/ca.crt" in op["containers"][0]["args"]
+
+
+def test_a_namespaced_operator_may_keep_the_token_servers_certificate():
+    docs = documents(run(HELM4, *template_args(sets=["operator.namespaces={shop}"])).stdout)
+    role = one(docs, "Role", f"{FULLNAME}-operator-token-server-certificate")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "patch"],
+            "resourceNames": [f"{FULLNAME}-token-server-tls", f"{FULLNAME}-token-server-ca"]} in role["rules"]
+    binding = one(docs, "RoleBinding", f"{FULLNAME}-operator-token-server-certificate")
+    assert binding["subjects"][0]["name"] == f"{FULLNAME}-operator"
+
+
 def test_rbac_is_what_the_docs_list():
     """The operator's rules are exactly the table in docs/kubernetes.md."""
     text = (REPO / "docs" / "kubernetes.md").read_text()
@@ -808,7 +896,9 @@ WRONG_VALUES = {
     "postgres without URL Secret": (["tokenServer.storage.type=postgres", "tokenServer.replicas=2"], r"name"),
     "operator replicas without leader election": (["operator.replicas=2", "operator.leaderElection=false"], r"leaderElection"),
     "webhook Secret without name": (["webhook.certificate.source=secret"], r"secret"),
-    "no TLS and no plain HTTP": (["tokenServer.insecureHttp=false"], r"secretName"),
+    "TLS from a Secret without its name": (["tokenServer.tls.source=secret"], r"secretName"),
+    "TLS source not in enum": (["tokenServer.tls.source=vault"], r"source"),
+    "the old plaintext value": (["tokenServer.insecureHttp=true"], r"insecureHttp"),
     "HMAC signing": (["tokenServer.spec.signing.algorithm=HS256"], r"algorithm"),
     "storage in the TokenServer spec": (["tokenServer.spec.storage.type=postgres"], r"storage"),
     "duration with spaces": (["tokenServer.spec.defaultAccessTokenTtl=5 minutes"], r"defaultAccessTokenTtl"),
@@ -852,7 +942,7 @@ FAIL_MESSAGES = {
     "webhook Secret without name": (["webhook.certificate.source=secret"], "needs webhook.certificate.secret.name"),
     "webhook Secret without CA": (["webhook.certificate.source=secret", "webhook.certificate.secret.name=x"],
                                   "needs webhook.certificate.secret.caBundle"),
-    "no TLS and no plain HTTP": (["tokenServer.insecureHttp=false"], "needs tokenServer.tls.secretName"),
+    "TLS from a Secret without its name": (["tokenServer.tls.source=secret"], "needs tokenServer.tls.secretName"),
     "operator keys with a namespaced operator": (["tokenServer.signingKeys=operator", "operator.namespaces={shop}"],
                                                  "tokenServer.signingKeys=operator needs the cluster-wide operator"),
     "key encryption of operator keys": (["tokenServer.signingKeys=operator", "tokenServer.keyEncryption.secretName=kek"],
@@ -1036,12 +1126,18 @@ def test_every_cel_rule_has_an_invalid_example():
 # the token server started as its pod would start it
 
 
+# The CA of the certificate start_like_the_pod made for the pod's TLS volume.
+POD_CA: list[Path] = []
+
+
 def http_get(url: str) -> tuple[int, str]:
+    import ssl
     import urllib.error
     import urllib.request
 
+    context = ssl.create_default_context(cafile=str(POD_CA[-1])) if url.startswith("https:") else None
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode()
@@ -1063,9 +1159,10 @@ def wait_for(condition, seconds: float, what: str, process: subprocess.Popen | N
     raise AssertionError(f"timed out after {seconds} s waiting for {what}")
 
 
-def start_like_the_pod(docs, root: Path) -> tuple[subprocess.Popen, int]:
+def start_like_the_pod(docs, root: Path) -> tuple[subprocess.Popen, str]:
     """The token-server container's args, with its mounts laid out under
-    `root` (ConfigMap, admin token, volume) and loopback ports."""
+    `root` (ConfigMap, admin token, volume; a certificate for 127.0.0.1 in
+    the TLS volume) and loopback ports; the base URL."""
     deployment = next(d for d in find(docs, "Deployment") if d["metadata"]["name"].endswith("token-server"))
     spec = deployment["spec"]["template"]["spec"]
     c = spec["containers"][0]
@@ -1079,6 +1176,11 @@ def start_like_the_pod(docs, root: Path) -> tuple[subprocess.Popen, int]:
             for key, text in config["data"].items():
                 # Paths inside the configuration point into the pod too.
                 (target / key).write_text(re.sub(r"(?<=[ :])/(etc|var)/", lambda m: f"{root}/{m.group(1)}/", text))
+        elif mount["name"] == "tls":
+            run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                "-keyout", str(target / "tls.key"), "-out", str(target / "tls.crt"))
+            POD_CA.append(target / "tls.crt")
         elif "secret" in volume and volume["secret"].get("items"):
             for item in volume["secret"]["items"]:
                 (target / item["path"]).write_text("a" * 48)
@@ -1094,7 +1196,8 @@ def start_like_the_pod(docs, root: Path) -> tuple[subprocess.Popen, int]:
         args.append(arg)
     process = subprocess.Popen([str(TOKEN_SERVER_BIN), *args], cwd=root, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True, env={"PATH": os.environ.get("PATH", "")})
-    return process, http
+    scheme = "https" if "--tls-cert=/etc/tokenmesh/tls/tls.crt" in c["args"] else "http"
+    return process, f"{scheme}://127.0.0.1:{http}"
 
 
 def stop(process: subprocess.Popen) -> str:
@@ -1111,14 +1214,14 @@ def test_token_server_starts_as_its_pod_would(tmp_path):
     if not TOKEN_SERVER_BIN.exists():
         pytest.fail(f"{TOKEN_SERVER_BIN} not built: run `cargo build --workspace --bins` first (.ci/run does)")
     docs = manifests("default")
-    process, port = start_like_the_pod(docs, tmp_path)
+    process, base = start_like_the_pod(docs, tmp_path)
     try:
-        base = f"http://127.0.0.1:{port}"
         wait_for(lambda: http_get(f"{base}/readyz")[0] == 200, 60, "/readyz", process)
         assert http_get(f"{base}/healthz")[0] == 200
         status, body = http_get(f"{base}/.well-known/oauth-authorization-server")
         assert status == 200
-        assert json.loads(body)["issuer"] == f"http://{FULLNAME}-token-server.{NAMESPACE}.svc:8080"
+        assert base.startswith("https://"), "TLS by default"
+        assert json.loads(body)["issuer"] == f"https://{FULLNAME}-token-server.{NAMESPACE}.svc:8080"
         # The embedded store in its own owner-only folder inside the volume.
         data = tmp_path / "var/lib/tokenmesh/data"
         assert (data / "tokenmesh.db").exists()
@@ -1137,9 +1240,8 @@ def test_token_server_waits_for_operator_keys(tmp_path):
     if not shutil.which("openssl"):
         pytest.fail("no openssl to make a key (.ci/run installs it)")
     docs = documents(run(HELM4, *template_args(sets=["tokenServer.signingKeys=operator"])).stdout)
-    process, port = start_like_the_pod(docs, tmp_path)
+    process, base = start_like_the_pod(docs, tmp_path)
     try:
-        base = f"http://127.0.0.1:{port}"
         wait_for(lambda: http_get(f"{base}/healthz")[0] == 200, 60, "/healthz", process)
         assert http_get(f"{base}/readyz")[0] == 503
         import time
@@ -1177,9 +1279,8 @@ def test_token_server_encrypts_its_keys_as_its_pod_would(tmp_path):
     assert secrets == {"tokenmesh-kek": ["key", "before"], "old-kek": ["key"]}, "one volume per Secret"
     mounts = sorted(m["mountPath"] for m in pod["containers"][0]["volumeMounts"] if m["name"].startswith("key-encryption"))
     assert mounts == ["/etc/tokenmesh/secrets/old-kek", "/etc/tokenmesh/secrets/tokenmesh-kek"]
-    process, port = start_like_the_pod(docs, tmp_path)
+    process, base = start_like_the_pod(docs, tmp_path)
     try:
-        base = f"http://127.0.0.1:{port}"
         wait_for(lambda: http_get(f"{base}/readyz")[0] == 200, 60, "/readyz", process)
         assert json.loads(http_get(f"{base}/jwks")[1])["keys"]
     finally:

@@ -1,6 +1,6 @@
 //! Command-line flags; each is also a `TOKENMESH_*` environment variable.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -111,12 +111,18 @@ pub struct Args {
     pub issuer: Option<String>,
 
     /// PEM certificate chain: serve HTTPS (and gRPC over TLS) with rustls.
+    /// Both files are read again every 5 s: a renewed certificate (a
+    /// Secret's files swapped by the kubelet, cert-manager, the operator) is
+    /// served from the next connection on, without a restart.
     #[arg(long, env = "TOKENMESH_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key of --tls-cert.
     #[arg(long, env = "TOKENMESH_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub limits: ClientLimits,
 
     /// Allow plain HTTP on a non-loopback address (development only: tokens
     /// and secrets then cross the network in clear).
@@ -141,6 +147,63 @@ pub struct Args {
     /// Check the configuration, print what it holds, and exit.
     #[arg(long)]
     pub check_config: bool,
+}
+
+/// Bounds on the clients of the HTTP and the gRPC listener (each).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClientLimits {
+    /// How long a new connection has to finish its TLS handshake and send
+    /// its first request's headers; a client that stops reading an answer
+    /// this long is dropped too.
+    #[arg(long, env = "TOKENMESH_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = positive_seconds)]
+    pub header_read_timeout: Duration,
+
+    /// How long a request's body may take to arrive, all of it, once its
+    /// headers came (gRPC requests included: each is one message).
+    #[arg(long, env = "TOKENMESH_REQUEST_BODY_TIMEOUT", default_value = "10s", value_parser = positive_seconds)]
+    pub request_body_timeout: Duration,
+
+    /// How long a connection may stay open with no request in progress
+    /// (the next request's headers must come within it): then it is closed,
+    /// HTTP/2 with a GOAWAY. Open gRPC watch streams are requests in
+    /// progress.
+    #[arg(long, env = "TOKENMESH_IDLE_TIMEOUT", default_value = "60s", value_parser = positive_seconds)]
+    pub idle_timeout: Duration,
+
+    /// Most connections each listener holds at once; a connection beyond
+    /// that is closed as soon as it is accepted. Sidecars hold one gRPC
+    /// connection each.
+    #[arg(long, env = "TOKENMESH_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// HTTP/2 ping interval, and how long a ping may go unanswered before
+    /// the connection is dropped (a vanished sidecar's watch streams end).
+    #[arg(long, env = "TOKENMESH_HTTP2_KEEPALIVE", default_value = "30s", value_parser = positive_seconds)]
+    pub http2_keepalive: Duration,
+}
+
+impl ClientLimits {
+    /// The listener bounds (`vectored_writes: false` for gRPC: see
+    /// `tokenmesh_proto::one_write`).
+    pub fn listener(&self, vectored_writes: bool) -> tokenmesh_listen::Limits {
+        tokenmesh_listen::Limits {
+            first_request: self.header_read_timeout,
+            idle: self.idle_timeout,
+            keep_alive: self.http2_keepalive,
+            max_connections: usize::try_from(self.max_connections).ok(),
+            vectored_writes,
+        }
+    }
+}
+
+/// `30s` or `30`: whole seconds, at least one (a zero bound would close
+/// every connection at once).
+fn positive_seconds(text: &str) -> Result<Duration, String> {
+    match text.strip_suffix('s').unwrap_or(text).parse::<u64>() {
+        Ok(0) => Err(format!("`{text}`: give at least 1s")),
+        Ok(n) => Ok(Duration::from_secs(n)),
+        Err(_) => Err(format!("`{text}`: write seconds, like 30s")),
+    }
 }
 
 #[derive(Subcommand, Debug, Clone, PartialEq, Eq)]

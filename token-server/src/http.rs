@@ -1,6 +1,13 @@
-//! The HTTP router and server (plain on loopback, else rustls).
+//! The HTTP router and server (plain on loopback, else rustls), with the
+//! bounds of `tokenmesh-listen` on slow and idle clients.
 
-use std::{future::Future, net::SocketAddr, path::Path, sync::Arc, time::Instant};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Router,
@@ -10,6 +17,9 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+
+use tokenmesh_listen::deadlines::Deadline;
+use tonic::codegen::Service;
 
 use crate::{
     keys::jose_algorithm,
@@ -121,47 +131,50 @@ pub enum ServeError {
         source: std::io::Error,
     },
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(#[from] tokenmesh_listen::tls::TlsError),
     #[error("HTTP server: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// Serves `app` until `shutdown` resolves, then drains in-flight requests.
-pub async fn serve(
+/// `app` as a per-connection handler: every request body must have arrived
+/// within `body_timeout` of its head (the same for the gRPC listener).
+pub fn bounded(
     app: Router,
-    listener: std::net::TcpListener,
-    tls: Option<(&Path, &Path)>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
-    match tls {
-        None => {
-            listener.set_nonblocking(true)?;
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await?;
-        }
-        Some((cert, key)) => {
-            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                .await
-                .map_err(|e| {
-                    ServeError::Tls(format!(
-                        "cannot load {} / {}: {e}",
-                        cert.display(),
-                        key.display()
-                    ))
-                })?;
-            let handle = axum_server::Handle::new();
-            let drain = handle.clone();
-            tokio::spawn(async move {
-                shutdown.await;
-                drain.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
-            });
-            axum_server::from_tcp_rustls(listener, config)?
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await?;
-        }
+    body_timeout: Duration,
+) -> impl Fn(hyper::Request<hyper::body::Incoming>) -> Pin<Box<dyn Future<Output = Response> + Send>>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |request| {
+        let request = request.map(|body| Deadline::new(body, body_timeout));
+        // A Router is always ready, and its error type is Infallible.
+        let answer = Service::call(&mut app.clone(), request);
+        Box::pin(async move {
+            let Ok(response) = answer.await;
+            response
+        })
     }
+}
+
+/// Serves `handler` on `listener` (TLS with `tls`) within `limits` until
+/// `shutdown` resolves, then drains in-flight requests.
+pub async fn serve<H>(
+    handler: H,
+    listener: std::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: tokenmesh_listen::Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError>
+where
+    H: Fn(hyper::Request<hyper::body::Incoming>) -> Pin<Box<dyn Future<Output = Response> + Send>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    tokenmesh_listen::serve(listener, tls, limits, |_| handler.clone(), shutdown).await;
     Ok(())
 }

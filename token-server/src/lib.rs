@@ -22,6 +22,7 @@ pub mod store;
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
+use tokenmesh_listen::tls::{self, ReloadingCertificate};
 use tokenmesh_tokens::{cache::TtlCache, secret::SecretHash};
 use tracing_subscriber::EnvFilter;
 
@@ -282,6 +283,15 @@ async fn start(args: Args) -> Result<(), StartError> {
         }
     }
     let admin = admin_credential(&args)?;
+    let tls = match args.tls_cert.as_deref().zip(args.tls_key.as_deref()) {
+        None => None,
+        Some((cert, key)) => {
+            let certificate =
+                ReloadingCertificate::load(cert, key).map_err(http::ServeError::Tls)?;
+            certificate.watch(TLS_RELOAD_EVERY);
+            Some(certificate)
+        }
+    };
     let http_listener = bind(args.http_addr)?;
     let grpc_listener = bind(args.grpc_addr)?;
     let (store, _data_dir_lock) = open_store(&args, &registry, &secrets).await?;
@@ -327,7 +337,13 @@ async fn start(args: Args) -> Result<(), StartError> {
         .sync(state.store.as_ref(), state.now())
         .await?;
     spawn_maintenance(state.clone(), marks);
-    let tls = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
+    let acceptor = |alpn: &[&[u8]]| {
+        tls.as_ref()
+            .map(|certificate| certificate.acceptor(alpn))
+            .transpose()
+            .map_err(http::ServeError::Tls)
+    };
+    let (http_tls, grpc_tls) = (acceptor(tls::ALPN_HTTP)?, acceptor(tls::ALPN_H2)?);
     let http_addr = http_listener.local_addr().map_err(http::ServeError::Io)?;
     let grpc_addr = grpc_listener.local_addr().map_err(http::ServeError::Io)?;
     tracing::info!(http = %http_addr, grpc = %grpc_addr, tls = tls.is_some(), "listening");
@@ -339,16 +355,19 @@ async fn start(args: Args) -> Result<(), StartError> {
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let body_timeout = args.limits.request_body_timeout;
     let http = http::serve(
-        http::router(state.clone()),
+        http::bounded(http::router(state.clone()), body_timeout),
         http_listener,
-        tls,
+        http_tls,
+        args.limits.listener(true),
         until_stopped(stopped.clone()),
     );
-    let grpc = grpc::serve(
-        state.clone(),
+    let grpc = http::serve(
+        http::bounded(grpc::router(state.clone()).await?, body_timeout),
         grpc_listener,
-        tls,
+        grpc_tls,
+        args.limits.listener(false),
         until_stopped(stopped.clone()),
     );
     // Watch streams never end by themselves: after the signal, requests in
@@ -384,6 +403,9 @@ fn warm_up_service_account_keys(state: &Arc<AppState>) -> Result<(), StartError>
         .map_err(|e| StartError::Refused(format!("TokenServer spec.kubernetes: {e}")))?;
     Ok(())
 }
+
+/// How often the TLS certificate files are read again.
+const TLS_RELOAD_EVERY: Duration = Duration::from_secs(5);
 
 /// How long requests in flight may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

@@ -120,7 +120,21 @@ image.tag, else the appVersion. A digest pins it.
 
 {{/* http or https, as the token server serves. */}}
 {{- define "tokenmesh.tokenServer.scheme" -}}
-{{- if .Values.tokenServer.tls.secretName -}}https{{- else -}}http{{- end -}}
+{{- if .Values.tokenServer.tls.enabled -}}https{{- else -}}http{{- end -}}
+{{- end -}}
+
+{{/* The Secret of the token server's certificate (tls.crt, tls.key, ca.crt). */}}
+{{- define "tokenmesh.tokenServer.tlsSecretName" -}}
+{{- if eq .Values.tokenServer.tls.source "secret" -}}
+{{- .Values.tokenServer.tls.secretName -}}
+{{- else -}}
+{{- printf "%s-tls" (include "tokenmesh.tokenServer.name" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret of the CA that issues the token server's certificate (operator or the chart's cert-manager CA). */}}
+{{- define "tokenmesh.tokenServer.caSecretName" -}}
+{{- printf "%s-ca" (include "tokenmesh.tokenServer.name" .) -}}
 {{- end -}}
 
 {{/* The token server Service's in-cluster host name. */}}
@@ -201,8 +215,8 @@ every install renders.
 {{- if and $ts.autoscaling.enabled (gt (int $ts.autoscaling.minReplicas) (int $ts.autoscaling.maxReplicas)) -}}
 {{- fail "tokenServer.autoscaling.minReplicas is greater than maxReplicas" -}}
 {{- end -}}
-{{- if and (not $ts.insecureHttp) (not $ts.tls.secretName) -}}
-{{- fail "tokenServer.insecureHttp=false needs tokenServer.tls.secretName: the token server refuses plain HTTP on the pod address" -}}
+{{- if and $ts.tls.enabled (eq $ts.tls.source "secret") (not $ts.tls.secretName) -}}
+{{- fail "tokenServer.tls.source=secret needs tokenServer.tls.secretName (a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt)" -}}
 {{- end -}}
 {{- if and $ts.keyEncryption.previous (not $ts.keyEncryption.secretName) -}}
 {{- fail "tokenServer.keyEncryption.previous needs tokenServer.keyEncryption.secretName: the secret that encrypts now" -}}

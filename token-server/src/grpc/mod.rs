@@ -4,19 +4,13 @@
 mod control;
 mod token_service;
 
-use std::{future::Future, path::Path, sync::Arc};
-
-use tokio_stream::StreamExt;
+use std::sync::Arc;
 
 use tokenmesh_proto::v1::{
     FILE_DESCRIPTOR_SET, control_service_server::ControlServiceServer,
     token_service_server::TokenServiceServer,
 };
-use tonic::{
-    Status,
-    metadata::MetadataMap,
-    transport::{Identity, Server, ServerTlsConfig},
-};
+use tonic::{Status, metadata::MetadataMap, service::Routes};
 
 use crate::{
     oauth::{
@@ -74,21 +68,15 @@ pub async fn authenticate(state: &AppState, metadata: &MetadataMap) -> Result<Ar
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrpcError {
-    #[error("gRPC TLS: {0}")]
-    Tls(String),
-    #[error("gRPC server: {0}")]
-    Transport(#[from] tonic::transport::Error),
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
     #[error("gRPC listener: {0}")]
-    Io(#[from] std::io::Error),
+    Serve(#[from] crate::http::ServeError),
 }
 
-/// Serves the gRPC API on `listener` until `shutdown` resolves.
-pub async fn serve(
-    state: Arc<AppState>,
-    listener: std::net::TcpListener,
-    tls: Option<(&Path, &Path)>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), GrpcError> {
+/// The gRPC services as one router: TokenService, ControlService, health
+/// and reflection (v1 and v1alpha, which grpcurl 1.8 uses).
+pub async fn router(state: Arc<AppState>) -> Result<axum::Router, GrpcError> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<TokenServiceServer<token_service::Tokens>>()
@@ -100,35 +88,19 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| GrpcError::Tls(e.to_string()))?;
+        .map_err(|e| GrpcError::Reflection(e.to_string()))?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
-        .map_err(|e| GrpcError::Tls(e.to_string()))?;
-    let mut builder = Server::builder();
-    if let Some((cert, key)) = tls {
-        let identity = Identity::from_pem(std::fs::read(cert)?, std::fs::read(key)?);
-        builder = builder
-            .tls_config(ServerTlsConfig::new().identity(identity))
-            .map_err(|e| GrpcError::Tls(e.to_string()))?;
-    }
-    listener.set_nonblocking(true)?;
-    // Without TCP_NODELAY each response's last frame waits ~40 ms for the
-    // peer's delayed ACK (Nagle): measured 727 against ~8,000 calls/s.
-    let incoming =
-        tonic::transport::server::TcpIncoming::from(tokio::net::TcpListener::from_std(listener)?)
-            .with_nodelay(Some(true))
-            .map(|accepted| accepted.map(tokenmesh_proto::one_write::OneWrite));
-    builder
-        .add_service(health)
+        .map_err(|e| GrpcError::Reflection(e.to_string()))?;
+    Ok(Routes::new(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(TokenServiceServer::new(token_service::Tokens {
             state: state.clone(),
         }))
         .add_service(ControlServiceServer::new(control::Control { state }))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
-    Ok(())
+        .prepare()
+        .into_axum_router())
 }

@@ -482,3 +482,89 @@ pub async fn next_message<T>(stream: &mut tonic::Streaming<T>, within: std::time
         .expect("the stream ended")
         .expect("the stream failed")
 }
+
+/// A test CA made with openssl, and serving certificates it signs for
+/// 127.0.0.1 and localhost.
+pub struct TestCa {
+    dir: PathBuf,
+    pub cert: PathBuf,
+    key: PathBuf,
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl makes the test certificates");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const EC: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
+impl TestCa {
+    pub fn new(dir: &Path) -> Self {
+        let (cert, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+        let (c, k) = (cert.display().to_string(), key.display().to_string());
+        openssl(
+            &[
+                &["req", "-x509", "-days", "1", "-subj", "/CN=test CA"][..],
+                &EC[..],
+                &["-keyout", &k, "-out", &c][..],
+            ]
+            .concat(),
+        );
+        Self {
+            dir: dir.to_owned(),
+            cert,
+            key,
+        }
+    }
+
+    /// `<name>.crt` and `<name>.key`, a new key each time.
+    pub fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
+        let p = |ext: &str| self.dir.join(format!("{name}.{ext}"));
+        let s = |path: &Path| path.display().to_string();
+        let (cert, key, csr, ext) = (p("crt"), p("key"), p("csr"), p("ext"));
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        openssl(
+            &[
+                &["req", "-subj", &format!("/CN={name}")][..],
+                &EC[..],
+                &["-keyout", &s(&key), "-out", &s(&csr)][..],
+            ]
+            .concat(),
+        );
+        openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "1",
+            "-in",
+            &s(&csr),
+            "-CA",
+            &s(&self.cert),
+            "-CAkey",
+            &s(&self.key),
+            "-CAcreateserial",
+            "-extfile",
+            &s(&ext),
+            "-out",
+            &s(&cert),
+        ]);
+        (cert, key)
+    }
+}

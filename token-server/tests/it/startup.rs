@@ -1,6 +1,8 @@
 //! What the binary does with bad configuration and unsafe settings.
 
-use crate::harness::{Config, Server, binary, free_port, fresh_database, jwt_part, run_to_exit};
+use crate::harness::{
+    Config, Server, TestCa, binary, free_port, fresh_database, jwt_part, run_to_exit,
+};
 
 #[test]
 fn invalid_configuration_names_file_document_and_field() {
@@ -97,6 +99,11 @@ fn help_explains_every_flag() {
         "--issuer",
         "--tls-cert",
         "--tls-key",
+        "--header-read-timeout",
+        "--request-body-timeout",
+        "--idle-timeout",
+        "--max-connections",
+        "--http2-keepalive",
         "TOKENMESH_HTTP_ADDR",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
@@ -107,66 +114,9 @@ fn help_explains_every_flag() {
 async fn serves_https_with_rustls() {
     let config = Config::new("{}");
     let dir = config.dir.path();
-    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-    let (ca_cert, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
-    let csr = dir.join("tls.csr");
-    let ext = dir.join("san.ext");
-    std::fs::write(
-        &ext,
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    let p = |path: &std::path::Path| path.display().to_string();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    for args in [
-        [
-            &["req", "-x509", "-days", "1", "-subj", "/CN=test CA"][..],
-            &ec[..],
-            &["-keyout", &p(&ca_key), "-out", &p(&ca_cert)][..],
-        ]
-        .concat(),
-        [
-            &["req", "-subj", "/CN=127.0.0.1"][..],
-            &ec[..],
-            &["-keyout", &p(&key), "-out", &p(&csr)][..],
-        ]
-        .concat(),
-        [
-            "x509",
-            "-req",
-            "-days",
-            "1",
-            "-in",
-            &p(&csr),
-            "-CA",
-            &p(&ca_cert),
-            "-CAkey",
-            &p(&ca_key),
-            "-CAcreateserial",
-            "-extfile",
-            &p(&ext),
-            "-out",
-            &p(&cert),
-        ]
-        .to_vec(),
-    ] {
-        let out = std::process::Command::new("openssl")
-            .args(&args)
-            .output()
-            .expect("openssl makes the test certificates");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let root = reqwest::Certificate::from_pem(&std::fs::read(&ca_cert).unwrap()).unwrap();
+    let ca = TestCa::new(dir);
+    let (cert, key) = ca.issue("tls");
+    let root = reqwest::Certificate::from_pem(&std::fs::read(&ca.cert).unwrap()).unwrap();
     let http = reqwest::Client::builder()
         .tls_certs_only([root])
         .build()

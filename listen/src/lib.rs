@@ -1,0 +1,12 @@
+//! Bounded HTTP/1 and HTTP/2 listeners, shared by the token server and the
+//! sidecar: slow and idle clients are cut off, the number of connections is
+//! capped, and TLS certificates are reloaded from their files without a
+//! restart.
+
+pub mod deadlines;
+pub mod serve;
+pub mod tls;
+
+pub use serve::{Limits, serve};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

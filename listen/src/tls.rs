@@ -1,0 +1,176 @@
+//! A serving certificate read from PEM files and read again when they
+//! change, so a renewed certificate (cert-manager, the operator, or kubelet
+//! swapping a mounted Secret's files) is served from the next handshake on,
+//! without a restart.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use rustls::{
+    ServerConfig,
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+
+/// ALPN of a listener that speaks HTTP/2 and HTTP/1.1.
+pub const ALPN_HTTP: &[&[u8]] = &[b"h2", b"http/1.1"];
+/// ALPN of a gRPC listener: HTTP/2 only (gRPC clients insist on it).
+pub const ALPN_H2: &[&[u8]] = &[b"h2"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("{cert} and {key} do not make a serving certificate: {message}")]
+    Pair {
+        cert: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// The certificate chain and key of a listener, swapped in place when the
+/// files change.
+pub struct ReloadingCertificate {
+    cert: PathBuf,
+    key: PathBuf,
+    current: ArcSwap<CertifiedKey>,
+    /// The bytes the current certificate was made from.
+    seen: Mutex<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for ReloadingCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingCertificate")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+impl ReloadingCertificate {
+    /// Reads the PEM chain and key; an unusable pair is an error.
+    pub fn load(cert: &Path, key: &Path) -> Result<Arc<Self>, TlsError> {
+        let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+        let certified = certified_key(cert, key, &cert_pem, &key_pem)?;
+        Ok(Arc::new(Self {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            current: ArcSwap::from_pointee(certified),
+            seen: Mutex::new((cert_pem, key_pem)),
+        }))
+    }
+
+    /// Reads the files again; swaps the certificate in when they changed and
+    /// make a usable pair. `Ok(true)`: a new certificate is served. A pair
+    /// caught half-written fails here and is tried again at the next call,
+    /// while the current certificate stays in use.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let (cert_pem, key_pem) = (read(&self.cert)?, read(&self.key)?);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.0 == cert_pem && seen.1 == key_pem {
+            return Ok(false);
+        }
+        let certified = certified_key(&self.cert, &self.key, &cert_pem, &key_pem)?;
+        self.current.store(Arc::new(certified));
+        *seen = (cert_pem, key_pem);
+        Ok(true)
+    }
+
+    /// Checks the files every `every`, for as long as the runtime runs.
+    pub fn watch(self: &Arc<Self>, every: Duration) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                tokio::time::sleep(every).await;
+                match this.reload() {
+                    Ok(true) => {
+                        failing = false;
+                        tracing::info!(cert = %this.cert.display(), "TLS certificate reloaded");
+                    }
+                    Ok(false) => failing = false,
+                    // Once per failing stretch: a renewal in progress is normal.
+                    Err(err) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %err, "TLS certificate not reloaded; serving the previous one");
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+    }
+
+    /// A TLS acceptor serving this certificate, offering `alpn`.
+    pub fn acceptor(
+        self: &Arc<Self>,
+        alpn: &[&[u8]],
+    ) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| self.pair_error(e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    }
+
+    fn pair_error(&self, message: String) -> TlsError {
+        TlsError::Pair {
+            cert: self.cert.display().to_string(),
+            key: self.key.display().to_string(),
+            message,
+        }
+    }
+}
+
+impl ResolvesServerCert for ReloadingCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+fn certified_key(
+    cert: &Path,
+    key: &Path,
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<CertifiedKey, TlsError> {
+    let pair = |message: String| TlsError::Pair {
+        cert: cert.display().to_string(),
+        key: key.display().to_string(),
+        message,
+    };
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pair(format!("the certificate is not PEM: {e}")))?;
+    if chain.is_empty() {
+        return Err(pair("no certificate in the file".into()));
+    }
+    // The key's own parse error could quote it: say only what is wrong.
+    let der = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|_| pair("the key is not a PEM private key".into()))?;
+    let signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(&der)
+        .map_err(|_| pair("the key is not an RSA, ECDSA or Ed25519 key".into()))?;
+    let certified = CertifiedKey::new(chain, signer);
+    match certified.keys_match() {
+        // A key that cannot tell its public half is not checked.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            Ok(certified)
+        }
+        Err(_) => Err(pair("the key does not belong to the certificate".into())),
+    }
+}
