@@ -829,6 +829,29 @@ mod api_tests {
         }
     }
 
+    /// Answers the GET of `secret` with one someone else made, then expects
+    /// `Ready=False/SecretConflict` naming it, and the Warning event.
+    async fn expect_conflict(
+        api: &mut crate::fixtures::ApiServer,
+        namespace: &str,
+        secret: &str,
+        status_path: &str,
+        object: serde_json::Value,
+    ) {
+        let path = format!("/api/v1/namespaces/{namespace}/secrets/{secret}");
+        expect(api, Method::GET, &path, foreign_secret(namespace, secret)).await;
+        let status = expect(api, Method::PATCH, status_path, object).await;
+        let ready = &status["status"]["conditions"][0];
+        assert_eq!(
+            (ready["status"].as_str(), ready["reason"].as_str()),
+            (Some("False"), Some("SecretConflict"))
+        );
+        let message = ready["message"].as_str().unwrap();
+        assert!(message.contains(&format!("`{secret}`")), "{message}");
+        let event = expect_event(api, namespace).await;
+        assert_eq!(event["reason"], "SecretConflict");
+    }
+
     #[tokio::test]
     async fn a_client_id_of_another_namespace_is_rejected_before_anything_is_written() {
         let (ctx, mut api) = context(unreachable_token_server());
@@ -929,37 +952,15 @@ mod api_tests {
             },
         );
         let task = tokio::spawn(reconcile(Arc::new(client.clone()), ctx));
-        let path = "/api/v1/namespaces/shop/secrets/gateway-client-secret";
-        expect(
-            &mut api,
-            Method::GET,
-            path,
-            foreign_secret("shop", "gateway-client-secret"),
-        )
-        .await;
         // Next comes the status: the Secret is neither written nor used.
-        let status = expect(
+        expect_conflict(
             &mut api,
-            Method::PATCH,
+            "shop",
+            "gateway-client-secret",
             &format!("{GATEWAY}/status"),
             json!(client),
         )
         .await;
-        let ready = &status["status"]["conditions"][0];
-        assert_eq!(
-            (ready["status"].as_str(), ready["reason"].as_str()),
-            (Some("False"), Some("SecretConflict"))
-        );
-        assert!(
-            ready["message"]
-                .as_str()
-                .unwrap()
-                .contains("`gateway-client-secret`")
-        );
-        assert_eq!(
-            expect_event(&mut api, "shop").await["reason"],
-            "SecretConflict"
-        );
         assert_eq!(task.await.unwrap().unwrap_err().label(), "secret_conflict");
     }
 
@@ -970,29 +971,14 @@ mod api_tests {
         server.metadata.namespace = Some("tokenmesh".into());
         server.metadata.uid = Some("uid-ts".into());
         let task = tokio::spawn(reconcile_keys(Arc::new(server.clone()), ctx));
-        let path = "/api/v1/namespaces/tokenmesh/secrets/default-signing-keys";
-        expect(
+        expect_conflict(
             &mut api,
-            Method::GET,
-            path,
-            foreign_secret("tokenmesh", "default-signing-keys"),
-        )
-        .await;
-        let status = expect(
-            &mut api,
-            Method::PATCH,
+            "tokenmesh",
+            "default-signing-keys",
             "/apis/tokenmesh.dev/v1alpha1/namespaces/tokenmesh/tokenservers/default/status",
             json!(server),
         )
         .await;
-        assert_eq!(
-            status["status"]["conditions"][0]["reason"],
-            "SecretConflict"
-        );
-        assert_eq!(
-            expect_event(&mut api, "tokenmesh").await["reason"],
-            "SecretConflict"
-        );
         assert!(task.await.unwrap().is_err());
     }
 
