@@ -3,9 +3,11 @@
 //! One definition of each resource, read by `kubectl apply` through the
 //! operator and by `token-server --config FILE` standalone.
 
+mod client_id;
 mod duration;
 mod resources;
 
+pub use client_id::{check_client_id, default_client_id};
 pub use duration::{DurationError, parse_duration};
 pub use resources::*;
 

@@ -19,6 +19,18 @@ pub struct ResourceStatus {
     pub observed_generation: Option<i64>,
 }
 
+/// An OAuthClient's status: `Ready`, and the client id it takes (its
+/// `spec.clientId`, or the default), so `kubectl get` shows every id.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OAuthClientStatus {
+    #[serde(flatten)]
+    pub common: ResourceStatus,
+    /// The effective client id, in force when `Ready` is `True`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
 /// A reference to one key of a Secret (standalone: the file
 /// `<secrets-dir>/<name>/<key>`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -110,7 +122,7 @@ pub struct KubernetesSpec {
     /// still valid: a token of a deleted service account, or bound to a
     /// deleted pod, is then refused before it expires. Answers are
     /// remembered for 5 s. Needs `tokenFile`, whose account may `create`
-    /// `tokenreviews` (the ClusterRole `system:auth-delegator`).
+    /// `tokenreviews` (the chart binds a ClusterRole with only that).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub token_review: bool,
     /// The API server's base URL, where TokenReview goes (https, or http to
@@ -219,9 +231,9 @@ pub enum StorageKind {
     version = "v1alpha1",
     kind = "OAuthClient",
     namespaced,
-    status = "ResourceStatus",
+    status = "OAuthClientStatus",
     shortname = "oac",
-    printcolumn = r#"{"name":"Client ID","type":"string","jsonPath":".spec.clientId"}"#,
+    printcolumn = r#"{"name":"Client ID","type":"string","jsonPath":".status.clientId"}"#,
     printcolumn = r#"{"name":"Method","type":"string","jsonPath":".spec.authentication.method"}"#,
     printcolumn = r#"{"name":"Audiences","type":"string","jsonPath":".spec.audiences"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
@@ -230,7 +242,8 @@ pub enum StorageKind {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = Rule::new("self.subjectType != 'pairwise' || has(self.sectorIdentifier)").message("subjectType pairwise needs a sectorIdentifier"))]
 pub struct OAuthClientSpec {
-    /// Default: `<namespace>/<name>`, or `<name>` standalone.
+    /// Default: `<namespace>/<name>`, or `<name>` standalone. In a
+    /// namespace it must begin with `<namespace>/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
     pub client_id: Option<String>,

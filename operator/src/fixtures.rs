@@ -11,7 +11,7 @@ use kube::{
     runtime::events::{Recorder, Reporter},
 };
 use serde_json::{Value, json};
-use tokenmesh_crds::{Scope, ScopeSpec};
+use tokenmesh_crds::{OAuthClient, OAuthClientSpec, Scope, ScopeSpec};
 use tower_test::mock::{self, Handle};
 
 use crate::{control::Control, reconcile::Context};
@@ -54,6 +54,25 @@ pub fn scope(finalizer: bool) -> Scope {
         scope.metadata.finalizers = Some(vec![crate::reconcile::FINALIZER.into()]);
     }
     scope
+}
+
+/// An OAuthClient that has its finalizer, as the API server holds it.
+pub fn oauth_client(namespace: &str, name: &str, spec: OAuthClientSpec) -> OAuthClient {
+    let mut client = OAuthClient::new(name, spec);
+    client.metadata.namespace = Some(namespace.into());
+    client.metadata.uid = Some(format!("uid-{name}"));
+    client.metadata.generation = Some(1);
+    client.metadata.finalizers = Some(vec![crate::reconcile::FINALIZER.into()]);
+    client
+}
+
+/// A Secret someone other than the operator made.
+pub fn foreign_secret(namespace: &str, name: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {"client_secret": "c29tZW9uZS1lbHNlcw=="}
+    })
 }
 
 /// Waits for the next call, checks it, and answers with `answer`.

@@ -11,6 +11,7 @@ mod fixtures;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
+pub mod references;
 pub mod secrets;
 pub mod signing;
 pub mod webhook;
@@ -26,7 +27,8 @@ use axum::{
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
-    Api, Client,
+    Api, Client, ResourceExt,
+    core::PartialObjectMeta,
     runtime::{
         Controller,
         events::{Recorder, Reporter},
@@ -86,13 +88,19 @@ where
         namespaces.iter().map(Some).collect()
     };
     let runs = scopes.into_iter().map(|namespace| {
-        let (api, secrets): (Api<K>, Api<Secret>) = match namespace {
-            None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
-            Some(ns) => (
-                Api::namespaced(ctx.client.clone(), ns),
-                Api::namespaced(ctx.client.clone(), ns),
-            ),
-        };
+        let (api, secrets, named): (Api<K>, Api<Secret>, Api<PartialObjectMeta<Secret>>) =
+            match namespace {
+                None => (
+                    Api::all(ctx.client.clone()),
+                    Api::all(ctx.client.clone()),
+                    Api::all(ctx.client.clone()),
+                ),
+                Some(ns) => (
+                    Api::namespaced(ctx.client.clone(), ns),
+                    Api::namespaced(ctx.client.clone(), ns),
+                    Api::namespaced(ctx.client.clone(), ns),
+                ),
+            };
         let controller = Controller::new(api, watcher::Config::default());
         // A Secret it owns deleted or changed brings its resource back.
         let controller = if matches!(K::kind(&()).as_ref(), "OAuthClient" | "TokenServer") {
@@ -101,6 +109,20 @@ where
                 watcher::Config::default()
                     .labels("app.kubernetes.io/managed-by=tokenmesh-operator"),
             )
+        } else {
+            controller
+        };
+        // So does a Secret it names in a secretRef (references.rs); only
+        // metadata is watched, no Secret's value travels for it.
+        let controller = if K::kind(&()) == "OAuthClient" {
+            let objects = controller.store();
+            controller.watches(named, watcher::Config::default(), move |secret| {
+                references::naming(
+                    &objects.state(),
+                    secret.namespace().as_deref(),
+                    &secret.name_any(),
+                )
+            })
         } else {
             controller
         };

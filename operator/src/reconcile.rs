@@ -30,7 +30,7 @@ const MANAGER: &str = "tokenmesh-operator";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API: {0}")]
+    #[error("Kubernetes API: {}", kube_message(.0))]
     Kube(#[from] kube::Error),
     #[error("token server: {}", .0.message())]
     TokenServer(#[from] tonic::Status),
@@ -40,6 +40,28 @@ pub enum Error {
     Document(#[from] serde_json::Error),
     #[error("secret {0}: {1}")]
     Secret(String, String),
+    #[error(
+        "spec.authentication.secretRef names the Secret `{name}` (key `{key}`), which does not exist in this namespace"
+    )]
+    SecretMissing { name: String, key: String },
+    #[error(
+        "the Secret `{name}` has no key `{key}`, or its value is empty (spec.authentication.secretRef names it)"
+    )]
+    SecretKeyMissing { name: String, key: String },
+    #[error(
+        "a Secret `{0}` exists that the operator did not create for this resource; it is left untouched (delete it, or rename the resource)"
+    )]
+    SecretConflict(String),
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// The API server's own message, not the Debug dump of its answer.
+fn kube_message(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) => format!("{} ({})", status.message, status.reason),
+        other => other.to_string(),
+    }
 }
 
 impl Error {
@@ -50,7 +72,24 @@ impl Error {
             Self::TokenServer(_) => "token_server",
             Self::Finalizer(_) => "finalizer",
             Self::Document(_) => "document",
-            Self::Secret(..) => "secret",
+            Self::Secret(..) | Self::SecretMissing { .. } | Self::SecretKeyMissing { .. } => {
+                "secret"
+            }
+            Self::SecretConflict(_) => "secret_conflict",
+            Self::Rejected(_) => "rejected",
+        }
+    }
+
+    /// The reason of the `Ready=False` condition and of the Warning event.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::TokenServer(status) => control::reason(status),
+            Self::Secret(..) | Self::SecretMissing { .. } | Self::SecretKeyMissing { .. } => {
+                "SecretUnavailable"
+            }
+            Self::SecretConflict(_) => "SecretConflict",
+            Self::Rejected(_) => "Rejected",
+            _ => "Error",
         }
     }
 }
@@ -132,6 +171,22 @@ pub trait Managed:
     + 'static
 {
     fn status(&self) -> Option<&ResourceStatus>;
+
+    /// Why the token server would refuse this resource, found before any
+    /// call: nothing is written for it.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The client id to report in status (`kubectl get` shows it).
+    fn status_client_id(&self) -> Option<String> {
+        None
+    }
+
+    /// The Secret of its own namespace this resource reads (`secretRef`).
+    fn secret_ref(&self) -> Option<&str> {
+        None
+    }
 }
 
 macro_rules! managed {
@@ -143,7 +198,27 @@ macro_rules! managed {
         }
     )*};
 }
-managed!(OAuthClient, Scope, ExchangePolicy, TokenServer);
+managed!(Scope, ExchangePolicy, TokenServer);
+
+impl Managed for OAuthClient {
+    fn status(&self) -> Option<&ResourceStatus> {
+        self.status.as_ref().map(|s| &s.common)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        tokenmesh_crds::check_client_id(self.metadata.namespace.as_deref(), &self.client_id())
+            .map_err(|why| format!("spec.clientId: {why}"))
+    }
+
+    fn status_client_id(&self) -> Option<String> {
+        Some(self.client_id())
+    }
+
+    fn secret_ref(&self) -> Option<&str> {
+        let reference = self.spec.authentication.secret_ref.as_ref()?;
+        Some(reference.name.as_str())
+    }
+}
 
 async fn patch_status<K: Managed>(
     ctx: &Context,
@@ -151,7 +226,11 @@ async fn patch_status<K: Managed>(
     status: ResourceStatus,
 ) -> Result<(), kube::Error> {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
-    let patch = json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
+    let mut patch =
+        json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
+    if let Some(id) = object.status_client_id() {
+        patch["status"]["clientId"] = id.into();
+    }
     api.patch_status(
         &object.name_any(),
         &PatchParams::apply(MANAGER).force(),
@@ -195,22 +274,22 @@ async fn document_of<K: Managed>(
     let namespace = client.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     if let Some(reference) = &client.spec.authentication.secret_ref {
-        let secret = secrets.get(&reference.name).await?;
-        let value = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(&reference.key))
-            .map(|v| v.0.clone())
-            .ok_or_else(|| {
-                Error::Secret(
-                    reference.name.clone(),
-                    format!("has no key {}", reference.key),
-                )
-            })?;
+        let (name, key) = (reference.name.clone(), reference.key.clone());
+        let Some(secret) = secrets.get_opt(&reference.name).await? else {
+            return Err(Error::SecretMissing { name, key });
+        };
+        let Some(value) = secrets::value(&secret, &reference.key) else {
+            return Err(Error::SecretKeyMissing { name, key });
+        };
         return Ok((desired::client_document(client, &[value])?, None));
     }
     let name = secrets::secret_name(client);
     let existing = secrets.get_opt(&name).await?;
+    if let Some(secret) = &existing
+        && !secrets::created_for(secret, client)
+    {
+        return Err(Error::SecretConflict(name));
+    }
     let fresh = || tokenmesh_tokens::secret::random_token().unwrap_or_default();
     let plan = secrets::plan(
         client,
@@ -253,6 +332,7 @@ async fn document_of<K: Managed>(
 async fn apply<K: Managed>(object: Arc<K>, ctx: &Context) -> Result<Action, Error> {
     let generation = object.meta().generation;
     let outcome = async {
+        object.check().map_err(Error::Rejected)?;
         let (document, grace_ends) = document_of(ctx, object.as_ref()).await?;
         ctx.control.apply(document).await?;
         Ok::<_, Error>(grace_ends)
@@ -291,27 +371,24 @@ async fn apply<K: Managed>(object: Arc<K>, ctx: &Context) -> Result<Action, Erro
             Ok(Action::requeue(requeue))
         }
         Err(err) => {
-            let reason = match &err {
-                Error::TokenServer(status) => control::reason(status),
-                Error::Secret(..) => "SecretUnavailable",
-                _ => "Error",
-            };
-            let status =
-                desired::status(object.status(), generation, Err((reason, err.to_string())));
-            if let Err(patch) = patch_status(ctx, object.as_ref(), status).await {
-                tracing::warn!(error = %patch, "cannot write the status");
-            }
-            event(
-                ctx,
-                object.as_ref(),
-                EventType::Warning,
-                reason,
-                err.to_string(),
-            )
-            .await;
+            report(ctx, object.as_ref(), &err).await;
             Err(err)
         }
     }
+}
+
+/// `Ready=False` with the error's reason and message, and a Warning event.
+async fn report<K: Managed>(ctx: &Context, object: &K, err: &Error) {
+    let reason = err.reason();
+    let status = desired::status(
+        object.status(),
+        object.meta().generation,
+        Err((reason, err.to_string())),
+    );
+    if let Err(patch) = patch_status(ctx, object, status).await {
+        tracing::warn!(error = %patch, "cannot write the status");
+    }
+    event(ctx, object, EventType::Warning, reason, err.to_string()).await;
 }
 
 async fn cleanup<K: Managed>(object: Arc<K>, ctx: &Context) -> Result<Action, Error> {
@@ -392,6 +469,13 @@ pub async fn reconcile_keys(server: Arc<TokenServer>, ctx: Arc<Context>) -> Resu
     let name = crate::signing::secret_name(&server);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let existing = secrets.get_opt(&name).await?;
+    if let Some(secret) = &existing
+        && !secrets::created_for(secret, server.as_ref())
+    {
+        let err = Error::SecretConflict(name);
+        report(&ctx, server.as_ref(), &err).await;
+        return Err(err);
+    }
     let mut data: std::collections::BTreeMap<String, Vec<u8>> = existing
         .as_ref()
         .and_then(|s| s.data.clone())
@@ -488,9 +572,12 @@ mod api_tests {
 
     use super::*;
     use crate::fixtures::{
-        as_json, context, expect, expect_event, expect_status, not_found, scope,
+        as_json, context, expect, expect_event, expect_status, foreign_secret, not_found,
+        oauth_client, scope,
     };
-    use tokenmesh_crds::{OAuthClient, OAuthClientSpec};
+    use tokenmesh_crds::{
+        AuthMethod, ClientAuthentication, OAuthClient, OAuthClientSpec, SecretKeyRef,
+    };
 
     const SCOPE: &str = "/apis/tokenmesh.dev/v1alpha1/namespaces/shop/scopes/read";
 
@@ -723,6 +810,207 @@ mod api_tests {
         assert_eq!(expect_event(&mut api, "shop").await["reason"], "Removed");
         let patch = expect(&mut api, Method::PATCH, SCOPE, as_json(&scope(false))).await;
         assert!(patch.to_string().contains("finalizers"), "{patch}");
+        task.await.unwrap().unwrap();
+    }
+
+    const GATEWAY: &str = "/apis/tokenmesh.dev/v1alpha1/namespaces/shop/oauthclients/gateway";
+
+    fn with_secret_ref() -> OAuthClientSpec {
+        OAuthClientSpec {
+            authentication: ClientAuthentication {
+                secret_ref: Some(SecretKeyRef {
+                    name: "gateway-oauth".into(),
+                    key: "client_secret".into(),
+                }),
+                ..Default::default()
+            },
+            audiences: vec!["orders".into()],
+            ..Default::default()
+        }
+    }
+
+    /// Answers the GET of `secret` with one someone else made, then expects
+    /// `Ready=False/SecretConflict` naming it, and the Warning event.
+    async fn expect_conflict(
+        api: &mut crate::fixtures::ApiServer,
+        namespace: &str,
+        secret: &str,
+        status_path: &str,
+        object: serde_json::Value,
+    ) {
+        let path = format!("/api/v1/namespaces/{namespace}/secrets/{secret}");
+        expect(api, Method::GET, &path, foreign_secret(namespace, secret)).await;
+        let status = expect(api, Method::PATCH, status_path, object).await;
+        let ready = &status["status"]["conditions"][0];
+        assert_eq!(
+            (ready["status"].as_str(), ready["reason"].as_str()),
+            (Some("False"), Some("SecretConflict"))
+        );
+        let message = ready["message"].as_str().unwrap();
+        assert!(message.contains(&format!("`{secret}`")), "{message}");
+        let event = expect_event(api, namespace).await;
+        assert_eq!(event["reason"], "SecretConflict");
+    }
+
+    #[tokio::test]
+    async fn a_client_id_of_another_namespace_is_rejected_before_anything_is_written() {
+        let (ctx, mut api) = context(unreachable_token_server());
+        let squatter = oauth_client(
+            "evil",
+            "innocent",
+            OAuthClientSpec {
+                client_id: Some("shop/orders".into()),
+                audiences: vec!["orders".into()],
+                ..Default::default()
+            },
+        );
+        let task = tokio::spawn(reconcile(Arc::new(squatter.clone()), ctx));
+        // No Secret is read or generated, nothing reaches the token server.
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            "/apis/tokenmesh.dev/v1alpha1/namespaces/evil/oauthclients/innocent/status",
+            json!(squatter),
+        )
+        .await;
+        let ready = &status["status"]["conditions"][0];
+        assert_eq!(
+            (ready["status"].as_str(), ready["reason"].as_str()),
+            (Some("False"), Some("Rejected"))
+        );
+        let message = ready["message"].as_str().unwrap();
+        assert!(
+            message.contains("spec.clientId") && message.contains("`evil/`"),
+            "{message}"
+        );
+        assert_eq!(status["status"]["clientId"], "shop/orders");
+        assert_eq!(expect_event(&mut api, "evil").await["reason"], "Rejected");
+        assert_eq!(task.await.unwrap().unwrap_err().label(), "rejected");
+    }
+
+    #[tokio::test]
+    async fn a_missing_referenced_secret_is_reported_by_name_and_key_in_words() {
+        let (ctx, mut api) = context(unreachable_token_server());
+        let client = oauth_client("shop", "gateway", with_secret_ref());
+        let secret = "/api/v1/namespaces/shop/secrets/gateway-oauth";
+
+        let task = tokio::spawn(reconcile(Arc::new(client.clone()), ctx));
+        expect_status(&mut api, Method::GET, secret, 404, not_found()).await;
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{GATEWAY}/status"),
+            json!(client),
+        )
+        .await;
+        let ready = &status["status"]["conditions"][0];
+        assert_eq!(ready["reason"], "SecretUnavailable");
+        assert_eq!(
+            ready["message"],
+            "spec.authentication.secretRef names the Secret `gateway-oauth` (key `client_secret`), which does not exist in this namespace"
+        );
+        assert_eq!(
+            expect_event(&mut api, "shop").await["reason"],
+            "SecretUnavailable"
+        );
+        assert_eq!(task.await.unwrap().unwrap_err().label(), "secret");
+
+        // The Secret is there, the key is not. (A fresh context: the
+        // recorder would fold a second event of the same reason into the first.)
+        let (ctx, mut api) = context(unreachable_token_server());
+        let task = tokio::spawn(reconcile(Arc::new(client.clone()), ctx));
+        let mut other_key = foreign_secret("shop", "gateway-oauth");
+        other_key["data"] = json!({"password": "eA=="});
+        expect(&mut api, Method::GET, secret, other_key).await;
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{GATEWAY}/status"),
+            json!(client),
+        )
+        .await;
+        let ready = &status["status"]["conditions"][0];
+        assert_eq!(ready["reason"], "SecretUnavailable");
+        let message = ready["message"].as_str().unwrap();
+        assert!(
+            message.contains("`gateway-oauth` has no key `client_secret`"),
+            "{message}"
+        );
+        expect_event(&mut api, "shop").await;
+        assert!(task.await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_secret_of_the_generated_name_that_the_operator_did_not_create_is_left_alone() {
+        let (ctx, mut api) = context(unreachable_token_server());
+        let client = oauth_client(
+            "shop",
+            "gateway",
+            OAuthClientSpec {
+                audiences: vec!["orders".into()],
+                ..Default::default()
+            },
+        );
+        let task = tokio::spawn(reconcile(Arc::new(client.clone()), ctx));
+        // Next comes the status: the Secret is neither written nor used.
+        expect_conflict(
+            &mut api,
+            "shop",
+            "gateway-client-secret",
+            &format!("{GATEWAY}/status"),
+            json!(client),
+        )
+        .await;
+        assert_eq!(task.await.unwrap().unwrap_err().label(), "secret_conflict");
+    }
+
+    #[tokio::test]
+    async fn a_signing_key_secret_the_operator_did_not_create_is_left_alone() {
+        let (ctx, mut api) = context(unreachable_token_server());
+        let mut server = TokenServer::new("default", Default::default());
+        server.metadata.namespace = Some("tokenmesh".into());
+        server.metadata.uid = Some("uid-ts".into());
+        let task = tokio::spawn(reconcile_keys(Arc::new(server.clone()), ctx));
+        expect_conflict(
+            &mut api,
+            "tokenmesh",
+            "default-signing-keys",
+            "/apis/tokenmesh.dev/v1alpha1/namespaces/tokenmesh/tokenservers/default/status",
+            json!(server),
+        )
+        .await;
+        assert!(task.await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_client_reports_its_effective_client_id_in_status() {
+        let (ctx, mut api) = context(agreeable_token_server().await);
+        let client = oauth_client(
+            "shop",
+            "gateway",
+            OAuthClientSpec {
+                authentication: ClientAuthentication {
+                    method: AuthMethod::None,
+                    ..Default::default()
+                },
+                audiences: vec!["orders".into()],
+                ..Default::default()
+            },
+        );
+        let task = tokio::spawn(reconcile(Arc::new(client.clone()), ctx));
+        let status = expect(
+            &mut api,
+            Method::PATCH,
+            &format!("{GATEWAY}/status"),
+            json!(client),
+        )
+        .await;
+        assert_eq!(status["status"]["conditions"][0]["reason"], "Applied");
+        assert_eq!(
+            status["status"]["clientId"], "shop/gateway",
+            "the default id"
+        );
+        expect_event(&mut api, "shop").await;
         task.await.unwrap().unwrap();
     }
 }

@@ -34,13 +34,27 @@ pub struct SecretPlan {
     pub grace_ends: Option<u64>,
 }
 
-fn value(secret: &Secret, key: &str) -> Option<Vec<u8>> {
+/// The non-empty value of `key`.
+pub fn value(secret: &Secret, key: &str) -> Option<Vec<u8>> {
     secret
         .data
         .as_ref()?
         .get(key)
         .map(|v| v.0.clone())
         .filter(|v| !v.is_empty())
+}
+
+/// Whether the operator created `secret` for `owner` (its controller
+/// reference names the owner's uid). Any other Secret of the same name is
+/// someone else's: never overwritten, never taken over.
+pub fn created_for<K: Resource<DynamicType = ()>>(secret: &Secret, owner: &K) -> bool {
+    let Some(uid) = owner.meta().uid.as_deref() else {
+        return false;
+    };
+    secret
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && o.uid == uid)
 }
 
 /// Decides from the client and its current Secret. `fresh` makes a new
@@ -151,6 +165,26 @@ mod tests {
                 accepted: vec![b"s1".to_vec()],
                 grace_ends: None
             }
+        );
+    }
+
+    #[test]
+    fn only_a_secret_made_for_this_very_client_is_its_own() {
+        let generated = plan(&client(None), None, 100, 60, || "s1".into())
+            .write
+            .unwrap();
+        assert!(created_for(&generated, &client(None)));
+        let mut recreated = client(None);
+        recreated.metadata.uid = Some("uid-2".into());
+        assert!(
+            !created_for(&generated, &recreated),
+            "another client of the same name"
+        );
+        let mut foreign = generated.clone();
+        foreign.metadata.owner_references = None;
+        assert!(
+            !created_for(&foreign, &client(None)),
+            "made by someone else"
         );
     }
 

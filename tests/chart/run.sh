@@ -5,7 +5,7 @@
 #     values-postgres.yaml (several replicas on PostgreSQL) and
 #     values-secret-cert.yaml, with Helm 4 and again with Helm 3;
 #   - every rendered manifest, the CRDs and the example workloads validated by
-#     kubernetes-validate --strict (unknown fields fail) for Kubernetes 1.29
+#     kubernetes-validate --strict (unknown fields fail) for Kubernetes 1.30
 #     (the chart's kubeVersion floor) and 1.37;
 #   - wrong values refused (values.schema.json, and the templates' `fail`);
 #   - the example custom resources validated against the generated CRD schemas

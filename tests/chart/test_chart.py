@@ -18,6 +18,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import celpy
 import jsonschema
 import pytest
 import yaml
@@ -39,7 +40,7 @@ HELM3 = os.environ.get("TOKENMESH_HELM3", "")
 HELMS = {"helm4": HELM4, **({"helm3": HELM3} if HELM3 else {})}
 KUBE_VALIDATE = str(Path(sys.executable).with_name("kubernetes-validate"))
 # The chart's kubeVersion floor and the newest schemas kubernetes-validate has.
-KUBE_VERSIONS = ["1.29.0", "1.37.0"]
+KUBE_VERSIONS = ["1.30.0", "1.37.0"]
 RELEASE, NAMESPACE = "tm", "tokenmesh"
 FULLNAME = "tm-tokenmesh"
 
@@ -283,8 +284,8 @@ def test_helm3_renders_what_helm4_renders(values):
 
 
 def test_kube_version_floor():
-    run(HELM4, *template_args(extra=["--kube-version", "1.29.0"]))
-    result = run(HELM4, *template_args(extra=["--kube-version", "1.28.9"]), check=False)
+    run(HELM4, *template_args(extra=["--kube-version", "1.30.0"]))
+    result = run(HELM4, *template_args(extra=["--kube-version", "1.29.9"]), check=False)
     assert result.returncode != 0 and "kubeVersion" in result.stderr, result.stderr
 
 
@@ -567,7 +568,11 @@ def test_token_review_is_switched_on_with_its_permission_only():
     assert crdcheck.validate(config, crdcheck.load_crds(CRDS)) == []
     binding = one(docs, "ClusterRoleBinding", f"{FULLNAME}-token-server-token-review")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                                  "name": "system:auth-delegator"}
+                                  "name": f"{FULLNAME}-token-server-token-review"}
+    # Only TokenReviews: system:auth-delegator would grant SubjectAccessReviews too.
+    role = one(docs, "ClusterRole", f"{FULLNAME}-token-server-token-review")
+    assert role["rules"] == [{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
+                              "verbs": ["create"]}]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{FULLNAME}-token-server",
                                     "namespace": NAMESPACE}]
     off = documents(run(HELMS["helm4"], *template_args(sets=["tokenServer.workloadIdentity.tokenReview=true",
@@ -576,7 +581,48 @@ def test_token_review_is_switched_on_with_its_permission_only():
 
 
 def token_review_bindings(docs):
-    return [b for b in find(docs, "ClusterRoleBinding") if b["roleRef"]["name"] == "system:auth-delegator"]
+    return [b for b in find(docs, "ClusterRoleBinding") if b["metadata"]["name"].endswith("-token-review")]
+
+
+def test_oauthclient_client_ids_are_checked_at_admission():
+    """The ValidatingAdmissionPolicy's rule, evaluated with cel-python (tests/e2e proves it on the real API
+    server): a namespaced OAuthClient's spec.clientId begins with `<namespace>/`."""
+    docs = manifests("default")
+    name = f"{FULLNAME}-oauthclient-client-id"
+    policy = one(docs, "ValidatingAdmissionPolicy", name)
+    binding = one(docs, "ValidatingAdmissionPolicyBinding", name)
+    assert binding["spec"] == {"policyName": name, "validationActions": ["Deny"]}
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    [rule] = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert (rule["apiGroups"], rule["resources"], rule["operations"]) == (
+        ["tokenmesh.dev"], ["oauthclients"], ["CREATE", "UPDATE"])
+    [validation] = policy["spec"]["validations"]
+    env = celpy.Environment()
+    allows = env.program(env.compile(validation["expression"]))
+    message = env.program(env.compile(validation["messageExpression"]))
+
+    def review(namespace, client_id, operation="CREATE", old_client_id=None):
+        spec = {"authentication": {"method": "none"}} | ({"clientId": client_id} if client_id else {})
+        old = None
+        if operation == "UPDATE":
+            old = {"spec": {"authentication": {"method": "none"}}
+                   | ({"clientId": old_client_id} if old_client_id else {})}
+        activation = {"object": celpy.json_to_cel({"spec": spec}), "oldObject": celpy.json_to_cel(old),
+                      "request": celpy.json_to_cel({"namespace": namespace, "operation": operation})}
+        return bool(allows.evaluate(activation)), activation
+
+    for client_id in [None, "shop/orders", "shop/orders/v2"]:
+        assert review("shop", client_id)[0], client_id
+    for squat in ["bank/orders", "orders", "shop", "shop/", "shopping/orders"]:
+        allowed, activation = review("shop", squat)
+        assert not allowed, squat
+        assert "must begin with `shop/`" in str(message.evaluate(activation))
+    assert not review("shop", "bank/orders", "UPDATE", "shop/orders")[0], "changed to a squat"
+    # Admitted before the policy existed: it can still lose its finalizer.
+    assert review("shop", "bank/orders", "UPDATE", "bank/orders")[0]
+
+    off = documents(run(HELM4, *template_args(sets=["admissionPolicy.enabled=false"])).stdout)
+    assert not find(off, "ValidatingAdmissionPolicy") and not find(off, "ValidatingAdmissionPolicyBinding")
 
 
 def test_postgres_values():

@@ -2,11 +2,14 @@
 ExchangePolicy resources of the real API server into the real token server."""
 
 import base64
+import contextlib
+import json
+import uuid
 
 import jwt
 import requests
 
-from conftest import resource, unique, wait_until
+from conftest import CHART, RELEASE, RELEASE_NAMESPACE, helm, ready_condition, resource, unique, wait_until
 
 METHOD_SECRET = {"method": "client_secret_basic"}
 
@@ -125,3 +128,122 @@ def test_a_client_with_a_secret_of_its_own(kube, token_server, reconciled, names
 
     resp = wait_until(lambda: (r := token()).status_code == 200 and r, 10, lambda: token().text)
     assert "." not in resp.json()["access_token"], "an opaque token was asked for"
+
+
+def gateway(ns):
+    """An OAuthClient whose client_secret_basic secret is the key client_secret of the Secret gateway-oauth."""
+    return resource("OAuthClient", "gateway", {
+        "grantTypes": ["client_credentials"],
+        "authentication": {"method": "client_secret_basic", "secretRef": {"name": "gateway-oauth", "key": "client_secret"}},
+        "scopes": [unique(ns, "orders:read")],
+        "audiences": ["orders"],
+    }, ns)
+
+
+def test_a_new_value_of_a_referenced_secret_applies_within_seconds(kube, token_server, reconciled, namespace):
+    ns = namespace
+    old, new = "first-gateway-secret-0123456789abcdefghijkl", "second-gateway-secret-0123456789abcdefghijk"
+    kube.run("create", "secret", "generic", "gateway-oauth", "-n", ns, f"--from-literal=client_secret={old}")
+    kube.apply(scope(ns, "orders-read", "orders:read"), gateway(ns))
+    reconciled("OAuthClient", "gateway", ns)
+
+    def status(secret):
+        return token_server.token(f"{ns}/gateway", secret, scope=unique(ns, "orders:read")).status_code
+
+    assert status(old) == 200
+    kube.run("patch", "secret", "gateway-oauth", "-n", ns, "--type=merge",
+             "-p", json.dumps({"stringData": {"client_secret": new}}))
+    # Well before the operator's resync (30 s here): the Secret is watched, not polled.
+    wait_until(lambda: status(new) == 200, 10, "the new value of the referenced Secret to work")
+    assert status(old) == 401, "the old value still works"
+
+
+def test_a_missing_referenced_secret_is_named_in_the_status(kube, token_server, reconciled, namespace):
+    ns = namespace
+    kube.apply(scope(ns, "orders-read", "orders:read"), gateway(ns))
+    obj = reconciled("OAuthClient", "gateway", ns, status="False", reason="SecretUnavailable")
+    message = ready_condition(obj)["message"]
+    assert "Secret `gateway-oauth` (key `client_secret`)" in message and "does not exist" in message, message
+    assert "ErrorResponse" not in message and "Status {" not in message, message
+
+    value = "late-gateway-secret-0123456789abcdefghijklmn"
+    kube.run("create", "secret", "generic", "gateway-oauth", "-n", ns, f"--from-literal=client_secret={value}")
+    reconciled("OAuthClient", "gateway", ns)
+    assert token_server.token(f"{ns}/gateway", value, scope=unique(ns, "orders:read")).status_code == 200
+
+
+def test_a_secret_of_the_generated_name_made_by_someone_else_is_left_alone(kube, token_server, reconciled,
+                                                                         namespace):
+    ns = namespace
+    theirs = "someone-elses-secret-0123456789abcdefghijkl"
+    kube.run("create", "secret", "generic", "orders-client-secret", "-n", ns, f"--from-literal=client_secret={theirs}")
+    before = kube.get("secret", "orders-client-secret", ns)
+    kube.apply(scope(ns, "orders-read", "orders:read"), client(ns))
+    obj = reconciled("OAuthClient", "orders", ns, status="False", reason="SecretConflict")
+    assert "`orders-client-secret`" in ready_condition(obj)["message"]
+    after = kube.get("secret", "orders-client-secret", ns)
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"], "the Secret was written"
+    assert "ownerReferences" not in after["metadata"]
+    refused = token_server.token(f"{ns}/orders", theirs, scope=unique(ns, "orders:read"))
+    assert refused.status_code == 401, "the client took over a Secret it did not create"
+
+
+@contextlib.contextmanager
+def admission_policy(kube):
+    """The chart's ValidatingAdmissionPolicy and its binding, for the duration (cluster-wide: removed after)."""
+    manifests = helm("template", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE,
+                     "-s", "templates/oauthclient-admission-policy.yaml").stdout
+    kube.run("apply", "-f", "-", input=manifests)
+    try:
+        yield
+    finally:
+        kube.run("delete", "--ignore-not-found", "-f", "-", input=manifests)
+
+
+def test_a_client_id_of_another_namespace_is_rejected_by_the_operator_and_at_admission(
+        kube, token_server, reconciled, namespace):
+    shop = namespace
+    evil = f"e2e-evil-{uuid.uuid4().hex[:6]}"
+    kube.run("create", "namespace", evil)
+    squatter = client(evil, name="innocent")
+    squatter["spec"]["clientId"] = f"{shop}/orders"
+
+    # Without the admission policy the API server takes it; the operator reports it and writes nothing.
+    kube.apply(squatter)
+    obj = reconciled("OAuthClient", "innocent", evil, status="False", reason="Rejected")
+    assert f"must begin with `{evil}/`" in ready_condition(obj)["message"], obj["status"]
+    assert obj["status"]["clientId"] == f"{shop}/orders"
+    assert kube.get("secret", "innocent-client-secret", evil) is None
+
+    # The id stays with its namespace: the legitimate client gets it, and tokens.
+    kube.apply(scope(shop, "orders-read", "orders:read"), client(shop))
+    obj = reconciled("OAuthClient", "orders", shop)
+    assert obj["status"]["clientId"] == f"{shop}/orders"
+    _, value = generated_secret(kube, shop, "orders")
+    assert token_server.token(f"{shop}/orders", value, scope=unique(shop, "orders:read")).status_code == 200
+    # `kubectl get` shows the default id, which spec.clientId does not hold.
+    header, row = kube.run("get", "oauthclients", "orders", "-n", shop).stdout.splitlines()[:2]
+    assert "CLIENT ID" in header and f"{shop}/orders" in row.split(), (header, row)
+
+    with admission_policy(kube):
+        another = client(evil, name="innocent-too")
+        another["spec"]["clientId"] = f"{shop}/orders"
+        body = json.dumps(another)
+
+        def refused():
+            # A dry run goes through admission and creates nothing, so every try is a CREATE.
+            proc = kube.run("apply", "--dry-run=server", "-f", "-", input=body, check=False)
+            return proc.returncode != 0 and proc
+
+        proc = wait_until(refused, 30, "the ValidatingAdmissionPolicy to refuse a squatting OAuthClient")
+        assert "ValidatingAdmissionPolicy" in proc.stderr, proc.stderr
+        assert f"must begin with `{evil}/`" in proc.stderr, proc.stderr
+        assert kube.apply(another, check=False).returncode != 0
+        assert kube.get("oauthclients", "innocent-too", evil) is None
+        # Its own namespace's ids pass.
+        own = client(evil, name="orders-v2")
+        own["spec"]["clientId"] = f"{evil}/orders/v2"
+        kube.run("apply", "--dry-run=server", "-f", "-", input=json.dumps(own))
+        # A client admitted before the policy keeps working with the API server: its finalizer comes off.
+        kube.run("delete", "oauthclient", "innocent", "-n", evil, "--timeout=60s")
+        assert kube.get("oauthclients", "innocent", evil) is None

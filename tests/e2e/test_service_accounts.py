@@ -13,8 +13,8 @@ import jwt
 import pytest
 import requests
 
-from conftest import (RELEASE_NAMESPACE, SERVICE_ACCOUNT_ISSUER, TOKEN_AUDIENCE, TOKEN_SERVER_ACCOUNT, TokenServer,
-                      resource, service_account_issuer, tail, wait_until)
+from conftest import (CHART, RELEASE, RELEASE_NAMESPACE, SERVICE_ACCOUNT_ISSUER, TOKEN_AUDIENCE, TOKEN_SERVER_ACCOUNT, TokenServer,
+                      helm, resource, service_account_issuer, tail, wait_until)
 
 ISSUER = SERVICE_ACCOUNT_ISSUER
 
@@ -190,10 +190,13 @@ def test_an_expired_service_account_token_is_refused(kube, namespace, orders_cli
 @pytest.fixture
 def reviewing_token_server(kube, namespace, tmp_path):
     """A standalone token server with spec.kubernetes.tokenReview and the `orders` OAuthClient in its --config;
-    its ServiceAccount bound to system:auth-delegator, as the chart binds it (tokenServer.workloadIdentity)."""
-    kube.run("create", "clusterrolebinding", "tokenmesh-token-server-token-review",
-             "--clusterrole=system:auth-delegator", f"--serviceaccount={RELEASE_NAMESPACE}:{TOKEN_SERVER_ACCOUNT}",
-             check=False)
+    its ServiceAccount bound by the chart's own RBAC (tokenServer.workloadIdentity.tokenReview: a ClusterRole
+    that may only create tokenreviews), so this proves that role is enough."""
+    rbac = helm("template", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, "-s", "templates/token-server-rbac.yaml",
+                "--set", "tokenServer.workloadIdentity.tokenReview=true").stdout
+    # A control plane reused from before bound system:auth-delegator under this name (roleRef is immutable).
+    kube.run("delete", "clusterrolebinding", "tokenmesh-token-server-token-review", "--ignore-not-found")
+    kube.run("apply", "-f", "-", input=rbac)
     kubernetes = service_account_issuer(kube, tmp_path) | {"tokenReview": True}
     server = TokenServer(tmp_path, kubernetes=kubernetes, resources=[service_account_client(namespace, "orders")])
     server.start()

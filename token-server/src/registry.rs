@@ -8,7 +8,8 @@ use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 use serde_json::{Map, Value};
 use tokenmesh_crds::{
     AuthMethod, ExchangeMode, ExchangePolicySpec, GrantType, OAuthClientSpec, ScopeSpec,
-    SecretKeyRef, SigningAlgorithm, SubjectType, TokenFormat, TokenServerSpec, parse_duration,
+    SecretKeyRef, SigningAlgorithm, SubjectType, TokenFormat, TokenServerSpec, check_client_id,
+    default_client_id, parse_duration,
 };
 use tokenmesh_tokens::{
     jwk::Jwk,
@@ -959,13 +960,15 @@ fn client(
     let id = spec
         .client_id
         .clone()
-        .unwrap_or_else(|| namespace.map_or_else(|| name.to_owned(), |ns| format!("{ns}/{name}")));
+        .unwrap_or_else(|| default_client_id(name, namespace));
     if id.is_empty() || id.len() > 255 || id.chars().any(char::is_control) {
         return Err(f(
             "spec.clientId",
             "must be 1 to 255 printable characters".into(),
         ));
     }
+    // Else one namespace could take another's id, and its tokens.
+    check_client_id(namespace, &id).map_err(|m| f("spec.clientId", m))?;
     let grant_types = if spec.grant_types.is_empty() {
         vec![GrantType::ClientCredentials]
     } else {
@@ -1448,6 +1451,29 @@ mod tests {
         assert_eq!(k8s.discovery_url, "https://kubernetes.default.svc");
         let err = build(&server("{issuer: \"\"}")).err().map(|e| e.field);
         assert_eq!(err.as_deref(), Some("spec.kubernetes.issuer"));
+    }
+
+    #[test]
+    fn a_namespaced_client_cannot_take_another_namespaces_id() {
+        let client = |namespace: &str, client_id: &str| {
+            format!(
+                "{SCOPES}apiVersion: tokenmesh.dev/v1alpha1\nkind: OAuthClient\nmetadata: {{name: innocent, namespace: {namespace}}}\nspec:\n  clientId: {client_id}\n  authentication: {{method: client_secret_basic, secretRef: {{name: gw, key: s}}}}\n  audiences: [orders]\n"
+            )
+        };
+        for squat in ["shop/orders", "orders", "evil"] {
+            let err = build(&client("evil", squat)).err().unwrap();
+            assert_eq!(err.field, "spec.clientId", "{squat}");
+            assert!(
+                err.message.contains("must begin with `evil/`"),
+                "{}",
+                err.message
+            );
+        }
+        let reg = build(&client("evil", "evil/orders")).unwrap();
+        assert!(reg.client("evil/orders").is_some());
+        // Standalone, without a namespace, the file's author names any id.
+        let reg = build(&client_doc("  clientId: shop/orders\n")).unwrap();
+        assert!(reg.client("shop/orders").is_some());
     }
 
     #[test]

@@ -497,3 +497,46 @@ async fn an_opaque_tokens_embedded_tokens_are_for_clients_that_may_introspect() 
     let looked_up = grpc.get_embedded_token(ask("gateway")).await.unwrap_err();
     assert_eq!(looked_up.code(), Code::FailedPrecondition, "{looked_up:?}");
 }
+
+#[tokio::test]
+async fn the_control_service_refuses_a_client_id_of_another_namespace() {
+    let config = Config::new("{}");
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&config, data.path()).await;
+    let mut control = ControlServiceClient::connect(server.grpc.clone())
+        .await
+        .unwrap();
+    let client = |namespace: &str, name: &str, client_id: &str| ApplyRequest {
+        document: format!(
+            "apiVersion: tokenmesh.dev/v1alpha1\nkind: OAuthClient\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n{client_id}  authentication: {{method: client_secret_basic, secretRef: {{name: shared, key: client_secret}}}}\n  scopes: [\"orders:read\"]\n  audiences: [orders]\n"
+        ),
+    };
+    // `evil/innocent` asks for the id of `shop/orders` before it exists.
+    let squat = control
+        .apply(as_admin(client(
+            "evil",
+            "innocent",
+            "  clientId: shop/orders\n",
+        )))
+        .await
+        .unwrap_err();
+    assert_eq!(squat.code(), Code::InvalidArgument);
+    assert!(
+        squat.message().contains("spec.clientId") && squat.message().contains("`evil/`"),
+        "{}",
+        squat.message()
+    );
+    // The id stays free for its namespace's client.
+    control
+        .apply(as_admin(client("shop", "orders", "")))
+        .await
+        .unwrap();
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("scope", "orders:read"),
+    ];
+    let token = server
+        .post("/oauth2/token", Some(("shop/orders", SECRET)), &form)
+        .await;
+    assert_eq!(token.status(), 200);
+}
