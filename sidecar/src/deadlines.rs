@@ -1,3 +1,3 @@
-//! Bounds on slow peers, shared with the token server (`tokenmesh-listen`).
+//! Bounds on slow peers, shared with the token server (`tokenmesh_tokens::listen`).
 
-pub use tokenmesh_listen::deadlines::{Stall, Stalled};
+pub use tokenmesh_tokens::listen::deadlines::{Stall, Stalled};

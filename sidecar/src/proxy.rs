@@ -488,7 +488,7 @@ fn probe_headers(sent: &HeaderMap, named: &[HeaderName]) -> HeaderMap {
 /// lets requests in flight finish (10 s at most). The requests of a
 /// connection that was redirected to `listener` carry its [`OriginalDst`].
 ///
-/// `client_timeout` bounds slow and idle clients ([`tokenmesh_listen::Limits::uniform`]):
+/// `client_timeout` bounds slow and idle clients ([`tokenmesh_tokens::listen::Limits::uniform`]):
 /// a connection with no request in progress for that long is closed
 /// (gracefully, then for good after as long again), which also covers
 /// HTTP/1 headers that never end and a connection that never finishes its
@@ -506,9 +506,9 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let limits = tokenmesh_listen::Limits {
+    let limits = tokenmesh_tokens::listen::Limits {
         vectored_writes,
-        ..tokenmesh_listen::Limits::uniform(client_timeout)
+        ..tokenmesh_tokens::listen::Limits::uniform(client_timeout)
     };
     let handler_for = move |stream: &tokio::net::TcpStream| {
         let original = redirect::original_destination(stream);
@@ -520,7 +520,7 @@ pub async fn serve<H, F>(
             handler(request)
         }
     };
-    tokenmesh_listen::serve(listener, None, limits, handler_for, shutdown).await;
+    tokenmesh_tokens::listen::serve(listener, None, limits, handler_for, shutdown).await;
 }
 
 #[cfg(test)]

@@ -185,8 +185,8 @@ pub struct ClientLimits {
 impl ClientLimits {
     /// The listener bounds (`vectored_writes: false` for gRPC: see
     /// `tokenmesh_proto::one_write`).
-    pub fn listener(&self, vectored_writes: bool) -> tokenmesh_listen::Limits {
-        tokenmesh_listen::Limits {
+    pub fn listener(&self, vectored_writes: bool) -> tokenmesh_tokens::listen::Limits {
+        tokenmesh_tokens::listen::Limits {
             first_request: self.header_read_timeout,
             idle: self.idle_timeout,
             keep_alive: self.http2_keepalive,

@@ -1,5 +1,5 @@
 //! The HTTP router and server (plain on loopback, else rustls), with the
-//! bounds of `tokenmesh-listen` on slow and idle clients.
+//! bounds of `tokenmesh_tokens::listen` on slow and idle clients.
 
 use std::{
     future::Future,
@@ -18,7 +18,7 @@ use axum::{
     routing::{get, post},
 };
 
-use tokenmesh_listen::deadlines::Deadline;
+use tokenmesh_tokens::listen::deadlines::Deadline;
 use tonic::codegen::Service;
 
 use crate::{
@@ -131,7 +131,7 @@ pub enum ServeError {
         source: std::io::Error,
     },
     #[error("TLS: {0}")]
-    Tls(#[from] tokenmesh_listen::tls::TlsError),
+    Tls(#[from] tokenmesh_tokens::listen::tls::TlsError),
     #[error("HTTP server: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -163,7 +163,7 @@ pub async fn serve<H>(
     handler: H,
     listener: std::net::TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    limits: tokenmesh_listen::Limits,
+    limits: tokenmesh_tokens::listen::Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError>
 where
@@ -175,6 +175,6 @@ where
 {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    tokenmesh_listen::serve(listener, tls, limits, |_| handler.clone(), shutdown).await;
+    tokenmesh_tokens::listen::serve(listener, tls, limits, |_| handler.clone(), shutdown).await;
     Ok(())
 }

@@ -22,7 +22,7 @@ pub mod store;
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
-use tokenmesh_listen::tls::{self, ReloadingCertificate};
+use tokenmesh_tokens::listen::tls::{self, ReloadingCertificate};
 use tokenmesh_tokens::{cache::TtlCache, secret::SecretHash};
 use tracing_subscriber::EnvFilter;
 

@@ -2,12 +2,15 @@
 //! access-token claims, JWT signing with keys parsed once, JWT verification
 //! against a key set, JSON Web Keys, secret hashing, the bounded set of
 //! revoked ids, what counts as a loopback host, the scope-list parser, and
-//! durations as resources and flags write them.
+//! durations as resources and flags write them. With the `listen` feature, the
+//! bounded HTTP listeners both servers run.
 
 pub mod cache;
 pub mod claims;
 pub mod duration;
 pub mod jwk;
+#[cfg(feature = "listen")]
+pub mod listen;
 pub mod net;
 pub mod revoked;
 pub mod scope;

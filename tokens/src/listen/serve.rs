@@ -20,7 +20,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::{
+use super::{
     BoxError,
     deadlines::{Activity, Tracked, WriteDeadline},
 };

@@ -16,7 +16,7 @@ use std::{
 use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
 
-use crate::BoxError;
+use super::BoxError;
 
 /// A bound on one pause: armed when a source first has nothing, disarmed by
 /// progress. The timer is made at the first pause only, so a source that is
