@@ -662,13 +662,15 @@ def test_postgres_values():
     assert "--exclude-outbound-cidrs=10.96.0.0/12,169.254.169.254/32" in c["args"]
     assert "--leader-election" in c["args"]
 
-    # A Role per watched namespace; at home the Lease and the generated
-    # webhook certificate; cluster-wide only this chart's webhook's caBundle.
+    # A Role per watched namespace; at home the Lease, the generated webhook
+    # certificate and the token server's; cluster-wide only this chart's
+    # webhook's caBundle.
     assert [r["metadata"]["name"] for r in find(docs, "ClusterRole")] == [f"{FULLNAME}-operator-webhook"]
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in find(docs, "Role")}
     assert roles == {("shop", f"{FULLNAME}-operator"), ("billing", f"{FULLNAME}-operator"),
                      (NAMESPACE, f"{FULLNAME}-operator-leader-election"),
-                     (NAMESPACE, f"{FULLNAME}-operator-webhook-certificate")}
+                     (NAMESPACE, f"{FULLNAME}-operator-webhook-certificate"),
+                     (NAMESPACE, f"{FULLNAME}-operator-token-server-certificate")}
     assert one(docs, "Role", f"{FULLNAME}-operator-webhook-certificate")["rules"] == [
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
         {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [f"{FULLNAME}-webhook-tls"], "verbs": ["get"]},
@@ -762,12 +764,6 @@ def test_cert_manager_values():
     assert certificate["spec"]["privateKey"]["encoding"] == "PKCS8"
 
 
-def notes(sets: list[str] = ()) -> str:
-    out = run(HELM4, "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client",
-              *[a for v in sets for a in ("--set", v)]).stdout
-    return out[out.index("NOTES:"):]
-
-
 def test_tls_is_the_default_with_the_operators_certificate():
     docs = manifests("default")
     ts = one(docs, "Deployment", f"{FULLNAME}-token-server")["spec"]["template"]["spec"]
@@ -802,7 +798,7 @@ def test_plaintext_needs_the_value_and_the_notes_warn():
     op = one(docs, "Deployment", f"{FULLNAME}-operator")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert f"--token-server=http://{FULLNAME}-token-server.{NAMESPACE}.svc:8081" in op
     assert not any(a.startswith("--token-server-service") or a.startswith("--token-server-ca") for a in op)
-    text = notes(sets)
+    text = notes(*sets)
     assert "WARNING: TLS is off (tokenServer.tls.enabled=false)" in text, text
     assert "cross it in clear" in text
 

@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from binaries import binary
-from tokenserver import HTTP_TIMEOUT, READY_TIMEOUT, REPO, TokenServer, free_port, resource
+# tokenserver puts tests/ on the path, where binaries lives: import it first.
+from tokenserver import HTTP_TIMEOUT, READY_TIMEOUT, REPO, TokenServer, free_port, resource  # isort: skip
+from binaries import binary  # isort: skip
 
 SIDECAR_BIN = binary("tokenmesh-sidecar", "TOKENMESH_SIDECAR_BIN")
 AUDIENCE = "gateway"  # what the sidecar (--audience) and so Envoy accept

@@ -805,32 +805,35 @@ def test_get_embedded_token(grpc_server, stubs):
     """An embed policy applied through ControlService: gateway's next token carries one for `inventory`."""
     srv = grpc_server
     control, tokens, pb = control_stub(srv, stubs), token_stub(srv, stubs), stubs.token_pb2
+    # The policy stays while the token is extracted: it also decides who may
+    # extract (its actor; none named: any client the outer token reached).
     control.Apply(stubs.control_pb2.ApplyRequest(document=as_json(EMBED)), metadata=srv.admin(), timeout=GRPC_TIMEOUT)
     try:
         outer = srv.client_token()
+        _, outer_claims = srv.verify(outer, audience="orders")
+        assert "inventory" in outer_claims.get("embedded_tokens", {}), outer_claims
+
+        got = tokens.GetEmbeddedToken(pb.GetEmbeddedTokenRequest(token=outer, audience="inventory"),
+                                      metadata=srv.basic("gateway"), timeout=GRPC_TIMEOUT).token
+        assert got == outer_claims["embedded_tokens"]["inventory"]
+        _, inner = srv.verify(got, audience="inventory")
+        assert audiences(inner) == {"inventory"} and inner["sub"] == "gateway" and inner["scope"] == "orders:read", inner
+        assert inner["exp"] <= outer_claims["exp"] and inner["exp"] - inner["iat"] <= 30, inner
+
+        # No embed policy to payments: nobody may extract for it, whatever the token holds.
+        for audience, code in [("payments", C.PERMISSION_DENIED), ("", C.INVALID_ARGUMENT)]:
+            err = call_error(tokens.GetEmbeddedToken, pb.GetEmbeddedTokenRequest(token=outer, audience=audience),
+                             srv.basic("gateway"))
+            assert_status(err, code, outer, got)
+        err = call_error(tokens.GetEmbeddedToken, pb.GetEmbeddedTokenRequest(token=outer, audience="inventory"))
+        assert_status(err, C.UNAUTHENTICATED, outer, got)
+        srv.revoke(outer)
+        err = call_error(tokens.GetEmbeddedToken, pb.GetEmbeddedTokenRequest(token=outer, audience="inventory"),
+                         srv.basic("gateway"))
+        assert_status(err, C.FAILED_PRECONDITION, outer, got)
     finally:
         control.Delete(stubs.control_pb2.DeleteRequest(resource=stubs.control_pb2.ResourceRef(
             kind="ExchangePolicy", name="embed-inventory")), metadata=srv.admin(), timeout=GRPC_TIMEOUT)
-    _, outer_claims = srv.verify(outer, audience="orders")
-    assert "inventory" in outer_claims.get("embedded_tokens", {}), outer_claims
-
-    got = tokens.GetEmbeddedToken(pb.GetEmbeddedTokenRequest(token=outer, audience="inventory"),
-                                  metadata=srv.basic("gateway"), timeout=GRPC_TIMEOUT).token
-    assert got == outer_claims["embedded_tokens"]["inventory"]
-    _, inner = srv.verify(got, audience="inventory")
-    assert audiences(inner) == {"inventory"} and inner["sub"] == "gateway" and inner["scope"] == "orders:read", inner
-    assert inner["exp"] <= outer_claims["exp"] and inner["exp"] - inner["iat"] <= 30, inner
-
-    for audience, code in [("payments", C.NOT_FOUND), ("", C.INVALID_ARGUMENT)]:
-        err = call_error(tokens.GetEmbeddedToken, pb.GetEmbeddedTokenRequest(token=outer, audience=audience),
-                         srv.basic("gateway"))
-        assert_status(err, code, outer, got)
-    err = call_error(tokens.GetEmbeddedToken, pb.GetEmbeddedTokenRequest(token=outer, audience="inventory"))
-    assert_status(err, C.UNAUTHENTICATED, outer, got)
-    srv.revoke(outer)
-    err = call_error(tokens.GetEmbeddedToken, pb.GetEmbeddedTokenRequest(token=outer, audience="inventory"),
-                     srv.basic("gateway"))
-    assert_status(err, C.FAILED_PRECONDITION, outer, got)
 
 
 def test_control_apply_oauth_client(grpc_server, stubs):
