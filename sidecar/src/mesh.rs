@@ -94,6 +94,7 @@ type ExchangeKey = (SecretHash, Arc<str>, Arc<str>);
 struct Subject {
     jti: String,
     grant_id: Option<String>,
+    client_id: String,
     exp: u64,
 }
 
@@ -102,6 +103,7 @@ impl From<&AccessTokenClaims> for Subject {
         Self {
             jti: claims.jti.clone(),
             grant_id: claims.grant_id.clone(),
+            client_id: claims.client_id.clone(),
             exp: claims.exp,
         }
     }
@@ -222,7 +224,12 @@ impl Mesh {
         self.revoked
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .covers(&subject.jti, subject.grant_id.as_deref(), subject.exp)
+            .covers(
+                &subject.jti,
+                subject.grant_id.as_deref(),
+                &subject.client_id,
+                subject.exp,
+            )
     }
 
     /// The token an outbound decision is made for: a JWT's own claims (the

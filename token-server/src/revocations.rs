@@ -104,22 +104,23 @@ impl Revocations {
         store: &dyn Store,
         jti: &str,
         grant_id: Option<&str>,
+        client_id: &str,
         exp: u64,
     ) -> StoreResult<bool> {
         let synced = self.synced_at.load(Ordering::Acquire);
         if synced == 0 || self.elapsed_ms().saturating_sub(synced) > FRESH.as_millis() as u64 {
-            return store.is_revoked(jti, grant_id).await;
+            return store.is_revoked(jti, grant_id, client_id).await;
         }
         let (revoked, maybe_dropped) = {
             let known = self.known.read().unwrap_or_else(|e| e.into_inner());
             (
-                known.set.revokes(jti, grant_id),
+                known.set.revokes(jti, grant_id, client_id),
                 known.set.may_have_dropped(exp),
             )
         };
         // Not in memory, but it may have been dropped from it: the store knows.
         if !revoked && maybe_dropped {
-            return store.is_revoked(jti, grant_id).await;
+            return store.is_revoked(jti, grant_id, client_id).await;
         }
         Ok(revoked)
     }
@@ -148,7 +149,7 @@ mod tests {
         // Never synced: the store answers.
         assert!(
             revocations
-                .is_revoked(&store, "a", None, 100)
+                .is_revoked(&store, "a", None, "c", 100)
                 .await
                 .unwrap()
         );
@@ -157,30 +158,40 @@ mod tests {
         // Synced: memory answers, and does not know `g` until the next sync.
         assert!(
             revocations
-                .is_revoked(&store, "a", None, 100)
+                .is_revoked(&store, "a", None, "c", 100)
                 .await
                 .unwrap()
         );
         assert!(
             !revocations
-                .is_revoked(&store, "x", Some("g"), 100)
+                .is_revoked(&store, "x", Some("g"), "c", 100)
                 .await
                 .unwrap()
         );
         revocations.sync(&store, 0).await.unwrap();
         assert!(
             revocations
-                .is_revoked(&store, "x", Some("g"), 100)
+                .is_revoked(&store, "x", Some("g"), "c", 100)
                 .await
                 .unwrap()
         );
         revocations.add("b", 50, 0);
-        assert!(revocations.is_revoked(&store, "b", None, 50).await.unwrap());
-        revocations.purge(60);
-        assert!(!revocations.is_revoked(&store, "b", None, 50).await.unwrap());
         assert!(
             revocations
-                .is_revoked(&store, "a", None, 100)
+                .is_revoked(&store, "b", None, "c", 50)
+                .await
+                .unwrap()
+        );
+        revocations.purge(60);
+        assert!(
+            !revocations
+                .is_revoked(&store, "b", None, "c", 50)
+                .await
+                .unwrap()
+        );
+        assert!(
+            revocations
+                .is_revoked(&store, "a", None, "c", 100)
                 .await
                 .unwrap()
         );
@@ -202,25 +213,25 @@ mod tests {
         // `a` left memory; the store still says so.
         assert!(
             revocations
-                .is_revoked(&store, "a", None, 100)
+                .is_revoked(&store, "a", None, "c", 100)
                 .await
                 .unwrap()
         );
         assert!(
             !revocations
-                .is_revoked(&store, "z", None, 100)
+                .is_revoked(&store, "z", None, "c", 100)
                 .await
                 .unwrap()
         );
         assert!(
             revocations
-                .is_revoked(&store, "c", None, 300)
+                .is_revoked(&store, "c", None, "c", 300)
                 .await
                 .unwrap()
         );
         assert!(
             !revocations
-                .is_revoked(&store, "z", None, 400)
+                .is_revoked(&store, "z", None, "c", 400)
                 .await
                 .unwrap()
         );

@@ -14,6 +14,14 @@ use std::{
     sync::Arc,
 };
 
+/// The grant revocation id of the tokens a grant issued to one client: a
+/// client that joined a grant by exchange may revoke what it was issued under
+/// it, not the tokens of the client that started it. Grant ids are random
+/// base64url, so the part before the first `#` is always the grant.
+pub fn client_grant_id(grant_id: &str, client_id: &str) -> String {
+    format!("{grant_id}#{client_id}")
+}
+
 #[derive(Debug)]
 pub struct RevokedSet {
     by_id: HashMap<Arc<str>, u64>,
@@ -73,9 +81,12 @@ impl RevokedSet {
         self.by_id.contains_key(id)
     }
 
-    /// Whether the token `jti` or its grant is known to be revoked.
-    pub fn revokes(&self, jti: &str, grant_id: Option<&str>) -> bool {
-        self.contains(jti) || grant_id.is_some_and(|g| self.contains(g))
+    /// Whether the token `jti`, its grant, or what its grant issued to
+    /// `client_id` is known to be revoked.
+    pub fn revokes(&self, jti: &str, grant_id: Option<&str>, client_id: &str) -> bool {
+        self.contains(jti)
+            || grant_id
+                .is_some_and(|g| self.contains(g) || self.contains(&client_grant_id(g, client_id)))
     }
 
     /// Whether a token expiring at `exp` may concern a dropped revocation.
@@ -83,9 +94,10 @@ impl RevokedSet {
         exp <= self.dropped_until
     }
 
-    /// Whether a token with this `jti`, grant and `exp` is, or may be, revoked.
-    pub fn covers(&self, jti: &str, grant_id: Option<&str>, exp: u64) -> bool {
-        self.revokes(jti, grant_id) || self.may_have_dropped(exp)
+    /// Whether a token with this `jti`, grant, client and `exp` is, or may
+    /// be, revoked.
+    pub fn covers(&self, jti: &str, grant_id: Option<&str>, client_id: &str, exp: u64) -> bool {
+        self.revokes(jti, grant_id, client_id) || self.may_have_dropped(exp)
     }
 
     /// Records that `id` is revoked until `expires_at`; forgets what expired
@@ -183,20 +195,38 @@ mod tests {
             set.insert(id, until, 0);
         }
         assert_eq!(set.dropped_until(), 0);
-        assert!(!set.covers("x", None, 100));
+        assert!(!set.covers("x", None, "c1", 100));
         let done = set.insert("d", 400, 0);
         assert_eq!(done.dropped, 1);
         assert_eq!(set.len(), 3);
         assert!(!set.contains("a"));
         // `a` is forgotten, yet a token that may be it is still refused.
-        assert!(set.covers("a", None, 100));
-        assert!(set.covers("unknown", None, 99));
-        assert!(!set.covers("unknown", None, 101), "newer tokens pass");
-        assert!(set.covers("x", Some("c"), 1_000));
+        assert!(set.covers("a", None, "c1", 100));
+        assert!(set.covers("unknown", None, "c1", 99));
+        assert!(!set.covers("unknown", None, "c1", 101), "newer tokens pass");
+        assert!(set.covers("x", Some("c"), "c1", 1_000));
         // A new revocation that expires soonest is itself the one dropped.
         set.insert("e", 150, 0);
         assert!(!set.contains("e"));
         assert_eq!(set.dropped_until(), 150);
         assert_eq!(set.dropped(), 2);
+    }
+
+    #[test]
+    fn a_client_grant_revokes_only_that_clients_tokens_under_the_grant() {
+        let mut set = RevokedSet::new(10);
+        set.insert(&client_grant_id("g", "orders"), 500, 0);
+        assert!(set.revokes("t1", Some("g"), "orders"));
+        assert!(
+            !set.revokes("t2", Some("g"), "frontend"),
+            "the starter's tokens stay"
+        );
+        assert!(
+            !set.revokes("t3", Some("h"), "orders"),
+            "another grant stays"
+        );
+        assert!(!set.revokes("t4", None, "orders"));
+        set.insert("g", 500, 0);
+        assert!(set.revokes("t2", Some("g"), "frontend"), "the whole grant");
     }
 }

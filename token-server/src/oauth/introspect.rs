@@ -102,6 +102,7 @@ pub async fn active_claims(
             state.store.as_ref(),
             &claims.jti,
             claims.grant_id.as_deref(),
+            &claims.client_id,
             claims.exp,
         )
         .await?

@@ -1,6 +1,6 @@
 //! Token revocation (RFC 7009): one token, or with `revoke=grant` every token
 //! issued under the same grant when the client started it; a client that
-//! got its token by exchange revokes that token and the ones embedded in it.
+//! joined the grant by exchange revokes every token the grant issued to it.
 
 use std::{sync::Arc, time::Instant};
 
@@ -10,6 +10,8 @@ use super::{
     client_auth::authenticate, error::OAuthError, form::Form, introspect::active_claims, no_store,
     respond,
 };
+use tokenmesh_tokens::revoked::client_grant_id;
+
 use crate::{state::AppState, store::RevocationKind};
 
 pub async fn revoke(
@@ -59,32 +61,44 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
     }
     // Exchange always adds `act`: a token without one was issued to the
     // client that started the grant, which alone may revoke all of it.
-    // Another client revokes what was issued to it: this token and the
-    // tokens embedded in it, never the tokens of the clients before it.
-    let grant = claims
-        .grant_id
-        .as_deref()
-        .filter(|_| whole_grant && claims.act.is_none());
-    let seq = match grant {
-        Some(grant_id) => {
-            let until = state
-                .now()
-                .saturating_add(registry.server.max_ttl.as_secs());
-            record(state, RevocationKind::Grant, grant_id, until).await?
-        }
-        None => {
-            if whole_grant {
-                for inner in claims.embedded_tokens.values() {
-                    if let Some(inner) = active_claims(state, inner).await? {
-                        record(state, RevocationKind::Token, &inner.jti, inner.exp).await?;
-                    }
+    // Another client revokes what the grant issued to it (every exchange it
+    // made under it, and the tokens embedded in them), never the tokens of
+    // the clients before it.
+    let until = state
+        .now()
+        .saturating_add(registry.server.max_ttl.as_secs());
+    let (seq, revoked) = match (whole_grant, claims.grant_id.as_deref()) {
+        (true, Some(grant_id)) if claims.act.is_none() => (
+            record(state, RevocationKind::Grant, grant_id, until).await?,
+            "grant",
+        ),
+        (true, grant_id) => {
+            for inner in claims.embedded_tokens.values() {
+                if let Some(inner) = active_claims(state, inner).await? {
+                    record(state, RevocationKind::Token, &inner.jti, inner.exp).await?;
                 }
             }
-            record(state, RevocationKind::Token, &claims.jti, claims.exp).await?
+            match grant_id {
+                Some(grant_id) => {
+                    let joined = client_grant_id(grant_id, &client.id);
+                    (
+                        record(state, RevocationKind::Grant, &joined, until).await?,
+                        "the grant's tokens of this client",
+                    )
+                }
+                None => (
+                    record(state, RevocationKind::Token, &claims.jti, claims.exp).await?,
+                    "token",
+                ),
+            }
         }
+        (false, _) => (
+            record(state, RevocationKind::Token, &claims.jti, claims.exp).await?,
+            "token",
+        ),
     };
     state.revoked.notify_waiters();
-    tracing::info!(client_id = %client.id, jti = %claims.jti, whole_grant = grant.is_some(), seq, "token revoked");
+    tracing::info!(client_id = %client.id, jti = %claims.jti, revoked, seq, "token revoked");
     Ok(no_store(()))
 }
 

@@ -137,8 +137,14 @@ pub trait Store: Send + Sync {
 
     /// Records a revocation and returns its sequence number.
     async fn revoke(&self, kind: RevocationKind, id: &str, expires_at: u64) -> StoreResult<i64>;
-    /// Whether the token `jti` or its grant is revoked.
-    async fn is_revoked(&self, jti: &str, grant_id: Option<&str>) -> StoreResult<bool>;
+    /// Whether the token `jti`, its grant, or what the grant issued to
+    /// `client_id` ([`client_grant_id`](tokenmesh_tokens::revoked::client_grant_id)) is revoked.
+    async fn is_revoked(
+        &self,
+        jti: &str,
+        grant_id: Option<&str>,
+        client_id: &str,
+    ) -> StoreResult<bool>;
     /// Revocations after `seq`, oldest first.
     async fn revocations_after(&self, seq: i64, limit: u32) -> StoreResult<Vec<Revocation>>;
 

@@ -9,7 +9,7 @@ use sqlx::{
     PgPool, Row,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
-use tokenmesh_tokens::secret::SecretHash;
+use tokenmesh_tokens::{revoked::client_grant_id, secret::SecretHash};
 
 use super::{
     BUMP_KEYS_MARK, ChangeMarks, OpaqueToken, Revocation, RevocationKind, RotationLock, Store,
@@ -269,12 +269,18 @@ impl Store for PgStore {
         Ok(seq)
     }
 
-    async fn is_revoked(&self, jti: &str, grant_id: Option<&str>) -> StoreResult<bool> {
+    async fn is_revoked(
+        &self,
+        jti: &str,
+        grant_id: Option<&str>,
+        client_id: &str,
+    ) -> StoreResult<bool> {
         let found: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM revocations WHERE (kind = 'jti' AND id = $1) OR (kind = 'grant' AND id = $2) LIMIT 1",
+            "SELECT 1 FROM revocations WHERE (kind = 'jti' AND id = $1) OR (kind = 'grant' AND id IN ($2, $3)) LIMIT 1",
         )
         .bind(jti)
         .bind(grant_id)
+        .bind(grant_id.map(|g| client_grant_id(g, client_id)))
         .fetch_optional(&self.pool)
         .await?;
         Ok(found.is_some())

@@ -9,7 +9,7 @@ use sqlx::{
     Row, SqlitePool,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
-use tokenmesh_tokens::secret::SecretHash;
+use tokenmesh_tokens::{revoked::client_grant_id, secret::SecretHash};
 
 use super::{
     BUMP_KEYS_MARK, ChangeMarks, OpaqueToken, Revocation, RevocationKind, RotationLock, Store,
@@ -280,12 +280,18 @@ impl Store for SqliteStore {
         Ok(seq)
     }
 
-    async fn is_revoked(&self, jti: &str, grant_id: Option<&str>) -> StoreResult<bool> {
+    async fn is_revoked(
+        &self,
+        jti: &str,
+        grant_id: Option<&str>,
+        client_id: &str,
+    ) -> StoreResult<bool> {
         let found: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM revocations WHERE (kind = 'jti' AND id = ?) OR (kind = 'grant' AND id = ?) LIMIT 1",
+            "SELECT 1 FROM revocations WHERE (kind = 'jti' AND id = ?) OR (kind = 'grant' AND id IN (?, ?)) LIMIT 1",
         )
         .bind(jti)
         .bind(grant_id)
+        .bind(grant_id.map(|g| client_grant_id(g, client_id)))
         .fetch_optional(&self.reader)
         .await?;
         Ok(found.is_some())

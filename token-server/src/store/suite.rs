@@ -58,9 +58,19 @@ pub async fn run(store: &dyn Store) {
         .await
         .unwrap();
     assert!(b > a && a > marks_before);
-    assert!(store.is_revoked("jti-1", None).await.unwrap());
-    assert!(store.is_revoked("other", Some("grant-1")).await.unwrap());
-    assert!(!store.is_revoked("other", Some("grant-2")).await.unwrap());
+    assert!(store.is_revoked("jti-1", None, "c").await.unwrap());
+    assert!(
+        store
+            .is_revoked("other", Some("grant-1"), "c")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .is_revoked("other", Some("grant-2"), "c")
+            .await
+            .unwrap()
+    );
     let after = store.revocations_after(a, 10).await.unwrap();
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].kind, RevocationKind::Grant);
@@ -80,6 +90,24 @@ pub async fn run(store: &dyn Store) {
             .filter(|r| r.id == "jti-1")
             .count(),
         1
+    );
+    // What a grant issued to one client, and nothing of the other clients'.
+    let joined = tokenmesh_tokens::revoked::client_grant_id("grant-2", "orders");
+    store
+        .revoke(RevocationKind::Grant, &joined, u64::from(u32::MAX))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .is_revoked("t", Some("grant-2"), "orders")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .is_revoked("t", Some("grant-2"), "frontend")
+            .await
+            .unwrap()
     );
 
     // Single-use identifiers.
@@ -155,7 +183,7 @@ pub async fn run(store: &dyn Store) {
 
 /// What [`run`] left is still there after the store was closed and opened again.
 pub async fn after_reopen(store: &dyn Store) {
-    assert!(store.is_revoked("jti-1", None).await.unwrap());
+    assert!(store.is_revoked("jti-1", None, "c").await.unwrap());
     assert!(
         !store
             .use_once("client", "jti", u64::from(u32::MAX))

@@ -279,21 +279,18 @@ async fn only_the_client_that_started_a_grant_revokes_all_of_it() {
     config.append("---\napiVersion: tokenmesh.dev/v1alpha1\nkind: ExchangePolicy\nmetadata: {name: embed-ledger}\nspec:\n  mode: embed\n  from: {audiences: [payments], clients: [orders-svc]}\n  to: {audience: ledger, scopes: [\"orders:read\"]}\n");
     let data = tempfile::tempdir().unwrap();
     let server = Server::start(&config, data.path()).await;
-    let first = server
-        .token(&[("scope", "orders:read"), ("audience", "orders")])
-        .await;
-    let first = first["access_token"].as_str().unwrap();
-    let exchanged = async || {
-        let resp = exchange(&server, "orders-svc", first, "payments").await;
+    let gateway_token = async || {
+        let body = server
+            .token(&[("scope", "orders:read"), ("audience", "orders")])
+            .await;
+        body["access_token"].as_str().unwrap().to_owned()
+    };
+    let exchanged = async |subject: &str| {
+        let resp = exchange(&server, "orders-svc", subject, "payments").await;
         assert_eq!(resp.status(), 200);
         let body: Value = resp.json().await.unwrap();
         body["access_token"].as_str().unwrap().to_owned()
     };
-    let second = exchanged().await;
-    let inner = jwt_part(&second, 1)["embedded_tokens"]["ledger"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let revoke_grant = async |client: &str, token: &str| {
         let form = [("token", token), ("revoke", "grant")];
         let resp = server
@@ -301,17 +298,34 @@ async fn only_the_client_that_started_a_grant_revokes_all_of_it() {
             .await;
         assert_eq!(resp.status(), 200);
     };
+    let active = async |token: &str| server.introspect(token).await["active"] == true;
+
+    // orders-svc joined gateway's grant by exchange, twice: it revokes every
+    // token the grant issued to it, and nothing of gateway's.
+    let first = gateway_token().await;
+    let second = exchanged(&first).await;
+    let sibling = exchanged(&first).await;
+    let inner = jwt_part(&second, 1)["embedded_tokens"]["ledger"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     revoke_grant("orders-svc", &second).await;
-    assert_eq!(server.introspect(&second).await["active"], false);
-    assert_eq!(server.introspect(&inner).await["active"], false);
-    assert_eq!(
-        server.introspect(first).await["active"],
-        true,
+    assert!(!active(&second).await);
+    assert!(!active(&inner).await);
+    assert!(
+        !active(&sibling).await,
+        "its other token under the grant goes too"
+    );
+    assert!(
+        active(&first).await,
         "gateway's token is not orders-svc's to revoke"
     );
-    // gateway started the grant: its revocation reaches every token of it.
-    let third = exchanged().await;
-    revoke_grant("gateway", first).await;
-    assert_eq!(server.introspect(first).await["active"], false);
-    assert_eq!(server.introspect(&third).await["active"], false);
+
+    // gateway started a grant: its revocation reaches every token of it.
+    let start = gateway_token().await;
+    let joined = exchanged(&start).await;
+    revoke_grant("gateway", &start).await;
+    assert!(!active(&start).await);
+    assert!(!active(&joined).await);
+    assert!(active(&first).await, "another grant stays");
 }
