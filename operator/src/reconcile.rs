@@ -80,6 +80,14 @@ impl Error {
         }
     }
 
+    /// Whether the Secret a `secretRef` names, or its key, is gone.
+    pub fn secret_gone(&self) -> bool {
+        matches!(
+            self,
+            Self::SecretMissing { .. } | Self::SecretKeyMissing { .. }
+        )
+    }
+
     /// The reason of the `Ready=False` condition and of the Warning event.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -371,9 +379,37 @@ async fn apply<K: Managed>(object: Arc<K>, ctx: &Context) -> Result<Action, Erro
             Ok(Action::requeue(requeue))
         }
         Err(err) => {
+            if err.secret_gone() {
+                forget(ctx, object.as_ref()).await;
+            }
             report(ctx, object.as_ref(), &err).await;
             Err(err)
         }
+    }
+}
+
+/// Removes a client from the token server while the Secret its `secretRef`
+/// names is gone: otherwise the last value pushed would keep working, and
+/// deleting the Secret is how an owner cuts a leaked secret off. It comes
+/// back with the Secret (the Secret watch reconciles it at once).
+async fn forget<K: Managed>(ctx: &Context, object: &K) {
+    let namespace = object.namespace().unwrap_or_default();
+    match ctx
+        .control
+        .delete(&K::kind(&()), &namespace, &object.name_any())
+        .await
+    {
+        Ok(_) => tracing::info!(
+            name = %object.name_any(),
+            %namespace,
+            "removed from the token server until its Secret is back"
+        ),
+        Err(status) => tracing::warn!(
+            name = %object.name_any(),
+            %namespace,
+            error = %status.message(),
+            "cannot remove it from the token server while its Secret is gone"
+        ),
     }
 }
 

@@ -171,6 +171,13 @@ def test_a_missing_referenced_secret_is_named_in_the_status(kube, token_server, 
     reconciled("OAuthClient", "gateway", ns)
     assert token_server.token(f"{ns}/gateway", value, scope=unique(ns, "orders:read")).status_code == 200
 
+    # Deleting the Secret cuts the client off within seconds: the last value
+    # pushed stops working, not only the status changes.
+    kube.run("delete", "secret", "gateway-oauth", "-n", ns)
+    wait_until(lambda: token_server.token(f"{ns}/gateway", value, scope=unique(ns, "orders:read")).status_code == 401,
+               timeout=15, what="the deleted Secret's value refused")
+    reconciled("OAuthClient", "gateway", ns, status="False", reason="SecretUnavailable")
+
 
 def test_a_secret_of_the_generated_name_made_by_someone_else_is_left_alone(kube, token_server, reconciled,
                                                                          namespace):

@@ -1114,7 +1114,7 @@ fn client_auth(
                     return Err(f(
                         field,
                         format!(
-                            "the secret is shorter than {MIN_SECRET_LEN} characters; generate one with `openssl rand -base64 32`"
+                            "the secret is shorter than {MIN_SECRET_LEN} characters; generate one with `openssl rand -hex 32` (hex: a base64 `+` sent form-encoded arrives as a space)"
                         ),
                     ));
                 }

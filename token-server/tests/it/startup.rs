@@ -43,6 +43,8 @@ fn missing_and_short_secrets_are_refused() {
         stderr.contains("spec.authentication.secretRef") && stderr.contains("shorter than 32"),
         "{stderr}"
     );
+    // Hex, not base64: a base64 `+` sent form-encoded arrives as a space.
+    assert!(stderr.contains("openssl rand -hex 32"), "{stderr}");
     std::fs::remove_file(&path).unwrap();
     let (ok, stderr) = run_to_exit(&[
         "--config",
