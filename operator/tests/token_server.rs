@@ -32,6 +32,34 @@ impl Drop for Server {
     }
 }
 
+impl Server {
+    /// A token server on an empty configuration in `dir`, with the admin
+    /// credential and `extra` flags; its HTTP and gRPC ports.
+    fn start(dir: &std::path::Path, extra: &[&std::ffi::OsStr]) -> (Self, u16, u16) {
+        std::fs::write(dir.join("empty.yaml"), "apiVersion: tokenmesh.dev/v1alpha1\nkind: TokenServer\nmetadata: {name: default}\nspec: {}\n").unwrap();
+        std::fs::write(dir.join("admin"), ADMIN).unwrap();
+        let (http, grpc) = (free_port(), free_port());
+        let child = Command::new(binary())
+            .arg("--config")
+            .arg(dir.join("empty.yaml"))
+            .args([
+                "--http-addr",
+                &format!("127.0.0.1:{http}"),
+                "--grpc-addr",
+                &format!("127.0.0.1:{grpc}"),
+            ])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--admin-token-file")
+            .arg(dir.join("admin"))
+            .args(extra)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        (Self(child), http, grpc)
+    }
+}
+
 async fn token(http: u16, id: &str, secret: &str) -> u16 {
     reqwest::Client::new()
         .post(format!("http://127.0.0.1:{http}/oauth2/token"))
@@ -47,27 +75,7 @@ async fn token(http: u16, id: &str, secret: &str) -> u16 {
 #[tokio::test]
 async fn what_the_operator_applies_is_in_force_and_what_it_deletes_is_gone() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("empty.yaml"), "apiVersion: tokenmesh.dev/v1alpha1\nkind: TokenServer\nmetadata: {name: default}\nspec: {}\n").unwrap();
-    std::fs::write(dir.path().join("admin"), ADMIN).unwrap();
-    let (http, grpc) = (free_port(), free_port());
-    let _server = Server(
-        Command::new(binary())
-            .arg("--config")
-            .arg(dir.path().join("empty.yaml"))
-            .args([
-                "--http-addr",
-                &format!("127.0.0.1:{http}"),
-                "--grpc-addr",
-                &format!("127.0.0.1:{grpc}"),
-            ])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--admin-token-file")
-            .arg(dir.path().join("admin"))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (_server, http, grpc) = Server::start(dir.path(), &[]);
     let control = Control::new(&format!("http://127.0.0.1:{grpc}"), ADMIN, None).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !control.ready().await {
@@ -161,31 +169,14 @@ async fn the_operator_reaches_a_tls_token_server_through_its_own_ca() {
     let (cert, key, _) = authority.issue("localhost", "tokenmesh", now).unwrap();
     std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
     std::fs::write(dir.path().join("tls.key"), key).unwrap();
-    std::fs::write(dir.path().join("empty.yaml"), "apiVersion: tokenmesh.dev/v1alpha1\nkind: TokenServer\nmetadata: {name: default}\nspec: {}\n").unwrap();
-    std::fs::write(dir.path().join("admin"), ADMIN).unwrap();
-    let (http, grpc) = (free_port(), free_port());
-    let _server = Server(
-        Command::new(binary())
-            .arg("--config")
-            .arg(dir.path().join("empty.yaml"))
-            .args([
-                "--http-addr",
-                &format!("127.0.0.1:{http}"),
-                "--grpc-addr",
-                &format!("127.0.0.1:{grpc}"),
-            ])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--admin-token-file")
-            .arg(dir.path().join("admin"))
-            .arg("--tls-cert")
-            .arg(dir.path().join("tls.crt"))
-            .arg("--tls-key")
-            .arg(dir.path().join("tls.key"))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let flags = [
+        "--tls-cert".as_ref(),
+        cert.as_os_str(),
+        "--tls-key".as_ref(),
+        key.as_os_str(),
+    ];
+    let (_server, _, grpc) = Server::start(dir.path(), &flags);
     let url = format!("https://localhost:{grpc}");
     let control = Control::new(&url, ADMIN, Some(&authority.cert_pem)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
