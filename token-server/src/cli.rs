@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use tokenmesh_tokens::duration::parse_positive_flag;
 
 /// The tokenmesh OAuth 2.0 authorization server.
 ///
@@ -80,7 +81,7 @@ pub struct Args {
     /// average (a token bucket per client and replica); past it the answer
     /// is 429 with `Retry-After`. Every revocation reaches every sidecar and
     /// stays in its memory until the token would have expired. 0: no limit.
-    #[arg(long, env = "TOKENMESH_REVOKE_RATE", default_value_t = 10.0)]
+    #[arg(long, env = "TOKENMESH_REVOKE_RATE", default_value_t = 10.0, value_parser = revoke_rate)]
     pub revoke_rate: f64,
 
     /// Revocations a client may make at once before --revoke-rate applies.
@@ -155,19 +156,19 @@ pub struct ClientLimits {
     /// How long a new connection has to finish its TLS handshake and send
     /// its first request's headers; a client that stops reading an answer
     /// this long is dropped too.
-    #[arg(long, env = "TOKENMESH_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = positive_seconds)]
+    #[arg(long, env = "TOKENMESH_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_positive_flag)]
     pub header_read_timeout: Duration,
 
     /// How long a request's body may take to arrive, all of it, once its
     /// headers came (gRPC requests included: each is one message).
-    #[arg(long, env = "TOKENMESH_REQUEST_BODY_TIMEOUT", default_value = "10s", value_parser = positive_seconds)]
+    #[arg(long, env = "TOKENMESH_REQUEST_BODY_TIMEOUT", default_value = "10s", value_parser = parse_positive_flag)]
     pub request_body_timeout: Duration,
 
     /// How long a connection may stay open with no request in progress
     /// (the next request's headers must come within it): then it is closed,
     /// HTTP/2 with a GOAWAY. Open gRPC watch streams are requests in
     /// progress.
-    #[arg(long, env = "TOKENMESH_IDLE_TIMEOUT", default_value = "60s", value_parser = positive_seconds)]
+    #[arg(long, env = "TOKENMESH_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_positive_flag)]
     pub idle_timeout: Duration,
 
     /// Most connections each listener holds at once; a connection beyond
@@ -178,7 +179,7 @@ pub struct ClientLimits {
 
     /// HTTP/2 ping interval, and how long a ping may go unanswered before
     /// the connection is dropped (a vanished sidecar's watch streams end).
-    #[arg(long, env = "TOKENMESH_HTTP2_KEEPALIVE", default_value = "30s", value_parser = positive_seconds)]
+    #[arg(long, env = "TOKENMESH_HTTP2_KEEPALIVE", default_value = "30s", value_parser = parse_positive_flag)]
     pub http2_keepalive: Duration,
 }
 
@@ -196,13 +197,14 @@ impl ClientLimits {
     }
 }
 
-/// `30s` or `30`: whole seconds, at least one (a zero bound would close
-/// every connection at once).
-fn positive_seconds(text: &str) -> Result<Duration, String> {
-    match text.strip_suffix('s').unwrap_or(text).parse::<u64>() {
-        Ok(0) => Err(format!("`{text}`: give at least 1s")),
-        Ok(n) => Ok(Duration::from_secs(n)),
-        Err(_) => Err(format!("`{text}`: write seconds, like 30s")),
+/// Revocations per second: a finite number, 0 or more (`nan` or `inf` would
+/// turn the limit off without saying so).
+fn revoke_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
+        _ => Err(format!(
+            "`{text}`: give a number of revocations per second, 0 or more (0: no limit)"
+        )),
     }
 }
 
@@ -218,4 +220,32 @@ pub enum Command {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(["token-server", "--config", "x.yaml"].iter().chain(extra))
+    }
+
+    #[test]
+    fn listener_bounds_take_the_duration_form_of_every_tokenmesh_flag() {
+        let args = parse(&["--idle-timeout", "2m", "--header-read-timeout", "15"]).unwrap();
+        assert_eq!(args.limits.idle_timeout, Duration::from_secs(120));
+        assert_eq!(args.limits.header_read_timeout, Duration::from_secs(15));
+        assert!(
+            parse(&["--request-body-timeout", "0s"]).is_err(),
+            "a zero bound"
+        );
+    }
+
+    #[test]
+    fn a_revoke_rate_that_is_not_a_finite_number_is_refused() {
+        for bad in ["nan", "inf", "-1", "ten"] {
+            assert!(parse(&["--revoke-rate", bad]).is_err(), "{bad}");
+        }
+        assert_eq!(parse(&["--revoke-rate", "0"]).unwrap().revoke_rate, 0.0);
+    }
 }
