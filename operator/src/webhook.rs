@@ -351,8 +351,13 @@ fn rewrite_probes(pod: &Pod, captured: &[i32]) -> (Vec<Value>, Vec<String>, Vec<
             let target = get.path.as_deref().unwrap_or("/");
             let slash = if target.starts_with('/') { "" } else { "/" };
             probes.push(format!("{path}={port}{slash}{target}"));
+            // Credential headers stay behind: the sidecar refuses to pass
+            // them on (their value would come from the admin port's caller).
+            let credential = ["authorization", "proxy-authorization", "cookie"];
             for header in get.http_headers.iter().flatten() {
-                headers.push(format!("{path}={}", header.name));
+                if !credential.contains(&header.name.to_ascii_lowercase().as_str()) {
+                    headers.push(format!("{path}={}", header.name));
+                }
             }
             let moved = HTTPGetAction {
                 path: Some(path),
@@ -809,7 +814,7 @@ mod tests {
             capture: true,
             ..config()
         };
-        let get = |path: &str, port: Value| json!({"httpGet": {"path": path, "port": port, "httpHeaders": [{"name": "X-Probe", "value": "1"}]}});
+        let get = |path: &str, port: Value| json!({"httpGet": {"path": path, "port": port, "httpHeaders": [{"name": "X-Probe", "value": "1"}, {"name": "Authorization", "value": "Basic eDp5"}]}});
         let original = pod(
             json!({"tokenmesh.dev/inbound-ports": "8080"}),
             json!([{
@@ -824,7 +829,7 @@ mod tests {
         let web = &result["spec"]["containers"][0];
         assert_eq!(
             web["livenessProbe"]["httpGet"],
-            json!({"path": "/app-health/web/livez", "port": 15020, "scheme": "HTTP", "httpHeaders": [{"name": "X-Probe", "value": "1"}]})
+            json!({"path": "/app-health/web/livez", "port": 15020, "scheme": "HTTP", "httpHeaders": [{"name": "X-Probe", "value": "1"}, {"name": "Authorization", "value": "Basic eDp5"}]})
         );
         assert_eq!(
             web["readinessProbe"]["httpGet"]["path"],
@@ -849,7 +854,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             headers["value"], "/app-health/web/livez=X-Probe,/app-health/web/readyz=X-Probe",
-            "the sidecar passes on exactly the headers each moved probe names"
+            "the sidecar passes on exactly the headers each moved probe names, credentials never"
         );
 
         // Without capture the application's ports are reachable: nothing moves.

@@ -271,16 +271,44 @@ impl FromStr for AppProbeHeader {
         if !path.starts_with('/') {
             return Err(usage());
         }
+        let name: http::HeaderName = name.trim().parse().map_err(|_| usage())?;
+        // The value comes from whoever calls the admin port: a credential
+        // header would hand the application a credential no check has seen.
+        if is_credential(&name) {
+            return Err(format!(
+                "`{text}`: a probe cannot pass `{name}` on: the admin port takes no credentials"
+            ));
+        }
         Ok(Self {
             path: path.to_owned(),
-            name: name.trim().parse().map_err(|_| usage())?,
+            name,
         })
     }
+}
+
+/// Headers that carry credentials, which probes never pass on.
+pub fn is_credential(name: &http::HeaderName) -> bool {
+    [
+        http::header::AUTHORIZATION,
+        http::header::PROXY_AUTHORIZATION,
+        http::header::COOKIE,
+    ]
+    .contains(name)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probe_cannot_pass_a_credential_header_on() {
+        for name in ["Authorization", "cookie", "Proxy-Authorization"] {
+            let text = format!("/app-health/web/livez={name}");
+            assert!(text.parse::<AppProbeHeader>().is_err(), "{name}");
+        }
+        let ok: AppProbeHeader = "/app-health/web/livez=X-Probe".parse().unwrap();
+        assert_eq!(ok.name, "x-probe");
+    }
 
     fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
         let required = [

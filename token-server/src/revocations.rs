@@ -140,6 +140,14 @@ mod tests {
     use super::*;
     use crate::store::{RevocationKind, SqliteStore};
 
+    /// Whether a token `jti` of no grant, expiring at `exp`, counts as revoked.
+    async fn revoked(revocations: &Revocations, store: &SqliteStore, jti: &str, exp: u64) -> bool {
+        revocations
+            .is_revoked(store, jti, None, "c", exp)
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn memory_follows_the_store_and_falls_back_when_stale() {
         let dir = tempfile::tempdir().unwrap();
@@ -147,21 +155,11 @@ mod tests {
         store.revoke(RevocationKind::Token, "a", 100).await.unwrap();
         let revocations = Revocations::new(100);
         // Never synced: the store answers.
-        assert!(
-            revocations
-                .is_revoked(&store, "a", None, "c", 100)
-                .await
-                .unwrap()
-        );
+        assert!(revoked(&revocations, &store, "a", 100).await);
         revocations.sync(&store, 0).await.unwrap();
         store.revoke(RevocationKind::Grant, "g", 100).await.unwrap();
         // Synced: memory answers, and does not know `g` until the next sync.
-        assert!(
-            revocations
-                .is_revoked(&store, "a", None, "c", 100)
-                .await
-                .unwrap()
-        );
+        assert!(revoked(&revocations, &store, "a", 100).await);
         assert!(
             !revocations
                 .is_revoked(&store, "x", Some("g"), "c", 100)
@@ -176,25 +174,10 @@ mod tests {
                 .unwrap()
         );
         revocations.add("b", 50, 0);
-        assert!(
-            revocations
-                .is_revoked(&store, "b", None, "c", 50)
-                .await
-                .unwrap()
-        );
+        assert!(revoked(&revocations, &store, "b", 50).await);
         revocations.purge(60);
-        assert!(
-            !revocations
-                .is_revoked(&store, "b", None, "c", 50)
-                .await
-                .unwrap()
-        );
-        assert!(
-            revocations
-                .is_revoked(&store, "a", None, "c", 100)
-                .await
-                .unwrap()
-        );
+        assert!(!revoked(&revocations, &store, "b", 50).await);
+        assert!(revoked(&revocations, &store, "a", 100).await);
     }
 
     #[tokio::test]
@@ -211,29 +194,9 @@ mod tests {
         revocations.sync(&store, 0).await.unwrap();
         assert_eq!(revocations.known.read().unwrap().set.len(), 2);
         // `a` left memory; the store still says so.
-        assert!(
-            revocations
-                .is_revoked(&store, "a", None, "c", 100)
-                .await
-                .unwrap()
-        );
-        assert!(
-            !revocations
-                .is_revoked(&store, "z", None, "c", 100)
-                .await
-                .unwrap()
-        );
-        assert!(
-            revocations
-                .is_revoked(&store, "c", None, "c", 300)
-                .await
-                .unwrap()
-        );
-        assert!(
-            !revocations
-                .is_revoked(&store, "z", None, "c", 400)
-                .await
-                .unwrap()
-        );
+        assert!(revoked(&revocations, &store, "a", 100).await);
+        assert!(!revoked(&revocations, &store, "z", 100).await);
+        assert!(revoked(&revocations, &store, "c", 300).await);
+        assert!(!revoked(&revocations, &store, "z", 400).await);
     }
 }

@@ -22,6 +22,10 @@ pub fn client_grant_id(grant_id: &str, client_id: &str) -> String {
     format!("{grant_id}#{client_id}")
 }
 
+fn is_client_grant(id: &str) -> bool {
+    id.contains('#')
+}
+
 #[derive(Debug)]
 pub struct RevokedSet {
     by_id: HashMap<Arc<str>, u64>,
@@ -31,6 +35,9 @@ pub struct RevokedSet {
     /// full: a token that expires by then may be one of them.
     dropped_until: u64,
     dropped: u64,
+    /// How many ids are [`client_grant_id`]s: while none is, a check builds
+    /// no key for its token's grant and client.
+    client_grants: usize,
 }
 
 /// What [`RevokedSet::insert`] did.
@@ -51,6 +58,7 @@ impl RevokedSet {
             capacity: capacity.max(1),
             dropped_until: 0,
             dropped: 0,
+            client_grants: 0,
         }
     }
 
@@ -85,8 +93,10 @@ impl RevokedSet {
     /// `client_id` is known to be revoked.
     pub fn revokes(&self, jti: &str, grant_id: Option<&str>, client_id: &str) -> bool {
         self.contains(jti)
-            || grant_id
-                .is_some_and(|g| self.contains(g) || self.contains(&client_grant_id(g, client_id)))
+            || grant_id.is_some_and(|g| {
+                self.contains(g)
+                    || (self.client_grants > 0 && self.contains(&client_grant_id(g, client_id)))
+            })
     }
 
     /// Whether a token expiring at `exp` may concern a dropped revocation.
@@ -120,6 +130,7 @@ impl RevokedSet {
             }
             None => {
                 let key: Arc<str> = Arc::from(id);
+                self.client_grants += usize::from(is_client_grant(&key));
                 self.by_id.insert(key.clone(), expires_at);
                 self.by_expiry.insert((expires_at, key));
             }
@@ -129,7 +140,7 @@ impl RevokedSet {
             let Some((until, key)) = self.by_expiry.pop_first() else {
                 break;
             };
-            self.by_id.remove(&key);
+            self.forget(&key);
             self.dropped_until = self.dropped_until.max(until);
             dropped += 1;
         }
@@ -147,11 +158,17 @@ impl RevokedSet {
             .is_some_and(|(until, _)| *until < now)
         {
             if let Some((_, key)) = self.by_expiry.pop_first() {
-                self.by_id.remove(&key);
+                self.forget(&key);
                 removed += 1;
             }
         }
         removed
+    }
+
+    fn forget(&mut self, key: &str) {
+        if self.by_id.remove(key).is_some() {
+            self.client_grants -= usize::from(is_client_grant(key));
+        }
     }
 }
 
@@ -228,5 +245,9 @@ mod tests {
         assert!(!set.revokes("t4", None, "orders"));
         set.insert("g", 500, 0);
         assert!(set.revokes("t2", Some("g"), "frontend"), "the whole grant");
+        set.purge(501);
+        assert_eq!(set.client_grants, 0, "counted out as they expire");
+        set.insert(&client_grant_id("h", "orders"), 900, 600);
+        assert!(set.revokes("t5", Some("h"), "orders"));
     }
 }

@@ -73,9 +73,14 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
             "grant",
         ),
         (true, grant_id) => {
-            for inner in claims.embedded_tokens.values() {
-                if let Some(inner) = active_claims(state, inner).await? {
-                    record(state, RevocationKind::Token, &inner.jti, inner.exp).await?;
+            // Embedded tokens share their outer token's grant and client, so
+            // the client's part of the grant covers them; one revocation
+            // each only without a grant.
+            if grant_id.is_none() {
+                for inner in claims.embedded_tokens.values() {
+                    if let Some(inner) = active_claims(state, inner).await? {
+                        record(state, RevocationKind::Token, &inner.jti, inner.exp).await?;
+                    }
                 }
             }
             match grant_id {

@@ -512,6 +512,15 @@ const EC: [&str; 5] = [
 ];
 
 impl TestCa {
+    /// An HTTPS client that trusts this CA and nothing else.
+    pub fn client(&self) -> reqwest::Client {
+        let root = reqwest::Certificate::from_pem(&std::fs::read(&self.cert).unwrap()).unwrap();
+        reqwest::Client::builder()
+            .tls_certs_only([root])
+            .build()
+            .unwrap()
+    }
+
     pub fn new(dir: &Path) -> Self {
         let (cert, key) = (dir.join("ca.crt"), dir.join("ca.key"));
         let (c, k) = (cert.display().to_string(), key.display().to_string());

@@ -118,11 +118,7 @@ async fn serves_https_with_rustls() {
     let dir = config.dir.path();
     let ca = TestCa::new(dir);
     let (cert, key) = ca.issue("tls");
-    let root = reqwest::Certificate::from_pem(&std::fs::read(&ca.cert).unwrap()).unwrap();
-    let http = reqwest::Client::builder()
-        .tls_certs_only([root])
-        .build()
-        .unwrap();
+    let http = ca.client();
     let data = tempfile::tempdir().unwrap();
     let extra = vec![
         "--tls-cert".into(),

@@ -75,11 +75,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     let mounted = tempfile::tempdir().unwrap();
     publish(mounted.path(), 1, &first_cert, &first_key);
 
-    let root = reqwest::Certificate::from_pem(&std::fs::read(&ca.cert).unwrap()).unwrap();
-    let http = reqwest::Client::builder()
-        .tls_certs_only([root])
-        .build()
-        .unwrap();
+    let http = ca.client();
     let data = tempfile::tempdir().unwrap();
     let extra = vec![
         "--tls-cert".into(),

@@ -104,7 +104,16 @@ pub async fn serve<M, H, F, B>(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Out of file descriptors, most often: retrying at
+                        // once would spin; a pause lets connections close.
+                        tracing::warn!(error = %err, "cannot accept a connection; pausing 100 ms");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 let permit = match &permits {
                     None => None,
                     Some(permits) => match permits.clone().try_acquire_owned() {
