@@ -215,21 +215,31 @@ impl Mesh {
         self.routes.load().get(host).cloned()
     }
 
+    /// On every inbound request, cache hits included: borrows, copies nothing.
     fn is_revoked(&self, claims: &AccessTokenClaims) -> bool {
-        self.subject_revoked(&Subject::from(claims))
+        self.covered(
+            &claims.jti,
+            claims.grant_id.as_deref(),
+            &claims.client_id,
+            claims.exp,
+        )
+    }
+
+    fn subject_revoked(&self, subject: &Subject) -> bool {
+        self.covered(
+            &subject.jti,
+            subject.grant_id.as_deref(),
+            &subject.client_id,
+            subject.exp,
+        )
     }
 
     /// Revoked, or possibly revoked when full memory dropped its revocation.
-    fn subject_revoked(&self, subject: &Subject) -> bool {
+    fn covered(&self, jti: &str, grant_id: Option<&str>, client_id: &str, exp: u64) -> bool {
         self.revoked
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .covers(
-                &subject.jti,
-                subject.grant_id.as_deref(),
-                &subject.client_id,
-                subject.exp,
-            )
+            .covers(jti, grant_id, client_id, exp)
     }
 
     /// The token an outbound decision is made for: a JWT's own claims (the
