@@ -1,5 +1,5 @@
 //! What the tokenmesh token server and sidecar share about tokens: the
-//! access-token claims, JWT signing with keys parsed once, JWT verification
+//! access-token claims, the clock, JWT signing with keys parsed once, JWT verification
 //! against a key set, JSON Web Keys, secret hashing, the bounded set of
 //! revoked ids, what counts as a loopback host, the scope-list parser, and
 //! durations as resources and flags write them. With the `listen` feature, the
@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod claims;
+pub mod clock;
 pub mod duration;
 pub mod jwk;
 #[cfg(feature = "listen")]
