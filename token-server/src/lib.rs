@@ -1,29 +1,29 @@
 //! The tokenmesh token server: OAuth 2.0 endpoints over resources read from
 //! YAML, with signing keys, opaque tokens and revocations in a store.
 
+pub mod change;
 pub mod cli;
 pub mod config;
-pub mod exchange;
 pub mod grpc;
 pub mod http;
-pub mod issue;
-pub mod key_wrap;
 pub mod keys;
 pub mod kubernetes_issuer;
 pub mod metrics;
 pub mod oauth;
-pub mod policy;
+pub mod ports;
 pub mod rate_limit;
-pub mod registry;
 pub mod revocations;
 pub mod state;
 pub mod store;
+
+// The domain, from the protocol-free core.
+pub use tokenmesh_core::{key_wrap, policy, registry};
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use tokenmesh_tokens::listen::tls::{self, ReloadingCertificate};
-use tokenmesh_tokens::{cache::TtlCache, secret::SecretHash};
+use tokenmesh_tokens::{cache::TtlCache, clock::SystemClock, secret::SecretHash};
 use tracing_subscriber::EnvFilter;
 
 use crate::{
@@ -32,7 +32,7 @@ use crate::{
     keys::KeyRing,
     metrics::Metrics,
     registry::{FileSecrets, Registry},
-    state::{AppState, Endpoints, system_now},
+    state::{AppState, Endpoints},
     store::{DataDirLock, PgStore, SqliteStore, Store},
 };
 
@@ -303,7 +303,8 @@ async fn start(args: Args) -> Result<(), StartError> {
     } else {
         source.build(&secrets, &stored)?
     };
-    let now = system_now();
+    let clock = SystemClock::shared();
+    let now = clock.unix();
     let keys = KeyRing::start(
         store.as_ref(),
         &registry.server,
@@ -319,7 +320,7 @@ async fn start(args: Args) -> Result<(), StartError> {
         store,
         metrics: Metrics::new(),
         endpoints,
-        clock: system_now,
+        clock,
         secrets: Box::new(secrets),
         source,
         changes: tokio::sync::Mutex::new(state::StoredResources::from(stored.as_slice())),

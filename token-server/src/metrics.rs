@@ -45,6 +45,17 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts a token issued by `grant_type` in `format`.
+    pub fn count_issued(&self, grant_type: &'static str, format: tokenmesh_crds::TokenFormat) {
+        let format = match format {
+            tokenmesh_crds::TokenFormat::Opaque => "opaque",
+            _ => "jwt",
+        };
+        self.issued
+            .get_or_create(&IssuedLabels { grant_type, format })
+            .inc();
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("tokenmesh");
         let requests = Family::<HttpLabels, Counter>::default();

@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use tokenmesh_tokens::{cache::TtlCache, claims::AccessTokenClaims, secret::SecretHash};
+use tokenmesh_tokens::{
+    cache::TtlCache, claims::AccessTokenClaims, clock::SharedClock, secret::SecretHash,
+};
 use tokio::sync::{Mutex, Notify, watch};
 
 use crate::{
@@ -45,8 +47,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub metrics: Metrics,
     pub endpoints: Endpoints,
-    /// Now, as unix seconds; replaceable so expiry is testable.
-    pub clock: fn() -> u64,
+    /// The time, injected so expiry is tested by moving a manual clock.
+    pub clock: SharedClock,
     /// Where `secretRef`s of applied resources resolve.
     pub secrets: Box<dyn SecretSource>,
     /// The stored resource documents the registry in force was built from,
@@ -73,39 +75,6 @@ pub struct AppState {
     pub service_accounts: crate::kubernetes_issuer::ServiceAccountIssuer,
 }
 
-impl AppState {
-    /// Rebuilds the registry from the files and the stored resources (after
-    /// a change on any replica), makes sure its keys exist, and puts it in
-    /// force. Returns the new version, or `None` when the stored resources
-    /// are those already in force (this replica's own change, seen again),
-    /// so the version moves only when the configuration does.
-    pub async fn reload(&self) -> Result<Option<u64>, String> {
-        let mut in_force = self.changes.lock().await;
-        let stored = self.store.resources().await.map_err(|e| e.to_string())?;
-        let stored_now = StoredResources::from(stored.as_slice());
-        if stored_now == *in_force {
-            return Ok(None);
-        }
-        let next = self
-            .source
-            .build(self.secrets.as_ref(), &stored)
-            .map_err(|e| e.to_string())?;
-        self.keys
-            .refresh(
-                self.store.as_ref(),
-                &next.server,
-                &next.algorithms_in_use(),
-                self.now(),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        self.registry.store(std::sync::Arc::new(next));
-        *in_force = stored_now;
-        self.version.send_modify(|v| *v += 1);
-        Ok(Some(*self.version.borrow()))
-    }
-}
-
 /// Stored resource documents by key, as `Store::resources` lists them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct StoredResources(std::collections::BTreeMap<String, String>);
@@ -125,14 +94,8 @@ impl From<&[(String, String)]> for StoredResources {
 }
 
 impl AppState {
+    /// Now, as unix seconds.
     pub fn now(&self) -> u64 {
-        (self.clock)()
+        self.clock.unix()
     }
-}
-
-/// The system clock, as unix seconds.
-pub fn system_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

@@ -2,6 +2,7 @@
 //! ControlService for the operator, health and reflection.
 
 mod control;
+pub mod status;
 mod token_service;
 
 use std::sync::Arc;
@@ -10,60 +11,58 @@ use tokenmesh_proto::v1::{
     FILE_DESCRIPTOR_SET, control_service_server::ControlServiceServer,
     token_service_server::TokenServiceServer,
 };
-use tonic::{Status, metadata::MetadataMap, service::Routes};
+use tonic::{metadata::MetadataMap, service::Routes};
 
-use crate::{
-    oauth::{
-        client_auth::{basic_credentials_of, check_any_secret, check_assertion},
-        error::OAuthError,
-    },
-    registry::Client,
-    state::AppState,
+use tokenmesh_core::{
+    OAuthError,
+    client_auth::{self, Audience, Credentials, SecretMethod, basic_credentials_of, refused},
 };
 
-/// OAuth errors as gRPC status codes; the message helps and leaks nothing.
-impl From<OAuthError> for Status {
-    fn from(err: OAuthError) -> Self {
-        let message = format!("{err}: {}", err.description());
-        match err {
-            OAuthError::InvalidRequest(_)
-            | OAuthError::InvalidScope(_)
-            | OAuthError::InvalidTarget(_)
-            | OAuthError::TooLarge => Status::invalid_argument(message),
-            OAuthError::InvalidClient(_) => Status::unauthenticated(message),
-            OAuthError::InvalidGrant(_) => Status::failed_precondition(message),
-            OAuthError::UnauthorizedClient(_)
-            | OAuthError::AccessDenied(_)
-            | OAuthError::UnsupportedGrantType(_) => Status::permission_denied(message),
-            OAuthError::Unavailable | OAuthError::KeysUnavailable => Status::unavailable(message),
-            OAuthError::TooManyRequests(_) => Status::resource_exhausted(message),
-            OAuthError::Internal => Status::internal(message),
-        }
-    }
-}
+use crate::{registry::Client, state::AppState};
 
 /// Metadata carrying a client assertion (RFC 7523).
 pub const ASSERTION_METADATA: &str = "x-client-assertion";
 
-/// Authenticates the calling OAuth client from request metadata.
-pub async fn authenticate(state: &AppState, metadata: &MetadataMap) -> Result<Arc<Client>, Status> {
-    let registry = state.registry.load();
+/// The credentials request metadata carries: an assertion, else Basic.
+fn credentials(metadata: &MetadataMap) -> Result<Credentials, OAuthError> {
     if let Some(assertion) = metadata.get(ASSERTION_METADATA) {
         let assertion = assertion
             .to_str()
-            .map_err(|_| Status::unauthenticated("malformed client assertion"))?;
-        let endpoint = registry.server.issuer.clone();
-        return Ok(check_assertion(state, &registry, None, assertion, &endpoint).await?);
+            .map_err(|_| refused("malformed client assertion"))?;
+        return Ok(Credentials::Assertion {
+            claimed_id: None,
+            assertion: assertion.to_owned(),
+        });
     }
     match metadata.get("authorization") {
         Some(value) => {
             let (id, secret) = basic_credentials_of(value.as_bytes())?;
-            Ok(check_any_secret(&registry, &id, secret.as_bytes())?)
+            Ok(Credentials::Secret {
+                id,
+                secret,
+                method: SecretMethod::Either,
+            })
         }
-        None => Err(Status::unauthenticated(
+        None => Err(refused(
             "authenticate the client: `authorization: Basic` or `x-client-assertion` metadata",
         )),
     }
+}
+
+/// Authenticates the calling OAuth client from request metadata. An
+/// assertion's `aud` may name the issuer (gRPC has no endpoint URL of its own).
+pub async fn authenticate(
+    state: &AppState,
+    metadata: &MetadataMap,
+) -> Result<Arc<Client>, OAuthError> {
+    let registry = state.registry.load();
+    let credentials = credentials(metadata)?;
+    let audience = Audience {
+        issuer: &registry.server.issuer,
+        token_endpoint: &state.endpoints.token,
+        endpoint: &registry.server.issuer,
+    };
+    client_auth::authenticate(state, &registry, &credentials, audience, state.now()).await
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -14,12 +14,21 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::authenticate;
-use crate::{
+use tokenmesh_core::{
+    OAuthError,
     exchange::{self, ExchangeParams},
-    issue, keys,
-    oauth::{active_claims, error::OAuthError, introspection_response},
+    introspection::introspection_response,
+    issue::OPAQUE_PREFIX,
     policy,
+    registry::Client,
+};
+use tonic::metadata::MetadataMap;
+
+use super::{authenticate, status::Failure};
+use crate::{
+    keys,
+    oauth::active_claims,
+    ports::sign,
     state::AppState,
     store::{Revocation, RevocationKind},
 };
@@ -36,21 +45,24 @@ pub struct Tokens {
     pub state: Arc<AppState>,
 }
 
-fn required<'a>(value: &'a str, name: &str) -> Result<&'a str, Status> {
+fn required<'a>(value: &'a str, name: &'static str) -> Result<&'a str, Failure> {
     if value.is_empty() {
-        Err(Status::invalid_argument(format!("{name} is required")))
+        Err(Failure::Missing(name))
     } else {
         Ok(value)
     }
 }
 
-#[tonic::async_trait]
-impl TokenService for Tokens {
+impl Tokens {
+    async fn client(&self, metadata: &MetadataMap) -> Result<Arc<Client>, Failure> {
+        Ok(authenticate(&self.state, metadata).await?)
+    }
+
     async fn exchange(
         &self,
         request: Request<ExchangeRequest>,
-    ) -> Result<Response<ExchangeResponse>, Status> {
-        let client = authenticate(&self.state, request.metadata()).await?;
+    ) -> Result<ExchangeResponse, Failure> {
+        let client = self.client(request.metadata()).await?;
         let body = request.into_inner();
         let registry = self.state.registry.load();
         let params = ExchangeParams {
@@ -60,20 +72,24 @@ impl TokenService for Tokens {
             scopes: Some(body.scopes).filter(|s| !s.is_empty()),
             requested_token_type: Some(body.requested_token_type.as_str()),
         };
-        let issued = exchange::exchange(&self.state, &registry, &client, params).await?;
-        Ok(Response::new(ExchangeResponse {
+        let issued =
+            exchange::exchange(&*self.state, &registry, &client, params, self.state.now()).await?;
+        self.state
+            .metrics
+            .count_issued("token_exchange", issued.format);
+        Ok(ExchangeResponse {
             access_token: issued.access_token,
             issued_token_type: issued.issued_token_type.to_owned(),
             expires_in: i64::try_from(issued.expires_in).unwrap_or(i64::MAX),
             scopes: issued.scopes,
-        }))
+        })
     }
 
     async fn introspect(
         &self,
         request: Request<IntrospectRequest>,
-    ) -> Result<Response<IntrospectResponse>, Status> {
-        let client = authenticate(&self.state, request.metadata()).await?;
+    ) -> Result<IntrospectResponse, Failure> {
+        let client = self.client(request.metadata()).await?;
         if !client.allow_introspection {
             return Err(
                 OAuthError::AccessDenied("the client may not introspect tokens".into()).into(),
@@ -81,34 +97,33 @@ impl TokenService for Tokens {
         }
         let token = request.into_inner().token;
         let Some(claims) = active_claims(&self.state, required(&token, "token")?).await? else {
-            return Ok(Response::new(IntrospectResponse::default()));
+            return Ok(IntrospectResponse::default());
         };
         let registry = self.state.registry.load();
         let response = introspection_response(&claims, self.state.now());
         let alg = keys::jose_algorithm(registry.server.algorithm);
-        Ok(Response::new(IntrospectResponse {
+        Ok(IntrospectResponse {
             active: true,
-            claims_json: serde_json::to_string(&response)
-                .map_err(|_| Status::internal("internal error"))?,
-            phantom_jwt: issue::sign(
+            claims_json: serde_json::to_string(&response).map_err(|_| OAuthError::Internal)?,
+            phantom_jwt: sign(
                 &self.state,
                 alg,
                 tokenmesh_tokens::claims::ACCESS_TOKEN_TYP,
                 &claims,
             )?,
             expires_at: i64::try_from(claims.exp).unwrap_or(i64::MAX),
-        }))
+        })
     }
 
     async fn get_embedded_token(
         &self,
         request: Request<GetEmbeddedTokenRequest>,
-    ) -> Result<Response<GetEmbeddedTokenResponse>, Status> {
-        let client = authenticate(&self.state, request.metadata()).await?;
+    ) -> Result<GetEmbeddedTokenResponse, Failure> {
+        let client = self.client(request.metadata()).await?;
         let body = request.into_inner();
         // A JWT shows its embedded tokens to anyone holding it; an opaque
         // token's are read from the store, as introspection would.
-        if body.token.starts_with(crate::issue::OPAQUE_PREFIX) && !client.allow_introspection {
+        if body.token.starts_with(OPAQUE_PREFIX) && !client.allow_introspection {
             return Err(OAuthError::AccessDenied(
                 "the client may not introspect tokens, so not read an opaque token's embedded ones"
                     .into(),
@@ -117,7 +132,7 @@ impl TokenService for Tokens {
         }
         let outer = active_claims(&self.state, required(&body.token, "token")?)
             .await?
-            .ok_or_else(|| Status::failed_precondition("the token is not active"))?;
+            .ok_or_else(|| OAuthError::InvalidGrant("the token is not active".into()))?;
         let audience = required(&body.audience, "audience")?;
         // An embed policy's actors are the workloads that extract.
         if !policy::may_extract(&self.state.registry.load(), &outer, audience, &client.id) {
@@ -129,57 +144,91 @@ impl TokenService for Tokens {
         let inner = outer
             .embedded_tokens
             .get(audience)
-            .ok_or_else(|| Status::not_found("the token carries no token for this audience"))?;
+            .ok_or(Failure::NotEmbedded)?;
         if active_claims(&self.state, inner).await?.is_none() {
-            return Err(Status::failed_precondition(
-                "the embedded token is no longer active",
-            ));
+            return Err(
+                OAuthError::InvalidGrant("the embedded token is no longer active".into()).into(),
+            );
         }
-        Ok(Response::new(GetEmbeddedTokenResponse {
+        Ok(GetEmbeddedTokenResponse {
             token: inner.clone(),
-        }))
+        })
+    }
+
+    async fn check_share(
+        &self,
+        request: Request<CheckShareRequest>,
+    ) -> Result<CheckShareResponse, Failure> {
+        let caller = self.client(request.metadata()).await?;
+        let body = request.into_inner();
+        let Some(claims) = active_claims(&self.state, required(&body.token, "token")?).await?
+        else {
+            return Ok(CheckShareResponse {
+                allowed: false,
+                reason: "the token is not active".into(),
+                audience: String::new(),
+            });
+        };
+        let registry = self.state.registry.load();
+        Ok(
+            match policy::share(
+                &registry,
+                &claims,
+                &caller.id,
+                required(&body.destination, "destination")?,
+            ) {
+                Ok(audience) => CheckShareResponse {
+                    allowed: true,
+                    reason: String::new(),
+                    audience,
+                },
+                Err(reason) => CheckShareResponse {
+                    allowed: false,
+                    reason: reason.into(),
+                    audience: String::new(),
+                },
+            },
+        )
+    }
+}
+
+#[tonic::async_trait]
+impl TokenService for Tokens {
+    async fn exchange(
+        &self,
+        request: Request<ExchangeRequest>,
+    ) -> Result<Response<ExchangeResponse>, Status> {
+        Ok(Response::new(Tokens::exchange(self, request).await?))
+    }
+
+    async fn introspect(
+        &self,
+        request: Request<IntrospectRequest>,
+    ) -> Result<Response<IntrospectResponse>, Status> {
+        Ok(Response::new(Tokens::introspect(self, request).await?))
+    }
+
+    async fn get_embedded_token(
+        &self,
+        request: Request<GetEmbeddedTokenRequest>,
+    ) -> Result<Response<GetEmbeddedTokenResponse>, Status> {
+        Ok(Response::new(
+            Tokens::get_embedded_token(self, request).await?,
+        ))
     }
 
     async fn check_share(
         &self,
         request: Request<CheckShareRequest>,
     ) -> Result<Response<CheckShareResponse>, Status> {
-        let caller = authenticate(&self.state, request.metadata()).await?;
-        let body = request.into_inner();
-        let Some(claims) = active_claims(&self.state, required(&body.token, "token")?).await?
-        else {
-            return Ok(Response::new(CheckShareResponse {
-                allowed: false,
-                reason: "the token is not active".into(),
-                audience: String::new(),
-            }));
-        };
-        let registry = self.state.registry.load();
-        let answer = match policy::share(
-            &registry,
-            &claims,
-            &caller.id,
-            required(&body.destination, "destination")?,
-        ) {
-            Ok(audience) => CheckShareResponse {
-                allowed: true,
-                reason: String::new(),
-                audience,
-            },
-            Err(reason) => CheckShareResponse {
-                allowed: false,
-                reason: reason.into(),
-                audience: String::new(),
-            },
-        };
-        Ok(Response::new(answer))
+        Ok(Response::new(Tokens::check_share(self, request).await?))
     }
 
     async fn get_jwks(
         &self,
         request: Request<GetJwksRequest>,
     ) -> Result<Response<GetJwksResponse>, Status> {
-        authenticate(&self.state, request.metadata()).await?;
+        self.client(request.metadata()).await?;
         Ok(Response::new(GetJwksResponse {
             issuer: self.state.registry.load().server.issuer.clone(),
             jwks_json: self.state.keys.snapshot().jwks_json.to_string(),
@@ -192,7 +241,7 @@ impl TokenService for Tokens {
         &self,
         request: Request<WatchPoliciesRequest>,
     ) -> Result<Response<Self::WatchPoliciesStream>, Status> {
-        let client = authenticate(&self.state, request.metadata()).await?;
+        let client = self.client(request.metadata()).await?;
         let state = self.state.clone();
         let mut versions = state.version.subscribe();
         let (tx, rx) = mpsc::channel(4);
@@ -218,7 +267,7 @@ impl TokenService for Tokens {
         &self,
         request: Request<WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        authenticate(&self.state, request.metadata()).await?;
+        self.client(request.metadata()).await?;
         let request = request.into_inner();
         let mut cursor = request.after_seq.max(0);
         let snapshot = request.snapshot && cursor == 0;
@@ -241,7 +290,7 @@ impl TokenService for Tokens {
                 {
                     Ok(batch) => batch,
                     Err(err) => {
-                        let _ = tx.send(Err(Status::unavailable(err.to_string()))).await;
+                        let _ = tx.send(Err(Failure::from(err).into())).await;
                         return;
                     }
                 };
@@ -285,7 +334,7 @@ async fn send_snapshot(
         let batch = match state.store.revocations_after(cursor, SNAPSHOT_PART).await {
             Ok(batch) => batch,
             Err(err) => {
-                let _ = tx.send(Err(Status::unavailable(err.to_string()))).await;
+                let _ = tx.send(Err(Failure::from(err).into())).await;
                 return None;
             }
         };

@@ -18,7 +18,6 @@ mod fetch;
 mod review;
 
 use std::{
-    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -43,56 +42,12 @@ const MAX_STALE: Duration = Duration::from_secs(24 * 3600);
 const MAX_LIFETIME: u64 = 24 * 3600;
 /// Clock skew allowed on `exp` and `nbf`.
 const LEEWAY: u64 = 30;
-const SUBJECT_PREFIX: &str = "system:serviceaccount:";
 /// How long a TokenReview answer is remembered: a revoked token is refused
 /// at most this late, and one token costs the API server at most one
 /// review per interval.
 pub const REVIEW_TTL: Duration = Duration::from_secs(5);
 
-/// `TokenServer.spec.kubernetes` with its defaults applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KubernetesSettings {
-    /// The `iss` of service-account tokens; `None`: the one discovery names.
-    pub issuer: Option<String>,
-    /// The `aud` a token must carry.
-    pub audience: String,
-    /// Base URL of `/.well-known/openid-configuration`.
-    pub discovery_url: String,
-    pub ca_file: Option<PathBuf>,
-    pub token_file: Option<PathBuf>,
-    /// Ask the API server (TokenReview) after the signature checks out.
-    pub token_review: bool,
-    /// Where TokenReview goes.
-    pub api_server_url: String,
-}
-
-/// A service account, as named by a token's `sub`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ServiceAccount {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl ServiceAccount {
-    /// `system:serviceaccount:<namespace>:<name>`; anything else is not a
-    /// service account (a node, a user).
-    pub fn from_subject(sub: &str) -> Option<Self> {
-        let (namespace, name) = sub.strip_prefix(SUBJECT_PREFIX)?.split_once(':')?;
-        if namespace.is_empty() || name.is_empty() || name.contains(':') {
-            return None;
-        }
-        Some(Self {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        })
-    }
-}
-
-impl std::fmt::Display for ServiceAccount {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
+pub use tokenmesh_core::registry::{KubernetesSettings, ServiceAccount};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SaTokenError {
@@ -210,7 +165,7 @@ impl Verifier {
     pub fn is_for(&self, iss: &str, sub: Option<&str>) -> bool {
         match self.issuer() {
             Some(issuer) => issuer == iss,
-            None => sub.is_some_and(|s| s.starts_with(SUBJECT_PREFIX)),
+            None => sub.is_some_and(|s| s.starts_with(ServiceAccount::SUBJECT_PREFIX)),
         }
     }
 
@@ -403,22 +358,8 @@ impl ServiceAccountIssuer {
     }
 }
 
-/// The `iss` of a token, unverified (for messages only).
-pub fn unverified_issuer(token: &str) -> Option<String> {
-    unverified_claim(token, "iss")
-}
-
-/// A string claim of a JWT, unverified: to route an assertion or name it
-/// in a message, never to trust it.
-pub fn unverified_claim(token: &str, name: &str) -> Option<String> {
-    use base64::Engine;
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()?;
-    let claims: Value = serde_json::from_slice(&bytes).ok()?;
-    claims.get(name)?.as_str().map(str::to_owned)
-}
+/// Claims read without verifying, only to route a token or name it in a message.
+pub use tokenmesh_core::client_auth::{unverified_claim, unverified_issuer};
 
 #[cfg(test)]
 mod tests;

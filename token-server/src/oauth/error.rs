@@ -1,6 +1,5 @@
-//! OAuth errors (RFC 6749 §5.2 and the RFCs that add codes), mapped once to HTTP.
-
-use std::borrow::Cow;
+//! The core's OAuth errors as HTTP responses (RFC 6749 §5.2): the one place
+//! they are mapped to a status code and headers.
 
 use axum::{
     Json,
@@ -8,47 +7,18 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
+pub use tokenmesh_core::OAuthError;
 
 use crate::store::StoreError;
 
-type Text = Cow<'static, str>;
+/// An [`OAuthError`] on its way out of an HTTP endpoint.
+#[derive(Debug)]
+pub struct HttpError(pub OAuthError);
 
-/// An error a client is told about. The description helps the caller and
-/// never carries a token, a secret or an internal detail.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum OAuthError {
-    #[error("invalid_request")]
-    InvalidRequest(Text),
-    #[error("invalid_client")]
-    InvalidClient(Text),
-    #[error("invalid_grant")]
-    InvalidGrant(Text),
-    #[error("unauthorized_client")]
-    UnauthorizedClient(Text),
-    #[error("unsupported_grant_type")]
-    UnsupportedGrantType(Text),
-    #[error("invalid_scope")]
-    InvalidScope(Text),
-    #[error("invalid_target")]
-    InvalidTarget(Text),
-    /// An authenticated client asked for something it may not do.
-    #[error("access_denied")]
-    AccessDenied(Text),
-    #[error("invalid_request")]
-    TooLarge,
-    /// The client went past its rate (RFC 6585 429); `slow_down` is the
-    /// registered OAuth code for it (RFC 8628). Carries the seconds to wait.
-    #[error("slow_down")]
-    TooManyRequests(u64),
-    #[error("temporarily_unavailable")]
-    Unavailable,
-    /// The cluster's service-account keys cannot be fetched, or a
-    /// TokenReview not made (the Kubernetes API server is down or
-    /// misconfigured): the client is not to blame.
-    #[error("temporarily_unavailable")]
-    KeysUnavailable,
-    #[error("server_error")]
-    Internal,
+impl From<OAuthError> for HttpError {
+    fn from(err: OAuthError) -> Self {
+        Self(err)
+    }
 }
 
 #[derive(Serialize)]
@@ -58,37 +28,16 @@ struct Body<'a> {
     error_description: Option<&'a str>,
 }
 
-impl OAuthError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Self::InvalidClient(_) => StatusCode::UNAUTHORIZED,
-            Self::AccessDenied(_) => StatusCode::FORBIDDEN,
-            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable | Self::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            _ => StatusCode::BAD_REQUEST,
-        }
-    }
-
-    pub fn description(&self) -> &str {
-        match self {
-            Self::InvalidRequest(d)
-            | Self::InvalidClient(d)
-            | Self::InvalidGrant(d)
-            | Self::UnauthorizedClient(d)
-            | Self::UnsupportedGrantType(d)
-            | Self::InvalidScope(d)
-            | Self::InvalidTarget(d)
-            | Self::AccessDenied(d) => d,
-            Self::TooLarge => "the request body is too large",
-            Self::TooManyRequests(_) => "too many requests from this client; retry later",
-            Self::Unavailable => "the token server cannot reach its store; retry later",
-            Self::KeysUnavailable => {
-                "the token server cannot check service-account tokens with the Kubernetes API server; retry later"
-            }
-            Self::Internal => "internal error",
-        }
+/// The HTTP status of each error.
+pub fn status(err: &OAuthError) -> StatusCode {
+    match err {
+        OAuthError::InvalidClient(_) => StatusCode::UNAUTHORIZED,
+        OAuthError::AccessDenied(_) => StatusCode::FORBIDDEN,
+        OAuthError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        OAuthError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+        OAuthError::Unavailable | OAuthError::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        OAuthError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
     }
 }
 
@@ -101,27 +50,28 @@ impl From<StoreError> for OAuthError {
     }
 }
 
-impl IntoResponse for OAuthError {
+impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
+        let err = self.0;
         let body = Body {
-            error: self.to_string(),
-            error_description: Some(self.description()),
+            error: err.to_string(),
+            error_description: Some(err.description()),
         };
-        let mut response = (self.status(), Json(body)).into_response();
+        let mut response = (status(&err), Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-        if matches!(self, Self::InvalidClient(_)) {
+        if matches!(err, OAuthError::InvalidClient(_)) {
             headers.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"tokenmesh\""),
             );
         }
-        match self {
-            Self::Unavailable | Self::KeysUnavailable => {
+        match err {
+            OAuthError::Unavailable | OAuthError::KeysUnavailable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            Self::TooManyRequests(seconds) => {
+            OAuthError::TooManyRequests(seconds) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
             }
             _ => {}

@@ -12,7 +12,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tokenmesh_tokens::{
     claims::{ACCESS_TOKEN_TYP, AccessTokenClaims},
     secret::SecretHash,
@@ -20,7 +20,9 @@ use tokenmesh_tokens::{
 };
 
 use super::{client_auth::authenticate, error::OAuthError, form::Form, no_store, respond};
-use crate::{issue, keys::jose_algorithm, metrics::LookupLabels, state::AppState};
+use tokenmesh_core::introspection::{inactive, introspection_response};
+
+use crate::{keys::jose_algorithm, metrics::LookupLabels, ports::sign, state::AppState};
 
 pub const INTROSPECTION_JWT: &str = "application/token-introspection+jwt";
 const PHANTOM_JWT: &str = "application/jwt";
@@ -112,26 +114,6 @@ pub async fn active_claims(
     Ok(Some(claims))
 }
 
-/// The RFC 7662 response members of active claims at `now`.
-pub fn introspection_response(claims: &AccessTokenClaims, now: u64) -> Map<String, Value> {
-    let mut map = match serde_json::to_value(claims) {
-        Ok(Value::Object(map)) => map,
-        _ => Map::new(),
-    };
-    let (live, expired) = claims.scopes_at(now);
-    map.insert("active".into(), Value::Bool(true));
-    map.insert("token_type".into(), Value::String("Bearer".into()));
-    if live.is_empty() {
-        map.remove("scope");
-    } else {
-        map.insert("scope".into(), Value::String(live.join(" ")));
-    }
-    if !expired.is_empty() {
-        map.insert("expired_scope".into(), Value::String(expired.join(" ")));
-    }
-    map
-}
-
 #[derive(Serialize)]
 struct SignedIntrospection<'a> {
     iss: &'a str,
@@ -183,10 +165,7 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
     let claims = active_claims(state, token).await?;
     let response = match &claims {
         Some(claims) => introspection_response(claims, now),
-        None => match json!({"active": false}) {
-            Value::Object(map) => map,
-            _ => Map::new(),
-        },
+        None => inactive(),
     };
     let alg = jose_algorithm(registry.server.algorithm);
     if accepts(headers, INTROSPECTION_JWT) {
@@ -196,13 +175,13 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
             iat: now,
             token_introspection: &response,
         };
-        let jwt = issue::sign(state, alg, "token-introspection+jwt", &signed)?;
+        let jwt = sign(state, alg, "token-introspection+jwt", &signed)?;
         return Ok(with_content_type(jwt, INTROSPECTION_JWT));
     }
     if accepts(headers, PHANTOM_JWT)
         && let Some(claims) = &claims
     {
-        let jwt = issue::sign(state, alg, ACCESS_TOKEN_TYP, claims)?;
+        let jwt = sign(state, alg, ACCESS_TOKEN_TYP, claims)?;
         return Ok(with_content_type(jwt, PHANTOM_JWT));
     }
     Ok(no_store(Json(response)).into_response())

@@ -6,10 +6,9 @@ pub mod form;
 mod introspect;
 mod metadata;
 mod revoke;
-mod service_account;
 mod token;
 
-pub use introspect::{active_claims, introspect, introspection_response};
+pub use introspect::{active_claims, introspect};
 pub use metadata::{jwks, metadata};
 pub use revoke::revoke;
 pub use token::token;
@@ -30,5 +29,5 @@ fn no_store(response: impl IntoResponse) -> Response {
 
 /// Runs a fallible handler body and renders its OAuth error.
 fn respond(result: Result<Response, error::OAuthError>) -> Response {
-    result.unwrap_or_else(IntoResponse::into_response)
+    result.unwrap_or_else(|err| error::HttpError(err).into_response())
 }

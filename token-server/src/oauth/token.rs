@@ -4,13 +4,15 @@ use std::sync::Arc;
 
 use axum::{Json, body::Body, extract::State, http::HeaderMap, response::Response};
 use serde::Serialize;
-use tokenmesh_crds::{GrantType, TokenFormat};
 
 use super::{client_auth::authenticate, error::OAuthError, form::Form, no_store, respond};
-use crate::{
+use tokenmesh_core::{
     exchange::{ACCESS_TOKEN_TYPE, ExchangeParams, JWT_TYPE},
-    issue::{self, TokenPlan},
-    metrics::IssuedLabels,
+    issue::{self, ClientCredentialsRequest},
+    plan,
+};
+
+use crate::{
     registry::{Client, Registry},
     state::AppState,
 };
@@ -37,64 +39,33 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
     let registry = state.registry.load();
     let client = authenticate(state, &registry, headers, &form, &state.endpoints.token).await?;
     let grant_type = form.require("grant_type")?;
-    let grant = match grant_type {
-        "client_credentials" => GrantType::ClientCredentials,
+    match grant_type {
+        "client_credentials" => {}
         TOKEN_EXCHANGE => return exchange(state, &registry, &client, &form).await,
         _ => {
             return Err(OAuthError::UnsupportedGrantType(
                 "supported: client_credentials, token exchange".into(),
             ));
         }
-    };
-    if !client.grant_types.contains(&grant) {
-        return Err(OAuthError::UnauthorizedClient(
-            "the client may not use this grant type".into(),
-        ));
     }
-    let now = state.now();
-    let scopes = issue::resolve_scopes(&registry, &client, form.get("scope"), now)?;
-    let requested: Vec<String> = form
-        .all("audience")
-        .iter()
-        .chain(form.all("resource"))
-        .cloned()
-        .collect();
-    let audiences = issue::resolve_audiences(&client, &requested)?;
-    let ttl = client.ttl.min(registry.server.max_ttl).as_secs();
-    let claims = issue::claims(
-        &registry.server.issuer,
-        TokenPlan {
-            client: &client,
-            subject: client.id.clone(),
-            scopes,
-            audiences,
-            grant_id: None,
-            now,
-            ttl,
-        },
-    )?;
-    let mut claims = claims;
-    issue::embed(state, &registry, &client, &mut claims, now)?;
-    let access_token = issue::mint(state, &registry, &client, client.format, &claims).await?;
-    let format = if client.format == TokenFormat::Opaque {
-        "opaque"
-    } else {
-        "jwt"
+    let request = ClientCredentialsRequest {
+        scope: form.get("scope"),
+        audiences: form
+            .all("audience")
+            .iter()
+            .chain(form.all("resource"))
+            .cloned()
+            .collect(),
     };
+    let issued = issue::client_credentials(state, &registry, &client, request, state.now()).await?;
     state
         .metrics
-        .issued
-        .get_or_create(&IssuedLabels {
-            grant_type: "client_credentials",
-            format,
-        })
-        .inc();
-    tracing::debug!(client_id = %client.id, jti = %claims.jti, "token issued");
+        .count_issued("client_credentials", issued.format);
     Ok(no_store(Json(TokenResponse {
-        access_token,
+        access_token: issued.access_token,
         token_type: "Bearer",
-        expires_in: ttl,
-        scope: claims.scope,
+        expires_in: issued.expires_in,
+        scope: issued.claims.scope,
         issued_token_type: None,
     })))
 }
@@ -141,10 +112,12 @@ async fn exchange(
         subject_token,
         actor_token,
         audience,
-        scopes: form.get("scope").map(issue::requested_scopes).transpose()?,
+        scopes: form.get("scope").map(plan::requested_scopes).transpose()?,
         requested_token_type: form.get("requested_token_type"),
     };
-    let issued = crate::exchange::exchange(state, registry, client, params).await?;
+    let issued =
+        tokenmesh_core::exchange::exchange(state, registry, client, params, state.now()).await?;
+    state.metrics.count_issued("token_exchange", issued.format);
     Ok(no_store(Json(TokenResponse {
         access_token: issued.access_token,
         token_type: "Bearer",

@@ -4,12 +4,12 @@ use tokenmesh_crds::TokenFormat;
 use tokenmesh_tokens::claims::AccessTokenClaims;
 
 use crate::{
-    issue::{self, GrantedScope, TokenPlan},
-    metrics::IssuedLabels,
-    oauth::{active_claims, error::OAuthError},
+    error::OAuthError,
+    issue,
+    plan::{self, GrantedScope, TokenPlan},
     policy::{self, ActingParty, ExchangeRequest},
+    ports::{OpaqueTokens, PresentedTokens, Signer},
     registry::{Client, Registry},
-    state::AppState,
 };
 
 pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -25,20 +25,25 @@ pub struct ExchangeParams<'a> {
     pub requested_token_type: Option<&'a str>,
 }
 
+#[derive(Debug)]
 pub struct Issued {
     pub access_token: String,
     pub issued_token_type: &'static str,
     pub expires_in: u64,
     pub scopes: Vec<String>,
+    /// The format minted, for the caller's count.
+    pub format: TokenFormat,
+    /// The policy that admitted the exchange.
+    pub policy: String,
 }
 
 /// The active claims of a presented token, or `invalid_grant`.
 async fn presented(
-    state: &AppState,
+    tokens: &impl PresentedTokens,
     token: &str,
     name: &'static str,
 ) -> Result<AccessTokenClaims, OAuthError> {
-    match active_claims(state, token).await? {
+    match tokens.active_claims(token).await? {
         Some(claims) => Ok(claims),
         None => {
             tracing::debug!(
@@ -52,12 +57,14 @@ async fn presented(
     }
 }
 
-/// Exchanges a subject token for one for `audience`, as `client` acting.
+/// Exchanges a subject token for one for `audience`, as `client` acting, at
+/// `now` (unix seconds).
 pub async fn exchange(
-    state: &AppState,
+    ports: &(impl PresentedTokens + Signer + OpaqueTokens),
     registry: &Registry,
     client: &Client,
     params: ExchangeParams<'_>,
+    now: u64,
 ) -> Result<Issued, OAuthError> {
     if !client
         .grant_types
@@ -79,11 +86,11 @@ pub async fn exchange(
         }
     };
     if let Some(scopes) = &params.scopes {
-        issue::check_requested_scopes(scopes)?;
+        plan::check_requested_scopes(scopes)?;
     }
-    let subject = presented(state, params.subject_token, "subject_token").await?;
+    let subject = presented(ports, params.subject_token, "subject_token").await?;
     let actor_claims = match params.actor_token {
-        Some(token) => Some(presented(state, token, "actor_token").await?),
+        Some(token) => Some(presented(ports, token, "actor_token").await?),
         None => None,
     };
     if let Some(actor) = &actor_claims
@@ -94,7 +101,6 @@ pub async fn exchange(
             "the actor_token must identify the calling client".into(),
         ));
     }
-    let now = state.now();
     let audience = match params.audience {
         Some(audience) => audience.to_owned(),
         None => policy::sole_audience(registry, &subject, &client.id).inspect_err(|err| {
@@ -125,7 +131,7 @@ pub async fn exchange(
             expires_at: subject.scope_exp.get(name).copied(),
         })
         .collect();
-    let mut claims = issue::claims(
+    let mut claims = plan::claims(
         &registry.server.issuer,
         TokenPlan {
             client,
@@ -139,26 +145,15 @@ pub async fn exchange(
     )?;
     claims.act = Some(decision.act);
     claims.extra.extend(decision.claims);
-    issue::embed(state, registry, client, &mut claims, now)?;
-    let access_token = issue::mint(state, registry, client, format, &claims).await?;
-    let label = if format == TokenFormat::Opaque {
-        "opaque"
-    } else {
-        "jwt"
-    };
-    state
-        .metrics
-        .issued
-        .get_or_create(&IssuedLabels {
-            grant_type: "token_exchange",
-            format: label,
-        })
-        .inc();
+    issue::embed(ports, registry, client, &mut claims, now)?;
+    let access_token = issue::mint(ports, registry, client, format, &claims).await?;
     tracing::debug!(client_id = %client.id, policy = %decision.policy, jti = %claims.jti, "token exchanged");
     Ok(Issued {
         access_token,
         issued_token_type,
         expires_in: decision.ttl,
         scopes: decision.scopes,
+        format,
+        policy: decision.policy,
     })
 }

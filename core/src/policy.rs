@@ -8,7 +8,7 @@ use tokenmesh_crds::ExchangeMode;
 use tokenmesh_tokens::claims::{AccessTokenClaims, Actor};
 
 use crate::{
-    oauth::error::OAuthError,
+    error::OAuthError,
     registry::{ClientAuth, Policy, Registry, ScopePattern},
 };
 
@@ -497,7 +497,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        config::parse_documents,
+        document::parse_documents,
         registry::{Registry, SecretSource},
     };
 
@@ -516,7 +516,7 @@ mod tests {
 
     /// The three scopes, an ExchangePolicy `to-payments` of spec `policy`,
     /// and any further documents `policy` appends.
-    fn load(policy: &str) -> Result<Registry, crate::config::ConfigError> {
+    fn load(policy: &str) -> Result<Registry, crate::document::ConfigError> {
         let yaml = format!(
             "apiVersion: tokenmesh.dev/v1alpha1\nkind: Scope\nmetadata: {{name: r}}\nspec: {{name: \"orders:read\"}}\n---\n\
              apiVersion: tokenmesh.dev/v1alpha1\nkind: Scope\nmetadata: {{name: w}}\nspec: {{name: \"orders:write\"}}\n---\n\

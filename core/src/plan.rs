@@ -1,28 +1,21 @@
-//! Deciding what a token says (scopes, audiences, lifetime) and minting it
-//! as a JWT or an opaque token.
+//! Deciding what a token says: its scopes, audiences, lifetime and claims.
 
 use std::collections::BTreeMap;
 
 use serde_json::Map;
-use tokenmesh_crds::TokenFormat;
 use tokenmesh_tokens::{
-    claims::{ACCESS_TOKEN_TYP, AccessTokenClaims, Audience},
+    claims::{AccessTokenClaims, Audience},
     scope,
-    secret::{SecretHash, random_id, random_token},
+    secret::random_id,
 };
 
 use crate::{
-    keys::jose_algorithm,
-    oauth::error::OAuthError,
-    registry::{Client, Registry},
-    state::AppState,
-    store::OpaqueToken,
+    error::OAuthError,
+    registry::{Client, Registry, ScopeDef},
 };
 
 const MAX_SCOPES: usize = 64;
 const MAX_SCOPE_LEN: usize = 256;
-/// Prefix of opaque tokens, so secret scanners can find leaked ones.
-pub const OPAQUE_PREFIX: &str = "tmo_";
 
 /// A scope granted, with the unix time it stops counting if it expires early.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,14 +88,12 @@ pub fn check_requested_scopes(names: &[String]) -> Result<(), OAuthError> {
     Ok(())
 }
 
-fn def_text(def: &crate::registry::ScopeDef) -> &str {
-    match &def.pattern {
-        crate::registry::ScopePattern::Name(s) | crate::registry::ScopePattern::Prefix(s) => s,
-    }
+fn def_text(def: &ScopeDef) -> &str {
+    def.pattern.text()
 }
 
 /// Quotes a client-supplied value for an error message, bounded.
-fn printable(value: &str) -> String {
+pub(crate) fn printable(value: &str) -> String {
     let short: String = value.chars().take(64).filter(|c| !c.is_control()).collect();
     format!("`{short}`")
 }
@@ -181,94 +172,4 @@ pub fn claims(issuer: &str, plan: TokenPlan<'_>) -> Result<AccessTokenClaims, OA
         embedded_tokens: BTreeMap::new(),
         extra,
     })
-}
-
-/// Mints the token in the client's format: a signed JWT, or an opaque value
-/// whose digest and claims go to the store.
-pub async fn mint(
-    state: &AppState,
-    registry: &Registry,
-    client: &Client,
-    format: TokenFormat,
-    claims: &AccessTokenClaims,
-) -> Result<String, OAuthError> {
-    match format {
-        TokenFormat::Opaque => {
-            let value = random_token().map_err(|_| OAuthError::Internal)?;
-            let token = format!("{OPAQUE_PREFIX}{value}");
-            let record = OpaqueToken {
-                hash: SecretHash::of(token.as_bytes()),
-                jti: claims.jti.clone(),
-                client_id: claims.client_id.clone(),
-                grant_id: claims.grant_id.clone().unwrap_or_default(),
-                expires_at: claims.exp,
-                claims: serde_json::to_string(claims).map_err(|_| OAuthError::Internal)?,
-            };
-            state.store.put_opaque_token(&record).await?;
-            Ok(token)
-        }
-        TokenFormat::Jwt | TokenFormat::Jwe => sign(
-            state,
-            jose_algorithm(registry.algorithm_of(client)),
-            ACCESS_TOKEN_TYP,
-            claims,
-        ),
-    }
-}
-
-/// Signs `claims` with the current key of `alg`.
-pub fn sign<T: serde::Serialize>(
-    state: &AppState,
-    alg: tokenmesh_tokens::Algorithm,
-    typ: &str,
-    claims: &T,
-) -> Result<String, OAuthError> {
-    let keys = state.keys.snapshot();
-    let key = keys.signer(alg).ok_or_else(|| {
-        tracing::error!(?alg, "no signing key for the algorithm");
-        OAuthError::Internal
-    })?;
-    key.sign_jwt(typ, claims).map_err(|err| {
-        tracing::error!(error = %err, "signing failed");
-        OAuthError::Internal
-    })
-}
-
-/// Issues, inside `outer`, the tokens its embed policies call for
-/// (`embedded_tokens`: audience → JWT). Each has the policy's audience, no
-/// broader scopes and no longer life than the outer token, and its grant.
-pub fn embed(
-    state: &AppState,
-    registry: &Registry,
-    client: &Client,
-    outer: &mut AccessTokenClaims,
-    now: u64,
-) -> Result<(), OAuthError> {
-    let alg = jose_algorithm(registry.algorithm_of(client));
-    for embed in crate::policy::embeds(registry, outer, now)? {
-        let inner = AccessTokenClaims {
-            jti: random_id().map_err(|_| OAuthError::Internal)?,
-            aud: Audience::One(embed.audience.clone()),
-            exp: now.saturating_add(embed.ttl).min(outer.exp),
-            scope: embed.scopes.join(" "),
-            scope_exp: outer
-                .scope_exp
-                .iter()
-                .filter(|(s, _)| embed.scopes.contains(s))
-                .map(|(s, e)| (s.clone(), *e))
-                .collect(),
-            embedded_tokens: BTreeMap::new(),
-            extra: outer
-                .extra
-                .clone()
-                .into_iter()
-                .chain(embed.claims)
-                .collect(),
-            ..outer.clone()
-        };
-        let token = sign(state, alg, ACCESS_TOKEN_TYP, &inner)?;
-        tracing::debug!(policy = %embed.policy, audience = %embed.audience, jti = %inner.jti, "token embedded");
-        outer.embedded_tokens.insert(embed.audience, token);
-    }
-    Ok(())
 }

@@ -1,0 +1,32 @@
+//! The OAuth domain of tokenmesh, without a protocol: no HTTP, gRPC,
+//! database or Kubernetes client in here.
+//!
+//! - [`document`] and [`registry`]: the applied resources (clients, scopes,
+//!   exchange policies, server settings), applied and validated;
+//! - [`plan`]: which scopes and audiences a request gets, and the claims of
+//!   a new token;
+//! - [`policy`]: the ExchangePolicy engine (exchange, embed, share);
+//! - [`client_auth`]: who the calling client is, from protocol-neutral
+//!   [`client_auth::Credentials`];
+//! - [`issue`] and [`exchange`]: issuance and RFC 8693 exchange decisions,
+//!   minting through the [`ports`];
+//! - [`error`]: the RFC 6749 error every part answers with.
+//!
+//! Side effects (signing, the opaque-token store, looking up presented
+//! tokens, assertion replay, service-account verification) sit behind the
+//! small traits of [`ports`]; the time is passed in as unix seconds, read by
+//! the caller from its injected [`tokenmesh_tokens::clock::Clock`].
+
+pub mod client_auth;
+pub mod document;
+pub mod error;
+pub mod exchange;
+pub mod introspection;
+pub mod issue;
+pub mod key_wrap;
+pub mod plan;
+pub mod policy;
+pub mod ports;
+pub mod registry;
+
+pub use error::OAuthError;
