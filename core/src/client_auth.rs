@@ -298,3 +298,229 @@ pub fn unverified_claim(token: &str, name: &str) -> Option<String> {
 pub fn unverified_issuer(token: &str) -> Option<String> {
     unverified_claim(token, "iss")
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use tokenmesh_tokens::{Algorithm, signing::SigningKey};
+
+    use super::*;
+    use crate::{
+        registry::ServiceAccount,
+        testing::{FakePorts, ISSUER, NOW, SECRET, client, doc, registry, scopes},
+    };
+
+    const TOKEN_ENDPOINT: &str = "https://issuer.test/oauth2/token";
+    const AUDIENCE: Audience<'static> = Audience {
+        issuer: ISSUER,
+        token_endpoint: TOKEN_ENDPOINT,
+        endpoint: TOKEN_ENDPOINT,
+    };
+
+    fn secret(id: &str, secret: &str, method: SecretMethod) -> Credentials {
+        Credentials::Secret {
+            id: id.into(),
+            secret: secret.into(),
+            method,
+        }
+    }
+
+    fn clients(key: &SigningKey) -> Registry {
+        let jwk = serde_json::to_string(&key.public_jwk()).unwrap();
+        registry(
+            &(scopes()
+                + &client("gateway", "orders", "")
+                + &doc(
+                    "OAuthClient",
+                    "poster",
+                    "  clientId: poster\n  authentication: {method: client_secret_post, secretRef: {name: s, key: k}}\n  scopes: [\"orders:read\"]\n  audiences: [orders]\n",
+                )
+                + &doc(
+                    "OAuthClient",
+                    "batch",
+                    &format!(
+                        "  clientId: batch\n  authentication: {{method: private_key_jwt, jwks: {{keys: [{jwk}]}}}}\n  scopes: [\"orders:read\"]\n  audiences: [orders]\n"
+                    ),
+                )),
+        )
+    }
+
+    fn assertion(key: &SigningKey, jti: &str, aud: &str, exp: u64) -> Credentials {
+        let claims =
+            json!({"iss": "batch", "sub": "batch", "aud": aud, "exp": exp, "iat": NOW, "jti": jti});
+        Credentials::Assertion {
+            claimed_id: None,
+            assertion: key.sign_jwt("JWT", &claims).unwrap(),
+        }
+    }
+
+    async fn authenticate_as(
+        reg: &Registry,
+        ports: &FakePorts,
+        credentials: Credentials,
+    ) -> Result<String, OAuthError> {
+        authenticate(ports, reg, &credentials, AUDIENCE, NOW)
+            .await
+            .map(|client| client.id.clone())
+    }
+
+    #[tokio::test]
+    async fn secrets_are_accepted_only_by_the_registered_method() {
+        let key = SigningKey::generate("batch-1".into(), Algorithm::ES256).unwrap();
+        let reg = clients(&key);
+        let ports = FakePorts::default();
+        let ok = |c| authenticate_as(&reg, &ports, c);
+        assert_eq!(
+            ok(secret("gateway", SECRET, SecretMethod::Basic))
+                .await
+                .unwrap(),
+            "gateway"
+        );
+        assert_eq!(
+            ok(secret("poster", SECRET, SecretMethod::Post))
+                .await
+                .unwrap(),
+            "poster"
+        );
+        // gRPC metadata cannot tell: the registered method is taken.
+        assert_eq!(
+            ok(secret("poster", SECRET, SecretMethod::Either))
+                .await
+                .unwrap(),
+            "poster"
+        );
+        assert_eq!(
+            ok(secret("gateway", SECRET, SecretMethod::Either))
+                .await
+                .unwrap(),
+            "gateway"
+        );
+        for refused in [
+            secret(
+                "gateway",
+                "wrong-secret-0123456789abcdef012345",
+                SecretMethod::Basic,
+            ),
+            secret("gateway", SECRET, SecretMethod::Post),
+            secret("nobody", SECRET, SecretMethod::Basic),
+            secret("batch", SECRET, SecretMethod::Basic),
+        ] {
+            assert!(matches!(
+                ok(refused).await,
+                Err(OAuthError::InvalidClient(_))
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_private_key_jwt_assertion_is_verified_and_used_once() {
+        let key = SigningKey::generate("batch-1".into(), Algorithm::ES256).unwrap();
+        let reg = clients(&key);
+        let ports = FakePorts::default();
+        let first = assertion(&key, "a-1", TOKEN_ENDPOINT, NOW + 60);
+        assert_eq!(
+            authenticate_as(&reg, &ports, first.clone()).await.unwrap(),
+            "batch"
+        );
+        let replayed = authenticate_as(&reg, &ports, first).await.unwrap_err();
+        assert_eq!(
+            replayed.description(),
+            "the client assertion was already used"
+        );
+
+        let other_key = SigningKey::generate("batch-1".into(), Algorithm::ES256).unwrap();
+        let refusals = [
+            (
+                assertion(&key, "a-2", "https://elsewhere", NOW + 60),
+                "the client assertion's aud does not name this server",
+            ),
+            (
+                assertion(&key, "a-3", ISSUER, NOW - 60),
+                "the client assertion has expired",
+            ),
+            (
+                assertion(&key, "a-4", ISSUER, NOW + 7200),
+                "the client assertion lives too long (at most one hour)",
+            ),
+            (
+                assertion(&other_key, "a-5", ISSUER, NOW + 60),
+                "the client assertion does not verify",
+            ),
+        ];
+        for (credentials, why) in refusals {
+            let err = authenticate_as(&reg, &ports, credentials)
+                .await
+                .unwrap_err();
+            assert_eq!(
+                (err.to_string().as_str(), err.description()),
+                ("invalid_client", why)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_service_account_token_names_its_client() {
+        let yaml = doc(
+            "TokenServer",
+            "default",
+            "  kubernetes: {issuer: \"https://kubernetes.default.svc\"}\n",
+        ) + &scopes()
+            + &doc(
+                "OAuthClient",
+                "orders",
+                "  clientId: shop/orders\n  authentication: {method: kubernetes_service_account, serviceAccount: {name: orders}}\n  scopes: [\"orders:read\"]\n  audiences: [payments]\n",
+            );
+        let yaml = yaml.replace(
+            "metadata: {name: orders}",
+            "metadata: {name: orders, namespace: shop}",
+        );
+        let reg = registry(&yaml);
+        let token = |iss: &str| {
+            let body = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+                json!({"iss": iss, "sub": "system:serviceaccount:shop:orders"}).to_string(),
+            );
+            Credentials::Assertion {
+                claimed_id: None,
+                assertion: format!("e30.{body}.sig"),
+            }
+        };
+        let account = ServiceAccount {
+            namespace: "shop".into(),
+            name: "orders".into(),
+        };
+        let vouched = FakePorts {
+            cluster: Some(Ok(account.clone())),
+            ..Default::default()
+        };
+        let cluster = token("https://kubernetes.default.svc");
+        assert_eq!(
+            authenticate_as(&reg, &vouched, cluster.clone())
+                .await
+                .unwrap(),
+            "shop/orders"
+        );
+
+        let down = FakePorts::default();
+        assert_eq!(
+            authenticate_as(&reg, &down, cluster.clone()).await,
+            Err(OAuthError::KeysUnavailable)
+        );
+
+        let stranger = FakePorts {
+            cluster: Some(Ok(ServiceAccount {
+                namespace: "shop".into(),
+                name: "intruder".into(),
+            })),
+            ..Default::default()
+        };
+        assert!(matches!(
+            authenticate_as(&reg, &stranger, cluster).await,
+            Err(OAuthError::InvalidClient(_))
+        ));
+
+        let err = authenticate_as(&reg, &vouched, token("https://other-cluster"))
+            .await
+            .unwrap_err();
+        assert!(err.description().starts_with("unknown client"), "{err:?}");
+    }
+}

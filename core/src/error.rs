@@ -8,7 +8,7 @@ type Text = Cow<'static, str>;
 /// An error a client is told about. `Display` is the registered code; the
 /// description helps the caller and never carries a token, a secret or an
 /// internal detail.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum OAuthError {
     #[error("invalid_request")]
     InvalidRequest(Text),

@@ -157,3 +157,182 @@ pub async fn exchange(
         policy: decision.policy,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use tokenmesh_tokens::claims::{Actor, Audience};
+
+    use super::*;
+    use crate::testing::{FakePorts, ISSUER, NOW, client, doc, registry, scopes};
+
+    fn mesh() -> Registry {
+        registry(
+            &(scopes()
+                + &client("gateway", "orders", "")
+                + &client("orders", "payments", "")
+                + &doc(
+                    "OAuthClient",
+                    "no-exchange",
+                    "  clientId: no-exchange\n  authentication: {method: client_secret_basic, secretRef: {name: s, key: k}}\n  scopes: [\"orders:read\"]\n  audiences: [payments]\n",
+                )
+                + &doc(
+                    "ExchangePolicy",
+                    "orders-to-payments",
+                    "  mode: exchange\n  from: {audiences: [orders]}\n  actor: {clients: [orders]}\n  to: {audience: payments, scopes: [\"orders:read\"]}\n  ttl: 120s\n",
+                )),
+        )
+    }
+
+    fn subject(exp: u64) -> AccessTokenClaims {
+        AccessTokenClaims {
+            iss: ISSUER.into(),
+            sub: "alice".into(),
+            aud: Audience::One("orders".into()),
+            exp,
+            iat: NOW - 10,
+            nbf: NOW - 10,
+            jti: "subject-jti".into(),
+            client_id: "gateway".into(),
+            scope: "orders:read orders:write".into(),
+            scope_exp: BTreeMap::new(),
+            grant_id: Some("grant-1".into()),
+            act: None,
+            may_act: None,
+            embedded_tokens: BTreeMap::new(),
+            extra: serde_json::Map::new(),
+        }
+    }
+
+    fn params(subject: &str) -> ExchangeParams<'_> {
+        ExchangeParams {
+            subject_token: subject,
+            actor_token: None,
+            audience: Some("payments"),
+            scopes: None,
+            requested_token_type: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_new_token_keeps_the_subject_and_grant_and_names_the_actor() {
+        let reg = mesh();
+        let ports = FakePorts::default();
+        ports.present("subject", subject(NOW + 3600));
+        let issued = exchange(
+            &ports,
+            &reg,
+            reg.client("orders").unwrap(),
+            params("subject"),
+            NOW,
+        )
+        .await
+        .unwrap();
+        assert_eq!(issued.policy, "orders-to-payments");
+        assert_eq!(issued.issued_token_type, ACCESS_TOKEN_TYPE);
+        assert_eq!(issued.scopes, ["orders:read"], "narrowed to the policy");
+        assert_eq!(issued.expires_in, 120);
+        let claims = ports.claims_of(&issued.access_token);
+        assert_eq!(claims.sub, "alice");
+        assert_eq!(claims.client_id, "orders");
+        assert_eq!(claims.aud, Audience::One("payments".into()));
+        assert_eq!(
+            claims.grant_id.as_deref(),
+            Some("grant-1"),
+            "revoked with its grant"
+        );
+        assert_eq!(claims.exp, NOW + 120);
+        assert_eq!(
+            claims.act,
+            Some(Actor {
+                sub: "orders".into(),
+                client_id: Some("orders".into()),
+                act: None
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn the_new_token_never_outlives_the_subject_token() {
+        let reg = mesh();
+        let ports = FakePorts::default();
+        ports.present("subject", subject(NOW + 30));
+        let issued = exchange(
+            &ports,
+            &reg,
+            reg.client("orders").unwrap(),
+            params("subject"),
+            NOW,
+        )
+        .await
+        .unwrap();
+        assert_eq!(issued.expires_in, 30);
+        assert_eq!(ports.claims_of(&issued.access_token).exp, NOW + 30);
+    }
+
+    #[tokio::test]
+    async fn refusals_carry_their_rfc_error() {
+        let reg = mesh();
+        let ports = FakePorts::default();
+        ports.present("subject", subject(NOW + 3600));
+        let run = |client: &'static str, params: ExchangeParams<'static>| {
+            let (reg, ports) = (&reg, &ports);
+            async move {
+                exchange(ports, reg, reg.client(client).unwrap(), params, NOW)
+                    .await
+                    .unwrap_err()
+            }
+        };
+        assert!(matches!(
+            run("no-exchange", params("subject")).await,
+            OAuthError::UnauthorizedClient(_)
+        ));
+        assert!(matches!(
+            run("orders", params("unknown")).await,
+            OAuthError::InvalidGrant(_)
+        ));
+        assert!(
+            matches!(
+                run("gateway", params("subject")).await,
+                OAuthError::UnauthorizedClient(_)
+            ),
+            "not the policy's actor"
+        );
+        let mut elsewhere = params("subject");
+        elsewhere.audience = Some("billing");
+        assert!(matches!(
+            run("orders", elsewhere).await,
+            OAuthError::InvalidTarget(_)
+        ));
+        let mut broader = params("subject");
+        broader.scopes = Some(vec!["orders:write".into()]);
+        assert!(matches!(
+            run("orders", broader).await,
+            OAuthError::InvalidScope(_)
+        ));
+        let mut saml = params("subject");
+        saml.requested_token_type = Some("urn:ietf:params:oauth:token-type:saml2");
+        assert!(matches!(
+            run("orders", saml).await,
+            OAuthError::InvalidRequest(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_actor_token_must_identify_the_calling_client() {
+        let reg = mesh();
+        let ports = FakePorts::default();
+        ports.present("subject", subject(NOW + 3600));
+        let mut someone_else = subject(NOW + 3600);
+        someone_else.sub = "gateway".into();
+        someone_else.client_id = "gateway".into();
+        ports.present("actor", someone_else);
+        let mut with_actor = params("subject");
+        with_actor.actor_token = Some("actor");
+        let err = exchange(&ports, &reg, reg.client("orders").unwrap(), with_actor, NOW)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, OAuthError::InvalidGrant(_)), "{err:?}");
+    }
+}

@@ -139,3 +139,158 @@ pub fn embed(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use tokenmesh_tokens::secret::SecretHash;
+
+    use super::*;
+    use crate::testing::{FakePorts, ISSUER, NOW, client, doc, registry, scopes};
+
+    fn gateway(extra: &str) -> Registry {
+        registry(&(scopes() + &client("gateway", "orders, payments", extra)))
+    }
+
+    #[tokio::test]
+    async fn client_credentials_plans_the_clients_defaults_and_signs() {
+        let reg = gateway("  accessToken: {ttl: 120s}\n  claims: {tenant: acme}\n");
+        let client = reg.client("gateway").unwrap();
+        let ports = FakePorts::default();
+        let issued = client_credentials(&ports, &reg, client, Default::default(), NOW)
+            .await
+            .unwrap();
+        assert_eq!(
+            issued.access_token,
+            format!("signed.ES256.{}", issued.claims.jti)
+        );
+        let claims = ports.claims_of(&issued.access_token);
+        assert_eq!(claims.iss, ISSUER);
+        assert_eq!(claims.sub, "gateway");
+        assert_eq!(claims.exp, NOW + 120);
+        assert_eq!(issued.expires_in, 120);
+        assert_eq!(
+            claims.scope, "orders:read orders:write",
+            "named scopes only"
+        );
+        assert_eq!(claims.aud.to_vec(), ["orders", "payments"]);
+        assert_eq!(claims.grant_id.as_deref(), Some(claims.jti.as_str()));
+        assert_eq!(claims.extra["tenant"], "acme");
+    }
+
+    #[tokio::test]
+    async fn an_expiring_scope_carries_its_own_end() {
+        let reg = gateway("");
+        let ports = FakePorts::default();
+        let request = ClientCredentialsRequest {
+            scope: Some("video_7 orders:read"),
+            audiences: vec!["orders".into()],
+        };
+        let issued = client_credentials(&ports, &reg, reg.client("gateway").unwrap(), request, NOW)
+            .await
+            .unwrap();
+        assert_eq!(issued.claims.scope_exp.get("video_7"), Some(&(NOW + 60)));
+        assert_eq!(issued.claims.aud.to_vec(), ["orders"]);
+    }
+
+    #[tokio::test]
+    async fn opaque_tokens_are_stored_by_digest_only() {
+        let reg = gateway("  accessToken: {format: opaque}\n");
+        let ports = FakePorts::default();
+        let issued = client_credentials(
+            &ports,
+            &reg,
+            reg.client("gateway").unwrap(),
+            Default::default(),
+            NOW,
+        )
+        .await
+        .unwrap();
+        assert!(issued.access_token.starts_with(OPAQUE_PREFIX));
+        let stored = ports.opaque.lock().unwrap();
+        assert_eq!(
+            stored.get(&SecretHash::of(issued.access_token.as_bytes())),
+            Some(&issued.claims)
+        );
+    }
+
+    #[tokio::test]
+    async fn refusals_carry_their_rfc_error() {
+        let reg = registry(
+            &(scopes()
+                + &doc(
+                    "OAuthClient",
+                    "exchanger",
+                    "  clientId: exchanger\n  grantTypes: [\"urn:ietf:params:oauth:grant-type:token-exchange\"]\n  authentication: {method: client_secret_basic, secretRef: {name: s, key: k}}\n  scopes: [\"orders:read\"]\n  audiences: [orders]\n",
+                )
+                + &client("gateway", "orders", "")),
+        );
+        let ports = FakePorts::default();
+        let refused = |id: &str, scope: Option<&'static str>, audience: &str| {
+            let request = ClientCredentialsRequest {
+                scope,
+                audiences: vec![audience.to_owned()],
+            };
+            let reg = &reg;
+            let ports = &ports;
+            let id = id.to_owned();
+            async move {
+                client_credentials(ports, reg, reg.client(&id).unwrap(), request, NOW)
+                    .await
+                    .unwrap_err()
+            }
+        };
+        assert!(matches!(
+            refused("exchanger", None, "orders").await,
+            OAuthError::UnauthorizedClient(_)
+        ));
+        assert!(matches!(
+            refused("gateway", Some("orders:delete"), "orders").await,
+            OAuthError::InvalidScope(_)
+        ));
+        assert!(matches!(
+            refused("gateway", Some("a\tb"), "orders").await,
+            OAuthError::InvalidScope(_)
+        ));
+        assert!(matches!(
+            refused("gateway", None, "billing").await,
+            OAuthError::InvalidTarget(_)
+        ));
+        assert!(
+            ports.active.lock().unwrap().is_empty(),
+            "nothing was minted"
+        );
+    }
+
+    #[tokio::test]
+    async fn embedded_tokens_are_narrower_and_shorter_than_the_outer_one() {
+        let reg = registry(
+            &(scopes()
+                + &client("gateway", "orders", "  accessToken: {ttl: 300s}\n")
+                + &client("orders", "payments", "")
+                + &doc(
+                    "ExchangePolicy",
+                    "embed-payments",
+                    "  mode: embed\n  from: {clients: [gateway]}\n  actor: {clients: [orders]}\n  to: {audience: payments, scopes: [\"orders:read\"]}\n  ttl: 60s\n",
+                )),
+        );
+        let ports = FakePorts::default();
+        let request = ClientCredentialsRequest {
+            scope: Some("orders:read orders:write"),
+            audiences: Vec::new(),
+        };
+        let issued = client_credentials(&ports, &reg, reg.client("gateway").unwrap(), request, NOW)
+            .await
+            .unwrap();
+        let inner = &issued.claims.embedded_tokens["payments"];
+        let inner = ports.claims_of(inner);
+        assert_eq!(inner.aud.to_vec(), ["payments"]);
+        assert_eq!(inner.scope, "orders:read");
+        assert_eq!(inner.exp, NOW + 60);
+        assert_eq!(inner.sub, issued.claims.sub);
+        assert_eq!(
+            inner.grant_id, issued.claims.grant_id,
+            "one grant: revoked together"
+        );
+        assert_ne!(inner.jti, issued.claims.jti);
+    }
+}

@@ -28,5 +28,7 @@ pub mod plan;
 pub mod policy;
 pub mod ports;
 pub mod registry;
+#[cfg(test)]
+mod testing;
 
 pub use error::OAuthError;

@@ -1,13 +1,7 @@
 //! The HTTP router and server (plain on loopback, else rustls), with the
 //! bounds of `tokenmesh_tokens::listen` on slow and idle clients.
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    pin::Pin,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -107,14 +101,20 @@ async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next)
         .get::<MatchedPath>()
         .and_then(|p| ROUTES.iter().copied().find(|r| *r == p.as_str()))
         .unwrap_or("unmatched");
-    let started = Instant::now();
+    let started = state.clock.instant();
     let response = next.run(request).await;
     let status = response.status().as_u16();
     state
         .metrics
         .latency
         .get_or_create(&EndpointLabels { endpoint })
-        .observe(started.elapsed().as_secs_f64());
+        .observe(
+            state
+                .clock
+                .instant()
+                .saturating_duration_since(started)
+                .as_secs_f64(),
+        );
     state
         .metrics
         .requests

@@ -21,18 +21,15 @@ pub use tokenmesh_core::{key_wrap, policy, registry};
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
-use arc_swap::ArcSwap;
 use tokenmesh_tokens::listen::tls::{self, ReloadingCertificate};
-use tokenmesh_tokens::{cache::TtlCache, clock::SystemClock, secret::SecretHash};
+use tokenmesh_tokens::{clock::SystemClock, secret::SecretHash};
 use tracing_subscriber::EnvFilter;
 
 use crate::{
     cli::{Args, LogFormat},
     config::Document,
-    keys::KeyRing,
-    metrics::Metrics,
     registry::{FileSecrets, Registry},
-    state::{AppState, Endpoints},
+    state::AppState,
     store::{DataDirLock, PgStore, SqliteStore, Store},
 };
 
@@ -303,35 +300,19 @@ async fn start(args: Args) -> Result<(), StartError> {
     } else {
         source.build(&secrets, &stored)?
     };
-    let clock = SystemClock::shared();
-    let now = clock.unix();
-    let keys = KeyRing::start(
-        store.as_ref(),
-        &registry.server,
-        &registry.algorithms_in_use(),
-        now,
-    )
-    .await?;
-    let endpoints = Endpoints::for_issuer(&registry.server.issuer);
     tracing::info!("{}", registry.summary());
-    let state = Arc::new(AppState {
-        registry: ArcSwap::from_pointee(registry),
-        keys,
-        store,
-        metrics: Metrics::new(),
-        endpoints,
-        clock,
-        secrets: Box::new(secrets),
+    let parts = state::Parts {
         source,
-        changes: tokio::sync::Mutex::new(state::StoredResources::from(stored.as_slice())),
-        version: tokio::sync::watch::Sender::new(1),
-        revoked: tokio::sync::Notify::new(),
-        revocations: revocations::Revocations::new(args.max_revocations),
-        revoke_limit: rate_limit::RateLimiter::new(args.revoke_rate, args.revoke_burst),
-        opaque_tokens: TtlCache::new(args.opaque_token_cache),
+        secrets: Box::new(secrets),
+        stored,
+        clock: SystemClock::shared(),
         admin,
-        service_accounts: kubernetes_issuer::ServiceAccountIssuer::default(),
-    });
+        max_revocations: args.max_revocations,
+        revoke_rate: args.revoke_rate,
+        revoke_burst: args.revoke_burst,
+        opaque_token_cache: args.opaque_token_cache,
+    };
+    let state = AppState::start(registry, store, parts).await?;
     warm_up_service_account_keys(&state)?;
     state
         .revocations
@@ -419,7 +400,7 @@ const SYNC_INTERVAL: Duration = Duration::from_millis(250);
 fn spawn_maintenance(state: Arc<AppState>, marks: store::ChangeMarks) {
     let keys = state.clone();
     tokio::spawn(async move {
-        let mut last_purge = std::time::Instant::now();
+        let mut last_purge = keys.clock.instant();
         loop {
             let registry = keys.registry.load();
             let now = keys.now();
@@ -435,8 +416,10 @@ fn spawn_maintenance(state: Arc<AppState>, marks: store::ChangeMarks) {
             {
                 tracing::error!(error = %err, "key rotation failed");
             }
-            if last_purge.elapsed() >= Duration::from_secs(300) {
-                last_purge = std::time::Instant::now();
+            if keys.clock.instant().saturating_duration_since(last_purge)
+                >= Duration::from_secs(300)
+            {
+                last_purge = keys.clock.instant();
                 keys.revocations.purge(now);
                 match keys.store.purge_expired(now).await {
                     Ok(n) if n > 0 => tracing::info!(rows = n, "purged expired records"),

@@ -69,12 +69,14 @@ impl RateLimiter {
 
 #[cfg(test)]
 mod tests {
+    use tokenmesh_tokens::clock::{Clock, ManualClock};
+
     use super::*;
 
     #[test]
     fn a_client_gets_its_burst_then_its_rate_and_others_are_not_affected() {
         let limiter = RateLimiter::new(2.0, 3);
-        let t0 = Instant::now();
+        let t0 = ManualClock::starting_now().instant();
         for _ in 0..3 {
             assert_eq!(limiter.take("a", t0), Ok(()));
         }
@@ -89,14 +91,14 @@ mod tests {
     #[test]
     fn rate_zero_is_no_limit() {
         let limiter = RateLimiter::new(0.0, 1);
-        let now = Instant::now();
+        let now = ManualClock::starting_now().instant();
         assert!((0..100).all(|_| limiter.take("a", now).is_ok()));
     }
 
     #[test]
     fn full_buckets_are_forgotten_when_the_map_grows() {
         let limiter = RateLimiter::new(1.0, 1);
-        let t0 = Instant::now();
+        let t0 = ManualClock::starting_now().instant();
         for n in 0..PRUNE_AT {
             assert!(limiter.take(&n.to_string(), t0).is_ok());
         }

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokenmesh_tokens::revoked::RevokedSet;
+use tokenmesh_tokens::{clock::SharedClock, revoked::RevokedSet};
 
 use crate::store::{Store, StoreResult};
 
@@ -30,6 +30,7 @@ struct Known {
 
 pub struct Revocations {
     known: RwLock<Known>,
+    clock: SharedClock,
     started: Instant,
     /// Milliseconds since `started` of the last successful sync.
     synced_at: AtomicU64,
@@ -40,20 +41,22 @@ pub struct Revocations {
 impl Revocations {
     /// Keeps at most `capacity` ids in memory (`--max-revocations`); past
     /// that, tokens that may concern a dropped one are checked in the store.
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, clock: SharedClock) -> Self {
         Self {
+            started: clock.instant(),
+            clock,
             known: RwLock::new(Known {
                 set: RevokedSet::new(capacity),
                 cursor: 0,
             }),
-            started: Instant::now(),
             synced_at: AtomicU64::new(0),
             full_warned: AtomicBool::new(false),
         }
     }
 
     fn elapsed_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        let elapsed = self.clock.instant().saturating_duration_since(self.started);
+        u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Reads every revocation after the cursor from the store.
@@ -153,7 +156,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).await.unwrap();
         store.revoke(RevocationKind::Token, "a", 100).await.unwrap();
-        let revocations = Revocations::new(100);
+        let revocations = Revocations::new(100, tokenmesh_tokens::clock::SystemClock::shared());
         // Never synced: the store answers.
         assert!(revoked(&revocations, &store, "a", 100).await);
         revocations.sync(&store, 0).await.unwrap();
@@ -190,7 +193,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let revocations = Revocations::new(2);
+        let revocations = Revocations::new(2, tokenmesh_tokens::clock::SystemClock::shared());
         revocations.sync(&store, 0).await.unwrap();
         assert_eq!(revocations.known.read().unwrap().set.len(), 2);
         // `a` left memory; the store still says so.

@@ -10,7 +10,7 @@ use tokenmesh_tokens::{
 use tokio::sync::{Mutex, Notify, watch};
 
 use crate::{
-    keys::KeyRing,
+    keys::{KeyError, KeyRing},
     metrics::Metrics,
     registry::{Registry, SecretSource},
     store::Store,
@@ -93,7 +93,64 @@ impl From<&[(String, String)]> for StoredResources {
     }
 }
 
+/// What a server's state is made of, besides its registry and store.
+pub struct Parts {
+    /// What the registry is rebuilt from.
+    pub source: crate::RegistrySource,
+    pub secrets: Box<dyn SecretSource>,
+    /// The stored resources the registry was built with.
+    pub stored: Vec<(String, String)>,
+    pub clock: SharedClock,
+    /// Digest of the ControlService admin credential.
+    pub admin: Option<SecretHash>,
+    pub max_revocations: usize,
+    pub revoke_rate: f64,
+    pub revoke_burst: u32,
+    pub opaque_token_cache: usize,
+}
+
 impl AppState {
+    /// The state of a server with `registry` in force: its signing keys
+    /// made sure of in `store`.
+    pub async fn start(
+        registry: Registry,
+        store: Arc<dyn Store>,
+        parts: Parts,
+    ) -> Result<Arc<Self>, KeyError> {
+        let keys = KeyRing::start(
+            store.as_ref(),
+            &registry.server,
+            &registry.algorithms_in_use(),
+            parts.clock.unix(),
+        )
+        .await?;
+        let endpoints = Endpoints::for_issuer(&registry.server.issuer);
+        let clock = parts.clock;
+        let revocations =
+            crate::revocations::Revocations::new(parts.max_revocations, clock.clone());
+        Ok(Arc::new(AppState {
+            registry: ArcSwap::from_pointee(registry),
+            keys,
+            store,
+            metrics: Metrics::new(),
+            endpoints,
+            clock,
+            secrets: parts.secrets,
+            source: parts.source,
+            changes: Mutex::new(StoredResources::from(parts.stored.as_slice())),
+            version: watch::Sender::new(1),
+            revoked: Notify::new(),
+            revocations,
+            revoke_limit: crate::rate_limit::RateLimiter::new(
+                parts.revoke_rate,
+                parts.revoke_burst,
+            ),
+            opaque_tokens: TtlCache::new(parts.opaque_token_cache),
+            admin: parts.admin,
+            service_accounts: crate::kubernetes_issuer::ServiceAccountIssuer::default(),
+        }))
+    }
+
     /// Now, as unix seconds.
     pub fn now(&self) -> u64 {
         self.clock.unix()

@@ -2,7 +2,7 @@
 //! issued under the same grant when the client started it; a client that
 //! joined the grant by exchange revokes every token the grant issued to it.
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use axum::{body::Body, extract::State, http::HeaderMap, response::Response};
 
@@ -35,7 +35,7 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
     .await?;
     // Every revocation reaches every sidecar and stays in its memory until
     // the token would have expired: one client may not flood them.
-    if let Err(wait) = state.revoke_limit.take(&client.id, Instant::now()) {
+    if let Err(wait) = state.revoke_limit.take(&client.id, state.clock.instant()) {
         tracing::debug!(client_id = %client.id, "revocation refused: over --revoke-rate");
         return Err(OAuthError::TooManyRequests(wait.as_secs_f64().ceil() as u64));
     }

@@ -7,6 +7,7 @@ mod examples;
 mod exchange;
 mod grpc;
 mod harness;
+mod in_process;
 mod limits;
 mod oauth;
 mod replicas;

@@ -1,0 +1,215 @@
+//! The HTTP API in process: `router(state)` driven with `oneshot`, without
+//! a socket or the binary, and with a manual clock, so what depends on time
+//! is tested by moving the clock instead of sleeping.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::body::Body;
+use http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use token_server::{
+    RegistrySource, config,
+    registry::FileSecrets,
+    state::{AppState, Parts},
+    store::SqliteStore,
+};
+use tokenmesh_tokens::clock::ManualClock;
+use tower::ServiceExt;
+
+use crate::{
+    harness::{Config, SECRET, basic_auth},
+    oauth::ES256_SPEC,
+};
+
+const ISSUER: &str = "http://127.0.0.1:8080";
+
+struct App {
+    state: Arc<AppState>,
+    clock: Arc<ManualClock>,
+    _config: Config,
+    _data: tempfile::TempDir,
+}
+
+impl App {
+    async fn start(config: Config) -> Self {
+        let source = RegistrySource {
+            documents: config::load_paths(&[config.file()]).unwrap(),
+            default_issuer: ISSUER.into(),
+            issuer_override: None,
+        };
+        let secrets = FileSecrets {
+            dir: config.dir.path().join("secrets"),
+        };
+        let registry = source.build(&secrets, &[]).unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(data.path()).await.unwrap());
+        let clock = ManualClock::starting_now();
+        let parts = Parts {
+            source,
+            secrets: Box::new(secrets),
+            stored: Vec::new(),
+            clock: clock.clone(),
+            admin: None,
+            max_revocations: 1000,
+            revoke_rate: 10.0,
+            revoke_burst: 100,
+            opaque_token_cache: 100,
+        };
+        let state = AppState::start(registry, store, parts).await.unwrap();
+        Self {
+            state,
+            clock,
+            _config: config,
+            _data: data,
+        }
+    }
+
+    /// POSTs a form as `client` (HTTP Basic), returning the status, the
+    /// headers and the JSON body.
+    async fn post(
+        &self,
+        path: &str,
+        client: Option<&str>,
+        form: &[(&str, &str)],
+    ) -> (StatusCode, http::HeaderMap, Value) {
+        let mut request =
+            Request::post(path).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(client) = client {
+            request = request.header(header::AUTHORIZATION, basic_auth(client));
+        }
+        let body = serde_urlencoded::to_string(form).unwrap();
+        let response = token_server::http::router(self.state.clone())
+            .oneshot(request.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    async fn token(&self, form: &[(&str, &str)]) -> String {
+        let mut form = form.to_vec();
+        form.push(("grant_type", "client_credentials"));
+        let (status, _, body) = self.post("/oauth2/token", Some("gateway"), &form).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    async fn introspect(&self, token: &str) -> Value {
+        let (status, _, body) = self
+            .post("/oauth2/introspect", Some("gateway"), &[("token", token)])
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+}
+
+#[tokio::test]
+async fn expiring_scope_leaves_the_token_but_the_token_stays() {
+    let app = App::start(Config::new(ES256_SPEC)).await;
+    let token = app.token(&[("scope", "orders:read video_stream_7")]).await;
+    let fresh = app.introspect(&token).await;
+    assert_eq!(fresh["scope"], "orders:read video_stream_7");
+
+    app.clock.advance(Duration::from_millis(2100));
+    let later = app.introspect(&token).await;
+    assert_eq!(later["active"], true);
+    assert_eq!(later["scope"], "orders:read");
+    assert_eq!(later["expired_scope"], "video_stream_7");
+}
+
+#[tokio::test]
+async fn a_token_is_inactive_once_its_lifetime_has_passed() {
+    let app = App::start(Config::new(ES256_SPEC)).await;
+    let token = app.token(&[]).await;
+    // The gateway's tokens live 300 s.
+    app.clock.advance(Duration::from_secs(299));
+    assert_eq!(app.introspect(&token).await["active"], true);
+    app.clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        app.introspect(&token).await,
+        serde_json::json!({"active": false})
+    );
+}
+
+#[tokio::test]
+async fn an_opaque_token_expires_with_the_clock() {
+    let config = Config::new(ES256_SPEC);
+    config.append(
+        "---\napiVersion: tokenmesh.dev/v1alpha1\nkind: OAuthClient\nmetadata: {name: opaque}\nspec:\n  clientId: opaque\n  grantTypes: [client_credentials]\n  authentication: {method: client_secret_basic, secretRef: {name: shared, key: client_secret}}\n  scopes: [\"orders:read\"]\n  audiences: [orders]\n  accessToken: {format: opaque, ttl: 60s}\n",
+    );
+    let app = App::start(config).await;
+    let (status, _, body) = app
+        .post(
+            "/oauth2/token",
+            Some("opaque"),
+            &[("grant_type", "client_credentials")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = body["access_token"].as_str().unwrap();
+    assert!(token.starts_with("tmo_"));
+    assert_eq!(app.introspect(token).await["client_id"], "opaque");
+    app.clock.advance(Duration::from_secs(60));
+    assert_eq!(app.introspect(token).await["active"], false);
+}
+
+#[tokio::test]
+async fn oauth_errors_are_mapped_once_to_status_body_and_headers() {
+    let app = App::start(Config::new(ES256_SPEC)).await;
+
+    let (status, headers, body) = app
+        .post(
+            "/oauth2/token",
+            None,
+            &[("grant_type", "client_credentials")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"], "invalid_client");
+    assert_eq!(
+        headers[header::WWW_AUTHENTICATE],
+        "Basic realm=\"tokenmesh\""
+    );
+    assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+
+    let (status, _, body) = app
+        .post(
+            "/oauth2/token",
+            Some("gateway"),
+            &[("grant_type", "password")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "unsupported_grant_type");
+
+    let (status, _, body) = app
+        .post(
+            "/oauth2/token",
+            Some("gateway"),
+            &[
+                ("grant_type", "client_credentials"),
+                ("scope", "orders:delete"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "invalid_scope");
+
+    // client_secret_post for a client registered with Basic.
+    let (status, _, body) = app
+        .post(
+            "/oauth2/token",
+            None,
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_id", "gateway"),
+                ("client_secret", SECRET),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"], "invalid_client");
+}
