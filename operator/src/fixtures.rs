@@ -12,6 +12,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 use tokenmesh_crds::{OAuthClient, OAuthClientSpec, Scope, ScopeSpec};
+use tokenmesh_tokens::clock::{SharedClock, SystemClock};
 use tower_test::mock::{self, Handle};
 
 use crate::{control::Control, reconcile::Context};
@@ -19,8 +20,12 @@ use crate::{control::Control, reconcile::Context};
 pub type ApiServer = Handle<Request<Body>, Response<Body>>;
 
 pub fn context(control: Control) -> (Arc<Context>, ApiServer) {
-    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "default");
+    context_at(control, SystemClock::shared())
+}
+
+/// A context whose reconciles read the time from `clock`.
+pub fn context_at(control: Control, clock: SharedClock) -> (Arc<Context>, ApiServer) {
+    let (client, handle) = api_server();
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -34,8 +39,15 @@ pub fn context(control: Control) -> (Arc<Context>, ApiServer) {
         recorder,
         std::time::Duration::from_secs(300),
         std::time::Duration::from_secs(60),
+        clock,
     );
     (Arc::new(ctx), handle)
+}
+
+/// A real [`Client`] whose calls reach the returned mock API server.
+pub fn api_server() -> (Client, ApiServer) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    (Client::new(service, "default"), handle)
 }
 
 pub fn scope(finalizer: bool) -> Scope {
