@@ -519,12 +519,7 @@ mod tests {
     }
 
     fn data(secret: &serde_json::Value, key: &str) -> String {
-        use base64::Engine;
-        let encoded = secret["data"][key].as_str().unwrap();
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .unwrap();
-        String::from_utf8(bytes).unwrap()
+        String::from_utf8(crate::fixtures::secret_data(secret, key)).unwrap()
     }
 
     fn not_after(secret: &serde_json::Value) -> u64 {

@@ -595,6 +595,9 @@ pub fn error_policy<K: Managed>(object: Arc<K>, error: &Error, ctx: Arc<Context>
 }
 
 #[cfg(test)]
+mod by_kind;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -615,14 +618,10 @@ mod api_tests {
 
     use super::*;
     use crate::fixtures::{
-        as_json, context, expect, expect_event, expect_status, foreign_secret, not_found,
-        oauth_client, scope,
+        GATEWAY, SCOPE, as_json, context, expect, expect_event, expect_status, foreign_secret,
+        not_found, oauth_client, scope, with_secret_ref,
     };
-    use tokenmesh_crds::{
-        AuthMethod, ClientAuthentication, OAuthClient, OAuthClientSpec, SecretKeyRef,
-    };
-
-    const SCOPE: &str = "/apis/tokenmesh.dev/v1alpha1/namespaces/shop/scopes/read";
+    use tokenmesh_crds::{AuthMethod, ClientAuthentication, OAuthClient, OAuthClientSpec};
 
     fn unreachable_token_server() -> Control {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -772,56 +771,7 @@ mod api_tests {
 
     /// A fake token server that speaks the real ControlService API and agrees to everything.
     async fn agreeable_token_server() -> Control {
-        use tokenmesh_proto::v1::{
-            ApplyRequest, ApplyResponse, DeleteRequest, DeleteResponse, GetStatusRequest,
-            GetStatusResponse, ListRequest, ListResponse,
-            control_service_server::{ControlService, ControlServiceServer},
-        };
-        struct Agreeable;
-        #[tonic::async_trait]
-        impl ControlService for Agreeable {
-            async fn apply(
-                &self,
-                _: tonic::Request<ApplyRequest>,
-            ) -> Result<tonic::Response<ApplyResponse>, tonic::Status> {
-                Ok(tonic::Response::new(ApplyResponse {
-                    resource: None,
-                    version: 2,
-                }))
-            }
-            async fn delete(
-                &self,
-                _: tonic::Request<DeleteRequest>,
-            ) -> Result<tonic::Response<DeleteResponse>, tonic::Status> {
-                Ok(tonic::Response::new(DeleteResponse {
-                    existed: true,
-                    version: 3,
-                }))
-            }
-            async fn list(
-                &self,
-                _: tonic::Request<ListRequest>,
-            ) -> Result<tonic::Response<ListResponse>, tonic::Status> {
-                Ok(tonic::Response::new(ListResponse::default()))
-            }
-            async fn get_status(
-                &self,
-                _: tonic::Request<GetStatusRequest>,
-            ) -> Result<tonic::Response<GetStatusResponse>, tonic::Status> {
-                Ok(tonic::Response::new(GetStatusResponse {
-                    ready: true,
-                    ..Default::default()
-                }))
-            }
-        }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(ControlServiceServer::new(Agreeable))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        Control::new(&format!("http://127.0.0.1:{port}"), "admin", None).unwrap()
+        crate::fixtures::FakeTokenServer::start().await.1
     }
 
     #[tokio::test]
@@ -854,22 +804,6 @@ mod api_tests {
         let patch = expect(&mut api, Method::PATCH, SCOPE, as_json(&scope(false))).await;
         assert!(patch.to_string().contains("finalizers"), "{patch}");
         task.await.unwrap().unwrap();
-    }
-
-    const GATEWAY: &str = "/apis/tokenmesh.dev/v1alpha1/namespaces/shop/oauthclients/gateway";
-
-    fn with_secret_ref() -> OAuthClientSpec {
-        OAuthClientSpec {
-            authentication: ClientAuthentication {
-                secret_ref: Some(SecretKeyRef {
-                    name: "gateway-oauth".into(),
-                    key: "client_secret".into(),
-                }),
-                ..Default::default()
-            },
-            audiences: vec!["orders".into()],
-            ..Default::default()
-        }
     }
 
     /// Answers the GET of `secret` with one someone else made, then expects
