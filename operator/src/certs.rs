@@ -6,10 +6,7 @@
 //! well before it expires; the token server reloads it from its mounted
 //! Secret, and sidecars and the operator trust the CA.
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::{
     ByteString,
@@ -21,6 +18,7 @@ use kube::{
     api::{Patch, PatchParams, PostParams},
 };
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use tokenmesh_tokens::clock::Clock;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookCerts {
@@ -88,12 +86,6 @@ pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 /// Annotation of the serving Secret: when its certificate expires (Unix
 /// seconds), so renewal needs no certificate parsing.
 pub const NOT_AFTER: &str = "tokenmesh.dev/not-after";
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// Unix seconds as a certificate time (any time this code sees is in range).
 fn at(unix: u64) -> time::OffsetDateTime {
@@ -163,11 +155,12 @@ impl Authority {
 }
 
 /// The token server's CA, kept in `secret_name` (ca.crt, ca.key);
-/// generated and stored when missing.
+/// generated (valid from `clock`'s now) and stored when missing.
 pub async fn ensure_authority(
     client: Client,
     namespace: &str,
     secret_name: &str,
+    clock: &dyn Clock,
 ) -> Result<Authority, CertError> {
     let secrets: Api<Secret> = Api::namespaced(client, namespace);
     let stored = |secret: &Secret| -> Option<Result<Authority, CertError>> {
@@ -181,7 +174,7 @@ pub async fn ensure_authority(
     {
         return authority;
     }
-    let (authority, key_pem) = Authority::generate(unix_now())?;
+    let (authority, key_pem) = Authority::generate(clock.unix())?;
     let secret = owned_secret(
         secret_name,
         namespace,
@@ -253,19 +246,20 @@ pub fn needs_issue(secret: Option<&Secret>, ca_pem: &str, now: u64) -> bool {
 }
 
 /// Issues the token server's certificate into `secret_name` (tls.crt,
-/// tls.key, ca.crt) when [`needs_issue`]; `Ok(true)` when it did. The
-/// write is conditional on the Secret's version, so two replicas renewing
-/// at once leave one certificate, not a mix.
+/// tls.key, ca.crt) when [`needs_issue`] at `clock`'s now; `Ok(true)` when
+/// it did. The write is conditional on the Secret's version, so two
+/// replicas renewing at once leave one certificate, not a mix.
 pub async fn ensure_serving(
     client: Client,
     namespace: &str,
     secret_name: &str,
     service: &str,
     authority: &Authority,
+    clock: &dyn Clock,
 ) -> Result<bool, CertError> {
     let secrets: Api<Secret> = Api::namespaced(client, namespace);
     let current = secrets.get_opt(secret_name).await?;
-    let now = unix_now();
+    let now = clock.unix();
     if !needs_issue(current.as_ref(), &authority.cert_pem, now) {
         return Ok(false);
     }
@@ -443,7 +437,7 @@ mod tests {
 
     #[test]
     fn a_ca_reopened_from_its_stored_key_issues_certificates_its_certificate_verifies() {
-        let now = unix_now();
+        let now = tokenmesh_tokens::clock::SystemClock.unix();
         let (authority, key_pem) = Authority::generate(now).unwrap();
         // What a later operator (a restart, another replica) rebuilds.
         let reopened = Authority::open(authority.cert_pem.clone(), &key_pem).unwrap();
@@ -515,5 +509,120 @@ mod tests {
             ca,
             now
         ));
+    }
+
+    /// The serving Secret as the API server returns it: `written` (a
+    /// create's or merge patch's body) at resourceVersion `version`.
+    fn stored(mut written: serde_json::Value, version: &str) -> serde_json::Value {
+        written["metadata"]["resourceVersion"] = version.into();
+        written
+    }
+
+    fn data(secret: &serde_json::Value, key: &str) -> String {
+        String::from_utf8(crate::fixtures::secret_data(secret, key)).unwrap()
+    }
+
+    fn not_after(secret: &serde_json::Value) -> u64 {
+        secret["metadata"]["annotations"][NOT_AFTER]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_token_servers_ca_is_valid_from_the_clocks_now() {
+        use crate::fixtures::{api_server, expect, expect_status, not_found};
+        use http::Method;
+        use tokenmesh_tokens::clock::ManualClock;
+        // Far from the machine's time, so only the clock can have dated it.
+        let clock = ManualClock::at_unix(2_500_000_000);
+        let (client, mut api) = api_server();
+        let path = "/api/v1/namespaces/tokenmesh/secrets/ts-ca";
+        let (authority, created) = tokio::join!(
+            ensure_authority(client, "tokenmesh", "ts-ca", clock.as_ref()),
+            async {
+                expect_status(&mut api, Method::GET, path, 404, not_found()).await;
+                expect(
+                    &mut api,
+                    Method::POST,
+                    "/api/v1/namespaces/tokenmesh/secrets",
+                    serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ts-ca"}}),
+                )
+                .await
+            }
+        );
+        let authority = authority.unwrap();
+        assert_eq!(data(&created, "ca.crt"), authority.cert_pem);
+        // Its validity, as DER times (a trust anchor's dates are not checked
+        // by verifiers, so they are read here): from an hour before the
+        // clock's now (2049-03-22T04:26:40Z) for CA_LIFETIME.
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(authority.cert_pem.as_bytes())
+            .unwrap();
+        let has = |time: &[u8]| der.windows(time.len()).any(|w| w == time);
+        assert!(has(b"490322032640Z"), "not before");
+        assert!(has(b"20590320042640Z"), "not after");
+    }
+
+    #[tokio::test]
+    async fn the_token_servers_certificate_is_renewed_near_its_end_and_not_before() {
+        use crate::fixtures::{api_server, expect, expect_status, not_found};
+        use http::Method;
+        use tokenmesh_tokens::clock::ManualClock;
+        let clock = ManualClock::at_unix(1_800_000_000);
+        let (authority, _) = Authority::generate(clock.unix()).unwrap();
+        let (client, mut api) = api_server();
+        let path = "/api/v1/namespaces/tokenmesh/secrets/ts-tls";
+        let ensure = || {
+            ensure_serving(
+                client.clone(),
+                "tokenmesh",
+                "ts-tls",
+                "ts",
+                &authority,
+                clock.as_ref(),
+            )
+        };
+
+        // None yet: issued for SERVING_LIFETIME from the clock's now.
+        let (issued, first) = tokio::join!(ensure(), async {
+            expect_status(&mut api, Method::GET, path, 404, not_found()).await;
+            let body = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ts-tls"}});
+            expect(
+                &mut api,
+                Method::POST,
+                "/api/v1/namespaces/tokenmesh/secrets",
+                body,
+            )
+            .await
+        });
+        assert!(issued.unwrap());
+        let end = not_after(&first);
+        assert_eq!(end, clock.unix() + SERVING_LIFETIME.as_secs());
+        let first = stored(first, "1");
+
+        // Far from its end (RENEW_BEFORE and a day left): kept, nothing written.
+        clock.advance(SERVING_LIFETIME - RENEW_BEFORE - Duration::from_secs(86_400));
+        let (issued, ()) = tokio::join!(ensure(), async {
+            expect(&mut api, Method::GET, path, first.clone()).await;
+        });
+        assert!(!issued.unwrap(), "renewed a month and a day before its end");
+
+        // Near its end: a new certificate, written over the version read.
+        clock.advance(Duration::from_secs(2 * 86_400));
+        let (issued, renewed) = tokio::join!(ensure(), async {
+            expect(&mut api, Method::GET, path, first.clone()).await;
+            expect(&mut api, Method::PATCH, path, first.clone()).await
+        });
+        assert!(issued.unwrap());
+        assert_eq!(renewed["metadata"]["resourceVersion"], "1");
+        assert_eq!(
+            not_after(&renewed),
+            clock.unix() + SERVING_LIFETIME.as_secs()
+        );
+        let cert = data(&renewed, "tls.crt");
+        assert_ne!(cert, data(&first, "tls.crt"));
+        // The new certificate outlives the old one.
+        verify(&authority.cert_pem, &cert, "ts.tokenmesh.svc", end + 60).unwrap();
     }
 }

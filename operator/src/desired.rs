@@ -1,6 +1,8 @@
 //! Pure functions: the document the token server should hold for a
 //! resource, and the status to report from the outcome.
 
+use std::time::SystemTime;
+
 use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::Timestamp,
@@ -53,12 +55,13 @@ pub fn client_document(
     document(&client)
 }
 
-/// The status after a reconcile: `Ready` with reason and message; the
-/// transition time moves only when the status changes.
+/// The status after a reconcile at `now`: `Ready` with reason and message;
+/// the transition time moves only when the status changes.
 pub fn status(
     previous: Option<&ResourceStatus>,
     generation: Option<i64>,
     outcome: Result<(), (&str, String)>,
+    now: SystemTime,
 ) -> ResourceStatus {
     let (status, reason, message) = match outcome {
         Ok(()) => (
@@ -71,7 +74,8 @@ pub fn status(
     let before = previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
     let last_transition_time = match before {
         Some(c) if c.status == status => c.last_transition_time.clone(),
-        _ => Time(Timestamp::now()),
+        // Every time a clock gives is within jiff's range (years -9999 to 9999).
+        _ => Time(Timestamp::try_from(now).unwrap_or(Timestamp::UNIX_EPOCH)),
     };
     ResourceStatus {
         conditions: vec![Condition {
@@ -147,14 +151,18 @@ mod tests {
 
     #[test]
     fn status_transition_time_moves_only_on_change() {
-        let ready = status(None, Some(3), Ok(()));
+        use tokenmesh_tokens::clock::{Clock, ManualClock};
+        let clock = ManualClock::at_unix(1_800_000_000);
+        let ready = status(None, Some(3), Ok(()), clock.now());
         assert_eq!(ready.observed_generation, Some(3));
         let condition = &ready.conditions[0];
         assert_eq!(
             (condition.status.as_str(), condition.reason.as_str()),
             ("True", "Applied")
         );
-        let again = status(Some(&ready), Some(4), Ok(()));
+        assert_eq!(condition.last_transition_time.0.as_second(), 1_800_000_000);
+        clock.advance(std::time::Duration::from_secs(60));
+        let again = status(Some(&ready), Some(4), Ok(()), clock.now());
         assert_eq!(
             again.conditions[0].last_transition_time,
             condition.last_transition_time
@@ -163,9 +171,15 @@ mod tests {
             Some(&ready),
             Some(4),
             Err(("TokenServerUnavailable", "connection refused".into())),
+            clock.now(),
         );
         assert_eq!(failed.conditions[0].status, "False");
         assert_eq!(failed.conditions[0].reason, "TokenServerUnavailable");
         assert_eq!(failed.conditions[0].message, "connection refused");
+        assert_eq!(
+            failed.conditions[0].last_transition_time.0.as_second(),
+            1_800_000_060,
+            "the transition is dated by the clock"
+        );
     }
 }

@@ -1,6 +1,9 @@
 //! A mock Kubernetes API server at the HTTP level (kube's tower-test
 //! pattern): each scenario lists the calls reconcile must make, checks
-//! method, path and body, and answers as the API server would.
+//! method, path and body, and answers as the API server would. With it, a
+//! fake token server ([`FakeTokenServer`]) and a clock of the test's choice.
+
+mod token_server;
 
 use std::sync::Arc;
 
@@ -11,16 +14,24 @@ use kube::{
     runtime::events::{Recorder, Reporter},
 };
 use serde_json::{Value, json};
-use tokenmesh_crds::{OAuthClient, OAuthClientSpec, Scope, ScopeSpec};
+use tokenmesh_crds::{
+    ClientAuthentication, OAuthClient, OAuthClientSpec, Scope, ScopeSpec, SecretKeyRef,
+};
+use tokenmesh_tokens::clock::{SharedClock, SystemClock};
 use tower_test::mock::{self, Handle};
 
+pub use self::token_server::{Call, FakeTokenServer};
 use crate::{control::Control, reconcile::Context};
 
 pub type ApiServer = Handle<Request<Body>, Response<Body>>;
 
 pub fn context(control: Control) -> (Arc<Context>, ApiServer) {
-    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "default");
+    context_at(control, SystemClock::shared())
+}
+
+/// A context whose reconciles read the time from `clock`.
+pub fn context_at(control: Control, clock: SharedClock) -> (Arc<Context>, ApiServer) {
+    let (client, handle) = api_server();
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -34,9 +45,20 @@ pub fn context(control: Control) -> (Arc<Context>, ApiServer) {
         recorder,
         std::time::Duration::from_secs(300),
         std::time::Duration::from_secs(60),
+        clock,
     );
     (Arc::new(ctx), handle)
 }
+
+/// A real [`Client`] whose calls reach the returned mock API server.
+pub fn api_server() -> (Client, ApiServer) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    (Client::new(service, "default"), handle)
+}
+
+/// Where [`scope`] and the `gateway` client live on the API server.
+pub const SCOPE: &str = "/apis/tokenmesh.dev/v1alpha1/namespaces/shop/scopes/read";
+pub const GATEWAY: &str = "/apis/tokenmesh.dev/v1alpha1/namespaces/shop/oauthclients/gateway";
 
 pub fn scope(finalizer: bool) -> Scope {
     let mut scope = Scope::new(
@@ -64,6 +86,21 @@ pub fn oauth_client(namespace: &str, name: &str, spec: OAuthClientSpec) -> OAuth
     client.metadata.generation = Some(1);
     client.metadata.finalizers = Some(vec![crate::reconcile::FINALIZER.into()]);
     client
+}
+
+/// A client spec whose secret is its own, in the Secret `gateway-oauth`.
+pub fn with_secret_ref() -> OAuthClientSpec {
+    OAuthClientSpec {
+        authentication: ClientAuthentication {
+            secret_ref: Some(SecretKeyRef {
+                name: "gateway-oauth".into(),
+                key: "client_secret".into(),
+            }),
+            ..Default::default()
+        },
+        audiences: vec!["orders".into()],
+        ..Default::default()
+    }
 }
 
 /// A Secret someone other than the operator made.
@@ -116,6 +153,15 @@ pub async fn expect_status(
         .unwrap();
     send.send_response(response);
     body
+}
+
+/// The decoded value of `key` in a Secret's JSON (as a request carries it).
+pub fn secret_data(secret: &Value, key: &str) -> Vec<u8> {
+    use base64::Engine;
+    let encoded = secret["data"][key].as_str().unwrap_or_default();
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap()
 }
 
 pub fn not_found() -> Value {

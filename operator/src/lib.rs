@@ -36,6 +36,7 @@ use kube::{
     },
 };
 use tokenmesh_crds::{ExchangePolicy, OAuthClient, Scope, TokenServer};
+use tokenmesh_tokens::clock::SystemClock;
 use tracing_subscriber::EnvFilter;
 
 use crate::{
@@ -157,6 +158,7 @@ async fn start(args: Args) -> Result<(), String> {
         recorder,
         args.resync,
         args.secret_grace,
+        SystemClock::shared(),
     ));
 
     let health = Router::new()
@@ -296,10 +298,14 @@ async fn token_server_trust(args: &Args, client: &Client) -> Result<Option<Strin
         .lease_namespace
         .clone()
         .unwrap_or_else(|| "default".into());
-    let authority =
-        certs::ensure_authority(client.clone(), &namespace, &args.token_server_ca_secret)
-            .await
-            .map_err(|e| format!("the token server's CA: {e}"))?;
+    let authority = certs::ensure_authority(
+        client.clone(),
+        &namespace,
+        &args.token_server_ca_secret,
+        &SystemClock,
+    )
+    .await
+    .map_err(|e| format!("the token server's CA: {e}"))?;
     let ca_pem = authority.cert_pem.clone();
     let (client, secret) = (client.clone(), args.token_server_tls_secret.clone());
     // Issued before anything calls the token server, which waits for the
@@ -321,7 +327,16 @@ async fn renew_certificate(
     service: &str,
     authority: &certs::Authority,
 ) {
-    match certs::ensure_serving(client.clone(), namespace, secret, service, authority).await {
+    match certs::ensure_serving(
+        client.clone(),
+        namespace,
+        secret,
+        service,
+        authority,
+        &SystemClock,
+    )
+    .await
+    {
         Ok(true) => tracing::info!(%secret, %service, "token server certificate issued"),
         Ok(false) => {}
         Err(err) => {

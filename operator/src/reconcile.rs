@@ -22,6 +22,7 @@ use kube::{
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
 use tokenmesh_crds::{ExchangePolicy, OAuthClient, ResourceStatus, Scope, TokenServer};
+use tokenmesh_tokens::clock::SharedClock;
 
 use crate::{control, control::Control, desired, metrics::Metrics, secrets};
 
@@ -109,6 +110,9 @@ pub struct Context {
     pub metrics: Metrics,
     pub resync: Duration,
     pub secret_grace: Duration,
+    /// Where reconcile reads the time: secret grace periods, key rotation,
+    /// condition times, reconcile durations.
+    pub clock: SharedClock,
     /// Consecutive failures per object, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -120,6 +124,7 @@ impl Context {
         recorder: Recorder,
         resync: Duration,
         secret_grace: Duration,
+        clock: SharedClock,
     ) -> Self {
         Self {
             client,
@@ -128,6 +133,7 @@ impl Context {
             metrics: Metrics::new(),
             resync,
             secret_grace,
+            clock,
             failures: Mutex::default(),
         }
     }
@@ -150,12 +156,6 @@ impl Context {
 /// 2 s doubling to 5 minutes.
 pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs(2u64.saturating_pow(failures.min(9))).min(Duration::from_secs(300))
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn key<K: Resource<DynamicType = ()>>(object: &K) -> String {
@@ -302,7 +302,7 @@ async fn document_of<K: Managed>(
     let plan = secrets::plan(
         client,
         existing.as_ref(),
-        now(),
+        ctx.clock.unix(),
         ctx.secret_grace.as_secs(),
         fresh,
     );
@@ -357,7 +357,7 @@ async fn apply<K: Managed>(object: Arc<K>, ctx: &Context) -> Result<Action, Erro
             patch_status(
                 ctx,
                 object.as_ref(),
-                desired::status(object.status(), generation, Ok(())),
+                desired::status(object.status(), generation, Ok(()), ctx.clock.now()),
             )
             .await?;
             if !was_ready {
@@ -373,7 +373,7 @@ async fn apply<K: Managed>(object: Arc<K>, ctx: &Context) -> Result<Action, Erro
             // Come back when a rotated secret's grace ends, else at the resync.
             let requeue = grace_ends
                 .map_or(ctx.resync, |until| {
-                    Duration::from_secs(until.saturating_sub(now()) + 1)
+                    Duration::from_secs(until.saturating_sub(ctx.clock.unix()) + 1)
                 })
                 .min(ctx.resync);
             Ok(Action::requeue(requeue))
@@ -420,6 +420,7 @@ async fn report<K: Managed>(ctx: &Context, object: &K, err: &Error) {
         object.status(),
         object.meta().generation,
         Err((reason, err.to_string())),
+        ctx.clock.now(),
     );
     if let Err(patch) = patch_status(ctx, object, status).await {
         tracing::warn!(error = %patch, "cannot write the status");
@@ -459,6 +460,7 @@ async fn cleanup<K: Managed>(object: Arc<K>, ctx: &Context) -> Result<Action, Er
                 object.status(),
                 object.meta().generation,
                 Err((reason, message.clone())),
+                ctx.clock.now(),
             );
             if let Err(err) = patch_status(ctx, object.as_ref(), status_patch).await {
                 tracing::warn!(error = %err, "cannot write the status");
@@ -473,7 +475,7 @@ async fn cleanup<K: Managed>(object: Arc<K>, ctx: &Context) -> Result<Action, Er
 pub async fn reconcile<K: Managed>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
     let key = key(object.as_ref());
-    let started = std::time::Instant::now();
+    let started = ctx.clock.instant();
     let result = finalizer(&api, FINALIZER, object, |event| async {
         match event {
             Finalizer::Apply(object) => apply(object, &ctx).await,
@@ -490,7 +492,7 @@ pub async fn reconcile<K: Managed>(object: Arc<K>, ctx: Arc<Context>) -> Result<
     ctx.metrics.observe(
         &kind,
         result.as_ref().err().map(Error::label),
-        started.elapsed(),
+        ctx.clock.instant().saturating_duration_since(started),
     );
     if result.is_ok() {
         ctx.succeeded(&key);
@@ -520,7 +522,7 @@ pub async fn reconcile_keys(server: Arc<TokenServer>, ctx: Arc<Context>) -> Resu
         .map(|(k, v)| (k, v.0))
         .collect();
     let (period, max_ttl) = crate::signing::periods(&server);
-    let now = now();
+    let now = ctx.clock.unix();
     let names: Vec<String> = data.keys().cloned().collect();
     let plan = crate::signing::plan(&names, now, period, max_ttl);
     if !plan.add.is_empty() || !plan.remove.is_empty() {
@@ -572,7 +574,12 @@ pub async fn reconcile_keys(server: Arc<TokenServer>, ctx: Arc<Context>) -> Resu
     patch_status(
         &ctx,
         server.as_ref(),
-        desired::status(server.status(), server.meta().generation, Ok(())),
+        desired::status(
+            server.status(),
+            server.meta().generation,
+            Ok(()),
+            ctx.clock.now(),
+        ),
     )
     .await?;
     let wait = Duration::from_secs(plan.next_change.saturating_sub(now).max(1)).min(ctx.resync);
@@ -586,6 +593,9 @@ pub fn error_policy<K: Managed>(object: Arc<K>, error: &Error, ctx: Arc<Context>
     tracing::warn!(resource = %key(object.as_ref()), %error, failures, ?delay, "reconcile failed");
     Action::requeue(delay)
 }
+
+#[cfg(test)]
+mod by_kind;
 
 #[cfg(test)]
 mod tests {
@@ -608,14 +618,10 @@ mod api_tests {
 
     use super::*;
     use crate::fixtures::{
-        as_json, context, expect, expect_event, expect_status, foreign_secret, not_found,
-        oauth_client, scope,
+        GATEWAY, SCOPE, as_json, context, expect, expect_event, expect_status, foreign_secret,
+        not_found, oauth_client, scope, with_secret_ref,
     };
-    use tokenmesh_crds::{
-        AuthMethod, ClientAuthentication, OAuthClient, OAuthClientSpec, SecretKeyRef,
-    };
-
-    const SCOPE: &str = "/apis/tokenmesh.dev/v1alpha1/namespaces/shop/scopes/read";
+    use tokenmesh_crds::{AuthMethod, ClientAuthentication, OAuthClient, OAuthClientSpec};
 
     fn unreachable_token_server() -> Control {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -765,56 +771,7 @@ mod api_tests {
 
     /// A fake token server that speaks the real ControlService API and agrees to everything.
     async fn agreeable_token_server() -> Control {
-        use tokenmesh_proto::v1::{
-            ApplyRequest, ApplyResponse, DeleteRequest, DeleteResponse, GetStatusRequest,
-            GetStatusResponse, ListRequest, ListResponse,
-            control_service_server::{ControlService, ControlServiceServer},
-        };
-        struct Agreeable;
-        #[tonic::async_trait]
-        impl ControlService for Agreeable {
-            async fn apply(
-                &self,
-                _: tonic::Request<ApplyRequest>,
-            ) -> Result<tonic::Response<ApplyResponse>, tonic::Status> {
-                Ok(tonic::Response::new(ApplyResponse {
-                    resource: None,
-                    version: 2,
-                }))
-            }
-            async fn delete(
-                &self,
-                _: tonic::Request<DeleteRequest>,
-            ) -> Result<tonic::Response<DeleteResponse>, tonic::Status> {
-                Ok(tonic::Response::new(DeleteResponse {
-                    existed: true,
-                    version: 3,
-                }))
-            }
-            async fn list(
-                &self,
-                _: tonic::Request<ListRequest>,
-            ) -> Result<tonic::Response<ListResponse>, tonic::Status> {
-                Ok(tonic::Response::new(ListResponse::default()))
-            }
-            async fn get_status(
-                &self,
-                _: tonic::Request<GetStatusRequest>,
-            ) -> Result<tonic::Response<GetStatusResponse>, tonic::Status> {
-                Ok(tonic::Response::new(GetStatusResponse {
-                    ready: true,
-                    ..Default::default()
-                }))
-            }
-        }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(ControlServiceServer::new(Agreeable))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        Control::new(&format!("http://127.0.0.1:{port}"), "admin", None).unwrap()
+        crate::fixtures::FakeTokenServer::start().await.1
     }
 
     #[tokio::test]
@@ -847,22 +804,6 @@ mod api_tests {
         let patch = expect(&mut api, Method::PATCH, SCOPE, as_json(&scope(false))).await;
         assert!(patch.to_string().contains("finalizers"), "{patch}");
         task.await.unwrap().unwrap();
-    }
-
-    const GATEWAY: &str = "/apis/tokenmesh.dev/v1alpha1/namespaces/shop/oauthclients/gateway";
-
-    fn with_secret_ref() -> OAuthClientSpec {
-        OAuthClientSpec {
-            authentication: ClientAuthentication {
-                secret_ref: Some(SecretKeyRef {
-                    name: "gateway-oauth".into(),
-                    key: "client_secret".into(),
-                }),
-                ..Default::default()
-            },
-            audiences: vec!["orders".into()],
-            ..Default::default()
-        }
     }
 
     /// Answers the GET of `secret` with one someone else made, then expects
