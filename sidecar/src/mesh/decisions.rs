@@ -10,7 +10,6 @@ use std::{
 use serde_json::json;
 use tokenmesh_proto::v1::{
     CheckShareResponse, ExchangeResponse, GetJwksResponse, IntrospectResponse, PolicySnapshot,
-    revocation_event::Kind,
 };
 use tokenmesh_tokens::{
     Algorithm,
@@ -185,24 +184,15 @@ fn route(audience: &str, mode: Mode, scopes: &str) -> Route {
     }
 }
 
-fn revoked(id: &str, expires_at: u64) -> RevocationEvent {
-    RevocationEvent {
-        seq: 1,
-        kind: Kind::Token as i32,
-        id: id.into(),
-        expires_at: i64::try_from(expires_at).unwrap(),
-        snapshot: Vec::new(),
-    }
+/// Lets the fake allow a share to `host`.
+fn allow_share(mesh: &Mesh<Fake>, host: &str) {
+    fake(mesh).shareable.lock().unwrap().push(host.into());
 }
 
 #[tokio::test]
 async fn share_asks_once_per_token_and_host_and_refuses_what_no_policy_allows() {
     let (mesh, clock) = mesh();
-    fake(&mesh)
-        .shareable
-        .lock()
-        .unwrap()
-        .push("orders.local".into());
+    allow_share(&mesh, "orders.local");
     let incoming = token(&mesh, &claims("t0", clock.unix(), 600));
     let share = route("orders", Mode::Share, "");
     for _ in 0..3 {
@@ -274,11 +264,7 @@ async fn concurrent_exchanges_of_one_token_make_one_call() {
 #[tokio::test]
 async fn a_revocation_drops_the_cached_exchange_and_share() {
     let (mesh, clock) = mesh();
-    fake(&mesh)
-        .shareable
-        .lock()
-        .unwrap()
-        .push("orders.local".into());
+    allow_share(&mesh, "orders.local");
     let now = clock.unix();
     let incoming = token(&mesh, &claims("t0", now, 600));
     let (exchange, share) = (
@@ -290,7 +276,7 @@ async fn a_revocation_drops_the_cached_exchange_and_share() {
     mesh.outbound_token("orders.local", &share, &incoming)
         .await
         .unwrap();
-    mesh.revoke(revoked("t0", now + 600));
+    mesh.revoke(super::tests::revocation("t0", now + 600));
     // The token server, asked again, decides anew (here: it still allows).
     let second = mesh.outbound_token("payments.local", &exchange, &incoming);
     assert!(second.await.unwrap().starts_with("payments-token-2"));

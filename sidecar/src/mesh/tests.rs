@@ -48,7 +48,7 @@ fn jwt(claims: &AccessTokenClaims) -> String {
     format!("eyJhbGciOiJFUzI1NiJ9.{payload}.c2ln")
 }
 
-fn revocation(id: &str, expires_at: u64) -> RevocationEvent {
+pub(super) fn revocation(id: &str, expires_at: u64) -> RevocationEvent {
     RevocationEvent {
         seq: 1,
         kind: Kind::Token as i32,
