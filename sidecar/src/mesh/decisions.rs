@@ -437,3 +437,49 @@ async fn an_opaque_token_is_swapped_for_its_phantom_jwt() {
         Refusal::Invalid("not active".into())
     );
 }
+
+#[tokio::test]
+async fn keys_an_hour_old_are_fetched_again_and_a_day_old_set_verifies_nothing() {
+    let (mesh, clock) = mesh();
+    // The token server replaces its key: the old one is the test's alone.
+    let old = fake(&mesh).keys.lock().unwrap().remove(0);
+    let new = key("k2");
+    fake(&mesh).keys.lock().unwrap().push(copy(&new));
+    // Fetched at the first use, while the token server still has both.
+    fake(&mesh).keys.lock().unwrap().push(copy(&old));
+    assert!(
+        mesh.validate(&sign(&old, &claims("t0", clock.unix(), 600)))
+            .await
+            .is_ok()
+    );
+    fake(&mesh).keys.lock().unwrap().pop();
+    // Within the hour the dropped key still verifies here; after it the
+    // keys are fetched again and it does not.
+    clock.advance(JWKS_FRESHNESS.max_age);
+    let within = sign(&old, &claims("t1", clock.unix(), 600));
+    assert!(mesh.validate(&within).await.is_ok());
+    assert_eq!(fake(&mesh).calls("jwks"), 1);
+    clock.advance(Duration::from_secs(1));
+    let after = sign(&old, &claims("t2", clock.unix(), 600));
+    assert!(matches!(
+        mesh.validate(&after).await,
+        Err(Refusal::Invalid(_))
+    ));
+    assert_eq!(fake(&mesh).calls("jwks"), 2);
+    // The token server goes away: the keys fetched last serve for a day.
+    fake(&mesh).down.store(true, Ordering::SeqCst);
+    clock.advance(JWKS_FRESHNESS.max_stale);
+    let current = sign(&new, &claims("t3", clock.unix(), 600));
+    assert!(mesh.validate(&current).await.is_ok());
+    clock.advance(Duration::from_secs(1));
+    let current = sign(&new, &claims("t4", clock.unix(), 600));
+    assert!(matches!(
+        mesh.validate(&current).await,
+        Err(Refusal::Unavailable(_))
+    ));
+}
+
+/// The same key again (`SigningKey` is not `Clone`).
+fn copy(key: &SigningKey) -> SigningKey {
+    SigningKey::from_pkcs8(key.kid().into(), key.algorithm(), key.pkcs8().to_vec()).unwrap()
+}

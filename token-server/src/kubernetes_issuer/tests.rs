@@ -588,3 +588,25 @@ async fn without_token_review_the_api_server_is_not_asked() {
     );
     assert!(api.reviews.lock().unwrap().is_empty());
 }
+
+/// A kid the cached keys lack, while the API server cannot be asked, may be
+/// a rotated key nobody could fetch: the client gets 503, not a refusal.
+#[tokio::test]
+async fn an_unknown_kid_during_an_outage_is_unavailable_not_refused() {
+    let key = rsa("k1");
+    let (api, url) = start(&[&key]).await;
+    let verifier = Verifier::new(&settings(&url))
+        .unwrap()
+        .with_min_refresh(Duration::ZERO);
+    assert!(verifier.verify(&sign(&key, &claims()), NOW).await.is_ok());
+    *api.issuer.lock().unwrap() = Some("https://impostor.example".into());
+    let rotated = sign(&rsa("k2"), &claims());
+    match verifier.verify(&rotated, NOW).await {
+        Err(SaTokenError::Unavailable(message)) => {
+            assert!(message.contains("impostor"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Keys it holds still verify.
+    assert!(verifier.verify(&sign(&key, &claims()), NOW).await.is_ok());
+}
