@@ -1,7 +1,6 @@
 //! The tokenmesh sidecar: inbound token validation, outbound embed /
 //! exchange / share, caching, and Envoy's ext_authz API.
 
-pub mod cache;
 pub mod cli;
 pub mod deadlines;
 pub mod ext_authz;
@@ -58,9 +57,13 @@ async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, Str
 }
 
 async fn start(args: Args) -> Result<(), String> {
-    let token_server = TokenServer::new(&args).map_err(|e| e.to_string())?;
-    let mesh = Arc::new(Mesh::new(
+    let clock = tokenmesh_tokens::clock::SystemClock::shared();
+    let token_server = TokenServer::new(&args)
+        .map_err(|e| e.to_string())?
+        .with_clock(clock.clone());
+    let mesh = Arc::new(Mesh::with_clock(
         token_server,
+        clock,
         args.audience.clone(),
         args.clock_skew.as_secs(),
         usize::try_from(args.max_revocations).unwrap_or(usize::MAX),

@@ -1,6 +1,10 @@
 //! What the sidecar knows of the mesh: the token server's keys, the routes
 //! from WatchPolicies, the revocations from WatchRevocations, and the caches
-//! that keep the token server off the request path.
+//! that keep the token server off the request path. The token server is a
+//! [`TokenService`] and the time comes from a [`SharedClock`], so the
+//! decisions are tested against fakes (`decisions` tests).
+
+mod keys;
 
 use std::{
     collections::HashMap,
@@ -8,7 +12,7 @@ use std::{
         Arc, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use arc_swap::ArcSwap;
@@ -17,30 +21,33 @@ use tokenmesh_proto::v1::{Mode, RevocationEvent};
 use tokenmesh_tokens::{
     cache::TtlCache,
     claims::{ACCESS_TOKEN_TYP, AccessTokenClaims},
-    jwk::JwkSet,
+    clock::{SharedClock, SystemClock},
+    keyset::{Freshness, RemoteKeySet, unverified_kid},
     revoked::RevokedSet,
     secret::SecretHash,
-    verify::{Expected, KeySet, VerifyError, verify},
+    verify::{Expected, VerifyError, verify},
 };
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-use crate::{cache::SingleFlight, metrics::Metrics, token_server::TokenServer};
+use crate::{
+    metrics::Metrics,
+    token_server::{TokenServer, TokenService},
+};
 
-/// The JWKS is fetched again on an unknown `kid` at most this often.
-const JWKS_MIN_INTERVAL: Duration = Duration::from_secs(5);
+/// The JWKS is fetched again on an unknown `kid` at most this often; the
+/// age bounds are the key set's defaults (an hour, a day).
+const JWKS_FRESHNESS: Freshness = Freshness {
+    min_interval: Duration::from_secs(5),
+    max_age: Duration::from_secs(3600),
+    max_stale: Duration::from_secs(24 * 3600),
+};
 const CACHE_ENTRIES: usize = 10_000;
 /// An exchanged token is used until this close to its expiry.
 const EXCHANGE_MARGIN: u64 = 30;
 /// A misconfiguration warned about on the request path is repeated at
 /// most this often (seconds), so a flood of requests cannot flood the log.
 const WARN_INTERVAL: u64 = 60;
-
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// A token that passed inbound validation, and the JWT the application gets.
 #[derive(Debug)]
@@ -118,26 +125,22 @@ fn scope_key(mut scopes: Vec<String>) -> Arc<str> {
     Arc::from(scopes.join(" "))
 }
 
-struct Keys {
-    issuer: String,
-    set: KeySet,
-}
-
-pub struct Mesh {
-    pub token_server: TokenServer,
+pub struct Mesh<S = TokenServer> {
+    pub token_server: Arc<S>,
     pub audience: String,
     /// Clock skew accepted on `exp` and `nbf`, in seconds.
     leeway: u64,
     pub metrics: Metrics,
-    keys: ArcSwap<Option<Keys>>,
-    keys_fetched: tokio::sync::Mutex<Option<Instant>>,
+    clock: SharedClock,
+    /// The token server's signing keys and issuer.
+    keys: RemoteKeySet<keys::Jwks<S>>,
     routes: ArcSwap<HashMap<String, Arc<Route>>>,
     routes_ready: AtomicBool,
     /// Revoked jti and grant ids, until they stop mattering (`--max-revocations`).
     revoked: RwLock<RevokedSet>,
     verified: TtlCache<SecretHash, Arc<Verified>>,
+    /// Exchanges in flight share one call per key.
     exchanged: TtlCache<ExchangeKey, Derived<Arc<str>>>,
-    exchanging: SingleFlight<ExchangeKey>,
     shared: TtlCache<(SecretHash, String), Derived<bool>>,
     /// When the last "may not introspect" warning was logged (unix seconds).
     introspection_warned: AtomicU64,
@@ -161,26 +164,40 @@ fn unverified_claims(jwt: &str) -> Option<AccessTokenClaims> {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
 }
 
-impl Mesh {
-    pub fn new(
-        token_server: TokenServer,
+impl<S: TokenService> Mesh<S> {
+    /// A mesh on the system clock.
+    pub fn new(token_server: S, audience: String, leeway: u64, max_revocations: usize) -> Self {
+        Self::with_clock(
+            token_server,
+            SystemClock::shared(),
+            audience,
+            leeway,
+            max_revocations,
+        )
+    }
+
+    pub fn with_clock(
+        token_server: S,
+        clock: SharedClock,
         audience: String,
         leeway: u64,
         max_revocations: usize,
     ) -> Self {
+        let token_server = Arc::new(token_server);
+        let metrics = Metrics::new();
+        let source = keys::Jwks::new(token_server.clone(), metrics.jwks_fetches.clone());
         Self {
+            keys: RemoteKeySet::new(source, clock.clone(), JWKS_FRESHNESS),
             token_server,
             audience,
             leeway,
-            metrics: Metrics::new(),
-            keys: ArcSwap::from_pointee(None),
-            keys_fetched: tokio::sync::Mutex::new(None),
+            metrics,
+            clock,
             routes: ArcSwap::from_pointee(HashMap::new()),
             routes_ready: AtomicBool::new(false),
             revoked: RwLock::new(RevokedSet::new(max_revocations)),
             verified: TtlCache::new(CACHE_ENTRIES),
             exchanged: TtlCache::new(CACHE_ENTRIES),
-            exchanging: SingleFlight::new(),
             shared: TtlCache::new(CACHE_ENTRIES),
             introspection_warned: AtomicU64::new(0),
             revocations_warned: AtomicU64::new(0),
@@ -195,7 +212,7 @@ impl Mesh {
         if status.code() != Code::PermissionDenied {
             return;
         }
-        if due(&self.introspection_warned) {
+        if due(&self.introspection_warned, self.clock.unix()) {
             tracing::warn!(
                 client_id = self.token_server.client_id(),
                 reason = status.message(),
@@ -208,7 +225,7 @@ impl Mesh {
 
     /// Ready once the keys and the first policy snapshot are in.
     pub fn ready(&self) -> bool {
-        self.keys.load().is_some() && self.routes_ready.load(Ordering::Relaxed)
+        self.keys.current().is_some() && self.routes_ready.load(Ordering::Relaxed)
     }
 
     pub fn route(&self, host: &str) -> Option<Arc<Route>> {
@@ -275,7 +292,7 @@ impl Mesh {
     /// starting snapshot. Expired ids go on the way, in O(log n) each.
     pub fn revoke(&self, event: RevocationEvent) {
         // A token passes until `exp` + leeway: its revocation must outlive that.
-        let now = now().saturating_sub(self.leeway);
+        let now = self.clock.unix().saturating_sub(self.leeway);
         let count = event.snapshot.len().max(1);
         let dropped = {
             let mut revoked = self.revoked.write().unwrap_or_else(|e| e.into_inner());
@@ -295,7 +312,7 @@ impl Mesh {
         self.metrics.revocations.inc_by(count as u64);
         if dropped > 0 {
             self.metrics.revocations_dropped.inc_by(dropped as u64);
-            if due(&self.revocations_warned) {
+            if due(&self.revocations_warned, self.clock.unix()) {
                 let revoked = self.revoked.read().unwrap_or_else(|e| e.into_inner());
                 tracing::warn!(
                     max = revoked.capacity(),
@@ -307,45 +324,27 @@ impl Mesh {
         }
     }
 
-    /// Fetches the keys; unless `force`, at most once per [`JWKS_MIN_INTERVAL`],
-    /// so a flood of unknown `kid`s cannot hammer the token server.
-    pub async fn refresh_keys(&self, force: bool) -> Result<(), Refusal> {
-        let mut fetched = self.keys_fetched.lock().await;
-        if !force && fetched.is_some_and(|at| at.elapsed() < JWKS_MIN_INTERVAL) {
-            return Ok(());
-        }
-        *fetched = Some(Instant::now());
-        let response = self.token_server.jwks().await.map_err(unavailable)?;
-        let jwks: JwkSet = serde_json::from_str(&response.jwks_json)
-            .map_err(|e| Refusal::Unavailable(format!("the JWKS does not parse: {e}")))?;
-        let (set, errors) = KeySet::from_jwks(&jwks);
-        for error in errors {
-            tracing::warn!(%error, "unusable key in the token server's JWKS");
-        }
-        self.metrics.jwks_fetches.inc();
-        self.keys.store(Arc::new(Some(Keys {
-            issuer: response.issuer,
-            set,
-        })));
-        Ok(())
-    }
-
-    fn verify_jwt(&self, jwt: &str) -> Result<AccessTokenClaims, VerifyError> {
-        let keys = self.keys.load();
-        let Some(keys) = keys.as_ref() else {
-            return Err(VerifyError::UnknownKey);
-        };
+    /// Verifies a JWT against the token server's keys, fetched again when
+    /// it names a `kid` they lack (the key set's rule: [`JWKS_FRESHNESS`]).
+    async fn verify_jwt(&self, jwt: &str) -> Result<AccessTokenClaims, Refusal> {
+        let kid = unverified_kid(jwt);
+        let keys = self
+            .keys
+            .keys_for(kid.as_deref())
+            .await
+            .map_err(|e| Refusal::Unavailable(e.0))?;
         let expected = Expected {
             typ: Some(ACCESS_TOKEN_TYP),
             issuers: &[keys.issuer.as_str()],
             audiences: &[self.audience.as_str()],
             require_exp: true,
             leeway: self.leeway,
-            now: now(),
+            now: self.clock.unix(),
         };
-        let claims = verify(jwt, &keys.set, &expected)?;
+        let invalid = |e: VerifyError| Refusal::Invalid(e.to_string());
+        let claims = verify(jwt, &keys.set, &expected).map_err(invalid)?;
         serde_json::from_value(serde_json::Value::Object(claims))
-            .map_err(|_| VerifyError::Claim("claims"))
+            .map_err(|_| invalid(VerifyError::Claim("claims")))
     }
 
     /// Validates an inbound token: a JWT against the keys (fetched again on
@@ -354,7 +353,7 @@ impl Mesh {
     /// revocations apply to cached entries too.
     pub async fn validate(&self, token: &str) -> Result<Arc<Verified>, Refusal> {
         let key = hash(token);
-        let now = now();
+        let now = self.clock.unix();
         if let Some(hit) = self.verified.get(&key, now) {
             self.metrics.cache_hits.inc();
             return if self.is_revoked(&hit.claims) {
@@ -364,16 +363,8 @@ impl Mesh {
             };
         }
         let verified = if token.matches('.').count() == 2 {
-            let claims = match self.verify_jwt(token) {
-                Err(VerifyError::UnknownKey) => {
-                    self.refresh_keys(false).await?;
-                    self.verify_jwt(token)
-                }
-                other => other,
-            }
-            .map_err(|e| Refusal::Invalid(e.to_string()))?;
             Verified {
-                claims,
+                claims: self.verify_jwt(token).await?,
                 jwt: token.to_owned(),
             }
         } else {
@@ -392,11 +383,8 @@ impl Mesh {
             if !answer.active {
                 return Err(Refusal::Invalid("not active".into()));
             }
-            let claims = self
-                .verify_jwt(&answer.phantom_jwt)
-                .map_err(|e| Refusal::Invalid(e.to_string()))?;
             Verified {
-                claims,
+                claims: self.verify_jwt(&answer.phantom_jwt).await?,
                 jwt: answer.phantom_jwt,
             }
         };
@@ -434,7 +422,7 @@ impl Mesh {
 
     async fn share(&self, host: &str, token: &str) -> Result<(), Refusal> {
         let key = (hash(token), host.to_owned());
-        let now = now();
+        let now = self.clock.unix();
         let allowed = match self.derived(&self.shared, &key, now) {
             Some(allowed) => allowed,
             None => {
@@ -464,13 +452,13 @@ impl Mesh {
     async fn exchange(&self, route: &Route, subject: &str) -> Result<Arc<str>, Refusal> {
         let audience = &*route.audience;
         let key = (hash(subject), route.audience.clone(), route.scopes.clone());
-        if let Some(hit) = self.derived(&self.exchanged, &key, now()) {
+        if let Some(hit) = self.derived(&self.exchanged, &key, self.clock.unix()) {
             return Ok(hit);
         }
         // Dropped at the end or when the request is cancelled, whichever first.
-        let flight = self.exchanging.join(&key);
+        let flight = self.exchanged.flight(&key);
         let _held = flight.lock().await;
-        if let Some(hit) = self.derived(&self.exchanged, &key, now()) {
+        if let Some(hit) = self.derived(&self.exchanged, &key, self.clock.unix()) {
             return Ok(hit);
         }
         let result = self.token_server.exchange(subject, audience).await;
@@ -485,7 +473,7 @@ impl Mesh {
         })?;
         self.metrics.exchanges.inc();
         let token: Arc<str> = Arc::from(answer.access_token);
-        let now = now();
+        let now = self.clock.unix();
         let lifetime = u64::try_from(answer.expires_in).unwrap_or(0);
         let margin = EXCHANGE_MARGIN.min(lifetime / 10);
         if let Some(derived_from) = self.subject_of(subject, now) {
@@ -614,17 +602,16 @@ impl Mesh {
     /// Fetches the keys at start and keeps trying until they come.
     pub async fn load_keys(self: Arc<Self>) {
         let mut backoff = Backoff::default();
-        while let Err(err) = self.refresh_keys(true).await {
+        while let Err(err) = self.keys.refresh().await {
             tracing::warn!(error = %err, "cannot fetch the token server's keys");
             backoff.wait().await;
         }
     }
 }
 
-/// Whether a warning last logged at `last` (unix seconds) is due again,
-/// at most once per [`WARN_INTERVAL`]; marks it logged now if so.
-fn due(last: &AtomicU64) -> bool {
-    let now = now();
+/// Whether a warning last logged at `last` (unix seconds) is due again
+/// `now`, at most once per [`WARN_INTERVAL`]; marks it logged now if so.
+fn due(last: &AtomicU64, now: u64) -> bool {
     let at = last.load(Ordering::Relaxed);
     now >= at.saturating_add(WARN_INTERVAL)
         && last
@@ -661,153 +648,7 @@ impl Backoff {
 }
 
 #[cfg(test)]
-mod tests {
-    use clap::Parser;
-    use serde_json::json;
-    use tokenmesh_proto::v1::{Revoked, revocation_event::Kind};
+mod tests;
 
-    use super::*;
-
-    /// A mesh whose token server is `url` (nothing answers there).
-    fn mesh(url: &str, max_revocations: usize) -> (Mesh, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let secret = dir.path().join("secret");
-        std::fs::write(&secret, "secret").unwrap();
-        let args = crate::cli::Args::try_parse_from([
-            "tokenmesh-sidecar",
-            "--token-server",
-            url,
-            "--client-id",
-            "orders-svc",
-            "--audience",
-            "orders",
-            "--client-secret-file",
-            secret.to_str().unwrap(),
-        ])
-        .unwrap();
-        let server = TokenServer::new(&args).unwrap();
-        (Mesh::new(server, "orders".into(), 0, max_revocations), dir)
-    }
-
-    fn claims(jti: &str, grant_id: Option<&str>, exp: u64) -> AccessTokenClaims {
-        serde_json::from_value(json!({
-            "iss": "https://issuer", "sub": "frontend", "aud": "orders", "exp": exp,
-            "iat": 0, "nbf": 0, "jti": jti, "client_id": "frontend", "grant_id": grant_id,
-        }))
-        .unwrap()
-    }
-
-    /// An (unsigned) JWT carrying `claims`: outbound decisions read it unverified.
-    fn jwt(claims: &AccessTokenClaims) -> String {
-        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap());
-        format!("eyJhbGciOiJFUzI1NiJ9.{payload}.c2ln")
-    }
-
-    fn revocation(id: &str, expires_at: u64) -> RevocationEvent {
-        RevocationEvent {
-            seq: 1,
-            kind: Kind::Token as i32,
-            id: id.into(),
-            expires_at: i64::try_from(expires_at).unwrap(),
-            snapshot: Vec::new(),
-        }
-    }
-
-    fn route() -> Route {
-        Route {
-            audience: Arc::from("payments"),
-            mode: Mode::Exchange,
-            scopes: Arc::from(""),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_revoked_subject_token_is_not_exchanged_or_shared_from_the_caches() {
-        let (mesh, _dir) = mesh("http://127.0.0.1:1", 100);
-        let now = now();
-        let subject = claims("t0", None, now + 600);
-        let token = jwt(&subject);
-        // What an earlier exchange and share check left in the caches.
-        let from = mesh.subject_of(&token, now).unwrap();
-        let route = route();
-        let key = (hash(&token), route.audience.clone(), route.scopes.clone());
-        mesh.exchanged
-            .insert(key, (Arc::from("exchanged"), from.clone()), now + 300, now);
-        mesh.shared.insert(
-            (hash(&token), "orders.local".into()),
-            (true, from),
-            now + 300,
-            now,
-        );
-        assert_eq!(
-            mesh.exchange(&route, &token).await.as_deref(),
-            Ok("exchanged")
-        );
-        assert_eq!(mesh.share("orders.local", &token).await, Ok(()));
-
-        mesh.revoke(revocation("t0", now + 600));
-        // Asked again, of a token server that is down: the cached answers are gone.
-        assert!(matches!(
-            mesh.exchange(&route, &token).await,
-            Err(Refusal::Unavailable(_))
-        ));
-        assert!(matches!(
-            mesh.share("orders.local", &token).await,
-            Err(Refusal::Unavailable(_))
-        ));
-        assert!(mesh.exchanged.is_empty() && mesh.shared.is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_cancelled_exchange_leaves_no_single_flight_entry() {
-        // Accepts connections (the kernel does) and never answers.
-        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", silent.local_addr().unwrap());
-        let (mesh, _dir) = mesh(&url, 100);
-        let token = jwt(&claims("t0", None, now() + 600));
-        let route = route();
-        for _ in 0..3 {
-            let waited =
-                tokio::time::timeout(Duration::from_millis(50), mesh.exchange(&route, &token))
-                    .await;
-            assert!(waited.is_err(), "the token server never answers");
-        }
-        assert!(
-            mesh.exchanging.is_empty(),
-            "cancelled flights were forgotten"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_full_revocation_memory_refuses_every_token_that_may_be_a_dropped_one() {
-        let (mesh, _dir) = mesh("http://127.0.0.1:1", 2);
-        let now = now();
-        // The start: one snapshot event with three revocations, one too many.
-        let snapshot = [("a", now + 100), ("b", now + 200), ("c", now + 300)]
-            .map(|(id, until)| Revoked {
-                kind: Kind::Token as i32,
-                id: id.into(),
-                expires_at: i64::try_from(until).unwrap(),
-            })
-            .to_vec();
-        mesh.revoke(RevocationEvent {
-            seq: 3,
-            snapshot,
-            ..Default::default()
-        });
-        assert_eq!(mesh.metrics.revocations.get(), 3);
-        assert_eq!(mesh.metrics.revocations_dropped.get(), 1);
-        assert!(
-            mesh.is_revoked(&claims("a", None, now + 100)),
-            "dropped, still refused"
-        );
-        assert!(mesh.is_revoked(&claims("other", None, now + 50)));
-        assert!(!mesh.is_revoked(&claims("other", None, now + 101)));
-        assert!(mesh.is_revoked(&claims("c", None, now + 300)));
-        mesh.revoke(revocation("g", now + 1_000));
-        assert!(mesh.is_revoked(&claims("x", Some("g"), now + 500)));
-        // `b` made room for `g`: tokens expiring by `b`'s expiry are refused now.
-        assert!(mesh.is_revoked(&claims("other", None, now + 200)));
-        assert!(!mesh.is_revoked(&claims("other", None, now + 201)));
-    }
-}
+#[cfg(test)]
+mod decisions;

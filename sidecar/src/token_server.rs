@@ -1,6 +1,8 @@
-//! The gRPC client of the token server, authenticated as this workload.
+//! The gRPC client of the token server, authenticated as this workload,
+//! behind [`TokenService`]: the calls the mesh makes, so its decisions are
+//! tested against a fake.
 
-use std::{path::PathBuf, time::Duration};
+use std::{future::Future, path::PathBuf, pin::Pin, time::Duration};
 
 use rustls_pki_types::{PrivatePkcs8KeyDer, pem::PemObject};
 use serde_json::json;
@@ -10,9 +12,14 @@ use tokenmesh_proto::v1::{
     IntrospectResponse, PolicySnapshot, RevocationEvent, WatchPoliciesRequest,
     WatchRevocationsRequest, token_service_client::TokenServiceClient,
 };
-use tokenmesh_tokens::{secret::random_id, signing::SigningKey};
+use tokenmesh_tokens::{
+    clock::{SharedClock, SystemClock},
+    secret::random_id,
+    signing::SigningKey,
+};
+use tokio_stream::Stream;
 use tonic::{
-    Request, Status, Streaming,
+    Request, Status,
     metadata::MetadataValue,
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
@@ -95,12 +102,62 @@ pub fn plaintext_remote_host(url: &str) -> Option<String> {
     (!tokenmesh_tokens::net::is_loopback_host(&host)).then_some(host)
 }
 
+/// A stream of updates the token server pushes (WatchPolicies,
+/// WatchRevocations).
+pub type Updates<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The token server as the mesh uses it. A `Status` is its answer as gRPC
+/// gives it: the mesh tells refusals from outages by its code.
+pub trait TokenService: Send + Sync + 'static {
+    /// The OAuth client this workload authenticates as.
+    fn client_id(&self) -> &str;
+
+    fn exchange(
+        &self,
+        subject_token: &str,
+        audience: &str,
+    ) -> impl Future<Output = Result<ExchangeResponse, Status>> + Send;
+
+    fn introspect(
+        &self,
+        token: &str,
+    ) -> impl Future<Output = Result<IntrospectResponse, Status>> + Send;
+
+    fn embedded_token(
+        &self,
+        token: &str,
+        audience: &str,
+    ) -> impl Future<Output = Result<String, Status>> + Send;
+
+    fn check_share(
+        &self,
+        token: &str,
+        destination: &str,
+    ) -> impl Future<Output = Result<CheckShareResponse, Status>> + Send;
+
+    fn jwks(&self) -> impl Future<Output = Result<GetJwksResponse, Status>> + Send;
+
+    fn watch_policies(
+        &self,
+    ) -> impl Future<Output = Result<Updates<PolicySnapshot>, Status>> + Send;
+
+    /// Revocations after `after_seq`; with `snapshot`, those in force first
+    /// as a few large events.
+    fn watch_revocations(
+        &self,
+        after_seq: i64,
+        snapshot: bool,
+    ) -> impl Future<Output = Result<Updates<RevocationEvent>, Status>> + Send;
+}
+
 pub struct TokenServer {
     client: TokenServiceClient<Channel>,
     /// `--token-server`, named in errors that happen on the way to it.
     url: String,
     client_id: String,
     credential: Credential,
+    /// Dates the private_key_jwt assertions.
+    clock: SharedClock,
 }
 
 /// An error on the way to the token server with its address: by itself a
@@ -130,12 +187,6 @@ fn on_the_way(url: &str, status: Status) -> Status {
         cause = err.source();
     }
     Status::new(status.code(), message)
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl TokenServer {
@@ -176,11 +227,18 @@ impl TokenServer {
             url,
             client_id: args.client_id.clone(),
             credential: Credential::from_args(args)?,
+            clock: SystemClock::shared(),
         })
     }
 
     pub fn client_id(&self) -> &str {
         &self.client_id
+    }
+
+    /// Reads the time from `clock` instead of the system's.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn request<T>(&self, body: T, timeout: bool) -> Result<Request<T>, Status> {
@@ -209,7 +267,8 @@ impl TokenServer {
             }
             Credential::PrivateKey { key, audience } => {
                 let jti = random_id().map_err(|_| Status::internal("no randomness"))?;
-                let claims = json!({"iss": self.client_id, "sub": self.client_id, "aud": audience, "jti": jti, "iat": now(), "exp": now() + 60});
+                let now = self.clock.unix();
+                let claims = json!({"iss": self.client_id, "sub": self.client_id, "aud": audience, "jti": jti, "iat": now, "exp": now + 60});
                 let assertion = key
                     .sign_jwt("JWT", &claims)
                     .map_err(|e| Status::internal(e.to_string()))?;
@@ -221,8 +280,14 @@ impl TokenServer {
         }
         Ok(request)
     }
+}
 
-    pub async fn exchange(
+impl TokenService for TokenServer {
+    fn client_id(&self) -> &str {
+        TokenServer::client_id(self)
+    }
+
+    async fn exchange(
         &self,
         subject_token: &str,
         audience: &str,
@@ -241,7 +306,7 @@ impl TokenServer {
             .into_inner())
     }
 
-    pub async fn introspect(&self, token: &str) -> Result<IntrospectResponse, Status> {
+    async fn introspect(&self, token: &str) -> Result<IntrospectResponse, Status> {
         let body = IntrospectRequest {
             token: token.into(),
         };
@@ -254,7 +319,7 @@ impl TokenServer {
             .into_inner())
     }
 
-    pub async fn embedded_token(&self, token: &str, audience: &str) -> Result<String, Status> {
+    async fn embedded_token(&self, token: &str, audience: &str) -> Result<String, Status> {
         let body = GetEmbeddedTokenRequest {
             token: token.into(),
             audience: audience.into(),
@@ -269,7 +334,7 @@ impl TokenServer {
             .token)
     }
 
-    pub async fn check_share(
+    async fn check_share(
         &self,
         token: &str,
         destination: &str,
@@ -287,7 +352,7 @@ impl TokenServer {
             .into_inner())
     }
 
-    pub async fn jwks(&self) -> Result<GetJwksResponse, Status> {
+    async fn jwks(&self) -> Result<GetJwksResponse, Status> {
         Ok(self
             .client
             .clone()
@@ -297,34 +362,32 @@ impl TokenServer {
             .into_inner())
     }
 
-    pub async fn watch_policies(&self) -> Result<Streaming<PolicySnapshot>, Status> {
-        Ok(self
+    async fn watch_policies(&self) -> Result<Updates<PolicySnapshot>, Status> {
+        let stream = self
             .client
             .clone()
             .watch_policies(self.request(WatchPoliciesRequest {}, false)?)
             .await
-            .map_err(|e| on_the_way(&self.url, e))?
-            .into_inner())
+            .map_err(|e| on_the_way(&self.url, e))?;
+        Ok(Box::pin(stream.into_inner()))
     }
 
-    /// Revocations after `after_seq`; with `snapshot`, those in force first
-    /// as a few large events.
-    pub async fn watch_revocations(
+    async fn watch_revocations(
         &self,
         after_seq: i64,
         snapshot: bool,
-    ) -> Result<Streaming<RevocationEvent>, Status> {
+    ) -> Result<Updates<RevocationEvent>, Status> {
         let body = WatchRevocationsRequest {
             after_seq,
             snapshot,
         };
-        Ok(self
+        let stream = self
             .client
             .clone()
             .watch_revocations(self.request(body, false)?)
             .await
-            .map_err(|e| on_the_way(&self.url, e))?
-            .into_inner())
+            .map_err(|e| on_the_way(&self.url, e))?;
+        Ok(Box::pin(stream.into_inner()))
     }
 }
 
@@ -332,7 +395,7 @@ impl TokenServer {
 mod tests {
     use clap::Parser;
 
-    use super::{TokenServer, plaintext_remote_host};
+    use super::{TokenServer, TokenService, plaintext_remote_host};
     use crate::cli::Args;
 
     /// A client of `url` with a client secret (the folder holds the file).

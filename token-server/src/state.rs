@@ -126,6 +126,7 @@ impl AppState {
         .await?;
         let endpoints = Endpoints::for_issuer(&registry.server.issuer);
         let clock = parts.clock;
+        let service_accounts = crate::kubernetes_issuer::ServiceAccountIssuer::new(clock.clone());
         let revocations =
             crate::revocations::Revocations::new(parts.max_revocations, clock.clone());
         Ok(Arc::new(AppState {
@@ -147,7 +148,7 @@ impl AppState {
             ),
             opaque_tokens: TtlCache::new(parts.opaque_token_cache),
             admin: parts.admin,
-            service_accounts: crate::kubernetes_issuer::ServiceAccountIssuer::default(),
+            service_accounts,
         }))
     }
 

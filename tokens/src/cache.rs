@@ -1,25 +1,40 @@
-//! A bounded cache whose entries expire at a unix time.
+//! The one bounded cache of tokenmesh: entries expire at a time the caller
+//! gives (unix seconds for tokens, the clock's monotonic time for short-lived
+//! answers), and, with the `remote` feature, concurrent misses of one key
+//! make one call (single flight, [`TtlCache::get_or_fill`]).
+//!
+//! Time is passed in, never read here: callers take it from their clock.
+
+#[cfg(feature = "remote")]
+mod flight;
 
 use std::{collections::HashMap, hash::Hash, sync::Mutex};
 
-/// Entries expire at a unix time. When full, expired entries go first; if
-/// that frees too little, the eighth of the entries that expire soonest go
-/// too, so a full cache costs one scan per `capacity / 8` inserts and keeps
-/// most of what it holds.
-pub struct TtlCache<K, V> {
-    entries: Mutex<HashMap<K, (V, u64)>>,
+#[cfg(feature = "remote")]
+pub use flight::Flight;
+
+/// Entries expire at a time of type `T`. When full, expired entries go
+/// first; if that frees too little, the eighth of the entries that expire
+/// soonest go too, so a full cache costs one scan per `capacity / 8` inserts
+/// and keeps most of what it holds.
+pub struct TtlCache<K, V, T = u64> {
+    entries: Mutex<HashMap<K, (V, T)>>,
     capacity: usize,
+    #[cfg(feature = "remote")]
+    flights: flight::Flights<K>,
 }
 
-impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
+impl<K: Eq + Hash, V: Clone, T: Copy + Ord> TtlCache<K, V, T> {
     pub fn new(capacity: usize) -> Self {
         Self {
             entries: Mutex::new(HashMap::new()),
             capacity,
+            #[cfg(feature = "remote")]
+            flights: flight::Flights::default(),
         }
     }
 
-    pub fn get(&self, key: &K, now: u64) -> Option<V> {
+    pub fn get(&self, key: &K, now: T) -> Option<V> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries
             .get(key)
@@ -28,7 +43,7 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
     }
 
     /// Keeps `value` until `expires`; a cache of capacity 0 keeps nothing.
-    pub fn insert(&self, key: K, value: V, expires: u64, now: u64) {
+    pub fn insert(&self, key: K, value: V, expires: T, now: T) {
         if expires <= now || self.capacity == 0 {
             return;
         }
@@ -68,8 +83,8 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
 }
 
 /// Removes the `count` entries that expire first.
-fn evict_soonest<K: Eq + Hash, V>(entries: &mut HashMap<K, (V, u64)>, count: usize) {
-    let mut expiries: Vec<u64> = entries.values().map(|(_, at)| *at).collect();
+fn evict_soonest<K: Eq + Hash, V, T: Copy + Ord>(entries: &mut HashMap<K, (V, T)>, count: usize) {
+    let mut expiries: Vec<T> = entries.values().map(|(_, at)| *at).collect();
     let Some(index) = count.checked_sub(1).filter(|i| *i < expiries.len()) else {
         entries.clear();
         return;

@@ -2,14 +2,18 @@
 //! access-token claims, the clock, JWT signing with keys parsed once, JWT verification
 //! against a key set, JSON Web Keys, secret hashing, the bounded set of
 //! revoked ids, what counts as a loopback host, the scope-list parser, and
-//! durations as resources and flags write them. With the `listen` feature, the
-//! bounded HTTP listeners both servers run.
+//! durations as resources and flags write them, and the one bounded cache.
+//! With the `remote` feature, the cache's single flight and the key set
+//! fetched from elsewhere (module `keyset`); with `listen`, the bounded HTTP
+//! listeners both servers run.
 
 pub mod cache;
 pub mod claims;
 pub mod clock;
 pub mod duration;
 pub mod jwk;
+#[cfg(feature = "remote")]
+pub mod keyset;
 #[cfg(feature = "listen")]
 pub mod listen;
 pub mod net;

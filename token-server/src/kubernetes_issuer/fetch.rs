@@ -52,16 +52,7 @@ pub struct Discovered {
 
 /// Whether keys fetched from `url` can be trusted to arrive unchanged:
 /// https, or plain http to this machine (tests, a local proxy).
-pub fn confidential_url(url: &str) -> bool {
-    let Ok(url) = reqwest::Url::parse(url) else {
-        return false;
-    };
-    let loopback = || {
-        url.host_str()
-            .is_some_and(tokenmesh_tokens::net::is_loopback_host)
-    };
-    url.scheme() == "https" || (url.scheme() == "http" && loopback())
-}
+pub use tokenmesh_core::registry::confidential_url;
 
 /// The part of the OIDC discovery document used here.
 #[derive(Deserialize)]

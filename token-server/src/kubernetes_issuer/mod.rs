@@ -9,33 +9,29 @@
 //! the token server does not become ready: a wrong issuer would otherwise
 //! only show as every service-account client refused.
 //!
-//! The keys are cached and fetched again when a token names an unknown
-//! `kid` (the API server rotated its key) or the cache is an hour old, at
-//! most once every [`MIN_REFRESH`]: a flood of tokens with made-up kids
-//! costs the API server one request per interval.
+//! The keys are a [`RemoteKeySet`] under its one rule, with its default
+//! bounds: fetched again when a token names an unknown `kid` (the API
+//! server rotated its key) or the keys are an hour old, at most once every
+//! 10 s, so a flood of tokens with made-up kids costs the API server one
+//! request per interval; the last keys bridge a day of outage.
 
 mod fetch;
+mod keys;
 mod review;
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
+use std::{sync::Arc, time::Duration};
+
+use arc_swap::ArcSwapOption;
+use serde_json::Value;
+use tokenmesh_tokens::{
+    clock::{SharedClock, SystemClock},
+    keyset::{Freshness, RemoteKeySet},
+    verify::{Expected, VerifyError, verify},
 };
 
-use arc_swap::{ArcSwap, ArcSwapOption};
-use serde_json::Value;
-use tokenmesh_tokens::verify::{Expected, KeySet, VerifyError, verify};
-
-use fetch::{Discovered, Fetcher};
+use fetch::Fetcher;
 pub use fetch::{FetchError, confidential_url};
-
-/// Fewest seconds between two fetches of the keys.
-pub const MIN_REFRESH: Duration = Duration::from_secs(10);
-/// Cached keys are fetched again after this long, so a key the API server
-/// dropped stops verifying.
-const MAX_AGE: Duration = Duration::from_secs(3600);
-/// How long keys fetched last keep verifying while no fetch succeeds.
-const MAX_STALE: Duration = Duration::from_secs(24 * 3600);
+use keys::{ClusterKeys, IssuerCheck};
 /// Longest life (`exp - iat`) of an accepted service-account token. Projected
 /// tokens live an hour; a year-long `kubectl create token --duration` is a
 /// credential nobody will rotate.
@@ -69,85 +65,58 @@ pub enum SaTokenError {
     Issuer { expected: String, received: String },
 }
 
-struct Cached {
-    keys: KeySet,
-    /// The issuer the last discovery named.
-    issuer: Option<String>,
-    fetched: Option<Instant>,
-}
-
-/// What discovery said about the configured issuer, for readiness.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum IssuerCheck {
-    /// No answer yet.
-    Pending,
-    /// Discovery named it (or, with none configured, named one).
-    Confirmed,
-    /// The API server could not be asked: its tokens wait for it, the
-    /// other clients need not.
-    Unreachable,
-    /// Discovery names another issuer: the message names both.
-    Mismatch(String),
-}
-
-#[derive(Default)]
-struct RefreshState {
-    last_attempt: Option<Instant>,
-    last_error: Option<String>,
-}
-
 /// Verifies service-account tokens of one issuer.
 pub struct Verifier {
     settings: KubernetesSettings,
-    fetcher: Fetcher,
-    cached: ArcSwap<Cached>,
-    /// Held while fetching: one fetch at a time, and its rate limit.
-    refresh: tokio::sync::Mutex<RefreshState>,
+    keys: RemoteKeySet<ClusterKeys>,
     reviews: review::Reviews,
-    check: ArcSwap<IssuerCheck>,
-    min_refresh: Duration,
-    /// [`MAX_AGE`] and [`MAX_STALE`], shortened by tests.
-    max_age: Duration,
-    max_stale: Duration,
 }
 
 impl Verifier {
+    /// A verifier on the system clock.
     pub fn new(settings: &KubernetesSettings) -> Result<Self, FetchError> {
+        Self::with_clock(settings, SystemClock::shared())
+    }
+
+    pub fn with_clock(
+        settings: &KubernetesSettings,
+        clock: SharedClock,
+    ) -> Result<Self, FetchError> {
+        Self::assemble(settings, clock, Freshness::default())
+    }
+
+    fn assemble(
+        settings: &KubernetesSettings,
+        clock: SharedClock,
+        freshness: Freshness,
+    ) -> Result<Self, FetchError> {
+        let source = ClusterKeys::new(Fetcher::new(settings)?, &settings.discovery_url);
         Ok(Self {
             settings: settings.clone(),
-            fetcher: Fetcher::new(settings)?,
-            cached: ArcSwap::from_pointee(Cached {
-                keys: KeySet::default(),
-                issuer: None,
-                fetched: None,
-            }),
-            refresh: tokio::sync::Mutex::new(RefreshState::default()),
-            reviews: review::Reviews::new(REVIEW_TTL),
-            check: ArcSwap::from_pointee(IssuerCheck::Pending),
-            min_refresh: MIN_REFRESH,
-            max_age: MAX_AGE,
-            max_stale: MAX_STALE,
+            keys: RemoteKeySet::new(source, clock.clone(), freshness),
+            reviews: review::Reviews::new(REVIEW_TTL, clock),
         })
     }
 
+    /// The same verifier on the system clock, fetching as often as
+    /// `min_interval` allows (tests shorten it).
     #[cfg(test)]
-    fn with_min_refresh(mut self, min_refresh: Duration) -> Self {
-        self.min_refresh = min_refresh;
-        self
-    }
-
-    #[cfg(test)]
-    fn with_ages(mut self, max_age: Duration, max_stale: Duration) -> Self {
-        self.max_age = max_age;
-        self.max_stale = max_stale;
-        self
+    fn with_min_refresh(self, min_interval: Duration) -> Self {
+        let freshness = Freshness {
+            min_interval,
+            ..Freshness::default()
+        };
+        Self::assemble(&self.settings, SystemClock::shared(), freshness).unwrap()
     }
 
     /// Fetches the keys now (at startup), so the first client does not wait
     /// and a wrong configuration shows in the log at once.
     pub async fn warm_up(&self) -> Result<(), SaTokenError> {
-        let seen = self.cached.load_full();
-        self.refresh(seen).await.map(|_| ())
+        self.keys
+            .refresh()
+            .await
+            .map(|_| ())
+            .map_err(|e| SaTokenError::Unavailable(e.0))
     }
 
     /// The issuer in force: the configured one, else the one discovery
@@ -156,7 +125,7 @@ impl Verifier {
         self.settings
             .issuer
             .clone()
-            .or_else(|| self.cached.load().issuer.clone())
+            .or_else(|| self.keys.current().map(|keys| keys.issuer.clone()))
     }
 
     /// Whether an assertion with this unverified `iss` and `sub` is meant
@@ -173,7 +142,7 @@ impl Verifier {
     /// than the configured one; an unreachable API server only delays the
     /// service-account clients.
     pub fn readiness(&self) -> Result<(), String> {
-        match &**self.check.load() {
+        match &**self.keys.source().check.load() {
             IssuerCheck::Pending => Err(format!(
                 "asking {} for the cluster's service-account issuer",
                 self.settings.discovery_url
@@ -192,20 +161,13 @@ impl Verifier {
         let kid = jsonwebtoken::decode_header(token)
             .map_err(|_| VerifyError::Malformed)?
             .kid;
-        let mut cached = self.cached.load_full();
-        let stale = cached.fetched.is_none_or(|at| at.elapsed() > self.max_age);
-        let unknown = kid.as_deref().is_none_or(|k| !cached.keys.contains_kid(k));
-        if stale || unknown {
-            cached = self.refresh(cached).await?;
-        }
-        let issuer = match (&self.settings.issuer, &cached.issuer) {
-            (Some(issuer), _) | (None, Some(issuer)) => issuer.as_str(),
-            (None, None) => {
-                return Err(SaTokenError::Unavailable(
-                    "the cluster's issuer is not discovered yet".into(),
-                ));
-            }
-        };
+        let keys = self
+            .keys
+            .keys_for(kid.as_deref())
+            .await
+            .map_err(|e| SaTokenError::Unavailable(e.0))?;
+        // The keys come with the issuer discovery named.
+        let issuer = self.settings.issuer.as_deref().unwrap_or(&keys.issuer);
         let expected = Expected {
             typ: None,
             issuers: &[issuer],
@@ -214,7 +176,7 @@ impl Verifier {
             leeway: LEEWAY,
             now,
         };
-        let claims = verify(token, &cached.keys, &expected).map_err(|err| match err {
+        let claims = verify(token, &keys.set, &expected).map_err(|err| match err {
             VerifyError::Issuer => SaTokenError::Issuer {
                 expected: issuer.to_owned(),
                 received: unverified_issuer(token).unwrap_or_default(),
@@ -239,7 +201,7 @@ impl Verifier {
     /// accepts nothing: the caller gets `Unavailable`.
     async fn review(&self, token: &str, sub: &str) -> Result<(), SaTokenError> {
         let ask = || async {
-            match self.fetcher.review(token).await {
+            match self.keys.source().fetcher.review(token).await {
                 Ok(user) => Ok(user.as_deref() == Some(sub)),
                 Err(err) => {
                     tracing::warn!(api_server = %self.settings.api_server_url, error = %err, "TokenReview failed");
@@ -253,78 +215,30 @@ impl Verifier {
             Err(message) => Err(SaTokenError::Unavailable(message)),
         }
     }
-
-    /// Fetches the keys unless another caller just did (`seen` is no longer
-    /// current) or the last attempt is younger than `min_refresh`. Keeps the
-    /// old keys when a fetch fails; fails only when there are none.
-    async fn refresh(&self, seen: Arc<Cached>) -> Result<Arc<Cached>, SaTokenError> {
-        let mut state = self.refresh.lock().await;
-        let current = self.cached.load_full();
-        if !Arc::ptr_eq(&current, &seen) {
-            return Ok(current);
-        }
-        // Old keys bridge an API server outage, but not for ever: a key the
-        // cluster dropped must stop verifying at some point.
-        let too_old = current
-            .fetched
-            .is_none_or(|at| at.elapsed() > self.max_stale);
-        let unavailable = |message: &str| {
-            if current.keys.is_empty() || too_old {
-                Err(SaTokenError::Unavailable(message.to_owned()))
-            } else {
-                Ok(current.clone())
-            }
-        };
-        if state
-            .last_attempt
-            .is_some_and(|at| at.elapsed() < self.min_refresh)
-        {
-            let last = state.last_error.as_deref();
-            return unavailable(last.unwrap_or("no key fetched yet"));
-        }
-        state.last_attempt = Some(Instant::now());
-        let discovery = &self.settings.discovery_url;
-        match self.fetcher.keys().await {
-            Ok(Discovered { issuer, keys }) => {
-                tracing::info!(%issuer, %discovery, "service-account keys fetched");
-                let fresh = Arc::new(Cached {
-                    keys,
-                    issuer: Some(issuer),
-                    fetched: Some(Instant::now()),
-                });
-                self.cached.store(fresh.clone());
-                self.check.store(Arc::new(IssuerCheck::Confirmed));
-                state.last_error = None;
-                Ok(fresh)
-            }
-            Err(err) => {
-                let message = err.to_string();
-                if let FetchError::IssuerMismatch { .. } = err {
-                    tracing::error!(error = %err, "service-account tokens cannot verify: not ready");
-                    self.check
-                        .store(Arc::new(IssuerCheck::Mismatch(message.clone())));
-                } else {
-                    tracing::warn!(%discovery, error = %err, "service-account keys unavailable");
-                    self.check.rcu(|check| match **check {
-                        IssuerCheck::Pending => Arc::new(IssuerCheck::Unreachable),
-                        _ => check.clone(),
-                    });
-                }
-                state.last_error = Some(message.clone());
-                unavailable(&message)
-            }
-        }
-    }
 }
 
 /// The verifier in force: rebuilt when `TokenServer.spec.kubernetes`
 /// changes, kept (with its cached keys) otherwise.
-#[derive(Default)]
 pub struct ServiceAccountIssuer {
     current: ArcSwapOption<Verifier>,
+    clock: SharedClock,
+}
+
+impl Default for ServiceAccountIssuer {
+    /// On the system clock.
+    fn default() -> Self {
+        Self::new(SystemClock::shared())
+    }
 }
 
 impl ServiceAccountIssuer {
+    pub fn new(clock: SharedClock) -> Self {
+        Self {
+            current: ArcSwapOption::empty(),
+            clock,
+        }
+    }
+
     /// The verifier of `settings`. A new one fetches discovery and the keys
     /// at once, in the background: the first client does not wait, and a
     /// wrong issuer shows in the log and at readiness.
@@ -334,7 +248,7 @@ impl ServiceAccountIssuer {
         {
             return Ok(verifier);
         }
-        let verifier = Arc::new(Verifier::new(settings)?);
+        let verifier = Arc::new(Verifier::with_clock(settings, self.clock.clone())?);
         self.current.store(Some(verifier.clone()));
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let warming = verifier.clone();

@@ -14,7 +14,7 @@ use axum::{
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
-use tokenmesh_tokens::{Algorithm, signing::SigningKey};
+use tokenmesh_tokens::{Algorithm, clock::ManualClock, signing::SigningKey};
 
 use super::*;
 
@@ -383,17 +383,19 @@ async fn an_unreachable_api_server_is_reported_not_blamed_on_the_token() {
 async fn old_keys_bridge_an_outage_for_a_while_only() {
     let key = rsa("k1");
     let (api, url) = start(&[&key]).await;
-    let verifier = Verifier::new(&settings(&url))
-        .unwrap()
-        .with_min_refresh(Duration::ZERO)
-        .with_ages(Duration::ZERO, Duration::from_millis(300));
+    let clock = ManualClock::at_unix(NOW);
+    let verifier = Verifier::with_clock(&settings(&url), clock.clone()).unwrap();
+    let bounds = Freshness::default();
     let token = sign(&key, &claims());
     assert!(verifier.verify(&token, NOW).await.is_ok());
-    // Every fetch fails from now on; the keys fetched before still verify ...
+    // Every fetch fails from now on; the keys fetched before, too old to
+    // serve without asking, still verify ...
     *api.issuer.lock().unwrap() = Some("https://impostor.example".into());
+    clock.advance(bounds.max_age + Duration::from_secs(1));
     assert!(verifier.verify(&token, NOW).await.is_ok());
+    assert_eq!(api.authorization.lock().unwrap().len(), 2, "it asked again");
     // ... until they are too old to vouch for anything.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    clock.advance(bounds.max_stale);
     assert!(matches!(
         verifier.verify(&token, NOW).await,
         Err(SaTokenError::Unavailable(_))
@@ -585,4 +587,26 @@ async fn without_token_review_the_api_server_is_not_asked() {
         orders()
     );
     assert!(api.reviews.lock().unwrap().is_empty());
+}
+
+/// A kid the cached keys lack, while the API server cannot be asked, may be
+/// a rotated key nobody could fetch: the client gets 503, not a refusal.
+#[tokio::test]
+async fn an_unknown_kid_during_an_outage_is_unavailable_not_refused() {
+    let key = rsa("k1");
+    let (api, url) = start(&[&key]).await;
+    let verifier = Verifier::new(&settings(&url))
+        .unwrap()
+        .with_min_refresh(Duration::ZERO);
+    assert!(verifier.verify(&sign(&key, &claims()), NOW).await.is_ok());
+    *api.issuer.lock().unwrap() = Some("https://impostor.example".into());
+    let rotated = sign(&rsa("k2"), &claims());
+    match verifier.verify(&rotated, NOW).await {
+        Err(SaTokenError::Unavailable(message)) => {
+            assert!(message.contains("impostor"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Keys it holds still verify.
+    assert!(verifier.verify(&sign(&key, &claims()), NOW).await.is_ok());
 }
