@@ -125,6 +125,7 @@ pub fn embed(
                 .map(|(s, e)| (s.clone(), *e))
                 .collect(),
             embedded_tokens: BTreeMap::new(),
+            cnf: None,
             extra: outer
                 .extra
                 .clone()

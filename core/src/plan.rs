@@ -170,6 +170,7 @@ pub fn claims(issuer: &str, plan: TokenPlan<'_>) -> Result<AccessTokenClaims, OA
         act: None,
         may_act: plan.client.may_act.clone(),
         embedded_tokens: BTreeMap::new(),
+        cnf: None,
         extra,
     })
 }

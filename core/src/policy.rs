@@ -543,6 +543,7 @@ mod tests {
             act: None,
             may_act: None,
             embedded_tokens: BTreeMap::new(),
+            cnf: None,
             extra: serde_json::Map::new(),
         }
     }

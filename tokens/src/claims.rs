@@ -57,6 +57,17 @@ impl Actor {
     }
 }
 
+/// `cnf`: what a bound token's holder must prove.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Confirmation {
+    /// SHA-256 thumbprint of the client certificate, base64url (RFC 8705 §3.1).
+    #[serde(rename = "x5t#S256", default, skip_serializing_if = "Option::is_none")]
+    pub x5t_s256: Option<String>,
+    /// JWK SHA-256 thumbprint of the DPoP key, base64url (RFC 9449 §6.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jkt: Option<String>,
+}
+
 /// The claims tokenmesh puts into every access token.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct AccessTokenClaims {
@@ -89,6 +100,10 @@ pub struct AccessTokenClaims {
     /// Tokens for downstream audiences carried inside this one.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub embedded_tokens: BTreeMap<String, String>,
+    /// The key the token is bound to (RFC 7800): a client certificate
+    /// (RFC 8705) or a DPoP key (RFC 9449). Absent: a bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
     /// Per-client and policy claims.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -130,6 +145,7 @@ mod tests {
             act: None,
             may_act: None,
             embedded_tokens: BTreeMap::new(),
+            cnf: None,
             extra: serde_json::Map::new(),
         }
     }
