@@ -242,18 +242,20 @@ async fn start(args: Args) -> Result<(), String> {
             tokio::time::sleep(leader::RENEW_EVERY).await;
         }
         tracing::info!(%me, "leading");
+        let clock = ctx.clock.clone();
         tokio::spawn(async move {
-            let mut renewed = std::time::Instant::now();
+            let mut renewed = clock.instant();
             loop {
                 tokio::time::sleep(leader::RENEW_EVERY).await;
                 // Unable to renew for a lease's length: another replica may lead now.
-                if renewed.elapsed() >= std::time::Duration::from_secs(leader::LEASE_SECONDS as u64)
+                if clock.instant().saturating_duration_since(renewed)
+                    >= std::time::Duration::from_secs(leader::LEASE_SECONDS as u64)
                 {
                     tracing::error!("lease not renewed in time; exiting");
                     std::process::exit(1);
                 }
                 match elector.try_lead().await {
-                    Ok(true) => renewed = std::time::Instant::now(),
+                    Ok(true) => renewed = clock.instant(),
                     // Stop at once: Kubernetes restarts us as a candidate.
                     Ok(false) => {
                         tracing::error!("leadership lost; exiting");

@@ -683,7 +683,7 @@ mod tests {
         );
     }
 
-    use std::time::Instant;
+    use tokio::time::Instant;
 
     use hyper_util::rt::TokioIo;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
