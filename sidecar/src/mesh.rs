@@ -83,6 +83,8 @@ pub struct Route {
     /// The scopes the policy allows, sorted and space-joined: part of the
     /// exchange cache key, so a policy that narrows them takes effect at once.
     pub scopes: Arc<str>,
+    /// The ExchangePolicy that opened the route (a span attribute).
+    pub policy: Arc<str>,
 }
 
 /// (subject token, audience, scopes): what an exchanged token answers for.
@@ -544,6 +546,7 @@ impl Mesh {
                                                 audience: Arc::from(r.audience),
                                                 mode,
                                                 scopes: scope_key(r.scopes),
+                                                policy: Arc::from(r.policy),
                                             }),
                                         )
                                     })
@@ -718,6 +721,7 @@ mod tests {
             audience: Arc::from("payments"),
             mode: Mode::Exchange,
             scopes: Arc::from(""),
+            policy: Arc::from("orders-to-payments"),
         }
     }
 

@@ -185,6 +185,7 @@ pub fn claims(issuer: &str, plan: TokenPlan<'_>) -> Result<AccessTokenClaims, OA
 
 /// Mints the token in the client's format: a signed JWT, or an opaque value
 /// whose digest and claims go to the store.
+#[tracing::instrument(name = "token issuance", skip_all, fields(client_id = %client.id, ?format))]
 pub async fn mint(
     state: &AppState,
     registry: &Registry,

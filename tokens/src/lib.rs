@@ -3,7 +3,9 @@
 //! against a key set, JSON Web Keys, secret hashing, the bounded set of
 //! revoked ids, what counts as a loopback host, the scope-list parser, and
 //! durations as resources and flags write them. With the `listen` feature, the
-//! bounded HTTP listeners both servers run.
+//! bounded HTTP listeners both servers run. With the `runtime` feature, what
+//! every binary starts with: the log, optional OpenTelemetry trace export,
+//! the shutdown drain, `spawn` with a span, and the W3C trace context.
 
 pub mod cache;
 pub mod claims;
@@ -14,6 +16,8 @@ pub mod jwk;
 pub mod listen;
 pub mod net;
 pub mod revoked;
+#[cfg(feature = "runtime")]
+pub mod runtime;
 pub mod scope;
 pub mod secret;
 pub mod signing;
