@@ -130,6 +130,27 @@ async fn one_request_is_one_trace_across_the_mesh_and_the_token_server() {
     // The gateway's sidecar continued the caller's trace.
     let gateway_in = find(&spans, "gateway-svc", "sidecar inbound").unwrap();
     assert_eq!(gateway_in["parent_span_id"], CALLER_SPAN, "{gateway_in:#}");
+    // Hop by hop: the application's call is a child of its sidecar's inbound
+    // span, the next sidecar's inbound a child of the outbound one.
+    let chain = [
+        ("gateway-svc", "sidecar inbound"),
+        ("gateway-svc", "sidecar outbound"),
+        ("orders-svc", "sidecar inbound"),
+        ("orders-svc", "sidecar outbound"),
+        ("payments-svc", "sidecar inbound"),
+        ("payments-svc", "sidecar outbound"),
+        ("ledger-svc", "sidecar inbound"),
+    ];
+    for pair in chain.windows(2) {
+        let (parent, child) = (
+            find(&spans, pair[0].0, pair[0].1).unwrap(),
+            find(&spans, pair[1].0, pair[1].1).unwrap(),
+        );
+        assert_eq!(
+            child["parent_span_id"], parent["span_id"],
+            "{pair:?}: {spans:#?}"
+        );
+    }
     // Each hop names how its token was made.
     for (service, mode, policy) in [
         ("gateway-svc", "share", "share-orders"),
