@@ -59,6 +59,7 @@ async fn presented(
 
 /// Exchanges a subject token for one for `audience`, as `client` acting, at
 /// `now` (unix seconds).
+#[tracing::instrument(name = "token exchange", skip_all, fields(client_id = %client.id, audience = params.audience, tokenmesh.policy = tracing::field::Empty))]
 pub async fn exchange(
     ports: &(impl PresentedTokens + Signer + OpaqueTokens),
     registry: &Registry,
@@ -123,6 +124,7 @@ pub async fn exchange(
     let decision = policy::decide(registry, &request).inspect_err(|err| {
         tracing::debug!(client_id = %client.id, subject_jti = %subject.jti, %audience, reason = err.description(), "exchange refused");
     })?;
+    tracing::Span::current().record("tokenmesh.policy", decision.policy.as_str());
     let scopes = decision
         .scopes
         .iter()

@@ -7,4 +7,5 @@
 mod credentials;
 mod harness;
 mod setup;
+mod traces;
 mod traffic;

@@ -127,7 +127,8 @@ pub async fn serve<M, H, F, B>(
                 let builder = builder.clone();
                 let stopping = stopping.clone();
                 let tls = tls.clone();
-                tokio::spawn(async move {
+                // Not exported at info: a request's span is a root of its own.
+                crate::runtime::spawn(tracing::debug_span!("connection", %peer), async move {
                     let _permit = permit;
                     match tls {
                         None => connection(stream, builder, handler, activity, limits, stopping).await,
