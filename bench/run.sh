@@ -449,11 +449,15 @@ row es256-pg '(c1) tokenmesh JWT ES256, the same PostgreSQL replica' healthz
 row introspect-pg '(h1) tokenmesh introspection of opaque tokens on a second PostgreSQL replica that did not issue them, cache off' healthz
 row peer-opaque "(e1) oidc-provider ${peer_ver} opaque token (its in-memory adapter)" healthz
 echo
-# goal_line label num den lo hi: "label (num)/(den): **r×** (goal: met)", valid only when both cases had no errors
+# per_core id: requests per second of server CPU time (req/s ÷ server-core fraction)
+per_core() { awk -v r="${RPS[$1]}" -v f="${SFRAC[$1]:-0}" 'BEGIN { if (f > 0) printf "%.0f", r / f; else printf "0" }'; }
+# goal_line label num den lo hi: "label (num)/(den): **r×** (goal: met)", valid only when both
+# cases had no errors; then the same per server core (what one CPU-second of the server does,
+# whatever share of its core other processes left it)
 goal_line() {
   [[ -n ${RPS[$2]:-} && -n ${RPS[$3]:-} ]] || return 0
-  local r; r=$(ratio "${RPS[$2]}" "${RPS[$3]}")
-  echo -n "$1: **${r}×** requests/s (goal $( [[ $5 == 1e9 ]] && echo "≥ $4" || echo "$4–$5"): $(goal "$r" "$4" "$5"))"
+  local r c; r=$(ratio "${RPS[$2]}" "${RPS[$3]}") c=$(ratio "$(per_core "$2")" "$(per_core "$3")")
+  echo -n "$1: **${r}×** requests/s (goal $( [[ $5 == 1e9 ]] && echo "≥ $4" || echo "$4–$5"): $(goal "$r" "$4" "$5")); per server core $(per_core "$2") / $(per_core "$3") = ${c}× ($(goal "$c" "$4" "$5"))"
   valid "$2" "$3" && echo . || echo "; ⚠ NOT VALID: a case had errors."
 }
 # p99_line label id ref: the p99 of id against the reference's (goal ≤ 2×)
