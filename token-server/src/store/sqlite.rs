@@ -71,28 +71,24 @@ pub struct SqliteStore {
 }
 
 /// Opaque tokens per transaction, at most.
-const MAX_BATCH: usize = 128;
+const MAX_BATCH: usize = 64;
 
-/// `INSERT`s of 1, 2, 4, ... `MAX_BATCH` rows: a batch is written with at most
-/// one statement of each size, and each statement text is prepared once per
-/// connection (sqlx caches them).
-static INSERTS: LazyLock<Vec<(usize, String)>> = LazyLock::new(|| {
-    let mut sizes: Vec<usize> =
-        std::iter::successors(Some(1), |n| (n * 2 <= MAX_BATCH).then_some(n * 2)).collect();
-    sizes.reverse();
-    sizes
-        .into_iter()
+/// `INSERTS[n - 1]` inserts n rows. A batch is one statement, so one
+/// transaction of its own (no BEGIN and COMMIT: each is a round trip to the
+/// connection's thread, and waking that thread was the largest cost left),
+/// and each text is prepared once per connection (sqlx caches them).
+static INSERTS: LazyLock<Vec<String>> = LazyLock::new(|| {
+    (1..=MAX_BATCH)
         .map(|rows| {
             let values = vec!["(?, ?, ?, ?, ?, ?)"; rows].join(", ");
-            let sql = format!(
+            format!(
                 "INSERT INTO opaque_tokens (hash, jti, client_id, grant_id, expires_at, claims) VALUES {values}"
-            );
-            (rows, sql)
+            )
         })
         .collect()
 });
 
-/// Writes queued opaque tokens in one transaction on the writer connection.
+/// Writes queued opaque tokens with one statement on the writer connection.
 struct TokenWriter {
     writer: SqlitePool,
 }
@@ -102,26 +98,20 @@ impl Batch for TokenWriter {
     type Output = ();
 
     async fn run(&self, tokens: &[OpaqueToken]) -> StoreResult<Vec<()>> {
-        let mut tx = self.writer.begin().await?;
-        let mut rest = tokens;
-        for (rows, sql) in INSERTS.iter() {
-            while rest.len() >= *rows {
-                let (now, later) = rest.split_at(*rows);
-                let mut insert = sqlx::query(sql.as_str());
-                for token in now {
-                    insert = insert
-                        .bind(token.hash.as_bytes().as_slice())
-                        .bind(&token.jti)
-                        .bind(&token.client_id)
-                        .bind(&token.grant_id)
-                        .bind(int(token.expires_at))
-                        .bind(&token.claims);
-                }
-                insert.execute(&mut *tx).await?;
-                rest = later;
-            }
+        let sql = INSERTS
+            .get(tokens.len().wrapping_sub(1))
+            .ok_or_else(|| StoreError::Corrupt(format!("a batch of {} tokens", tokens.len())))?;
+        let mut insert = sqlx::query(sql.as_str());
+        for token in tokens {
+            insert = insert
+                .bind(token.hash.as_bytes().as_slice())
+                .bind(&token.jti)
+                .bind(&token.client_id)
+                .bind(&token.grant_id)
+                .bind(int(token.expires_at))
+                .bind(&token.claims);
         }
-        tx.commit().await?;
+        insert.execute(&self.writer).await?;
         Ok(vec![(); tokens.len()])
     }
 }
@@ -149,6 +139,8 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
+            // Room for the INSERT of every batch size besides the rest.
+            .statement_cache_capacity(MAX_BATCH + 64)
             // Under constant writes the WAL is reused, never shrunk: cap what
             // it keeps after each checkpoint.
             .pragma("journal_size_limit", "67108864")
