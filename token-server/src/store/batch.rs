@@ -9,7 +9,6 @@
 use std::future::Future;
 
 use tokio::sync::{mpsc, oneshot};
-use tracing::Instrument;
 
 use super::{StoreError, StoreResult};
 
@@ -42,8 +41,9 @@ impl<B: Batch> Batcher<B> {
     /// Starts the task; batches hold at most `max` items.
     pub(super) fn spawn(name: &'static str, batch: B, max: usize) -> Self {
         let (queue, requests) = mpsc::channel(QUEUE);
-        tokio::spawn(
-            run(batch, requests, max.max(1)).instrument(tracing::info_span!("store_batch", name)),
+        tokenmesh_tokens::runtime::spawn(
+            tracing::info_span!("store batch", name),
+            run(batch, requests, max.max(1)),
         );
         Self { queue }
     }
