@@ -141,7 +141,8 @@ pub struct Args {
     pub log_format: LogFormat,
 
     /// Log filter (tracing `EnvFilter` syntax, for example `info` or
-    /// `token_server=debug`).
+    /// `token_server=debug,tokenmesh_core=debug`: the OAuth decisions log
+    /// under the core crate's target).
     #[arg(long, env = "TOKENMESH_LOG", default_value = "info")]
     pub log: String,
 
