@@ -5,6 +5,7 @@
 //! decisions are tested against fakes (`decisions` tests).
 
 mod keys;
+pub mod proof;
 
 use std::{
     collections::HashMap,
@@ -67,6 +68,9 @@ pub enum Refusal {
     Forbidden(String),
     #[error("the token server is unavailable: {0}")]
     Unavailable(String),
+    /// A DPoP-bound token without a valid proof of its key.
+    #[error("DPoP proof refused: {0}")]
+    Proof(String),
 }
 
 impl Refusal {
@@ -78,6 +82,9 @@ impl Refusal {
             Self::Invalid(_) => "the token is not valid".into(),
             Self::Forbidden(host) => format!("no policy lets this request reach {host}"),
             Self::Unavailable(_) => "the token server is unavailable; retry later".into(),
+            Self::Proof(_) => {
+                "the token is DPoP-bound: a valid DPoP proof of its key is required".into()
+            }
         }
     }
 }
@@ -139,6 +146,8 @@ pub struct Mesh<S = TokenServer> {
     /// Revoked jti and grant ids, until they stop mattering (`--max-revocations`).
     revoked: RwLock<RevokedSet>,
     verified: TtlCache<SecretHash, Arc<Verified>>,
+    /// DPoP proofs already used, until their window closes.
+    proofs: tokenmesh_tokens::dpop::replay::ReplayWindow,
     /// Exchanges in flight share one call per key.
     exchanged: TtlCache<ExchangeKey, Derived<Arc<str>>>,
     shared: TtlCache<(SecretHash, String), Derived<bool>>,
@@ -197,6 +206,7 @@ impl<S: TokenService> Mesh<S> {
             routes_ready: AtomicBool::new(false),
             revoked: RwLock::new(RevokedSet::new(max_revocations)),
             verified: TtlCache::new(CACHE_ENTRIES),
+            proofs: tokenmesh_tokens::dpop::replay::ReplayWindow::new(proof::REPLAY_ENTRIES),
             exchanged: TtlCache::new(CACHE_ENTRIES),
             shared: TtlCache::new(CACHE_ENTRIES),
             introspection_warned: AtomicU64::new(0),
@@ -345,6 +355,17 @@ impl<S: TokenService> Mesh<S> {
         let claims = verify(jwt, &keys.set, &expected).map_err(invalid)?;
         serde_json::from_value(serde_json::Value::Object(claims))
             .map_err(|_| invalid(VerifyError::Claim("claims")))
+    }
+
+    /// Validates an inbound credential: the token, and the DPoP proof of
+    /// its key when it is bound (module [`proof`]).
+    pub async fn validate_presented(
+        &self,
+        presented: &proof::Presented<'_>,
+    ) -> Result<Arc<Verified>, Refusal> {
+        let verified = self.validate(presented.token).await?;
+        proof::check(&verified.claims, presented, &self.proofs, self.clock.unix())?;
+        Ok(verified)
     }
 
     /// Validates an inbound token: a JWT against the keys (fetched again on

@@ -10,6 +10,7 @@
 //! caller's: they need state this function does not hold.
 
 pub mod create;
+pub mod replay;
 mod thumbprint;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
