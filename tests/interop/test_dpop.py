@@ -1,6 +1,7 @@
 """DPoP (RFC 9449) with a client not written here: panva's oauth4webapi (node, tests/interop/dpop)
 gets a DPoP-bound token from the real token server and calls an application through the real
-sidecar's inbound proxy with it, signing a fresh proof for each call. The application receives the
+sidecar's inbound proxy with it, and through a real Envoy whose ext_authz is the sidecar, signing a
+fresh proof for each call. The application receives the
 JWT as a Bearer token and never the proof; the same token sent as a plain Bearer token is refused
 with the DPoP challenge. A second token server requires nonces: the client's retry on
 use_dpop_nonce (its DPoP handle keeps the DPoP-Nonce) gets the token.
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from envoystack import AUDIENCE, EnvoyTokenServer, Sidecar, Upstream
+from envoystack import AUDIENCE, LISTENERS, Envoy, EnvoyTokenServer, Sidecar, Upstream
 from tokenserver import resource
 
 CLIENT = Path(__file__).resolve().parent / "dpop" / "client.mjs"
@@ -76,6 +77,30 @@ def test_oauth4webapi_gets_a_bound_token_and_calls_through_the_sidecar(stack):
     for authorization in received:
         assert authorization == [f"Bearer {out['access_token']}"], "the JWT, as Bearer"
     assert all(not values for path, values in app.dpop_seen if path == "/dpop?x=1"), "no proof upstream"
+
+
+@pytest.fixture(scope="module")
+def envoy(stack, tmp_path_factory):
+    _, side, app = stack
+    proxy = Envoy(tmp_path_factory.mktemp("dpop-envoy"), side.ext_authz, app.port)
+    try:
+        yield proxy.start()
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize("listener", list(LISTENERS))
+def test_a_real_envoy_checks_the_proof_with_ext_authz(stack, envoy, listener):
+    """The same checks from Envoy's CheckRequest (method, scheme, host, path and the dpop header);
+    Envoy removes the proof before the application."""
+    server, _, app = stack
+    path = f"/envoy-dpop-{listener}"
+    out = run_client(server, envoy.url(listener, path))
+    assert out["resource_status"] == [200, 200]
+    assert out["bearer_status"] == 401
+    assert out["bearer_challenge"].startswith('DPoP error="invalid_dpop_proof"')
+    assert app.requests_to(path) == [[f"Bearer {out['access_token']}"]] * 2
+    assert all(not values for p, values in app.dpop_seen if p == path), "no proof upstream"
 
 
 def test_oauth4webapi_retries_with_the_servers_nonce(make_server):
