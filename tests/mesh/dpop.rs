@@ -6,7 +6,7 @@
 use serde_json::Value;
 use tokenmesh_tokens::{Algorithm, clock::Clock, clock::SystemClock, dpop::create::ProofKey};
 
-use crate::harness::{App, SECRET, Sidecar, TokenServer, free_port};
+use crate::harness::{App, SECRET, Sidecar, TokenServer, free_port, get};
 
 /// A token for `frontend` bound to `key` (a proof sent to the token endpoint).
 async fn bound_token(server: &TokenServer, key: &ProofKey) -> String {
@@ -33,24 +33,9 @@ async fn bound_token(server: &TokenServer, key: &ProofKey) -> String {
 
 /// GET `url` with `authorization` and, if any, a `DPoP` proof.
 async fn call(url: &str, authorization: &str, proof: Option<&str>) -> (u16, Option<String>, Value) {
-    let mut call = reqwest::Client::new()
-        .get(url)
-        .header("authorization", authorization);
-    if let Some(proof) = proof {
-        call = call.header("DPoP", proof);
-    }
-    let resp = call.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let challenge = resp
-        .headers()
-        .get("www-authenticate")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        challenge,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    let mut headers = vec![("authorization", authorization)];
+    headers.extend(proof.map(|proof| ("DPoP", proof)));
+    get(url, &headers, None).await
 }
 
 /// The attacks of issue #18 at the next hop: a bound token without proof,
