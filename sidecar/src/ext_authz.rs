@@ -157,7 +157,7 @@ fn denied(refusal: &Refusal) -> CheckResponse {
         Refusal::Proof(_) => {
             denied_with(401, RPC_UNAUTHENTICATED, Some(DPOP_INVALID_PROOF), message)
         }
-        Refusal::Forbidden(_) => denied_with(
+        Refusal::Forbidden(_) | Refusal::BoundShare(_) => denied_with(
             403,
             RPC_PERMISSION_DENIED,
             Some("Bearer error=\"insufficient_scope\""),

@@ -71,6 +71,10 @@ pub enum Refusal {
     /// A DPoP-bound token without a valid proof of its key.
     #[error("DPoP proof refused: {0}")]
     Proof(String),
+    /// Sharing a DPoP-bound token to this host: the next hop would need a
+    /// proof of a key this sidecar does not hold.
+    #[error("a DPoP-bound token cannot be shared to {0}")]
+    BoundShare(String),
 }
 
 impl Refusal {
@@ -85,6 +89,9 @@ impl Refusal {
             Self::Proof(_) => {
                 "the token is DPoP-bound: a valid DPoP proof of its key is required".into()
             }
+            Self::BoundShare(host) => format!(
+                "the token is DPoP-bound and the sidecar cannot prove its key to {host}: share needs a bearer token (an exchange policy gives the next hop its own token)"
+            ),
         }
     }
 }
@@ -273,6 +280,16 @@ impl<S: TokenService> Mesh<S> {
     /// token server refuses to exchange or share a forged one), an opaque
     /// token's from its inbound validation here; `None` if unknown, and
     /// then the decision is not cached.
+    /// The claims of a token this sidecar passes on: read from a JWT, or
+    /// the ones inbound validation found for an opaque token.
+    fn subject_claims(&self, token: &str) -> Option<AccessTokenClaims> {
+        unverified_claims(token).or_else(|| {
+            self.verified
+                .get(&hash(token), self.clock.unix())
+                .map(|v| v.claims.clone())
+        })
+    }
+
     fn subject_of(&self, token: &str, now: u64) -> Option<Arc<Subject>> {
         let subject = match unverified_claims(token) {
             Some(claims) => Subject::from(&claims),
@@ -431,10 +448,18 @@ impl<S: TokenService> Mesh<S> {
         incoming: &str,
     ) -> Result<Arc<str>, Refusal> {
         match route.mode {
-            Mode::Share => self
-                .share(host, incoming)
-                .await
-                .map(|()| Arc::from(incoming)),
+            Mode::Share => {
+                // Checked before any policy: the next hop would refuse it anyway.
+                if self
+                    .subject_claims(incoming)
+                    .is_some_and(|c| c.cnf.as_ref().is_some_and(|cnf| cnf.jkt.is_some()))
+                {
+                    return Err(Refusal::BoundShare(host.to_owned()));
+                }
+                self.share(host, incoming)
+                    .await
+                    .map(|()| Arc::from(incoming))
+            }
             Mode::Exchange => self.exchange(route, incoming).await,
             Mode::Embed => self.embedded(&route.audience, incoming).await,
             Mode::Unspecified => Err(Refusal::Forbidden(host.to_owned())),

@@ -147,7 +147,9 @@ fn many_credentials() -> Response<Body> {
 fn refused(refusal: &Refusal) -> Response<Body> {
     match refusal {
         Refusal::Missing | Refusal::Invalid(_) | Refusal::Proof(_) => unauthorized(refusal),
-        Refusal::Forbidden(_) => text(StatusCode::FORBIDDEN, refusal.public()),
+        Refusal::Forbidden(_) | Refusal::BoundShare(_) => {
+            text(StatusCode::FORBIDDEN, refusal.public())
+        }
         Refusal::Unavailable(_) => text(StatusCode::SERVICE_UNAVAILABLE, refusal.public()),
     }
 }
