@@ -63,6 +63,7 @@ async fn presented(
 
 /// Exchanges a subject token for one for `audience`, as `client` acting, at
 /// `now` (unix seconds).
+#[tracing::instrument(name = "token exchange", skip_all, fields(client_id = %client.id, audience = params.audience, tokenmesh.policy = tracing::field::Empty))]
 pub async fn exchange(
     ports: &(impl PresentedTokens + Signer + OpaqueTokens),
     registry: &Registry,
@@ -131,6 +132,7 @@ pub async fn exchange(
     let decision = policy::decide(registry, &request).inspect_err(|err| {
         tracing::debug!(client_id = %client.id, subject_jti = %subject.jti, %audience, reason = err.description(), "exchange refused");
     })?;
+    tracing::Span::current().record("tokenmesh.policy", decision.policy.as_str());
     let scopes = decision
         .scopes
         .iter()
@@ -232,20 +234,20 @@ mod tests {
         }
     }
 
+    /// `orders` exchanges the token presented as `subject` for `payments`.
+    async fn exchange_as_orders(ports: &FakePorts, reg: &Registry) -> Issued {
+        let orders = reg.client("orders").unwrap();
+        exchange(ports, reg, orders, params("subject"), NOW)
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn the_new_token_keeps_the_subject_and_grant_and_names_the_actor() {
         let reg = mesh();
         let ports = FakePorts::default();
         ports.present("subject", subject(NOW + 3600));
-        let issued = exchange(
-            &ports,
-            &reg,
-            reg.client("orders").unwrap(),
-            params("subject"),
-            NOW,
-        )
-        .await
-        .unwrap();
+        let issued = exchange_as_orders(&ports, &reg).await;
         assert_eq!(issued.policy, "orders-to-payments");
         assert_eq!(issued.issued_token_type, ACCESS_TOKEN_TYPE);
         assert_eq!(issued.scopes, ["orders:read"], "narrowed to the policy");
@@ -275,15 +277,7 @@ mod tests {
         let reg = mesh();
         let ports = FakePorts::default();
         ports.present("subject", subject(NOW + 30));
-        let issued = exchange(
-            &ports,
-            &reg,
-            reg.client("orders").unwrap(),
-            params("subject"),
-            NOW,
-        )
-        .await
-        .unwrap();
+        let issued = exchange_as_orders(&ports, &reg).await;
         assert_eq!(issued.expires_in, 30);
         assert_eq!(ports.claims_of(&issued.access_token).exp, NOW + 30);
     }

@@ -83,6 +83,7 @@ pub async fn client_credentials(
 
 /// Mints the token in `format`: a signed JWT, or an opaque value whose
 /// digest and claims go to the store.
+#[tracing::instrument(name = "token issuance", skip_all, fields(client_id = %client.id, ?format))]
 pub async fn mint(
     ports: &(impl Signer + OpaqueTokens),
     registry: &Registry,

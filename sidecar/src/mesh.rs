@@ -104,6 +104,8 @@ pub struct Route {
     /// The scopes the policy allows, sorted and space-joined: part of the
     /// exchange cache key, so a policy that narrows them takes effect at once.
     pub scopes: Arc<str>,
+    /// The ExchangePolicy that opened the route (a span attribute).
+    pub policy: Arc<str>,
 }
 
 /// (subject token, audience, scopes): what an exchanged token answers for.
@@ -578,6 +580,7 @@ impl<S: TokenService> Mesh<S> {
                                                 audience: Arc::from(r.audience),
                                                 mode,
                                                 scopes: scope_key(r.scopes),
+                                                policy: Arc::from(r.policy),
                                             }),
                                         )
                                     })

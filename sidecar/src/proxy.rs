@@ -17,8 +17,11 @@ use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
 };
 
+use tracing::Instrument;
+
 use crate::{
     deadlines::Stall,
+    hop,
     mesh::{
         Mesh, Refusal,
         proof::{AuthScheme, Presented},
@@ -343,8 +346,12 @@ impl Proxy {
     /// the token as a JWT. A connection redirected by the capture rules goes
     /// to the application's host on the port it was for; any other to
     /// `--app-addr`.
-    pub async fn inbound(&self, request: Request<Incoming>) -> Response<Body> {
-        let response = self.inbound_inner(request).await;
+    pub async fn inbound(&self, mut request: Request<Incoming>) -> Response<Body> {
+        let span = hop::inbound(request.headers());
+        // The application's own calls carry this hop on as their parent.
+        hop::pass_on(&span, request.headers_mut());
+        let response = self.inbound_inner(request).instrument(span.clone()).await;
+        span.record("http.response.status_code", response.status().as_u16());
         self.mesh
             .metrics
             .requests
@@ -406,11 +413,19 @@ impl Proxy {
     /// Host header; its token by the policy for that host. A connection
     /// redirected by the capture rules goes where it was for.
     pub async fn outbound(&self, mut request: Request<Incoming>) -> Response<Body> {
-        let response = self.outbound_inner(&mut request).await;
+        let span = hop::outbound(request.headers());
+        let response = self
+            .outbound_inner(&mut request)
+            .instrument(span.clone())
+            .await;
         let response = match response {
-            Ok(target) => self.forward(request, target).await,
+            Ok(target) => {
+                hop::pass_on(&span, request.headers_mut());
+                self.forward(request, target).instrument(span.clone()).await
+            }
             Err(response) => response,
         };
+        span.record("http.response.status_code", response.status().as_u16());
         self.mesh
             .metrics
             .requests
@@ -457,7 +472,9 @@ impl Proxy {
             None => (authority.to_ascii_lowercase(), None),
         };
         let mut carries_token = false;
-        match (self.mesh.route(&host), outbound_bearer(request.headers())) {
+        let route = self.mesh.route(&host);
+        hop::record_route(&host, route.as_deref());
+        match (route, outbound_bearer(request.headers())) {
             (Some(route), Some(token)) => {
                 carries_token = true;
                 let token = self
@@ -751,7 +768,7 @@ mod tests {
         );
     }
 
-    use std::time::Instant;
+    use tokio::time::Instant;
 
     use hyper_util::rt::TokioIo;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

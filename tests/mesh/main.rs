@@ -8,4 +8,5 @@ mod credentials;
 mod dpop;
 mod harness;
 mod setup;
+mod traces;
 mod traffic;

@@ -181,6 +181,7 @@ fn route(audience: &str, mode: Mode, scopes: &str) -> Route {
         audience: Arc::from(audience),
         mode,
         scopes: Arc::from(scopes),
+        policy: Arc::from("a-policy"),
     }
 }
 

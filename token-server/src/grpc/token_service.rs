@@ -248,19 +248,22 @@ impl TokenService for Tokens {
         let state = self.state.clone();
         let mut versions = state.version.subscribe();
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(async move {
-            loop {
-                let version = *versions.borrow_and_update();
-                let routes = policy::routes(&state.registry.load(), &client.id);
-                let snapshot = PolicySnapshot {
-                    version,
-                    routes: routes.into_iter().map(route).collect(),
-                };
-                if tx.send(Ok(snapshot)).await.is_err() || versions.changed().await.is_err() {
-                    return;
+        tokenmesh_tokens::runtime::spawn(
+            tracing::info_span!("policy stream", client_id = %client.id),
+            async move {
+                loop {
+                    let version = *versions.borrow_and_update();
+                    let routes = policy::routes(&state.registry.load(), &client.id);
+                    let snapshot = PolicySnapshot {
+                        version,
+                        routes: routes.into_iter().map(route).collect(),
+                    };
+                    if tx.send(Ok(snapshot)).await.is_err() || versions.changed().await.is_err() {
+                        return;
+                    }
                 }
-            }
-        });
+            },
+        );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -276,7 +279,7 @@ impl TokenService for Tokens {
         let snapshot = request.snapshot && cursor == 0;
         let state = self.state.clone();
         let (tx, rx) = mpsc::channel(REVOCATION_BATCH as usize);
-        tokio::spawn(async move {
+        tokenmesh_tokens::runtime::spawn(tracing::info_span!("revocation stream"), async move {
             if snapshot {
                 match send_snapshot(&state, &tx).await {
                     Some(last) => cursor = last,

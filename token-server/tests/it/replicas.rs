@@ -1,6 +1,8 @@
 //! Several token-server replicas on one PostgreSQL database.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde_json::{Value, json};
 use tokenmesh_proto::v1::{
@@ -16,7 +18,7 @@ use token_server::store::{Store, StoredKey};
 use tokenmesh_tokens::signing::SigningKey;
 
 use crate::harness::{
-    ADMIN_TOKEN, Config, SECRET, Server, basic_auth, fresh_database, jwt_part, next_message,
+    ADMIN_TOKEN, Config, SECRET, Server, basic_auth, fresh_database, jwt_part, next_message, now,
 };
 
 const ISSUER: &str = "http://tokenmesh.test";
@@ -25,13 +27,6 @@ const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// What the issue asks of every cross-replica change (the store sync runs every 250 ms).
 const WITHIN: Duration = Duration::from_secs(1);
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn assertion(config: &Config, jti: &str) -> String {
     let claims =
