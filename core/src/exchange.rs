@@ -4,6 +4,7 @@ use tokenmesh_crds::TokenFormat;
 use tokenmesh_tokens::claims::AccessTokenClaims;
 
 use crate::{
+    binding::{self, Holder},
     error::OAuthError,
     issue,
     plan::{self, GrantedScope, TokenPlan},
@@ -23,6 +24,9 @@ pub struct ExchangeParams<'a> {
     /// `None`: every scope the policy allows.
     pub scopes: Option<Vec<String>>,
     pub requested_token_type: Option<&'a str>,
+    /// The key the caller proved: a DPoP-bound subject or actor token needs
+    /// it, and the new token is bound to it.
+    pub holder: Holder,
 }
 
 #[derive(Debug)]
@@ -90,10 +94,14 @@ pub async fn exchange(
         plan::check_requested_scopes(scopes)?;
     }
     let subject = presented(ports, params.subject_token, "subject_token").await?;
+    binding::check_holder(subject.cnf.as_ref(), &params.holder, "subject_token")?;
     let actor_claims = match params.actor_token {
         Some(token) => Some(presented(ports, token, "actor_token").await?),
         None => None,
     };
+    if let Some(actor) = &actor_claims {
+        binding::check_holder(actor.cnf.as_ref(), &params.holder, "actor_token")?;
+    }
     if let Some(actor) = &actor_claims
         && !policy::actor_token_identifies(actor, &client.id)
     {
@@ -147,6 +155,7 @@ pub async fn exchange(
     )?;
     claims.act = Some(decision.act);
     claims.extra.extend(decision.claims);
+    claims.cnf = binding::bind(client, &params.holder)?;
     issue::embed(ports, registry, client, &mut claims, now)?;
     let access_token = issue::mint(ports, registry, client, format, &claims).await?;
     tracing::debug!(client_id = %client.id, policy = %decision.policy, jti = %claims.jti, "token exchanged");
@@ -161,6 +170,12 @@ pub async fn exchange(
 }
 
 #[cfg(test)]
+mod tests_support {
+    pub(super) use super::tests::{mesh, params, subject};
+    pub(super) use crate::testing::{FakePorts, NOW};
+}
+
+#[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
@@ -169,7 +184,7 @@ mod tests {
     use super::*;
     use crate::testing::{FakePorts, ISSUER, NOW, client, doc, registry, scopes};
 
-    fn mesh() -> Registry {
+    pub(super) fn mesh() -> Registry {
         registry(
             &(scopes()
                 + &client("gateway", "orders", "")
@@ -187,7 +202,7 @@ mod tests {
         )
     }
 
-    fn subject(exp: u64) -> AccessTokenClaims {
+    pub(super) fn subject(exp: u64) -> AccessTokenClaims {
         AccessTokenClaims {
             iss: ISSUER.into(),
             sub: "alice".into(),
@@ -208,13 +223,14 @@ mod tests {
         }
     }
 
-    fn params(subject: &str) -> ExchangeParams<'_> {
+    pub(super) fn params(subject: &str) -> ExchangeParams<'_> {
         ExchangeParams {
             subject_token: subject,
             actor_token: None,
             audience: Some("payments"),
             scopes: None,
             requested_token_type: None,
+            holder: Holder::default(),
         }
     }
 
@@ -329,5 +345,62 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, OAuthError::InvalidGrant(_)), "{err:?}");
+    }
+}
+
+#[cfg(test)]
+mod binding_tests {
+    use tokenmesh_tokens::claims::Confirmation;
+
+    use super::tests_support::*;
+    use super::*;
+
+    fn holder(jkt: &str) -> Holder {
+        Confirmation {
+            jkt: Some(jkt.into()),
+            x5t_s256: None,
+        }
+    }
+
+    /// Issue #18: a token bound to one client's key, exchanged by another
+    /// (or by anyone without the key), is refused; its holder gets a new
+    /// token bound to the key it proved.
+    #[tokio::test]
+    async fn a_dpop_bound_subject_token_is_exchanged_only_by_its_holder() {
+        let reg = mesh();
+        let ports = FakePorts::default();
+        let mut bound = subject(NOW + 3600);
+        bound.cnf = Some(holder("gateway-key"));
+        ports.present("bound", bound);
+        let orders = reg.client("orders").unwrap();
+        for caller in [Holder::default(), holder("orders-key")] {
+            let mut request = params("bound");
+            request.holder = caller;
+            let err = exchange(&ports, &reg, orders, request, NOW)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, OAuthError::InvalidGrant(_)), "{err:?}");
+        }
+        let mut request = params("bound");
+        request.holder = holder("gateway-key");
+        let issued = exchange(&ports, &reg, orders, request, NOW).await.unwrap();
+        let claims = ports.claims_of(&issued.access_token);
+        assert_eq!(claims.cnf, Some(holder("gateway-key")));
+    }
+
+    #[tokio::test]
+    async fn a_bearer_subject_exchanged_with_a_proof_gives_a_bound_token() {
+        let reg = mesh();
+        let ports = FakePorts::default();
+        ports.present("subject", subject(NOW + 3600));
+        let mut request = params("subject");
+        request.holder = holder("orders-key");
+        let issued = exchange(&ports, &reg, reg.client("orders").unwrap(), request, NOW)
+            .await
+            .unwrap();
+        assert_eq!(
+            ports.claims_of(&issued.access_token).cnf,
+            Some(holder("orders-key"))
+        );
     }
 }

@@ -11,6 +11,7 @@ use tokenmesh_tokens::{
 };
 
 use crate::{
+    binding::{self, Holder},
     error::OAuthError,
     plan::{self, TokenPlan},
     ports::{OpaqueTokens, Signer},
@@ -27,6 +28,8 @@ pub struct ClientCredentialsRequest<'a> {
     pub scope: Option<&'a str>,
     /// The `audience` and `resource` parameters; none: all of the client's.
     pub audiences: Vec<String>,
+    /// The key the caller proved (a DPoP proof), which the token is bound to.
+    pub holder: Holder,
 }
 
 /// A minted token and what the response says about it.
@@ -66,6 +69,7 @@ pub async fn client_credentials(
             ttl,
         },
     )?;
+    claims.cnf = binding::bind(client, &request.holder)?;
     embed(ports, registry, client, &mut claims, now)?;
     let access_token = mint(ports, registry, client, client.format, &claims).await?;
     tracing::debug!(client_id = %client.id, jti = %claims.jti, "token issued");
@@ -186,6 +190,8 @@ mod tests {
         let request = ClientCredentialsRequest {
             scope: Some("video_7 orders:read"),
             audiences: vec!["orders".into()],
+
+            ..Default::default()
         };
         let issued = client_credentials(&ports, &reg, reg.client("gateway").unwrap(), request, NOW)
             .await
@@ -231,6 +237,8 @@ mod tests {
             let request = ClientCredentialsRequest {
                 scope,
                 audiences: vec![audience.to_owned()],
+
+                ..Default::default()
             };
             let reg = &reg;
             let ports = &ports;
@@ -279,6 +287,8 @@ mod tests {
         let request = ClientCredentialsRequest {
             scope: Some("orders:read orders:write"),
             audiences: Vec::new(),
+
+            ..Default::default()
         };
         let issued = client_credentials(&ports, &reg, reg.client("gateway").unwrap(), request, NOW)
             .await

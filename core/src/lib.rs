@@ -6,6 +6,8 @@
 //! - [`plan`]: which scopes and audiences a request gets, and the claims of
 //!   a new token;
 //! - [`policy`]: the ExchangePolicy engine (exchange, embed, share);
+//! - [`binding`]: proof of possession (what a token is bound to, who may
+//!   present a bound one);
 //! - [`client_auth`]: who the calling client is, from protocol-neutral
 //!   [`client_auth::Credentials`];
 //! - [`issue`] and [`exchange`]: issuance and RFC 8693 exchange decisions,
@@ -17,6 +19,7 @@
 //! small traits of [`ports`]; the time is passed in as unix seconds, read by
 //! the caller from its injected [`tokenmesh_tokens::clock::Clock`].
 
+pub mod binding;
 pub mod client_auth;
 pub mod document;
 pub mod error;

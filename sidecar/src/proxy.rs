@@ -22,7 +22,10 @@ use tracing::Instrument;
 use crate::{
     deadlines::Stall,
     hop,
-    mesh::{Mesh, Refusal},
+    mesh::{
+        Mesh, Refusal,
+        proof::{AuthScheme, Presented},
+    },
     metrics::RequestLabels,
     redirect::{self, OriginalDst},
 };
@@ -96,13 +99,35 @@ fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
 /// refusal, and clients test it literally.
 pub const CHALLENGE: &str = "Bearer error=\"invalid_token\"";
 
-/// 401 with the RFC 6750 challenge; the reason stays in the body, bounded.
+/// The DPoP challenge (RFC 9449 §7.1) offered next to the Bearer one.
+pub const DPOP_CHALLENGE: &str = "DPoP algs=\"ES256 EdDSA RS256 PS256\"";
+/// The challenge of a DPoP-bound token without a valid proof.
+pub const DPOP_INVALID_PROOF: &str =
+    "DPoP error=\"invalid_dpop_proof\", algs=\"ES256 EdDSA RS256 PS256\"";
+
+/// The request header carrying a DPoP proof.
+pub const DPOP_HEADER: &str = "dpop";
+
+/// 401 with the RFC 6750 challenge, then the DPoP one; the reason stays in
+/// the body, bounded.
 fn unauthorized(refusal: &Refusal) -> Response<Body> {
     let mut response = text(StatusCode::UNAUTHORIZED, refusal.public());
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static(CHALLENGE),
-    );
+    let headers = response.headers_mut();
+    if matches!(refusal, Refusal::Proof(_)) {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(DPOP_INVALID_PROOF),
+        );
+    } else {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(CHALLENGE),
+        );
+        headers.append(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(DPOP_CHALLENGE),
+        );
+    }
     response
 }
 
@@ -124,8 +149,10 @@ fn many_credentials() -> Response<Body> {
 
 fn refused(refusal: &Refusal) -> Response<Body> {
     match refusal {
-        Refusal::Missing | Refusal::Invalid(_) => unauthorized(refusal),
-        Refusal::Forbidden(_) => text(StatusCode::FORBIDDEN, refusal.public()),
+        Refusal::Missing | Refusal::Invalid(_) | Refusal::Proof(_) => unauthorized(refusal),
+        Refusal::Forbidden(_) | Refusal::BoundShare(_) => {
+            text(StatusCode::FORBIDDEN, refusal.public())
+        }
         Refusal::Unavailable(_) => text(StatusCode::SERVICE_UNAVAILABLE, refusal.public()),
     }
 }
@@ -138,6 +165,14 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// The bearer token of one Authorization value (`Bearer <token>`, the
 /// scheme in any case; visible ASCII only, as `HeaderValue::to_str`).
 pub fn bearer_in(value: &[u8]) -> Option<&str> {
+    credential_in(value)
+        .filter(|(scheme, _)| *scheme == AuthScheme::Bearer)
+        .map(|(_, token)| token)
+}
+
+/// The token of one Authorization value and its scheme, `Bearer` or
+/// `DPoP` (RFC 9449 §7.1), in any case.
+pub fn credential_in(value: &[u8]) -> Option<(AuthScheme, &str)> {
     if !value
         .iter()
         .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
@@ -145,10 +180,27 @@ pub fn bearer_in(value: &[u8]) -> Option<&str> {
         return None;
     }
     let (scheme, token) = std::str::from_utf8(value).ok()?.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+        AuthScheme::Bearer
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        AuthScheme::Dpop
+    } else {
+        return None;
+    };
+    Some((scheme, token.trim())).filter(|(_, t)| !t.is_empty())
+}
+
+/// The URL the client called, as a DPoP proof's `htu` names it: the
+/// request's own scheme and authority when it has them (HTTP/2, absolute
+/// form), else `http` and the Host header.
+fn called_url<B>(request: &Request<B>) -> Option<String> {
+    let uri = request.uri();
+    let authority = match uri.authority() {
+        Some(authority) => authority.as_str(),
+        None => request.headers().get(header::HOST)?.to_str().ok()?,
+    };
+    let scheme = uri.scheme_str().unwrap_or("http");
+    Some(format!("{scheme}://{authority}{}", uri.path()))
 }
 
 /// Inbound: the one Authorization value, if any; `Err` if there are more.
@@ -316,19 +368,35 @@ impl Proxy {
             Ok(value) => value,
             Err(response) => return response,
         };
-        let Some(token) = authorization
+        let Some((scheme, token)) = authorization
             .as_ref()
-            .and_then(|value| bearer_in(value.as_bytes()))
+            .and_then(|value| credential_in(value.as_bytes()))
         else {
             return unauthorized(&Refusal::Missing);
         };
-        let verified = match self.mesh.validate(token).await {
+        let proofs: Vec<&[u8]> = request
+            .headers()
+            .get_all(DPOP_HEADER)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        let url = called_url(&request).unwrap_or_default();
+        let presented = Presented {
+            scheme,
+            token,
+            proofs: &proofs,
+            method: request.method().as_str(),
+            url: &url,
+        };
+        let verified = match self.mesh.validate_presented(&presented).await {
             Ok(verified) => verified,
             Err(refusal) => {
                 tracing::debug!(reason = %refusal, "inbound request refused");
                 return refused(&refusal);
             }
         };
+        // The proof stays here: the application could replay it elsewhere.
+        request.headers_mut().remove(DPOP_HEADER);
         if let Err(response) = set_bearer(request.headers_mut(), &verified.jwt) {
             return response;
         }

@@ -647,6 +647,36 @@ impl Mesh {
     }
 }
 
+/// GET `url` with one header per (name, value), in order, through
+/// `proxy` if any: the status, the `WWW-Authenticate` challenge and the
+/// body (JSON, or the text as a string).
+pub async fn get(
+    url: &str,
+    headers: &[(&str, &str)],
+    proxy: Option<SocketAddr>,
+) -> (u16, Option<String>, Value) {
+    let mut client = reqwest::Client::builder();
+    if let Some(proxy) = proxy {
+        client = client.proxy(reqwest::Proxy::http(format!("http://{proxy}")).unwrap());
+    }
+    let mut call = client.build().unwrap().get(url);
+    for (name, value) in headers {
+        call = call.header(*name, *value);
+    }
+    let resp = call.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let challenge = resp
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        challenge,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
 /// The claims of a JWT, decoded without verification (the sidecars verified it).
 pub fn claims(authorization: &Value) -> Value {
     use base64::Engine;

@@ -12,6 +12,7 @@
 pub mod cache;
 pub mod claims;
 pub mod clock;
+pub mod dpop;
 pub mod duration;
 pub mod jwk;
 #[cfg(feature = "remote")]

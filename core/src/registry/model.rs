@@ -5,7 +5,8 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use serde_json::{Map, Value};
 use tokenmesh_crds::{
-    AuthMethod, ExchangePolicySpec, GrantType, SecretKeyRef, SigningAlgorithm, TokenFormat,
+    AuthMethod, ExchangePolicySpec, GrantType, SecretKeyRef, SigningAlgorithm, TokenBinding,
+    TokenFormat,
 };
 use tokenmesh_tokens::{secret::SecretHash, verify::KeySet};
 
@@ -32,6 +33,8 @@ pub struct ServerSettings {
     pub kubernetes: Option<KubernetesSettings>,
     /// Encrypts generated keys in the store (`spec.signing.keyEncryptionKeyRef`).
     pub key_encryption: Option<Arc<KeyEncryption>>,
+    /// DPoP proofs must carry a server nonce (`spec.dpop.requireNonce`).
+    pub dpop_nonce: bool,
 }
 
 impl ServerSettings {
@@ -53,6 +56,7 @@ impl ServerSettings {
             database: None,
             kubernetes: None,
             key_encryption: None,
+            dpop_nonce: false,
         }
     }
 }
@@ -93,6 +97,8 @@ pub struct Client {
     pub ttl: Duration,
     /// The client's own signing algorithm; the TokenServer's when unset.
     pub algorithm: Option<SigningAlgorithm>,
+    /// `accessToken.binding`: the proof of possession the tokens require.
+    pub binding: TokenBinding,
     pub claims: Map<String, Value>,
     /// `may_act` for the client's tokens (RFC 8693 §4.4), from `spec.claims`.
     pub may_act: Option<Value>,

@@ -230,6 +230,7 @@ pub(super) fn server_settings(
         max_ttl,
         key_files: spec.signing.key_files.iter().map(PathBuf::from).collect(),
         key_directory: spec.signing.key_directory.as_ref().map(PathBuf::from),
+        dpop_nonce: spec.dpop.as_ref().is_some_and(|d| d.require_nonce),
     })
 }
 
@@ -555,6 +556,7 @@ pub(super) fn client(
         format: spec.access_token.format,
         ttl: ttl.unwrap_or(DEFAULT_TTL),
         algorithm: spec.access_token.algorithm,
+        binding: spec.access_token.binding,
         claims: spec
             .claims
             .iter()

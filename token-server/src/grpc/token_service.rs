@@ -71,6 +71,9 @@ impl Tokens {
             audience: Some(body.audience.as_str()).filter(|a| !a.is_empty()),
             scopes: Some(body.scopes).filter(|s| !s.is_empty()),
             requested_token_type: Some(body.requested_token_type.as_str()),
+            // gRPC carries no DPoP proof: a DPoP-bound subject token is
+            // refused here, as from any caller that cannot prove its key.
+            holder: Default::default(),
         };
         let issued =
             exchange::exchange(&*self.state, &registry, &client, params, self.state.now()).await?;

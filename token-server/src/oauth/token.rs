@@ -5,8 +5,15 @@ use std::sync::Arc;
 use axum::{Json, body::Body, extract::State, http::HeaderMap, response::Response};
 use serde::Serialize;
 
-use super::{client_auth::authenticate, error::OAuthError, form::Form, no_store, respond};
+use super::{
+    client_auth::authenticate,
+    dpop::{self, NONCE_HEADER},
+    error::OAuthError,
+    form::Form,
+    no_store, respond,
+};
 use tokenmesh_core::{
+    binding::Holder,
     exchange::{ACCESS_TOKEN_TYPE, ExchangeParams, JWT_TYPE},
     issue::{self, ClientCredentialsRequest},
     plan,
@@ -39,15 +46,41 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
     let registry = state.registry.load();
     let client = authenticate(state, &registry, headers, &form, &state.endpoints.token).await?;
     let grant_type = form.require("grant_type")?;
-    match grant_type {
-        "client_credentials" => {}
-        TOKEN_EXCHANGE => return exchange(state, &registry, &client, &form).await,
+    let require_nonce = registry.server.dpop_nonce;
+    let holder = dpop::holder(
+        state,
+        headers,
+        "POST",
+        &state.endpoints.token,
+        require_nonce,
+    )
+    .await?;
+    let mut response = match grant_type {
+        "client_credentials" => {
+            client_credentials(state, &registry, &client, &form, &holder).await?
+        }
+        TOKEN_EXCHANGE => exchange(state, &registry, &client, &form, &holder).await?,
         _ => {
             return Err(OAuthError::UnsupportedGrantType(
                 "supported: client_credentials, token exchange".into(),
             ));
         }
+    };
+    if let Some(nonce) = dpop::fresh_nonce(state, require_nonce)
+        && let Ok(value) = axum::http::HeaderValue::from_str(&nonce)
+    {
+        response.headers_mut().insert(NONCE_HEADER, value);
     }
+    Ok(response)
+}
+
+async fn client_credentials(
+    state: &AppState,
+    registry: &Registry,
+    client: &Client,
+    form: &Form,
+    holder: &Holder,
+) -> Result<Response, OAuthError> {
     let request = ClientCredentialsRequest {
         scope: form.get("scope"),
         audiences: form
@@ -56,14 +89,15 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
             .chain(form.all("resource"))
             .cloned()
             .collect(),
+        holder: holder.clone(),
     };
-    let issued = issue::client_credentials(state, &registry, &client, request, state.now()).await?;
+    let issued = issue::client_credentials(state, registry, client, request, state.now()).await?;
     state
         .metrics
         .count_issued("client_credentials", issued.format);
     Ok(no_store(Json(TokenResponse {
         access_token: issued.access_token,
-        token_type: "Bearer",
+        token_type: dpop::token_type(holder),
         expires_in: issued.expires_in,
         scope: issued.claims.scope,
         issued_token_type: None,
@@ -86,6 +120,7 @@ async fn exchange(
     registry: &Registry,
     client: &Client,
     form: &Form,
+    holder: &Holder,
 ) -> Result<Response, OAuthError> {
     let subject_token = form.require("subject_token")?;
     check_token_type(form, "subject_token_type")?;
@@ -114,13 +149,14 @@ async fn exchange(
         audience,
         scopes: form.get("scope").map(plan::requested_scopes).transpose()?,
         requested_token_type: form.get("requested_token_type"),
+        holder: holder.clone(),
     };
     let issued =
         tokenmesh_core::exchange::exchange(state, registry, client, params, state.now()).await?;
     state.metrics.count_issued("token_exchange", issued.format);
     Ok(no_store(Json(TokenResponse {
         access_token: issued.access_token,
-        token_type: "Bearer",
+        token_type: dpop::token_type(holder),
         expires_in: issued.expires_in,
         scope: issued.scopes.join(" "),
         issued_token_type: Some(issued.issued_token_type),
