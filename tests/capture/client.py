@@ -8,6 +8,15 @@ import urllib.error
 import urllib.request
 
 
+def fields(headers):
+    """Header fields by lower-case name; a repeated one combined with ", " (RFC 9110 §5.3)."""
+    out = {}
+    for name, value in headers.items():
+        name = name.lower()
+        out[name] = f"{out[name]}, {value}" if name in out else value
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("method")
@@ -23,9 +32,9 @@ def main():
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(request, timeout=args.timeout) as resp:
-            out = {"status": resp.status, "headers": {k.lower(): v for k, v in resp.headers.items()}, "body": resp.read().decode()}
+            out = {"status": resp.status, "headers": fields(resp.headers), "body": resp.read().decode()}
     except urllib.error.HTTPError as err:
-        out = {"status": err.code, "headers": {k.lower(): v for k, v in err.headers.items()}, "body": err.read().decode()}
+        out = {"status": err.code, "headers": fields(err.headers), "body": err.read().decode()}
     except (OSError, urllib.error.URLError) as err:
         out = {"error": str(err)}
     print(json.dumps(out))

@@ -41,7 +41,8 @@ def test_a_request_without_a_token_never_reaches_the_application(mesh, port):
     path = unique("no-token")
     resp = mesh.client.get(f"http://{POD}:{port}{path}")
     assert resp.get("status") == 401, resp
-    assert resp["headers"].get("www-authenticate") == 'Bearer error="invalid_token"', resp
+    # The Bearer challenge first, then the DPoP one (RFC 9449 §7.1).
+    assert resp["headers"].get("www-authenticate", "").startswith('Bearer error="invalid_token", DPoP algs='), resp
     resp = mesh.client.get(f"http://{POD}:{port}{path}", headers={"Authorization": "Bearer not-a-token"})
     assert resp.get("status") == 401, resp
     assert seen(mesh, "app", path) == []
