@@ -4,6 +4,7 @@ use tokenmesh_crds::TokenFormat;
 use tokenmesh_tokens::claims::AccessTokenClaims;
 
 use crate::{
+    certificate::{self, ClientCertificate},
     error::OAuthError,
     issue,
     plan::{self, GrantedScope, TokenPlan},
@@ -23,6 +24,9 @@ pub struct ExchangeParams<'a> {
     /// `None`: every scope the policy allows.
     pub scopes: Option<Vec<String>>,
     pub requested_token_type: Option<&'a str>,
+    /// The calling client's TLS certificate, if it presented one: bound
+    /// subject and actor tokens must be its, and the new token is bound to it.
+    pub certificate: Option<&'a ClientCertificate>,
 }
 
 #[derive(Debug)]
@@ -89,10 +93,15 @@ pub async fn exchange(
         plan::check_requested_scopes(scopes)?;
     }
     let subject = presented(ports, params.subject_token, "subject_token").await?;
+    certificate::check_holder(&subject, params.certificate, "subject_token")?;
     let actor_claims = match params.actor_token {
         Some(token) => Some(presented(ports, token, "actor_token").await?),
         None => None,
     };
+    if let Some(actor) = &actor_claims {
+        certificate::check_holder(actor, params.certificate, "actor_token")?;
+    }
+    let cnf = certificate::confirmation(client, params.certificate, true)?;
     if let Some(actor) = &actor_claims
         && !policy::actor_token_identifies(actor, &client.id)
     {
@@ -144,6 +153,7 @@ pub async fn exchange(
         },
     )?;
     claims.act = Some(decision.act);
+    claims.cnf = cnf;
     claims.extra.extend(decision.claims);
     issue::embed(ports, registry, client, &mut claims, now)?;
     let access_token = issue::mint(ports, registry, client, format, &claims).await?;
@@ -213,6 +223,7 @@ mod tests {
             audience: Some("payments"),
             scopes: None,
             requested_token_type: None,
+            certificate: None,
         }
     }
 

@@ -11,6 +11,7 @@ use tokenmesh_tokens::{
 };
 
 use crate::{
+    certificate::{self, ClientCertificate},
     error::OAuthError,
     plan::{self, TokenPlan},
     ports::{OpaqueTokens, Signer},
@@ -27,6 +28,8 @@ pub struct ClientCredentialsRequest<'a> {
     pub scope: Option<&'a str>,
     /// The `audience` and `resource` parameters; none: all of the client's.
     pub audiences: Vec<String>,
+    /// The TLS client certificate of the request, if any.
+    pub certificate: Option<&'a ClientCertificate>,
 }
 
 /// A minted token and what the response says about it.
@@ -53,6 +56,7 @@ pub async fn client_credentials(
     }
     let scopes = plan::resolve_scopes(registry, client, request.scope, now)?;
     let audiences = plan::resolve_audiences(client, &request.audiences)?;
+    let cnf = certificate::confirmation(client, request.certificate, false)?;
     let ttl = client.ttl.min(registry.server.max_ttl).as_secs();
     let mut claims = plan::claims(
         &registry.server.issuer,
@@ -66,6 +70,7 @@ pub async fn client_credentials(
             ttl,
         },
     )?;
+    claims.cnf = cnf;
     embed(ports, registry, client, &mut claims, now)?;
     let access_token = mint(ports, registry, client, client.format, &claims).await?;
     tracing::debug!(client_id = %client.id, jti = %claims.jti, "token issued");
@@ -185,6 +190,7 @@ mod tests {
         let request = ClientCredentialsRequest {
             scope: Some("video_7 orders:read"),
             audiences: vec!["orders".into()],
+            certificate: None,
         };
         let issued = client_credentials(&ports, &reg, reg.client("gateway").unwrap(), request, NOW)
             .await
@@ -230,6 +236,7 @@ mod tests {
             let request = ClientCredentialsRequest {
                 scope,
                 audiences: vec![audience.to_owned()],
+                certificate: None,
             };
             let reg = &reg;
             let ports = &ports;
@@ -278,6 +285,7 @@ mod tests {
         let request = ClientCredentialsRequest {
             scope: Some("orders:read orders:write"),
             audiences: Vec::new(),
+            certificate: None,
         };
         let issued = client_credentials(&ports, &reg, reg.client("gateway").unwrap(), request, NOW)
             .await

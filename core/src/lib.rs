@@ -6,6 +6,7 @@
 //! - [`plan`]: which scopes and audiences a request gets, and the claims of
 //!   a new token;
 //! - [`policy`]: the ExchangePolicy engine (exchange, embed, share);
+//! - [`certificate`]: the TLS client certificate of a request (RFC 8705);
 //! - [`client_auth`]: who the calling client is, from protocol-neutral
 //!   [`client_auth::Credentials`];
 //! - [`issue`] and [`exchange`]: issuance and RFC 8693 exchange decisions,
@@ -17,6 +18,7 @@
 //! small traits of [`ports`]; the time is passed in as unix seconds, read by
 //! the caller from its injected [`tokenmesh_tokens::clock::Clock`].
 
+pub mod certificate;
 pub mod client_auth;
 pub mod document;
 pub mod error;

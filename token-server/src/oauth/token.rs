@@ -2,15 +2,23 @@
 
 use std::sync::Arc;
 
-use axum::{Json, body::Body, extract::State, http::HeaderMap, response::Response};
+use axum::{Extension, Json, body::Body, extract::State, http::HeaderMap, response::Response};
 use serde::Serialize;
 
-use super::{client_auth::authenticate, error::OAuthError, form::Form, no_store, respond};
+use super::{
+    client_auth::{authenticate, client_certificate},
+    error::OAuthError,
+    form::Form,
+    no_store, respond,
+};
 use tokenmesh_core::{
+    certificate::ClientCertificate,
     exchange::{ACCESS_TOKEN_TYPE, ExchangeParams, JWT_TYPE},
     issue::{self, ClientCredentialsRequest},
     plan,
 };
+
+use tokenmesh_tokens::listen::tls::PeerCertificate;
 
 use crate::{
     registry::{Client, Registry},
@@ -30,18 +38,37 @@ pub struct TokenResponse {
 
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 
-pub async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    respond(handle(&state, &headers, body).await)
+pub async fn token(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<PeerCertificate>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let certificate = client_certificate(peer);
+    respond(handle(&state, &headers, body, certificate.as_ref()).await)
 }
 
-async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, OAuthError> {
+async fn handle(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    certificate: Option<&ClientCertificate>,
+) -> Result<Response, OAuthError> {
     let form = Form::read(headers, body).await?;
     let registry = state.registry.load();
-    let client = authenticate(state, &registry, headers, &form, &state.endpoints.token).await?;
+    let client = authenticate(
+        state,
+        &registry,
+        headers,
+        &form,
+        &state.endpoints.token,
+        certificate,
+    )
+    .await?;
     let grant_type = form.require("grant_type")?;
     match grant_type {
         "client_credentials" => {}
-        TOKEN_EXCHANGE => return exchange(state, &registry, &client, &form).await,
+        TOKEN_EXCHANGE => return exchange(state, &registry, &client, &form, certificate).await,
         _ => {
             return Err(OAuthError::UnsupportedGrantType(
                 "supported: client_credentials, token exchange".into(),
@@ -56,6 +83,7 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
             .chain(form.all("resource"))
             .cloned()
             .collect(),
+        certificate,
     };
     let issued = issue::client_credentials(state, &registry, &client, request, state.now()).await?;
     state
@@ -86,6 +114,7 @@ async fn exchange(
     registry: &Registry,
     client: &Client,
     form: &Form,
+    certificate: Option<&ClientCertificate>,
 ) -> Result<Response, OAuthError> {
     let subject_token = form.require("subject_token")?;
     check_token_type(form, "subject_token_type")?;
@@ -114,6 +143,7 @@ async fn exchange(
         audience,
         scopes: form.get("scope").map(plan::requested_scopes).transpose()?,
         requested_token_type: form.get("requested_token_type"),
+        certificate,
     };
     let issued =
         tokenmesh_core::exchange::exchange(state, registry, client, params, state.now()).await?;
