@@ -152,7 +152,7 @@ impl ClientCertificate {
 
 /// base64url(SHA-256(der)).
 pub fn thumbprint_of(der: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der))
+    tokenmesh_tokens::claims::x5t_s256(der)
 }
 
 /// Whether two JWKs are the same public key (their key members match).
@@ -262,16 +262,8 @@ pub fn check_holder(
     certificate: Option<&ClientCertificate>,
     name: &'static str,
 ) -> Result<(), OAuthError> {
-    let Some(expected) = claims.cnf.as_ref().and_then(|c| c.x5t_s256.as_deref()) else {
-        return Ok(());
-    };
-    let held = certificate.is_some_and(|certificate| {
-        aws_lc_rs::constant_time::verify_slices_are_equal(
-            certificate.thumbprint().as_bytes(),
-            expected.as_bytes(),
-        )
-        .is_ok()
-    });
+    let held =
+        Confirmation::holds_certificate(claims.cnf.as_ref(), certificate.map(|c| c.der.as_slice()));
     if held {
         Ok(())
     } else {

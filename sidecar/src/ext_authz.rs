@@ -154,7 +154,12 @@ impl ExtAuthz {
             Ok(None) => return denied(&Refusal::Missing),
             Ok(Some(token)) => token,
         };
-        match self.mesh.validate(token).await {
+        // The check request does not carry Envoy's peer certificate here
+        // yet: a certificate-bound token fails closed (binding.rs).
+        let verified = self.mesh.validate(token).await.and_then(|verified| {
+            crate::binding::check_certificate(&verified.claims, None).map(|()| verified)
+        });
+        match verified {
             Ok(verified) => CheckResponse {
                 status: Some(RpcStatus {
                     code: RPC_OK,
