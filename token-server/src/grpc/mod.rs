@@ -36,7 +36,7 @@ pub fn peer_certificate<T>(request: &tonic::Request<T>) -> Option<ClientCertific
     request
         .extensions()
         .get::<PeerCertificate>()
-        .map(|peer| ClientCertificate::new(peer.der.to_vec(), peer.chain_verified))
+        .map(crate::oauth::client_auth::of_peer)
 }
 
 /// The credentials request metadata carries: an assertion, else Basic,

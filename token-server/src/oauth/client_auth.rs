@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use axum::{
-    Extension,
-    http::{HeaderMap, header},
+    extract::FromRequestParts,
+    http::{HeaderMap, header, request::Parts},
 };
 pub use tokenmesh_core::client_auth::JWT_BEARER_ASSERTION;
 use tokenmesh_core::{
@@ -22,10 +22,21 @@ use crate::{
     state::AppState,
 };
 
-/// The TLS client certificate of the request's connection (a request
-/// extension the listener sets), as the core sees it.
-pub fn client_certificate(peer: Option<Extension<PeerCertificate>>) -> Option<ClientCertificate> {
-    peer.map(|Extension(peer)| ClientCertificate::new(peer.der.to_vec(), peer.chain_verified))
+/// The TLS client certificate of the request's connection (the listener
+/// sets it as a request extension), as the core sees it.
+pub struct ClientCert(pub Option<ClientCertificate>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientCert {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.extensions.get::<PeerCertificate>().map(of_peer)))
+    }
+}
+
+/// The core's view of a connection's certificate (HTTP and gRPC).
+pub fn of_peer(peer: &PeerCertificate) -> ClientCertificate {
+    ClientCertificate::new(peer.der.to_vec(), peer.chain_verified)
 }
 
 /// Authenticates the calling client. `endpoint` is the URL being called,

@@ -4,9 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::Extension;
 use tokenmesh_core::certificate::ClientCertificate;
-use tokenmesh_tokens::listen::tls::PeerCertificate;
 
 use axum::{
     Json,
@@ -24,7 +22,7 @@ use tokenmesh_tokens::{
 };
 
 use super::{
-    client_auth::{authenticate, client_certificate},
+    client_auth::{ClientCert, authenticate},
     error::OAuthError,
     form::Form,
     no_store, respond,
@@ -38,11 +36,10 @@ const PHANTOM_JWT: &str = "application/jwt";
 
 pub async fn introspect(
     State(state): State<Arc<AppState>>,
-    peer: Option<Extension<PeerCertificate>>,
+    ClientCert(certificate): ClientCert,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let certificate = client_certificate(peer);
     respond(handle(&state, &headers, body, certificate.as_ref()).await)
 }
 

@@ -4,14 +4,12 @@
 
 use std::sync::Arc;
 
-use axum::Extension;
 use tokenmesh_core::certificate::ClientCertificate;
-use tokenmesh_tokens::listen::tls::PeerCertificate;
 
 use axum::{body::Body, extract::State, http::HeaderMap, response::Response};
 
 use super::{
-    client_auth::{authenticate, client_certificate},
+    client_auth::{ClientCert, authenticate},
     error::OAuthError,
     form::Form,
     introspect::active_claims,
@@ -23,11 +21,10 @@ use crate::{state::AppState, store::RevocationKind};
 
 pub async fn revoke(
     State(state): State<Arc<AppState>>,
-    peer: Option<Extension<PeerCertificate>>,
+    ClientCert(certificate): ClientCert,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let certificate = client_certificate(peer);
     respond(handle(&state, &headers, body, certificate.as_ref()).await)
 }
 

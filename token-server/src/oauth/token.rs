@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
-use axum::{Extension, Json, body::Body, extract::State, http::HeaderMap, response::Response};
+use axum::{Json, body::Body, extract::State, http::HeaderMap, response::Response};
 use serde::Serialize;
 
 use super::{
-    client_auth::{authenticate, client_certificate},
+    client_auth::{ClientCert, authenticate},
     error::OAuthError,
     form::Form,
     no_store, respond,
@@ -17,8 +17,6 @@ use tokenmesh_core::{
     issue::{self, ClientCredentialsRequest},
     plan,
 };
-
-use tokenmesh_tokens::listen::tls::PeerCertificate;
 
 use crate::{
     registry::{Client, Registry},
@@ -40,11 +38,10 @@ const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 
 pub async fn token(
     State(state): State<Arc<AppState>>,
-    peer: Option<Extension<PeerCertificate>>,
+    ClientCert(certificate): ClientCert,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let certificate = client_certificate(peer);
     respond(handle(&state, &headers, body, certificate.as_ref()).await)
 }
 
