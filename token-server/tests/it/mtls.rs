@@ -83,6 +83,41 @@ async fn post(
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
+/// gRPC Introspect over TLS as `orders`, presenting `identity`.
+async fn grpc_introspect(
+    server: &Server,
+    ca: &TestCa,
+    identity: &(PathBuf, PathBuf),
+    token: &str,
+) -> Result<tokenmesh_proto::v1::IntrospectResponse, tonic::Status> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let read = |p: &Path| std::fs::read(p).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&ca.cert)))
+        .identity(Identity::from_pem(read(&identity.0), read(&identity.1)))
+        .domain_name("localhost");
+    let port = server.grpc.rsplit_once(':').unwrap().1;
+    let channel = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = tokenmesh_proto::v1::token_service_client::TokenServiceClient::new(channel);
+    let mut request = tonic::Request::new(tokenmesh_proto::v1::IntrospectRequest {
+        token: token.to_owned(),
+    });
+    request.metadata_mut().insert(
+        "x-client-id",
+        tonic::metadata::MetadataValue::from_static("orders"),
+    );
+    client
+        .introspect(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 #[tokio::test]
 async fn certificates_authenticate_bind_tokens_and_guard_exchange() {
     let config = Config::new("{}");
@@ -111,6 +146,7 @@ spec:
   authentication: {{method: tls_client_auth, tlsClientAuth: {{subjectDn: "CN=orders"}}}}
   scopes: ["orders:read"]
   audiences: [orders, payments]
+  allowIntrospection: true
 ---
 apiVersion: tokenmesh.dev/v1alpha1
 kind: OAuthClient
@@ -259,6 +295,18 @@ spec:
     assert_eq!(status, 200, "{body}");
     let exchanged = body["access_token"].as_str().unwrap();
     assert_eq!(jwt_part(exchanged, 1)["cnf"]["x5t#S256"], x5t.as_str());
+
+    // gRPC: the certificate with x-client-id authenticates too.
+    let introspected = grpc_introspect(&server, &ca, &orders, &token)
+        .await
+        .unwrap();
+    assert!(introspected.active);
+    let claims: Value = serde_json::from_str(&introspected.claims_json).unwrap();
+    assert_eq!(claims["cnf"]["x5t#S256"], x5t.as_str());
+    let refused = grpc_introspect(&server, &ca, &intruder, &token)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
 
     // A bound token revoked by its client over mTLS.
     let revoked = with_orders
