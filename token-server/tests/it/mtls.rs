@@ -83,6 +83,95 @@ async fn post(
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
+/// An application that answers 200 to every request.
+async fn answering_app() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_ready(url: &str) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !reqwest::get(url).await.is_ok_and(|r| r.status() == 200) {
+        assert!(tokio::time::Instant::now() < deadline, "{url} not ready");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A sidecar (as `gateway`, audience `orders`) in front of `app`, its
+/// inbound listener on TLS asking for certificates of `ca`.
+fn sidecar(
+    server: &Server,
+    ca: &TestCa,
+    config: &Config,
+    app: std::net::SocketAddr,
+    cert: &Path,
+    key: &Path,
+) -> (
+    std::process::Child,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
+    use tokenmesh_e2e::{binary, free_port};
+    let local = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let (inbound, outbound, admin) = (local(free_port()), local(free_port()), local(free_port()));
+    let secret = config.dir.path().join("secrets/shared/client_secret");
+    let grpc_port = server.grpc.rsplit_once(':').unwrap().1;
+    let child = Command::new(binary("tokenmesh-sidecar"))
+        .arg("--token-server")
+        .arg(format!("https://127.0.0.1:{grpc_port}"))
+        .arg("--token-server-ca")
+        .arg(&ca.cert)
+        .args(["--client-id", "gateway", "--audience", "orders"])
+        .arg("--client-secret-file")
+        .arg(secret)
+        .args([
+            "--inbound-addr",
+            &inbound.to_string(),
+            "--app-addr",
+            &app.to_string(),
+        ])
+        .args([
+            "--outbound-addr",
+            &outbound.to_string(),
+            "--admin-addr",
+            &admin.to_string(),
+        ])
+        .arg("--inbound-tls-cert")
+        .arg(cert)
+        .arg("--inbound-tls-key")
+        .arg(key)
+        .arg("--inbound-client-ca")
+        .arg(&ca.cert)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    (child, inbound, admin)
+}
+
 /// gRPC Introspect over TLS as `orders`, presenting `identity`.
 async fn grpc_introspect(
     server: &Server,
@@ -307,6 +396,25 @@ spec:
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+
+    // The sidecar's inbound TLS listener: the bound token passes only with its certificate.
+    let app = answering_app().await;
+    let (sidecar, inbound, admin) = sidecar(&server, &ca, &config, app, &server_cert, &server_key);
+    let _sidecar = KillOnDrop(sidecar);
+    wait_ready(&format!("http://{admin}/readyz")).await;
+    let call = |identity: Option<&(PathBuf, PathBuf)>| {
+        client(&ca, identity)
+            .get(format!("https://localhost:{}/", inbound.port()))
+            .bearer_auth(&token)
+            .send()
+    };
+    assert_eq!(call(Some(&orders)).await.unwrap().status(), 200);
+    assert_eq!(call(None).await.unwrap().status(), 401, "no certificate");
+    assert_eq!(
+        call(Some(&intruder)).await.unwrap().status(),
+        401,
+        "another certificate"
+    );
 
     // A bound token revoked by its client over mTLS.
     let revoked = with_orders
