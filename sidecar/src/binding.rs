@@ -14,7 +14,16 @@ pub fn check_certificate(
     claims: &AccessTokenClaims,
     peer: Option<&PeerCertificate>,
 ) -> Result<(), Refusal> {
-    if Confirmation::holds_certificate(claims.cnf.as_ref(), peer.map(|p| p.der.as_ref())) {
+    check_certificate_der(claims, peer.map(|p| p.der.as_ref()))
+}
+
+/// [`check_certificate`] with the certificate's DER (Envoy's ext_authz
+/// passes it as PEM).
+pub fn check_certificate_der(
+    claims: &AccessTokenClaims,
+    der: Option<&[u8]>,
+) -> Result<(), Refusal> {
+    if Confirmation::holds_certificate(claims.cnf.as_ref(), der) {
         Ok(())
     } else {
         Err(Refusal::Invalid(

@@ -47,6 +47,18 @@ fn header(key: &str, value: String) -> HeaderValueOption {
     }
 }
 
+/// The client certificate Envoy terminated TLS with
+/// (`attributes.source.certificate`: URL-encoded PEM, with the ext_authz
+/// filter's `include_peer_certificate`), as DER.
+fn source_certificate(request: &CheckRequest) -> Option<Vec<u8>> {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let encoded = &request.attributes.as_ref()?.source.as_ref()?.certificate;
+    let pem = percent_encoding::percent_decode_str(encoded).collect::<Vec<u8>>();
+    CertificateDer::from_pem_slice(&pem)
+        .ok()
+        .map(|der| der.to_vec())
+}
+
 /// Every `authorization` value in the header maps Envoy sends (the
 /// `headers` map, or `header_map` with `encode_raw_headers`).
 fn authorizations(request: &CheckRequest) -> Vec<&[u8]> {
@@ -154,10 +166,11 @@ impl ExtAuthz {
             Ok(None) => return denied(&Refusal::Missing),
             Ok(Some(token)) => token,
         };
-        // The check request does not carry Envoy's peer certificate here
-        // yet: a certificate-bound token fails closed (binding.rs).
+        // A certificate-bound token: Envoy's peer certificate must be its.
         let verified = self.mesh.validate(token).await.and_then(|verified| {
-            crate::binding::check_certificate(&verified.claims, None).map(|()| verified)
+            let der = source_certificate(check);
+            crate::binding::check_certificate_der(&verified.claims, der.as_deref())
+                .map(|()| verified)
         });
         match verified {
             Ok(verified) => CheckResponse {
@@ -223,8 +236,30 @@ mod tests {
                         ..Default::default()
                     }),
                 }),
+                source: None,
             }),
         }
+    }
+
+    #[test]
+    fn envoys_peer_certificate_is_read_from_url_encoded_pem() {
+        use tokenmesh_proto::envoy_auth_v3::{AttributeContext, attribute_context::Peer};
+        let with = |certificate: &str| CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(Peer {
+                    certificate: certificate.into(),
+                }),
+                request: None,
+            }),
+        };
+        // Envoy's encoding: the PEM with its newlines, `+`, `/` and `=` escaped.
+        let pem = "-----BEGIN%20CERTIFICATE-----%0AAQID%2B%2F8%3D%0A-----END%20CERTIFICATE-----%0A";
+        assert_eq!(
+            source_certificate(&with(pem)),
+            Some(vec![1, 2, 3, 251, 255])
+        );
+        assert_eq!(source_certificate(&with("")), None);
+        assert_eq!(source_certificate(&CheckRequest::default()), None);
     }
 
     #[test]

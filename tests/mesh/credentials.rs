@@ -146,6 +146,7 @@ fn check_request(authorizations: &[&str]) -> CheckRequest {
                     ..Default::default()
                 }),
             }),
+            source: None,
         }),
     }
 }
