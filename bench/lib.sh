@@ -2,12 +2,14 @@
 # Needs: $here (bench/), $root (repository), $tmp (scratch dir), `pids` array;
 # sets the EXIT trap (cleanup) and runs the script's cleanup_more from it.
 
-# On exit or interrupt: kill and reap every process in $pids, run the
-# script's cleanup_more if it has one, remove $tmp.
+# On exit or interrupt: kill and reap every process in $pids, stop the
+# throwaway PostgreSQL if pg_start started one, run the script's cleanup_more
+# if it has one, remove $tmp.
 cleanup() {
   local p
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pg_stop
   if declare -F cleanup_more >/dev/null; then cleanup_more; fi
   rm -rf "$tmp"
 }
@@ -158,4 +160,35 @@ percentiles() {
   sort -n | awk 'function rank(p,  r) { r = int(NR * p); if (r < NR * p) r++; return r < 1 ? 1 : r }
     { v[NR] = $1 } END { if (NR == 0) { print 0, 0, 0, 0, 0; exit }
       print NR, v[rank(0.50)], v[rank(0.90)], v[rank(0.99)], v[NR] }'
+}
+
+# pg_start cpu: a throwaway PostgreSQL (tests/pg/throwaway.sh) with the
+# postmaster and its children pinned to `cpu` (backends forked later inherit
+# it). Exports TOKENMESH_TEST_DATABASE_URL; sets PG_VERSION, PG_SETTINGS.
+pg_started=
+pg_start() {
+  log "starting a throwaway PostgreSQL (tests/pg/throwaway.sh)"
+  eval "$("$root/tests/pg/throwaway.sh" start)"
+  pg_started=1
+  PG_VERSION=$(psql "$TOKENMESH_TEST_DATABASE_URL" -Atc 'show server_version')
+  PG_SETTINGS=$(psql "$TOKENMESH_TEST_DATABASE_URL" -Atc "select string_agg(name || '=' || setting, ', ' order by name) from pg_settings where name in ('fsync', 'synchronous_commit', 'shared_buffers', 'max_connections')")
+  postmaster=$(head -n1 "$TOKENMESH_TEST_PGDATA/postmaster.pid")
+  local p
+  for p in "$postmaster" $(pgrep -P "$postmaster"); do taskset -a -p -c "$1" "$p" >/dev/null; done
+}
+pg_stop() {
+  [[ -n $pg_started ]] || return 0
+  "$root/tests/pg/throwaway.sh" stop >&2 || true
+  pg_started=
+}
+# PostgreSQL's CPU ticks: the postmaster's own and those of the children it
+# reaped (cutime, cstime: autovacuum workers come and go), plus its live
+# children; 0 when none runs.
+pg_ticks() {
+  [[ -n $pg_started ]] || { echo 0; return; }
+  local f c s
+  f=($(sed 's/^.*) //' "/proc/$postmaster/stat"))
+  s=$(( f[11] + f[12] + f[13] + f[14] ))
+  for c in $(pgrep -P "$postmaster"); do s=$(( s + $(proc_ticks "$c") )); done
+  echo "$s"
 }

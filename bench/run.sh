@@ -4,7 +4,9 @@
 # Prints a markdown table on stdout (progress on stderr). See bench/README.md.
 # Env knobs:
 #   BENCH_DURATION=10s  BENCH_WARMUP=2s  BENCH_CONNECTIONS=32
-#   BENCH_CASES="healthz opaque es256 eddsa exchange-http exchange-grpc bare peer"   (subset to run)
+#   BENCH_CASES="healthz opaque es256 eddsa exchange-http exchange-grpc introspect opaque-pg es256-pg introspect-pg bare peer"
+#               (subset to run; the *-pg cases start a throwaway PostgreSQL)
+#   BENCH_POOL=10000 (opaque tokens minted for the introspection cases)
 #   BENCH_SERVER_CPU=0  BENCH_CLIENT_CPU=1
 #   TOKEN_SERVER_BIN=path (skip cargo build)   BENCH_SKIP_BUILD=1
 #   PEER_NODE_ENV=production (the peer's NODE_ENV; "development" is its default mode)
@@ -15,12 +17,15 @@ root=$(cd "$here/.." && pwd)
 DURATION=${BENCH_DURATION:-10s}
 WARMUP=${BENCH_WARMUP:-2s}
 CONNS=${BENCH_CONNECTIONS:-32}
-TM_CASES="healthz opaque es256 eddsa exchange-http exchange-grpc" # served by token-server
-CASES=" ${BENCH_CASES:-$TM_CASES bare peer} "
+TM_CASES="healthz opaque es256 eddsa exchange-http exchange-grpc introspect" # token-server, embedded store
+PG_CASES="opaque-pg es256-pg introspect-pg"                                   # token-server replicas on PostgreSQL
+CASES=" ${BENCH_CASES:-$TM_CASES $PG_CASES bare peer} "
+POOL=${BENCH_POOL:-10000}
 SCPU=${BENCH_SERVER_CPU:-0}
 CCPU=${BENCH_CLIENT_CPU:-1}
 SECRET=bench-client-secret-0123456789abcdef # >= 32 chars, shared by all clients
 PEER_RESOURCE=urn:tokenmesh:bench:orders
+PEER_OPAQUE_RESOURCE=urn:tokenmesh:bench:orders-opaque # the same, opaque (bench/peer/server.mjs)
 TOKEN_BODY='grant_type=client_credentials&scope=orders:read'
 SUBJECT_TTL=3600 # bench-es256's tokens: the exchange cases' subject token must outlive them
 EXCHANGE_TTL=60  # the ExchangePolicy's ttl
@@ -30,7 +35,9 @@ EXCHANGE_BODY='grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-excha
 GRPC_PATH=/tokenmesh.v1.TokenService/Exchange
 
 want() { [[ $CASES == *" $1 "* ]]; }
-want_tm() { local c; for c in $TM_CASES; do want "$c" && return 0; done; return 1; }
+want_tm() { local c; for c in $TM_CASES $PG_CASES; do want "$c" && return 0; done; return 1; }
+want_embedded() { local c; for c in $TM_CASES; do want "$c" && return 0; done; return 1; }
+want_pg() { local c; for c in $PG_CASES; do want "$c" && return 0; done; return 1; }
 want_exchange() { want exchange-http || want exchange-grpc; }
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/tokenmesh-bench.XXXXXX")
@@ -53,6 +60,8 @@ if want exchange-grpc; then # grpcio, for one real gRPC call before the load
   fi
 fi
 command -v taskset >/dev/null || die "taskset (util-linux) is required"
+if want introspect || want introspect-pg; then ensure_benchapp; fi # benchapp mint: the tokens to introspect
+want_pg && { command -v psql >/dev/null || die "psql is required for the PostgreSQL cases"; }
 command -v curl >/dev/null || die "curl is required"
 (( $(nproc) >= 2 )) || log "warning: fewer than 2 CPUs; server and wrk will share a core"
 
@@ -80,6 +89,7 @@ if want peer; then
   fi
 fi
 busy=$(cpu_busy)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 if (( busy > 10 )); then
   log "warning: CPUs already ${busy}% busy before the benchmark (a build running?); figures will be noisy"
 fi
@@ -93,16 +103,18 @@ flagged=0
 flag() { ERR[$1]="**$2** ⚠" flagged=1; NOTES+=("$1: FLAGGED, $3"); }
 
 # measure id command...: runs the measured load (its stdout to $tmp/load.out)
-# and accounts CPU from /proc: the server process's time (all threads) is the
-# `server core` column, the load generator's user+sys the `client core`; all
-# CPUs' busy time minus both is other load that disturbed the case.
+# and accounts CPU from /proc: the server's time (all threads of the processes
+# in $spids, and PostgreSQL's backends when it runs) is the `server core`
+# column, the load generator's user+sys the `client core`; all CPUs' busy time
+# minus both is other load that disturbed the case.
+server_ticks() { echo $(( $(ticks_of "${spids[@]}") + $(pg_ticks) )); }
 measure() {
   local id=$1; shift
   local b0 s0 t0 b1 s1 t1 client_cpu hz wall server_pct other_pct
-  b0=$(all_busy_ticks) s0=$(proc_ticks "$spid") t0=$(date +%s%N)
+  b0=$(all_busy_ticks) s0=$(server_ticks) t0=$(date +%s%N)
   { TIMEFORMAT='%3U %3S'; time "$@" >"$tmp/load.out"; } 2>"$tmp/load.time" \
     || die "$id: load generator failed: $(tail -n 5 "$tmp/load.time")"
-  b1=$(all_busy_ticks) s1=$(proc_ticks "$spid") t1=$(date +%s%N)
+  b1=$(all_busy_ticks) s1=$(server_ticks) t1=$(date +%s%N)
   client_cpu=$(awk 'END { print $1 + $2 }' "$tmp/load.time")
   hz=$(getconf CLK_TCK) wall=$(( (t1 - t0) / 1000000 )) # ms
   server_pct=$(( (s1 - s0) * 100000 / hz / wall ))
@@ -165,19 +177,67 @@ run_case() {
   local c0=0
   [[ -n $actor ]] && c0=$(exchange_count)
   measure "$id" taskset -c "$CCPU" wrk -t1 -c"$CONNS" -d"$DURATION" --timeout 5s -s "$here/token.lua" "$url"
+  wrk_result "$id"
+  if [[ -n $actor ]]; then sleep 0.3; count_check "$id" wrk "$WRK_OK" "$CONNS" "$c0" "$(exchange_count)"; fi
+}
+
+# wrk_result id: reads wrk's BENCH_RESULT line from $tmp/load.out into the
+# table, flags the case on any bad response; sets WRK_OK.
+wrk_result() {
+  local id=$1 out res rps p50 p99 ok non200 sockerr
   out=$(<"$tmp/load.out")
   res=$(grep '^BENCH_RESULT' <<<"$out") || { echo "$out" >&2; die "$id: no result from wrk"; }
   field() { sed -nE "s/.* $1=([0-9.]+).*/\1/p" <<<"$res"; }
-  local rps p50 p99 ok non200 sockerr
   rps=$(field rps) p50=$(field p50_us) p99=$(field p99_us)
   ok=$(field ok) non200=$(field non200) sockerr=$(field sockerr)
-  RPS[$id]=$rps P50[$id]=$p50 P99[$id]=$p99
+  RPS[$id]=$rps P50[$id]=$p50 P99[$id]=$p99 WRK_OK=$ok
   if (( non200 + sockerr == 0 && ok > 0 )); then ERR[$id]=0; else
     flag "$id" "${non200} non-200, ${sockerr} socket" \
       "${ok} ok / ${non200} non-200 / ${sockerr} socket errors; first bad: $(grep '^BENCH_FIRST_BAD' <<<"$out" | cut -c17- || true)"
   fi
-  if [[ -n $actor ]]; then sleep 0.3; count_check "$id" wrk "$ok" "$CONNS" "$c0" "$(exchange_count)"; fi
   log "$id: $rps req/s, p50 ${p50}us, p99 ${p99}us, ok $ok, non-200 $non200, socket errors $sockerr; $MEASURE_LOG"
+}
+
+# mint_pool addr: $POOL opaque tokens of bench-opaque from the token server at
+# addr, into $tmp/pool.tok (benchapp mint, on the client's core).
+mint_pool() {
+  log "minting $POOL opaque tokens on $1"
+  taskset -c "$CCPU" "$BENCHAPP" mint -url "http://$1/oauth2/token" -client bench-opaque -secret "$SECRET" \
+    -form "$TOKEN_BODY" -n "$POOL" -c 8 -out "$tmp/pool.tok"
+}
+
+# run_introspect id addr: RFC 7662 introspection of the pooled opaque tokens
+# at addr (client bench-rs), cycling through the pool (bench/store.lua); a
+# response counts only with 200 and "active":true. Preflight: the last pooled
+# token is active there.
+run_introspect() {
+  local id=$1 addr=$2 got
+  got=$(curl -s -u "bench-rs:$SECRET" -d "token=$(tail -n1 "$tmp/pool.tok")" "http://$addr/oauth2/introspect")
+  [[ $got == *'"active":true'* ]] || NOTES+=("$id: preflight: a pooled token is not active on $addr: ${got:0:200}")
+  export STORE_MODE=introspect STORE_ADDRS=$addr STORE_TOKENS=$tmp/pool.tok
+  STORE_AUTH="Basic $(printf '%s:%s' bench-rs "$SECRET" | base64 -w0)"; export STORE_AUTH
+  log "$id: warm-up $WARMUP, then $DURATION with $CONNS connections (wrk, $POOL tokens)"
+  taskset -c "$CCPU" wrk -t1 -c"$CONNS" -d"$WARMUP" --timeout 5s -s "$here/store.lua" "http://$addr/oauth2/introspect" >/dev/null
+  measure "$id" taskset -c "$CCPU" wrk -t1 -c"$CONNS" -d"$DURATION" --timeout 5s -s "$here/store.lua" "http://$addr/oauth2/introspect"
+  wrk_result "$id"
+}
+
+# start_server id port data-dir [flags...]: a token-server on CPU $SCPU with
+# the bench configuration and issuer $iss; sets addr and adds its pid to $spids.
+start_server() {
+  local id=$1 port=$2 data=$3; shift 3
+  addr=127.0.0.1:$port
+  mkdir -p "$data"
+  log "starting $id on $addr (CPU $SCPU)"
+  taskset -c "$SCPU" "$bin" --config "$tmp/cfg" --http-addr "$addr" --issuer "$iss" \
+    --data-dir "$data" --secrets-dir "$tmp/secrets" "$@" >"$tmp/$id.log" 2>&1 &
+  pids+=($!) spids+=($!)
+  wait_ready "http://$addr/readyz" "$!" "$tmp/$id.log"
+}
+stop_servers() {
+  local p
+  for p in "${spids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  spids=()
 }
 
 # run_grpc id target body-file: TokenService/Exchange over h2c with h2load,
@@ -246,11 +306,15 @@ if want_tm; then
     client bench-es256 "{format: jwt, ttl: ${SUBJECT_TTL}s}"
     client bench-eddsa '{format: jwt, algorithm: EdDSA, ttl: 300s}'
     client bench-opaque '{format: opaque, ttl: 300s}'
+    # the resource server that introspects them
+    printf -- '---\napiVersion: tokenmesh.dev/v1alpha1\nkind: OAuthClient\nmetadata: {name: bench-rs}\nspec:\n  clientId: bench-rs\n  grantTypes: [client_credentials]\n  authentication: {method: client_secret_basic, secretRef: {name: bench, key: client_secret}}\n  scopes: ["orders:read"]\n  audiences: [orders]\n  allowIntrospection: true\n'
     # token exchange: bench-actor trades a bench-es256 token (aud orders) for one for payments
     client "$ACTOR" '{format: jwt, ttl: 300s}' 'client_credentials, "urn:ietf:params:oauth:grant-type:token-exchange"' payments
     printf -- '---\napiVersion: tokenmesh.dev/v1alpha1\nkind: ExchangePolicy\nmetadata: {name: orders-to-payments}\nspec:\n  mode: exchange\n  from: {audiences: [orders]}\n  actor: {clients: [%s]}\n  to: {audience: payments, scopes: ["orders:read"]}\n  ttl: %ss\n' \
       "$ACTOR" "$EXCHANGE_TTL"
   } >"$tmp/cfg/bench.yaml"
+fi
+if want_embedded; then
   extra=() # the gRPC listener: a free port rather than its fixed default
   if "$bin" --help 2>/dev/null | grep -q -- --grpc-addr; then
     gport=$(free_port); extra=(--grpc-addr "127.0.0.1:$gport")
@@ -260,7 +324,7 @@ if want_tm; then
   log "starting $bin on $iss (CPU $SCPU)"
   taskset -c "$SCPU" "$bin" --config "$tmp/cfg" --http-addr "127.0.0.1:$port" --issuer "$iss" \
     --data-dir "$tmp/data" --secrets-dir "$tmp/secrets" "${extra[@]}" >"$tmp/token-server.log" 2>&1 &
-  pids+=($!) spid=$!
+  pids+=($!) spids=($!)
   wait_ready "$iss/readyz" "$!" "$tmp/token-server.log"
   tok=$iss/oauth2/token
   want healthz && run_case healthz "$iss/healthz" GET "" "" - "$iss" -
@@ -284,7 +348,40 @@ if want_tm; then
   NOTES+=("token-server data dir after its cases: $(du -sh "$tmp/data" | cut -f1) ($(cd "$tmp/data" && ls -s --block-size=M | tail -n +2 | awk '{ printf "%s%s %s", sep, $2, $1; sep = ", " }'))")
   loglines=$(wc -l <"$tmp/token-server.log")
   (( loglines < 100 )) || NOTES+=("token-server wrote $loglines log lines during the run")
-  kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+  if want introspect; then
+    # The first look at each token, which no cache answers: the same data,
+    # the server restarted with the opaque-token cache off.
+    mint_pool "127.0.0.1:$port"
+    stop_servers
+    start_server token-server-nocache "$(free_port)" "$tmp/data" --grpc-addr "127.0.0.1:$(free_port)" --opaque-token-cache 0
+    run_introspect introspect "$addr"
+  fi
+  stop_servers
+fi
+
+# --- tokenmesh on PostgreSQL: two replicas on one database ---------------------
+if want_pg; then
+  pg_start "$SCPU" # PostgreSQL shares the server's core: one core for everything server-side
+  psql "$TOKENMESH_TEST_DATABASE_URL" -qc "create database tokenmesh_bench" >/dev/null
+  db="${TOKENMESH_TEST_DATABASE_URL%/*}/tokenmesh_bench?sslmode=disable"
+  port=$(free_port); iss=http://127.0.0.1:$port # the replicas' issuer: the first one's address
+  start_server replica-1 "$port" "$tmp/data-pg-1" --grpc-addr "127.0.0.1:$(free_port)" --database-url "$db"
+  first=$addr first_pid=${spids[-1]}
+  want opaque-pg && run_case opaque-pg "http://$first/oauth2/token" POST "$TOKEN_BODY" bench-opaque opaque "$iss" orders
+  want es256-pg && run_case es256-pg "http://$first/oauth2/token" POST "$TOKEN_BODY" bench-es256 ES256 "$iss" orders "$SUBJECT_TTL"
+  if want introspect-pg; then
+    # Introspected on a replica that did not issue them, with its cache off:
+    # every introspection reads the database.
+    mint_pool "$first"
+    start_server replica-2 "$(free_port)" "$tmp/data-pg-2" --grpc-addr "127.0.0.1:$(free_port)" --database-url "$db" --opaque-token-cache 0
+    second=$addr
+    spids=("${spids[-1]}") # the measured server: the second replica (and PostgreSQL)
+    run_introspect introspect-pg "$second"
+    spids+=("$first_pid")
+  fi
+  NOTES+=("PostgreSQL $PG_VERSION ($PG_SETTINGS), database $(psql "$db" -Atc 'select pg_size_pretty(pg_database_size(current_database()))') after its cases; the PostgreSQL rows' server core counts the replica and PostgreSQL's backends, all on CPU $SCPU")
+  stop_servers
+  pg_stop
 fi
 
 # --- reference: the bare signer (bench/bare-signer), ES256 and EdDSA -------------
@@ -294,7 +391,7 @@ if want bare; then
     bport=$(free_port); biss=http://127.0.0.1:$bport
     log "starting bare-signer ($alg) on $biss (CPU $SCPU)"
     taskset -c "$SCPU" "$bare_bin" "127.0.0.1:$bport" "$biss" "$alg" >"$tmp/$id.log" 2>&1 &
-    pids+=($!) spid=$!
+    pids+=($!) spids=($!)
     wait_ready "$biss/healthz" "$!" "$tmp/$id.log"
     # The same request as (c), Basic header included; nothing checks it.
     run_case "$id" "$biss/oauth2/token" POST "$TOKEN_BODY" bench-es256 - "$biss" -
@@ -309,10 +406,11 @@ if want peer; then
   pport=$(free_port); piss=http://127.0.0.1:$pport
   log "starting oidc-provider $peer_ver on $piss (CPU $SCPU)"
   NODE_ENV=${PEER_NODE_ENV:-production} PEER_CLIENT_SECRET=$SECRET taskset -c "$SCPU" node "$here/peer/server.mjs" "$pport" >"$tmp/peer.log" 2>&1 &
-  pids+=($!) spid=$!
+  pids+=($!) spids=($!)
   wait_ready "$piss/healthz" "$!" "$tmp/peer.log"
   run_case peer_healthz "$piss/healthz" GET "" "" - "$piss" -
   run_case peer "$piss/token" POST "$TOKEN_BODY&resource=$PEER_RESOURCE" bench-es256 ES256 "$piss" orders
+  run_case peer-opaque "$piss/token" POST "$TOKEN_BODY&resource=$PEER_OPAQUE_RESOURCE" bench-es256 opaque "$piss" orders
 fi
 
 # --- report -------------------------------------------------------------------
@@ -331,12 +429,12 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)
 echo "### Token issuance and exchange, loopback HTTP and gRPC ($(date -u '+%Y-%m-%d %H:%M UTC'))"
 echo
 h2v=; [[ -n ${RPS[exchange-grpc]:-} ]] && h2v=", $(h2load --version | head -n1) (1 thread, $CONNS connections × 1 stream)"
-echo "Machine: $(nproc) CPUs, ${cpu:-unknown CPU}, Linux $(uname -r). Server pinned to CPU $SCPU, wrk (1 thread, $CONNS connections) or h2load to CPU $CCPU; $WARMUP warm-up + $DURATION per case. $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2)$h2v$(command -v node >/dev/null && echo ", node $(node -v)")$( [[ $peer_ver != - ]] && echo ", oidc-provider $peer_ver")."
+echo "Machine: $(nproc) CPUs, ${cpu:-unknown CPU}, Linux $(uname -r). Server pinned to CPU $SCPU, wrk (1 thread, $CONNS connections) or h2load to CPU $CCPU; $WARMUP warm-up + $DURATION per case. $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2)$h2v$(command -v node >/dev/null && echo ", node $(node -v)")$( [[ $peer_ver != - ]] && echo ", oidc-provider $peer_ver"). Source $(source_line), $( [[ -n ${TOKEN_SERVER_BIN:-} ]] && echo "token-server binary $TOKEN_SERVER_BIN" || echo "release build"). Load average (1, 5, 15 min) at the start $LOAD_START, at the end $(cut -d' ' -f1-3 /proc/loadavg)."
 echo
 echo '| case | req/s | p50 | p99 | ratio to (a) | server core | client core | errors |'
 echo '|---|---:|---:|---:|---:|---:|---:|---|'
 row healthz '(a) tokenmesh `GET /healthz` (ceiling)' healthz
-row opaque '(b) tokenmesh opaque token' healthz
+row opaque '(b) tokenmesh opaque token (embedded store)' healthz
 row es256 '(c) tokenmesh JWT ES256' healthz
 row eddsa '(d) tokenmesh JWT EdDSA' healthz
 row bare '(c0) reference: bare signer (parse the form, sign one ES256 JWT; bench/bare-signer)' healthz
@@ -345,7 +443,39 @@ row peer "(e) oidc-provider ${peer_ver} JWT ES256 (1 Node process)" healthz
 row peer_healthz '(e0) oidc-provider process `GET /healthz` (Node ceiling)' healthz
 row exchange-http '(f) tokenmesh token exchange (RFC 8693) → JWT ES256, HTTP `POST /oauth2/token` (wrk)' healthz
 row exchange-grpc '(g) tokenmesh token exchange → JWT ES256, gRPC `TokenService/Exchange` over h2c (h2load)' healthz
+row introspect "(h) tokenmesh introspection of opaque tokens, embedded store, cache off (\`--opaque-token-cache 0\`, $POOL tokens)" healthz
+row opaque-pg '(b1) tokenmesh opaque token, PostgreSQL (replica and PostgreSQL on one core)' healthz
+row es256-pg '(c1) tokenmesh JWT ES256, the same PostgreSQL replica' healthz
+row introspect-pg '(h1) tokenmesh introspection of opaque tokens on a second PostgreSQL replica that did not issue them, cache off' healthz
+row peer-opaque "(e1) oidc-provider ${peer_ver} opaque token (its in-memory adapter)" healthz
 echo
+# per_core id: requests per second of server CPU time (req/s ÷ server-core fraction)
+per_core() { awk -v r="${RPS[$1]}" -v f="${SFRAC[$1]:-0}" 'BEGIN { if (f > 0) printf "%.0f", r / f; else printf "0" }'; }
+# goal_line label num den lo hi: "label (num)/(den): **r×** (goal: met)", valid only when both
+# cases had no errors; then the same per server core (what one CPU-second of the server does,
+# whatever share of its core other processes left it)
+goal_line() {
+  [[ -n ${RPS[$2]:-} && -n ${RPS[$3]:-} ]] || return 0
+  local r c; r=$(ratio "${RPS[$2]}" "${RPS[$3]}") c=$(ratio "$(per_core "$2")" "$(per_core "$3")")
+  echo -n "$1: **${r}×** requests/s (goal $( [[ $5 == 1e9 ]] && echo "≥ $4" || echo "$4–$5"): $(goal "$r" "$4" "$5")); per server core $(per_core "$2") / $(per_core "$3") = ${c}× ($(goal "$c" "$4" "$5"))"
+  valid "$2" "$3" && echo . || echo "; ⚠ NOT VALID: a case had errors."
+}
+# p99_line label id ref: the p99 of id against the reference's (goal ≤ 2×)
+p99_line() {
+  [[ -n ${P99[$2]:-} && -n ${P99[$3]:-} ]] || return 0
+  local r; r=$(ratio "${P99[$2]}" "${P99[$3]}")
+  echo "$1: $(ms "${P99[$2]}") / $(ms "${P99[$3]}") = **${r}×** (goal ≤ 2: $(goal "$r" 0 2))."
+}
+goal_line 'Opaque / ES256 JWT issuance, embedded store (b)/(c)' opaque es256 0.8 1e9
+p99_line 'Opaque / ES256 JWT p99, embedded store (b)/(c)' opaque es256
+goal_line 'Opaque / ES256 JWT issuance, PostgreSQL (b1)/(c1)' opaque-pg es256-pg 0.6 1e9
+p99_line 'Opaque / ES256 JWT p99, PostgreSQL (b1)/(c1)' opaque-pg es256-pg
+goal_line 'Introspection without a cache hit, PostgreSQL replica that did not issue / embedded (h1)/(h)' introspect-pg introspect 0.7 1e9
+goal_line 'tokenmesh ES256 / bare ES256 signer (c)/(c0)' es256 bare 0.9 1e9
+goal_line 'tokenmesh EdDSA / bare EdDSA signer (d)/(d0)' eddsa bare-eddsa 0.9 1e9
+if [[ -n ${RPS[opaque]:-} && -n ${RPS[peer-opaque]:-} ]]; then
+  echo "Opaque tokenmesh (embedded store) / opaque oidc-provider (b)/(e1): **$(ratio "${RPS[opaque]}" "${RPS[peer-opaque]}")×**$( [[ -n ${RPS[opaque-pg]:-} ]] && echo "; on PostgreSQL (b1)/(e1): $(ratio "${RPS[opaque-pg]}" "${RPS[peer-opaque]}")×") requests/s (oidc-provider keeps them in process memory, lost on a restart)."
+fi
 if [[ -n ${RPS[es256]:-} && -n ${RPS[peer]:-} ]]; then
   echo -n "ES256 tokenmesh / ES256 oidc-provider: **$(ratio "${RPS[es256]}" "${RPS[peer]}")×** requests/s"
   [[ ${ERR[es256]}${ERR[peer]} == 00 ]] && echo . || echo " (⚠ NOT VALID: a case had errors)."

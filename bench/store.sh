@@ -32,8 +32,6 @@ ISSUE_BODY='grant_type=client_credentials&scope=orders:read'
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/tokenmesh-store-bench.XXXXXX")
 pids=()
-pg_started=
-cleanup_more() { [[ -n $pg_started ]] && "$root/tests/pg/throwaway.sh" stop >&2 || true; }
 source "$here/lib.sh"
 
 # --- prerequisites ----------------------------------------------------------
@@ -48,26 +46,7 @@ want() { [[ $CASES == *" $1 "* ]]; }
 
 wait_quiet start # before anything is started or minted
 
-if want pg1 || want pg2; then
-  log "starting a throwaway PostgreSQL (tests/pg/throwaway.sh)"
-  eval "$("$root/tests/pg/throwaway.sh" start)"
-  pg_started=1
-  PG_VERSION=$(psql "$TOKENMESH_TEST_DATABASE_URL" -Atc 'show server_version')
-  PG_SETTINGS=$(psql "$TOKENMESH_TEST_DATABASE_URL" -Atc "select string_agg(name || '=' || setting, ', ' order by name) from pg_settings where name in ('fsync', 'synchronous_commit', 'shared_buffers', 'max_connections')")
-  postmaster=$(head -n1 "$TOKENMESH_TEST_PGDATA/postmaster.pid")
-  # Pin the postmaster and its children; backends forked later inherit it.
-  for p in "$postmaster" $(pgrep -P "$postmaster"); do taskset -a -p -c "$PGCPU" "$p" >/dev/null; done
-fi
-# PostgreSQL's CPU ticks: the postmaster's own and those of the children it
-# reaped (cutime, cstime: autovacuum workers come and go), plus its live children.
-pg_ticks() {
-  [[ -n $pg_started ]] || { echo 0; return; }
-  local f c s
-  f=($(sed 's/^.*) //' "/proc/$postmaster/stat"))
-  s=$(( f[11] + f[12] + f[13] + f[14] ))
-  for c in $(pgrep -P "$postmaster"); do s=$(( s + $(proc_ticks "$c") )); done
-  echo "$s"
-}
+if want pg1 || want pg2; then pg_start "$PGCPU"; fi
 
 # --- configuration: one TokenServer, an opaque-token client, a resource server ---
 mkdir -p "$tmp/cfg" "$tmp/secrets/bench"

@@ -1,6 +1,7 @@
 // Peer for bench/run.sh: panva's oidc-provider (OpenID Certified) in ONE Node
 // process, issuing ES256 JWT access tokens for the client_credentials grant
-// through a resource indicator. Port: argv[2] or $PORT (default 3000).
+// through a resource indicator, and opaque ones for a second resource (kept
+// by oidc-provider's default adapter, in process memory). Port: argv[2] or $PORT (default 3000).
 // Client secret: $PEER_CLIENT_SECRET (default below). Client id: bench-es256.
 import { generateKeyPairSync } from 'node:crypto';
 import Provider from 'oidc-provider';
@@ -9,6 +10,7 @@ const port = Number(process.argv[2] || process.env.PORT || 3000);
 const issuer = `http://127.0.0.1:${port}`;
 const secret = process.env.PEER_CLIENT_SECRET || 'bench-client-secret-0123456789abcdef';
 const RESOURCE = 'urn:tokenmesh:bench:orders';
+const OPAQUE_RESOURCE = 'urn:tokenmesh:bench:orders-opaque';
 
 // ES256 signing key, generated fresh at every start.
 const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
@@ -36,6 +38,9 @@ const provider = new Provider(issuer, {
       defaultResource: () => RESOURCE,
       useGrantedResource: () => true,
       getResourceServerInfo: (ctx, resourceIndicator) => {
+        if (resourceIndicator === OPAQUE_RESOURCE) {
+          return { scope: 'orders:read', audience: 'orders', accessTokenTTL: 300, accessTokenFormat: 'opaque' };
+        }
         if (resourceIndicator !== RESOURCE) throw new Error('unknown resource');
         return {
           scope: 'orders:read',

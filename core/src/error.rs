@@ -29,6 +29,14 @@ pub enum OAuthError {
     AccessDenied(Text),
     #[error("invalid_request")]
     TooLarge,
+    /// A DPoP proof is missing, malformed or does not fit the request
+    /// (RFC 9449 §5).
+    #[error("invalid_dpop_proof")]
+    InvalidDpopProof(Text),
+    /// The DPoP proof must carry this server nonce (RFC 9449 §8); it goes
+    /// back in the `DPoP-Nonce` header.
+    #[error("use_dpop_nonce")]
+    UseDpopNonce(String),
     /// The client went past its rate (RFC 6585 429); `slow_down` is the
     /// registered OAuth code for it (RFC 8628). Carries the seconds to wait.
     #[error("slow_down")]
@@ -58,7 +66,9 @@ impl OAuthError {
             | Self::UnsupportedGrantType(d)
             | Self::InvalidScope(d)
             | Self::InvalidTarget(d)
-            | Self::AccessDenied(d) => d,
+            | Self::AccessDenied(d)
+            | Self::InvalidDpopProof(d) => d,
+            Self::UseDpopNonce(_) => "the DPoP proof must carry the nonce of the DPoP-Nonce header",
             Self::TooLarge => "the request body is too large",
             Self::TooManyRequests(_) => "too many requests from this client; retry later",
             Self::Unavailable => "the token server cannot reach its store; retry later",

@@ -4,6 +4,7 @@ use tokenmesh_crds::TokenFormat;
 use tokenmesh_tokens::claims::AccessTokenClaims;
 
 use crate::{
+    binding::{self, Holder},
     certificate::{self, ClientCertificate},
     error::OAuthError,
     issue,
@@ -27,6 +28,9 @@ pub struct ExchangeParams<'a> {
     /// The calling client's TLS certificate, if it presented one: bound
     /// subject and actor tokens must be its, and the new token is bound to it.
     pub certificate: Option<&'a ClientCertificate>,
+    /// The key the caller proved: a DPoP-bound subject or actor token needs
+    /// it, and the new token is bound to it.
+    pub holder: Holder,
 }
 
 #[derive(Debug)]
@@ -63,6 +67,7 @@ async fn presented(
 
 /// Exchanges a subject token for one for `audience`, as `client` acting, at
 /// `now` (unix seconds).
+#[tracing::instrument(name = "token exchange", skip_all, fields(client_id = %client.id, audience = params.audience, tokenmesh.policy = tracing::field::Empty))]
 pub async fn exchange(
     ports: &(impl PresentedTokens + Signer + OpaqueTokens),
     registry: &Registry,
@@ -94,12 +99,14 @@ pub async fn exchange(
     }
     let subject = presented(ports, params.subject_token, "subject_token").await?;
     certificate::check_holder(&subject, params.certificate, "subject_token")?;
+    binding::check_holder(subject.cnf.as_ref(), &params.holder, "subject_token")?;
     let actor_claims = match params.actor_token {
         Some(token) => Some(presented(ports, token, "actor_token").await?),
         None => None,
     };
     if let Some(actor) = &actor_claims {
         certificate::check_holder(actor, params.certificate, "actor_token")?;
+        binding::check_holder(actor.cnf.as_ref(), &params.holder, "actor_token")?;
     }
     let cnf = certificate::confirmation(client, params.certificate, true)?;
     if let Some(actor) = &actor_claims
@@ -132,6 +139,7 @@ pub async fn exchange(
     let decision = policy::decide(registry, &request).inspect_err(|err| {
         tracing::debug!(client_id = %client.id, subject_jti = %subject.jti, %audience, reason = err.description(), "exchange refused");
     })?;
+    tracing::Span::current().record("tokenmesh.policy", decision.policy.as_str());
     let scopes = decision
         .scopes
         .iter()
@@ -153,8 +161,8 @@ pub async fn exchange(
         },
     )?;
     claims.act = Some(decision.act);
-    claims.cnf = cnf;
     claims.extra.extend(decision.claims);
+    claims.cnf = binding::combine(cnf, binding::bind(client, &params.holder)?);
     issue::embed(ports, registry, client, &mut claims, now)?;
     let access_token = issue::mint(ports, registry, client, format, &claims).await?;
     tracing::debug!(client_id = %client.id, policy = %decision.policy, jti = %claims.jti, "token exchanged");
@@ -169,6 +177,12 @@ pub async fn exchange(
 }
 
 #[cfg(test)]
+mod tests_support {
+    pub(super) use super::tests::{mesh, params, subject};
+    pub(super) use crate::testing::{FakePorts, NOW};
+}
+
+#[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
@@ -177,7 +191,7 @@ mod tests {
     use super::*;
     use crate::testing::{FakePorts, ISSUER, NOW, client, doc, registry, scopes};
 
-    fn mesh() -> Registry {
+    pub(super) fn mesh() -> Registry {
         registry(
             &(scopes()
                 + &client("gateway", "orders", "")
@@ -195,7 +209,7 @@ mod tests {
         )
     }
 
-    fn subject(exp: u64) -> AccessTokenClaims {
+    pub(super) fn subject(exp: u64) -> AccessTokenClaims {
         AccessTokenClaims {
             iss: ISSUER.into(),
             sub: "alice".into(),
@@ -216,7 +230,7 @@ mod tests {
         }
     }
 
-    fn params(subject: &str) -> ExchangeParams<'_> {
+    pub(super) fn params(subject: &str) -> ExchangeParams<'_> {
         ExchangeParams {
             subject_token: subject,
             actor_token: None,
@@ -224,7 +238,16 @@ mod tests {
             scopes: None,
             requested_token_type: None,
             certificate: None,
+            holder: Holder::default(),
         }
+    }
+
+    /// `orders` exchanges the token presented as `subject` for `payments`.
+    async fn exchange_as_orders(ports: &FakePorts, reg: &Registry) -> Issued {
+        let orders = reg.client("orders").unwrap();
+        exchange(ports, reg, orders, params("subject"), NOW)
+            .await
+            .unwrap()
     }
 
     #[tokio::test]
@@ -232,15 +255,7 @@ mod tests {
         let reg = mesh();
         let ports = FakePorts::default();
         ports.present("subject", subject(NOW + 3600));
-        let issued = exchange(
-            &ports,
-            &reg,
-            reg.client("orders").unwrap(),
-            params("subject"),
-            NOW,
-        )
-        .await
-        .unwrap();
+        let issued = exchange_as_orders(&ports, &reg).await;
         assert_eq!(issued.policy, "orders-to-payments");
         assert_eq!(issued.issued_token_type, ACCESS_TOKEN_TYPE);
         assert_eq!(issued.scopes, ["orders:read"], "narrowed to the policy");
@@ -270,15 +285,7 @@ mod tests {
         let reg = mesh();
         let ports = FakePorts::default();
         ports.present("subject", subject(NOW + 30));
-        let issued = exchange(
-            &ports,
-            &reg,
-            reg.client("orders").unwrap(),
-            params("subject"),
-            NOW,
-        )
-        .await
-        .unwrap();
+        let issued = exchange_as_orders(&ports, &reg).await;
         assert_eq!(issued.expires_in, 30);
         assert_eq!(ports.claims_of(&issued.access_token).exp, NOW + 30);
     }
@@ -346,5 +353,62 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, OAuthError::InvalidGrant(_)), "{err:?}");
+    }
+}
+
+#[cfg(test)]
+mod binding_tests {
+    use tokenmesh_tokens::claims::Confirmation;
+
+    use super::tests_support::*;
+    use super::*;
+
+    fn holder(jkt: &str) -> Holder {
+        Confirmation {
+            jkt: Some(jkt.into()),
+            x5t_s256: None,
+        }
+    }
+
+    /// Issue #18: a token bound to one client's key, exchanged by another
+    /// (or by anyone without the key), is refused; its holder gets a new
+    /// token bound to the key it proved.
+    #[tokio::test]
+    async fn a_dpop_bound_subject_token_is_exchanged_only_by_its_holder() {
+        let reg = mesh();
+        let ports = FakePorts::default();
+        let mut bound = subject(NOW + 3600);
+        bound.cnf = Some(holder("gateway-key"));
+        ports.present("bound", bound);
+        let orders = reg.client("orders").unwrap();
+        for caller in [Holder::default(), holder("orders-key")] {
+            let mut request = params("bound");
+            request.holder = caller;
+            let err = exchange(&ports, &reg, orders, request, NOW)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, OAuthError::InvalidGrant(_)), "{err:?}");
+        }
+        let mut request = params("bound");
+        request.holder = holder("gateway-key");
+        let issued = exchange(&ports, &reg, orders, request, NOW).await.unwrap();
+        let claims = ports.claims_of(&issued.access_token);
+        assert_eq!(claims.cnf, Some(holder("gateway-key")));
+    }
+
+    #[tokio::test]
+    async fn a_bearer_subject_exchanged_with_a_proof_gives_a_bound_token() {
+        let reg = mesh();
+        let ports = FakePorts::default();
+        ports.present("subject", subject(NOW + 3600));
+        let mut request = params("subject");
+        request.holder = holder("orders-key");
+        let issued = exchange(&ports, &reg, reg.client("orders").unwrap(), request, NOW)
+            .await
+            .unwrap();
+        assert_eq!(
+            ports.claims_of(&issued.access_token).cnf,
+            Some(holder("orders-key"))
+        );
     }
 }

@@ -12,7 +12,10 @@ pub fn introspection_response(claims: &AccessTokenClaims, now: u64) -> Map<Strin
     };
     let (live, expired) = claims.scopes_at(now);
     map.insert("active".into(), Value::Bool(true));
-    map.insert("token_type".into(), Value::String("Bearer".into()));
+    map.insert(
+        "token_type".into(),
+        Value::String(token_type(claims).into()),
+    );
     if live.is_empty() {
         map.remove("scope");
     } else {
@@ -22,6 +25,16 @@ pub fn introspection_response(claims: &AccessTokenClaims, now: u64) -> Map<Strin
         map.insert("expired_scope".into(), Value::String(expired.join(" ")));
     }
     map
+}
+
+/// How the token is presented: `DPoP` when it is bound to a DPoP key
+/// (RFC 9449 §6.2), `Bearer` otherwise.
+pub fn token_type(claims: &AccessTokenClaims) -> &'static str {
+    if claims.cnf.as_ref().is_some_and(|cnf| cnf.jkt.is_some()) {
+        "DPoP"
+    } else {
+        "Bearer"
+    }
 }
 
 /// The answer for a token that is not active: `{"active": false}` and

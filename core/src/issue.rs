@@ -11,6 +11,7 @@ use tokenmesh_tokens::{
 };
 
 use crate::{
+    binding::{self, Holder},
     certificate::{self, ClientCertificate},
     error::OAuthError,
     plan::{self, TokenPlan},
@@ -30,6 +31,8 @@ pub struct ClientCredentialsRequest<'a> {
     pub audiences: Vec<String>,
     /// The TLS client certificate of the request, if any.
     pub certificate: Option<&'a ClientCertificate>,
+    /// The key the caller proved (a DPoP proof), which the token is bound to.
+    pub holder: Holder,
 }
 
 /// A minted token and what the response says about it.
@@ -70,7 +73,7 @@ pub async fn client_credentials(
             ttl,
         },
     )?;
-    claims.cnf = cnf;
+    claims.cnf = binding::combine(cnf, binding::bind(client, &request.holder)?);
     embed(ports, registry, client, &mut claims, now)?;
     let access_token = mint(ports, registry, client, client.format, &claims).await?;
     tracing::debug!(client_id = %client.id, jti = %claims.jti, "token issued");
@@ -84,6 +87,7 @@ pub async fn client_credentials(
 
 /// Mints the token in `format`: a signed JWT, or an opaque value whose
 /// digest and claims go to the store.
+#[tracing::instrument(name = "token issuance", skip_all, fields(client_id = %client.id, ?format))]
 pub async fn mint(
     ports: &(impl Signer + OpaqueTokens),
     registry: &Registry,
@@ -190,7 +194,8 @@ mod tests {
         let request = ClientCredentialsRequest {
             scope: Some("video_7 orders:read"),
             audiences: vec!["orders".into()],
-            certificate: None,
+
+            ..Default::default()
         };
         let issued = client_credentials(&ports, &reg, reg.client("gateway").unwrap(), request, NOW)
             .await
@@ -236,7 +241,8 @@ mod tests {
             let request = ClientCredentialsRequest {
                 scope,
                 audiences: vec![audience.to_owned()],
-                certificate: None,
+
+                ..Default::default()
             };
             let reg = &reg;
             let ports = &ports;
@@ -285,7 +291,8 @@ mod tests {
         let request = ClientCredentialsRequest {
             scope: Some("orders:read orders:write"),
             audiences: Vec::new(),
-            certificate: None,
+
+            ..Default::default()
         };
         let issued = client_credentials(&ports, &reg, reg.client("gateway").unwrap(), request, NOW)
             .await

@@ -7,6 +7,8 @@
 //!   a new token;
 //! - [`policy`]: the ExchangePolicy engine (exchange, embed, share);
 //! - [`certificate`]: the TLS client certificate of a request (RFC 8705);
+//! - [`binding`]: proof of possession (what a token is bound to, who may
+//!   present a bound one);
 //! - [`client_auth`]: who the calling client is, from protocol-neutral
 //!   [`client_auth::Credentials`];
 //! - [`issue`] and [`exchange`]: issuance and RFC 8693 exchange decisions,
@@ -18,6 +20,7 @@
 //! small traits of [`ports`]; the time is passed in as unix seconds, read by
 //! the caller from its injected [`tokenmesh_tokens::clock::Clock`].
 
+pub mod binding;
 pub mod certificate;
 pub mod client_auth;
 pub mod document;

@@ -79,6 +79,21 @@ pub struct TokenServerSpec {
     /// cluster as client assertions (`kubernetes_service_account` clients).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesSpec>,
+    /// DPoP (RFC 9449) at the token endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop: Option<DpopSpec>,
+}
+
+/// How the token server checks DPoP proofs.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DpopSpec {
+    /// Require a server nonce in every proof (RFC 9449 §8): a proof without
+    /// a current one is answered `use_dpop_nonce` with a `DPoP-Nonce`
+    /// header. Nonces come from the signing keys and the time, so every
+    /// replica accepts the others'.
+    #[serde(default)]
+    pub require_nonce: bool,
 }
 
 /// Where the cluster's service-account tokens come from and how their keys
@@ -429,7 +444,10 @@ pub struct AccessTokenSpec {
     /// Signing algorithm of this client's JWTs; default from the TokenServer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub algorithm: Option<SigningAlgorithm>,
-    /// Proof of possession the client's access tokens require.
+    /// Proof of possession the client's tokens require: `none` (bearer
+    /// tokens, bound only when the client proves a key anyway), `mtls`
+    /// (RFC 8705) or `dpop` (RFC 9449: every token request carries a DPoP
+    /// proof, every token is bound to its key).
     #[serde(default)]
     pub binding: TokenBinding,
 }

@@ -164,6 +164,17 @@ pub struct Args {
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "TOKENMESH_OPERATOR_LOG", default_value = "info")]
     pub log: String,
+
+    /// Export the operator's trace spans over OTLP/gRPC to this collector
+    /// (`http://collector:4317`). Off by default; the standard `OTEL_*`
+    /// variables are honoured too.
+    #[arg(long, env = "TOKENMESH_OPERATOR_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// The OTLP/gRPC collector injected sidecars export their spans to
+    /// (their TOKENMESH_SIDECAR_OTLP_ENDPOINT). Default: none, no export.
+    #[arg(long, env = "TOKENMESH_OPERATOR_SIDECAR_OTLP_ENDPOINT")]
+    pub sidecar_otlp_endpoint: Option<String>,
 }
 
 #[cfg(test)]

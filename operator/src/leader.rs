@@ -120,6 +120,44 @@ impl Elector {
     }
 }
 
+/// Why this replica stopped leading. It stops at once (Kubernetes restarts
+/// it as a candidate): another replica may be reconciling already.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseLost {
+    #[error("leadership lost to another replica")]
+    Taken,
+    #[error("the lease was not renewed within {0:?}; another replica may lead")]
+    NotRenewed(Duration),
+}
+
+/// Renews the lease every `renew_every` while this replica leads; returns
+/// when it no longer does. Failed renewals are retried until `lease` has
+/// passed since the last one that worked.
+pub async fn keep_leading<F, R, E>(
+    mut try_lead: F,
+    renew_every: Duration,
+    lease: Duration,
+) -> LeaseLost
+where
+    F: FnMut() -> R,
+    R: Future<Output = Result<bool, E>>,
+    E: std::fmt::Display,
+{
+    // The lease's own timer, not domain time.
+    let mut renewed = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(renew_every).await;
+        if renewed.elapsed() >= lease {
+            return LeaseLost::NotRenewed(lease);
+        }
+        match try_lead().await {
+            Ok(true) => renewed = tokio::time::Instant::now(),
+            Ok(false) => return LeaseLost::Taken,
+            Err(err) => tracing::warn!(error = %err, "lease renewal failed"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +183,40 @@ mod tests {
         let stale = now - SignedDuration::from_secs(i64::from(LEASE_SECONDS) + 1);
         assert_eq!(decide(Some(&lease("a", stale)), "b", now), Step::Acquire);
         assert_eq!(decide(Some(&lease("", now)), "b", now), Step::Acquire);
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use super::*;
+
+    /// It used to `std::process::exit(1)` from inside its task: now the
+    /// caller gets the reason and `main` reports it once.
+    #[tokio::test]
+    async fn a_lease_taken_by_another_replica_ends_leading_with_an_error() {
+        let mut calls = 0;
+        let lost = keep_leading(
+            || {
+                calls += 1;
+                std::future::ready(Ok::<_, String>(calls < 3))
+            },
+            Duration::from_millis(1),
+            Duration::from_secs(3600),
+        )
+        .await;
+        assert_eq!(lost, LeaseLost::Taken);
+        assert_eq!(calls, 3, "renewed twice, then lost");
+    }
+
+    #[tokio::test]
+    async fn renewals_that_keep_failing_end_leading_once_the_lease_ran_out() {
+        let lease = Duration::from_millis(1);
+        let lost = keep_leading(
+            || std::future::ready(Err::<bool, _>("the API server is down")),
+            Duration::from_millis(1),
+            lease,
+        )
+        .await;
+        assert_eq!(lost, LeaseLost::NotRenewed(lease));
     }
 }

@@ -37,7 +37,8 @@ use kube::{
 };
 use tokenmesh_crds::{ExchangePolicy, OAuthClient, Scope, TokenServer};
 use tokenmesh_tokens::clock::SystemClock;
-use tracing_subscriber::EnvFilter;
+use tokenmesh_tokens::runtime::{self, Drain, LogFormat, Telemetry};
+use tracing::{Instrument, info_span};
 
 use crate::{
     cli::Args,
@@ -47,35 +48,19 @@ use crate::{
 };
 
 pub fn run(args: Args) -> ExitCode {
-    let filter = EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .json()
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("tokenmesh-operator: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+    let telemetry = Telemetry {
+        format: LogFormat::Json,
+        filter: args.log.clone(),
+        otlp_endpoint: args.otlp_endpoint.clone(),
+        service_name: "tokenmesh-operator".into(),
     };
-    match runtime.block_on(start(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("tokenmesh-operator: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    runtime::run("tokenmesh-operator", &telemetry, start(args))
 }
 
 /// Runs one controller per watched namespace (or one cluster-wide) for kind
 /// `K`; Secrets are watched in the same scope, so a namespaced operator
 /// needs no cluster-wide rights.
-async fn controllers<K, R, F>(ctx: Arc<Context>, namespaces: &[String], reconcile: R)
+async fn controllers<K, R, F>(ctx: Arc<Context>, namespaces: &[String], drain: &Drain, reconcile: R)
 where
     K: Managed,
     R: FnMut(Arc<K>, Arc<Context>) -> F + Clone,
@@ -127,15 +112,16 @@ where
         } else {
             controller
         };
+        // At the signal, reconciliations in progress finish first.
         controller
-            .shutdown_on_signal()
+            .graceful_shutdown_on(drain.signaled())
             .run(reconcile.clone(), error_policy::<K>, ctx.clone())
             .for_each(|_| futures::future::ready(()))
     });
     futures::future::join_all(runs).await;
 }
 
-async fn start(args: Args) -> Result<(), String> {
+async fn start(args: Args) -> Result<(), StartError> {
     let admin = std::fs::read_to_string(&args.admin_token_file).map_err(|e| {
         format!(
             "--admin-token-file {}: {e}",
@@ -172,9 +158,12 @@ async fn start(args: Args) -> Result<(), String> {
     let health_listener = tokio::net::TcpListener::bind(args.health_addr)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.health_addr))?;
-    tokio::spawn(async move {
-        let _ = axum::serve(health_listener, health).await;
-    });
+    runtime::spawn(
+        info_span!("health server", addr = %args.health_addr),
+        async move {
+            let _ = axum::serve(health_listener, health).await;
+        },
+    );
 
     if let Some(addr) = args.webhook_addr {
         let config = InjectConfig {
@@ -188,6 +177,7 @@ async fn start(args: Args) -> Result<(), String> {
             capture: args.capture,
             capture_outbound: args.capture_outbound,
             exclude_outbound_cidrs: args.exclude_outbound_cidrs.clone(),
+            otlp_endpoint: args.sidecar_otlp_endpoint.clone(),
         };
         let tls = match (&args.webhook_cert, &args.webhook_key, &args.webhook_service) {
             (Some(cert), Some(key), _) => axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await,
@@ -203,7 +193,7 @@ async fn start(args: Args) -> Result<(), String> {
                 }
                 axum_server::tls_rustls::RustlsConfig::from_pem(certs.cert_pem.into_bytes(), certs.key_pem.into_bytes()).await
             }
-            _ => return Err("--webhook-addr needs --webhook-cert and --webhook-key, or --webhook-service".into()),
+            _ => return Err(StartError::Refused("--webhook-addr needs --webhook-cert and --webhook-key, or --webhook-service".into())),
         }
         .map_err(|e| format!("webhook certificate: {e}"))?;
         let app = Router::new().route(
@@ -213,7 +203,7 @@ async fn start(args: Args) -> Result<(), String> {
                 async move { Json(webhook::review(&body, &config)) }
             }),
         );
-        tokio::spawn(async move {
+        runtime::spawn(info_span!("injection webhook", %addr), async move {
             if let Err(err) = axum_server::bind_rustls(addr, tls)
                 .serve(app.into_make_service())
                 .await
@@ -224,7 +214,7 @@ async fn start(args: Args) -> Result<(), String> {
         tracing::info!(%addr, "injection webhook listening");
     }
 
-    if args.leader_election {
+    let elector = if args.leader_election {
         let namespace = args
             .lease_namespace
             .clone()
@@ -242,41 +232,80 @@ async fn start(args: Args) -> Result<(), String> {
             tokio::time::sleep(leader::RENEW_EVERY).await;
         }
         tracing::info!(%me, "leading");
-        tokio::spawn(async move {
-            let mut renewed = std::time::Instant::now();
-            loop {
-                tokio::time::sleep(leader::RENEW_EVERY).await;
-                // Unable to renew for a lease's length: another replica may lead now.
-                if renewed.elapsed() >= std::time::Duration::from_secs(leader::LEASE_SECONDS as u64)
-                {
-                    tracing::error!("lease not renewed in time; exiting");
-                    std::process::exit(1);
-                }
-                match elector.try_lead().await {
-                    Ok(true) => renewed = std::time::Instant::now(),
-                    // Stop at once: Kubernetes restarts us as a candidate.
-                    Ok(false) => {
-                        tracing::error!("leadership lost; exiting");
-                        std::process::exit(1);
-                    }
-                    Err(err) => tracing::warn!(error = %err, "lease renewal failed"),
-                }
+        Some(elector)
+    } else {
+        None
+    };
+    // Unable to renew for a lease's length, or the lease taken: another
+    // replica may lead now, so this one stops at once with the reason.
+    let leadership = async {
+        match &elector {
+            Some(elector) => {
+                let lease =
+                    std::time::Duration::from_secs(leader::LEASE_SECONDS.unsigned_abs().into());
+                leader::keep_leading(|| elector.try_lead(), leader::RENEW_EVERY, lease)
+                    .instrument(info_span!("leader lease"))
+                    .await
             }
-        });
-    }
+            None => std::future::pending().await,
+        }
+    };
     tracing::info!(namespaces = ?args.namespaces, "controllers starting");
-    tokio::join!(
-        controllers::<TokenServer, _, _>(ctx.clone(), &args.namespaces, reconcile::reconcile_keys),
-        controllers::<OAuthClient, _, _>(ctx.clone(), &args.namespaces, reconcile::<OAuthClient>),
-        controllers::<Scope, _, _>(ctx.clone(), &args.namespaces, reconcile::<Scope>),
-        controllers::<ExchangePolicy, _, _>(
-            ctx.clone(),
-            &args.namespaces,
-            reconcile::<ExchangePolicy>
-        ),
-    );
+    let drain = Drain::on_signal();
+    let (namespaces, drain) = (&args.namespaces, &drain);
+    let work = async {
+        tokio::join!(
+            controllers::<TokenServer, _, _>(
+                ctx.clone(),
+                namespaces,
+                drain,
+                reconcile::reconcile_keys
+            ),
+            controllers::<OAuthClient, _, _>(
+                ctx.clone(),
+                namespaces,
+                drain,
+                reconcile::<OAuthClient>
+            ),
+            controllers::<Scope, _, _>(ctx.clone(), namespaces, drain, reconcile::<Scope>),
+            controllers::<ExchangePolicy, _, _>(
+                ctx.clone(),
+                namespaces,
+                drain,
+                reconcile::<ExchangePolicy>
+            ),
+        );
+    };
+    while_leading(work, leadership).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Why the operator stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    LeaseLost(#[from] leader::LeaseLost),
+}
+
+impl From<String> for StartError {
+    fn from(message: String) -> Self {
+        Self::Refused(message)
+    }
+}
+
+/// Runs `work` while `leadership` lasts: the lease lost ends it with the
+/// reason, which `main` reports once before exiting non-zero.
+async fn while_leading(
+    work: impl Future<Output = ()>,
+    leadership: impl Future<Output = leader::LeaseLost>,
+) -> Result<(), leader::LeaseLost> {
+    tokio::select! {
+        () = work => Ok(()),
+        lost = leadership => Err(lost),
+    }
 }
 
 /// How often the token server's certificate is checked for renewal.
@@ -311,7 +340,7 @@ async fn token_server_trust(args: &Args, client: &Client) -> Result<Option<Strin
     // Issued before anything calls the token server, which waits for the
     // Secret to start; renewed in the background (the token server reloads it).
     renew_certificate(&client, &namespace, &secret, &service, &authority).await;
-    tokio::spawn(async move {
+    runtime::spawn(info_span!("certificate renewal", %secret), async move {
         loop {
             tokio::time::sleep(RENEWAL_CHECK).await;
             renew_certificate(&client, &namespace, &secret, &service, &authority).await;
@@ -351,5 +380,17 @@ async fn readyz(State(ctx): State<Arc<Context>>) -> (StatusCode, &'static str) {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "token server unavailable")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lost_lease_stops_the_work_with_its_reason() {
+        let stopped =
+            while_leading(std::future::pending(), async { leader::LeaseLost::Taken }).await;
+        assert_eq!(stopped, Err(leader::LeaseLost::Taken));
     }
 }

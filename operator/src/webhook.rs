@@ -54,6 +54,8 @@ pub struct InjectConfig {
     pub token_audience: String,
     /// The CA (PEM) of an https:// token server, given to the sidecar.
     pub token_server_ca: Option<String>,
+    /// Where the sidecar exports its trace spans (OTLP/gRPC); none: no export.
+    pub otlp_endpoint: Option<String>,
 }
 
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
@@ -136,6 +138,12 @@ fn sidecar(pod: &Pod, config: &InjectConfig) -> Container {
                     format!("{TOKEN_DIR}/{CA_FILE}"),
                 )
             }))
+            .chain(
+                config
+                    .otlp_endpoint
+                    .as_ref()
+                    .map(|endpoint| env("TOKENMESH_SIDECAR_OTLP_ENDPOINT", endpoint.clone())),
+            )
             .collect(),
         ),
         ports: Some(vec![
@@ -528,6 +536,7 @@ mod tests {
             capture: false,
             capture_outbound: false,
             exclude_outbound_cidrs: vec!["10.96.0.20/32".into()],
+            otlp_endpoint: None,
         }
     }
 
@@ -862,6 +871,29 @@ mod tests {
         assert_eq!(
             result["spec"]["containers"][0]["livenessProbe"],
             original["spec"]["containers"][0]["livenessProbe"]
+        );
+    }
+
+    #[test]
+    fn the_sidecar_exports_its_spans_where_the_operator_says() {
+        let sidecar_env = |config: &InjectConfig| {
+            let original = pod(json!({}), json!([{"name": "app", "image": "orders"}]));
+            let result = patched(&review(&admission(original.clone()), config), &original);
+            result["spec"]["containers"][1]["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == "TOKENMESH_SIDECAR_OTLP_ENDPOINT")
+                .map(|e| e["value"].clone())
+        };
+        assert_eq!(sidecar_env(&config()), None, "off by default");
+        let tracing = InjectConfig {
+            otlp_endpoint: Some("http://otel-collector.observability:4317".into()),
+            ..config()
+        };
+        assert_eq!(
+            sidecar_env(&tracing),
+            Some(json!("http://otel-collector.observability:4317"))
         );
     }
 }

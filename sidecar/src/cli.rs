@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
-use clap::{ArgGroup, Parser, ValueEnum};
+use clap::{ArgGroup, Parser};
 use tokenmesh_tokens::duration::{parse_flag, parse_positive_flag};
 
 /// The tokenmesh sidecar.
@@ -223,13 +223,17 @@ pub struct Args {
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "TOKENMESH_SIDECAR_LOG", default_value = "info")]
     pub log: String,
+
+    /// Export trace spans over OTLP/gRPC to this collector
+    /// (`http://collector:4317`): one span per hop, continuing the
+    /// `traceparent` a request brings. Off by default; the standard `OTEL_*`
+    /// variables are honoured too (`OTEL_SERVICE_NAME` defaults to the
+    /// client id).
+    #[arg(long, env = "TOKENMESH_SIDECAR_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use tokenmesh_tokens::runtime::LogFormat;
 
 /// `HOST=ADDR`.
 #[derive(Debug, Clone, PartialEq, Eq)]

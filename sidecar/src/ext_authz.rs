@@ -19,8 +19,14 @@ use tokenmesh_proto::envoy_auth_v3::{
 
 pub use self::wire::serve_grpc;
 use crate::{
-    mesh::{Mesh, Refusal},
-    proxy::{CHALLENGE, INVALID_REQUEST, MANY_CREDENTIALS, bearer_in},
+    mesh::{
+        Mesh, Refusal,
+        proof::{AuthScheme, Presented},
+    },
+    proxy::{
+        CHALLENGE, DPOP_HEADER, DPOP_INVALID_PROOF, INVALID_REQUEST, MANY_CREDENTIALS,
+        credential_in,
+    },
 };
 
 /// `OVERWRITE_IF_EXISTS_OR_ADD` of Envoy's HeaderAppendAction.
@@ -59,18 +65,28 @@ fn source_certificate(request: &CheckRequest) -> Option<Vec<u8>> {
         .map(|der| der.to_vec())
 }
 
-/// Every `authorization` value in the header maps Envoy sends (the
-/// `headers` map, or `header_map` with `encode_raw_headers`).
-fn authorizations(request: &CheckRequest) -> Vec<&[u8]> {
-    let Some(http) = request
+fn http_of(
+    request: &CheckRequest,
+) -> Option<&tokenmesh_proto::envoy_auth_v3::attribute_context::HttpRequest> {
+    request
         .attributes
         .as_ref()
         .and_then(|a| a.request.as_ref())
         .and_then(|r| r.http.as_ref())
-    else {
+}
+
+/// Every `authorization` value in the header maps Envoy sends (the
+/// `headers` map, or `header_map` with `encode_raw_headers`).
+fn authorizations(request: &CheckRequest) -> Vec<&[u8]> {
+    header_values(request, "authorization")
+}
+
+/// Every value of header `name` in either map.
+fn header_values<'a>(request: &'a CheckRequest, name: &str) -> Vec<&'a [u8]> {
+    let Some(http) = http_of(request) else {
         return Vec::new();
     };
-    let named = |key: &str| key.eq_ignore_ascii_case("authorization");
+    let named = |key: &str| key.eq_ignore_ascii_case(name);
     let mut values: Vec<&[u8]> = http
         .headers
         .iter()
@@ -93,19 +109,35 @@ fn authorizations(request: &CheckRequest) -> Vec<&[u8]> {
 #[derive(Debug, PartialEq, Eq)]
 struct ManyCredentials;
 
-/// The bearer token of the one Authorization value, if it is one.
-fn only_bearer<'a>(values: &[&'a [u8]]) -> Result<Option<&'a str>, ManyCredentials> {
-    let token = match values {
+/// The Bearer or DPoP token of the one Authorization value, if it is one.
+fn only_credential<'a>(
+    values: &[&'a [u8]],
+) -> Result<Option<(AuthScheme, &'a str)>, ManyCredentials> {
+    let credential = match values {
         [] => None,
-        [value] => bearer_in(value),
+        [value] => credential_in(value),
         _ => return Err(ManyCredentials),
     };
     // Envoy joins repeated headers with a comma, which no bearer token
     // holds (RFC 6750's b64token): a comma means a second credential.
-    match token {
-        Some(token) if token.contains(',') => Err(ManyCredentials),
-        token => Ok(token),
+    match credential {
+        Some((_, token)) if token.contains(',') => Err(ManyCredentials),
+        credential => Ok(credential),
     }
+}
+
+/// The URL the client called, from Envoy's attributes (query dropped).
+fn called_url(request: &CheckRequest) -> String {
+    let Some(http) = http_of(request) else {
+        return String::new();
+    };
+    let scheme = if http.scheme.is_empty() {
+        "http"
+    } else {
+        &http.scheme
+    };
+    let path = http.path.split(['?', '#']).next().unwrap_or_default();
+    format!("{scheme}://{}{path}", http.host)
 }
 
 /// A denied answer: the HTTP status Envoy sends, the gRPC code, the
@@ -134,7 +166,10 @@ fn denied(refusal: &Refusal) -> CheckResponse {
         Refusal::Missing | Refusal::Invalid(_) => {
             denied_with(401, RPC_UNAUTHENTICATED, Some(CHALLENGE), message)
         }
-        Refusal::Forbidden(_) => denied_with(
+        Refusal::Proof(_) => {
+            denied_with(401, RPC_UNAUTHENTICATED, Some(DPOP_INVALID_PROOF), message)
+        }
+        Refusal::Forbidden(_) | Refusal::BoundShare(_) => denied_with(
             403,
             RPC_PERMISSION_DENIED,
             Some("Bearer error=\"insufficient_scope\""),
@@ -154,7 +189,7 @@ impl ExtAuthz {
     /// The decision on one request: OK with the JWT the application gets,
     /// or a denial.
     pub async fn check(&self, check: &CheckRequest) -> CheckResponse {
-        let token = match only_bearer(&authorizations(check)) {
+        let (scheme, token) = match only_credential(&authorizations(check)) {
             Err(ManyCredentials) => {
                 return denied_with(
                     400,
@@ -164,14 +199,27 @@ impl ExtAuthz {
                 );
             }
             Ok(None) => return denied(&Refusal::Missing),
-            Ok(Some(token)) => token,
+            Ok(Some(credential)) => credential,
+        };
+        let proofs = header_values(check, DPOP_HEADER);
+        let url = called_url(check);
+        let presented = Presented {
+            scheme,
+            token,
+            proofs: &proofs,
+            method: http_of(check).map_or("", |http| http.method.as_str()),
+            url: &url,
         };
         // A certificate-bound token: Envoy's peer certificate must be its.
-        let verified = self.mesh.validate(token).await.and_then(|verified| {
-            let der = source_certificate(check);
-            crate::binding::check_certificate_der(&verified.claims, der.as_deref())
-                .map(|()| verified)
-        });
+        let verified = self
+            .mesh
+            .validate_presented(&presented)
+            .await
+            .and_then(|verified| {
+                let der = source_certificate(check);
+                crate::binding::check_certificate_der(&verified.claims, der.as_deref())
+                    .map(|()| verified)
+            });
         match verified {
             Ok(verified) => CheckResponse {
                 status: Some(RpcStatus {
@@ -180,7 +228,8 @@ impl ExtAuthz {
                 }),
                 http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
                     headers: vec![header("authorization", format!("Bearer {}", verified.jwt))],
-                    headers_to_remove: Vec::new(),
+                    // The proof stays here: the application could replay it.
+                    headers_to_remove: vec![DPOP_HEADER.into()],
                 })),
             },
             Err(refusal) => {
@@ -284,22 +333,29 @@ mod tests {
 
     #[test]
     fn one_credential_or_a_refusal() {
-        assert_eq!(only_bearer(&[]), Ok(None));
-        assert_eq!(only_bearer(&[b"Bearer a.b.c"]), Ok(Some("a.b.c")));
-        assert_eq!(only_bearer(&[b"Basic eA=="]), Ok(None));
-        // A Digest credential has commas of its own: not a bearer token.
-        assert_eq!(only_bearer(&[b"Digest a=1, b=2"]), Ok(None));
+        assert_eq!(only_credential(&[]), Ok(None));
         assert_eq!(
-            only_bearer(&[b"Bearer a", b"Bearer a"]),
+            only_credential(&[b"Bearer a.b.c"]),
+            Ok(Some((AuthScheme::Bearer, "a.b.c")))
+        );
+        assert_eq!(
+            only_credential(&[b"DPoP a.b.c"]),
+            Ok(Some((AuthScheme::Dpop, "a.b.c")))
+        );
+        assert_eq!(only_credential(&[b"Basic eA=="]), Ok(None));
+        // A Digest credential has commas of its own: not a bearer token.
+        assert_eq!(only_credential(&[b"Digest a=1, b=2"]), Ok(None));
+        assert_eq!(
+            only_credential(&[b"Bearer a", b"Bearer a"]),
             Err(ManyCredentials)
         );
         // As Envoy joins two headers into one value.
         assert_eq!(
-            only_bearer(&[b"Bearer a.b.c,Basic eA=="]),
+            only_credential(&[b"Bearer a.b.c,Basic eA=="]),
             Err(ManyCredentials)
         );
         assert_eq!(
-            only_bearer(&[b"Bearer a.b.c, Bearer x"]),
+            only_credential(&[b"Bearer a.b.c, Bearer x"]),
             Err(ManyCredentials)
         );
     }

@@ -5,6 +5,7 @@ pub mod binding;
 pub mod cli;
 pub mod deadlines;
 pub mod ext_authz;
+pub mod hop;
 pub mod mesh;
 pub mod metrics;
 pub mod proxy;
@@ -13,42 +14,25 @@ pub mod token_server;
 
 use std::{collections::HashMap, process::ExitCode, sync::Arc};
 
-use tracing_subscriber::EnvFilter;
+use tokenmesh_tokens::runtime::{self, Drain, Telemetry};
+use tracing::info_span;
 
 use crate::{
-    cli::{Args, LogFormat},
+    cli::Args,
     mesh::Mesh,
     proxy::{Probe, Proxy},
     token_server::TokenServer,
 };
 
 pub fn run(args: Args) -> ExitCode {
-    let filter = EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("tokenmesh-sidecar: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+    let telemetry = Telemetry {
+        format: args.log_format,
+        filter: args.log.clone(),
+        otlp_endpoint: args.otlp_endpoint.clone(),
+        // In a trace, each hop shows whose sidecar it is.
+        service_name: args.client_id.clone(),
     };
-    match runtime.block_on(start(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("tokenmesh-sidecar: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    runtime::run("tokenmesh-sidecar", &telemetry, start(args))
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, String> {
@@ -119,9 +103,12 @@ async fn start(args: Args) -> Result<(), String> {
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
-    tokio::spawn(mesh.clone().load_keys());
-    tokio::spawn(mesh.clone().follow_policies());
-    tokio::spawn(mesh.clone().follow_revocations());
+    runtime::spawn(info_span!("token server keys"), mesh.clone().load_keys());
+    runtime::spawn(info_span!("policy watch"), mesh.clone().follow_policies());
+    runtime::spawn(
+        info_span!("revocation watch"),
+        mesh.clone().follow_revocations(),
+    );
     tracing::info!(
         client_id = mesh.token_server.client_id(),
         inbound = %args.inbound_addr,
@@ -131,14 +118,7 @@ async fn start(args: Args) -> Result<(), String> {
         ext_authz = ?args.ext_authz_addr,
         "sidecar listening"
     );
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop.send(true);
-    });
-    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
+    let drain = Drain::on_signal();
     let inbound_proxy = proxy.clone();
     let inbound = proxy::serve_tls(
         inbound,
@@ -147,7 +127,7 @@ async fn start(args: Args) -> Result<(), String> {
             let proxy = inbound_proxy.clone();
             async move { proxy.inbound(request).await }
         },
-        until_stopped(stopped.clone()),
+        drain.signaled(),
         args.client_timeout,
         true,
     );
@@ -158,7 +138,7 @@ async fn start(args: Args) -> Result<(), String> {
             let proxy = outbound_proxy.clone();
             async move { proxy.outbound(request).await }
         },
-        until_stopped(stopped.clone()),
+        drain.signaled(),
         args.client_timeout,
         true,
     );
@@ -169,7 +149,7 @@ async fn start(args: Args) -> Result<(), String> {
             let proxy = admin_proxy.clone();
             async move { proxy.admin(request).await }
         },
-        until_stopped(stopped.clone()),
+        drain.signaled(),
         args.client_timeout,
         true,
     );
@@ -181,7 +161,7 @@ async fn start(args: Args) -> Result<(), String> {
             proxy::serve(
                 listener,
                 move |request| ext_authz::serve_grpc(authz.clone(), request),
-                until_stopped(stopped.clone()),
+                drain.signaled(),
                 args.client_timeout,
                 false,
             )
@@ -215,22 +195,4 @@ fn probes(args: &Args) -> Result<HashMap<String, Probe>, String> {
             .push(header.name.clone());
     }
     Ok(probes)
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
 }

@@ -5,6 +5,7 @@
 //! decisions are tested against fakes (`decisions` tests).
 
 mod keys;
+pub mod proof;
 
 use std::{
     collections::HashMap,
@@ -67,6 +68,13 @@ pub enum Refusal {
     Forbidden(String),
     #[error("the token server is unavailable: {0}")]
     Unavailable(String),
+    /// A DPoP-bound token without a valid proof of its key.
+    #[error("DPoP proof refused: {0}")]
+    Proof(String),
+    /// Sharing a DPoP-bound token to this host: the next hop would need a
+    /// proof of a key this sidecar does not hold.
+    #[error("a DPoP-bound token cannot be shared to {0}")]
+    BoundShare(String),
 }
 
 impl Refusal {
@@ -78,6 +86,12 @@ impl Refusal {
             Self::Invalid(_) => "the token is not valid".into(),
             Self::Forbidden(host) => format!("no policy lets this request reach {host}"),
             Self::Unavailable(_) => "the token server is unavailable; retry later".into(),
+            Self::Proof(_) => {
+                "the token is DPoP-bound: a valid DPoP proof of its key is required".into()
+            }
+            Self::BoundShare(host) => format!(
+                "the token is DPoP-bound and the sidecar cannot prove its key to {host}: share needs a bearer token (an exchange policy gives the next hop its own token)"
+            ),
         }
     }
 }
@@ -90,6 +104,8 @@ pub struct Route {
     /// The scopes the policy allows, sorted and space-joined: part of the
     /// exchange cache key, so a policy that narrows them takes effect at once.
     pub scopes: Arc<str>,
+    /// The ExchangePolicy that opened the route (a span attribute).
+    pub policy: Arc<str>,
 }
 
 /// (subject token, audience, scopes): what an exchanged token answers for.
@@ -139,6 +155,8 @@ pub struct Mesh<S = TokenServer> {
     /// Revoked jti and grant ids, until they stop mattering (`--max-revocations`).
     revoked: RwLock<RevokedSet>,
     verified: TtlCache<SecretHash, Arc<Verified>>,
+    /// DPoP proofs already used, until their window closes.
+    proofs: tokenmesh_tokens::dpop::replay::ReplayWindow,
     /// Exchanges in flight share one call per key.
     exchanged: TtlCache<ExchangeKey, Derived<Arc<str>>>,
     shared: TtlCache<(SecretHash, String), Derived<bool>>,
@@ -197,6 +215,7 @@ impl<S: TokenService> Mesh<S> {
             routes_ready: AtomicBool::new(false),
             revoked: RwLock::new(RevokedSet::new(max_revocations)),
             verified: TtlCache::new(CACHE_ENTRIES),
+            proofs: tokenmesh_tokens::dpop::replay::ReplayWindow::new(proof::REPLAY_ENTRIES),
             exchanged: TtlCache::new(CACHE_ENTRIES),
             shared: TtlCache::new(CACHE_ENTRIES),
             introspection_warned: AtomicU64::new(0),
@@ -263,6 +282,16 @@ impl<S: TokenService> Mesh<S> {
     /// token server refuses to exchange or share a forged one), an opaque
     /// token's from its inbound validation here; `None` if unknown, and
     /// then the decision is not cached.
+    /// The claims of a token this sidecar passes on: read from a JWT, or
+    /// the ones inbound validation found for an opaque token.
+    fn subject_claims(&self, token: &str) -> Option<AccessTokenClaims> {
+        unverified_claims(token).or_else(|| {
+            self.verified
+                .get(&hash(token), self.clock.unix())
+                .map(|v| v.claims.clone())
+        })
+    }
+
     fn subject_of(&self, token: &str, now: u64) -> Option<Arc<Subject>> {
         let subject = match unverified_claims(token) {
             Some(claims) => Subject::from(&claims),
@@ -347,6 +376,17 @@ impl<S: TokenService> Mesh<S> {
             .map_err(|_| invalid(VerifyError::Claim("claims")))
     }
 
+    /// Validates an inbound credential: the token, and the DPoP proof of
+    /// its key when it is bound (module [`proof`]).
+    pub async fn validate_presented(
+        &self,
+        presented: &proof::Presented<'_>,
+    ) -> Result<Arc<Verified>, Refusal> {
+        let verified = self.validate(presented.token).await?;
+        proof::check(&verified.claims, presented, &self.proofs, self.clock.unix())?;
+        Ok(verified)
+    }
+
     /// Validates an inbound token: a JWT against the keys (fetched again on
     /// an unknown `kid`), an opaque token by introspection (swapped for its
     /// phantom JWT). Results are cached by the token's digest until expiry;
@@ -410,10 +450,18 @@ impl<S: TokenService> Mesh<S> {
         incoming: &str,
     ) -> Result<Arc<str>, Refusal> {
         match route.mode {
-            Mode::Share => self
-                .share(host, incoming)
-                .await
-                .map(|()| Arc::from(incoming)),
+            Mode::Share => {
+                // Checked before any policy: the next hop would refuse it anyway.
+                if self
+                    .subject_claims(incoming)
+                    .is_some_and(|c| c.cnf.as_ref().is_some_and(|cnf| cnf.jkt.is_some()))
+                {
+                    return Err(Refusal::BoundShare(host.to_owned()));
+                }
+                self.share(host, incoming)
+                    .await
+                    .map(|()| Arc::from(incoming))
+            }
             Mode::Exchange => self.exchange(route, incoming).await,
             Mode::Embed => self.embedded(&route.audience, incoming).await,
             Mode::Unspecified => Err(Refusal::Forbidden(host.to_owned())),
@@ -532,6 +580,7 @@ impl<S: TokenService> Mesh<S> {
                                                 audience: Arc::from(r.audience),
                                                 mode,
                                                 scopes: scope_key(r.scopes),
+                                                policy: Arc::from(r.policy),
                                             }),
                                         )
                                     })

@@ -18,10 +18,15 @@ use hyper_util::{
 };
 
 use tokenmesh_tokens::listen::tls::PeerCertificate;
+use tracing::Instrument;
 
 use crate::{
     deadlines::Stall,
-    mesh::{Mesh, Refusal},
+    hop,
+    mesh::{
+        Mesh, Refusal,
+        proof::{AuthScheme, Presented},
+    },
     metrics::RequestLabels,
     redirect::{self, OriginalDst},
 };
@@ -95,13 +100,35 @@ fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
 /// refusal, and clients test it literally.
 pub const CHALLENGE: &str = "Bearer error=\"invalid_token\"";
 
-/// 401 with the RFC 6750 challenge; the reason stays in the body, bounded.
+/// The DPoP challenge (RFC 9449 §7.1) offered next to the Bearer one.
+pub const DPOP_CHALLENGE: &str = "DPoP algs=\"ES256 EdDSA RS256 PS256\"";
+/// The challenge of a DPoP-bound token without a valid proof.
+pub const DPOP_INVALID_PROOF: &str =
+    "DPoP error=\"invalid_dpop_proof\", algs=\"ES256 EdDSA RS256 PS256\"";
+
+/// The request header carrying a DPoP proof.
+pub const DPOP_HEADER: &str = "dpop";
+
+/// 401 with the RFC 6750 challenge, then the DPoP one; the reason stays in
+/// the body, bounded.
 fn unauthorized(refusal: &Refusal) -> Response<Body> {
     let mut response = text(StatusCode::UNAUTHORIZED, refusal.public());
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static(CHALLENGE),
-    );
+    let headers = response.headers_mut();
+    if matches!(refusal, Refusal::Proof(_)) {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(DPOP_INVALID_PROOF),
+        );
+    } else {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(CHALLENGE),
+        );
+        headers.append(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(DPOP_CHALLENGE),
+        );
+    }
     response
 }
 
@@ -123,8 +150,10 @@ fn many_credentials() -> Response<Body> {
 
 fn refused(refusal: &Refusal) -> Response<Body> {
     match refusal {
-        Refusal::Missing | Refusal::Invalid(_) => unauthorized(refusal),
-        Refusal::Forbidden(_) => text(StatusCode::FORBIDDEN, refusal.public()),
+        Refusal::Missing | Refusal::Invalid(_) | Refusal::Proof(_) => unauthorized(refusal),
+        Refusal::Forbidden(_) | Refusal::BoundShare(_) => {
+            text(StatusCode::FORBIDDEN, refusal.public())
+        }
         Refusal::Unavailable(_) => text(StatusCode::SERVICE_UNAVAILABLE, refusal.public()),
     }
 }
@@ -137,6 +166,14 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// The bearer token of one Authorization value (`Bearer <token>`, the
 /// scheme in any case; visible ASCII only, as `HeaderValue::to_str`).
 pub fn bearer_in(value: &[u8]) -> Option<&str> {
+    credential_in(value)
+        .filter(|(scheme, _)| *scheme == AuthScheme::Bearer)
+        .map(|(_, token)| token)
+}
+
+/// The token of one Authorization value and its scheme, `Bearer` or
+/// `DPoP` (RFC 9449 §7.1), in any case.
+pub fn credential_in(value: &[u8]) -> Option<(AuthScheme, &str)> {
     if !value
         .iter()
         .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
@@ -144,10 +181,27 @@ pub fn bearer_in(value: &[u8]) -> Option<&str> {
         return None;
     }
     let (scheme, token) = std::str::from_utf8(value).ok()?.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+        AuthScheme::Bearer
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        AuthScheme::Dpop
+    } else {
+        return None;
+    };
+    Some((scheme, token.trim())).filter(|(_, t)| !t.is_empty())
+}
+
+/// The URL the client called, as a DPoP proof's `htu` names it: the
+/// request's own scheme and authority when it has them (HTTP/2, absolute
+/// form), else `http` and the Host header.
+fn called_url<B>(request: &Request<B>) -> Option<String> {
+    let uri = request.uri();
+    let authority = match uri.authority() {
+        Some(authority) => authority.as_str(),
+        None => request.headers().get(header::HOST)?.to_str().ok()?,
+    };
+    let scheme = uri.scheme_str().unwrap_or("http");
+    Some(format!("{scheme}://{authority}{}", uri.path()))
 }
 
 /// Inbound: the one Authorization value, if any; `Err` if there are more.
@@ -293,8 +347,12 @@ impl Proxy {
     /// the token as a JWT. A connection redirected by the capture rules goes
     /// to the application's host on the port it was for; any other to
     /// `--app-addr`.
-    pub async fn inbound(&self, request: Request<Incoming>) -> Response<Body> {
-        let response = self.inbound_inner(request).await;
+    pub async fn inbound(&self, mut request: Request<Incoming>) -> Response<Body> {
+        let span = hop::inbound(request.headers());
+        // The application's own calls carry this hop on as their parent.
+        hop::pass_on(&span, request.headers_mut());
+        let response = self.inbound_inner(request).instrument(span.clone()).await;
+        span.record("http.response.status_code", response.status().as_u16());
         self.mesh
             .metrics
             .requests
@@ -311,13 +369,27 @@ impl Proxy {
             Ok(value) => value,
             Err(response) => return response,
         };
-        let Some(token) = authorization
+        let Some((scheme, token)) = authorization
             .as_ref()
-            .and_then(|value| bearer_in(value.as_bytes()))
+            .and_then(|value| credential_in(value.as_bytes()))
         else {
             return unauthorized(&Refusal::Missing);
         };
-        let verified = match self.mesh.validate(token).await {
+        let proofs: Vec<&[u8]> = request
+            .headers()
+            .get_all(DPOP_HEADER)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        let url = called_url(&request).unwrap_or_default();
+        let presented = Presented {
+            scheme,
+            token,
+            proofs: &proofs,
+            method: request.method().as_str(),
+            url: &url,
+        };
+        let verified = match self.mesh.validate_presented(&presented).await {
             Ok(verified) => verified,
             Err(refusal) => {
                 tracing::debug!(reason = %refusal, "inbound request refused");
@@ -329,6 +401,8 @@ impl Proxy {
             tracing::debug!(reason = %refusal, "inbound request refused");
             return refused(&refusal);
         }
+        // The proof stays here: the application could replay it elsewhere.
+        request.headers_mut().remove(DPOP_HEADER);
         if let Err(response) = set_bearer(request.headers_mut(), &verified.jwt) {
             return response;
         }
@@ -345,11 +419,19 @@ impl Proxy {
     /// Host header; its token by the policy for that host. A connection
     /// redirected by the capture rules goes where it was for.
     pub async fn outbound(&self, mut request: Request<Incoming>) -> Response<Body> {
-        let response = self.outbound_inner(&mut request).await;
+        let span = hop::outbound(request.headers());
+        let response = self
+            .outbound_inner(&mut request)
+            .instrument(span.clone())
+            .await;
         let response = match response {
-            Ok(target) => self.forward(request, target).await,
+            Ok(target) => {
+                hop::pass_on(&span, request.headers_mut());
+                self.forward(request, target).instrument(span.clone()).await
+            }
             Err(response) => response,
         };
+        span.record("http.response.status_code", response.status().as_u16());
         self.mesh
             .metrics
             .requests
@@ -396,7 +478,9 @@ impl Proxy {
             None => (authority.to_ascii_lowercase(), None),
         };
         let mut carries_token = false;
-        match (self.mesh.route(&host), outbound_bearer(request.headers())) {
+        let route = self.mesh.route(&host);
+        hop::record_route(&host, route.as_deref());
+        match (route, outbound_bearer(request.headers())) {
             (Some(route), Some(token)) => {
                 carries_token = true;
                 let token = self
@@ -714,7 +798,7 @@ mod tests {
         );
     }
 
-    use std::time::Instant;
+    use tokio::time::Instant;
 
     use hyper_util::rt::TokioIo;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -247,6 +247,7 @@ impl TokenServer {
             request.set_timeout(CALL_TIMEOUT);
         }
         let metadata = request.metadata_mut();
+        crate::hop::trace_into(metadata);
         let invalid = |_| Status::internal("the credential cannot be sent as metadata");
         match &self.credential {
             Credential::Secret(secret) => {

@@ -52,6 +52,8 @@ VALUE_SETS = {
     "cert-manager": ([HERE / "values-cert-manager.yaml"], []),
     "cert-manager-selfsigned": ([], ["webhook.certificate.source=certManager"]),
     "no-workload-identity": ([], ["tokenServer.workloadIdentity.enabled=false"]),
+    "tracing": ([], ["tracing.otlpEndpoint=http://otel-collector.observability:4317",
+                     "tracing.sampler=parentbased_traceidratio", "tracing.samplerArg=0.25"]),
 }
 
 TOKEN_SERVER_BIN = binary("token-server", "TOKENMESH_SERVER_BIN")
@@ -561,6 +563,24 @@ def test_workload_identity_can_be_turned_off_or_pointed_elsewhere():
     assert not token_review_bindings(docs), "no TokenReview permission unless asked for"
 
 
+def test_trace_export_is_off_by_default_and_one_endpoint_serves_every_component():
+    collector = "http://otel-collector.observability:4317"
+    for name, expected in [("default", None), ("tracing", collector)]:
+        docs = manifests(name)
+        ts, op = container(docs, f"{FULLNAME}-token-server"), container(docs, f"{FULLNAME}-operator")
+        exports = [a for a in ts["args"] + op["args"] if "otlp-endpoint" in a]
+        if expected is None:
+            assert exports == [] and "OTEL_TRACES_SAMPLER" not in env_of(ts) | env_of(op)
+            continue
+        assert f"--otlp-endpoint={expected}" in ts["args"]
+        # The operator's own spans, and the sidecars it injects (their env).
+        assert f"--otlp-endpoint={expected}" in op["args"]
+        assert f"--sidecar-otlp-endpoint={expected}" in op["args"]
+        for c in (ts, op):
+            assert literal_env(c)["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+            assert literal_env(c)["OTEL_TRACES_SAMPLER_ARG"] == "0.25"
+
+
 def test_token_review_is_switched_on_with_its_permission_only():
     docs = documents(run(HELMS["helm4"], *template_args(sets=["tokenServer.workloadIdentity.tokenReview=true"])).stdout)
     config = yaml.safe_load(one(docs, "ConfigMap", f"{FULLNAME}-token-server")["data"]["tokenserver.yaml"])
@@ -948,6 +968,8 @@ WRONG_VALUES = {
     "namespace not a DNS label": (["operator.namespaces={Shop}"], r"namespaces"),
     "replicas as a string": (["tokenServer.replicas=one"], r"replicas"),
     "root user": (["securityContext.runAsUser=0"], r"runAsUser"),
+    "OTLP endpoint without a scheme": (["tracing.otlpEndpoint=otel-collector:4317"], r"otlpEndpoint"),
+    "sampler not in enum": (["tracing.sampler=sometimes"], r"sampler"),
     "privileged webhook port": (["webhook.port=443"], r"port"),
     "webhook timeout too long": (["webhook.timeoutSeconds=60"], r"timeoutSeconds"),
     "certificate source not in enum": (["webhook.certificate.source=vault"], r"source"),

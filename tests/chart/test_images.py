@@ -180,3 +180,33 @@ def test_dockerignore_keeps_the_workspace_and_nothing_else():
     for junk in ["target/debug/token-server", "token-server/target/x", "token-server/data/tokenmesh.db",
                  ".git/config", "tests/interop/__pycache__/x.pyc", "bench/peer/node_modules/x/index.js"]:
         assert excluded(junk), junk
+
+
+def cluster_images():
+    """tests/cluster/images.py's IMAGES and BASES: the images built here without Docker."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cluster_images", REPO / "tests" / "cluster" / "images.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.IMAGES, module.BASES
+
+
+@pytest.mark.parametrize("name", sorted(IMAGES))
+def test_the_cluster_suite_builds_the_same_layout(name):
+    """The images tests/cluster/ runs (built from the release binaries on Debian packages, no registry)
+    promise what the Dockerfile's final stage does: binaries in /usr/local/bin, user, entrypoint, ports,
+    and the base they stand for."""
+    built, bases = cluster_images()
+    (image,) = [i for i, spec in built.items() if spec["dockerfile"] == name]
+    spec = built[image]
+    _, final = stages(DOCKER / name)
+    assert bases[spec["base"]] == final[0].value[0]
+    copied = sorted(Path(src).name for c in final if c.cmd == "COPY" for src in c.value[:-1])
+    destinations = {c.value[-1].rstrip("/") for c in final if c.cmd == "COPY"}
+    assert destinations <= {"/usr/local/bin"} | {f"/usr/local/bin/{b}" for b in copied}
+    assert sorted(spec["binaries"]) == copied
+    assert [c.value[0] for c in final if c.cmd == "USER"][-1] == spec["user"]
+    (entrypoint,) = [c for c in final if c.cmd == "ENTRYPOINT"]
+    assert list(entrypoint.value) == spec["entrypoint"]
+    assert [p for c in final if c.cmd == "EXPOSE" for p in c.value] == spec["ports"]

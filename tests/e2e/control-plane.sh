@@ -48,6 +48,7 @@ bin="$kdir/bin"
 log() { printf 'control-plane.sh: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 lowprio() { nice -n 19 ionice -c3 "$@"; }
+source "$here/../daemons.sh"
 
 [[ $k8s_version =~ ^v1\.([0-9]+)\.([0-9]+)$ ]] || die "TOKENMESH_K8S_VERSION must look like v1.35.4, not $k8s_version"
 k8s_minor="${BASH_REMATCH[1]}"
@@ -278,34 +279,6 @@ EOF
     chmod 600 "$state/kubeconfig"
 }
 
-# start_daemon NAME CMD...: runs CMD in its own session, its output in $state/NAME.log.
-start_daemon() {
-    local name=$1
-    shift
-    setsid "$@" >"$state/$name.log" 2>&1 </dev/null &
-    echo $! >"$state/$name.pid"
-}
-
-# A pid that runs (an exited daemon may stay a zombie until init reaps it).
-running() { kill -0 "$1" 2>/dev/null && [[ $(awk '/^State:/ {print $2}' "/proc/$1/status" 2>/dev/null) != Z ]]; }
-alive() { [[ -f $state/$1.pid ]] && running "$(cat "$state/$1.pid")"; }
-
-wait_ready() { # NAME TIMEOUT CHECK...: until CHECK succeeds, while NAME runs
-    local name=$1 timeout=$2 deadline=$((SECONDS + $2))
-    shift 2
-    until "$@" >/dev/null 2>&1; do
-        if ! alive "$name"; then
-            tail -n 30 "$state/$name.log" >&2
-            die "$name exited while starting (log: $state/$name.log)"
-        fi
-        if ((SECONDS > deadline)); then
-            tail -n 30 "$state/$name.log" >&2
-            die "$name not ready after $timeout s (log: $state/$name.log)"
-        fi
-        sleep 0.5
-    done
-}
-
 # proxy_answers SOCKET: the cluster proxy answers (405 to anything but CONNECT).
 proxy_answers() {
     [[ $(curl -s --max-time 5 --unix-socket "$1" -o /dev/null -w '%{http_code}' http://cluster-proxy/) == 405 ]]
@@ -395,24 +368,6 @@ clear_state() {
         die "$state exists and is not a control-plane state dir: not touching it"
     fi
     rm -rf "$state"
-}
-
-stop_one() {
-    local name=$1 pid i
-    [[ -f $state/$name.pid ]] || return 0
-    pid="$(cat "$state/$name.pid")"
-    if running "$pid"; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 300; i++)); do
-            running "$pid" || break
-            sleep 0.1
-        done
-        if running "$pid"; then
-            log "$name ($pid) did not stop in 30 s: killing it"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    rm -f "$state/$name.pid"
 }
 
 cmd_stop() {

@@ -145,7 +145,7 @@ def test_an_issuer_the_api_server_does_not_name_keeps_the_server_unready(kube, n
     kubernetes = service_account_issuer(kube, tmp_path) | {"issuer": configured}
     kube.run("create", "serviceaccount", "orders", "-n", namespace)
     server = TokenServer(tmp_path, kubernetes=kubernetes, resources=[service_account_client(namespace, "orders")],
-                         env={"TOKENMESH_LOG": "info,token_server=debug"})
+                         env={"TOKENMESH_LOG": "info,token_server=debug,tokenmesh_core=debug"})
     server.launch()
     try:
         last = []

@@ -305,6 +305,7 @@ class Upstream:
 
     def __init__(self):
         self.seen = []
+        self.dpop_seen = []  # DPoP proofs that reached the application (there must be none)
         self.lock = threading.Lock()
         upstream = self
 
@@ -315,6 +316,7 @@ class Upstream:
             def do_GET(self):
                 with upstream.lock:
                     upstream.seen.append((self.path, self.headers.get_all("authorization") or []))
+                    upstream.dpop_seen.append((self.path, self.headers.get_all("dpop") or []))
                 body = b"upstream ok\n"
                 self.send_response(200)
                 self.send_header("content-type", "text/plain")

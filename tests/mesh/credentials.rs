@@ -12,25 +12,12 @@ use tokenmesh_proto::envoy_auth_v3::{
     check_response::HttpResponse,
 };
 
-use crate::harness::{App, SECRET, Sidecar, TokenServer, claims, free_port, wait_ok};
+use crate::harness::{self, App, SECRET, Sidecar, TokenServer, claims, free_port, wait_ok};
 
 /// GET `url` with one header per (name, value), in order.
 async fn get(url: &str, headers: &[(&str, &str)], proxy: Option<SocketAddr>) -> (u16, Value) {
-    let mut client = reqwest::Client::builder();
-    if let Some(proxy) = proxy {
-        client = client.proxy(reqwest::Proxy::http(format!("http://{proxy}")).unwrap());
-    }
-    let mut call = client.build().unwrap().get(url);
-    for (name, value) in headers {
-        call = call.header(*name, *value);
-    }
-    let resp = call.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    let (status, _, body) = harness::get(url, headers, proxy).await;
+    (status, body)
 }
 
 #[tokio::test]

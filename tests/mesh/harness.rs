@@ -10,8 +10,10 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -97,6 +99,11 @@ pub struct TokenServer {
 
 impl TokenServer {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// [`TokenServer::start`] with more flags.
+    pub async fn start_with(extra: &[String]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let keyed = tokenmesh_tokens::signing::SigningKey::generate(
             KEYED_KID.into(),
@@ -114,7 +121,7 @@ impl TokenServer {
         std::fs::write(dir.path().join("secrets/shared/client_secret"), SECRET).unwrap();
         std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).unwrap();
         let (http, grpc) = (free_port(), free_port());
-        let args = vec![
+        let args: Vec<String> = vec![
             "--config".into(),
             dir.path().join("tokenmesh.yaml").display().to_string(),
             "--http-addr".into(),
@@ -127,7 +134,10 @@ impl TokenServer {
             dir.path().join("data").display().to_string(),
             "--admin-token-file".into(),
             dir.path().join("admin-token").display().to_string(),
-        ];
+        ]
+        .into_iter()
+        .chain(extra.iter().cloned())
+        .collect();
         let mut server = Self {
             child: None,
             dir,
@@ -142,6 +152,8 @@ impl TokenServer {
     async fn spawn(&mut self) {
         let child = Command::new(binary("token-server"))
             .args(&self.args)
+            // Spans (when exported) leave within 0.1 s, not 5 s.
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
@@ -334,6 +346,12 @@ async fn handle(
         if let Some(value) = &authorization {
             call = call.header("authorization", value);
         }
+        // As a traced application does: its call belongs to the request's trace.
+        for name in ["traceparent", "tracestate"] {
+            if let Some(value) = request.headers().get(name) {
+                call = call.header(name, value.clone());
+            }
+        }
         match call.send().await {
             Ok(resp) => {
                 body["next_status"] = json!(resp.status().as_u16());
@@ -439,6 +457,7 @@ impl Sidecar {
             ])
             .args(["--clock-skew", "0s"])
             .args(args)
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = command.spawn().unwrap();
@@ -508,16 +527,22 @@ pub struct Mesh {
 
 impl Mesh {
     pub async fn start() -> Self {
-        let server = TokenServer::start().await;
+        Self::start_with(&[]).await
+    }
+
+    /// [`Mesh::start`] with flags for the token server and every sidecar.
+    pub async fn start_with(extra: &[String]) -> Self {
+        let server = TokenServer::start_with(extra).await;
         // Built from the end of the chain, so each knows where the next listens.
         let ledger_app = App::start(None).await;
-        let ledger = Sidecar::start(
+        let ledger = Sidecar::start_with(
             &server,
             "ledger-svc",
             "ledger",
             ledger_app.addr,
             &[],
             free_port(),
+            extra,
         )
         .await;
         let hop = |host: &str, port: u16| {
@@ -528,35 +553,38 @@ impl Mesh {
         };
         let out = free_port();
         let payments_app = App::start(hop("ledger.local", out)).await;
-        let payments = Sidecar::start(
+        let payments = Sidecar::start_with(
             &server,
             "payments-svc",
             "payments",
             payments_app.addr,
             &[("ledger.local", ledger.inbound)],
             out,
+            extra,
         )
         .await;
         let out = free_port();
         let orders_app = App::start(hop("payments.local", out)).await;
-        let orders = Sidecar::start(
+        let orders = Sidecar::start_with(
             &server,
             "orders-svc",
             "orders",
             orders_app.addr,
             &[("payments.local", payments.inbound)],
             out,
+            extra,
         )
         .await;
         let out = free_port();
         let gateway_app = App::start(hop("orders.local", out)).await;
-        let gateway = Sidecar::start(
+        let gateway = Sidecar::start_with(
             &server,
             "gateway-svc",
             "gateway",
             gateway_app.addr,
             &[("orders.local", orders.inbound)],
             out,
+            extra,
         )
         .await;
         Self {
@@ -569,6 +597,21 @@ impl Mesh {
     /// Calls the gateway through its sidecar with `token`.
     pub async fn call(&self, token: Option<&str>) -> (u16, Value, Option<String>) {
         self.call_with(token, None).await
+    }
+
+    /// Like [`Mesh::call`], as part of the trace `traceparent` names.
+    pub async fn call_traced(
+        &self,
+        token: &str,
+        traceparent: &str,
+    ) -> (u16, Value, Option<String>) {
+        self.send(
+            reqwest::Client::new()
+                .get(format!("http://{}/hop", self.sidecars[0].inbound))
+                .bearer_auth(token)
+                .header("traceparent", traceparent),
+        )
+        .await
     }
 
     /// Like [`Mesh::call`], with the gateway told to call `next` instead.
@@ -585,6 +628,10 @@ impl Mesh {
         if let Some(token) = token {
             call = call.bearer_auth(token);
         }
+        self.send(call).await
+    }
+
+    async fn send(&self, call: reqwest::RequestBuilder) -> (u16, Value, Option<String>) {
         let resp = call.send().await.unwrap();
         let status = resp.status().as_u16();
         let challenge = resp
@@ -598,6 +645,36 @@ impl Mesh {
             challenge,
         )
     }
+}
+
+/// GET `url` with one header per (name, value), in order, through
+/// `proxy` if any: the status, the `WWW-Authenticate` challenge and the
+/// body (JSON, or the text as a string).
+pub async fn get(
+    url: &str,
+    headers: &[(&str, &str)],
+    proxy: Option<SocketAddr>,
+) -> (u16, Option<String>, Value) {
+    let mut client = reqwest::Client::builder();
+    if let Some(proxy) = proxy {
+        client = client.proxy(reqwest::Proxy::http(format!("http://{proxy}")).unwrap());
+    }
+    let mut call = client.build().unwrap().get(url);
+    for (name, value) in headers {
+        call = call.header(*name, *value);
+    }
+    let resp = call.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let challenge = resp
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        challenge,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 /// The claims of a JWT, decoded without verification (the sidecars verified it).

@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod credentials;
+mod dpop;
 mod harness;
 mod setup;
+mod traces;
 mod traffic;

@@ -1,9 +1,8 @@
 //! Requests through the mesh.
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, time::Duration};
+
+use tokio::time::Instant;
 
 use base64::{
     Engine,

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use tokenmesh_tokens::duration::parse_positive_flag;
 
 /// The tokenmesh OAuth 2.0 authorization server.
@@ -149,9 +149,17 @@ pub struct Args {
     pub log_format: LogFormat,
 
     /// Log filter (tracing `EnvFilter` syntax, for example `info` or
-    /// `token_server=debug`).
+    /// `token_server=debug,tokenmesh_core=debug`: the OAuth decisions log
+    /// under the core crate's target).
     #[arg(long, env = "TOKENMESH_LOG", default_value = "info")]
     pub log: String,
+
+    /// Export trace spans over OTLP/gRPC to this collector
+    /// (`http://collector:4317`). Off by default; the standard `OTEL_*`
+    /// variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`,
+    /// `OTEL_TRACES_SAMPLER`, ...) are honoured too.
+    #[arg(long, env = "TOKENMESH_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 
     /// Check the configuration, print what it holds, and exit.
     #[arg(long)]
@@ -224,11 +232,7 @@ pub enum Command {
     Migrate,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use tokenmesh_tokens::runtime::LogFormat;
 
 #[cfg(test)]
 mod tests {

@@ -68,6 +68,11 @@ impl KeySnapshot {
     pub fn signer(&self, alg: Algorithm) -> Option<&Arc<SigningKey>> {
         self.signers.get(&alg)
     }
+
+    /// The keys that sign now, one per algorithm in use.
+    pub fn signers(&self) -> impl Iterator<Item = &Arc<SigningKey>> {
+        self.signers.values()
+    }
 }
 
 pub struct KeyRing {

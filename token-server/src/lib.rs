@@ -15,6 +15,7 @@ pub mod rate_limit;
 pub mod revocations;
 pub mod state;
 pub mod store;
+pub mod traced;
 
 // The domain, from the protocol-free core.
 pub use tokenmesh_core::{key_wrap, policy, registry};
@@ -22,11 +23,11 @@ pub use tokenmesh_core::{key_wrap, policy, registry};
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use tokenmesh_tokens::listen::tls::{self, ReloadingCertificate};
+use tokenmesh_tokens::runtime::{self, Drain};
 use tokenmesh_tokens::{clock::SystemClock, secret::SecretHash};
-use tracing_subscriber::EnvFilter;
 
 use crate::{
-    cli::{Args, LogFormat},
+    cli::Args,
     config::Document,
     registry::{FileSecrets, Registry},
     state::AppState,
@@ -51,44 +52,18 @@ pub enum StartError {
 }
 
 pub fn run(args: Args) -> ExitCode {
-    init_logging(&args);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("token-server: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
+    let telemetry = runtime::Telemetry {
+        format: args.log_format,
+        filter: args.log.clone(),
+        otlp_endpoint: args.otlp_endpoint.clone(),
+        service_name: "token-server".into(),
     };
-    let work = async {
+    runtime::run("token-server", &telemetry, async {
         match args.command {
             Some(cli::Command::Migrate) => migrate(&args).await,
             None => start(args).await,
         }
-    };
-    match runtime.block_on(work) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            // Once, on stderr (where the log goes too), as the sidecar and
-            // the operator do.
-            eprintln!("token-server: {err}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn init_logging(args: &Args) {
-    let filter = EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    })
 }
 
 fn secrets_dir(args: &Args) -> PathBuf {
@@ -337,35 +312,28 @@ async fn start(args: Args) -> Result<(), StartError> {
     let http_addr = http_listener.local_addr().map_err(http::ServeError::Io)?;
     let grpc_addr = grpc_listener.local_addr().map_err(http::ServeError::Io)?;
     tracing::info!(http = %http_addr, grpc = %grpc_addr, tls = tls.is_some(), "listening");
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop.send(true);
-    });
-    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
+    let drain = Drain::on_signal();
     let body_timeout = args.limits.request_body_timeout;
     let http = http::serve(
-        http::bounded(http::router(state.clone()), body_timeout),
+        http::bounded(traced::requests(http::router(state.clone())), body_timeout),
         http_listener,
         http_tls,
         args.limits.listener(true),
-        until_stopped(stopped.clone()),
+        drain.signaled(),
     );
     let grpc = http::serve(
-        http::bounded(grpc::router(state.clone()).await?, body_timeout),
+        http::bounded(
+            traced::requests(grpc::router(state.clone()).await?),
+            body_timeout,
+        ),
         grpc_listener,
         grpc_tls,
         args.limits.listener(false),
-        until_stopped(stopped.clone()),
+        drain.signaled(),
     );
     // Watch streams never end by themselves: after the signal, requests in
     // flight get a grace period, then the server exits anyway.
-    let grace = async {
-        until_stopped(stopped).await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
+    let grace = drain.grace_over(SHUTDOWN_GRACE);
     tokio::select! {
         (http, grpc) = async { tokio::join!(http, grpc) } => {
             http?;
@@ -407,7 +375,7 @@ const SYNC_INTERVAL: Duration = Duration::from_millis(250);
 /// expired-row purge every 5 min, and the sync with other replicas.
 fn spawn_maintenance(state: Arc<AppState>, marks: store::ChangeMarks) {
     let keys = state.clone();
-    tokio::spawn(async move {
+    runtime::spawn(tracing::info_span!("key rotation and purge"), async move {
         let mut last_purge = keys.clock.instant();
         loop {
             let registry = keys.registry.load();
@@ -448,7 +416,7 @@ fn spawn_maintenance(state: Arc<AppState>, marks: store::ChangeMarks) {
             .await;
         }
     });
-    tokio::spawn(async move {
+    runtime::spawn(tracing::info_span!("replica sync"), async move {
         let mut seen = marks;
         loop {
             tokio::time::sleep(SYNC_INTERVAL).await;
@@ -499,26 +467,4 @@ fn spawn_maintenance(state: Arc<AppState>, marks: store::ChangeMarks) {
             }
         }
     });
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutting down");
 }

@@ -5,6 +5,9 @@
 //!
 //!     cargo run --release -p tokenmesh-tokens --example revocation_cost
 
+// A benchmark measures real elapsed time.
+#![allow(clippy::disallowed_methods)]
+
 use std::{
     collections::HashMap,
     hint::black_box,

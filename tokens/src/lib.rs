@@ -5,11 +5,14 @@
 //! durations as resources and flags write them, and the one bounded cache.
 //! With the `remote` feature, the cache's single flight and the key set
 //! fetched from elsewhere (module `keyset`); with `listen`, the bounded HTTP
-//! listeners both servers run.
+//! listeners both servers run; with `runtime`, what every binary starts
+//! with: the log, optional OpenTelemetry trace export, the shutdown drain,
+//! `spawn` with a span, and the W3C trace context.
 
 pub mod cache;
 pub mod claims;
 pub mod clock;
+pub mod dpop;
 pub mod duration;
 pub mod jwk;
 #[cfg(feature = "remote")]
@@ -18,6 +21,8 @@ pub mod keyset;
 pub mod listen;
 pub mod net;
 pub mod revoked;
+#[cfg(feature = "runtime")]
+pub mod runtime;
 pub mod scope;
 pub mod secret;
 pub mod signing;

@@ -153,6 +153,22 @@ impl SigningKey {
         Ok(jwt)
     }
 
+    /// Signs `claims` as a compact JWS under a header of the caller's (a
+    /// DPoP proof carries its public key in `jwk` instead of a `kid`).
+    pub fn sign_with_header<H: Serialize + ?Sized, T: Serialize + ?Sized>(
+        &self,
+        header: &H,
+        claims: &T,
+    ) -> Result<String, SigningError> {
+        let mut jwt = URL_SAFE_NO_PAD.encode(serde_json::to_vec(header)?);
+        jwt.push('.');
+        URL_SAFE_NO_PAD.encode_string(serde_json::to_vec(claims)?, &mut jwt);
+        let signature = self.sign(jwt.as_bytes())?;
+        jwt.push('.');
+        URL_SAFE_NO_PAD.encode_string(&signature, &mut jwt);
+        Ok(jwt)
+    }
+
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SigningError> {
         let rng = SystemRandom::new();
         match &self.pair {

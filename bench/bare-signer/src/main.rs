@@ -6,6 +6,7 @@
 //! `bare-signer ADDR ISSUER [ES256|EdDSA]`
 
 use std::{process::ExitCode, sync::Arc};
+use tokenmesh_tokens::clock::{Clock, SystemClock};
 
 use axum::{
     Router,
@@ -33,13 +34,10 @@ async fn token(State(signer): State<Arc<Signer>>, body: Bytes) -> Response {
         .iter()
         .find(|(name, _)| name == "scope")
         .map_or("", |(_, value)| value.as_str());
-    let (Ok(jti), Ok(now)) = (
-        random_id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH),
-    ) else {
+    let Ok(jti) = random_id() else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    let now = now.as_secs();
+    let now = SystemClock.unix();
     let claims = json!({
         "iss": signer.issuer, "sub": "bench", "aud": "orders", "exp": now + 300,
         "iat": now, "nbf": now, "jti": jti, "client_id": "bench", "scope": scope,

@@ -312,3 +312,20 @@ tokenFile default to the in-pod paths the Deployment mounts. */ -}}
 {}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The sampler of a component that exports trace spans (tracing.otlpEndpoint
+set); nothing when tracing is off.
+*/}}
+{{- define "tokenmesh.tracingEnv" -}}
+{{- with .Values.tracing }}
+{{- if .otlpEndpoint -}}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ .sampler | quote }}
+{{- with .samplerArg }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -33,6 +33,8 @@ pub struct ServerSettings {
     pub kubernetes: Option<KubernetesSettings>,
     /// Encrypts generated keys in the store (`spec.signing.keyEncryptionKeyRef`).
     pub key_encryption: Option<Arc<KeyEncryption>>,
+    /// DPoP proofs must carry a server nonce (`spec.dpop.requireNonce`).
+    pub dpop_nonce: bool,
 }
 
 impl ServerSettings {
@@ -54,6 +56,7 @@ impl ServerSettings {
             database: None,
             kubernetes: None,
             key_encryption: None,
+            dpop_nonce: false,
         }
     }
 }

@@ -233,6 +233,7 @@ pub(super) fn server_settings(
         max_ttl,
         key_files: spec.signing.key_files.iter().map(PathBuf::from).collect(),
         key_directory: spec.signing.key_directory.as_ref().map(PathBuf::from),
+        dpop_nonce: spec.dpop.as_ref().is_some_and(|d| d.require_nonce),
     })
 }
 

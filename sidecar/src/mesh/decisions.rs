@@ -181,6 +181,7 @@ fn route(audience: &str, mode: Mode, scopes: &str) -> Route {
         audience: Arc::from(audience),
         mode,
         scopes: Arc::from(scopes),
+        policy: Arc::from("a-policy"),
     }
 }
 
@@ -215,6 +216,28 @@ async fn share_asks_once_per_token_and_host_and_refuses_what_no_policy_allows() 
         .await
         .unwrap_err();
     assert_eq!(fake(&mesh).calls("share billing.local"), 2);
+}
+
+/// Issue #18: sharing a bound token to a next hop that cannot prove the
+/// key is refused before any policy is asked, with a message that says so.
+#[tokio::test]
+async fn a_dpop_bound_token_is_not_shared() {
+    let (mesh, clock) = mesh();
+    allow_share(&mesh, "orders.local");
+    let mut bound = claims("t0", clock.unix(), 600);
+    bound.cnf = Some(tokenmesh_tokens::claims::Confirmation {
+        jkt: Some("key".into()),
+        x5t_s256: None,
+    });
+    let incoming = token(&mesh, &bound);
+    let share = route("orders", Mode::Share, "");
+    let refused = mesh
+        .outbound_token("orders.local", &share, &incoming)
+        .await
+        .unwrap_err();
+    assert_eq!(refused, Refusal::BoundShare("orders.local".into()));
+    assert!(refused.public().contains("DPoP-bound"));
+    assert_eq!(fake(&mesh).calls("share"), 0, "no policy was asked");
 }
 
 #[tokio::test]

@@ -63,6 +63,7 @@ fn route() -> Route {
         audience: Arc::from("payments"),
         mode: Mode::Exchange,
         scopes: Arc::from(""),
+        policy: Arc::from("orders-to-payments"),
     }
 }
 

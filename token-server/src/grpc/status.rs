@@ -37,7 +37,9 @@ fn oauth_status(err: &OAuthError) -> Status {
         OAuthError::InvalidRequest(_)
         | OAuthError::InvalidScope(_)
         | OAuthError::InvalidTarget(_)
-        | OAuthError::TooLarge => Status::invalid_argument(message),
+        | OAuthError::TooLarge
+        | OAuthError::InvalidDpopProof(_)
+        | OAuthError::UseDpopNonce(_) => Status::invalid_argument(message),
         OAuthError::InvalidClient(_) => Status::unauthenticated(message),
         OAuthError::InvalidGrant(_) => Status::failed_precondition(message),
         OAuthError::UnauthorizedClient(_)

@@ -73,6 +73,9 @@ impl Tokens {
             scopes: Some(body.scopes).filter(|s| !s.is_empty()),
             requested_token_type: Some(body.requested_token_type.as_str()),
             certificate: certificate.as_ref(),
+            // gRPC carries no DPoP proof: a DPoP-bound subject token is
+            // refused here, as from any caller that cannot prove its key.
+            holder: Default::default(),
         };
         let issued =
             exchange::exchange(&*self.state, &registry, &client, params, self.state.now()).await?;
@@ -247,19 +250,22 @@ impl TokenService for Tokens {
         let state = self.state.clone();
         let mut versions = state.version.subscribe();
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(async move {
-            loop {
-                let version = *versions.borrow_and_update();
-                let routes = policy::routes(&state.registry.load(), &client.id);
-                let snapshot = PolicySnapshot {
-                    version,
-                    routes: routes.into_iter().map(route).collect(),
-                };
-                if tx.send(Ok(snapshot)).await.is_err() || versions.changed().await.is_err() {
-                    return;
+        tokenmesh_tokens::runtime::spawn(
+            tracing::info_span!("policy stream", client_id = %client.id),
+            async move {
+                loop {
+                    let version = *versions.borrow_and_update();
+                    let routes = policy::routes(&state.registry.load(), &client.id);
+                    let snapshot = PolicySnapshot {
+                        version,
+                        routes: routes.into_iter().map(route).collect(),
+                    };
+                    if tx.send(Ok(snapshot)).await.is_err() || versions.changed().await.is_err() {
+                        return;
+                    }
                 }
-            }
-        });
+            },
+        );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -275,7 +281,7 @@ impl TokenService for Tokens {
         let snapshot = request.snapshot && cursor == 0;
         let state = self.state.clone();
         let (tx, rx) = mpsc::channel(REVOCATION_BATCH as usize);
-        tokio::spawn(async move {
+        tokenmesh_tokens::runtime::spawn(tracing::info_span!("revocation stream"), async move {
             if snapshot {
                 match send_snapshot(&state, &tx).await {
                     Some(last) => cursor = last,

@@ -253,9 +253,12 @@ impl ServiceAccountIssuer {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let warming = verifier.clone();
             // Failures are logged inside; the first client retries.
-            runtime.spawn(async move {
-                let _ = warming.warm_up().await;
-            });
+            runtime.spawn(tracing::Instrument::instrument(
+                async move {
+                    let _ = warming.warm_up().await;
+                },
+                tracing::info_span!("service-account keys warm-up"),
+            ));
         }
         Ok(verifier)
     }

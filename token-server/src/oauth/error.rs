@@ -68,6 +68,11 @@ impl IntoResponse for HttpError {
             );
         }
         match err {
+            OAuthError::UseDpopNonce(nonce) => {
+                if let Ok(value) = HeaderValue::from_str(&nonce) {
+                    headers.insert(super::dpop::NONCE_HEADER, value);
+                }
+            }
             OAuthError::Unavailable | OAuthError::KeysUnavailable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }

@@ -58,6 +58,7 @@ pub async fn metadata(State(state): State<Arc<AppState>>) -> Response {
         "introspection_signing_alg_values_supported": [server.algorithm.as_str()],
         "access_token_signing_alg_values_supported": algs,
         "subject_types_supported": ["public"],
+        "dpop_signing_alg_values_supported": tokenmesh_tokens::dpop::ALGORITHMS,
     });
     if state.client_certificates {
         add_mtls(&state, &mut metadata);

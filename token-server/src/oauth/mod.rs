@@ -1,6 +1,7 @@
 //! The OAuth HTTP endpoints.
 
 pub mod client_auth;
+pub mod dpop;
 pub mod error;
 pub mod form;
 mod introspect;

@@ -7,11 +7,13 @@ use serde::Serialize;
 
 use super::{
     client_auth::{ClientCert, authenticate},
+    dpop::{self, NONCE_HEADER},
     error::OAuthError,
     form::Form,
     no_store, respond,
 };
 use tokenmesh_core::{
+    binding::Holder,
     certificate::ClientCertificate,
     exchange::{ACCESS_TOKEN_TYPE, ExchangeParams, JWT_TYPE},
     issue::{self, ClientCredentialsRequest},
@@ -63,15 +65,42 @@ async fn handle(
     )
     .await?;
     let grant_type = form.require("grant_type")?;
-    match grant_type {
-        "client_credentials" => {}
-        TOKEN_EXCHANGE => return exchange(state, &registry, &client, &form, certificate).await,
+    let require_nonce = registry.server.dpop_nonce;
+    let holder = dpop::holder(
+        state,
+        headers,
+        "POST",
+        &state.endpoints.token,
+        require_nonce,
+    )
+    .await?;
+    let mut response = match grant_type {
+        "client_credentials" => {
+            client_credentials(state, &registry, &client, &form, &holder, certificate).await?
+        }
+        TOKEN_EXCHANGE => exchange(state, &registry, &client, &form, &holder, certificate).await?,
         _ => {
             return Err(OAuthError::UnsupportedGrantType(
                 "supported: client_credentials, token exchange".into(),
             ));
         }
+    };
+    if let Some(nonce) = dpop::fresh_nonce(state, require_nonce)
+        && let Ok(value) = axum::http::HeaderValue::from_str(&nonce)
+    {
+        response.headers_mut().insert(NONCE_HEADER, value);
     }
+    Ok(response)
+}
+
+async fn client_credentials(
+    state: &AppState,
+    registry: &Registry,
+    client: &Client,
+    form: &Form,
+    holder: &Holder,
+    certificate: Option<&ClientCertificate>,
+) -> Result<Response, OAuthError> {
     let request = ClientCredentialsRequest {
         scope: form.get("scope"),
         audiences: form
@@ -81,14 +110,15 @@ async fn handle(
             .cloned()
             .collect(),
         certificate,
+        holder: holder.clone(),
     };
-    let issued = issue::client_credentials(state, &registry, &client, request, state.now()).await?;
+    let issued = issue::client_credentials(state, registry, client, request, state.now()).await?;
     state
         .metrics
         .count_issued("client_credentials", issued.format);
     Ok(no_store(Json(TokenResponse {
         access_token: issued.access_token,
-        token_type: "Bearer",
+        token_type: dpop::token_type(holder),
         expires_in: issued.expires_in,
         scope: issued.claims.scope,
         issued_token_type: None,
@@ -111,6 +141,7 @@ async fn exchange(
     registry: &Registry,
     client: &Client,
     form: &Form,
+    holder: &Holder,
     certificate: Option<&ClientCertificate>,
 ) -> Result<Response, OAuthError> {
     let subject_token = form.require("subject_token")?;
@@ -141,13 +172,14 @@ async fn exchange(
         scopes: form.get("scope").map(plan::requested_scopes).transpose()?,
         requested_token_type: form.get("requested_token_type"),
         certificate,
+        holder: holder.clone(),
     };
     let issued =
         tokenmesh_core::exchange::exchange(state, registry, client, params, state.now()).await?;
     state.metrics.count_issued("token_exchange", issued.format);
     Ok(no_store(Json(TokenResponse {
         access_token: issued.access_token,
-        token_type: "Bearer",
+        token_type: dpop::token_type(holder),
         expires_in: issued.expires_in,
         scope: issued.scopes.join(" "),
         issued_token_type: Some(issued.issued_token_type),

@@ -1,8 +1,10 @@
 //! Durable state behind one trait, so a PostgreSQL backend can sit beside the
 //! embedded SQLite one without touching callers.
 
+mod batch;
 mod data_dir;
 mod postgres;
+mod rows;
 mod sqlite;
 #[cfg(test)]
 mod suite;

@@ -1,12 +1,14 @@
 //! The PostgreSQL store, for several token-server replicas on one database.
 //! Migrations run on start under an advisory lock, so replicas starting
-//! together migrate once.
+//! together migrate once. Opaque tokens are written, and looked up, many
+//! requests' at a time (`batch`): one statement and one round trip for all
+//! the requests that queued while the previous one ran.
 
-use std::{str::FromStr, time::Duration};
+use std::{collections::HashMap, str::FromStr, time::Duration};
 
 use async_trait::async_trait;
 use sqlx::{
-    PgPool, Row,
+    PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 use tokenmesh_tokens::{revoked::client_grant_id, secret::SecretHash};
@@ -14,6 +16,8 @@ use tokenmesh_tokens::{revoked::client_grant_id, secret::SecretHash};
 use super::{
     BUMP_KEYS_MARK, ChangeMarks, OpaqueToken, Revocation, RevocationKind, RotationLock, Store,
     StoreError, StoreResult, StoredKey,
+    batch::{Batch, Batcher},
+    rows::{KeyRow, MarksRow, OpaqueRow, RevocationRow, int},
 };
 
 /// Advisory lock ids (arbitrary, fixed).
@@ -64,14 +68,69 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE signing_keys (
 
 pub struct PgStore {
     pool: PgPool,
+    writes: Batcher<TokenWriter>,
+    reads: Batcher<TokenReader>,
 }
 
-fn int(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
+/// Opaque tokens per statement, at most.
+const MAX_BATCH: usize = 256;
+
+/// Inserts queued opaque tokens with one statement (its own transaction).
+struct TokenWriter {
+    pool: PgPool,
 }
 
-fn uint(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
+impl Batch for TokenWriter {
+    type Item = OpaqueToken;
+    type Output = ();
+
+    async fn run(&self, tokens: &[OpaqueToken]) -> StoreResult<Vec<()>> {
+        let column = |f: fn(&OpaqueToken) -> &String| -> Vec<&str> {
+            tokens.iter().map(|t| f(t).as_str()).collect()
+        };
+        sqlx::query(
+            "INSERT INTO opaque_tokens (hash, jti, client_id, grant_id, expires_at, claims)
+             SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[])",
+        )
+        .bind(tokens.iter().map(|t| t.hash.as_bytes().as_slice()).collect::<Vec<_>>())
+        .bind(column(|t| &t.jti))
+        .bind(column(|t| &t.client_id))
+        .bind(column(|t| &t.grant_id))
+        .bind(tokens.iter().map(|t| int(t.expires_at)).collect::<Vec<_>>())
+        .bind(column(|t| &t.claims))
+        .execute(&self.pool)
+        .await?;
+        Ok(vec![(); tokens.len()])
+    }
+}
+
+/// Looks queued opaque-token digests up with one statement.
+struct TokenReader {
+    pool: PgPool,
+}
+
+impl Batch for TokenReader {
+    type Item = SecretHash;
+    type Output = Option<OpaqueToken>;
+
+    async fn run(&self, hashes: &[SecretHash]) -> StoreResult<Vec<Option<OpaqueToken>>> {
+        let rows: Vec<OpaqueRow> = sqlx::query_as(
+            "SELECT hash, jti, client_id, grant_id, expires_at, claims FROM opaque_tokens WHERE hash = ANY($1)",
+        )
+        .bind(hashes.iter().map(|h| h.as_bytes().as_slice()).collect::<Vec<_>>())
+        .fetch_all(&self.pool)
+        .await?;
+        let found: HashMap<&[u8], &OpaqueRow> =
+            rows.iter().map(|row| (row.hash.as_slice(), row)).collect();
+        Ok(hashes
+            .iter()
+            .map(|hash| {
+                found
+                    .get(hash.as_bytes().as_slice())
+                    .map(|row| (*row).clone().into_token(*hash))
+            })
+            .collect())
+    }
 }
 
 impl PgStore {
@@ -100,7 +159,21 @@ impl PgStore {
             .idle_timeout(Duration::from_secs(300))
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        let writes = Batcher::spawn(
+            "postgres_opaque_token_writes",
+            TokenWriter { pool: pool.clone() },
+            MAX_BATCH,
+        );
+        let reads = Batcher::spawn(
+            "postgres_opaque_token_reads",
+            TokenReader { pool: pool.clone() },
+            MAX_BATCH,
+        );
+        Ok(Self {
+            pool,
+            writes,
+            reads,
+        })
     }
 
     /// The schema version this build migrates to.
@@ -157,25 +230,12 @@ impl Store for PgStore {
     }
 
     async fn signing_keys(&self) -> StoreResult<Vec<StoredKey>> {
-        let rows = sqlx::query(
+        let rows: Vec<KeyRow> = sqlx::query_as(
             "SELECT kid, alg, pkcs8, created_at, activates_at, retires_at, publish_until FROM signing_keys ORDER BY activates_at, kid",
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(StoredKey {
-                    kid: row.try_get("kid")?,
-                    alg: row.try_get("alg")?,
-                    pkcs8: row.try_get("pkcs8")?,
-                    created_at: uint(row.try_get("created_at")?),
-                    activates_at: uint(row.try_get("activates_at")?),
-                    retires_at: row.try_get::<Option<i64>, _>("retires_at")?.map(uint),
-                    publish_until: row.try_get::<Option<i64>, _>("publish_until")?.map(uint),
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+        Ok(rows.into_iter().map(StoredKey::from).collect())
     }
 
     async fn save_signing_key(&self, key: &StoredKey) -> StoreResult<()> {
@@ -213,37 +273,11 @@ impl Store for PgStore {
     }
 
     async fn put_opaque_token(&self, token: &OpaqueToken) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO opaque_tokens (hash, jti, client_id, grant_id, expires_at, claims) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(token.hash.as_bytes().as_slice())
-        .bind(&token.jti)
-        .bind(&token.client_id)
-        .bind(&token.grant_id)
-        .bind(int(token.expires_at))
-        .bind(&token.claims)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.writes.submit(token.clone()).await
     }
 
     async fn opaque_token(&self, hash: &SecretHash) -> StoreResult<Option<OpaqueToken>> {
-        let row = sqlx::query("SELECT jti, client_id, grant_id, expires_at, claims FROM opaque_tokens WHERE hash = $1")
-            .bind(hash.as_bytes().as_slice())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|row| {
-            Ok(OpaqueToken {
-                hash: *hash,
-                jti: row.try_get("jti")?,
-                client_id: row.try_get("client_id")?,
-                grant_id: row.try_get("grant_id")?,
-                expires_at: uint(row.try_get("expires_at")?),
-                claims: row.try_get("claims")?,
-            })
-        })
-        .transpose()
-        .map_err(|e: sqlx::Error| e.into())
+        self.reads.submit(*hash).await
     }
 
     async fn revoke(&self, kind: RevocationKind, id: &str, expires_at: u64) -> StoreResult<i64> {
@@ -287,27 +321,14 @@ impl Store for PgStore {
     }
 
     async fn revocations_after(&self, seq: i64, limit: u32) -> StoreResult<Vec<Revocation>> {
-        let rows = sqlx::query("SELECT seq, kind, id, expires_at FROM revocations WHERE seq > $1 ORDER BY seq LIMIT $2")
-            .bind(seq)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.into_iter()
-            .map(|row| {
-                let kind: String = row.try_get("kind")?;
-                Ok(Revocation {
-                    seq: row.try_get("seq")?,
-                    kind: if kind == "grant" {
-                        RevocationKind::Grant
-                    } else {
-                        RevocationKind::Token
-                    },
-                    id: row.try_get("id")?,
-                    expires_at: uint(row.try_get("expires_at")?),
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+        let rows: Vec<RevocationRow> = sqlx::query_as(
+            "SELECT seq, kind, id, expires_at FROM revocations WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Revocation::from).collect())
     }
 
     async fn use_once(&self, issuer: &str, jti: &str, expires_at: u64) -> StoreResult<bool> {
@@ -361,28 +382,22 @@ impl Store for PgStore {
     }
 
     async fn resources(&self) -> StoreResult<Vec<(String, String)>> {
-        let rows = sqlx::query("SELECT key, document FROM resources ORDER BY applied")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.into_iter()
-            .map(|row| Ok((row.try_get("key")?, row.try_get("document")?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+        Ok(
+            sqlx::query_as("SELECT key, document FROM resources ORDER BY applied")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     async fn change_marks(&self) -> StoreResult<ChangeMarks> {
-        let row = sqlx::query(
+        let row: MarksRow = sqlx::query_as(
             "SELECT (SELECT COALESCE(MAX(seq), 0) FROM revocations) AS revoked,
                 (SELECT value FROM marks WHERE name = 'resources') AS resources,
                 COALESCE((SELECT value FROM marks WHERE name = 'keys'), 0) AS keys",
         )
         .fetch_one(&self.pool)
         .await?;
-        Ok(ChangeMarks {
-            revoked: row.try_get("revoked")?,
-            resources: row.try_get("resources")?,
-            keys: row.try_get("keys")?,
-        })
+        Ok(row.into())
     }
 
     async fn try_lock_rotation(&self) -> StoreResult<Option<RotationLock>> {
@@ -427,6 +442,7 @@ mod tests {
         let store = PgStore::connect(&url, 4).await.unwrap();
         suite::run(&store).await;
         suite::concurrent_revocations(&store).await;
+        suite::concurrent_opaque_tokens(&store).await;
         // A second replica migrates nothing and sees the same data; the
         // rotation lock is one replica's at a time.
         let other = PgStore::connect(&url, 2).await.unwrap();

@@ -1,12 +1,13 @@
 //! The embedded store: SQLite in the data directory, in WAL mode. A commit is
-//! on disk before the caller hears of it, so `kill -9` loses nothing
-//! acknowledged.
+//! in the log file (the operating system's) before the caller hears of it,
+//! so `kill -9` loses nothing acknowledged. Opaque tokens are written by group
+//! commit (`batch`): many requests' rows in one transaction.
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{path::Path, str::FromStr, sync::LazyLock, time::Duration};
 
 use async_trait::async_trait;
 use sqlx::{
-    Row, SqlitePool,
+    SqlitePool,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 use tokenmesh_tokens::{revoked::client_grant_id, secret::SecretHash};
@@ -14,6 +15,8 @@ use tokenmesh_tokens::{revoked::client_grant_id, secret::SecretHash};
 use super::{
     BUMP_KEYS_MARK, ChangeMarks, OpaqueToken, Revocation, RevocationKind, RotationLock, Store,
     StoreError, StoreResult, StoredKey,
+    batch::{Batch, Batcher},
+    rows::{KeyRow, MarksRow, OpaqueRow, RevocationRow, int},
 };
 
 /// Versioned schema; each entry runs once, in order.
@@ -64,6 +67,53 @@ const MIGRATIONS: &[&str] = &[
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    tokens: Batcher<TokenWriter>,
+}
+
+/// Opaque tokens per transaction, at most.
+const MAX_BATCH: usize = 64;
+
+/// `INSERTS[n - 1]` inserts n rows. A batch is one statement, so one
+/// transaction of its own (no BEGIN and COMMIT: each is a round trip to the
+/// connection's thread, and waking that thread was the largest cost left),
+/// and each text is prepared once per connection (sqlx caches them).
+static INSERTS: LazyLock<Vec<String>> = LazyLock::new(|| {
+    (1..=MAX_BATCH)
+        .map(|rows| {
+            let values = vec!["(?, ?, ?, ?, ?, ?)"; rows].join(", ");
+            format!(
+                "INSERT INTO opaque_tokens (hash, jti, client_id, grant_id, expires_at, claims) VALUES {values}"
+            )
+        })
+        .collect()
+});
+
+/// Writes queued opaque tokens with one statement on the writer connection.
+struct TokenWriter {
+    writer: SqlitePool,
+}
+
+impl Batch for TokenWriter {
+    type Item = OpaqueToken;
+    type Output = ();
+
+    async fn run(&self, tokens: &[OpaqueToken]) -> StoreResult<Vec<()>> {
+        let sql = INSERTS
+            .get(tokens.len().wrapping_sub(1))
+            .ok_or_else(|| StoreError::Corrupt(format!("a batch of {} tokens", tokens.len())))?;
+        let mut insert = sqlx::query(sql.as_str());
+        for token in tokens {
+            insert = insert
+                .bind(token.hash.as_bytes().as_slice())
+                .bind(&token.jti)
+                .bind(&token.client_id)
+                .bind(&token.grant_id)
+                .bind(int(token.expires_at))
+                .bind(&token.claims);
+        }
+        insert.execute(&self.writer).await?;
+        Ok(vec![(); tokens.len()])
+    }
 }
 
 /// The data directory holds private signing keys: owner only.
@@ -75,14 +125,6 @@ pub(super) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
-}
-
-fn int(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn uint(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
 }
 
 impl SqliteStore {
@@ -97,6 +139,8 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
+            // Room for the INSERT of every batch size besides the rest.
+            .statement_cache_capacity(MAX_BATCH + 64)
             // Under constant writes the WAL is reused, never shrunk: cap what
             // it keeps after each checkpoint.
             .pragma("journal_size_limit", "67108864")
@@ -108,17 +152,24 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options.clone())
             .await?;
-        let store = Self {
-            reader: writer.clone(),
-            writer,
-        };
-        store.migrate().await?;
+        migrate(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Self { reader, ..store })
+        let tokens = Batcher::spawn(
+            "sqlite_opaque_tokens",
+            TokenWriter {
+                writer: writer.clone(),
+            },
+            MAX_BATCH,
+        );
+        Ok(Self {
+            writer,
+            reader,
+            tokens,
+        })
     }
 
     /// Closes both pools, checkpointing the WAL.
@@ -126,32 +177,32 @@ impl SqliteStore {
         self.reader.close().await;
         self.writer.close().await;
     }
+}
 
-    async fn migrate(&self) -> StoreResult<()> {
-        let mut tx = self.writer.begin().await?;
-        sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+async fn migrate(writer: &SqlitePool) -> StoreResult<()> {
+    let mut tx = writer.begin().await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        .execute(&mut *tx)
+        .await?;
+    let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
+        .fetch_one(&mut *tx)
+        .await?;
+    let current = usize::try_from(current.unwrap_or(0)).unwrap_or(0);
+    if current > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "schema version {current} is newer than this build knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
+            .bind(int(index as u64 + 1))
             .execute(&mut *tx)
             .await?;
-        let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
-            .fetch_one(&mut *tx)
-            .await?;
-        let current = usize::try_from(current.unwrap_or(0)).unwrap_or(0);
-        if current > MIGRATIONS.len() {
-            return Err(StoreError::Corrupt(format!(
-                "schema version {current} is newer than this build knows ({})",
-                MIGRATIONS.len()
-            )));
-        }
-        for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
-            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
-                .bind(int(index as u64 + 1))
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
+    tx.commit().await?;
+    Ok(())
 }
 
 #[async_trait]
@@ -166,25 +217,12 @@ impl Store for SqliteStore {
     }
 
     async fn signing_keys(&self) -> StoreResult<Vec<StoredKey>> {
-        let rows = sqlx::query(
+        let rows: Vec<KeyRow> = sqlx::query_as(
             "SELECT kid, alg, pkcs8, created_at, activates_at, retires_at, publish_until FROM signing_keys ORDER BY activates_at, kid",
         )
         .fetch_all(&self.reader)
         .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(StoredKey {
-                    kid: row.try_get("kid")?,
-                    alg: row.try_get("alg")?,
-                    pkcs8: row.try_get("pkcs8")?,
-                    created_at: uint(row.try_get("created_at")?),
-                    activates_at: uint(row.try_get("activates_at")?),
-                    retires_at: row.try_get::<Option<i64>, _>("retires_at")?.map(uint),
-                    publish_until: row.try_get::<Option<i64>, _>("publish_until")?.map(uint),
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+        Ok(rows.into_iter().map(StoredKey::from).collect())
     }
 
     async fn save_signing_key(&self, key: &StoredKey) -> StoreResult<()> {
@@ -231,39 +269,17 @@ impl Store for SqliteStore {
     }
 
     async fn put_opaque_token(&self, token: &OpaqueToken) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO opaque_tokens (hash, jti, client_id, grant_id, expires_at, claims) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(token.hash.as_bytes().as_slice())
-        .bind(&token.jti)
-        .bind(&token.client_id)
-        .bind(&token.grant_id)
-        .bind(int(token.expires_at))
-        .bind(&token.claims)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        self.tokens.submit(token.clone()).await
     }
 
     async fn opaque_token(&self, hash: &SecretHash) -> StoreResult<Option<OpaqueToken>> {
-        let row = sqlx::query(
-            "SELECT jti, client_id, grant_id, expires_at, claims FROM opaque_tokens WHERE hash = ?",
+        let row: Option<OpaqueRow> = sqlx::query_as(
+            "SELECT hash, jti, client_id, grant_id, expires_at, claims FROM opaque_tokens WHERE hash = ?",
         )
         .bind(hash.as_bytes().as_slice())
         .fetch_optional(&self.reader)
         .await?;
-        row.map(|row| {
-            Ok(OpaqueToken {
-                hash: *hash,
-                jti: row.try_get("jti")?,
-                client_id: row.try_get("client_id")?,
-                grant_id: row.try_get("grant_id")?,
-                expires_at: uint(row.try_get("expires_at")?),
-                claims: row.try_get("claims")?,
-            })
-        })
-        .transpose()
-        .map_err(|e: sqlx::Error| e.into())
+        Ok(row.map(|row| row.into_token(*hash)))
     }
 
     async fn revoke(&self, kind: RevocationKind, id: &str, expires_at: u64) -> StoreResult<i64> {
@@ -298,29 +314,14 @@ impl Store for SqliteStore {
     }
 
     async fn revocations_after(&self, seq: i64, limit: u32) -> StoreResult<Vec<Revocation>> {
-        let rows = sqlx::query(
+        let rows: Vec<RevocationRow> = sqlx::query_as(
             "SELECT seq, kind, id, expires_at FROM revocations WHERE seq > ? ORDER BY seq LIMIT ?",
         )
         .bind(seq)
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
-        rows.into_iter()
-            .map(|row| {
-                let kind: String = row.try_get("kind")?;
-                Ok(Revocation {
-                    seq: row.try_get("seq")?,
-                    kind: if kind == "grant" {
-                        RevocationKind::Grant
-                    } else {
-                        RevocationKind::Token
-                    },
-                    id: row.try_get("id")?,
-                    expires_at: uint(row.try_get("expires_at")?),
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+        Ok(rows.into_iter().map(Revocation::from).collect())
     }
 
     async fn use_once(&self, issuer: &str, jti: &str, expires_at: u64) -> StoreResult<bool> {
@@ -352,28 +353,22 @@ impl Store for SqliteStore {
     }
 
     async fn resources(&self) -> StoreResult<Vec<(String, String)>> {
-        let rows = sqlx::query("SELECT key, document FROM resources ORDER BY applied")
-            .fetch_all(&self.reader)
-            .await?;
-        rows.into_iter()
-            .map(|row| Ok((row.try_get("key")?, row.try_get("document")?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+        Ok(
+            sqlx::query_as("SELECT key, document FROM resources ORDER BY applied")
+                .fetch_all(&self.reader)
+                .await?,
+        )
     }
 
     async fn change_marks(&self) -> StoreResult<ChangeMarks> {
-        let row = sqlx::query(
+        let row: MarksRow = sqlx::query_as(
             "SELECT (SELECT COALESCE(MAX(seq), 0) FROM revocations) AS revoked,
                 (SELECT value FROM marks WHERE name = 'resources') AS resources,
                 COALESCE((SELECT value FROM marks WHERE name = 'keys'), 0) AS keys",
         )
         .fetch_one(&self.reader)
         .await?;
-        Ok(ChangeMarks {
-            revoked: row.try_get("revoked")?,
-            resources: row.try_get("resources")?,
-            keys: row.try_get("keys")?,
-        })
+        Ok(row.into())
     }
 
     async fn try_lock_rotation(&self) -> StoreResult<Option<RotationLock>> {
@@ -416,6 +411,7 @@ mod tests {
         let store = SqliteStore::open(dir.path()).await.unwrap();
         suite::run(&store).await;
         suite::concurrent_revocations(&store).await;
+        suite::concurrent_opaque_tokens(&store).await;
         store.close().await;
         let reopened = SqliteStore::open(dir.path()).await.unwrap();
         suite::after_reopen(&reopened).await;

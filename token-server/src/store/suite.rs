@@ -1,5 +1,7 @@
 //! One test suite for every store backend.
 
+use std::{future::Future, task::Poll};
+
 use tokenmesh_tokens::secret::SecretHash;
 
 use super::{OpaqueToken, RevocationKind, Store, StoredKey};
@@ -251,4 +253,56 @@ pub async fn concurrent_revocations(store: &dyn Store) {
         WRITERS * EACH,
         "the reader following the cursor missed revocations"
     );
+}
+
+/// Many opaque tokens written and read at once (so in batches of several
+/// sizes: `batch`) each come back as written; unknown digests, and one
+/// asked for twice in the same batch, are answered too.
+pub async fn concurrent_opaque_tokens(store: &dyn Store) {
+    let tokens: Vec<OpaqueToken> = (0..200)
+        .map(|i| OpaqueToken {
+            hash: SecretHash::of(format!("concurrent-{i}").as_bytes()),
+            jti: format!("jti-{i}"),
+            client_id: format!("client-{i}"),
+            grant_id: format!("grant-{i}"),
+            expires_at: 4_000_000_000 + i,
+            claims: format!("{{\"n\":{i}}}"),
+        })
+        .collect();
+    for written in join_all(tokens.iter().map(|t| store.put_opaque_token(t)).collect()).await {
+        written.unwrap();
+    }
+    let mut asked: Vec<SecretHash> = tokens.iter().map(|t| t.hash).collect();
+    asked.push(tokens[7].hash);
+    asked.push(SecretHash::of(b"never issued"));
+    let found = join_all(asked.iter().map(|h| store.opaque_token(h)).collect()).await;
+    for (token, found) in tokens.iter().zip(&found) {
+        assert_eq!(found.as_ref().unwrap().as_ref(), Some(token));
+    }
+    assert_eq!(found[200].as_ref().unwrap().as_ref(), Some(&tokens[7]));
+    assert_eq!(found[201].as_ref().unwrap(), &None);
+}
+
+/// Runs `futures` concurrently on this task; their outputs in order.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().map(Option::unwrap).collect()
 }

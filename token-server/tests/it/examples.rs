@@ -10,8 +10,9 @@ use serde_json::Value;
 use tokenmesh_tokens::{Algorithm, secret::SecretHash, signing::SigningKey};
 
 use crate::{
+    harness::now,
     harness::{Config, Server, jwt_part},
-    service_accounts::{FakeApiServer, JWT_BEARER, K8S_ISSUER, now, sa_token},
+    service_accounts::{FakeApiServer, JWT_BEARER, K8S_ISSUER, sa_token},
 };
 
 /// The chart's default `sidecar.tokenAudience`.

@@ -7,7 +7,7 @@ use crate::harness::{Config, SECRET, Server, jwt_part};
 const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 
-fn mesh_config() -> Config {
+pub fn mesh_config() -> Config {
     let config = Config::new("{}");
     let client = |name: &str, audiences: &str| {
         format!(

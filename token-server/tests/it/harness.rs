@@ -3,10 +3,16 @@
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tokenmesh_tokens::{Algorithm, signing::SigningKey};
+use tokio::time::Instant;
+
+/// Now, in unix seconds, as the server under test reads it.
+pub fn now() -> u64 {
+    tokenmesh_tokens::clock::Clock::unix(&tokenmesh_tokens::clock::SystemClock)
+}
 
 pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
 

@@ -22,17 +22,17 @@ use crate::{
     oauth::ES256_SPEC,
 };
 
-const ISSUER: &str = "http://127.0.0.1:8080";
+pub const ISSUER: &str = "http://127.0.0.1:8080";
 
-struct App {
-    state: Arc<AppState>,
-    clock: Arc<ManualClock>,
+pub struct App {
+    pub state: Arc<AppState>,
+    pub clock: Arc<ManualClock>,
     _config: Config,
     _data: tempfile::TempDir,
 }
 
 impl App {
-    async fn start(config: Config) -> Self {
+    pub async fn start(config: Config) -> Self {
         let source = RegistrySource {
             documents: config::load_paths(&[config.file()]).unwrap(),
             default_issuer: ISSUER.into(),
@@ -68,16 +68,42 @@ impl App {
 
     /// POSTs a form as `client` (HTTP Basic), returning the status, the
     /// headers and the JSON body.
-    async fn post(
+    pub async fn post(
         &self,
         path: &str,
         client: Option<&str>,
         form: &[(&str, &str)],
     ) -> (StatusCode, http::HeaderMap, Value) {
+        self.post_with(path, client, form, &[]).await
+    }
+
+    /// [`App::post`] with more request headers.
+    pub async fn post_with(
+        &self,
+        path: &str,
+        client: Option<&str>,
+        form: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, http::HeaderMap, Value) {
+        let (status, headers, bytes) = self.send(path, client, form, headers).await;
+        (status, headers, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    /// POSTs a form with `headers`; the body as bytes.
+    pub async fn send(
+        &self,
+        path: &str,
+        client: Option<&str>,
+        form: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, http::HeaderMap, bytes::Bytes) {
         let mut request =
             Request::post(path).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
         if let Some(client) = client {
             request = request.header(header::AUTHORIZATION, basic_auth(client));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let body = serde_urlencoded::to_string(form).unwrap();
         let response = token_server::http::router(self.state.clone())
@@ -87,7 +113,7 @@ impl App {
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (status, headers, serde_json::from_slice(&bytes).unwrap())
+        (status, headers, bytes)
     }
 
     async fn token(&self, form: &[(&str, &str)]) -> String {
@@ -98,7 +124,7 @@ impl App {
         body["access_token"].as_str().unwrap().to_owned()
     }
 
-    async fn introspect(&self, token: &str) -> Value {
+    pub async fn introspect(&self, token: &str) -> Value {
         let (status, _, body) = self
             .post("/oauth2/introspect", Some("gateway"), &[("token", token)])
             .await;

@@ -3,7 +3,9 @@
 //! a time, an idle HTTP/2 connection on the gRPC port and one connection
 //! over the cap are all cut off; a gRPC watch stream is not idle.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Empty;

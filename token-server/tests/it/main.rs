@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod dpop;
+mod durability;
 mod examples;
 mod exchange;
 mod grpc;

@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 use tokenmesh_tokens::verify::{Expected, KeySet, verify};
 
-use crate::harness::{Config, SECRET, Server, jwt_part};
+use crate::harness::{Config, SECRET, Server, jwt_part, now};
 
 pub const ES256_SPEC: &str = "{signing: {algorithm: ES256}}";
 
@@ -11,13 +11,6 @@ async fn keys(server: &Server) -> KeySet {
     let (keys, errors) = KeySet::from_jwks(&server.jwks().await);
     assert!(errors.is_empty(), "{errors:?}");
     keys
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 fn check(token: &str, keys: &KeySet, issuer: &str, typ: &str) -> serde_json::Map<String, Value> {

@@ -1,6 +1,8 @@
 //! Several token-server replicas on one PostgreSQL database.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde_json::{Value, json};
 use tokenmesh_proto::v1::{
@@ -16,7 +18,7 @@ use token_server::store::{Store, StoredKey};
 use tokenmesh_tokens::signing::SigningKey;
 
 use crate::harness::{
-    ADMIN_TOKEN, Config, SECRET, Server, basic_auth, fresh_database, jwt_part, next_message,
+    ADMIN_TOKEN, Config, SECRET, Server, basic_auth, fresh_database, jwt_part, next_message, now,
 };
 
 const ISSUER: &str = "http://tokenmesh.test";
@@ -25,13 +27,6 @@ const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// What the issue asks of every cross-replica change (the store sync runs every 250 ms).
 const WITHIN: Duration = Duration::from_secs(1);
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn assertion(config: &Config, jti: &str) -> String {
     let claims =
@@ -656,4 +651,65 @@ async fn a_replica_that_cannot_open_the_stored_keys_is_not_ready() {
         a.token(&[("audience", "orders")]).await["token_type"],
         "Bearer"
     );
+}
+
+/// DPoP across replicas without shared state but the database: a proof used
+/// on A is a replay on B (the store's use_once table), and a nonce A hands
+/// out is good on B (both derive it from the same signing keys).
+#[tokio::test]
+async fn a_dpop_proof_is_used_once_across_replicas_and_their_nonces_agree() {
+    use tokenmesh_tokens::{
+        Algorithm,
+        clock::{Clock, SystemClock},
+        dpop::create::ProofKey,
+    };
+    let config = Config::new("{dpop: {requireNonce: true}}");
+    let url = fresh_database().await;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Server::start_replica(&config, da.path(), &url, ISSUER).await;
+    let b = Server::start_replica(&config, db.path(), &url, ISSUER).await;
+    until("same JWKS", Duration::from_secs(5), async || {
+        a.jwks_text().await == b.jwks_text().await
+    })
+    .await;
+    let key = ProofKey::generate(Algorithm::ES256).unwrap();
+    let endpoint = format!("{ISSUER}/oauth2/token");
+    let proof = |nonce: Option<&str>| {
+        key.proof("POST", &endpoint, None, nonce, SystemClock.unix())
+            .unwrap()
+    };
+    let send = async |server: &Server, proof: &str| {
+        let resp = server
+            .http
+            .post(server.url("/oauth2/token"))
+            .basic_auth("gateway", Some(crate::harness::SECRET))
+            .header("DPoP", proof)
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap();
+        let nonce = resp
+            .headers()
+            .get("dpop-nonce")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (
+            resp.status().as_u16(),
+            nonce,
+            resp.json::<Value>().await.unwrap(),
+        )
+    };
+
+    let (status, nonce, body) = send(&a, &proof(None)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("use_dpop_nonce"))
+    );
+    let nonce = nonce.unwrap();
+    let used = proof(Some(&nonce));
+    let (status, _, body) = send(&b, &used).await;
+    assert_eq!(status, 200, "A's nonce on B: {body}");
+    assert_eq!(body["token_type"], "DPoP");
+    let (status, _, body) = send(&a, &used).await;
+    assert_eq!(status, 400, "replayed on A: {body}");
+    assert_eq!(body["error"], "invalid_dpop_proof");
 }

@@ -3,12 +3,9 @@
 //! client assertions, over HTTP (RFC 7523 form fields) and gRPC
 //! (`x-client-assertion`, no client id, as the sidecar sends it).
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::{SystemTime, UNIX_EPOCH},
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
 };
 
 use axum::{Json, Router, extract::State, routing::get};
@@ -17,7 +14,7 @@ use tokenmesh_proto::v1::{IntrospectRequest, token_service_client::TokenServiceC
 use tokenmesh_tokens::{Algorithm, signing::SigningKey};
 use tonic::{Code, Request};
 
-use crate::harness::{Config, Server};
+use crate::harness::{Config, Server, now};
 
 pub const K8S_ISSUER: &str = "https://kubernetes.default.svc";
 const AUDIENCE: &str = "tokenmesh-it";
@@ -53,13 +50,6 @@ impl FakeApiServer {
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self { url, jwks_fetches }
     }
-}
-
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 /// A token as `kubectl create token <name> -n <namespace> --audience <aud>` makes it.

@@ -3,13 +3,10 @@
 //! timestamped folder, then the `..data` symlink replaced), and new
 //! handshakes see the new certificate while the same process keeps serving.
 
-use std::{
-    path::Path,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
+use tokio::time::Instant;
 use tokio::{io::AsyncReadExt, net::TcpStream};
 
 use crate::harness::{Config, Server, TestCa};

@@ -10,11 +10,13 @@ use std::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
+
+use tokio::time::Instant;
 
 use super::BoxError;
 
@@ -45,9 +47,7 @@ impl Pause {
         let timer = match &mut self.timer {
             Some(timer) if self.armed => timer,
             Some(timer) => {
-                timer
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + self.timeout);
+                timer.as_mut().reset(Instant::now() + self.timeout);
                 timer
             }
             None => self
@@ -120,7 +120,7 @@ where
 /// made only when the body first has to wait.
 pub struct Deadline<B> {
     inner: B,
-    at: tokio::time::Instant,
+    at: Instant,
     timeout: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -130,7 +130,7 @@ impl<B> Deadline<B> {
     pub fn new(inner: B, timeout: Duration) -> Self {
         Self {
             inner,
-            at: tokio::time::Instant::now() + timeout,
+            at: Instant::now() + timeout,
             timeout,
             timer: None,
         }

@@ -1,12 +1,7 @@
 //! The accept loop: HTTP/1.1 and HTTP/2 (h2c, or either over TLS) with
 //! bounds on every connection.
 
-use std::{
-    convert::Infallible,
-    future::Future,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -18,6 +13,7 @@ use hyper_util::{
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
+    time::Instant,
 };
 
 use super::{
@@ -132,7 +128,8 @@ pub async fn serve<M, H, F, B>(
                 let builder = builder.clone();
                 let stopping = stopping.clone();
                 let tls = tls.clone();
-                tokio::spawn(async move {
+                // Not exported at info: a request's span is a root of its own.
+                crate::runtime::spawn(tracing::debug_span!("connection", %peer), async move {
                     let _permit = permit;
                     match tls {
                         None => connection(stream, builder, handler, activity, limits, stopping).await,
@@ -225,7 +222,7 @@ async fn connection<I, H, F, B>(
                     drop_at = Some(Instant::now() + limits.first_request);
                 }
             }
-            () = tokio::time::sleep_until(wake.into()) => {
+            () = tokio::time::sleep_until(wake) => {
                 let now = Instant::now();
                 match drop_at {
                     // It did not close when asked: drop it, unless a

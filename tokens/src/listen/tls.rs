@@ -98,7 +98,8 @@ impl ReloadingCertificate {
     /// Checks the files every `every`, for as long as the runtime runs.
     pub fn watch(self: &Arc<Self>, every: Duration) {
         let this = self.clone();
-        tokio::spawn(async move {
+        let span = tracing::info_span!("TLS reload", cert = %self.cert.display());
+        crate::runtime::spawn(span, async move {
             let mut failing = false;
             loop {
                 tokio::time::sleep(every).await;

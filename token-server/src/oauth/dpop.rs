@@ -1,0 +1,92 @@
+//! DPoP at the token endpoint (RFC 9449 §5): the proof in the `DPoP`
+//! header is verified for this endpoint, its `jti` used once across every
+//! replica (the store's `use_once` table, namespaced by the key's
+//! thumbprint), its nonce checked when the TokenServer requires one. What it
+//! proves goes to the core as a [`Holder`].
+
+mod nonce;
+
+use axum::http::HeaderMap;
+use tokenmesh_core::{OAuthError, binding::Holder};
+use tokenmesh_tokens::dpop::{self, Request, Window};
+
+use crate::state::AppState;
+
+pub use nonce::NONCE_HEADER;
+
+/// The request header carrying a proof.
+pub const DPOP_HEADER: &str = "dpop";
+/// How `use_once` keys DPoP proofs: no client id can begin so, since client
+/// ids are names or `<namespace>/<name>`.
+const REPLAY_NAMESPACE: &str = "dpop:";
+
+/// The key the proof of this `method` request to `url` proves, or an empty
+/// holder when there is no `DPoP` header.
+pub async fn holder(
+    state: &AppState,
+    headers: &HeaderMap,
+    method: &str,
+    url: &str,
+    require_nonce: bool,
+) -> Result<Holder, OAuthError> {
+    let mut values = headers.get_all(DPOP_HEADER).iter();
+    let Some(value) = values.next() else {
+        return Ok(Holder::default());
+    };
+    if values.next().is_some() {
+        return Err(refused("send one DPoP header, not several"));
+    }
+    let proof = value
+        .to_str()
+        .map_err(|_| refused("the DPoP header is not a JWT"))?;
+    let now = state.now();
+    let window = Window::default();
+    let request = Request {
+        method,
+        url,
+        access_token: None,
+    };
+    let proof = dpop::verify(proof, &request, window, now).map_err(|err| {
+        tracing::debug!(reason = %err, "DPoP proof refused");
+        OAuthError::InvalidDpopProof(err.to_string().into())
+    })?;
+    if require_nonce && !nonce::is_current(state, proof.nonce.as_deref(), now) {
+        tracing::debug!(
+            had_nonce = proof.nonce.is_some(),
+            "DPoP proof without a current nonce"
+        );
+        return Err(OAuthError::UseDpopNonce(nonce::current(state, now)?));
+    }
+    let replay_key = format!("{REPLAY_NAMESPACE}{}", proof.jkt);
+    let until = window
+        .accepted_until(proof.iat)
+        .saturating_add(window.max_skew);
+    if !state.store.use_once(&replay_key, &proof.jti, until).await? {
+        tracing::debug!(jkt = %proof.jkt, "DPoP proof replayed");
+        return Err(refused("the DPoP proof was used before: sign a new one"));
+    }
+    Ok(Holder {
+        jkt: Some(proof.jkt),
+        x5t_s256: None,
+    })
+}
+
+/// A fresh nonce for a successful answer, when nonces are required.
+pub fn fresh_nonce(state: &AppState, require_nonce: bool) -> Option<String> {
+    require_nonce
+        .then(|| nonce::current(state, state.now()).ok())
+        .flatten()
+}
+
+/// `token_type` of a token issued to `holder` (RFC 9449 §5).
+pub fn token_type(holder: &Holder) -> &'static str {
+    if holder.jkt.is_some() {
+        "DPoP"
+    } else {
+        "Bearer"
+    }
+}
+
+fn refused(message: &'static str) -> OAuthError {
+    OAuthError::InvalidDpopProof(message.into())
+}

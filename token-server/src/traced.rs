@@ -1,0 +1,42 @@
+//! One span per request on both listeners (HTTP and gRPC), continuing the
+//! caller's W3C trace context: a sidecar's exchange shows in the trace of
+//! the request that needed it. Probes and metrics scrapes get none.
+
+use axum::{Router, extract::Request, middleware::Next, response::Response};
+use tokenmesh_tokens::runtime::trace_context;
+use tracing::Instrument;
+
+/// `router` with a span around each request.
+pub fn requests(router: Router) -> Router {
+    router.layer(axum::middleware::from_fn(trace))
+}
+
+async fn trace(request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        return next.run(request).await;
+    }
+    // gRPC: `/package.Service/Method`, named `package.Service/Method` by
+    // OpenTelemetry's convention; HTTP: the method and the path.
+    let grpc = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let name = if grpc {
+        path.trim_start_matches('/').to_owned()
+    } else {
+        format!("{} {path}", request.method())
+    };
+    // A root unless the caller sent a context: not a child of the connection.
+    let span = tracing::info_span!(
+        parent: None,
+        "request",
+        otel.name = %name,
+        otel.kind = "server",
+        rpc.system = grpc.then_some("grpc"),
+        http.request.method = %request.method(),
+        url.path = %path,
+    );
+    trace_context::continue_from(&span, request.headers());
+    next.run(request).instrument(span).await
+}
