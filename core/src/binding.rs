@@ -28,6 +28,18 @@ pub fn bind(client: &Client, holder: &Holder) -> Result<Option<Confirmation>, OA
     }))
 }
 
+/// One `cnf` from a certificate binding and a DPoP binding: a token can
+/// carry both (`x5t#S256` and `jkt`), and every one present must be proved.
+pub fn combine(a: Option<Confirmation>, b: Option<Confirmation>) -> Option<Confirmation> {
+    match (a, b) {
+        (None, one) | (one, None) => one,
+        (Some(a), Some(b)) => Some(Confirmation {
+            x5t_s256: a.x5t_s256.or(b.x5t_s256),
+            jkt: a.jkt.or(b.jkt),
+        }),
+    }
+}
+
 /// A presented token (`subject_token`, `actor_token`) bound to a DPoP key is
 /// accepted only from a caller who proved that key.
 pub fn check_holder(
@@ -93,6 +105,24 @@ mod tests {
                 .as_deref(),
             Some("k2"),
             "a proof binds the token whatever the client's setting"
+        );
+    }
+
+    #[test]
+    fn a_certificate_and_a_dpop_binding_combine() {
+        let x5t = Confirmation {
+            x5t_s256: Some("t".into()),
+            jkt: None,
+        };
+        let jkt = holder(Some("k"));
+        assert_eq!(combine(None, None), None);
+        assert_eq!(combine(Some(x5t.clone()), None), Some(x5t.clone()));
+        assert_eq!(
+            combine(Some(x5t), Some(jkt)),
+            Some(Confirmation {
+                x5t_s256: Some("t".into()),
+                jkt: Some("k".into())
+            })
         );
     }
 

@@ -1,5 +1,6 @@
 //! Client authentication: `client_secret_basic`, `client_secret_post`,
-//! `private_key_jwt` (RFC 7523) and `kubernetes_service_account`, from
+//! `private_key_jwt` (RFC 7523), `kubernetes_service_account`,
+//! `tls_client_auth` and `self_signed_tls_client_auth` (RFC 8705), from
 //! [`Credentials`] that the HTTP and gRPC adapters build from what their
 //! protocol carries.
 
@@ -11,6 +12,7 @@ use tokenmesh_crds::AuthMethod;
 use tokenmesh_tokens::verify::{Expected, VerifyError, verify};
 
 use crate::{
+    certificate::{ClientCertificate, same_key},
     error::OAuthError,
     ports::{AssertionReplay, ClusterToken, ServiceAccountTokens},
     registry::{Client, ClientAuth, Registry},
@@ -48,6 +50,12 @@ pub enum Credentials {
         claimed_id: Option<String>,
         assertion: String,
     },
+    /// A TLS client certificate (RFC 8705 §2) and the `client_id` sent
+    /// beside it.
+    Certificate {
+        id: String,
+        certificate: ClientCertificate,
+    },
 }
 
 impl std::fmt::Debug for Credentials {
@@ -63,6 +71,11 @@ impl std::fmt::Debug for Credentials {
                 .debug_struct("Assertion")
                 .field("claimed_id", claimed_id)
                 .finish_non_exhaustive(),
+            Self::Certificate { id, certificate } => f
+                .debug_struct("Certificate")
+                .field("id", id)
+                .field("certificate", certificate)
+                .finish(),
         }
     }
 }
@@ -116,6 +129,45 @@ pub async fn authenticate(
             )
             .await
         }
+        Credentials::Certificate { id, certificate } => {
+            check_certificate(registry, id, certificate)
+        }
+    }
+}
+
+/// RFC 8705 §2: `tls_client_auth` (a chain to the client CA and the
+/// registered name) or `self_signed_tls_client_auth` (one of the
+/// registered keys; the chain is not looked at).
+fn check_certificate(
+    registry: &Registry,
+    id: &str,
+    certificate: &ClientCertificate,
+) -> Result<Arc<Client>, OAuthError> {
+    let client = registry
+        .client(id)
+        .ok_or_else(|| refused("unknown client"))?;
+    let accepted = match &client.auth {
+        ClientAuth::Certificate(name) => {
+            if !certificate.chain_verified() {
+                tracing::debug!(client_id = %id, "client certificate refused: not issued by the client CA");
+                return Err(refused(
+                    "the client certificate is not issued by a trusted client CA",
+                ));
+            }
+            certificate.has_name(name)
+        }
+        ClientAuth::SelfSignedCertificate { keys } => certificate
+            .public_jwk()
+            .is_some_and(|presented| keys.iter().any(|key| same_key(key, &presented))),
+        _ => return Err(refused("the client authenticates with another method")),
+    };
+    if accepted {
+        Ok(client.clone())
+    } else {
+        tracing::debug!(client_id = %id, x5t = %certificate.thumbprint(), "client certificate refused: not the client's");
+        Err(refused(
+            "the client certificate does not identify this client",
+        ))
     }
 }
 

@@ -5,6 +5,7 @@ use tokenmesh_tokens::claims::AccessTokenClaims;
 
 use crate::{
     binding::{self, Holder},
+    certificate::{self, ClientCertificate},
     error::OAuthError,
     issue,
     plan::{self, GrantedScope, TokenPlan},
@@ -24,6 +25,9 @@ pub struct ExchangeParams<'a> {
     /// `None`: every scope the policy allows.
     pub scopes: Option<Vec<String>>,
     pub requested_token_type: Option<&'a str>,
+    /// The calling client's TLS certificate, if it presented one: bound
+    /// subject and actor tokens must be its, and the new token is bound to it.
+    pub certificate: Option<&'a ClientCertificate>,
     /// The key the caller proved: a DPoP-bound subject or actor token needs
     /// it, and the new token is bound to it.
     pub holder: Holder,
@@ -94,14 +98,17 @@ pub async fn exchange(
         plan::check_requested_scopes(scopes)?;
     }
     let subject = presented(ports, params.subject_token, "subject_token").await?;
+    certificate::check_holder(&subject, params.certificate, "subject_token")?;
     binding::check_holder(subject.cnf.as_ref(), &params.holder, "subject_token")?;
     let actor_claims = match params.actor_token {
         Some(token) => Some(presented(ports, token, "actor_token").await?),
         None => None,
     };
     if let Some(actor) = &actor_claims {
+        certificate::check_holder(actor, params.certificate, "actor_token")?;
         binding::check_holder(actor.cnf.as_ref(), &params.holder, "actor_token")?;
     }
+    let cnf = certificate::confirmation(client, params.certificate, true)?;
     if let Some(actor) = &actor_claims
         && !policy::actor_token_identifies(actor, &client.id)
     {
@@ -155,7 +162,7 @@ pub async fn exchange(
     )?;
     claims.act = Some(decision.act);
     claims.extra.extend(decision.claims);
-    claims.cnf = binding::bind(client, &params.holder)?;
+    claims.cnf = binding::combine(cnf, binding::bind(client, &params.holder)?);
     issue::embed(ports, registry, client, &mut claims, now)?;
     let access_token = issue::mint(ports, registry, client, format, &claims).await?;
     tracing::debug!(client_id = %client.id, policy = %decision.policy, jti = %claims.jti, "token exchanged");
@@ -230,6 +237,7 @@ mod tests {
             audience: Some("payments"),
             scopes: None,
             requested_token_type: None,
+            certificate: None,
             holder: Holder::default(),
         }
     }

@@ -12,6 +12,7 @@ use tokenmesh_tokens::{
 
 use crate::{
     binding::{self, Holder},
+    certificate::{self, ClientCertificate},
     error::OAuthError,
     plan::{self, TokenPlan},
     ports::{OpaqueTokens, Signer},
@@ -28,6 +29,8 @@ pub struct ClientCredentialsRequest<'a> {
     pub scope: Option<&'a str>,
     /// The `audience` and `resource` parameters; none: all of the client's.
     pub audiences: Vec<String>,
+    /// The TLS client certificate of the request, if any.
+    pub certificate: Option<&'a ClientCertificate>,
     /// The key the caller proved (a DPoP proof), which the token is bound to.
     pub holder: Holder,
 }
@@ -56,6 +59,7 @@ pub async fn client_credentials(
     }
     let scopes = plan::resolve_scopes(registry, client, request.scope, now)?;
     let audiences = plan::resolve_audiences(client, &request.audiences)?;
+    let cnf = certificate::confirmation(client, request.certificate, false)?;
     let ttl = client.ttl.min(registry.server.max_ttl).as_secs();
     let mut claims = plan::claims(
         &registry.server.issuer,
@@ -69,7 +73,7 @@ pub async fn client_credentials(
             ttl,
         },
     )?;
-    claims.cnf = binding::bind(client, &request.holder)?;
+    claims.cnf = binding::combine(cnf, binding::bind(client, &request.holder)?);
     embed(ports, registry, client, &mut claims, now)?;
     let access_token = mint(ports, registry, client, client.format, &claims).await?;
     tracing::debug!(client_id = %client.id, jti = %claims.jti, "token issued");

@@ -6,6 +6,7 @@
 //! - [`plan`]: which scopes and audiences a request gets, and the claims of
 //!   a new token;
 //! - [`policy`]: the ExchangePolicy engine (exchange, embed, share);
+//! - [`certificate`]: the TLS client certificate of a request (RFC 8705);
 //! - [`binding`]: proof of possession (what a token is bound to, who may
 //!   present a bound one);
 //! - [`client_auth`]: who the calling client is, from protocol-neutral
@@ -20,6 +21,7 @@
 //! the caller from its injected [`tokenmesh_tokens::clock::Clock`].
 
 pub mod binding;
+pub mod certificate;
 pub mod client_auth;
 pub mod document;
 pub mod error;

@@ -318,6 +318,8 @@ impl GrantType {
 #[x_kube(validation = Rule::new("!(self.method in ['client_secret_basic', 'client_secret_post']) || !has(self.jwks)").message("a secret method takes no jwks"))]
 #[x_kube(validation = Rule::new("self.method != 'private_key_jwt' || has(self.jwks) || has(self.jwksUri)").message("private_key_jwt needs jwks or jwksUri"))]
 #[x_kube(validation = Rule::new("self.method != 'kubernetes_service_account' || has(self.serviceAccount)").message("kubernetes_service_account needs serviceAccount"))]
+#[x_kube(validation = Rule::new("self.method != 'tls_client_auth' || has(self.tlsClientAuth)").message("tls_client_auth needs tlsClientAuth"))]
+#[x_kube(validation = Rule::new("self.method != 'self_signed_tls_client_auth' || has(self.jwks)").message("self_signed_tls_client_auth needs jwks"))]
 pub struct ClientAuthentication {
     pub method: AuthMethod,
     /// The client secret (secret methods). Without it the operator generates one.
@@ -335,6 +337,32 @@ pub struct ClientAuthentication {
     /// tokens (`sub: system:serviceaccount:<namespace>:<name>`) authenticate it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account: Option<ServiceAccountRef>,
+    /// What the client certificate of a `tls_client_auth` client must name
+    /// (RFC 8705 §2.1.2): exactly one of the subject DN or a SAN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_auth: Option<TlsClientAuthSpec>,
+}
+
+/// The one certificate name a `tls_client_auth` client is known by.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("[has(self.subjectDn), has(self.sanDns), has(self.sanUri), has(self.sanIp), has(self.sanEmail)].filter(x, x).size() == 1").message("name exactly one of subjectDn, sanDns, sanUri, sanIp, sanEmail"))]
+pub struct TlsClientAuthSpec {
+    /// The subject distinguished name, RFC 4514 (`CN=orders,O=shop`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_dn: Option<String>,
+    /// A dNSName SAN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub san_dns: Option<String>,
+    /// A uniformResourceIdentifier SAN, such as a SPIFFE ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub san_uri: Option<String>,
+    /// An iPAddress SAN (IPv4 or IPv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub san_ip: Option<String>,
+    /// An rfc822Name SAN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub san_email: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -345,6 +373,7 @@ pub enum AuthMethod {
     ClientSecretPost,
     PrivateKeyJwt,
     TlsClientAuth,
+    SelfSignedTlsClientAuth,
     None,
     KubernetesServiceAccount,
 }
@@ -356,6 +385,7 @@ impl AuthMethod {
             Self::ClientSecretPost => "client_secret_post",
             Self::PrivateKeyJwt => "private_key_jwt",
             Self::TlsClientAuth => "tls_client_auth",
+            Self::SelfSignedTlsClientAuth => "self_signed_tls_client_auth",
             Self::None => "none",
             Self::KubernetesServiceAccount => "kubernetes_service_account",
         }
@@ -422,13 +452,17 @@ pub struct AccessTokenSpec {
     pub binding: TokenBinding,
 }
 
-/// What an OAuthClient's access tokens are bound to (`accessToken.binding`).
+/// What an access token is bound to (`cnf`, RFC 7800).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenBinding {
+    /// A bearer token (bound anyway when the client authenticates with a
+    /// TLS certificate).
     #[default]
     None,
+    /// Bound to the client's TLS certificate (RFC 8705 §3, `x5t#S256`).
     Mtls,
+    /// Bound to the client's DPoP key (RFC 9449, `jkt`).
     Dpop,
 }
 

@@ -83,6 +83,33 @@ pub struct Args {
     )]
     pub inbound_addr: SocketAddr,
 
+    /// PEM certificate chain: the inbound listener speaks TLS (read again
+    /// every 5 s, so a renewed certificate needs no restart).
+    #[arg(
+        long,
+        env = "TOKENMESH_SIDECAR_INBOUND_TLS_CERT",
+        requires = "inbound_tls_key"
+    )]
+    pub inbound_tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --inbound-tls-cert.
+    #[arg(
+        long,
+        env = "TOKENMESH_SIDECAR_INBOUND_TLS_KEY",
+        requires = "inbound_tls_cert"
+    )]
+    pub inbound_tls_key: Option<std::path::PathBuf>,
+
+    /// PEM CA bundle: the inbound TLS listener asks callers for a client
+    /// certificate (optional), which a certificate-bound token
+    /// (`cnf.x5t#S256`, RFC 8705) must match.
+    #[arg(
+        long,
+        env = "TOKENMESH_SIDECAR_INBOUND_CLIENT_CA",
+        requires = "inbound_tls_cert"
+    )]
+    pub inbound_client_ca: Option<std::path::PathBuf>,
+
     /// The application's own address (what inbound forwards to). A
     /// connection that the capture rules redirected goes to this host on the
     /// port it was originally for.

@@ -53,6 +53,18 @@ fn header(key: &str, value: String) -> HeaderValueOption {
     }
 }
 
+/// The client certificate Envoy terminated TLS with
+/// (`attributes.source.certificate`: URL-encoded PEM, with the ext_authz
+/// filter's `include_peer_certificate`), as DER.
+fn source_certificate(request: &CheckRequest) -> Option<Vec<u8>> {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let encoded = &request.attributes.as_ref()?.source.as_ref()?.certificate;
+    let pem = percent_encoding::percent_decode_str(encoded).collect::<Vec<u8>>();
+    CertificateDer::from_pem_slice(&pem)
+        .ok()
+        .map(|der| der.to_vec())
+}
+
 fn http_of(
     request: &CheckRequest,
 ) -> Option<&tokenmesh_proto::envoy_auth_v3::attribute_context::HttpRequest> {
@@ -198,7 +210,17 @@ impl ExtAuthz {
             method: http_of(check).map_or("", |http| http.method.as_str()),
             url: &url,
         };
-        match self.mesh.validate_presented(&presented).await {
+        // A certificate-bound token: Envoy's peer certificate must be its.
+        let verified = self
+            .mesh
+            .validate_presented(&presented)
+            .await
+            .and_then(|verified| {
+                let der = source_certificate(check);
+                crate::binding::check_certificate_der(&verified.claims, der.as_deref())
+                    .map(|()| verified)
+            });
+        match verified {
             Ok(verified) => CheckResponse {
                 status: Some(RpcStatus {
                     code: RPC_OK,
@@ -263,8 +285,30 @@ mod tests {
                         ..Default::default()
                     }),
                 }),
+                source: None,
             }),
         }
+    }
+
+    #[test]
+    fn envoys_peer_certificate_is_read_from_url_encoded_pem() {
+        use tokenmesh_proto::envoy_auth_v3::{AttributeContext, attribute_context::Peer};
+        let with = |certificate: &str| CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(Peer {
+                    certificate: certificate.into(),
+                }),
+                request: None,
+            }),
+        };
+        // Envoy's encoding: the PEM with its newlines, `+`, `/` and `=` escaped.
+        let pem = "-----BEGIN%20CERTIFICATE-----%0AAQID%2B%2F8%3D%0A-----END%20CERTIFICATE-----%0A";
+        assert_eq!(
+            source_certificate(&with(pem)),
+            Some(vec![1, 2, 3, 251, 255])
+        );
+        assert_eq!(source_certificate(&with("")), None);
+        assert_eq!(source_certificate(&CheckRequest::default()), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The tokenmesh sidecar: inbound token validation, outbound embed /
 //! exchange / share, caching, and Envoy's ext_authz API.
 
+pub mod binding;
 pub mod cli;
 pub mod deadlines;
 pub mod ext_authz;
@@ -40,11 +41,40 @@ async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, Str
         .map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
+/// The inbound listener's TLS (`--inbound-tls-cert`), asking for client
+/// certificates with `--inbound-client-ca` (RFC 8705 bound tokens).
+fn inbound_tls(
+    args: &Args,
+    clock: &tokenmesh_tokens::clock::SharedClock,
+) -> Result<Option<tokenmesh_tokens::listen::tls::Acceptor>, String> {
+    use tokenmesh_tokens::listen::tls::{ALPN_HTTP, ClientCa, ReloadingCertificate};
+    let Some((cert, key)) = args
+        .inbound_tls_cert
+        .as_deref()
+        .zip(args.inbound_tls_key.as_deref())
+    else {
+        return Ok(None);
+    };
+    let certificate = ReloadingCertificate::load(cert, key).map_err(|e| e.to_string())?;
+    certificate.watch(std::time::Duration::from_secs(5));
+    let client_ca = args
+        .inbound_client_ca
+        .as_deref()
+        .map(|path| ClientCa::load(path, clock.clone()))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    certificate
+        .acceptor(ALPN_HTTP, client_ca.as_ref())
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
 async fn start(args: Args) -> Result<(), String> {
     let clock = tokenmesh_tokens::clock::SystemClock::shared();
     let token_server = TokenServer::new(&args)
         .map_err(|e| e.to_string())?
         .with_clock(clock.clone());
+    let inbound_tls = inbound_tls(&args, &clock)?;
     let mesh = Arc::new(Mesh::with_clock(
         token_server,
         clock,
@@ -90,8 +120,9 @@ async fn start(args: Args) -> Result<(), String> {
     );
     let drain = Drain::on_signal();
     let inbound_proxy = proxy.clone();
-    let inbound = proxy::serve(
+    let inbound = proxy::serve_tls(
         inbound,
+        inbound_tls,
         move |request| {
             let proxy = inbound_proxy.clone();
             async move { proxy.inbound(request).await }

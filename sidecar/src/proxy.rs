@@ -17,6 +17,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
 };
 
+use tokenmesh_tokens::listen::tls::PeerCertificate;
 use tracing::Instrument;
 
 use crate::{
@@ -395,6 +396,11 @@ impl Proxy {
                 return refused(&refusal);
             }
         };
+        let peer = request.extensions().get::<PeerCertificate>();
+        if let Err(refusal) = crate::binding::check_certificate(&verified.claims, peer) {
+            tracing::debug!(reason = %refusal, "inbound request refused");
+            return refused(&refusal);
+        }
         // The proof stays here: the application could replay it elsewhere.
         request.headers_mut().remove(DPOP_HEADER);
         if let Err(response) = set_bearer(request.headers_mut(), &verified.jwt) {
@@ -591,6 +597,30 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
+    serve_tls(
+        listener,
+        None,
+        handler,
+        shutdown,
+        client_timeout,
+        vectored_writes,
+    )
+    .await;
+}
+
+/// [`serve`], with TLS when `tls` is given (the inbound listener's
+/// `--inbound-tls-cert`; client certificates with `--inbound-client-ca`).
+pub async fn serve_tls<H, F>(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokenmesh_tokens::listen::tls::Acceptor>,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+    client_timeout: Duration,
+    vectored_writes: bool,
+) where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
     let limits = tokenmesh_tokens::listen::Limits {
         vectored_writes,
         ..tokenmesh_tokens::listen::Limits::uniform(client_timeout)
@@ -605,7 +635,7 @@ pub async fn serve<H, F>(
             handler(request)
         }
     };
-    tokenmesh_tokens::listen::serve(listener, None, limits, handler_for, shutdown).await;
+    tokenmesh_tokens::listen::serve(listener, tls, limits, handler_for, shutdown).await;
 }
 
 #[cfg(test)]

@@ -133,6 +133,7 @@ fn check_request(authorizations: &[&str]) -> CheckRequest {
                     ..Default::default()
                 }),
             }),
+            source: None,
         }),
     }
 }

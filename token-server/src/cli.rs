@@ -122,6 +122,14 @@ pub struct Args {
     #[arg(long, env = "TOKENMESH_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// PEM CA bundle of client certificates (RFC 8705): the HTTPS and gRPC
+    /// listeners ask for a client certificate (optional: bearer clients
+    /// connect as before). `tls_client_auth` clients need one that chains
+    /// to this bundle; `self_signed_tls_client_auth` clients are matched by
+    /// key, whoever issued it.
+    #[arg(long, env = "TOKENMESH_CLIENT_CA", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+
     #[command(flatten)]
     pub limits: ClientLimits,
 

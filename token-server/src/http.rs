@@ -162,7 +162,7 @@ pub fn bounded(
 pub async fn serve<H>(
     handler: H,
     listener: std::net::TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<tokenmesh_tokens::listen::tls::Acceptor>,
     limits: tokenmesh_tokens::listen::Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError>

@@ -276,16 +276,24 @@ async fn start(args: Args) -> Result<(), StartError> {
         source.build(&secrets, &stored)?
     };
     tracing::info!("{}", registry.summary());
+    let clock = SystemClock::shared();
+    let client_ca = args
+        .client_ca
+        .as_deref()
+        .map(|path| tls::ClientCa::load(path, clock.clone()))
+        .transpose()
+        .map_err(http::ServeError::Tls)?;
     let parts = state::Parts {
         source,
         secrets: Box::new(secrets),
         stored,
-        clock: SystemClock::shared(),
+        clock,
         admin,
         max_revocations: args.max_revocations,
         revoke_rate: args.revoke_rate,
         revoke_burst: args.revoke_burst,
         opaque_token_cache: args.opaque_token_cache,
+        client_certificates: client_ca.is_some(),
     };
     let state = AppState::start(registry, store, parts).await?;
     warm_up_service_account_keys(&state)?;
@@ -296,7 +304,7 @@ async fn start(args: Args) -> Result<(), StartError> {
     spawn_maintenance(state.clone(), marks);
     let acceptor = |alpn: &[&[u8]]| {
         tls.as_ref()
-            .map(|certificate| certificate.acceptor(alpn))
+            .map(|certificate| certificate.acceptor(alpn, client_ca.as_ref()))
             .transpose()
             .map_err(http::ServeError::Tls)
     };

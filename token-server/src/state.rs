@@ -47,6 +47,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub metrics: Metrics,
     pub endpoints: Endpoints,
+    /// Whether the listeners ask for TLS client certificates (RFC 8705).
+    pub client_certificates: bool,
     /// The time, injected so expiry is tested by moving a manual clock.
     pub clock: SharedClock,
     /// Where `secretRef`s of applied resources resolve.
@@ -107,6 +109,8 @@ pub struct Parts {
     pub revoke_rate: f64,
     pub revoke_burst: u32,
     pub opaque_token_cache: usize,
+    /// Whether the listeners ask for TLS client certificates (--client-ca).
+    pub client_certificates: bool,
 }
 
 impl AppState {
@@ -135,6 +139,7 @@ impl AppState {
             store,
             metrics: Metrics::new(),
             endpoints,
+            client_certificates: parts.client_certificates,
             clock,
             secrets: parts.secrets,
             source: parts.source,

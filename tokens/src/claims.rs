@@ -68,6 +68,26 @@ pub struct Confirmation {
     pub jkt: Option<String>,
 }
 
+impl Confirmation {
+    /// Whether the certificate `der` is the one `x5t#S256` names; true
+    /// when the token is not certificate-bound. Constant time.
+    pub fn holds_certificate(confirmation: Option<&Self>, der: Option<&[u8]>) -> bool {
+        let Some(expected) = confirmation.and_then(|c| c.x5t_s256.as_deref()) else {
+            return true;
+        };
+        der.is_some_and(|der| {
+            subtle::ConstantTimeEq::ct_eq(x5t_s256(der).as_bytes(), expected.as_bytes()).into()
+        })
+    }
+}
+
+/// `x5t#S256` of a DER certificate: base64url of its SHA-256 (RFC 8705 §3.1).
+pub fn x5t_s256(der: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der))
+}
+
 /// The claims tokenmesh puts into every access token.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct AccessTokenClaims {

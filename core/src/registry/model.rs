@@ -8,9 +8,9 @@ use tokenmesh_crds::{
     AuthMethod, ExchangePolicySpec, GrantType, SecretKeyRef, SigningAlgorithm, TokenBinding,
     TokenFormat,
 };
-use tokenmesh_tokens::{secret::SecretHash, verify::KeySet};
+use tokenmesh_tokens::{jwk::Jwk, secret::SecretHash, verify::KeySet};
 
-use crate::key_wrap::KeyEncryption;
+use crate::{certificate::CertificateName, key_wrap::KeyEncryption};
 
 pub(super) const DEFAULT_TTL: Duration = Duration::from_secs(300);
 pub(super) const DEFAULT_MAX_TTL: Duration = Duration::from_secs(86_400);
@@ -73,6 +73,12 @@ pub enum ClientAuth {
     PrivateKeyJwt { keys: KeySet },
     /// `kubernetes_service_account`: tokens of this service account.
     ServiceAccount(ServiceAccount),
+    /// `tls_client_auth`: a certificate that chains to the listener's client
+    /// CA and carries this name.
+    Certificate(CertificateName),
+    /// `self_signed_tls_client_auth`: a certificate (chain not checked)
+    /// whose public key is one of these.
+    SelfSignedCertificate { keys: Vec<Jwk> },
 }
 
 impl ClientAuth {
@@ -81,6 +87,8 @@ impl ClientAuth {
             Self::Secret { method, .. } => *method,
             Self::PrivateKeyJwt { .. } => AuthMethod::PrivateKeyJwt,
             Self::ServiceAccount(_) => AuthMethod::KubernetesServiceAccount,
+            Self::Certificate(_) => AuthMethod::TlsClientAuth,
+            Self::SelfSignedCertificate { .. } => AuthMethod::SelfSignedTlsClientAuth,
         }
     }
 }
@@ -94,11 +102,11 @@ pub struct Client {
     pub audiences: Vec<String>,
     pub allow_introspection: bool,
     pub format: TokenFormat,
+    /// `accessToken.binding`: what the client's tokens must be bound to.
+    pub binding: TokenBinding,
     pub ttl: Duration,
     /// The client's own signing algorithm; the TokenServer's when unset.
     pub algorithm: Option<SigningAlgorithm>,
-    /// `accessToken.binding`: the proof of possession the tokens require.
-    pub binding: TokenBinding,
     pub claims: Map<String, Value>,
     /// `may_act` for the client's tokens (RFC 8693 §4.4), from `spec.claims`.
     pub may_act: Option<Value>,

@@ -23,7 +23,10 @@ use super::{
     },
     secrets::{MIN_SECRET_LEN, SecretSource},
 };
-use crate::key_wrap::{KeyEncryption, KeyWrap};
+use crate::{
+    certificate::CertificateName,
+    key_wrap::{KeyEncryption, KeyWrap},
+};
 
 /// Claims a client may not set itself.
 const RESERVED_CLAIMS: &[&str] = &[
@@ -554,9 +557,9 @@ pub(super) fn client(
         audiences: spec.audiences.clone(),
         allow_introspection: spec.allow_introspection,
         format: spec.access_token.format,
+        binding: spec.access_token.binding,
         ttl: ttl.unwrap_or(DEFAULT_TTL),
         algorithm: spec.access_token.algorithm,
-        binding: spec.access_token.binding,
         claims: spec
             .claims
             .iter()
@@ -642,35 +645,13 @@ fn client_auth(
             })
         }
         AuthMethod::PrivateKeyJwt => {
-            if auth.jwks_uri.is_some() {
-                return Err(f(
-                    "spec.authentication.jwksUri",
-                    "jwksUri is not supported yet: list the keys under jwks".into(),
-                ));
-            }
-            let jwks = auth.jwks.as_ref().ok_or_else(|| {
-                f(
-                    "spec.authentication.jwks",
-                    "private_key_jwt needs jwks".into(),
-                )
-            })?;
-            if jwks.keys.is_empty() {
-                return Err(f("spec.authentication.jwks.keys", "holds no key".into()));
-            }
             let mut keys = Vec::new();
-            for (i, spec_key) in jwks.keys.iter().enumerate() {
-                let jwk = Jwk {
-                    kty: spec_key.kty.clone(),
-                    kid: spec_key.kid.clone(),
-                    alg: spec_key.alg.clone(),
-                    key_use: spec_key.key_use.clone(),
-                    crv: spec_key.crv.clone(),
-                    x: spec_key.x.clone(),
-                    y: spec_key.y.clone(),
-                    n: spec_key.n.clone(),
-                    e: spec_key.e.clone(),
-                };
-                keys.push(VerifyingKey::from_jwk(&jwk).map_err(|e| {
+            for (i, jwk) in configured_jwks(auth)
+                .map_err(|(field, m)| f(field, m))?
+                .iter()
+                .enumerate()
+            {
+                keys.push(VerifyingKey::from_jwk(jwk).map_err(|e| {
                     f(
                         &format!("spec.authentication.jwks.keys[{i}]"),
                         e.to_string(),
@@ -684,9 +665,82 @@ fn client_auth(
         AuthMethod::KubernetesServiceAccount => {
             service_account_auth(auth, namespace).map_err(|(field, m)| f(field, m))
         }
+        AuthMethod::TlsClientAuth => certificate_auth(auth).map_err(|(field, m)| f(field, m)),
+        AuthMethod::SelfSignedTlsClientAuth => Ok(ClientAuth::SelfSignedCertificate {
+            keys: configured_jwks(auth).map_err(|(field, m)| f(field, m))?,
+        }),
         other => Err(f(
             "spec.authentication.method",
             format!("{} is not supported yet", other.as_str()),
+        )),
+    }
+}
+
+/// The keys listed under `jwks` (private_key_jwt, self_signed_tls_client_auth).
+fn configured_jwks(
+    auth: &tokenmesh_crds::ClientAuthentication,
+) -> Result<Vec<Jwk>, (&'static str, String)> {
+    if auth.jwks_uri.is_some() {
+        return Err((
+            "spec.authentication.jwksUri",
+            "jwksUri is not supported yet: list the keys under jwks".into(),
+        ));
+    }
+    let jwks = auth.jwks.as_ref().ok_or((
+        "spec.authentication.jwks",
+        format!("{} needs jwks", auth.method.as_str()),
+    ))?;
+    if jwks.keys.is_empty() {
+        return Err(("spec.authentication.jwks.keys", "holds no key".into()));
+    }
+    Ok(jwks
+        .keys
+        .iter()
+        .map(|spec_key| Jwk {
+            kty: spec_key.kty.clone(),
+            kid: spec_key.kid.clone(),
+            alg: spec_key.alg.clone(),
+            key_use: spec_key.key_use.clone(),
+            crv: spec_key.crv.clone(),
+            x: spec_key.x.clone(),
+            y: spec_key.y.clone(),
+            n: spec_key.n.clone(),
+            e: spec_key.e.clone(),
+        })
+        .collect())
+}
+
+/// `tls_client_auth`: the one certificate name of `tlsClientAuth`.
+fn certificate_auth(
+    auth: &tokenmesh_crds::ClientAuthentication,
+) -> Result<ClientAuth, (&'static str, String)> {
+    const FIELD: &str = "spec.authentication.tlsClientAuth";
+    let spec = auth
+        .tls_client_auth
+        .as_ref()
+        .ok_or((FIELD, "tls_client_auth needs tlsClientAuth".into()))?;
+    let mut names = Vec::new();
+    if let Some(dn) = &spec.subject_dn {
+        let dn = crate::certificate::parse_dn(dn).ok_or((
+            FIELD,
+            "subjectDn is not an RFC 4514 name (CN=orders,O=shop)".into(),
+        ))?;
+        names.push(CertificateName::SubjectDn(dn));
+    }
+    names.extend(spec.san_dns.clone().map(CertificateName::Dns));
+    names.extend(spec.san_uri.clone().map(CertificateName::Uri));
+    names.extend(spec.san_email.clone().map(CertificateName::Email));
+    if let Some(ip) = &spec.san_ip {
+        let ip = ip
+            .parse()
+            .map_err(|_| (FIELD, "sanIp is not an IP address".into()))?;
+        names.push(CertificateName::Ip(ip));
+    }
+    match <[CertificateName; 1]>::try_from(names) {
+        Ok([name]) => Ok(ClientAuth::Certificate(name)),
+        Err(_) => Err((
+            FIELD,
+            "name exactly one of subjectDn, sanDns, sanUri, sanIp, sanEmail".into(),
         )),
     }
 }

@@ -15,16 +15,36 @@ use tonic::{metadata::MetadataMap, service::Routes};
 
 use tokenmesh_core::{
     OAuthError,
+    certificate::ClientCertificate,
     client_auth::{self, Audience, Credentials, SecretMethod, basic_credentials_of, refused},
 };
+
+use tokenmesh_tokens::listen::tls::PeerCertificate;
 
 use crate::{registry::Client, state::AppState};
 
 /// Metadata carrying a client assertion (RFC 7523).
 pub const ASSERTION_METADATA: &str = "x-client-assertion";
 
-/// The credentials request metadata carries: an assertion, else Basic.
-fn credentials(metadata: &MetadataMap) -> Result<Credentials, OAuthError> {
+/// Metadata naming the client of a TLS client certificate (RFC 8705 over
+/// gRPC, which has no form for `client_id`).
+pub const CLIENT_ID_METADATA: &str = "x-client-id";
+
+/// The TLS client certificate of the request's connection (the listener
+/// sets it as an HTTP extension, which tonic keeps).
+pub fn peer_certificate<T>(request: &tonic::Request<T>) -> Option<ClientCertificate> {
+    request
+        .extensions()
+        .get::<PeerCertificate>()
+        .map(crate::oauth::client_auth::of_peer)
+}
+
+/// The credentials request metadata carries: an assertion, else Basic,
+/// else the certificate with `x-client-id`.
+fn credentials(
+    metadata: &MetadataMap,
+    certificate: Option<&ClientCertificate>,
+) -> Result<Credentials, OAuthError> {
     if let Some(assertion) = metadata.get(ASSERTION_METADATA) {
         let assertion = assertion
             .to_str()
@@ -43,9 +63,18 @@ fn credentials(metadata: &MetadataMap) -> Result<Credentials, OAuthError> {
                 method: SecretMethod::Either,
             })
         }
-        None => Err(refused(
-            "authenticate the client: `authorization: Basic` or `x-client-assertion` metadata",
-        )),
+        None => match (certificate, metadata.get(CLIENT_ID_METADATA)) {
+            (Some(certificate), Some(id)) => Ok(Credentials::Certificate {
+                id: id
+                    .to_str()
+                    .map_err(|_| refused("malformed x-client-id"))?
+                    .to_owned(),
+                certificate: certificate.clone(),
+            }),
+            _ => Err(refused(
+                "authenticate the client: `authorization: Basic` or `x-client-assertion` metadata, or a TLS client certificate with `x-client-id`",
+            )),
+        },
     }
 }
 
@@ -54,9 +83,10 @@ fn credentials(metadata: &MetadataMap) -> Result<Credentials, OAuthError> {
 pub async fn authenticate(
     state: &AppState,
     metadata: &MetadataMap,
+    certificate: Option<&ClientCertificate>,
 ) -> Result<Arc<Client>, OAuthError> {
     let registry = state.registry.load();
-    let credentials = credentials(metadata)?;
+    let credentials = credentials(metadata, certificate)?;
     let audience = Audience {
         issuer: &registry.server.issuer,
         token_endpoint: &state.endpoints.token,

@@ -22,9 +22,8 @@ use tokenmesh_core::{
     policy,
     registry::Client,
 };
-use tonic::metadata::MetadataMap;
 
-use super::{authenticate, status::Failure};
+use super::{authenticate, peer_certificate, status::Failure};
 use crate::{
     keys,
     oauth::active_claims,
@@ -54,15 +53,17 @@ fn required<'a>(value: &'a str, name: &'static str) -> Result<&'a str, Failure> 
 }
 
 impl Tokens {
-    async fn client(&self, metadata: &MetadataMap) -> Result<Arc<Client>, Failure> {
-        Ok(authenticate(&self.state, metadata).await?)
+    async fn client<T>(&self, request: &Request<T>) -> Result<Arc<Client>, Failure> {
+        let certificate = peer_certificate(request);
+        Ok(authenticate(&self.state, request.metadata(), certificate.as_ref()).await?)
     }
 
     async fn exchange(
         &self,
         request: Request<ExchangeRequest>,
     ) -> Result<ExchangeResponse, Failure> {
-        let client = self.client(request.metadata()).await?;
+        let client = self.client(&request).await?;
+        let certificate = peer_certificate(&request);
         let body = request.into_inner();
         let registry = self.state.registry.load();
         let params = ExchangeParams {
@@ -71,6 +72,7 @@ impl Tokens {
             audience: Some(body.audience.as_str()).filter(|a| !a.is_empty()),
             scopes: Some(body.scopes).filter(|s| !s.is_empty()),
             requested_token_type: Some(body.requested_token_type.as_str()),
+            certificate: certificate.as_ref(),
             // gRPC carries no DPoP proof: a DPoP-bound subject token is
             // refused here, as from any caller that cannot prove its key.
             holder: Default::default(),
@@ -92,7 +94,7 @@ impl Tokens {
         &self,
         request: Request<IntrospectRequest>,
     ) -> Result<IntrospectResponse, Failure> {
-        let client = self.client(request.metadata()).await?;
+        let client = self.client(&request).await?;
         if !client.allow_introspection {
             return Err(
                 OAuthError::AccessDenied("the client may not introspect tokens".into()).into(),
@@ -122,7 +124,7 @@ impl Tokens {
         &self,
         request: Request<GetEmbeddedTokenRequest>,
     ) -> Result<GetEmbeddedTokenResponse, Failure> {
-        let client = self.client(request.metadata()).await?;
+        let client = self.client(&request).await?;
         let body = request.into_inner();
         // A JWT shows its embedded tokens to anyone holding it; an opaque
         // token's are read from the store, as introspection would.
@@ -162,7 +164,7 @@ impl Tokens {
         &self,
         request: Request<CheckShareRequest>,
     ) -> Result<CheckShareResponse, Failure> {
-        let caller = self.client(request.metadata()).await?;
+        let caller = self.client(&request).await?;
         let body = request.into_inner();
         let Some(claims) = active_claims(&self.state, required(&body.token, "token")?).await?
         else {
@@ -231,7 +233,7 @@ impl TokenService for Tokens {
         &self,
         request: Request<GetJwksRequest>,
     ) -> Result<Response<GetJwksResponse>, Status> {
-        self.client(request.metadata()).await?;
+        self.client(&request).await?;
         Ok(Response::new(GetJwksResponse {
             issuer: self.state.registry.load().server.issuer.clone(),
             jwks_json: self.state.keys.snapshot().jwks_json.to_string(),
@@ -244,7 +246,7 @@ impl TokenService for Tokens {
         &self,
         request: Request<WatchPoliciesRequest>,
     ) -> Result<Response<Self::WatchPoliciesStream>, Status> {
-        let client = self.client(request.metadata()).await?;
+        let client = self.client(&request).await?;
         let state = self.state.clone();
         let mut versions = state.version.subscribe();
         let (tx, rx) = mpsc::channel(4);
@@ -273,7 +275,7 @@ impl TokenService for Tokens {
         &self,
         request: Request<WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        self.client(request.metadata()).await?;
+        self.client(&request).await?;
         let request = request.into_inner();
         let mut cursor = request.after_seq.max(0);
         let snapshot = request.snapshot && cursor == 0;

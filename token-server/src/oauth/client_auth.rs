@@ -1,20 +1,43 @@
 //! Client authentication at the HTTP endpoints: the credentials an HTTP
 //! request carries (`Authorization: Basic`, `client_secret`,
-//! `client_assertion`), handed to the core's one authentication.
+//! `client_assertion`, or the TLS client certificate of its connection),
+//! handed to the core's one authentication.
 
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, header};
-pub use tokenmesh_core::client_auth::JWT_BEARER_ASSERTION;
-use tokenmesh_core::client_auth::{
-    self, Audience, Credentials, SecretMethod, basic_credentials_of, refused,
+use axum::{
+    extract::FromRequestParts,
+    http::{HeaderMap, header, request::Parts},
 };
+pub use tokenmesh_core::client_auth::JWT_BEARER_ASSERTION;
+use tokenmesh_core::{
+    certificate::ClientCertificate,
+    client_auth::{self, Audience, Credentials, SecretMethod, basic_credentials_of, refused},
+};
+use tokenmesh_tokens::listen::tls::PeerCertificate;
 
 use super::{error::OAuthError, form::Form};
 use crate::{
     registry::{Client, Registry},
     state::AppState,
 };
+
+/// The TLS client certificate of the request's connection (the listener
+/// sets it as a request extension), as the core sees it.
+pub struct ClientCert(pub Option<ClientCertificate>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientCert {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.extensions.get::<PeerCertificate>().map(of_peer)))
+    }
+}
+
+/// The core's view of a connection's certificate (HTTP and gRPC).
+pub fn of_peer(peer: &PeerCertificate) -> ClientCertificate {
+    ClientCertificate::new(peer.der.to_vec(), peer.chain_verified)
+}
 
 /// Authenticates the calling client. `endpoint` is the URL being called,
 /// accepted (with the issuer and the token endpoint) as an assertion `aud`.
@@ -24,8 +47,9 @@ pub async fn authenticate(
     headers: &HeaderMap,
     form: &Form,
     endpoint: &str,
+    certificate: Option<&ClientCertificate>,
 ) -> Result<Arc<Client>, OAuthError> {
-    let credentials = credentials(headers, form)?;
+    let credentials = credentials(headers, form, certificate)?;
     let audience = Audience {
         issuer: &registry.server.issuer,
         token_endpoint: &state.endpoints.token,
@@ -35,8 +59,14 @@ pub async fn authenticate(
 }
 
 /// The one set of credentials the request carries (RFC 6749 §2.3: a client
-/// uses one method per request).
-pub fn credentials(headers: &HeaderMap, form: &Form) -> Result<Credentials, OAuthError> {
+/// uses one method per request). A certificate authenticates only when
+/// nothing else does (RFC 8705 §2: `client_id` and the certificate); beside
+/// a secret or an assertion it may still bind the tokens.
+pub fn credentials(
+    headers: &HeaderMap,
+    form: &Form,
+    certificate: Option<&ClientCertificate>,
+) -> Result<Credentials, OAuthError> {
     let basic = headers
         .get(header::AUTHORIZATION)
         .map(|value| basic_credentials_of(value.as_bytes()))
@@ -77,6 +107,12 @@ pub fn credentials(headers: &HeaderMap, form: &Form) -> Result<Credentials, OAut
         return Ok(Credentials::Assertion {
             claimed_id: form.get("client_id").map(str::to_owned),
             assertion: assertion.to_owned(),
+        });
+    }
+    if let Some(certificate) = certificate {
+        return Ok(Credentials::Certificate {
+            id: form.require("client_id")?.to_owned(),
+            certificate: certificate.clone(),
         });
     }
     Err(refused("client authentication is required"))

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use tokenmesh_core::certificate::ClientCertificate;
+
 use axum::{
     Json,
     body::Body,
@@ -19,7 +21,12 @@ use tokenmesh_tokens::{
     verify::{Expected, MAX_JWT_LEN, verify},
 };
 
-use super::{client_auth::authenticate, error::OAuthError, form::Form, no_store, respond};
+use super::{
+    client_auth::{ClientCert, authenticate},
+    error::OAuthError,
+    form::Form,
+    no_store, respond,
+};
 use tokenmesh_core::introspection::{inactive, introspection_response};
 
 use crate::{keys::jose_algorithm, metrics::LookupLabels, ports::sign, state::AppState};
@@ -29,10 +36,11 @@ const PHANTOM_JWT: &str = "application/jwt";
 
 pub async fn introspect(
     State(state): State<Arc<AppState>>,
+    ClientCert(certificate): ClientCert,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    respond(handle(&state, &headers, body).await)
+    respond(handle(&state, &headers, body, certificate.as_ref()).await)
 }
 
 /// The claims of `token` if it is one of ours and active: known, signed by
@@ -144,7 +152,12 @@ fn with_content_type(body: String, content_type: &'static str) -> Response {
     response
 }
 
-async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, OAuthError> {
+async fn handle(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    certificate: Option<&ClientCertificate>,
+) -> Result<Response, OAuthError> {
     let form = Form::read(headers, body).await?;
     let registry = state.registry.load();
     let client = authenticate(
@@ -153,6 +166,7 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
         headers,
         &form,
         &state.endpoints.introspection,
+        certificate,
     )
     .await?;
     if !client.allow_introspection {

@@ -17,6 +17,7 @@ const AUTH_METHODS: [&str; 3] = [
     "client_secret_post",
     "private_key_jwt",
 ];
+const MTLS_AUTH_METHODS: [&str; 2] = ["tls_client_auth", "self_signed_tls_client_auth"];
 const ASSERTION_ALGS: [&str; 8] = [
     "ES256", "ES384", "EdDSA", "RS256", "RS384", "RS512", "PS256", "PS384",
 ];
@@ -39,7 +40,7 @@ pub async fn metadata(State(state): State<Arc<AppState>>) -> Response {
         .map(|a| a.as_str())
         .collect();
     algs.sort_by_key(|a| *a != server.algorithm.as_str());
-    cacheable(Json(json!({
+    let mut metadata = json!({
         "issuer": server.issuer,
         "token_endpoint": state.endpoints.token,
         "jwks_uri": state.endpoints.jwks,
@@ -58,7 +59,41 @@ pub async fn metadata(State(state): State<Arc<AppState>>) -> Response {
         "access_token_signing_alg_values_supported": algs,
         "subject_types_supported": ["public"],
         "dpop_signing_alg_values_supported": tokenmesh_tokens::dpop::ALGORITHMS,
-    })))
+    });
+    if state.client_certificates {
+        add_mtls(&state, &mut metadata);
+    }
+    cacheable(Json(metadata))
+}
+
+/// RFC 8705: certificate-bound tokens, and the certificate methods. The
+/// endpoints ask for certificates themselves, so the aliases are the same
+/// URLs (§5: published so that clients know to present one there).
+fn add_mtls(state: &AppState, metadata: &mut serde_json::Value) {
+    let Some(map) = metadata.as_object_mut() else {
+        return;
+    };
+    map.insert(
+        "tls_client_certificate_bound_access_tokens".into(),
+        true.into(),
+    );
+    map.insert(
+        "mtls_endpoint_aliases".into(),
+        json!({
+            "token_endpoint": state.endpoints.token,
+            "introspection_endpoint": state.endpoints.introspection,
+            "revocation_endpoint": state.endpoints.revocation,
+        }),
+    );
+    for key in [
+        "token_endpoint_auth_methods_supported",
+        "introspection_endpoint_auth_methods_supported",
+        "revocation_endpoint_auth_methods_supported",
+    ] {
+        if let Some(serde_json::Value::Array(methods)) = map.get_mut(key) {
+            methods.extend(MTLS_AUTH_METHODS.map(serde_json::Value::from));
+        }
+    }
 }
 
 pub async fn jwks(State(state): State<Arc<AppState>>) -> Response {

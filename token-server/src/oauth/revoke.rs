@@ -4,11 +4,16 @@
 
 use std::sync::Arc;
 
+use tokenmesh_core::certificate::ClientCertificate;
+
 use axum::{body::Body, extract::State, http::HeaderMap, response::Response};
 
 use super::{
-    client_auth::authenticate, error::OAuthError, form::Form, introspect::active_claims, no_store,
-    respond,
+    client_auth::{ClientCert, authenticate},
+    error::OAuthError,
+    form::Form,
+    introspect::active_claims,
+    no_store, respond,
 };
 use tokenmesh_tokens::revoked::client_grant_id;
 
@@ -16,13 +21,19 @@ use crate::{state::AppState, store::RevocationKind};
 
 pub async fn revoke(
     State(state): State<Arc<AppState>>,
+    ClientCert(certificate): ClientCert,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    respond(handle(&state, &headers, body).await)
+    respond(handle(&state, &headers, body, certificate.as_ref()).await)
 }
 
-async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, OAuthError> {
+async fn handle(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    certificate: Option<&ClientCertificate>,
+) -> Result<Response, OAuthError> {
     let form = Form::read(headers, body).await?;
     let registry = state.registry.load();
     let client = authenticate(
@@ -31,6 +42,7 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
         headers,
         &form,
         &state.endpoints.revocation,
+        certificate,
     )
     .await?;
     // Every revocation reaches every sidecar and stays in its memory until

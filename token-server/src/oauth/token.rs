@@ -6,7 +6,7 @@ use axum::{Json, body::Body, extract::State, http::HeaderMap, response::Response
 use serde::Serialize;
 
 use super::{
-    client_auth::authenticate,
+    client_auth::{ClientCert, authenticate},
     dpop::{self, NONCE_HEADER},
     error::OAuthError,
     form::Form,
@@ -14,6 +14,7 @@ use super::{
 };
 use tokenmesh_core::{
     binding::Holder,
+    certificate::ClientCertificate,
     exchange::{ACCESS_TOKEN_TYPE, ExchangeParams, JWT_TYPE},
     issue::{self, ClientCredentialsRequest},
     plan,
@@ -37,14 +38,32 @@ pub struct TokenResponse {
 
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 
-pub async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    respond(handle(&state, &headers, body).await)
+pub async fn token(
+    State(state): State<Arc<AppState>>,
+    ClientCert(certificate): ClientCert,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    respond(handle(&state, &headers, body, certificate.as_ref()).await)
 }
 
-async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, OAuthError> {
+async fn handle(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    certificate: Option<&ClientCertificate>,
+) -> Result<Response, OAuthError> {
     let form = Form::read(headers, body).await?;
     let registry = state.registry.load();
-    let client = authenticate(state, &registry, headers, &form, &state.endpoints.token).await?;
+    let client = authenticate(
+        state,
+        &registry,
+        headers,
+        &form,
+        &state.endpoints.token,
+        certificate,
+    )
+    .await?;
     let grant_type = form.require("grant_type")?;
     let require_nonce = registry.server.dpop_nonce;
     let holder = dpop::holder(
@@ -57,9 +76,9 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
     .await?;
     let mut response = match grant_type {
         "client_credentials" => {
-            client_credentials(state, &registry, &client, &form, &holder).await?
+            client_credentials(state, &registry, &client, &form, &holder, certificate).await?
         }
-        TOKEN_EXCHANGE => exchange(state, &registry, &client, &form, &holder).await?,
+        TOKEN_EXCHANGE => exchange(state, &registry, &client, &form, &holder, certificate).await?,
         _ => {
             return Err(OAuthError::UnsupportedGrantType(
                 "supported: client_credentials, token exchange".into(),
@@ -80,6 +99,7 @@ async fn client_credentials(
     client: &Client,
     form: &Form,
     holder: &Holder,
+    certificate: Option<&ClientCertificate>,
 ) -> Result<Response, OAuthError> {
     let request = ClientCredentialsRequest {
         scope: form.get("scope"),
@@ -89,6 +109,7 @@ async fn client_credentials(
             .chain(form.all("resource"))
             .cloned()
             .collect(),
+        certificate,
         holder: holder.clone(),
     };
     let issued = issue::client_credentials(state, registry, client, request, state.now()).await?;
@@ -121,6 +142,7 @@ async fn exchange(
     client: &Client,
     form: &Form,
     holder: &Holder,
+    certificate: Option<&ClientCertificate>,
 ) -> Result<Response, OAuthError> {
     let subject_token = form.require("subject_token")?;
     check_token_type(form, "subject_token_type")?;
@@ -149,6 +171,7 @@ async fn exchange(
         audience,
         scopes: form.get("scope").map(plan::requested_scopes).transpose()?,
         requested_token_type: form.get("requested_token_type"),
+        certificate,
         holder: holder.clone(),
     };
     let issued =

@@ -55,6 +55,7 @@ impl App {
             revoke_rate: 10.0,
             revoke_burst: 100,
             opaque_token_cache: 100,
+            client_certificates: false,
         };
         let state = AppState::start(registry, store, parts).await.unwrap();
         Self {

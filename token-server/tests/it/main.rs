@@ -11,6 +11,7 @@ mod grpc;
 mod harness;
 mod in_process;
 mod limits;
+mod mtls;
 mod oauth;
 mod replicas;
 mod service_accounts;

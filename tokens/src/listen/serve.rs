@@ -19,6 +19,7 @@ use tokio::{
 use super::{
     BoxError,
     deadlines::{Activity, Tracked, WriteDeadline},
+    tls::Acceptor,
 };
 
 /// What a listener allows its clients.
@@ -73,7 +74,7 @@ impl Limits {
 /// dropped; HTTP/2 peers are pinged and dropped if they do not answer.
 pub async fn serve<M, H, F, B>(
     listener: tokio::net::TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Acceptor>,
     limits: Limits,
     handler_for: M,
     shutdown: impl Future<Output = ()>,
@@ -133,10 +134,23 @@ pub async fn serve<M, H, F, B>(
                     match tls {
                         None => connection(stream, builder, handler, activity, limits, stopping).await,
                         Some(acceptor) => {
-                            let handshake = tokio::time::timeout(limits.first_request, acceptor.accept(stream));
+                            let handshake = tokio::time::timeout(limits.first_request, acceptor.tls.accept(stream));
                             match handshake.await {
                                 Ok(Ok(stream)) => {
-                                    connection(stream, builder, handler, activity, limits, stopping).await;
+                                    let peer = acceptor.client_ca.as_ref().and_then(|ca| {
+                                        ca.peer(stream.get_ref().1.peer_certificates()?)
+                                    });
+                                    match peer {
+                                        None => connection(stream, builder, handler, activity, limits, stopping).await,
+                                        // Every request of the connection learns its certificate.
+                                        Some(peer) => {
+                                            let handler = move |mut request: Request<Incoming>| {
+                                                request.extensions_mut().insert(peer.clone());
+                                                handler(request)
+                                            };
+                                            connection(stream, builder, handler, activity, limits, stopping).await;
+                                        }
+                                    }
                                 }
                                 Ok(Err(err)) => tracing::debug!(%peer, error = %err, "TLS handshake failed"),
                                 Err(_) => tracing::debug!(%peer, "TLS handshake too slow; closing"),

@@ -11,11 +11,17 @@ use std::{
 
 use arc_swap::ArcSwap;
 use rustls::{
-    ServerConfig,
-    server::{ClientHello, ResolvesServerCert},
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+    client::danger::HandshakeSignatureValid,
+    server::{
+        ClientHello, ResolvesServerCert, WebPkiClientVerifier,
+        danger::{ClientCertVerified, ClientCertVerifier},
+    },
     sign::CertifiedKey,
 };
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject};
+
+use crate::clock::SharedClock;
 
 /// ALPN of a listener that speaks HTTP/2 and HTTP/1.1.
 pub const ALPN_HTTP: &[&[u8]] = &[b"h2", b"http/1.1"];
@@ -114,19 +120,27 @@ impl ReloadingCertificate {
         });
     }
 
-    /// A TLS acceptor serving this certificate, offering `alpn`.
+    /// A TLS acceptor serving this certificate, offering `alpn`; with
+    /// `client_ca`, clients may present a certificate.
     pub fn acceptor(
         self: &Arc<Self>,
         alpn: &[&[u8]],
-    ) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+        client_ca: Option<&Arc<ClientCa>>,
+    ) -> Result<Acceptor, TlsError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
+        let builder = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| self.pair_error(e.to_string()))?
-            .with_no_client_auth()
-            .with_cert_resolver(self.clone());
+            .map_err(|e| self.pair_error(e.to_string()))?;
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => builder.with_client_cert_verifier(ca.clone()),
+        };
+        let mut config = builder.with_cert_resolver(self.clone());
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+        Ok(Acceptor {
+            tls: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            client_ca: client_ca.cloned(),
+        })
     }
 
     fn pair_error(&self, message: String) -> TlsError {
@@ -173,5 +187,138 @@ fn certified_key(
             Ok(certified)
         }
         Err(_) => Err(pair("the key does not belong to the certificate".into())),
+    }
+}
+
+/// A listener's TLS: the acceptor, and the client CA whose verdict on a
+/// presented certificate the requests learn ([`PeerCertificate`]).
+#[derive(Clone)]
+pub struct Acceptor {
+    pub tls: tokio_rustls::TlsAcceptor,
+    pub client_ca: Option<Arc<ClientCa>>,
+}
+
+/// The client certificate of the connection a request came on (RFC 8705),
+/// a request extension. The TLS handshake proved its key.
+#[derive(Debug, Clone)]
+pub struct PeerCertificate {
+    /// The end-entity certificate.
+    pub der: CertificateDer<'static>,
+    /// Whether the presented chain verified against the client CA bundle
+    /// at the handshake; false for a self-signed certificate or one of
+    /// another CA (which `self_signed_tls_client_auth` may still accept).
+    pub chain_verified: bool,
+}
+
+/// Client certificates on a listener: asked for, never required (bearer
+/// clients connect as before). Any certificate whose key signs the
+/// handshake is accepted, so that `self_signed_tls_client_auth` works; the
+/// chain is checked against the CA bundle after the handshake and the
+/// verdict travels with the requests, for client authentication to decide.
+pub struct ClientCa {
+    path: PathBuf,
+    webpki: Arc<dyn ClientCertVerifier>,
+    clock: SharedClock,
+}
+
+impl std::fmt::Debug for ClientCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCa")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCa {
+    /// Reads the PEM CA bundle; the clock dates the chain checks.
+    pub fn load(path: &Path, clock: SharedClock) -> Result<Arc<Self>, TlsError> {
+        let file = |message: String| TlsError::File {
+            path: path.display().to_string(),
+            message,
+        };
+        let pem = read(path)?;
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| file(format!("not PEM: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| file(format!("not a CA certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(file("no CA certificate in the file".into()));
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| file(e.to_string()))?;
+        Ok(Arc::new(Self {
+            path: path.to_owned(),
+            webpki,
+            clock,
+        }))
+    }
+
+    /// The certificate a client presented, with the CA's verdict on its
+    /// chain (end entity first).
+    pub fn peer(&self, chain: &[CertificateDer<'_>]) -> Option<PeerCertificate> {
+        let (end_entity, intermediates) = chain.split_first()?;
+        let now = UnixTime::since_unix_epoch(Duration::from_secs(self.clock.unix()));
+        let chain_verified = self
+            .webpki
+            .verify_client_cert(end_entity, intermediates, now)
+            .is_ok();
+        Some(PeerCertificate {
+            der: end_entity.clone().into_owned(),
+            chain_verified,
+        })
+    }
+}
+
+impl ClientCertVerifier for ClientCa {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    /// No hints: a client with a self-signed certificate must not be led
+    /// to withhold it.
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        // Decided per client after the handshake (see `peer`).
+        Ok(ClientCertVerified::assertion())
+    }
+
+    /// The proof that the client holds the certificate's key.
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
     }
 }
