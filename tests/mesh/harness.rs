@@ -632,19 +632,26 @@ impl Mesh {
     }
 
     async fn send(&self, call: reqwest::RequestBuilder) -> (u16, Value, Option<String>) {
-        let resp = call.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let challenge = resp
-            .headers()
-            .get("www-authenticate")
-            .map(|v| v.to_str().unwrap().to_owned());
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-            challenge,
-        )
+        let (status, challenge, body) = answer(call).await;
+        (status, body, challenge)
     }
+}
+
+/// Sends `call`: the status, the `WWW-Authenticate` challenge and the body
+/// (JSON, or the text as a string).
+async fn answer(call: reqwest::RequestBuilder) -> (u16, Option<String>, Value) {
+    let resp = call.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let challenge = resp
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        challenge,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 /// GET `url` with one header per (name, value), in order, through
@@ -663,18 +670,7 @@ pub async fn get(
     for (name, value) in headers {
         call = call.header(*name, *value);
     }
-    let resp = call.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let challenge = resp
-        .headers()
-        .get("www-authenticate")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        challenge,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    answer(call).await
 }
 
 /// The claims of a JWT, decoded without verification (the sidecars verified it).
