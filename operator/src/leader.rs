@@ -9,6 +9,7 @@ use k8s_openapi::{
     jiff::{SignedDuration, Timestamp},
 };
 use kube::{Api, Client, api::PostParams};
+use tokenmesh_tokens::clock::SharedClock;
 
 /// How long a lease holds without renewal.
 pub const LEASE_SECONDS: i32 = 15;
@@ -52,21 +53,24 @@ pub struct Elector {
     api: Api<Lease>,
     name: String,
     me: String,
+    clock: SharedClock,
 }
 
 impl Elector {
-    pub fn new(client: Client, namespace: &str, name: &str, me: &str) -> Self {
+    pub fn new(client: Client, namespace: &str, name: &str, me: &str, clock: SharedClock) -> Self {
         Self {
             api: Api::namespaced(client, namespace),
             name: name.into(),
             me: me.into(),
+            clock,
         }
     }
 
     /// One round: true when this replica leads afterwards. Conflicts (another
     /// replica wrote first) count as not leading.
     pub async fn try_lead(&self) -> Result<bool, kube::Error> {
-        let now = Timestamp::now();
+        // Every time a clock gives is within jiff's range (years -9999 to 9999).
+        let now = Timestamp::try_from(self.clock.now()).unwrap_or(Timestamp::UNIX_EPOCH);
         let current = self.api.get_opt(&self.name).await?;
         let step = decide(current.as_ref(), &self.me, now);
         if step == Step::Wait {
@@ -176,7 +180,7 @@ mod tests {
 
     #[test]
     fn one_leader_at_a_time_and_takeover_after_expiry() {
-        let now = Timestamp::now();
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
         assert_eq!(decide(None, "a", now), Step::Acquire);
         assert_eq!(decide(Some(&lease("a", now)), "a", now), Step::Renew);
         assert_eq!(decide(Some(&lease("a", now)), "b", now), Step::Wait);
@@ -218,5 +222,44 @@ mod lease_tests {
         )
         .await;
         assert_eq!(lost, LeaseLost::NotRenewed(lease));
+    }
+}
+
+#[cfg(test)]
+mod elector_tests {
+    use http::Method;
+    use tokenmesh_tokens::clock::ManualClock;
+
+    use super::*;
+    use crate::fixtures::{api_server, expect_status};
+
+    const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases";
+
+    /// The lease is dated by the operator's clock, like everything else the
+    /// operator decides by time.
+    #[tokio::test]
+    async fn a_new_lease_is_acquired_at_the_injected_clocks_time() {
+        let (client, mut api) = api_server();
+        let clock = ManualClock::at_unix(1_800_000_000);
+        let elector = Elector::new(client, "ops", "tokenmesh-operator", "replica-a", clock);
+        let task = tokio::spawn(async move { elector.try_lead().await });
+        let not_found = serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": "not found", "reason": "NotFound", "code": 404
+        });
+        let lease = format!("{LEASES}/tokenmesh-operator");
+        expect_status(&mut api, Method::GET, &lease, 404, not_found).await;
+        let created = expect_status(
+            &mut api,
+            Method::POST,
+            LEASES,
+            201,
+            serde_json::json!({"metadata": {"name": "tokenmesh-operator"}}),
+        )
+        .await;
+        assert_eq!(created["spec"]["holderIdentity"], "replica-a");
+        assert_eq!(created["spec"]["renewTime"], "2027-01-15T08:00:00.000000Z");
+        assert_eq!(created["spec"]["acquireTime"], created["spec"]["renewTime"]);
+        assert!(task.await.unwrap().unwrap(), "it leads");
     }
 }

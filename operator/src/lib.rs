@@ -221,8 +221,13 @@ async fn start(args: Args) -> Result<(), StartError> {
             .unwrap_or_else(|| "default".into());
         let me = std::env::var("POD_NAME")
             .unwrap_or_else(|_| format!("operator-{}", std::process::id()));
-        let elector =
-            leader::Elector::new(ctx.client.clone(), &namespace, "tokenmesh-operator", &me);
+        let elector = leader::Elector::new(
+            ctx.client.clone(),
+            &namespace,
+            "tokenmesh-operator",
+            &me,
+            ctx.clock.clone(),
+        );
         loop {
             match elector.try_lead().await {
                 Ok(true) => break,

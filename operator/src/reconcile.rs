@@ -675,7 +675,7 @@ mod api_tests {
         let mut deleting = scope(true);
         deleting.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                k8s_openapi::jiff::Timestamp::now(),
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
             ));
         let task = tokio::spawn(reconcile(Arc::new(deleting.clone()), ctx));
         let status = expect(
@@ -797,7 +797,7 @@ mod api_tests {
         let mut deleting = scope(true);
         deleting.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                k8s_openapi::jiff::Timestamp::now(),
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
             ));
         let task = tokio::spawn(reconcile(Arc::new(deleting.clone()), ctx));
         assert_eq!(expect_event(&mut api, "shop").await["reason"], "Removed");
