@@ -207,6 +207,28 @@ async fn grpc_introspect(
         .map(tonic::Response::into_inner)
 }
 
+/// The token server on HTTPS with the certificate `serving` of `ca`, asking
+/// for client certificates of the bundle `client_ca`; and its data dir.
+async fn https_server(
+    config: &Config,
+    ca: &TestCa,
+    serving: (&Path, &Path),
+    client_ca: &Path,
+) -> (Server, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let arg = |p: &Path| p.display().to_string();
+    let extra = vec![
+        "--tls-cert".into(),
+        arg(serving.0),
+        "--tls-key".into(),
+        arg(serving.1),
+        "--client-ca".into(),
+        arg(client_ca),
+    ];
+    let server = Server::start_with(config, data.path(), extra, client(ca, None), "https").await;
+    (server, data)
+}
+
 #[tokio::test]
 async fn certificates_authenticate_bind_tokens_and_guard_exchange() {
     let config = Config::new("{}");
@@ -267,17 +289,7 @@ spec:
   to: {{audience: payments, scopes: ["orders:read"]}}
 "#
     ));
-    let data = tempfile::tempdir().unwrap();
-    let arg = |p: &Path| p.display().to_string();
-    let extra = vec![
-        "--tls-cert".into(),
-        arg(&server_cert),
-        "--tls-key".into(),
-        arg(&server_key),
-        "--client-ca".into(),
-        arg(&ca.cert),
-    ];
-    let server = Server::start_with(&config, data.path(), extra, client(&ca, None), "https").await;
+    let (server, _data) = https_server(&config, &ca, (&server_cert, &server_key), &ca.cert).await;
     let grant = [
         ("grant_type", "client_credentials"),
         ("client_id", "orders"),
@@ -456,17 +468,7 @@ spec:
     let orders = new_ca.issue("orders");
     let bundle = config.dir.path().join("client-ca.crt");
     std::fs::copy(&ca.cert, &bundle).unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let arg = |p: &Path| p.display().to_string();
-    let extra = vec![
-        "--tls-cert".into(),
-        arg(&server_cert),
-        "--tls-key".into(),
-        arg(&server_key),
-        "--client-ca".into(),
-        arg(&bundle),
-    ];
-    let server = Server::start_with(&config, data.path(), extra, client(&ca, None), "https").await;
+    let (server, _data) = https_server(&config, &ca, (&server_cert, &server_key), &bundle).await;
     let grant = [
         ("grant_type", "client_credentials"),
         ("client_id", "orders"),

@@ -103,15 +103,18 @@ impl ClientCa {
         reload::watch(self.clone(), every);
     }
 
+    /// The bundle's verifier in use now.
+    fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        self.webpki.load().0.clone()
+    }
+
     /// The certificate a client presented, with the CA's verdict on its
     /// chain (end entity first).
     pub fn peer(&self, chain: &[CertificateDer<'_>]) -> Option<PeerCertificate> {
         let (end_entity, intermediates) = chain.split_first()?;
         let now = UnixTime::since_unix_epoch(Duration::from_secs(self.clock.unix()));
         let chain_verified = self
-            .webpki
-            .load()
-            .0
+            .verifier()
             .verify_client_cert(end_entity, intermediates, now)
             .is_ok();
         Some(PeerCertificate {
@@ -173,10 +176,7 @@ impl ClientCertVerifier for ClientCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki
-            .load()
-            .0
-            .verify_tls12_signature(message, cert, dss)
+        self.verifier().verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -185,14 +185,11 @@ impl ClientCertVerifier for ClientCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki
-            .load()
-            .0
-            .verify_tls13_signature(message, cert, dss)
+        self.verifier().verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.load().0.supported_verify_schemes()
+        self.verifier().supported_verify_schemes()
     }
 }
 
