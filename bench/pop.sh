@@ -153,10 +153,12 @@ pop_report() {
   local id label
   echo "#### Proof of possession: issuance over HTTPS, bearer, DPoP and mTLS"
   echo
+  echo "Requests per server core: req/s ÷ the share of its core the token server used, what one CPU-second of the server issues whatever the load generator or other processes left it (the bearer and mTLS rows are often bound by the load generator's core, the DPoP row by the server's)."
+  echo
   echo "One token server with \`--tls-cert\` and \`--client-ca\`, ES256 JWTs; vegeta $VEGETA_VERSION (HTTP/1.1 over TLS, $CONNS workers in a closed loop, keep-alive) on CPU $CCPU for all three rows. DPoP: a proof of its own per request, signed before the measured time by \`benchapp dpop\`; mTLS: \`tls_client_auth\`, the certificate presented once per connection."
   echo
-  echo '| case | req/s | p50 | p99 | ratio to bearer | server core | client core | errors |'
-  echo '|---|---:|---:|---:|---:|---:|---:|---|'
+  echo '| case | req/s | p50 | p99 | ratio to bearer | server core | req/s per server core | ratio to bearer | client core | errors |'
+  echo '|---|---:|---:|---:|---:|---:|---:|---:|---:|---|'
   for id in bearer-tls dpop mtls; do
     [[ -n ${RPS[$id]:-} ]] || continue
     case $id in
@@ -164,7 +166,8 @@ pop_report() {
       dpop) label='DPoP: `client_secret_basic` + a `DPoP` proof (ES256), `cnf.jkt`' ;;
       mtls) label='mTLS: `tls_client_auth`, `cnf.x5t#S256`' ;;
     esac
-    printf '| %s | %.0f | %s | %s | %s | %s | %s | %s |\n' "$label" "${RPS[$id]}" "$(ms "${P50[$id]}")" "$(ms "${P99[$id]}")" \
-      "$(ratio "${RPS[$id]}" "${RPS[bearer-tls]:-}")" "${SCPU_PCT[$id]}" "${CCPU_PCT[$id]}" "${ERR[$id]}"
+    printf '| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$label" "${RPS[$id]}" "$(ms "${P50[$id]}")" "$(ms "${P99[$id]}")" \
+      "$(ratio "${RPS[$id]}" "${RPS[bearer-tls]:-}")" "${SCPU_PCT[$id]}" "$(per_core "$id")" \
+      "$( [[ -n ${RPS[bearer-tls]:-} ]] && ratio "$(per_core "$id")" "$(per_core bearer-tls)" || echo -)" "${CCPU_PCT[$id]}" "${ERR[$id]}"
   done
 }

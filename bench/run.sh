@@ -464,9 +464,9 @@ row es256-pg '(c1) tokenmesh JWT ES256, the same PostgreSQL replica' healthz
 row introspect-pg '(h1) tokenmesh introspection of opaque tokens on a second PostgreSQL replica that did not issue them, cache off' healthz
 row peer-opaque "(e1) oidc-provider ${peer_ver} opaque token (its in-memory adapter)" healthz
 echo
-if want_pop; then pop_report; echo; fi
 # per_core id: requests per second of server CPU time (req/s ÷ server-core fraction)
 per_core() { awk -v r="${RPS[$1]}" -v f="${SFRAC[$1]:-0}" 'BEGIN { if (f > 0) printf "%.0f", r / f; else printf "0" }'; }
+if want_pop; then pop_report; echo; fi
 # goal_line label num den lo hi: "label (num)/(den): **r×** (goal: met)", valid only when both
 # cases had no errors; then the same per server core (what one CPU-second of the server does,
 # whatever share of its core other processes left it)
