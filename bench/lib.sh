@@ -134,7 +134,7 @@ ensure_vegeta() { # sets VEGETA
 ensure_benchapp() { # sets BENCHAPP: bench/benchapp built once per source version
   command -v go >/dev/null || die "go is required to build bench/benchapp"
   local stamp
-  stamp=$(cat "$here/benchapp/go.mod" "$here/benchapp/main.go" | sha256sum | cut -c1-12)
+  stamp=$(cat "$here/benchapp/go.mod" "$here"/benchapp/*.go | sha256sum | cut -c1-12)
   BENCHAPP=$CACHE/bin/benchapp-$stamp
   if [[ ! -x $BENCHAPP ]]; then
     log "building bench/benchapp into $BENCHAPP"

@@ -4,8 +4,9 @@
 # Prints a markdown table on stdout (progress on stderr). See bench/README.md.
 # Env knobs:
 #   BENCH_DURATION=10s  BENCH_WARMUP=2s  BENCH_CONNECTIONS=32
-#   BENCH_CASES="healthz opaque es256 eddsa exchange-http exchange-grpc introspect opaque-pg es256-pg introspect-pg bare peer"
-#               (subset to run; the *-pg cases start a throwaway PostgreSQL)
+#   BENCH_CASES="healthz opaque es256 eddsa exchange-http exchange-grpc introspect opaque-pg es256-pg introspect-pg bearer-tls dpop mtls bare peer"
+#               (subset to run; the *-pg cases start a throwaway PostgreSQL; bearer-tls, dpop
+#               and mtls run on HTTPS with --client-ca, under vegeta)
 #   BENCH_POOL=10000 (opaque tokens minted for the introspection cases)
 #   BENCH_SERVER_CPU=0  BENCH_CLIENT_CPU=1
 #   TOKEN_SERVER_BIN=path (skip cargo build)   BENCH_SKIP_BUILD=1
@@ -19,7 +20,8 @@ WARMUP=${BENCH_WARMUP:-2s}
 CONNS=${BENCH_CONNECTIONS:-32}
 TM_CASES="healthz opaque es256 eddsa exchange-http exchange-grpc introspect" # token-server, embedded store
 PG_CASES="opaque-pg es256-pg introspect-pg"                                   # token-server replicas on PostgreSQL
-CASES=" ${BENCH_CASES:-$TM_CASES $PG_CASES bare peer} "
+POP_CASES="bearer-tls dpop mtls"                                              # proof of possession: HTTPS, vegeta
+CASES=" ${BENCH_CASES:-$TM_CASES $PG_CASES $POP_CASES bare peer} "
 POOL=${BENCH_POOL:-10000}
 SCPU=${BENCH_SERVER_CPU:-0}
 CCPU=${BENCH_CLIENT_CPU:-1}
@@ -35,9 +37,10 @@ EXCHANGE_BODY='grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-excha
 GRPC_PATH=/tokenmesh.v1.TokenService/Exchange
 
 want() { [[ $CASES == *" $1 "* ]]; }
-want_tm() { local c; for c in $TM_CASES $PG_CASES; do want "$c" && return 0; done; return 1; }
+want_tm() { local c; for c in $TM_CASES $PG_CASES $POP_CASES; do want "$c" && return 0; done; return 1; }
 want_embedded() { local c; for c in $TM_CASES; do want "$c" && return 0; done; return 1; }
 want_pg() { local c; for c in $PG_CASES; do want "$c" && return 0; done; return 1; }
+want_pop() { local c; for c in $POP_CASES; do want "$c" && return 0; done; return 1; }
 want_exchange() { want exchange-http || want exchange-grpc; }
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/tokenmesh-bench.XXXXXX")
@@ -60,7 +63,11 @@ if want exchange-grpc; then # grpcio, for one real gRPC call before the load
   fi
 fi
 command -v taskset >/dev/null || die "taskset (util-linux) is required"
-if want introspect || want introspect-pg; then ensure_benchapp; fi # benchapp mint: the tokens to introspect
+if want introspect || want introspect-pg || want dpop; then ensure_benchapp; fi # benchapp mint, benchapp dpop
+if want_pop; then # vegeta: client certificates (wrk and h2load have none)
+  ensure_vegeta
+  command -v openssl >/dev/null || die "openssl is required for the TLS cases"
+fi
 want_pg && { command -v psql >/dev/null || die "psql is required for the PostgreSQL cases"; }
 command -v curl >/dev/null || die "curl is required"
 (( $(nproc) >= 2 )) || log "warning: fewer than 2 CPUs; server and wrk will share a core"
@@ -384,6 +391,12 @@ if want_pg; then
   pg_stop
 fi
 
+# --- proof of possession: bearer, DPoP and mTLS issuance over HTTPS (vegeta) ------
+if want_pop; then
+  source "$here/pop.sh"
+  run_pop
+fi
+
 # --- reference: the bare signer (bench/bare-signer), ES256 and EdDSA -------------
 if want bare; then
   for alg in ES256 EdDSA; do
@@ -431,8 +444,10 @@ echo
 h2v=; [[ -n ${RPS[exchange-grpc]:-} ]] && h2v=", $(h2load --version | head -n1) (1 thread, $CONNS connections × 1 stream)"
 echo "Machine: $(nproc) CPUs, ${cpu:-unknown CPU}, Linux $(uname -r). Server pinned to CPU $SCPU, wrk (1 thread, $CONNS connections) or h2load to CPU $CCPU; $WARMUP warm-up + $DURATION per case. $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2)$h2v$(command -v node >/dev/null && echo ", node $(node -v)")$( [[ $peer_ver != - ]] && echo ", oidc-provider $peer_ver"). Source $(source_line), $( [[ -n ${TOKEN_SERVER_BIN:-} ]] && echo "token-server binary $TOKEN_SERVER_BIN" || echo "release build"). Load average (1, 5, 15 min) at the start $LOAD_START, at the end $(cut -d' ' -f1-3 /proc/loadavg)."
 echo
+if want_embedded || want_pg || want bare || want peer; then
 echo '| case | req/s | p50 | p99 | ratio to (a) | server core | client core | errors |'
 echo '|---|---:|---:|---:|---:|---:|---:|---|'
+fi
 row healthz '(a) tokenmesh `GET /healthz` (ceiling)' healthz
 row opaque '(b) tokenmesh opaque token (embedded store)' healthz
 row es256 '(c) tokenmesh JWT ES256' healthz
@@ -451,6 +466,7 @@ row peer-opaque "(e1) oidc-provider ${peer_ver} opaque token (its in-memory adap
 echo
 # per_core id: requests per second of server CPU time (req/s ÷ server-core fraction)
 per_core() { awk -v r="${RPS[$1]}" -v f="${SFRAC[$1]:-0}" 'BEGIN { if (f > 0) printf "%.0f", r / f; else printf "0" }'; }
+if want_pop; then pop_report; echo; fi
 # goal_line label num den lo hi: "label (num)/(den): **r×** (goal: met)", valid only when both
 # cases had no errors; then the same per server core (what one CPU-second of the server does,
 # whatever share of its core other processes left it)

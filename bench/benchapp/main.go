@@ -7,6 +7,9 @@
 //	benchapp mint -url URL -client ID -secret S -form BODY -n N [-c 16] [-out FILE]
 //	    Fetches N access tokens (POST URL, HTTP Basic, form BODY) with C
 //	    concurrent keep-alive connections and writes one access_token a line.
+//	benchapp dpop -url URL -client ID -secret S -form BODY -n N [-out FILE]
+//	    Writes N vegeta targets for the token endpoint, each with a DPoP
+//	    proof of its own (dpop.go).
 package main
 
 import (
@@ -124,7 +127,7 @@ func mint(args []string) {
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: benchapp serve ADDR | benchapp mint -url URL -client ID -secret S -form BODY -n N [-c C] [-out FILE]")
+		fmt.Fprintln(os.Stderr, "usage: benchapp serve ADDR | benchapp mint -url URL -client ID -secret S -form BODY -n N [-c C] [-out FILE] | benchapp dpop -url URL -client ID -secret S -form BODY -n N [-out FILE]")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -136,6 +139,8 @@ func main() {
 		serve(os.Args[2])
 	case "mint":
 		mint(os.Args[2:])
+	case "dpop":
+		dpop(os.Args[2:])
 	default:
 		fmt.Fprintln(os.Stderr, "benchapp: unknown command", os.Args[1])
 		os.Exit(2)

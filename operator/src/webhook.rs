@@ -9,6 +9,9 @@ use k8s_openapi::apimachinery::pkg::{api::resource::Quantity, util::intstr::IntO
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use serde_json::{Value, json};
 
+mod inbound_tls;
+pub use inbound_tls::INBOUND_TLS_SECRET;
+
 /// Label (pod) that asks for injection; namespaces are chosen by the
 /// MutatingWebhookConfiguration's selector.
 pub const INJECT: &str = "tokenmesh.dev/inject";
@@ -427,15 +430,24 @@ pub fn mutate(
             probe_headers.join(","),
         ));
     }
+    let mut volumes = vec![token_volume(config)];
+    if let Some(tls) = inbound_tls::inbound_tls(pod) {
+        sidecar_env.extend(tls.env);
+        sidecar
+            .volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(tls.mount);
+        volumes.push(tls.volume);
+    }
     ops.push(json!({"op": "add", "path": "/spec/containers/-", "value": sidecar}));
     ops.extend(probe_ops);
     match spec.and_then(|s| s.volumes.as_ref()) {
         Some(_) => {
-            ops.push(json!({"op": "add", "path": "/spec/volumes/-", "value": token_volume(config)}))
+            for volume in volumes {
+                ops.push(json!({"op": "add", "path": "/spec/volumes/-", "value": volume}));
+            }
         }
-        None => {
-            ops.push(json!({"op": "add", "path": "/spec/volumes", "value": [token_volume(config)]}))
-        }
+        None => ops.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes})),
     }
     let outbound_captured = init
         .as_ref()
@@ -708,6 +720,63 @@ mod tests {
                 .unwrap()
                 .contains("AdmissionReview"),
             "{answer}"
+        );
+    }
+
+    #[test]
+    fn a_pods_inbound_tls_secret_gives_the_sidecar_its_certificate_and_client_ca() {
+        let dir = "/var/run/secrets/tokenmesh-inbound-tls";
+        for volumes in [None, Some(json!([{"name": "data", "emptyDir": {}}]))] {
+            let mut original = pod(
+                json!({INBOUND_TLS_SECRET: "orders-tls"}),
+                json!([{"name": "app", "image": "orders"}]),
+            );
+            if let Some(volumes) = &volumes {
+                original["spec"]["volumes"] = volumes.clone();
+            }
+            let result = patched(&review(&admission(original.clone()), &config()), &original);
+            let env = sidecar_env(&original);
+            assert_eq!(
+                env["TOKENMESH_SIDECAR_INBOUND_TLS_CERT"],
+                format!("{dir}/tls.crt")
+            );
+            assert_eq!(
+                env["TOKENMESH_SIDECAR_INBOUND_TLS_KEY"],
+                format!("{dir}/tls.key")
+            );
+            assert_eq!(
+                env["TOKENMESH_SIDECAR_INBOUND_CLIENT_CA"],
+                format!("{dir}/ca.crt")
+            );
+            let sidecar = &result["spec"]["containers"][1];
+            assert_eq!(
+                sidecar["volumeMounts"][1],
+                json!({"name": "tokenmesh-inbound-tls", "mountPath": dir, "readOnly": true})
+            );
+            // The application's containers do not see the key.
+            assert!(
+                result["spec"]["containers"][0]
+                    .get("volumeMounts")
+                    .is_none()
+            );
+            let all = result["spec"]["volumes"].as_array().unwrap();
+            let tls = all
+                .iter()
+                .find(|v| v["name"] == "tokenmesh-inbound-tls")
+                .unwrap();
+            assert_eq!(
+                tls["secret"],
+                json!({"secretName": "orders-tls", "defaultMode": 0o444, "items": [
+                    {"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"},
+                    {"key": "ca.crt", "path": "ca.crt"}]})
+            );
+            assert_eq!(all.len(), if volumes.is_some() { 3 } else { 2 });
+        }
+        // Without the annotation, plain HTTP as before.
+        let env = sidecar_env(&pod(json!({}), json!([{"name": "app", "image": "orders"}])));
+        assert!(
+            !env.keys()
+                .any(|k| k.contains("INBOUND_TLS") || k.contains("CLIENT_CA"))
         );
     }
 

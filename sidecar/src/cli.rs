@@ -102,7 +102,8 @@ pub struct Args {
 
     /// PEM CA bundle: the inbound TLS listener asks callers for a client
     /// certificate (optional), which a certificate-bound token
-    /// (`cnf.x5t#S256`, RFC 8705) must match.
+    /// (`cnf.x5t#S256`, RFC 8705) must match. Read again every 5 s, like
+    /// the certificate.
     #[arg(
         long,
         env = "TOKENMESH_SIDECAR_INBOUND_CLIENT_CA",

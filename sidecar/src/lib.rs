@@ -56,13 +56,17 @@ fn inbound_tls(
         return Ok(None);
     };
     let certificate = ReloadingCertificate::load(cert, key).map_err(|e| e.to_string())?;
-    certificate.watch(std::time::Duration::from_secs(5));
+    let every = std::time::Duration::from_secs(5);
+    certificate.watch(every);
     let client_ca = args
         .inbound_client_ca
         .as_deref()
         .map(|path| ClientCa::load(path, clock.clone()))
         .transpose()
         .map_err(|e| e.to_string())?;
+    if let Some(client_ca) = &client_ca {
+        client_ca.watch(every);
+    }
     certificate
         .acceptor(ALPN_HTTP, client_ca.as_ref())
         .map(Some)

@@ -50,6 +50,7 @@ VALUE_SETS = {
     "postgres": ([HERE / "values-postgres.yaml"], []),
     "secret-cert": ([HERE / "values-secret-cert.yaml"], []),
     "cert-manager": ([HERE / "values-cert-manager.yaml"], []),
+    "financial-grade": ([HERE / "values-financial-grade.yaml"], []),
     "cert-manager-selfsigned": ([], ["webhook.certificate.source=certManager"]),
     "no-workload-identity": ([], ["tokenServer.workloadIdentity.enabled=false"]),
     "tracing": ([], ["tracing.otlpEndpoint=http://otel-collector.observability:4317",
@@ -851,6 +852,41 @@ def test_tls_from_cert_manager_or_a_secret_is_trusted_through_its_ca():
     assert "--token-server-ca=/etc/tokenmesh/token-server-ca/ca.crt" in op["containers"][0]["args"]
 
 
+def test_client_ca_and_dpop_nonces_for_a_financial_grade_mesh():
+    """docs/financial-grade.md: the client CA bundle mounted from a ConfigMap or a Secret as a directory (no
+    subPath: kubelet's updates reach the pod and the token server reloads the bundle), --client-ca given, and
+    DPoP nonces required in the TokenServer spec."""
+    name = f"{FULLNAME}-token-server"
+
+    def token_server(docs):
+        spec = one(docs, "Deployment", name)["spec"]["template"]["spec"]
+        c = spec["containers"][0]
+        mounts = {m["name"]: m for m in c["volumeMounts"]}
+        return c["args"], mounts, {v["name"]: v for v in spec["volumes"]}
+
+    args, mounts, volumes = token_server(manifests("default"))
+    assert not any(a.startswith("--client-ca") for a in args) and "client-ca" not in volumes
+    config = yaml.safe_load(one(manifests("default"), "ConfigMap", name)["data"]["tokenserver.yaml"])
+    assert config["spec"]["dpop"] == {"requireNonce": False}
+
+    docs = manifests("financial-grade")
+    args, mounts, volumes = token_server(docs)
+    assert "--client-ca=/etc/tokenmesh/client-ca/ca.crt" in args
+    assert mounts["client-ca"] == {"name": "client-ca", "mountPath": "/etc/tokenmesh/client-ca", "readOnly": True}
+    assert volumes["client-ca"]["secret"] == {"secretName": "mesh-client-ca", "defaultMode": 0o440,
+                                              "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    config = yaml.safe_load(one(docs, "ConfigMap", name)["data"]["tokenserver.yaml"])
+    assert config["spec"]["dpop"] == {"requireNonce": True}
+    assert crdcheck.validate(config, crdcheck.load_crds(CRDS)) == []
+
+    from_map = documents(run(HELM4, *template_args(sets=["tokenServer.tls.clientCa.configMapName=mesh-client-ca",
+                                                         "tokenServer.tls.clientCa.key=bundle.pem"])).stdout)
+    args, mounts, volumes = token_server(from_map)
+    assert "--client-ca=/etc/tokenmesh/client-ca/ca.crt" in args and "subPath" not in mounts["client-ca"]
+    assert volumes["client-ca"]["configMap"] == {"name": "mesh-client-ca",
+                                                 "items": [{"key": "bundle.pem", "path": "ca.crt"}]}
+
+
 def test_a_namespaced_operator_may_keep_the_token_servers_certificate():
     docs = documents(run(HELM4, *template_args(sets=["operator.namespaces={shop}"])).stdout)
     role = one(docs, "Role", f"{FULLNAME}-operator-token-server-certificate")
@@ -1007,6 +1043,11 @@ FAIL_MESSAGES = {
     "webhook Secret without CA": (["webhook.certificate.source=secret", "webhook.certificate.secret.name=x"],
                                   "needs webhook.certificate.secret.caBundle"),
     "TLS from a Secret without its name": (["tokenServer.tls.source=secret"], "needs tokenServer.tls.secretName"),
+    "client CA from a ConfigMap and a Secret": (["tokenServer.tls.clientCa.configMapName=a",
+                                                 "tokenServer.tls.clientCa.secretName=b"],
+                                                "set configMapName or secretName, not both"),
+    "client CA without TLS": (["tokenServer.tls.enabled=false", "tokenServer.tls.clientCa.secretName=b"],
+                              "tokenServer.tls.clientCa needs tokenServer.tls.enabled=true"),
     "operator keys with a namespaced operator": (["tokenServer.signingKeys=operator", "operator.namespaces={shop}"],
                                                  "tokenServer.signingKeys=operator needs the cluster-wide operator"),
     "key encryption of operator keys": (["tokenServer.signingKeys=operator", "tokenServer.keyEncryption.secretName=kek"],

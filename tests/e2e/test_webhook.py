@@ -88,3 +88,27 @@ def test_opted_out_and_unlabelled_pods_are_stored_untouched(kube, operator, name
         assert [c["name"] for c in stored["spec"]["containers"]] == ["app"], (name, stored["spec"]["containers"])
         assert "tokenmesh.dev/injected" not in (stored["metadata"].get("annotations") or {}), name
         assert not any(e["name"] == "HTTP_PROXY" for e in stored["spec"]["containers"][0].get("env", [])), name
+
+
+def test_a_pod_naming_an_inbound_tls_secret_gets_it_mounted_for_the_sidecar_only(kube, operator, namespace):
+    """tokenmesh.dev/inbound-tls-secret (docs/financial-grade.md): the API server stores the patched Pod, its
+    Secret volume valid as written (items, mode), mounted into the sidecar alone."""
+    ns = namespace
+    injection_namespace(kube, ns)
+    wait_until(lambda: published_bundle(kube), 30, "the operator to publish the CA bundle")
+    kube.apply(pod(ns, "payments", labels={"tokenmesh.dev/inject": "true"},
+                   annotations={"tokenmesh.dev/inbound-tls-secret": "payments-tls"}, account="orders"))
+    stored = kube.get("pod", "payments", ns)
+    containers = {c["name"]: c for c in stored["spec"]["containers"]}
+    sidecar = containers[SIDECAR]
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    mounts = {m["name"]: m for m in sidecar["volumeMounts"]}
+    tls = mounts["tokenmesh-inbound-tls"]
+    assert tls["readOnly"] is True
+    assert env["TOKENMESH_SIDECAR_INBOUND_TLS_CERT"] == f"{tls['mountPath']}/tls.crt"
+    assert env["TOKENMESH_SIDECAR_INBOUND_TLS_KEY"] == f"{tls['mountPath']}/tls.key"
+    assert env["TOKENMESH_SIDECAR_INBOUND_CLIENT_CA"] == f"{tls['mountPath']}/ca.crt"
+    volume = {v["name"]: v for v in stored["spec"]["volumes"]}["tokenmesh-inbound-tls"]
+    assert volume["secret"]["secretName"] == "payments-tls"
+    assert [i["key"] for i in volume["secret"]["items"]] == ["tls.crt", "tls.key", "ca.crt"]
+    assert not any(m["name"] == "tokenmesh-inbound-tls" for m in containers["app"].get("volumeMounts", []))

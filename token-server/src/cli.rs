@@ -126,7 +126,9 @@ pub struct Args {
     /// listeners ask for a client certificate (optional: bearer clients
     /// connect as before). `tls_client_auth` clients need one that chains
     /// to this bundle; `self_signed_tls_client_auth` clients are matched by
-    /// key, whoever issued it.
+    /// key, whoever issued it. Read again every 5 s: a changed bundle is
+    /// trusted from the next connection on (an invalid one is logged and
+    /// the previous one kept).
     #[arg(long, env = "TOKENMESH_CLIENT_CA", requires = "tls_cert")]
     pub client_ca: Option<PathBuf>,
 

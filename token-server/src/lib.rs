@@ -283,6 +283,9 @@ async fn start(args: Args) -> Result<(), StartError> {
         .map(|path| tls::ClientCa::load(path, clock.clone()))
         .transpose()
         .map_err(http::ServeError::Tls)?;
+    if let Some(client_ca) = &client_ca {
+        client_ca.watch(TLS_RELOAD_EVERY);
+    }
     let parts = state::Parts {
         source,
         secrets: Box::new(secrets),

@@ -218,6 +218,12 @@ every install renders.
 {{- if and $ts.tls.enabled (eq $ts.tls.source "secret") (not $ts.tls.secretName) -}}
 {{- fail "tokenServer.tls.source=secret needs tokenServer.tls.secretName (a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt)" -}}
 {{- end -}}
+{{- if and $ts.tls.clientCa.configMapName $ts.tls.clientCa.secretName -}}
+{{- fail "tokenServer.tls.clientCa: set configMapName or secretName, not both" -}}
+{{- end -}}
+{{- if and (or $ts.tls.clientCa.configMapName $ts.tls.clientCa.secretName) (not $ts.tls.enabled) -}}
+{{- fail "tokenServer.tls.clientCa needs tokenServer.tls.enabled=true: client certificates come with the TLS handshake" -}}
+{{- end -}}
 {{- if and $ts.keyEncryption.previous (not $ts.keyEncryption.secretName) -}}
 {{- fail "tokenServer.keyEncryption.previous needs tokenServer.keyEncryption.secretName: the secret that encrypts now" -}}
 {{- end -}}

@@ -207,6 +207,28 @@ async fn grpc_introspect(
         .map(tonic::Response::into_inner)
 }
 
+/// The token server on HTTPS with the certificate `serving` of `ca`, asking
+/// for client certificates of the bundle `client_ca`; and its data dir.
+async fn https_server(
+    config: &Config,
+    ca: &TestCa,
+    serving: (&Path, &Path),
+    client_ca: &Path,
+) -> (Server, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let arg = |p: &Path| p.display().to_string();
+    let extra = vec![
+        "--tls-cert".into(),
+        arg(serving.0),
+        "--tls-key".into(),
+        arg(serving.1),
+        "--client-ca".into(),
+        arg(client_ca),
+    ];
+    let server = Server::start_with(config, data.path(), extra, client(ca, None), "https").await;
+    (server, data)
+}
+
 #[tokio::test]
 async fn certificates_authenticate_bind_tokens_and_guard_exchange() {
     let config = Config::new("{}");
@@ -267,17 +289,7 @@ spec:
   to: {{audience: payments, scopes: ["orders:read"]}}
 "#
     ));
-    let data = tempfile::tempdir().unwrap();
-    let arg = |p: &Path| p.display().to_string();
-    let extra = vec![
-        "--tls-cert".into(),
-        arg(&server_cert),
-        "--tls-key".into(),
-        arg(&server_key),
-        "--client-ca".into(),
-        arg(&ca.cert),
-    ];
-    let server = Server::start_with(&config, data.path(), extra, client(&ca, None), "https").await;
+    let (server, _data) = https_server(&config, &ca, (&server_cert, &server_key), &ca.cert).await;
     let grant = [
         ("grant_type", "client_credentials"),
         ("client_id", "orders"),
@@ -425,4 +437,75 @@ spec:
         .unwrap();
     assert_eq!(revoked.status(), 200);
     assert_eq!(server.introspect(&token).await["active"], false);
+}
+
+/// The --client-ca bundle is read again when its file changes (issue #18):
+/// a client whose CA is not in the bundle is refused, the bundle is
+/// replaced the way Kubernetes updates a mounted ConfigMap (a new file
+/// renamed over the old), and the same client then authenticates, with no
+/// restart. Waits for the change, not for a fixed time.
+#[tokio::test]
+async fn a_replaced_client_ca_bundle_is_trusted_without_a_restart() {
+    let config = Config::new("{}");
+    config.append(
+        r#"
+---
+apiVersion: tokenmesh.dev/v1alpha1
+kind: OAuthClient
+metadata: {name: orders}
+spec:
+  clientId: orders
+  grantTypes: [client_credentials]
+  authentication: {method: tls_client_auth, tlsClientAuth: {subjectDn: "CN=orders"}}
+  scopes: ["orders:read"]
+  audiences: [orders]
+"#,
+    );
+    let ca = TestCa::new(config.dir.path());
+    let new_dir = tempfile::tempdir().unwrap();
+    let new_ca = TestCa::new(new_dir.path());
+    let (server_cert, server_key) = ca.issue("server");
+    let orders = new_ca.issue("orders");
+    let bundle = config.dir.path().join("client-ca.crt");
+    std::fs::copy(&ca.cert, &bundle).unwrap();
+    let (server, _data) = https_server(&config, &ca, (&server_cert, &server_key), &bundle).await;
+    let grant = [
+        ("grant_type", "client_credentials"),
+        ("client_id", "orders"),
+    ];
+    let with_orders = client(&ca, Some(&orders));
+    let (status, body) = post(&with_orders, &server, None, &grant).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client")),
+        "a CA not in the bundle: {body}"
+    );
+
+    let mut both = std::fs::read(&ca.cert).unwrap();
+    both.extend(std::fs::read(&new_ca.cert).unwrap());
+    let next = config.dir.path().join("client-ca.next");
+    std::fs::write(&next, both).unwrap();
+    std::fs::rename(&next, &bundle).unwrap();
+
+    // The server reads the file every 5 s: within 30 s the client is in.
+    // A connection's certificate is judged once, at its handshake: each try
+    // is a new connection.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, body) = post(&client(&ca, Some(&orders)), &server, None, &grant).await;
+        if status == 200 {
+            let x5t = thumbprint_of(&der(&orders.0));
+            assert_eq!(
+                jwt_part(body["access_token"].as_str().unwrap(), 1)["cnf"]["x5t#S256"],
+                x5t.as_str()
+            );
+            break;
+        }
+        assert_eq!(status, 401, "{body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new CA is still not trusted: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

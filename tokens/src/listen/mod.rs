@@ -1,9 +1,11 @@
 //! Bounded HTTP/1 and HTTP/2 listeners, shared by the token server and the
 //! sidecar: slow and idle clients are cut off, the number of connections is
-//! capped, and TLS certificates are reloaded from their files without a
-//! restart.
+//! capped, and TLS certificates and client CA bundles are reloaded from
+//! their files without a restart.
 
+pub mod client_ca;
 pub mod deadlines;
+pub mod reload;
 pub mod serve;
 pub mod tls;
 
