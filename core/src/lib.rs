@@ -2,7 +2,8 @@
 //! database or Kubernetes client in here.
 //!
 //! - [`document`] and [`registry`]: the applied resources (clients, scopes,
-//!   exchange policies, server settings), applied and validated;
+//!   exchange policies, identity providers, server settings), applied and
+//!   validated;
 //! - [`plan`]: which scopes and audiences a request gets, and the claims of
 //!   a new token;
 //! - [`policy`]: the ExchangePolicy engine (exchange, embed, share);
@@ -13,6 +14,7 @@
 //!   [`client_auth::Credentials`];
 //! - [`issue`] and [`exchange`]: issuance and RFC 8693 exchange decisions,
 //!   minting through the [`ports`];
+//! - [`password`]: argon2id password hashes of `static` users;
 //! - [`error`]: the RFC 6749 error every part answers with.
 //!
 //! Side effects (signing, the opaque-token store, looking up presented
@@ -29,6 +31,7 @@ pub mod exchange;
 pub mod introspection;
 pub mod issue;
 pub mod key_wrap;
+pub mod password;
 pub mod plan;
 pub mod policy;
 pub mod ports;

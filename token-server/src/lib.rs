@@ -5,6 +5,7 @@ pub mod change;
 pub mod cli;
 pub mod config;
 pub mod grpc;
+mod hash_password;
 pub mod http;
 pub mod keys;
 pub mod kubernetes_issuer;
@@ -52,6 +53,9 @@ pub enum StartError {
 }
 
 pub fn run(args: Args) -> ExitCode {
+    if args.command == Some(cli::Command::HashPassword) {
+        return hash_password::run();
+    }
     let telemetry = runtime::Telemetry {
         format: args.log_format,
         filter: args.log.clone(),
@@ -61,6 +65,8 @@ pub fn run(args: Args) -> ExitCode {
     runtime::run("token-server", &telemetry, async {
         match args.command {
             Some(cli::Command::Migrate) => migrate(&args).await,
+            // Answered above, without a runtime or logs.
+            Some(cli::Command::HashPassword) => Ok(()),
             None => start(args).await,
         }
     })
