@@ -15,6 +15,8 @@
 //! - [`issue`] and [`exchange`]: issuance and RFC 8693 exchange decisions,
 //!   minting through the [`ports`];
 //! - [`password`]: argon2id password hashes of `static` users;
+//! - [`signin`]: signing people in: authorization requests, codes with
+//!   PKCE, refresh-token rotation, ID tokens;
 //! - [`error`]: the RFC 6749 error every part answers with.
 //!
 //! Side effects (signing, the opaque-token store, looking up presented
@@ -36,6 +38,7 @@ pub mod plan;
 pub mod policy;
 pub mod ports;
 pub mod registry;
+pub mod signin;
 #[cfg(test)]
 mod testing;
 
