@@ -23,12 +23,18 @@ pub struct Endpoints {
     pub introspection: String,
     pub revocation: String,
     pub jwks: String,
+    pub authorization: String,
+    pub userinfo: String,
+    pub end_session: String,
 }
 
 pub const TOKEN_PATH: &str = "/oauth2/token";
 pub const INTROSPECTION_PATH: &str = "/oauth2/introspect";
 pub const REVOCATION_PATH: &str = "/oauth2/revoke";
 pub const JWKS_PATH: &str = "/jwks";
+pub const AUTHORIZATION_PATH: &str = "/oauth2/authorize";
+pub const USERINFO_PATH: &str = "/oauth2/userinfo";
+pub const END_SESSION_PATH: &str = "/oauth2/logout";
 
 impl Endpoints {
     pub fn for_issuer(issuer: &str) -> Self {
@@ -37,6 +43,9 @@ impl Endpoints {
             introspection: format!("{issuer}{INTROSPECTION_PATH}"),
             revocation: format!("{issuer}{REVOCATION_PATH}"),
             jwks: format!("{issuer}{JWKS_PATH}"),
+            authorization: format!("{issuer}{AUTHORIZATION_PATH}"),
+            userinfo: format!("{issuer}{USERINFO_PATH}"),
+            end_session: format!("{issuer}{END_SESSION_PATH}"),
         }
     }
 }

@@ -120,7 +120,7 @@ async fn handle(
 }
 
 /// Stores a revocation and remembers it at once on this replica.
-async fn record(
+pub(crate) async fn record(
     state: &AppState,
     kind: RevocationKind,
     id: &str,
