@@ -35,7 +35,7 @@ pub struct IdTokenClaims {
 }
 
 /// The claims each OpenID Connect scope releases (OIDC Core §5.4).
-const BY_SCOPE: [(&str, &[&str]); 4] = [
+pub const BY_SCOPE: [(&str, &[&str]); 4] = [
     (
         "profile",
         &[
@@ -59,6 +59,30 @@ const BY_SCOPE: [(&str, &[&str]); 4] = [
     ("address", &["address"]),
     ("phone", &["phone_number", "phone_number_verified"]),
 ];
+
+/// The claims an ID token carries about the authentication itself.
+pub const ID_TOKEN_CLAIMS: [&str; 12] = [
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "iat",
+    "auth_time",
+    "nonce",
+    "at_hash",
+    "acr",
+    "amr",
+    "sid",
+    "azp",
+];
+
+/// Every claim ID tokens and UserInfo may carry, for discovery.
+pub fn claims_supported() -> Vec<&'static str> {
+    ID_TOKEN_CLAIMS
+        .into_iter()
+        .chain(BY_SCOPE.iter().flat_map(|(_, names)| names.iter().copied()))
+        .collect()
+}
 
 /// The user's claims the granted scopes release.
 pub fn user_claims(authorization: &Authorization) -> Map<String, Value> {

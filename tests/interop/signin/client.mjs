@@ -45,14 +45,7 @@ const afterReuse = await errorOf(client.refreshTokenGrant(config, refreshed.refr
 const replayedCode = await errorOf(client.authorizationCodeGrant(config, location, checks));
 
 // A second sign-in: the session is there (SSO), consent remembered.
-const second = await browser.signIn(client.buildAuthorizationUrl(config, {
-  redirect_uri: redirectUri,
-  scope: 'openid profile email offline_access',
-  code_challenge: await client.calculatePKCECodeChallenge(verifier),
-  code_challenge_method: 'S256',
-  state,
-  nonce,
-}), username, password);
+const second = await browser.signIn(authorizationUrl, username, password);
 
 const logoutUrl = client.buildEndSessionUrl(config, {
   id_token_hint: tokens.id_token,

@@ -30,22 +30,12 @@ use super::{
 };
 use crate::{state::AppState, store::SsoSession};
 
-/// Longest query string read (the same bound as a form body's parameters).
-const MAX_QUERY: usize = 16 * 1024;
-
 pub async fn authorize_get(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let query = query.unwrap_or_default();
-    if query.len() > MAX_QUERY {
-        return pages::error(StatusCode::URI_TOO_LONG, "The sign-in request is too long.");
-    }
-    match Form::parse(query.as_bytes()) {
-        Ok(form) => flow(&state, &headers, &form, false).await,
-        Err(err) => pages::error(StatusCode::BAD_REQUEST, err.description()),
-    }
+    answer(&state, &headers, Form::from_query(query.as_deref()), false).await
 }
 
 pub async fn authorize_post(
@@ -53,8 +43,18 @@ pub async fn authorize_post(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match Form::read(&headers, body).await {
-        Ok(form) => flow(&state, &headers, &form, true).await,
+    answer(&state, &headers, Form::read(&headers, body).await, true).await
+}
+
+/// The flow for a request read as a form, or the page that says why not.
+async fn answer(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: Result<Form, OAuthError>,
+    post: bool,
+) -> Response {
+    match form {
+        Ok(form) => flow(state, headers, &form, post).await,
         Err(OAuthError::TooLarge) => pages::error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "The sign-in request is too long.",

@@ -31,11 +31,7 @@ pub async fn logout_get(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let query = query.unwrap_or_default();
-    match Form::parse(query.as_bytes()) {
-        Ok(form) if query.len() <= MAX_HINT => logout(&state, &headers, &form, false).await,
-        _ => pages::error(StatusCode::BAD_REQUEST, "The logout request is not valid."),
-    }
+    answer(&state, &headers, Form::from_query(query.as_deref()), false).await
 }
 
 pub async fn logout_post(
@@ -43,8 +39,17 @@ pub async fn logout_post(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match Form::read(&headers, body).await {
-        Ok(form) => logout(&state, &headers, &form, true).await,
+    answer(&state, &headers, Form::read(&headers, body).await, true).await
+}
+
+async fn answer(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: Result<Form, tokenmesh_core::OAuthError>,
+    post: bool,
+) -> Response {
+    match form {
+        Ok(form) => logout(state, headers, &form, post).await,
         Err(_) => pages::error(StatusCode::BAD_REQUEST, "The logout request is not valid."),
     }
 }

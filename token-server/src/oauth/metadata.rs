@@ -10,7 +10,7 @@ use axum::{
 };
 use serde_json::json;
 
-use tokenmesh_core::signin::grant::OIDC_SCOPES;
+use tokenmesh_core::signin::{grant::OIDC_SCOPES, id_token};
 use tokenmesh_crds::GrantType;
 
 use crate::state::AppState;
@@ -26,41 +26,6 @@ const TOKEN_AUTH_METHODS: [&str; 4] = [
     "client_secret_post",
     "private_key_jwt",
     "none",
-];
-/// The claims ID tokens and UserInfo carry (those of the standard scopes
-/// when the user has them).
-const CLAIMS: [&str; 31] = [
-    "iss",
-    "sub",
-    "aud",
-    "exp",
-    "iat",
-    "auth_time",
-    "nonce",
-    "at_hash",
-    "acr",
-    "amr",
-    "sid",
-    "azp",
-    "name",
-    "family_name",
-    "given_name",
-    "middle_name",
-    "nickname",
-    "preferred_username",
-    "profile",
-    "picture",
-    "website",
-    "gender",
-    "birthdate",
-    "zoneinfo",
-    "locale",
-    "updated_at",
-    "email",
-    "email_verified",
-    "address",
-    "phone_number",
-    "phone_number_verified",
 ];
 const MTLS_AUTH_METHODS: [&str; 2] = ["tls_client_auth", "self_signed_tls_client_auth"];
 const ASSERTION_ALGS: [&str; 8] = [
@@ -117,7 +82,7 @@ pub async fn metadata(State(state): State<Arc<AppState>>) -> Response {
         "authorization_response_iss_parameter_supported": true,
         "prompt_values_supported": ["none", "login", "consent", "select_account"],
         "userinfo_signing_alg_values_supported": [],
-        "claims_supported": CLAIMS,
+        "claims_supported": id_token::claims_supported(),
         "claims_parameter_supported": false,
         "request_parameter_supported": false,
         "request_uri_parameter_supported": false,
