@@ -18,7 +18,7 @@ use super::{
     StoreError, StoreResult, StoredKey,
     batch::{Batch, Batcher},
     rows::{KeyRow, MarksRow, OpaqueRow, RevocationRow, int},
-    signin::{AuthCode, CodeUse, RefreshToken, SsoSession},
+    signin::{AuthCode, CodeUse, RefreshToken, SsoSession, sql::MAX_CODES},
 };
 
 /// Advisory lock ids (arbitrary, fixed).
@@ -122,6 +122,7 @@ pub struct PgStore {
     pool: PgPool,
     writes: Batcher<TokenWriter>,
     reads: Batcher<TokenReader>,
+    codes: Batcher<signin::CodeWriter>,
 }
 
 /// Opaque tokens per statement, at most.
@@ -221,10 +222,18 @@ impl PgStore {
             TokenReader { pool: pool.clone() },
             MAX_BATCH,
         );
+        let codes = Batcher::spawn(
+            "postgres_auth_codes",
+            signin::CodeWriter {
+                writer: pool.clone(),
+            },
+            MAX_CODES,
+        );
         Ok(Self {
             pool,
             writes,
             reads,
+            codes,
         })
     }
 
@@ -465,7 +474,7 @@ impl Store for PgStore {
     }
 
     async fn put_auth_code(&self, code: &AuthCode) -> StoreResult<()> {
-        signin::put_auth_code(&self.pool, code).await
+        self.codes.submit(code.clone()).await
     }
 
     async fn use_auth_code(&self, hash: &SecretHash) -> StoreResult<CodeUse> {

@@ -75,8 +75,31 @@ pub struct RefreshToken {
 
 /// The SQL both backends run (sqlx binds `$n` on SQLite too).
 pub(super) mod sql {
-    pub const INSERT_CODE: &str = "INSERT INTO auth_codes (hash, client_id, redirect_uri, code_challenge, scope, nonce, session_id, subject, auth_time, grant_id, expires_at, details, used)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0)";
+    use std::sync::LazyLock;
+
+    /// Codes written in one statement, at most (12 parameters each).
+    pub const MAX_CODES: usize = 64;
+
+    /// `INSERT_CODES[n - 1]` inserts n codes: one statement, so one
+    /// transaction, for all the codes that queued (group commit, `batch`).
+    pub static INSERT_CODES: LazyLock<Vec<String>> = LazyLock::new(|| {
+        (0..MAX_CODES)
+            .map(|rows| {
+                let values: Vec<String> = (0..=rows)
+                    .map(|row| {
+                        let params: Vec<String> =
+                            (1..=12).map(|i| format!("${}", row * 12 + i)).collect();
+                        format!("({}, 0)", params.join(", "))
+                    })
+                    .collect();
+                format!(
+                    "INSERT INTO auth_codes (hash, client_id, redirect_uri, code_challenge, scope, nonce, session_id, subject, auth_time, grant_id, expires_at, details, used) VALUES {}",
+                    values.join(", ")
+                )
+            })
+            .collect()
+    });
+
     /// Counts every redemption: `used` is 1 after the first.
     pub const USE_CODE: &str = "UPDATE auth_codes SET used = used + 1 WHERE hash = $1 RETURNING hash, client_id, redirect_uri, code_challenge, scope, nonce, session_id, subject, auth_time, grant_id, expires_at, details, used";
     pub const INSERT_SESSION: &str = "INSERT INTO sso_sessions (hash, sid, subject, idp, auth_time, amr, expires_at, idle_expires_at, claims)
@@ -114,23 +137,41 @@ macro_rules! queries {
             T::try_from(row).map_err(|e| StoreError::Corrupt(e.to_string()))
         }
 
-        pub(super) async fn put_auth_code(writer: &$pool, code: &AuthCode) -> StoreResult<()> {
-            sqlx::query(sql::INSERT_CODE)
-                .bind(code.hash.as_bytes().as_slice())
-                .bind(&code.client_id)
-                .bind(&code.redirect_uri)
-                .bind(&code.code_challenge)
-                .bind(&code.scope)
-                .bind(&code.nonce)
-                .bind(&code.session_id)
-                .bind(&code.subject)
-                .bind(int(code.auth_time))
-                .bind(&code.grant_id)
-                .bind(int(code.expires_at))
-                .bind(&code.details)
-                .execute(writer)
-                .await?;
-            Ok(())
+        /// Writes the authorization codes that queued, in one statement:
+        /// each request is answered once its code is committed.
+        pub(super) struct CodeWriter {
+            pub(super) writer: $pool,
+        }
+
+        impl crate::store::batch::Batch for CodeWriter {
+            type Item = AuthCode;
+            type Output = ();
+
+            async fn run(&self, codes: &[AuthCode]) -> StoreResult<Vec<()>> {
+                let text = sql::INSERT_CODES
+                    .get(codes.len().wrapping_sub(1))
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!("a batch of {} codes", codes.len()))
+                    })?;
+                let mut insert = sqlx::query(text.as_str());
+                for code in codes {
+                    insert = insert
+                        .bind(code.hash.as_bytes().as_slice())
+                        .bind(&code.client_id)
+                        .bind(&code.redirect_uri)
+                        .bind(&code.code_challenge)
+                        .bind(&code.scope)
+                        .bind(&code.nonce)
+                        .bind(&code.session_id)
+                        .bind(&code.subject)
+                        .bind(int(code.auth_time))
+                        .bind(&code.grant_id)
+                        .bind(int(code.expires_at))
+                        .bind(&code.details);
+                }
+                insert.execute(&self.writer).await?;
+                Ok(vec![(); codes.len()])
+            }
         }
 
         pub(super) async fn use_auth_code(

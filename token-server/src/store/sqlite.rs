@@ -17,7 +17,7 @@ use super::{
     StoreError, StoreResult, StoredKey,
     batch::{Batch, Batcher},
     rows::{KeyRow, MarksRow, OpaqueRow, RevocationRow, int},
-    signin::{AuthCode, CodeUse, RefreshToken, SsoSession},
+    signin::{AuthCode, CodeUse, RefreshToken, SsoSession, sql::MAX_CODES},
 };
 
 /// Versioned schema; each entry runs once, in order.
@@ -118,6 +118,7 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     tokens: Batcher<TokenWriter>,
+    codes: Batcher<signin::CodeWriter>,
 }
 
 /// Opaque tokens per transaction, at most.
@@ -189,8 +190,8 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
-            // Room for the INSERT of every batch size besides the rest.
-            .statement_cache_capacity(MAX_BATCH + 64)
+            // Room for the INSERTs of every batch size besides the rest.
+            .statement_cache_capacity(MAX_BATCH + MAX_CODES + 64)
             // Under constant writes the WAL is reused, never shrunk: cap what
             // it keeps after each checkpoint.
             .pragma("journal_size_limit", "67108864")
@@ -215,10 +216,18 @@ impl SqliteStore {
             },
             MAX_BATCH,
         );
+        let codes = Batcher::spawn(
+            "sqlite_auth_codes",
+            signin::CodeWriter {
+                writer: writer.clone(),
+            },
+            MAX_CODES,
+        );
         Ok(Self {
             writer,
             reader,
             tokens,
+            codes,
         })
     }
 
@@ -453,7 +462,7 @@ impl Store for SqliteStore {
     }
 
     async fn put_auth_code(&self, code: &AuthCode) -> StoreResult<()> {
-        signin::put_auth_code(&self.writer, code).await
+        self.codes.submit(code.clone()).await
     }
 
     async fn use_auth_code(&self, hash: &SecretHash) -> StoreResult<CodeUse> {

@@ -343,6 +343,25 @@ pub async fn signin(store: &dyn Store) {
             .unwrap(),
         CodeUse::Unknown
     );
+    // Many codes written at once (so in batches of several sizes) each come
+    // back as written.
+    let many: Vec<AuthCode> = (0..150)
+        .map(|i| AuthCode {
+            hash: SecretHash::of(format!("code-{i}").as_bytes()),
+            grant_id: format!("grant-{i}"),
+            nonce: (i % 2 == 0).then(|| format!("nonce-{i}")),
+            ..code.clone()
+        })
+        .collect();
+    for written in join_all(many.iter().map(|c| store.put_auth_code(c)).collect()).await {
+        written.unwrap();
+    }
+    for code in &many {
+        assert_eq!(
+            store.use_auth_code(&code.hash).await.unwrap(),
+            CodeUse::First(code.clone())
+        );
+    }
     // Two redemptions racing: exactly one is the first.
     let mut raced = code.clone();
     raced.hash = SecretHash::of(b"raced");
