@@ -39,6 +39,11 @@ if [[ "$(cat "$here/signin/node_modules/.stamp" 2>/dev/null)" != "$lock_stamp" ]
     echo "$lock_stamp" >"$here/signin/node_modules/.stamp"
 fi
 
+# The real browser of test_signin.py: Debian's Chromium (headless), driven by Playwright.
+if ! command -v chromium >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
 cd "$repo"
 rc=0
 "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/interop "$@" || rc=$?

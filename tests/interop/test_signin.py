@@ -15,6 +15,7 @@ import pytest
 from tokenserver import SERVER_BIN, TokenServer, resource
 
 HERE = Path(__file__).resolve().parent / "signin"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "target" / "artifacts" / "signin"
 NODE_TIMEOUT = 60
 PASSWORD = "interop-password-0123"
 CALLBACK = "http://127.0.0.1/callback"
@@ -47,19 +48,31 @@ class SignInTokenServer(TokenServer):
                 "authentication": {"method": "none"},
                 "scopes": ["orders:read"],
                 "audiences": ["orders"],
-                "redirectUris": [CALLBACK],
+                "redirectUris": [CALLBACK, "http://127.0.0.1/shop/callback"],
                 "postLogoutRedirectUris": [BYE],
                 "identityProviders": ["dev-users"],
                 "branding": {"displayName": "Interop SPA"},
             }),
+            # A second, first-party app: SSO and no consent page.
+            resource("OAuthClient", "spa2", {
+                "clientId": "spa2",
+                "grantTypes": ["authorization_code"],
+                "authentication": {"method": "none"},
+                "scopes": ["orders:read"],
+                "audiences": ["orders"],
+                "redirectUris": ["http://127.0.0.1/admin/callback"],
+                "identityProviders": ["dev-users"],
+                "consent": "implicit",
+                "branding": {"displayName": "Interop Admin"},
+            }),
         ]
 
 
-def node(server, script, *args):
+def node(server, script, *args, client="spa"):
     if shutil.which("node") is None:
         pytest.fail("node is not installed (run.sh installs the clients' packages with npm)", pytrace=False)
-    done = subprocess.run(["node", str(HERE / script), server.base, "spa", *args], capture_output=True, text=True,
-                          timeout=NODE_TIMEOUT, check=False)
+    command = ["node", str(HERE / script), server.base, *([client] if client else []), *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=NODE_TIMEOUT, check=False)
     assert done.returncode == 0, f"{done.stderr}\n{server.log_tail()}"
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -101,3 +114,20 @@ def test_oauth4webapi_runs_the_code_flow_with_userinfo_and_refresh(signin_server
     assert "name" not in out["userinfo"], "no profile scope, no name"
     assert out["refreshed"]
     assert out["reused"] == "invalid_grant"
+
+
+def test_chromium_signs_in_through_the_pages_and_a_second_app_gets_sso(make_server):
+    """Debian's Chromium, headless (Playwright): login and consent for the first app, then the second
+    app straight through on the session. The screenshots are artifacts (REPO/target/artifacts/signin)."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("chromium is not installed (run.sh installs Debian's chromium)", pytrace=False)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    # A server of its own: no consent remembered from the other tests.
+    fresh = make_server(kind=SignInTokenServer)
+    out = node(fresh, "chromium.mjs", chromium, str(ARTIFACTS), "alice", PASSWORD, client=None)
+    assert out["shop"] == "Signed in as alice"
+    assert out["admin"] == "Signed in as alice"
+    assert out["second_pages"] == ["/admin/callback"], "no page of the token server: SSO, no consent"
+    for shot in ("login.png", "consent.png", "shop-signed-in.png"):
+        assert (ARTIFACTS / shot).stat().st_size > 10_000, shot
