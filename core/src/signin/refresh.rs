@@ -133,6 +133,37 @@ pub async fn refresh(
     })
 }
 
+/// RFC 7009 for a refresh token: revokes its whole grant (§2.1: the access
+/// tokens of the grant go with it) until `until`. An unknown token is no
+/// error (§2.2); another client's is.
+pub async fn revoke(
+    ports: &(impl RefreshTokens + Grants),
+    client: &Client,
+    token: &str,
+    until: u64,
+) -> Result<(), OAuthError> {
+    if token.len() > MAX_TOKEN {
+        return Ok(());
+    }
+    let Some(record) = ports
+        .refresh_token(SecretHash::of(token.as_bytes()))
+        .await?
+    else {
+        return Ok(());
+    };
+    let grant = &record.authorization;
+    if grant.client_id != client.id {
+        return Err(OAuthError::UnauthorizedClient(
+            "the token was not issued to this client".into(),
+        ));
+    }
+    ports
+        .revoke_grant(&grant.grant_id, until.max(record.expires_at))
+        .await?;
+    tracing::info!(client_id = %client.id, grant_id = %grant.grant_id, "refresh token revoked with its grant");
+    Ok(())
+}
+
 /// Revokes the grant of a reused token; the error to answer with.
 async fn reused(ports: &impl Grants, record: &RefreshRecord) -> OAuthError {
     let grant = &record.authorization;
@@ -219,6 +250,25 @@ mod tests {
         let expired = refresh(&ports, web, &settings, &token, None, idle).await;
         assert!(matches!(expired, Err(OAuthError::InvalidGrant(_))));
         assert!(ports.revoked.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn revoking_a_refresh_token_revokes_its_grant_for_its_client_only() {
+        let reg = web_registry();
+        let web = reg.client("web").unwrap();
+        let settings = web.sign_in.clone();
+        let ports = SignInPorts::default();
+        let token = issue(&ports, &settings, &authorization(), NOW)
+            .await
+            .unwrap();
+        let other = revoke(&ports, reg.client("other").unwrap(), &token, NOW).await;
+        assert!(matches!(other, Err(OAuthError::UnauthorizedClient(_))));
+        revoke(&ports, web, "tmr_unknown", NOW).await.unwrap();
+        assert!(ports.revoked.lock().unwrap().is_empty());
+        revoke(&ports, web, &token, NOW).await.unwrap();
+        assert_eq!(ports.revoked.lock().unwrap()[0].0, "grant-1");
+        let after = refresh(&ports, web, &settings, &token, None, NOW + 1).await;
+        assert!(matches!(after, Err(OAuthError::InvalidGrant(_))));
     }
 
     #[test]

@@ -263,9 +263,10 @@ async fn steps(
             "This form has expired or did not come from this site. Go back to the application and sign in again.",
         ));
     }
-    let mut session = session::current(state, headers, now)
-        .await?
-        // A session with a provider this client may not use does not count.
+    let current = session::current(state, headers, now).await?;
+    // A session with a provider this client may not use does not count.
+    let mut session = current
+        .clone()
         .filter(|s| client.sign_in.identity_providers.contains(&s.idp));
     let mut signed_in_now = false;
     let mut consented_now = false;
@@ -273,6 +274,14 @@ async fn steps(
         None => {}
         Some("login") => match login(state, registry, client, form, now).await? {
             Some((new, cookie)) => {
+                // The browser's session before this login ends: one at a time.
+                if let Some(old) = &current {
+                    state
+                        .store
+                        .end_session(&old.sid)
+                        .await
+                        .map_err(OAuthError::from)?;
+                }
                 cookies.push(cookie);
                 session = Some(new);
                 signed_in_now = true;

@@ -630,3 +630,56 @@ async fn discovery_lists_the_sign_in_endpoints_truthfully() {
             .contains(&Value::from("none"))
     );
 }
+
+#[tokio::test]
+async fn revoking_a_refresh_token_ends_its_grant() {
+    let mut browser = Browser::new().await;
+    let code = code_for_web(&mut browser).await.param("code").unwrap();
+    let (_, tokens) = redeem(&browser, &code).await;
+    let refresh_token = tokens["refresh_token"].as_str().unwrap();
+    let (status, _, _) = browser
+        .app
+        .send(
+            "/oauth2/revoke",
+            None,
+            &[("client_id", "web"), ("token", refresh_token)],
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = browser
+        .token(
+            None,
+            &[
+                ("grant_type", "refresh_token"),
+                ("client_id", "web"),
+                ("refresh_token", refresh_token),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(browser.app.introspect(access).await["active"], false);
+}
+
+#[tokio::test]
+async fn a_new_login_ends_the_browsers_previous_session() {
+    let mut browser = Browser::new().await;
+    code_for_web(&mut browser).await;
+    let first = browser.cookies["tokenmesh_session"].clone();
+    let login = browser
+        .get(&authorize_url("web", CALLBACK, &[("prompt", "login")]))
+        .await;
+    let back = browser.log_in(&login).await;
+    assert_eq!(back.status, StatusCode::SEE_OTHER, "{}", back.body);
+    assert_ne!(browser.cookies["tokenmesh_session"], first);
+    // The old cookie (a copy someone kept) no longer signs anyone in.
+    browser.cookies.insert("tokenmesh_session".into(), first);
+    let stale = browser
+        .get(&authorize_url("web", CALLBACK, &[("prompt", "none")]))
+        .await;
+    assert_eq!(stale.param("error").as_deref(), Some("login_required"));
+}
