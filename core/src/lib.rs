@@ -15,6 +15,8 @@
 //! - [`issue`] and [`exchange`]: issuance and RFC 8693 exchange decisions,
 //!   minting through the [`ports`];
 //! - [`password`]: argon2id password hashes of `static` users;
+//! - [`upstream`]: signing in at an upstream OpenID Provider (its ID
+//!   token's rules, the local subject, claim mapping by CEL);
 //! - [`error`]: the RFC 6749 error every part answers with.
 //!
 //! Side effects (signing, the opaque-token store, looking up presented
@@ -38,5 +40,6 @@ pub mod ports;
 pub mod registry;
 #[cfg(test)]
 mod testing;
+pub mod upstream;
 
 pub use error::OAuthError;
