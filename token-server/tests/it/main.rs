@@ -17,3 +17,4 @@ mod replicas;
 mod service_accounts;
 mod startup;
 mod tls;
+mod upstream;
