@@ -17,6 +17,8 @@
 //! - [`password`]: argon2id password hashes of `static` users;
 //! - [`signin`]: signing people in: authorization requests, codes with
 //!   PKCE, refresh-token rotation, ID tokens;
+//! - [`upstream`]: signing in at an upstream OpenID Provider (its ID
+//!   token's rules, the local subject, claim mapping by CEL);
 //! - [`error`]: the RFC 6749 error every part answers with.
 //!
 //! Side effects (signing, the opaque-token store, looking up presented
@@ -41,5 +43,6 @@ pub mod registry;
 pub mod signin;
 #[cfg(test)]
 mod testing;
+pub mod upstream;
 
 pub use error::OAuthError;

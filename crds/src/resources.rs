@@ -259,7 +259,7 @@ pub enum StorageKind {
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = Rule::new("self.subjectType != 'pairwise' || has(self.sectorIdentifier)").message("subjectType pairwise needs a sectorIdentifier"))]
-#[x_kube(validation = Rule::new("self.authentication.method != 'none' || (has(self.grantTypes) && !('client_credentials' in self.grantTypes))").message("a public client (method none) cannot use client_credentials: list its grantTypes, e.g. [authorization_code, refresh_token]"))]
+#[x_kube(validation = Rule::new("self.authentication.method != 'none' || (has(self.grantTypes) && size(self.grantTypes) > 0 && !('client_credentials' in self.grantTypes))").message("a public client (method none) cannot use client_credentials: list its grantTypes, e.g. [authorization_code, refresh_token]"))]
 #[x_kube(validation = Rule::new("self.authentication.method != 'none' || !has(self.requirePkce) || self.requirePkce").message("a public client (method none) always needs PKCE"))]
 pub struct OAuthClientSpec {
     /// Default: `<namespace>/<name>`, or `<name>` standalone. In a

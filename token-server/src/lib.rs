@@ -17,6 +17,7 @@ pub mod revocations;
 pub mod state;
 pub mod store;
 pub mod traced;
+pub mod upstream;
 
 // The domain, from the protocol-free core.
 pub use tokenmesh_core::{key_wrap, policy, registry};

@@ -18,3 +18,4 @@ mod service_accounts;
 mod sign_in;
 mod startup;
 mod tls;
+mod upstream;
