@@ -28,6 +28,11 @@ pub struct Endpoints {
     pub end_session: String,
 }
 
+/// Password attempts per user: a burst of 5, then one every 5 s, so
+/// guessing a password online is slow (and argon2id's cost bounded).
+const LOGIN_RATE: f64 = 0.2;
+const LOGIN_BURST: u32 = 5;
+
 pub const TOKEN_PATH: &str = "/oauth2/token";
 pub const INTROSPECTION_PATH: &str = "/oauth2/introspect";
 pub const REVOCATION_PATH: &str = "/oauth2/revoke";
@@ -73,6 +78,8 @@ pub struct AppState {
     pub revocations: crate::revocations::Revocations,
     /// Revocations per client (`--revoke-rate`, `--revoke-burst`).
     pub revoke_limit: crate::rate_limit::RateLimiter,
+    /// Password attempts per user of a static IdentityProvider.
+    pub login_limit: crate::rate_limit::RateLimiter,
     /// Opaque tokens already looked up, by hash, until they expire. A record
     /// never changes once stored (revocation is checked apart, above), so a
     /// hit is as good as the store's answer and spares a round trip.
@@ -160,6 +167,7 @@ impl AppState {
                 parts.revoke_rate,
                 parts.revoke_burst,
             ),
+            login_limit: crate::rate_limit::RateLimiter::new(LOGIN_RATE, LOGIN_BURST),
             opaque_tokens: TtlCache::new(parts.opaque_token_cache),
             admin: parts.admin,
             service_accounts,

@@ -273,7 +273,22 @@ async fn steps(
     match action {
         None => {}
         Some("login") => match login(state, registry, client, form, now).await? {
-            Some((new, cookie)) => {
+            Login::Limited(wait) => {
+                let forms = login_forms(registry, client);
+                let mut page = pages::login(
+                    &client.sign_in.branding,
+                    &forms,
+                    &carried(params, &csrf, false),
+                    form.get("username"),
+                    pages::LoginFailure::TooMany,
+                );
+                *page.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+                if let Ok(value) = HeaderValue::from_str(&wait.to_string()) {
+                    page.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+                return Ok(page);
+            }
+            Login::Done(new, cookie) => {
                 // The browser's session before this login ends: one at a time.
                 if let Some(old) = &current {
                     state
@@ -283,17 +298,17 @@ async fn steps(
                         .map_err(OAuthError::from)?;
                 }
                 cookies.push(cookie);
-                session = Some(new);
+                session = Some(*new);
                 signed_in_now = true;
             }
-            None => {
+            Login::Refused => {
                 let forms = login_forms(registry, client);
                 return Ok(pages::login(
                     &client.sign_in.branding,
                     &forms,
                     &carried(params, &csrf, false),
                     form.get("username"),
-                    true,
+                    pages::LoginFailure::Wrong,
                 ));
             }
         },
@@ -342,7 +357,7 @@ async fn steps(
             &forms,
             &carried(params, &csrf, false),
             request.login_hint.as_deref(),
-            false,
+            pages::LoginFailure::None,
         ));
     }
     let Some(session) = session else {
@@ -387,27 +402,43 @@ fn login_forms<'a>(registry: &'a Registry, client: &'a Client) -> Vec<LoginForm<
         .collect()
 }
 
+/// What a login form came to.
+enum Login {
+    /// Signed in: the new session and its cookie.
+    Done(Box<SsoSession>, HeaderValue),
+    Refused,
+    /// Too many attempts for this user: seconds to wait.
+    Limited(u64),
+}
+
 /// Checks the login form against the chosen static provider (argon2id on a
-/// blocking thread); the new session, or `None` when refused.
+/// blocking thread), within the attempts a user is allowed.
 async fn login(
     state: &AppState,
     registry: &Registry,
     client: &Client,
     form: &Form,
     now: u64,
-) -> Result<Option<(SsoSession, HeaderValue)>, OAuthError> {
+) -> Result<Login, OAuthError> {
     let (Some(idp), Some(username), Some(password)) =
         (form.get("idp"), form.get("username"), form.get("password"))
     else {
-        return Ok(None);
+        return Ok(Login::Refused);
     };
     let Some(provider) = registry
         .identity_providers_of(client)
         .find(|p| p.key == idp)
         .cloned()
     else {
-        return Ok(None);
+        return Ok(Login::Refused);
     };
+    if let Err(wait) = state
+        .login_limit
+        .take(&format!("{idp}\n{username}"), state.clock.instant())
+    {
+        tracing::info!(client_id = %client.id, idp, "sign-in refused: too many attempts for this user");
+        return Ok(Login::Limited(wait.as_secs_f64().ceil() as u64));
+    }
     let (user, pass) = (username.to_owned(), password.to_owned());
     let verified = tokio::task::spawn_blocking(move || match &provider.kind {
         ProviderKind::Static(users) => users.verify(&user, &pass).cloned(),
@@ -417,11 +448,12 @@ async fn login(
     .map_err(|_| OAuthError::Internal)?;
     let Some(user) = verified else {
         tracing::info!(client_id = %client.id, idp, "sign-in refused: wrong username or password");
-        return Ok(None);
+        return Ok(Login::Refused);
     };
-    let started = session::start(state, &user.username, idp, &["pwd"], &user.claims, now).await?;
-    tracing::info!(client_id = %client.id, idp, sid = %started.0.sid, "user signed in");
-    Ok(Some(started))
+    let (session, cookie) =
+        session::start(state, &user.username, idp, &["pwd"], &user.claims, now).await?;
+    tracing::info!(client_id = %client.id, idp, sid = %session.sid, "user signed in");
+    Ok(Login::Done(Box::new(session), cookie))
 }
 
 /// The grant a code carries: the session's user and the request's scopes.

@@ -133,19 +133,31 @@ pub struct LoginForm<'a> {
     pub provider_name: &'a str,
 }
 
+/// Why the login page is shown again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginFailure {
+    None,
+    Wrong,
+    TooMany,
+}
+
 /// The sign-in page: one username/password form per static provider.
 pub fn login(
     branding: &Branding,
     forms: &[LoginForm<'_>],
     carried: &str,
     login_hint: Option<&str>,
-    failed: bool,
+    failure: LoginFailure,
 ) -> Response {
     let name = escape(&branding.display_name);
-    let alert = if failed {
-        "<p class=\"error\" role=\"alert\">The username or password is not right.</p>"
-    } else {
-        ""
+    let alert = match failure {
+        LoginFailure::None => "",
+        LoginFailure::Wrong => {
+            "<p class=\"error\" role=\"alert\">The username or password is not right.</p>"
+        }
+        LoginFailure::TooMany => {
+            "<p class=\"error\" role=\"alert\">Too many attempts. Wait a moment, then try again.</p>"
+        }
     };
     let several = forms.len() > 1;
     let forms: String = forms
@@ -173,10 +185,10 @@ pub fn login(
         })
         .collect();
     page(
-        if failed {
-            StatusCode::UNAUTHORIZED
-        } else {
+        if failure == LoginFailure::None {
             StatusCode::OK
+        } else {
+            StatusCode::UNAUTHORIZED
         },
         &format!("Sign in to {}", branding.display_name),
         Some(branding),

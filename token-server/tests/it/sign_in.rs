@@ -683,3 +683,24 @@ async fn a_new_login_ends_the_browsers_previous_session() {
         .await;
     assert_eq!(stale.param("error").as_deref(), Some("login_required"));
 }
+
+#[tokio::test]
+async fn password_guessing_is_slowed_per_user() {
+    let mut browser = Browser::new().await;
+    let login = browser.get(&authorize_url("web", CALLBACK, &[])).await;
+    for _ in 0..5 {
+        let wrong = browser
+            .submit(&login, &[("username", "alice"), ("password", "guess")])
+            .await;
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    }
+    // The sixth attempt is not even checked, the right password neither.
+    let limited = browser.log_in(&login).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers.contains_key(header::RETRY_AFTER));
+    assert!(!browser.cookies.contains_key("tokenmesh_session"));
+    browser.app.clock.advance(Duration::from_secs(5));
+    let consent = browser.log_in(&login).await;
+    assert_eq!(consent.status, StatusCode::OK, "{}", consent.body);
+    assert!(browser.cookies.contains_key("tokenmesh_session"));
+}
