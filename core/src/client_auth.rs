@@ -56,6 +56,9 @@ pub enum Credentials {
         id: String,
         certificate: ClientCertificate,
     },
+    /// A public client (`authentication.method: none`): its `client_id`
+    /// alone (RFC 6749 §2.3; PKCE binds its codes to it).
+    Public { id: String },
 }
 
 impl std::fmt::Debug for Credentials {
@@ -76,6 +79,7 @@ impl std::fmt::Debug for Credentials {
                 .field("id", id)
                 .field("certificate", certificate)
                 .finish(),
+            Self::Public { id } => f.debug_struct("Public").field("id", id).finish(),
         }
     }
 }
@@ -131,6 +135,15 @@ pub async fn authenticate(
         }
         Credentials::Certificate { id, certificate } => {
             check_certificate(registry, id, certificate)
+        }
+        Credentials::Public { id } => {
+            let client = registry
+                .client(id)
+                .ok_or_else(|| refused("unknown client"))?;
+            match client.auth {
+                ClientAuth::Public => Ok(client.clone()),
+                _ => Err(refused("client authentication is required")),
+            }
         }
     }
 }

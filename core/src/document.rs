@@ -9,15 +9,19 @@ use std::{
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokenmesh_crds::{API_VERSION, ExchangePolicy, OAuthClient, Scope, TokenServer};
+use tokenmesh_crds::{
+    API_VERSION, ExchangePolicy, IdentityProvider, OAuthClient, Scope, TokenServer,
+};
 
 /// One resource, whichever door it came through.
 #[derive(Debug, Clone)]
 pub enum Resource {
     TokenServer(TokenServer),
-    OAuthClient(OAuthClient),
+    /// Boxed: the largest spec by far.
+    OAuthClient(Box<OAuthClient>),
     Scope(Scope),
     ExchangePolicy(ExchangePolicy),
+    IdentityProvider(IdentityProvider),
 }
 
 impl Resource {
@@ -27,6 +31,7 @@ impl Resource {
             Self::OAuthClient(_) => "OAuthClient",
             Self::Scope(_) => "Scope",
             Self::ExchangePolicy(_) => "ExchangePolicy",
+            Self::IdentityProvider(_) => "IdentityProvider",
         }
     }
 }
@@ -144,15 +149,16 @@ pub fn parse_resource(value: Value, origin: &mut Origin) -> Result<Resource, Con
     }
     let resource = match origin.kind.as_str() {
         "TokenServer" => Resource::TokenServer(typed(value, origin)?),
-        "OAuthClient" => Resource::OAuthClient(typed(value, origin)?),
+        "OAuthClient" => Resource::OAuthClient(Box::new(typed(value, origin)?)),
         "Scope" => Resource::Scope(typed(value, origin)?),
         "ExchangePolicy" => Resource::ExchangePolicy(typed(value, origin)?),
+        "IdentityProvider" => Resource::IdentityProvider(typed(value, origin)?),
         other => {
             return Err(ConfigError::new(
                 &*origin,
                 "kind",
                 format!(
-                    "unknown kind `{other}`: expected TokenServer, OAuthClient, Scope or ExchangePolicy"
+                    "unknown kind `{other}`: expected TokenServer, OAuthClient, Scope, ExchangePolicy or IdentityProvider"
                 ),
             ));
         }

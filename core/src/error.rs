@@ -52,6 +52,21 @@ pub enum OAuthError {
     KeysUnavailable,
     #[error("server_error")]
     Internal,
+    /// The authorization endpoint serves `response_type=code` only.
+    #[error("unsupported_response_type")]
+    UnsupportedResponseType(Text),
+    /// `prompt=none` and no session that may be used (OIDC Core §3.1.2.6).
+    #[error("login_required")]
+    LoginRequired(Text),
+    /// `prompt=none` and consent is still to be given.
+    #[error("consent_required")]
+    ConsentRequired(Text),
+    /// Request objects (`request`, `request_uri`) are not supported.
+    #[error("request_not_supported")]
+    RequestNotSupported(Text),
+    /// A Bearer token that is missing, expired or revoked (RFC 6750 §3.1).
+    #[error("invalid_token")]
+    InvalidToken(Text),
 }
 
 pub type Result<T, E = OAuthError> = std::result::Result<T, E>;
@@ -67,7 +82,12 @@ impl OAuthError {
             | Self::InvalidScope(d)
             | Self::InvalidTarget(d)
             | Self::AccessDenied(d)
-            | Self::InvalidDpopProof(d) => d,
+            | Self::InvalidDpopProof(d)
+            | Self::UnsupportedResponseType(d)
+            | Self::LoginRequired(d)
+            | Self::ConsentRequired(d)
+            | Self::RequestNotSupported(d)
+            | Self::InvalidToken(d) => d,
             Self::UseDpopNonce(_) => "the DPoP proof must carry the nonce of the DPoP-Nonce header",
             Self::TooLarge => "the request body is too large",
             Self::TooManyRequests(_) => "too many requests from this client; retry later",

@@ -2,7 +2,8 @@
 //! database or Kubernetes client in here.
 //!
 //! - [`document`] and [`registry`]: the applied resources (clients, scopes,
-//!   exchange policies, server settings), applied and validated;
+//!   exchange policies, identity providers, server settings), applied and
+//!   validated;
 //! - [`plan`]: which scopes and audiences a request gets, and the claims of
 //!   a new token;
 //! - [`policy`]: the ExchangePolicy engine (exchange, embed, share);
@@ -13,6 +14,11 @@
 //!   [`client_auth::Credentials`];
 //! - [`issue`] and [`exchange`]: issuance and RFC 8693 exchange decisions,
 //!   minting through the [`ports`];
+//! - [`password`]: argon2id password hashes of `static` users;
+//! - [`signin`]: signing people in: authorization requests, codes with
+//!   PKCE, refresh-token rotation, ID tokens;
+//! - [`upstream`]: signing in at an upstream OpenID Provider (its ID
+//!   token's rules, the local subject, claim mapping by CEL);
 //! - [`error`]: the RFC 6749 error every part answers with.
 //!
 //! Side effects (signing, the opaque-token store, looking up presented
@@ -29,11 +35,14 @@ pub mod exchange;
 pub mod introspection;
 pub mod issue;
 pub mod key_wrap;
+pub mod password;
 pub mod plan;
 pub mod policy;
 pub mod ports;
 pub mod registry;
+pub mod signin;
 #[cfg(test)]
 mod testing;
+pub mod upstream;
 
 pub use error::OAuthError;

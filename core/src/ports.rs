@@ -9,6 +9,10 @@ use tokenmesh_tokens::{claims::AccessTokenClaims, secret::SecretHash};
 use crate::{
     error::OAuthError,
     registry::{KubernetesSettings, ServiceAccount},
+    signin::{
+        grant::{CodeRecord, CodeRedemption, RefreshRecord},
+        id_token::IdTokenClaims,
+    },
 };
 
 /// Signs access tokens with the current key of an algorithm.
@@ -82,4 +86,68 @@ pub trait ServiceAccountTokens: Send + Sync {
         token: &str,
         now: u64,
     ) -> impl Future<Output = Result<ServiceAccount, OAuthError>> + Send;
+}
+
+/// One-time authorization codes, by digest of the code.
+pub trait AuthorizationCodes: Send + Sync {
+    /// Returns once the code is durable.
+    fn put_code(
+        &self,
+        hash: SecretHash,
+        code: &CodeRecord,
+    ) -> impl Future<Output = Result<(), OAuthError>> + Send;
+
+    /// Redeems a code, atomically: exactly one redemption is `First`.
+    fn use_code(
+        &self,
+        hash: SecretHash,
+    ) -> impl Future<Output = Result<CodeRedemption, OAuthError>> + Send;
+}
+
+/// Refresh tokens, by digest of the token.
+pub trait RefreshTokens: Send + Sync {
+    fn put_refresh_token(
+        &self,
+        hash: SecretHash,
+        token: &RefreshRecord,
+    ) -> impl Future<Output = Result<(), OAuthError>> + Send;
+
+    fn refresh_token(
+        &self,
+        hash: SecretHash,
+    ) -> impl Future<Output = Result<Option<RefreshRecord>, OAuthError>> + Send;
+
+    /// Marks `old` rotated and stores `next` at once; false (nothing
+    /// written) when `old` was rotated already.
+    fn rotate_refresh_token(
+        &self,
+        old: SecretHash,
+        next_hash: SecretHash,
+        next: &RefreshRecord,
+    ) -> impl Future<Output = Result<bool, OAuthError>> + Send;
+}
+
+/// Revocation of a whole grant (every token issued under it), and the check.
+pub trait Grants: Send + Sync {
+    /// Revokes the grant until `until` (when its last token expires).
+    fn revoke_grant(
+        &self,
+        grant_id: &str,
+        until: u64,
+    ) -> impl Future<Output = Result<(), OAuthError>> + Send;
+
+    fn is_grant_revoked(
+        &self,
+        grant_id: &str,
+        client_id: &str,
+    ) -> impl Future<Output = Result<bool, OAuthError>> + Send;
+}
+
+/// Signs ID tokens (`typ: JWT`).
+pub trait IdTokenSigner: Send + Sync {
+    fn sign_id_token(
+        &self,
+        alg: SigningAlgorithm,
+        claims: &IdTokenClaims,
+    ) -> Result<String, OAuthError>;
 }

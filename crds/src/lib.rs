@@ -6,10 +6,12 @@
 mod client_id;
 mod duration;
 mod resources;
+mod sign_in;
 
 pub use client_id::{check_client_id, default_client_id};
 pub use duration::{DurationError, parse_duration};
 pub use resources::*;
+pub use sign_in::*;
 
 /// The API group of every tokenmesh resource.
 pub const GROUP: &str = "tokenmesh.dev";

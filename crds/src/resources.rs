@@ -7,7 +7,10 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::duration::DURATION_PATTERN;
+use crate::{
+    duration::DURATION_PATTERN,
+    sign_in::{BrandingSpec, ConsentMode, IdTokenSpec, RefreshTokenSpec},
+};
 
 /// What every resource reports back: `Ready` and the generation it describes.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -256,6 +259,8 @@ pub enum StorageKind {
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = Rule::new("self.subjectType != 'pairwise' || has(self.sectorIdentifier)").message("subjectType pairwise needs a sectorIdentifier"))]
+#[x_kube(validation = Rule::new("self.authentication.method != 'none' || (has(self.grantTypes) && size(self.grantTypes) > 0 && !('client_credentials' in self.grantTypes))").message("a public client (method none) cannot use client_credentials: list its grantTypes, e.g. [authorization_code, refresh_token]"))]
+#[x_kube(validation = Rule::new("self.authentication.method != 'none' || !has(self.requirePkce) || self.requirePkce").message("a public client (method none) always needs PKCE"))]
 pub struct OAuthClientSpec {
     /// Default: `<namespace>/<name>`, or `<name>` standalone. In a
     /// namespace it must begin with `<namespace>/`.
@@ -284,8 +289,35 @@ pub struct OAuthClientSpec {
     pub subject_type: SubjectType,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sector_identifier: Option<String>,
+    /// Where the authorization endpoint may send people back (exact
+    /// match; a native app's `http://127.0.0.1` or `http://[::1]` URI
+    /// matches on any port, RFC 8252 §7.3). https, loopback http, or a
+    /// native app's private-use scheme (`com.example.app:/callback`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     pub redirect_uris: Vec<String>,
+    /// Where RP-initiated logout may send people back (exact match).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub post_logout_redirect_uris: Vec<String>,
+    /// Whether the authorization code flow needs PKCE (S256). Default
+    /// true (OAuth 2.1); a public client always needs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_pkce: Option<bool>,
+    /// The IdentityProviders (names in this namespace) people may sign in
+    /// with for this client; several give a choice on the sign-in page.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub identity_providers: Vec<String>,
+    /// `required` (a consent page, remembered) or `implicit` (first-party).
+    #[serde(default)]
+    pub consent: ConsentMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<IdTokenSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<RefreshTokenSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branding: Option<BrandingSpec>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
@@ -603,7 +635,7 @@ pub struct PolicyTo {
     pub hosts: Vec<String>,
 }
 
-fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+pub(crate) fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true

@@ -7,8 +7,9 @@ use tokenmesh_tokens::duration::{parse_flag, parse_positive_flag};
 
 /// The tokenmesh operator.
 ///
-/// Watches OAuthClient, Scope and ExchangePolicy resources and applies them
-/// to the token server through its gRPC ControlService; reports Ready in
+/// Watches OAuthClient, Scope, ExchangePolicy and IdentityProvider
+/// resources and applies them to the token server through its gRPC
+/// ControlService; reports Ready in
 /// their status; generates client secrets into Secrets it owns; serves the
 /// sidecar-injection webhook.
 #[derive(Parser, Debug, Clone)]

@@ -10,7 +10,10 @@ use k8s_openapi::{
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokenmesh_crds::{API_VERSION, AuthMethod, OAuthClient, ResourceStatus};
+use tokenmesh_crds::{
+    API_VERSION, AuthMethod, IdentityProvider, OAuthClient, ResourceStatus, SecretKeyRef,
+    StaticUserSpec,
+};
 use tokenmesh_tokens::secret::SecretHash;
 
 /// The resource as a ControlService document: kind, name, namespace and spec.
@@ -53,6 +56,57 @@ pub fn client_document(
             .extend(secrets.iter().map(|s| SecretHash::of(s).encode()));
     }
     document(&client)
+}
+
+/// The Secret an IdentityProvider reads, with the field that names it:
+/// a static provider's users, an oidc provider's client secret.
+pub fn provider_secret_ref(provider: &IdentityProvider) -> Option<(&'static str, &SecretKeyRef)> {
+    let spec = &provider.spec;
+    let users = spec
+        .static_users
+        .as_ref()
+        .and_then(|s| s.users_secret_ref.as_ref());
+    let client_secret = spec
+        .oidc
+        .as_ref()
+        .and_then(|o| o.client_secret_ref.as_ref());
+    users
+        .map(|r| ("spec.static.usersSecretRef", r))
+        .or(client_secret.map(|r| ("spec.oidc.clientSecretRef", r)))
+}
+
+/// An IdentityProvider document with its Secret's value in place of the
+/// reference (the users, or the client secret), so the token server, which
+/// cannot read Secrets, gets what it needs and where it is kept stays here.
+/// `Err` says why the value does not fit.
+pub fn provider_document(provider: &IdentityProvider, value: &[u8]) -> Result<String, String> {
+    let mut provider = provider.clone();
+    let spec = &mut provider.spec;
+    if let Some(users) = spec
+        .static_users
+        .as_mut()
+        .filter(|s| s.users_secret_ref.is_some())
+    {
+        let key = users
+            .users_secret_ref
+            .take()
+            .map(|r| r.key)
+            .unwrap_or_default();
+        let list: Vec<StaticUserSpec> = serde_yaml_ng::from_slice(value).map_err(|e| {
+            format!("its key `{key}` is not a YAML list of {{username, passwordHash, claims}}: {e}")
+        })?;
+        users.users = Some(list);
+    } else if let Some(oidc) = spec.oidc.as_mut().filter(|o| o.client_secret_ref.is_some()) {
+        let key = oidc
+            .client_secret_ref
+            .take()
+            .map(|r| r.key)
+            .unwrap_or_default();
+        let secret = String::from_utf8(value.to_vec())
+            .map_err(|_| format!("its key `{key}` is not UTF-8 text"))?;
+        oidc.client_secret = Some(secret.trim_end_matches(['\r', '\n']).to_owned());
+    }
+    document(&provider).map_err(|e| e.to_string())
 }
 
 /// The status after a reconcile at `now`: `Ready` with reason and message;

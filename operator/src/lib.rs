@@ -1,5 +1,5 @@
-//! The tokenmesh operator: reconciles OAuthClient, Scope and ExchangePolicy
-//! resources into the token server, manages client secrets, and serves the
+//! The tokenmesh operator: reconciles OAuthClient, Scope, ExchangePolicy
+//! and IdentityProvider resources into the token server, manages client secrets, and serves the
 //! sidecar-injection webhook.
 
 pub mod certs;
@@ -35,7 +35,7 @@ use kube::{
         watcher,
     },
 };
-use tokenmesh_crds::{ExchangePolicy, OAuthClient, Scope, TokenServer};
+use tokenmesh_crds::{ExchangePolicy, IdentityProvider, OAuthClient, Scope, TokenServer};
 use tokenmesh_tokens::clock::SystemClock;
 use tokenmesh_tokens::runtime::{self, Drain, LogFormat, Telemetry};
 use tracing::{Instrument, info_span};
@@ -100,7 +100,7 @@ where
         };
         // So does a Secret it names in a secretRef (references.rs); only
         // metadata is watched, no Secret's value travels for it.
-        let controller = if K::kind(&()) == "OAuthClient" {
+        let controller = if matches!(K::kind(&()).as_ref(), "OAuthClient" | "IdentityProvider") {
             let objects = controller.store();
             controller.watches(named, watcher::Config::default(), move |secret| {
                 references::naming(
@@ -278,6 +278,12 @@ async fn start(args: Args) -> Result<(), StartError> {
                 namespaces,
                 drain,
                 reconcile::<ExchangePolicy>
+            ),
+            controllers::<IdentityProvider, _, _>(
+                ctx.clone(),
+                namespaces,
+                drain,
+                reconcile::<IdentityProvider>
             ),
         );
     };

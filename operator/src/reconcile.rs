@@ -21,7 +21,9 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
-use tokenmesh_crds::{ExchangePolicy, OAuthClient, ResourceStatus, Scope, TokenServer};
+use tokenmesh_crds::{
+    ExchangePolicy, IdentityProvider, OAuthClient, ResourceStatus, Scope, SecretKeyRef, TokenServer,
+};
 use tokenmesh_tokens::clock::SharedClock;
 
 use crate::{control, control::Control, desired, metrics::Metrics, secrets};
@@ -42,13 +44,19 @@ pub enum Error {
     #[error("secret {0}: {1}")]
     Secret(String, String),
     #[error(
-        "spec.authentication.secretRef names the Secret `{name}` (key `{key}`), which does not exist in this namespace"
+        "{field} names the Secret `{name}` (key `{key}`), which does not exist in this namespace"
     )]
-    SecretMissing { name: String, key: String },
-    #[error(
-        "the Secret `{name}` has no key `{key}`, or its value is empty (spec.authentication.secretRef names it)"
-    )]
-    SecretKeyMissing { name: String, key: String },
+    SecretMissing {
+        field: &'static str,
+        name: String,
+        key: String,
+    },
+    #[error("the Secret `{name}` has no key `{key}`, or its value is empty ({field} names it)")]
+    SecretKeyMissing {
+        field: &'static str,
+        name: String,
+        key: String,
+    },
     #[error(
         "a Secret `{0}` exists that the operator did not create for this resource; it is left untouched (delete it, or rename the resource)"
     )]
@@ -208,6 +216,16 @@ macro_rules! managed {
 }
 managed!(Scope, ExchangePolicy, TokenServer);
 
+impl Managed for IdentityProvider {
+    fn status(&self) -> Option<&ResourceStatus> {
+        self.status.as_ref()
+    }
+
+    fn secret_ref(&self) -> Option<&str> {
+        desired::provider_secret_ref(self).map(|(_, r)| r.name.as_str())
+    }
+}
+
 impl Managed for OAuthClient {
     fn status(&self) -> Option<&ResourceStatus> {
         self.status.as_ref().map(|s| &s.common)
@@ -267,13 +285,40 @@ async fn event<K: Managed>(
     }
 }
 
+/// The value a `secretRef` (at `field`) names in `namespace`.
+async fn referenced_secret(
+    ctx: &Context,
+    namespace: &str,
+    field: &'static str,
+    reference: &SecretKeyRef,
+) -> Result<Vec<u8>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let (name, key) = (reference.name.clone(), reference.key.clone());
+    let Some(secret) = secrets.get_opt(&reference.name).await? else {
+        return Err(Error::SecretMissing { field, name, key });
+    };
+    secrets::value(&secret, &reference.key).ok_or(Error::SecretKeyMissing { field, name, key })
+}
+
 /// The document for a resource; for an OAuthClient with a secret method,
-/// its secrets (generated, rotated or referenced) as digests.
+/// its secrets (generated, rotated or referenced) as digests; for an
+/// IdentityProvider, the users or client secret its Secret holds, inline.
 async fn document_of<K: Managed>(
     ctx: &Context,
     object: &K,
 ) -> Result<(String, Option<u64>), Error> {
-    let Some(client) = (object as &dyn std::any::Any).downcast_ref::<OAuthClient>() else {
+    let any = object as &dyn std::any::Any;
+    if let Some(provider) = any.downcast_ref::<IdentityProvider>() {
+        let Some((field, reference)) = desired::provider_secret_ref(provider) else {
+            return Ok((desired::document(provider)?, None));
+        };
+        let namespace = provider.namespace().unwrap_or_default();
+        let value = referenced_secret(ctx, &namespace, field, reference).await?;
+        let document = desired::provider_document(provider, &value)
+            .map_err(|why| Error::Secret(reference.name.clone(), why))?;
+        return Ok((document, None));
+    }
+    let Some(client) = any.downcast_ref::<OAuthClient>() else {
         return Ok((desired::document(object)?, None));
     };
     if !desired::uses_secret(client) {
@@ -282,13 +327,8 @@ async fn document_of<K: Managed>(
     let namespace = client.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     if let Some(reference) = &client.spec.authentication.secret_ref {
-        let (name, key) = (reference.name.clone(), reference.key.clone());
-        let Some(secret) = secrets.get_opt(&reference.name).await? else {
-            return Err(Error::SecretMissing { name, key });
-        };
-        let Some(value) = secrets::value(&secret, &reference.key) else {
-            return Err(Error::SecretKeyMissing { name, key });
-        };
+        const FIELD: &str = "spec.authentication.secretRef";
+        let value = referenced_secret(ctx, &namespace, FIELD, reference).await?;
         return Ok((desired::client_document(client, &[value])?, None));
     }
     let name = secrets::secret_name(client);
@@ -596,6 +636,8 @@ pub fn error_policy<K: Managed>(object: Arc<K>, error: &Error, ctx: Arc<Context>
 
 #[cfg(test)]
 mod by_kind;
+#[cfg(test)]
+mod identity_providers;
 
 #[cfg(test)]
 mod tests {

@@ -265,7 +265,8 @@ def test_crds_are_in_the_chart_and_validate():
     rendered = documents(run(HELM4, *template_args(extra=["--include-crds"])).stdout)
     names = {d["metadata"]["name"] for d in rendered if d["kind"] == "CustomResourceDefinition"}
     assert names == {"oauthclients.tokenmesh.dev", "scopes.tokenmesh.dev",
-                     "exchangepolicies.tokenmesh.dev", "tokenservers.tokenmesh.dev"}
+                     "exchangepolicies.tokenmesh.dev", "tokenservers.tokenmesh.dev",
+                     "identityproviders.tokenmesh.dev"}
     for path in sorted(CRDS.glob("*.yaml")):
         report = kubernetes_validate(path)
         assert report.count("passed for resource customresourcedefinition/") == len(KUBE_VERSIONS), report

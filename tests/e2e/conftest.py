@@ -35,7 +35,8 @@ SERVER_BIN = str(binary("token-server", "TOKENMESH_SERVER_BIN"))
 OPERATOR_BIN = str(binary("tokenmesh-operator", "TOKENMESH_OPERATOR_BIN"))
 GROUP = "tokenmesh.dev"
 API_VERSION = f"{GROUP}/v1alpha1"
-KINDS = {"OAuthClient": "oauthclients", "Scope": "scopes", "ExchangePolicy": "exchangepolicies", "TokenServer": "tokenservers"}
+KINDS = {"OAuthClient": "oauthclients", "Scope": "scopes", "ExchangePolicy": "exchangepolicies", "TokenServer": "tokenservers",
+         "IdentityProvider": "identityproviders"}
 RECONCILE_TIMEOUT = 60
 
 

@@ -42,7 +42,35 @@ def valid_resources(ns):
             "condition": "'payments:charge' in request.scopes || size(request.scopes) == 0",
             "claims": {"via": "actor.clientId"},
         }, ns),
+        resource("IdentityProvider", "people", {
+            "type": "static",
+            "displayName": "Staff",
+            "static": {"users": [{"username": "alice", "passwordHash": ARGON2ID,
+                                  "claims": {"email": "alice@example.com", "groups": ["admins"]}}]},
+        }, ns),
+        resource("IdentityProvider", "corp", {
+            "type": "oidc",
+            "oidc": {"issuer": "https://login.corp.example", "clientId": "tokenmesh",
+                     "clientSecretRef": {"name": "corp-oidc", "key": "client_secret"},
+                     "scopes": ["openid", "email"], "claimMappings": {"email": "claims.mail"}},
+        }, ns),
+        resource("OAuthClient", "spa", {
+            "grantTypes": ["authorization_code", "refresh_token"],
+            "authentication": {"method": "none"},
+            "audiences": ["orders"],
+            "redirectUris": ["https://shop.example/callback", "http://127.0.0.1/callback"],
+            "postLogoutRedirectUris": ["https://shop.example/"],
+            "identityProviders": ["people", "corp"],
+            "consent": "implicit",
+            "idToken": {"ttl": "5m", "algorithm": "RS256"},
+            "refreshToken": {"ttl": "720h", "idleTtl": "24h"},
+            "branding": {"displayName": "Shop", "logoUrl": "https://shop.example/logo.svg",
+                         "primaryColor": "#0a66c2", "backgroundColor": "#f5f7fa"},
+        }, ns),
     ]
+
+
+ARGON2ID = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g"
 
 
 # Defaults the schema gives fields inside an object the test sends.
@@ -52,7 +80,8 @@ DEFAULTS = {("OAuthClient", "accessToken"): {"binding": "none"}}
 def test_valid_resources_are_accepted_by_kubectl_apply(kube, crds, namespace):
     docs = valid_resources(namespace)
     out = kube.apply(*docs).stdout
-    singular = {"Scope": "scope", "OAuthClient": "oauthclient", "ExchangePolicy": "exchangepolicy"}
+    singular = {"Scope": "scope", "OAuthClient": "oauthclient", "ExchangePolicy": "exchangepolicy",
+                "IdentityProvider": "identityprovider"}
     for doc in docs:
         assert f"{singular[doc['kind']]}.{GROUP}/{doc['metadata']['name']} created" in out, out
         stored = kube.get(KINDS[doc["kind"]], doc["metadata"]["name"], namespace)
@@ -121,6 +150,24 @@ INVALID = {
                         "spec.maxDelegationDepth: Invalid value: 17: spec.maxDelegationDepth in body should be less than or equal to 16"),
     "policy-empty-audience": ("ExchangePolicy", {"mode": "embed", "to": {"audience": ""}},
                               "spec.to.audience: Invalid value"),
+    # Sign-in (issue #17)
+    "public-client-credentials": ("OAuthClient", {"authentication": {"method": "none"}, "grantTypes": ["client_credentials"]},
+                                  "a public client (method none) cannot use client_credentials"),
+    "public-no-grant-types": ("OAuthClient", {"authentication": {"method": "none"}},
+                              "a public client (method none) cannot use client_credentials"),
+    "public-without-pkce": ("OAuthClient", {"authentication": {"method": "none"}, "grantTypes": ["authorization_code"],
+                                            "requirePkce": False}, "a public client (method none) always needs PKCE"),
+    "client-bad-colour": ("OAuthClient", {"authentication": {"method": "client_secret_basic"}, "branding": {"primaryColor": "red"}},
+                          "spec.branding.primaryColor: Invalid value"),
+    "idp-static-without-block": ("IdentityProvider", {"type": "static"}, "type static needs the static block"),
+    "idp-oidc-with-static-block": ("IdentityProvider", {"type": "oidc", "static": {"users": []}},
+                                   "type oidc needs the oidc block (and no static block)"),
+    "idp-users-and-ref": ("IdentityProvider", {"type": "static", "static": {"users": [], "usersSecretRef": {"name": "a", "key": "b"}}},
+                          "set exactly one of usersSecretRef and users"),
+    "idp-inline-client-secret": ("IdentityProvider", {"type": "oidc", "oidc": {"issuer": "https://x.example", "clientId": "a",
+                                                                                "clientSecret": "hunter2"}},
+                                 "put the client secret in a Secret and name it in clientSecretRef"),
+    "idp-unknown-type": ("IdentityProvider", {"type": "ldap"}, 'spec.type: Unsupported value: "ldap"'),
 }
 
 

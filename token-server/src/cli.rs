@@ -19,7 +19,7 @@ use tokenmesh_tokens::duration::parse_positive_flag;
 #[command(
     name = "token-server",
     version,
-    override_usage = "token-server --config <PATH>... [OPTIONS]\n       token-server migrate [--database-url <URL> | --config <PATH>]"
+    override_usage = "token-server --config <PATH>... [OPTIONS]\n       token-server migrate [--database-url <URL> | --config <PATH>]\n       token-server hash-password < password.txt"
 )]
 pub struct Args {
     /// Required: a YAML file or a folder of YAML files (*.yaml, *.yml)
@@ -232,6 +232,10 @@ pub enum Command {
     /// applies them on start). The database is --database-url, else the
     /// --config's TokenServer spec.storage.
     Migrate,
+    /// Read a password from standard input and print its argon2id hash
+    /// (PHC string) for a `static` IdentityProvider's users:
+    /// `printf %s "$PASSWORD" | token-server hash-password`.
+    HashPassword,
 }
 
 pub use tokenmesh_tokens::runtime::LogFormat;

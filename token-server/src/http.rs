@@ -19,19 +19,25 @@ use crate::{
     keys::jose_algorithm,
     metrics::{EndpointLabels, HttpLabels},
     oauth,
-    state::{AppState, INTROSPECTION_PATH, JWKS_PATH, REVOCATION_PATH, TOKEN_PATH},
+    state::{
+        AUTHORIZATION_PATH, AppState, END_SESSION_PATH, INTROSPECTION_PATH, JWKS_PATH,
+        REVOCATION_PATH, TOKEN_PATH, USERINFO_PATH,
+    },
 };
 
 const AS_METADATA: &str = "/.well-known/oauth-authorization-server";
 const OIDC_METADATA: &str = "/.well-known/openid-configuration";
 /// Every route, for metric labels.
-const ROUTES: [&str; 9] = [
+const ROUTES: [&str; 12] = [
     AS_METADATA,
     OIDC_METADATA,
     JWKS_PATH,
     TOKEN_PATH,
     INTROSPECTION_PATH,
     REVOCATION_PATH,
+    AUTHORIZATION_PATH,
+    USERINFO_PATH,
+    END_SESSION_PATH,
     "/healthz",
     "/readyz",
     "/metrics",
@@ -45,6 +51,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(TOKEN_PATH, post(oauth::token))
         .route(INTROSPECTION_PATH, post(oauth::introspect))
         .route(REVOCATION_PATH, post(oauth::revoke))
+        .route(
+            AUTHORIZATION_PATH,
+            get(oauth::authorize_get).post(oauth::authorize_post),
+        )
+        .route(USERINFO_PATH, get(oauth::userinfo).post(oauth::userinfo))
+        .route(
+            END_SESSION_PATH,
+            get(oauth::logout_get).post(oauth::logout_post),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -5,6 +5,7 @@ pub mod change;
 pub mod cli;
 pub mod config;
 pub mod grpc;
+mod hash_password;
 pub mod http;
 pub mod keys;
 pub mod kubernetes_issuer;
@@ -16,6 +17,7 @@ pub mod revocations;
 pub mod state;
 pub mod store;
 pub mod traced;
+pub mod upstream;
 
 // The domain, from the protocol-free core.
 pub use tokenmesh_core::{key_wrap, policy, registry};
@@ -52,6 +54,9 @@ pub enum StartError {
 }
 
 pub fn run(args: Args) -> ExitCode {
+    if args.command == Some(cli::Command::HashPassword) {
+        return hash_password::run();
+    }
     let telemetry = runtime::Telemetry {
         format: args.log_format,
         filter: args.log.clone(),
@@ -61,6 +66,8 @@ pub fn run(args: Args) -> ExitCode {
     runtime::run("token-server", &telemetry, async {
         match args.command {
             Some(cli::Command::Migrate) => migrate(&args).await,
+            // Answered above, without a runtime or logs.
+            Some(cli::Command::HashPassword) => Ok(()),
             None => start(args).await,
         }
     })

@@ -23,12 +23,23 @@ pub struct Endpoints {
     pub introspection: String,
     pub revocation: String,
     pub jwks: String,
+    pub authorization: String,
+    pub userinfo: String,
+    pub end_session: String,
 }
+
+/// Password attempts per user: a burst of 5, then one every 5 s, so
+/// guessing a password online is slow (and argon2id's cost bounded).
+const LOGIN_RATE: f64 = 0.2;
+const LOGIN_BURST: u32 = 5;
 
 pub const TOKEN_PATH: &str = "/oauth2/token";
 pub const INTROSPECTION_PATH: &str = "/oauth2/introspect";
 pub const REVOCATION_PATH: &str = "/oauth2/revoke";
 pub const JWKS_PATH: &str = "/jwks";
+pub const AUTHORIZATION_PATH: &str = "/oauth2/authorize";
+pub const USERINFO_PATH: &str = "/oauth2/userinfo";
+pub const END_SESSION_PATH: &str = "/oauth2/logout";
 
 impl Endpoints {
     pub fn for_issuer(issuer: &str) -> Self {
@@ -37,6 +48,9 @@ impl Endpoints {
             introspection: format!("{issuer}{INTROSPECTION_PATH}"),
             revocation: format!("{issuer}{REVOCATION_PATH}"),
             jwks: format!("{issuer}{JWKS_PATH}"),
+            authorization: format!("{issuer}{AUTHORIZATION_PATH}"),
+            userinfo: format!("{issuer}{USERINFO_PATH}"),
+            end_session: format!("{issuer}{END_SESSION_PATH}"),
         }
     }
 }
@@ -64,6 +78,8 @@ pub struct AppState {
     pub revocations: crate::revocations::Revocations,
     /// Revocations per client (`--revoke-rate`, `--revoke-burst`).
     pub revoke_limit: crate::rate_limit::RateLimiter,
+    /// Password attempts per user of a static IdentityProvider.
+    pub login_limit: crate::rate_limit::RateLimiter,
     /// Opaque tokens already looked up, by hash, until they expire. A record
     /// never changes once stored (revocation is checked apart, above), so a
     /// hit is as good as the store's answer and spares a round trip.
@@ -151,6 +167,7 @@ impl AppState {
                 parts.revoke_rate,
                 parts.revoke_burst,
             ),
+            login_limit: crate::rate_limit::RateLimiter::new(LOGIN_RATE, LOGIN_BURST),
             opaque_tokens: TtlCache::new(parts.opaque_token_cache),
             admin: parts.admin,
             service_accounts,

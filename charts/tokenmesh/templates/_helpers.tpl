@@ -250,11 +250,11 @@ every install renders.
 {{- define "tokenmesh.operator.rules" -}}
 # Watch the resources; add and remove the finalizer tokenmesh.dev/token-server.
 - apiGroups: ["tokenmesh.dev"]
-  resources: ["oauthclients", "scopes", "exchangepolicies", "tokenservers"]
+  resources: ["oauthclients", "scopes", "exchangepolicies", "tokenservers", "identityproviders"]
   verbs: ["get", "list", "watch", "patch", "update"]
 # Report Ready (server-side apply).
 - apiGroups: ["tokenmesh.dev"]
-  resources: ["oauthclients/status", "scopes/status", "exchangepolicies/status", "tokenservers/status"]
+  resources: ["oauthclients/status", "scopes/status", "exchangepolicies/status", "tokenservers/status", "identityproviders/status"]
   verbs: ["get", "patch"]
 # Read referenced client secrets; write generated ones (client secrets,
 # signing keys, the webhook certificate).

@@ -4,22 +4,31 @@
 //! resources say about each other.
 //!
 //! [`model`] is what the rest of the server reads, [`translate`] turns a
-//! resource's spec into it, and [`secrets`] is where `secretRef`s resolve.
+//! resource's spec into it ([`sign_in`]: a client's browser-flow settings;
+//! [`providers`]: IdentityProviders), and [`secrets`] is where `secretRef`s
+//! resolve.
 
 mod model;
+mod providers;
 mod secrets;
+mod sign_in;
 mod translate;
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use tokenmesh_crds::{ExchangeMode, SigningAlgorithm, TokenFormat};
+use tokenmesh_crds::{ExchangeMode, GrantType, SigningAlgorithm, TokenFormat};
 use tokenmesh_tokens::scope::is_scope_token;
 
 pub use model::{
-    Client, ClientAuth, KubernetesSettings, Policy, ScopeDef, ScopePattern, ServerSettings,
-    ServiceAccount,
+    Branding, Client, ClientAuth, KubernetesSettings, Policy, ScopeDef, ScopePattern,
+    ServerSettings, ServiceAccount, SignIn,
+};
+pub use providers::{
+    IdentityProvider, ProviderKind, StaticUser, StaticUsers, USER_RESERVED_CLAIMS, UpstreamOidc,
+    UpstreamSecret,
 };
 pub use secrets::{FileSecrets, MIN_SECRET_LEN, SecretSource};
+pub use sign_in::MAX_REDIRECT_URI_LEN;
 pub use translate::{check_issuer, confidential_url};
 
 use crate::document::{ConfigError, Document, Origin, Resource};
@@ -39,6 +48,7 @@ pub struct Registry {
     clients: BTreeMap<String, Entry<Arc<Client>>>,
     scopes: BTreeMap<String, Entry<ScopeDef>>,
     policies: BTreeMap<String, Entry<Policy>>,
+    providers: BTreeMap<String, Entry<Arc<IdentityProvider>>>,
 }
 
 impl Registry {
@@ -53,6 +63,7 @@ impl Registry {
             clients: BTreeMap::new(),
             scopes: BTreeMap::new(),
             policies: BTreeMap::new(),
+            providers: BTreeMap::new(),
         }
     }
 
@@ -125,6 +136,18 @@ impl Registry {
                     },
                 );
             }
+            Resource::IdentityProvider(res) => {
+                let name = res.metadata.name.as_deref().unwrap_or(&origin.name);
+                let provider = providers::identity_provider(&origin.name, name, &res.spec, secrets)
+                    .map_err(|(f, m)| err(&f, m))?;
+                self.providers.insert(
+                    origin.name.clone(),
+                    Entry {
+                        origin: origin.clone(),
+                        value: Arc::new(provider),
+                    },
+                );
+            }
         }
         Ok(())
     }
@@ -136,6 +159,7 @@ impl Registry {
             "OAuthClient" => self.clients.remove(name).is_some(),
             "Scope" => self.scopes.remove(name).is_some(),
             "ExchangePolicy" => self.policies.remove(name).is_some(),
+            "IdentityProvider" => self.providers.remove(name).is_some(),
             "TokenServer" if self.server_origin.as_ref().is_some_and(|o| o.name == name) => {
                 let issuer = self.server.issuer.clone();
                 self.server = ServerSettings::defaults(issuer);
@@ -155,10 +179,15 @@ impl Registry {
         let clients = self.clients.keys().map(|n| ("OAuthClient", n.clone()));
         let scopes = self.scopes.keys().map(|n| ("Scope", n.clone()));
         let policies = self.policies.keys().map(|n| ("ExchangePolicy", n.clone()));
+        let providers = self
+            .providers
+            .keys()
+            .map(|n| ("IdentityProvider", n.clone()));
         server
             .chain(clients)
             .chain(scopes)
             .chain(policies)
+            .chain(providers)
             .filter(|(k, _)| kind.is_none_or(|wanted| wanted == *k))
             .collect()
     }
@@ -204,6 +233,16 @@ impl Registry {
             }
             if let ClientAuth::ServiceAccount(account) = &client.auth {
                 self.check_service_account(entry, account, &mut accounts)?;
+            }
+            for (i, key) in client.sign_in.identity_providers.iter().enumerate() {
+                if !self.providers.contains_key(key) {
+                    let name = key.rsplit('/').next().unwrap_or(key);
+                    return Err(ConfigError::new(
+                        &entry.origin,
+                        format!("spec.identityProviders[{i}]"),
+                        format!("no IdentityProvider `{name}` in this client's namespace"),
+                    ));
+                }
             }
             if client.ttl > self.server.max_ttl {
                 return Err(ConfigError::new(
@@ -312,6 +351,27 @@ impl Registry {
         self.policies.values().map(|e| &e.value)
     }
 
+    /// An IdentityProvider by key (`<namespace>/<name>`, or the name).
+    pub fn identity_provider(&self, key: &str) -> Option<&Arc<IdentityProvider>> {
+        self.providers.get(key).map(|e| &e.value)
+    }
+
+    /// The IdentityProviders `client` may use, in its order.
+    pub fn identity_providers_of<'a>(
+        &'a self,
+        client: &'a Client,
+    ) -> impl Iterator<Item = &'a Arc<IdentityProvider>> {
+        client
+            .sign_in
+            .identity_providers
+            .iter()
+            .filter_map(|key| self.identity_provider(key))
+    }
+
+    pub fn identity_providers(&self) -> impl Iterator<Item = &Arc<IdentityProvider>> {
+        self.providers.values().map(|e| &e.value)
+    }
+
     /// Exact scope names, for discovery.
     pub fn scope_names(&self) -> Vec<String> {
         self.scopes
@@ -345,10 +405,15 @@ impl Registry {
 
     /// Every algorithm some client or the server signs with.
     pub fn algorithms_in_use(&self) -> Vec<SigningAlgorithm> {
+        let id_tokens = self
+            .clients()
+            .filter(|c| c.grant_types.contains(&GrantType::AuthorizationCode))
+            .map(|c| c.sign_in.id_token_algorithm);
         let mut algs: Vec<SigningAlgorithm> = self
             .clients()
             .filter(|c| c.format == TokenFormat::Jwt)
             .map(|c| self.algorithm_of(c))
+            .chain(id_tokens)
             .chain([self.server.algorithm])
             .collect();
         algs.sort();
@@ -372,6 +437,9 @@ impl Registry {
 fn count(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
+
+#[cfg(test)]
+mod sign_in_tests;
 
 #[cfg(test)]
 mod tests {
@@ -438,7 +506,11 @@ mod tests {
             ("  claims: {may_act: {}}\n", "spec.claims.may_act"),
             ("  claims: {may_act: {iss: x}}\n", "spec.claims.may_act"),
             ("  claims: {may_act: {sub: 7}}\n", "spec.claims.may_act"),
-            ("  grantTypes: [authorization_code]\n", "spec.grantTypes[0]"),
+            ("  grantTypes: [authorization_code]\n", "spec.redirectUris"),
+            (
+                "  grantTypes: [\"urn:ietf:params:oauth:grant-type:device_code\"]\n",
+                "spec.grantTypes[0]",
+            ),
         ] {
             assert_eq!(
                 build(&client_doc(extra)).err().map(|e| e.field),

@@ -5,8 +5,8 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use serde_json::{Map, Value};
 use tokenmesh_crds::{
-    AuthMethod, ExchangePolicySpec, GrantType, SecretKeyRef, SigningAlgorithm, TokenBinding,
-    TokenFormat,
+    AuthMethod, ConsentMode, ExchangePolicySpec, GrantType, SecretKeyRef, SigningAlgorithm,
+    TokenBinding, TokenFormat,
 };
 use tokenmesh_tokens::{jwk::Jwk, secret::SecretHash, verify::KeySet};
 
@@ -79,6 +79,9 @@ pub enum ClientAuth {
     /// `self_signed_tls_client_auth`: a certificate (chain not checked)
     /// whose public key is one of these.
     SelfSignedCertificate { keys: Vec<Jwk> },
+    /// `none`: a public client (a browser or native app), known by its id
+    /// alone; it must use PKCE.
+    Public,
 }
 
 impl ClientAuth {
@@ -89,6 +92,7 @@ impl ClientAuth {
             Self::ServiceAccount(_) => AuthMethod::KubernetesServiceAccount,
             Self::Certificate(_) => AuthMethod::TlsClientAuth,
             Self::SelfSignedCertificate { .. } => AuthMethod::SelfSignedTlsClientAuth,
+            Self::Public => AuthMethod::None,
         }
     }
 }
@@ -110,6 +114,91 @@ pub struct Client {
     pub claims: Map<String, Value>,
     /// `may_act` for the client's tokens (RFC 8693 §4.4), from `spec.claims`.
     pub may_act: Option<Value>,
+    /// What the browser flows need (all empty or default for a client
+    /// without `authorization_code`).
+    pub sign_in: SignIn,
+}
+
+/// A client's settings for the authorization code flow, OpenID Connect
+/// and refresh tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignIn {
+    /// Registered redirect URIs, matched by [`SignIn::allows_redirect`].
+    pub redirect_uris: Vec<String>,
+    /// Where RP-initiated logout may return (exact match).
+    pub post_logout_redirect_uris: Vec<String>,
+    /// PKCE (S256) required at the authorization endpoint; always for a
+    /// public client.
+    pub require_pkce: bool,
+    /// Registry keys of the IdentityProviders this client may use
+    /// (`<namespace>/<name>`, or the name standalone), in the order listed.
+    pub identity_providers: Vec<String>,
+    pub consent: ConsentMode,
+    pub id_token_ttl: Duration,
+    /// Default RS256, which every OpenID Connect client must accept.
+    pub id_token_algorithm: SigningAlgorithm,
+    /// Absolute lifetime of a grant's refresh tokens, from the sign-in.
+    pub refresh_token_ttl: Duration,
+    /// A refresh token unused this long expires.
+    pub refresh_token_idle_ttl: Duration,
+    pub branding: Branding,
+}
+
+/// How the pages show a client. Colours are `#rrggbb`, the logo an https
+/// URL: both checked, safe to put in a page's style and `src`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Branding {
+    /// `branding.displayName`, else the client id.
+    pub display_name: String,
+    pub logo_url: Option<String>,
+    pub primary_color: Option<String>,
+    pub background_color: Option<String>,
+}
+
+impl SignIn {
+    /// Whether `uri` is one of the registered redirect URIs: an exact
+    /// string match, except that a registered loopback IP literal URI
+    /// (`http://127.0.0.1/cb`, `http://[::1]/cb`) admits any port, as a
+    /// native app listens on whichever is free (RFC 8252 §7.3). `localhost`
+    /// gets no such latitude (RFC 8252 §8.3).
+    pub fn allows_redirect(&self, uri: &str) -> bool {
+        self.redirect_uris
+            .iter()
+            .any(|registered| registered == uri || same_but_loopback_port(registered, uri))
+    }
+
+    /// Whether `uri` is a registered post-logout redirect URI (exact match).
+    pub fn allows_post_logout_redirect(&self, uri: &str) -> bool {
+        self.post_logout_redirect_uris.iter().any(|r| r == uri)
+    }
+}
+
+/// `registered` and `presented` are the same `http` loopback IP literal URI
+/// but for the port.
+fn same_but_loopback_port(registered: &str, presented_text: &str) -> bool {
+    let (Ok(mut registered), Ok(mut presented)) =
+        (url::Url::parse(registered), url::Url::parse(presented_text))
+    else {
+        return false;
+    };
+    let loopback_ip = |u: &url::Url| {
+        u.scheme() == "http"
+            && match u.host() {
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                _ => false,
+            }
+    };
+    // Only a URI already in its normal form: no `..` or case games.
+    if !loopback_ip(&registered) || !loopback_ip(&presented) || presented.as_str() != presented_text
+    {
+        return false;
+    }
+    // Both parse as http URLs with a host: a port can always be cleared.
+    if registered.set_port(None).is_err() || presented.set_port(None).is_err() {
+        return false;
+    }
+    registered == presented
 }
 
 /// A defined scope or scope family.

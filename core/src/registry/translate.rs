@@ -64,7 +64,10 @@ pub fn confidential_url(url: &str) -> bool {
 /// Largest CEL expression accepted.
 const MAX_CEL_LEN: usize = 4096;
 
-fn compile_cel(field: &str, source: &str) -> Result<Arc<cel::Program>, (String, String)> {
+pub(super) fn compile_cel(
+    field: &str,
+    source: &str,
+) -> Result<Arc<cel::Program>, (String, String)> {
     if source.len() > MAX_CEL_LEN {
         return Err((
             field.to_owned(),
@@ -481,10 +484,7 @@ pub(super) fn client(
         spec.grant_types.clone()
     };
     for (i, grant) in grant_types.iter().enumerate() {
-        if !matches!(
-            grant,
-            GrantType::ClientCredentials | GrantType::TokenExchange
-        ) {
+        if *grant == GrantType::DeviceCode {
             return Err(f(
                 &format!("spec.grantTypes[{i}]"),
                 format!("grant type {} is not supported yet", grant.as_str()),
@@ -492,6 +492,11 @@ pub(super) fn client(
         }
     }
     let auth = client_auth(spec, namespace, secrets)?;
+    let public = matches!(auth, ClientAuth::Public);
+    if public {
+        check_public(spec, &grant_types).map_err(|(field, m)| f(&field, m))?;
+    }
+    let sign_in = super::sign_in::sign_in(&id, namespace, spec, &grant_types, public)?;
     for (i, scope) in spec.scopes.iter().enumerate() {
         if !is_scope_token(scope) {
             return Err(f(
@@ -516,12 +521,6 @@ pub(super) fn client(
         return Err(f(
             "spec.subjectType",
             "pairwise subjects are not supported yet".into(),
-        ));
-    }
-    if !spec.redirect_uris.is_empty() {
-        return Err(f(
-            "spec.redirectUris",
-            "browser flows are not supported yet".into(),
         ));
     }
     let ttl = match &spec.access_token.ttl {
@@ -567,7 +566,40 @@ pub(super) fn client(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         may_act,
+        sign_in,
     })
+}
+
+/// A public client (`method: none`) proves nothing about itself: it may
+/// not get tokens of its own (client_credentials), act in an exchange, or
+/// introspect.
+fn check_public(spec: &OAuthClientSpec, grant_types: &[GrantType]) -> Result<(), (String, String)> {
+    let index = |grant: GrantType| grant_types.iter().position(|g| *g == grant);
+    if spec.grant_types.is_empty() {
+        return Err((
+            "spec.grantTypes".into(),
+            "a public client (method none) lists its grant types, e.g. [authorization_code, refresh_token]: the default, client_credentials, needs a client that authenticates".into(),
+        ));
+    }
+    for grant in [GrantType::ClientCredentials, GrantType::TokenExchange] {
+        if let Some(i) = index(grant) {
+            return Err((
+                format!("spec.grantTypes[{i}]"),
+                format!(
+                    "a public client (method none) cannot use {}: it needs a client that authenticates",
+                    grant.as_str()
+                ),
+            ));
+        }
+    }
+    if spec.allow_introspection {
+        return Err((
+            "spec.allowIntrospection".into(),
+            "a public client (method none) cannot authenticate at the introspection endpoint"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// RFC 8693 §4.4: which party may act for the subject of this client's
@@ -669,10 +701,21 @@ fn client_auth(
         AuthMethod::SelfSignedTlsClientAuth => Ok(ClientAuth::SelfSignedCertificate {
             keys: configured_jwks(auth).map_err(|(field, m)| f(field, m))?,
         }),
-        other => Err(f(
-            "spec.authentication.method",
-            format!("{} is not supported yet", other.as_str()),
-        )),
+        AuthMethod::None => {
+            if auth.secret_ref.is_some()
+                || !auth.secret_hashes.is_empty()
+                || auth.jwks.is_some()
+                || auth.jwks_uri.is_some()
+                || auth.service_account.is_some()
+                || auth.tls_client_auth.is_some()
+            {
+                return Err(f(
+                    "spec.authentication.method",
+                    "a public client (method none) takes no secret, keys or certificate".into(),
+                ));
+            }
+            Ok(ClientAuth::Public)
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use kube::CustomResourceExt;
-use tokenmesh_crds::{ExchangePolicy, OAuthClient, Scope, TokenServer};
+use tokenmesh_crds::{ExchangePolicy, IdentityProvider, OAuthClient, Scope, TokenServer};
 
 fn main() -> ExitCode {
     let crds = [
@@ -12,6 +12,7 @@ fn main() -> ExitCode {
         ("scopes", Scope::crd()),
         ("exchangepolicies", ExchangePolicy::crd()),
         ("tokenservers", TokenServer::crd()),
+        ("identityproviders", IdentityProvider::crd()),
     ];
     let out_dir = std::env::args_os().nth(1).map(PathBuf::from);
     for (plural, crd) in crds {

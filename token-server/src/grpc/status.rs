@@ -39,8 +39,15 @@ fn oauth_status(err: &OAuthError) -> Status {
         | OAuthError::InvalidTarget(_)
         | OAuthError::TooLarge
         | OAuthError::InvalidDpopProof(_)
-        | OAuthError::UseDpopNonce(_) => Status::invalid_argument(message),
-        OAuthError::InvalidClient(_) => Status::unauthenticated(message),
+        | OAuthError::UseDpopNonce(_)
+        | OAuthError::UnsupportedResponseType(_)
+        | OAuthError::RequestNotSupported(_) => Status::invalid_argument(message),
+        OAuthError::InvalidClient(_) | OAuthError::InvalidToken(_) => {
+            Status::unauthenticated(message)
+        }
+        OAuthError::LoginRequired(_) | OAuthError::ConsentRequired(_) => {
+            Status::failed_precondition(message)
+        }
         OAuthError::InvalidGrant(_) => Status::failed_precondition(message),
         OAuthError::UnauthorizedClient(_)
         | OAuthError::AccessDenied(_)

@@ -289,7 +289,7 @@ fn same_origin(a: &str, b: &str) -> bool {
 }
 
 /// reqwest's message and its causes ("error sending request" alone says little).
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut message = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -115,5 +115,8 @@ pub fn credentials(
             certificate: certificate.clone(),
         });
     }
-    Err(refused("client authentication is required"))
+    match form.get("client_id") {
+        Some(id) => Ok(Credentials::Public { id: id.to_owned() }),
+        None => Err(refused("client authentication is required")),
+    }
 }

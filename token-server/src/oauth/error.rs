@@ -31,7 +31,7 @@ struct Body<'a> {
 /// The HTTP status of each error.
 pub fn status(err: &OAuthError) -> StatusCode {
     match err {
-        OAuthError::InvalidClient(_) => StatusCode::UNAUTHORIZED,
+        OAuthError::InvalidClient(_) | OAuthError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
         OAuthError::AccessDenied(_) => StatusCode::FORBIDDEN,
         OAuthError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         OAuthError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,

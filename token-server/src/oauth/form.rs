@@ -40,6 +40,15 @@ impl Form {
         Self::parse(&read_bounded(body).await?)
     }
 
+    /// Parses a query string, bounded like a body.
+    pub fn from_query(query: Option<&str>) -> Result<Self, OAuthError> {
+        let query = query.unwrap_or_default();
+        if query.len() > MAX_BODY {
+            return Err(OAuthError::TooLarge);
+        }
+        Self::parse(query.as_bytes())
+    }
+
     pub fn parse(body: &[u8]) -> Result<Self, OAuthError> {
         let mut params: HashMap<String, Vec<String>> = HashMap::new();
         for pair in body.split(|b| *b == b'&').filter(|p| !p.is_empty()) {

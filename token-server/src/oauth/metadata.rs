@@ -10,12 +10,22 @@ use axum::{
 };
 use serde_json::json;
 
+use tokenmesh_core::signin::{grant::OIDC_SCOPES, id_token};
+use tokenmesh_crds::GrantType;
+
 use crate::state::AppState;
 
 const AUTH_METHODS: [&str; 3] = [
     "client_secret_basic",
     "client_secret_post",
     "private_key_jwt",
+];
+/// At the token endpoint a public client (`none`) names itself too.
+const TOKEN_AUTH_METHODS: [&str; 4] = [
+    "client_secret_basic",
+    "client_secret_post",
+    "private_key_jwt",
+    "none",
 ];
 const MTLS_AUTH_METHODS: [&str; 2] = ["tls_client_auth", "self_signed_tls_client_auth"];
 const ASSERTION_ALGS: [&str; 8] = [
@@ -40,16 +50,44 @@ pub async fn metadata(State(state): State<Arc<AppState>>) -> Response {
         .map(|a| a.as_str())
         .collect();
     algs.sort_by_key(|a| *a != server.algorithm.as_str());
+    // OpenID Connect is advertised once a client can sign people in: the
+    // algorithms their ID tokens are signed with (RS256 first, which OIDC
+    // requires), and the OIDC scopes beside the defined ones.
+    let mut id_token_algs: Vec<&str> = registry
+        .clients()
+        .filter(|c| c.grant_types.contains(&GrantType::AuthorizationCode))
+        .map(|c| c.sign_in.id_token_algorithm.as_str())
+        .collect();
+    id_token_algs.sort_by_key(|a| (*a != "RS256", *a));
+    id_token_algs.dedup();
+    let mut scopes: Vec<String> = if id_token_algs.is_empty() {
+        Vec::new()
+    } else {
+        OIDC_SCOPES.iter().map(|s| (*s).to_owned()).collect()
+    };
+    scopes.extend(registry.scope_names());
     let mut metadata = json!({
         "issuer": server.issuer,
         "token_endpoint": state.endpoints.token,
         "jwks_uri": state.endpoints.jwks,
         "introspection_endpoint": state.endpoints.introspection,
         "revocation_endpoint": state.endpoints.revocation,
-        "grant_types_supported": ["client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"],
-        "response_types_supported": [],
-        "scopes_supported": registry.scope_names(),
-        "token_endpoint_auth_methods_supported": AUTH_METHODS,
+        "authorization_endpoint": state.endpoints.authorization,
+        "userinfo_endpoint": state.endpoints.userinfo,
+        "end_session_endpoint": state.endpoints.end_session,
+        "grant_types_supported": ["client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange", "authorization_code", "refresh_token"],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": true,
+        "prompt_values_supported": ["none", "login", "consent", "select_account"],
+        "userinfo_signing_alg_values_supported": [],
+        "claims_supported": id_token::claims_supported(),
+        "claims_parameter_supported": false,
+        "request_parameter_supported": false,
+        "request_uri_parameter_supported": false,
+        "scopes_supported": scopes,
+        "token_endpoint_auth_methods_supported": TOKEN_AUTH_METHODS,
         "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGS,
         "introspection_endpoint_auth_methods_supported": AUTH_METHODS,
         "introspection_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGS,
@@ -60,6 +98,14 @@ pub async fn metadata(State(state): State<Arc<AppState>>) -> Response {
         "subject_types_supported": ["public"],
         "dpop_signing_alg_values_supported": tokenmesh_tokens::dpop::ALGORITHMS,
     });
+    if !id_token_algs.is_empty()
+        && let Some(map) = metadata.as_object_mut()
+    {
+        map.insert(
+            "id_token_signing_alg_values_supported".into(),
+            id_token_algs.into(),
+        );
+    }
     if state.client_certificates {
         add_mtls(&state, &mut metadata);
     }

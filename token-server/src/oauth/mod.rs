@@ -1,18 +1,27 @@
 //! The OAuth HTTP endpoints.
 
+mod authorize;
 pub mod client_auth;
 pub mod dpop;
 pub mod error;
 pub mod form;
 mod introspect;
+mod logout;
 mod metadata;
-mod revoke;
+pub mod pages;
+pub(crate) mod revoke;
+pub mod session;
+mod sign_in_grants;
 mod token;
+mod userinfo;
 
+pub use authorize::{authorize_get, authorize_post};
 pub use introspect::{active_claims, introspect};
+pub use logout::{logout_get, logout_post};
 pub use metadata::{jwks, metadata};
 pub use revoke::revoke;
 pub use token::token;
+pub use userinfo::userinfo;
 
 use axum::{
     http::{HeaderValue, header},

@@ -1,10 +1,14 @@
 //! Token revocation (RFC 7009): one token, or with `revoke=grant` every token
 //! issued under the same grant when the client started it; a client that
 //! joined the grant by exchange revokes every token the grant issued to it.
+//! A refresh token revokes its whole grant (§2.1).
 
 use std::sync::Arc;
 
-use tokenmesh_core::certificate::ClientCertificate;
+use tokenmesh_core::{
+    certificate::ClientCertificate,
+    signin::refresh::{self, REFRESH_PREFIX},
+};
 
 use axum::{body::Body, extract::State, http::HeaderMap, response::Response};
 
@@ -62,6 +66,13 @@ async fn handle(
             ));
         }
     };
+    let until = state
+        .now()
+        .saturating_add(registry.server.max_ttl.as_secs());
+    if token.starts_with(REFRESH_PREFIX) {
+        refresh::revoke(state, &client, token, until).await?;
+        return Ok(no_store(()));
+    }
     // Unknown, expired and already revoked tokens: nothing to do, still 200 (§2.2).
     let Some(claims) = active_claims(state, token).await? else {
         return Ok(no_store(()));
@@ -76,9 +87,6 @@ async fn handle(
     // Another client revokes what the grant issued to it (every exchange it
     // made under it, and the tokens embedded in them), never the tokens of
     // the clients before it.
-    let until = state
-        .now()
-        .saturating_add(registry.server.max_ttl.as_secs());
     let (seq, revoked) = match (whole_grant, claims.grant_id.as_deref()) {
         (true, Some(grant_id)) if claims.act.is_none() => (
             record(state, RevocationKind::Grant, grant_id, until).await?,
@@ -120,7 +128,7 @@ async fn handle(
 }
 
 /// Stores a revocation and remembers it at once on this replica.
-async fn record(
+pub(crate) async fn record(
     state: &AppState,
     kind: RevocationKind,
     id: &str,

@@ -34,6 +34,10 @@ pub struct TokenResponse {
     pub scope: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issued_token_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
 }
 
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -79,9 +83,17 @@ async fn handle(
             client_credentials(state, &registry, &client, &form, &holder, certificate).await?
         }
         TOKEN_EXCHANGE => exchange(state, &registry, &client, &form, &holder, certificate).await?,
+        "authorization_code" => {
+            super::sign_in_grants::authorization_code(state, &registry, &client, &form, &holder)
+                .await?
+        }
+        "refresh_token" => {
+            super::sign_in_grants::refresh_token(state, &registry, &client, &form, &holder).await?
+        }
         _ => {
             return Err(OAuthError::UnsupportedGrantType(
-                "supported: client_credentials, token exchange".into(),
+                "supported: client_credentials, token exchange, authorization_code, refresh_token"
+                    .into(),
             ));
         }
     };
@@ -122,6 +134,8 @@ async fn client_credentials(
         expires_in: issued.expires_in,
         scope: issued.claims.scope,
         issued_token_type: None,
+        refresh_token: None,
+        id_token: None,
     })))
 }
 
@@ -183,5 +197,7 @@ async fn exchange(
         expires_in: issued.expires_in,
         scope: issued.scopes.join(" "),
         issued_token_type: Some(issued.issued_token_type),
+        refresh_token: None,
+        id_token: None,
     })))
 }

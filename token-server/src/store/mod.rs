@@ -5,6 +5,7 @@ mod batch;
 mod data_dir;
 mod postgres;
 mod rows;
+mod signin;
 mod sqlite;
 #[cfg(test)]
 mod suite;
@@ -12,6 +13,7 @@ mod suite;
 use async_trait::async_trait;
 pub use data_dir::DataDirLock;
 pub use postgres::PgStore;
+pub use signin::{AuthCode, CodeUse, RefreshToken, SsoSession};
 pub use sqlite::SqliteStore;
 use tokenmesh_tokens::secret::SecretHash;
 
@@ -170,6 +172,35 @@ pub trait Store: Send + Sync {
 
     /// Takes the key-rotation lock if no other replica holds it.
     async fn try_lock_rotation(&self) -> StoreResult<Option<RotationLock>>;
+
+    /// Stores a new authorization code; returns once it is durable.
+    async fn put_auth_code(&self, code: &AuthCode) -> StoreResult<()>;
+    /// Redeems the code whose digest is `hash`: the first redemption, a
+    /// replay, or no such code. Atomic, so two redemptions racing see one
+    /// `First`.
+    async fn use_auth_code(&self, hash: &SecretHash) -> StoreResult<CodeUse>;
+
+    async fn put_session(&self, session: &SsoSession) -> StoreResult<()>;
+    async fn session(&self, hash: &SecretHash) -> StoreResult<Option<SsoSession>>;
+    /// Moves a session's idle end (it was used).
+    async fn touch_session(&self, hash: &SecretHash, idle_expires_at: u64) -> StoreResult<()>;
+    /// Ends the session whose public id is `sid`; false when there was none.
+    async fn end_session(&self, sid: &str) -> StoreResult<bool>;
+
+    async fn put_refresh_token(&self, token: &RefreshToken) -> StoreResult<()>;
+    async fn refresh_token(&self, hash: &SecretHash) -> StoreResult<Option<RefreshToken>>;
+    /// Marks `old` rotated and stores `next`, in one transaction; false,
+    /// and nothing written, when `old` was rotated already (a reuse).
+    async fn rotate_refresh_token(
+        &self,
+        old: &SecretHash,
+        next: &RefreshToken,
+    ) -> StoreResult<bool>;
+
+    /// The scopes `subject` consented to for `client_id` (space-separated).
+    async fn consent(&self, subject: &str, client_id: &str) -> StoreResult<Option<String>>;
+    /// Records (replaces) the scopes consented to.
+    async fn put_consent(&self, subject: &str, client_id: &str, scope: &str) -> StoreResult<()>;
 }
 
 /// Held while one replica rotates signing keys; released with [`RotationLock::release`].

@@ -18,6 +18,7 @@ use super::{
     StoreError, StoreResult, StoredKey,
     batch::{Batch, Batcher},
     rows::{KeyRow, MarksRow, OpaqueRow, RevocationRow, int},
+    signin::{AuthCode, CodeUse, RefreshToken, SsoSession, sql::MAX_CODES},
 };
 
 /// Advisory lock ids (arbitrary, fixed).
@@ -25,7 +26,8 @@ pub const ROTATION_LOCK: i64 = 0x746f_6b65_6e6d_0001;
 const MIGRATION_LOCK: i64 = 0x746f_6b65_6e6d_0002;
 const REVOCATION_LOCK: i64 = 0x746f_6b65_6e6d_0003;
 
-const MIGRATIONS: &[&str] = &["CREATE TABLE signing_keys (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE signing_keys (
         kid TEXT PRIMARY KEY,
         alg TEXT NOT NULL,
         pkcs8 BYTEA NOT NULL,
@@ -64,12 +66,63 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE signing_keys (
         applied BIGSERIAL NOT NULL
     );
     CREATE TABLE marks (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
-    INSERT INTO marks (name, value) VALUES ('resources', 0);"];
+    INSERT INTO marks (name, value) VALUES ('resources', 0);",
+    // Sign-in (store/signin.rs).
+    "CREATE TABLE auth_codes (
+        hash BYTEA PRIMARY KEY,
+        client_id TEXT NOT NULL,
+        redirect_uri TEXT NOT NULL,
+        code_challenge TEXT,
+        scope TEXT NOT NULL,
+        nonce TEXT,
+        session_id TEXT,
+        subject TEXT NOT NULL,
+        auth_time BIGINT NOT NULL,
+        grant_id TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        details TEXT NOT NULL,
+        used BIGINT NOT NULL
+    );
+    CREATE INDEX auth_codes_expiry ON auth_codes (expires_at);
+    CREATE TABLE sso_sessions (
+        hash BYTEA PRIMARY KEY,
+        sid TEXT NOT NULL UNIQUE,
+        subject TEXT NOT NULL,
+        idp TEXT NOT NULL,
+        auth_time BIGINT NOT NULL,
+        amr TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        idle_expires_at BIGINT NOT NULL,
+        claims TEXT NOT NULL
+    );
+    CREATE INDEX sso_sessions_expiry ON sso_sessions (idle_expires_at);
+    CREATE TABLE refresh_tokens (
+        hash BYTEA PRIMARY KEY,
+        grant_id TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        session_id TEXT,
+        auth_time BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        idle_expires_at BIGINT NOT NULL,
+        rotated BIGINT NOT NULL,
+        details TEXT NOT NULL
+    );
+    CREATE INDEX refresh_tokens_expiry ON refresh_tokens (idle_expires_at);
+    CREATE TABLE consents (
+        subject TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        PRIMARY KEY (subject, client_id)
+    );",
+];
 
 pub struct PgStore {
     pool: PgPool,
     writes: Batcher<TokenWriter>,
     reads: Batcher<TokenReader>,
+    codes: Batcher<signin::CodeWriter>,
 }
 
 /// Opaque tokens per statement, at most.
@@ -169,10 +222,18 @@ impl PgStore {
             TokenReader { pool: pool.clone() },
             MAX_BATCH,
         );
+        let codes = Batcher::spawn(
+            "postgres_auth_codes",
+            signin::CodeWriter {
+                writer: pool.clone(),
+            },
+            MAX_CODES,
+        );
         Ok(Self {
             pool,
             writes,
             reads,
+            codes,
         })
     }
 
@@ -351,6 +412,9 @@ impl Store for PgStore {
             "DELETE FROM opaque_tokens WHERE ctid IN (SELECT ctid FROM opaque_tokens WHERE expires_at < $1 LIMIT 500)",
             "DELETE FROM revocations WHERE ctid IN (SELECT ctid FROM revocations WHERE expires_at < $1 LIMIT 500)",
             "DELETE FROM used_once WHERE ctid IN (SELECT ctid FROM used_once WHERE expires_at < $1 LIMIT 500)",
+            "DELETE FROM auth_codes WHERE ctid IN (SELECT ctid FROM auth_codes WHERE expires_at < $1 LIMIT 500)",
+            "DELETE FROM sso_sessions WHERE ctid IN (SELECT ctid FROM sso_sessions WHERE idle_expires_at < $1 LIMIT 500)",
+            "DELETE FROM refresh_tokens WHERE ctid IN (SELECT ctid FROM refresh_tokens WHERE idle_expires_at < $1 LIMIT 500)",
         ] {
             loop {
                 let n = sqlx::query(sql)
@@ -408,6 +472,60 @@ impl Store for PgStore {
             .await?;
         Ok(locked.then_some(RotationLock::Postgres(connection)))
     }
+
+    async fn put_auth_code(&self, code: &AuthCode) -> StoreResult<()> {
+        self.codes.submit(code.clone()).await
+    }
+
+    async fn use_auth_code(&self, hash: &SecretHash) -> StoreResult<CodeUse> {
+        signin::use_auth_code(&self.pool, hash).await
+    }
+
+    async fn put_session(&self, session: &SsoSession) -> StoreResult<()> {
+        signin::put_session(&self.pool, session).await
+    }
+
+    async fn session(&self, hash: &SecretHash) -> StoreResult<Option<SsoSession>> {
+        signin::session(&self.pool, hash).await
+    }
+
+    async fn touch_session(&self, hash: &SecretHash, idle_expires_at: u64) -> StoreResult<()> {
+        signin::touch_session(&self.pool, hash, idle_expires_at).await
+    }
+
+    async fn end_session(&self, sid: &str) -> StoreResult<bool> {
+        signin::end_session(&self.pool, sid).await
+    }
+
+    async fn put_refresh_token(&self, token: &RefreshToken) -> StoreResult<()> {
+        signin::put_refresh_token(&self.pool, token).await
+    }
+
+    async fn refresh_token(&self, hash: &SecretHash) -> StoreResult<Option<RefreshToken>> {
+        signin::refresh_token(&self.pool, hash).await
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        old: &SecretHash,
+        next: &RefreshToken,
+    ) -> StoreResult<bool> {
+        signin::rotate_refresh_token(&self.pool, old, next).await
+    }
+
+    async fn consent(&self, subject: &str, client_id: &str) -> StoreResult<Option<String>> {
+        signin::consent(&self.pool, subject, client_id).await
+    }
+
+    async fn put_consent(&self, subject: &str, client_id: &str, scope: &str) -> StoreResult<()> {
+        signin::put_consent(&self.pool, subject, client_id, scope).await
+    }
+}
+
+/// The sign-in queries on this backend's pools.
+mod signin {
+    super::super::signin::queries!(PgPool, sqlx::Postgres);
+    use super::PgPool;
 }
 
 #[cfg(test)]
@@ -443,6 +561,7 @@ mod tests {
         suite::run(&store).await;
         suite::concurrent_revocations(&store).await;
         suite::concurrent_opaque_tokens(&store).await;
+        suite::signin(&store).await;
         // A second replica migrates nothing and sees the same data; the
         // rotation lock is one replica's at a time.
         let other = PgStore::connect(&url, 2).await.unwrap();
@@ -459,6 +578,7 @@ mod tests {
             .await;
         store.close().await;
         suite::after_reopen(&other).await;
+        suite::signin_after_reopen(&other).await;
     }
 
     /// TLS to the database as `sslmode` says: `verify-full` with the right

@@ -10,7 +10,10 @@
 use sqlx::{FromRow, Row, postgres::PgRow, sqlite::SqliteRow};
 use tokenmesh_tokens::secret::SecretHash;
 
-use super::{ChangeMarks, OpaqueToken, Revocation, RevocationKind, StoredKey};
+use super::{
+    ChangeMarks, OpaqueToken, Revocation, RevocationKind, StoredKey,
+    signin::{AuthCode, RefreshToken, SsoSession},
+};
 
 pub(super) fn int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
@@ -110,6 +113,112 @@ impl From<MarksRow> for ChangeMarks {
     }
 }
 
+fn hash_of(bytes: &[u8]) -> Result<SecretHash, sqlx::Error> {
+    SecretHash::from_bytes(bytes)
+        .ok_or_else(|| sqlx::Error::Decode("a stored digest is not 32 bytes".into()))
+}
+
+/// `auth_codes`, with `used` (`signin::sql::USE_CODE`).
+pub(super) struct CodeRow {
+    hash: Vec<u8>,
+    client_id: String,
+    redirect_uri: String,
+    code_challenge: Option<String>,
+    scope: String,
+    nonce: Option<String>,
+    session_id: Option<String>,
+    subject: String,
+    auth_time: i64,
+    grant_id: String,
+    expires_at: i64,
+    details: String,
+    pub(super) used: i64,
+}
+
+impl TryFrom<CodeRow> for AuthCode {
+    type Error = sqlx::Error;
+    fn try_from(row: CodeRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            hash: hash_of(&row.hash)?,
+            client_id: row.client_id,
+            redirect_uri: row.redirect_uri,
+            code_challenge: row.code_challenge,
+            scope: row.scope,
+            nonce: row.nonce,
+            session_id: row.session_id,
+            subject: row.subject,
+            auth_time: uint(row.auth_time),
+            grant_id: row.grant_id,
+            expires_at: uint(row.expires_at),
+            details: row.details,
+        })
+    }
+}
+
+/// `sso_sessions` (`signin::sql::SESSION`).
+pub(super) struct SessionRow {
+    hash: Vec<u8>,
+    sid: String,
+    subject: String,
+    idp: String,
+    auth_time: i64,
+    amr: String,
+    expires_at: i64,
+    idle_expires_at: i64,
+    claims: String,
+}
+
+impl TryFrom<SessionRow> for SsoSession {
+    type Error = sqlx::Error;
+    fn try_from(row: SessionRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            hash: hash_of(&row.hash)?,
+            sid: row.sid,
+            subject: row.subject,
+            idp: row.idp,
+            auth_time: uint(row.auth_time),
+            amr: row.amr,
+            expires_at: uint(row.expires_at),
+            idle_expires_at: uint(row.idle_expires_at),
+            claims: row.claims,
+        })
+    }
+}
+
+/// `refresh_tokens` (`signin::sql::REFRESH`).
+pub(super) struct RefreshRow {
+    hash: Vec<u8>,
+    grant_id: String,
+    client_id: String,
+    subject: String,
+    scope: String,
+    session_id: Option<String>,
+    auth_time: i64,
+    expires_at: i64,
+    idle_expires_at: i64,
+    rotated: i64,
+    details: String,
+}
+
+impl TryFrom<RefreshRow> for RefreshToken {
+    type Error = sqlx::Error;
+    fn try_from(row: RefreshRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            hash: hash_of(&row.hash)?,
+            grant_id: row.grant_id,
+            client_id: row.client_id,
+            subject: row.subject,
+            scope: row.scope,
+            session_id: row.session_id,
+            auth_time: uint(row.auth_time),
+            expires_at: uint(row.expires_at),
+            idle_expires_at: uint(row.idle_expires_at),
+            rotated: row.rotated != 0,
+            details: row.details,
+        })
+    }
+}
+
 /// `impl FromRow` for each backend's row: the row type and its columns,
 /// read by name.
 macro_rules! from_row {
@@ -153,4 +262,43 @@ from_row!(MarksRow {
     revoked,
     resources,
     keys
+});
+from_row!(CodeRow {
+    hash,
+    client_id,
+    redirect_uri,
+    code_challenge,
+    scope,
+    nonce,
+    session_id,
+    subject,
+    auth_time,
+    grant_id,
+    expires_at,
+    details,
+    used
+});
+from_row!(SessionRow {
+    hash,
+    sid,
+    subject,
+    idp,
+    auth_time,
+    amr,
+    expires_at,
+    idle_expires_at,
+    claims
+});
+from_row!(RefreshRow {
+    hash,
+    grant_id,
+    client_id,
+    subject,
+    scope,
+    session_id,
+    auth_time,
+    expires_at,
+    idle_expires_at,
+    rotated,
+    details
 });

@@ -17,6 +17,7 @@ use super::{
     StoreError, StoreResult, StoredKey,
     batch::{Batch, Batcher},
     rows::{KeyRow, MarksRow, OpaqueRow, RevocationRow, int},
+    signin::{AuthCode, CodeUse, RefreshToken, SsoSession, sql::MAX_CODES},
 };
 
 /// Versioned schema; each entry runs once, in order.
@@ -60,6 +61,55 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE TABLE marks (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
     INSERT INTO marks (name, value) VALUES ('resources', 0);",
+    // Sign-in (store/signin.rs).
+    "CREATE TABLE auth_codes (
+        hash BLOB PRIMARY KEY,
+        client_id TEXT NOT NULL,
+        redirect_uri TEXT NOT NULL,
+        code_challenge TEXT,
+        scope TEXT NOT NULL,
+        nonce TEXT,
+        session_id TEXT,
+        subject TEXT NOT NULL,
+        auth_time INTEGER NOT NULL,
+        grant_id TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        details TEXT NOT NULL,
+        used INTEGER NOT NULL
+    );
+    CREATE INDEX auth_codes_expiry ON auth_codes (expires_at);
+    CREATE TABLE sso_sessions (
+        hash BLOB PRIMARY KEY,
+        sid TEXT NOT NULL UNIQUE,
+        subject TEXT NOT NULL,
+        idp TEXT NOT NULL,
+        auth_time INTEGER NOT NULL,
+        amr TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        idle_expires_at INTEGER NOT NULL,
+        claims TEXT NOT NULL
+    );
+    CREATE INDEX sso_sessions_expiry ON sso_sessions (idle_expires_at);
+    CREATE TABLE refresh_tokens (
+        hash BLOB PRIMARY KEY,
+        grant_id TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        session_id TEXT,
+        auth_time INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        idle_expires_at INTEGER NOT NULL,
+        rotated INTEGER NOT NULL,
+        details TEXT NOT NULL
+    );
+    CREATE INDEX refresh_tokens_expiry ON refresh_tokens (idle_expires_at);
+    CREATE TABLE consents (
+        subject TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        PRIMARY KEY (subject, client_id)
+    );",
 ];
 
 /// One writer connection, so a checkpoint can always restart the WAL (with
@@ -68,6 +118,7 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     tokens: Batcher<TokenWriter>,
+    codes: Batcher<signin::CodeWriter>,
 }
 
 /// Opaque tokens per transaction, at most.
@@ -139,8 +190,8 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
-            // Room for the INSERT of every batch size besides the rest.
-            .statement_cache_capacity(MAX_BATCH + 64)
+            // Room for the INSERTs of every batch size besides the rest.
+            .statement_cache_capacity(MAX_BATCH + MAX_CODES + 64)
             // Under constant writes the WAL is reused, never shrunk: cap what
             // it keeps after each checkpoint.
             .pragma("journal_size_limit", "67108864")
@@ -165,10 +216,18 @@ impl SqliteStore {
             },
             MAX_BATCH,
         );
+        let codes = Batcher::spawn(
+            "sqlite_auth_codes",
+            signin::CodeWriter {
+                writer: writer.clone(),
+            },
+            MAX_CODES,
+        );
         Ok(Self {
             writer,
             reader,
             tokens,
+            codes,
         })
     }
 
@@ -383,6 +442,9 @@ impl Store for SqliteStore {
             "DELETE FROM opaque_tokens WHERE rowid IN (SELECT rowid FROM opaque_tokens WHERE expires_at < ? LIMIT 500)",
             "DELETE FROM revocations WHERE rowid IN (SELECT rowid FROM revocations WHERE expires_at < ? LIMIT 500)",
             "DELETE FROM used_once WHERE rowid IN (SELECT rowid FROM used_once WHERE expires_at < ? LIMIT 500)",
+            "DELETE FROM auth_codes WHERE rowid IN (SELECT rowid FROM auth_codes WHERE expires_at < ? LIMIT 500)",
+            "DELETE FROM sso_sessions WHERE rowid IN (SELECT rowid FROM sso_sessions WHERE idle_expires_at < ? LIMIT 500)",
+            "DELETE FROM refresh_tokens WHERE rowid IN (SELECT rowid FROM refresh_tokens WHERE idle_expires_at < ? LIMIT 500)",
         ] {
             loop {
                 let n = sqlx::query(sql)
@@ -398,6 +460,60 @@ impl Store for SqliteStore {
         }
         Ok(removed)
     }
+
+    async fn put_auth_code(&self, code: &AuthCode) -> StoreResult<()> {
+        self.codes.submit(code.clone()).await
+    }
+
+    async fn use_auth_code(&self, hash: &SecretHash) -> StoreResult<CodeUse> {
+        signin::use_auth_code(&self.writer, hash).await
+    }
+
+    async fn put_session(&self, session: &SsoSession) -> StoreResult<()> {
+        signin::put_session(&self.writer, session).await
+    }
+
+    async fn session(&self, hash: &SecretHash) -> StoreResult<Option<SsoSession>> {
+        signin::session(&self.writer, hash).await
+    }
+
+    async fn touch_session(&self, hash: &SecretHash, idle_expires_at: u64) -> StoreResult<()> {
+        signin::touch_session(&self.writer, hash, idle_expires_at).await
+    }
+
+    async fn end_session(&self, sid: &str) -> StoreResult<bool> {
+        signin::end_session(&self.writer, sid).await
+    }
+
+    async fn put_refresh_token(&self, token: &RefreshToken) -> StoreResult<()> {
+        signin::put_refresh_token(&self.writer, token).await
+    }
+
+    async fn refresh_token(&self, hash: &SecretHash) -> StoreResult<Option<RefreshToken>> {
+        signin::refresh_token(&self.writer, hash).await
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        old: &SecretHash,
+        next: &RefreshToken,
+    ) -> StoreResult<bool> {
+        signin::rotate_refresh_token(&self.writer, old, next).await
+    }
+
+    async fn consent(&self, subject: &str, client_id: &str) -> StoreResult<Option<String>> {
+        signin::consent(&self.reader, subject, client_id).await
+    }
+
+    async fn put_consent(&self, subject: &str, client_id: &str, scope: &str) -> StoreResult<()> {
+        signin::put_consent(&self.writer, subject, client_id, scope).await
+    }
+}
+
+/// The sign-in queries on this backend's pools.
+mod signin {
+    super::super::signin::queries!(SqlitePool, sqlx::Sqlite);
+    use super::SqlitePool;
 }
 
 #[cfg(test)]
@@ -412,8 +528,10 @@ mod tests {
         suite::run(&store).await;
         suite::concurrent_revocations(&store).await;
         suite::concurrent_opaque_tokens(&store).await;
+        suite::signin(&store).await;
         store.close().await;
         let reopened = SqliteStore::open(dir.path()).await.unwrap();
         suite::after_reopen(&reopened).await;
+        suite::signin_after_reopen(&reopened).await;
     }
 }

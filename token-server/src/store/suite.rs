@@ -306,3 +306,192 @@ async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
     .await;
     outputs.into_iter().map(Option::unwrap).collect()
 }
+
+/// Authorization codes, SSO sessions, refresh tokens and consents.
+pub async fn signin(store: &dyn Store) {
+    use super::{AuthCode, CodeUse, RefreshToken, SsoSession};
+
+    // A code is redeemed once; the second time is a replay, with the grant
+    // it started, so what it issued can be revoked.
+    let code = AuthCode {
+        hash: SecretHash::of(b"code"),
+        client_id: "web".into(),
+        redirect_uri: "https://app.example/cb".into(),
+        code_challenge: Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into()),
+        scope: "openid profile".into(),
+        nonce: Some("n-0S6_WzA2Mj".into()),
+        session_id: Some("sid-1".into()),
+        subject: "alice".into(),
+        auth_time: 90,
+        grant_id: "grant-code".into(),
+        expires_at: 160,
+        details: "{}".into(),
+    };
+    store.put_auth_code(&code).await.unwrap();
+    assert_eq!(
+        store.use_auth_code(&code.hash).await.unwrap(),
+        CodeUse::First(code.clone())
+    );
+    assert_eq!(
+        store.use_auth_code(&code.hash).await.unwrap(),
+        CodeUse::Replayed(code.clone())
+    );
+    assert_eq!(
+        store
+            .use_auth_code(&SecretHash::of(b"other"))
+            .await
+            .unwrap(),
+        CodeUse::Unknown
+    );
+    // Many codes written at once (so in batches of several sizes) each come
+    // back as written.
+    let many: Vec<AuthCode> = (0..150)
+        .map(|i| AuthCode {
+            hash: SecretHash::of(format!("code-{i}").as_bytes()),
+            grant_id: format!("grant-{i}"),
+            nonce: (i % 2 == 0).then(|| format!("nonce-{i}")),
+            ..code.clone()
+        })
+        .collect();
+    for written in join_all(many.iter().map(|c| store.put_auth_code(c)).collect()).await {
+        written.unwrap();
+    }
+    for code in &many {
+        assert_eq!(
+            store.use_auth_code(&code.hash).await.unwrap(),
+            CodeUse::First(code.clone())
+        );
+    }
+    // Two redemptions racing: exactly one is the first.
+    let mut raced = code.clone();
+    raced.hash = SecretHash::of(b"raced");
+    store.put_auth_code(&raced).await.unwrap();
+    let both = join_all(vec![
+        store.use_auth_code(&raced.hash),
+        store.use_auth_code(&raced.hash),
+    ])
+    .await;
+    let firsts = both
+        .iter()
+        .filter(|u| matches!(u, Ok(CodeUse::First(_))))
+        .count();
+    assert_eq!(firsts, 1, "{both:?}");
+
+    // Sessions: found by the digest of the cookie, idle end moved, ended by sid.
+    let session = SsoSession {
+        hash: SecretHash::of(b"cookie"),
+        sid: "sid-1".into(),
+        subject: "alice".into(),
+        idp: "dev-users".into(),
+        auth_time: 90,
+        amr: "pwd".into(),
+        expires_at: 10_000,
+        idle_expires_at: 2_000,
+        claims: "{\"email\":\"alice@example.com\"}".into(),
+    };
+    store.put_session(&session).await.unwrap();
+    assert_eq!(
+        store.session(&session.hash).await.unwrap(),
+        Some(session.clone())
+    );
+    store.touch_session(&session.hash, 3_000).await.unwrap();
+    assert_eq!(
+        store
+            .session(&session.hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .idle_expires_at,
+        3_000
+    );
+    assert!(store.end_session("sid-1").await.unwrap());
+    assert!(!store.end_session("sid-1").await.unwrap());
+    assert_eq!(store.session(&session.hash).await.unwrap(), None);
+
+    // Refresh tokens rotate once: the second rotation of the same token
+    // (a reuse) writes nothing.
+    let first = RefreshToken {
+        hash: SecretHash::of(b"rt-1"),
+        grant_id: "grant-rt".into(),
+        client_id: "web".into(),
+        subject: "alice".into(),
+        scope: "openid offline_access".into(),
+        session_id: Some("sid-2".into()),
+        auth_time: 90,
+        expires_at: 100_000,
+        idle_expires_at: 50_000,
+        rotated: false,
+        details: "{}".into(),
+    };
+    store.put_refresh_token(&first).await.unwrap();
+    assert_eq!(
+        store.refresh_token(&first.hash).await.unwrap(),
+        Some(first.clone())
+    );
+    let second = RefreshToken {
+        hash: SecretHash::of(b"rt-2"),
+        ..first.clone()
+    };
+    assert!(
+        store
+            .rotate_refresh_token(&first.hash, &second)
+            .await
+            .unwrap()
+    );
+    let third = RefreshToken {
+        hash: SecretHash::of(b"rt-3"),
+        ..first.clone()
+    };
+    assert!(
+        !store
+            .rotate_refresh_token(&first.hash, &third)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .refresh_token(&first.hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .rotated
+    );
+    assert_eq!(
+        store.refresh_token(&second.hash).await.unwrap(),
+        Some(second.clone())
+    );
+    assert_eq!(store.refresh_token(&third.hash).await.unwrap(), None);
+
+    // Consents, per user and client.
+    assert_eq!(store.consent("alice", "web").await.unwrap(), None);
+    store.put_consent("alice", "web", "openid").await.unwrap();
+    store
+        .put_consent("alice", "web", "openid profile")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.consent("alice", "web").await.unwrap().as_deref(),
+        Some("openid profile")
+    );
+    assert_eq!(store.consent("bob", "web").await.unwrap(), None);
+
+    // Expired codes and refresh tokens go with the rest.
+    store.purge_expired(200).await.unwrap();
+    assert_eq!(
+        store.use_auth_code(&code.hash).await.unwrap(),
+        CodeUse::Unknown
+    );
+    assert!(store.refresh_token(&second.hash).await.unwrap().is_some());
+}
+
+/// What [`signin`] left is still there after a reopen.
+pub async fn signin_after_reopen(store: &dyn Store) {
+    assert!(
+        store
+            .refresh_token(&SecretHash::of(b"rt-2"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(store.consent("alice", "web").await.unwrap().is_some());
+}

@@ -15,5 +15,7 @@ mod mtls;
 mod oauth;
 mod replicas;
 mod service_accounts;
+mod sign_in;
 mod startup;
 mod tls;
+mod upstream;

@@ -81,7 +81,7 @@ async fn discovery_lists_every_endpoint() {
             meta["scopes_supported"],
             json!(["orders:read", "orders:write"])
         );
-        // No ID token is issued yet: none is advertised.
+        // No client signs people in: no ID token is advertised.
         assert_eq!(meta.get("id_token_signing_alg_values_supported"), None);
     }
     let metrics = server

@@ -189,7 +189,7 @@ async fn migrate_reports_what_it_did_and_reads_spec_storage() {
         (out.status.success(), text)
     };
     let (ok, out) = run(&["migrate", "--database-url", &url]);
-    assert!(ok && out.contains("applied 1 migration(s)"), "{out}");
+    assert!(ok && out.contains("applied 2 migration(s)"), "{out}");
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("secrets/db")).unwrap();
@@ -201,7 +201,7 @@ async fn migrate_reports_what_it_did_and_reads_spec_storage() {
     )
     .unwrap();
     let (ok, out) = run(&["migrate", "--config", config.to_str().unwrap()]);
-    assert!(ok && out.contains("up to date (version 1)"), "{out}");
+    assert!(ok && out.contains("up to date (version 2)"), "{out}");
 
     let away = format!("postgres://postgres@127.0.0.1:{}/none", free_port());
     let (ok, out) = run(&["migrate", "--database-url", &away]);

@@ -1,0 +1,97 @@
+//! The tokens a sign-in grant issues: an access token whose subject is the
+//! user (the same RFC 9068 JWT or opaque token as any, so it travels the
+//! mesh as today), and for OpenID Connect an ID token.
+
+use tokenmesh_crds::SigningAlgorithm;
+
+use crate::{
+    binding::{self, Holder},
+    error::OAuthError,
+    issue::{self, Issued},
+    plan::{self, GrantedScope, TokenPlan},
+    ports::{IdTokenSigner, OpaqueTokens, Signer},
+    registry::{Client, Registry},
+};
+
+use super::{grant::Authorization, id_token};
+
+/// The access token of `authorization`, bound to `holder`'s key if any.
+/// It carries the user's claims its scopes release, which UserInfo reads.
+pub async fn access_token(
+    ports: &(impl Signer + OpaqueTokens),
+    registry: &Registry,
+    client: &Client,
+    authorization: &Authorization,
+    holder: &Holder,
+    now: u64,
+) -> Result<Issued, OAuthError> {
+    let scopes = authorization
+        .scopes
+        .iter()
+        .map(|name| GrantedScope {
+            name: name.clone(),
+            expires_at: registry
+                .find_scope(name)
+                .and_then(|def| def.ttl)
+                .map(|ttl| now.saturating_add(ttl.as_secs())),
+        })
+        .collect();
+    let ttl = client.ttl.min(registry.server.max_ttl).as_secs();
+    let mut claims = plan::claims(
+        &registry.server.issuer,
+        TokenPlan {
+            client,
+            subject: authorization.subject.clone(),
+            scopes,
+            audiences: authorization.audiences.clone(),
+            grant_id: Some(authorization.grant_id.clone()),
+            now,
+            ttl,
+        },
+    )?;
+    for (name, value) in id_token::user_claims(authorization) {
+        claims.extra.entry(name).or_insert(value);
+    }
+    claims.cnf = binding::bind(client, holder)?;
+    issue::embed(ports, registry, client, &mut claims, now)?;
+    let access_token = issue::mint(ports, registry, client, client.format, &claims).await?;
+    tracing::debug!(client_id = %client.id, jti = %claims.jti, "token issued to a user");
+    Ok(Issued {
+        access_token,
+        expires_in: ttl,
+        claims,
+        format: client.format,
+    })
+}
+
+/// What an ID token is signed with and how long it lives.
+#[derive(Debug, Clone, Copy)]
+pub struct IdTokenSettings {
+    pub algorithm: SigningAlgorithm,
+    pub ttl: u64,
+}
+
+/// The signed ID token of an OpenID Connect grant; `None` for plain OAuth.
+pub fn id_token(
+    ports: &impl IdTokenSigner,
+    registry: &Registry,
+    settings: IdTokenSettings,
+    authorization: &Authorization,
+    nonce: Option<&str>,
+    access_token: &str,
+    now: u64,
+) -> Result<Option<String>, OAuthError> {
+    if !authorization.is_oidc() {
+        return Ok(None);
+    }
+    let claims = id_token::claims(
+        &registry.server.issuer,
+        authorization,
+        nonce,
+        Some(access_token),
+        settings.algorithm,
+        settings.ttl,
+        now,
+    );
+    ports.sign_id_token(settings.algorithm, &claims).map(Some)
+}
