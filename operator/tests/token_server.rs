@@ -193,3 +193,34 @@ async fn the_operator_reaches_a_tls_token_server_through_its_own_ca() {
     let plain = Control::new(&format!("http://127.0.0.1:{grpc}"), ADMIN, None).unwrap();
     assert!(!plain.ready().await);
 }
+
+#[tokio::test]
+async fn an_oidc_identity_provider_is_applied_with_the_health_of_its_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, _http, grpc) = Server::start(dir.path(), &[]);
+    let control = Control::new(&format!("http://127.0.0.1:{grpc}"), ADMIN, None).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !control.ready().await {
+        assert!(Instant::now() < deadline, "token server not ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nothing listens there: in force all the same, reported unavailable.
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let oidc = format!(
+        r#"{{"apiVersion": "tokenmesh.dev/v1alpha1", "kind": "IdentityProvider",
+            "metadata": {{"name": "corp", "namespace": "shop"}},
+            "spec": {{"type": "oidc", "oidc": {{"issuer": "{down}", "clientId": "tokenmesh"}}}}}}"#
+    );
+    let (_, health) = control.apply(oidc).await.unwrap();
+    let health = health.expect("an oidc provider's upstream is checked");
+    assert!(!health.ready);
+    assert_eq!(health.reason, "UpstreamUnavailable");
+    assert!(health.message.contains(&down), "{}", health.message);
+
+    // A static provider depends on nothing outside.
+    let users = r#"{"apiVersion": "tokenmesh.dev/v1alpha1", "kind": "IdentityProvider",
+        "metadata": {"name": "people", "namespace": "shop"},
+        "spec": {"type": "static", "static": {"users": []}}}"#;
+    let (_, health) = control.apply(users.into()).await.unwrap();
+    assert_eq!(health, None);
+}

@@ -234,6 +234,46 @@ async fn users_that_are_not_a_yaml_list_are_reported_and_not_applied() {
     assert_eq!(token_server.calls(), []);
 }
 
+#[tokio::test]
+async fn an_unreachable_upstream_is_not_ready_with_the_token_servers_reason_and_is_checked_again_soon()
+ {
+    let (token_server, control) = FakeTokenServer::start().await;
+    token_server.report_health(tokenmesh_proto::v1::ResourceHealth {
+        ready: false,
+        reason: "UpstreamUnavailable".into(),
+        message: "https://login.corp.example/.well-known/openid-configuration cannot be reached"
+            .into(),
+    });
+    let (ctx, mut api) = context_at(control, ManualClock::at_unix(1_800_000_000));
+    let task = tokio::spawn(reconcile(Arc::new(corp()), ctx));
+    let value = secret("corp-oidc", "client_secret", "upstream-secret");
+    expect(&mut api, Method::GET, UPSTREAM, value).await;
+    let status = expect(
+        &mut api,
+        Method::PATCH,
+        &format!("{CORP}/status"),
+        json!(corp()),
+    )
+    .await;
+    let (state, reason, message) = ready(&status);
+    assert_eq!(
+        (state.as_str(), reason.as_str()),
+        ("False", "UpstreamUnavailable")
+    );
+    assert!(message.contains("cannot be reached"), "{message}");
+    let event = expect_event(&mut api, "shop").await;
+    assert_eq!(
+        (&event["type"], &event["reason"]),
+        (&json!("Warning"), &json!("UpstreamUnavailable"))
+    );
+    assert_eq!(
+        outcome(task).await.unwrap(),
+        Action::requeue(Duration::from_secs(30)),
+        "in force, and checked again before the resync"
+    );
+    assert_eq!(token_server.calls().len(), 1, "applied all the same");
+}
+
 #[test]
 fn a_secret_change_maps_to_the_providers_that_name_it() {
     let providers = [Arc::new(people()), Arc::new(corp())];
