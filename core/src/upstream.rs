@@ -15,7 +15,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde_json::{Map, Value};
 use tokenmesh_tokens::verify::{self, Expected, KeySet, VerifyError};
 
-use crate::registry::{USER_RESERVED_CLAIMS, UpstreamOidc};
+use crate::registry::{UpstreamOidc, reserved_for_users};
 
 /// Clock skew tolerated on `exp` and `iat`.
 pub const LEEWAY: u64 = 60;
@@ -194,7 +194,7 @@ fn map_claims(
     let mut mapped = Map::new();
     for (name, program) in &provider.claim_mappings {
         // Checked when the provider was applied; kept as a last guard.
-        if USER_RESERVED_CLAIMS.contains(&name.as_str()) {
+        if reserved_for_users(name) {
             continue;
         }
         let value = program

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use tokenmesh_proto::v1::{
-    ApplyRequest, DeleteRequest, GetStatusRequest, ResourceRef,
+    ApplyRequest, DeleteRequest, GetStatusRequest, ResourceHealth, ResourceRef,
     control_service_client::ControlServiceClient,
 };
 use tonic::{
@@ -52,14 +52,17 @@ impl Control {
         request
     }
 
-    pub async fn apply(&self, document: String) -> Result<u64, Status> {
-        Ok(self
+    /// Applies a document: the configuration's version after it, and what
+    /// the token server found of the resource's outside dependencies (an
+    /// oidc IdentityProvider's upstream), if it has any.
+    pub async fn apply(&self, document: String) -> Result<(u64, Option<ResourceHealth>), Status> {
+        let answer = self
             .client
             .clone()
             .apply(self.request(ApplyRequest { document }))
             .await?
-            .into_inner()
-            .version)
+            .into_inner();
+        Ok((answer.version, answer.health))
     }
 
     pub async fn delete(&self, kind: &str, namespace: &str, name: &str) -> Result<bool, Status> {

@@ -29,6 +29,8 @@ use tokenmesh_tokens::clock::SharedClock;
 use crate::{control, control::Control, desired, metrics::Metrics, secrets};
 
 pub const FINALIZER: &str = "tokenmesh.dev/token-server";
+/// How soon a resource whose outside dependency is down is checked again.
+const UNHEALTHY_RECHECK: Duration = Duration::from_secs(30);
 const MANAGER: &str = "tokenmesh-operator";
 
 #[derive(Debug, thiserror::Error)]
@@ -382,12 +384,32 @@ async fn apply<K: Managed>(object: Arc<K>, ctx: &Context) -> Result<Action, Erro
     let outcome = async {
         object.check().map_err(Error::Rejected)?;
         let (document, grace_ends) = document_of(ctx, object.as_ref()).await?;
-        ctx.control.apply(document).await?;
-        Ok::<_, Error>(grace_ends)
+        let (_, health) = ctx.control.apply(document).await?;
+        Ok::<_, Error>((grace_ends, health.filter(|h| !h.ready)))
     }
     .await;
     match outcome {
-        Ok(grace_ends) => {
+        Ok((_, Some(unhealthy))) => {
+            // In force, but what it depends on outside (an upstream OpenID
+            // Provider) cannot be reached: not Ready, and checked again soon.
+            let status = desired::status(
+                object.status(),
+                generation,
+                Err((&unhealthy.reason, unhealthy.message.clone())),
+                ctx.clock.now(),
+            );
+            patch_status(ctx, object.as_ref(), status).await?;
+            event(
+                ctx,
+                object.as_ref(),
+                EventType::Warning,
+                &unhealthy.reason,
+                unhealthy.message,
+            )
+            .await;
+            Ok(Action::requeue(UNHEALTHY_RECHECK.min(ctx.resync)))
+        }
+        Ok((grace_ends, None)) => {
             let was_ready = object.status().is_some_and(|s| {
                 s.observed_generation == generation
                     && s.conditions

@@ -63,6 +63,17 @@ impl Server {
     }
 }
 
+/// A ControlService client of the server at `grpc`, once it answers ready.
+async fn ready_control(grpc: u16) -> Control {
+    let control = Control::new(&format!("http://127.0.0.1:{grpc}"), ADMIN, None).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !control.ready().await {
+        assert!(Instant::now() < deadline, "token server not ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    control
+}
+
 async fn token(http: u16, id: &str, secret: &str) -> u16 {
     reqwest::Client::new()
         .post(format!("http://127.0.0.1:{http}/oauth2/token"))
@@ -79,12 +90,7 @@ async fn token(http: u16, id: &str, secret: &str) -> u16 {
 async fn what_the_operator_applies_is_in_force_and_what_it_deletes_is_gone() {
     let dir = tempfile::tempdir().unwrap();
     let (_server, http, grpc) = Server::start(dir.path(), &[]);
-    let control = Control::new(&format!("http://127.0.0.1:{grpc}"), ADMIN, None).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !control.ready().await {
-        assert!(Instant::now() < deadline, "token server not ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let control = ready_control(grpc).await;
 
     let mut scope = Scope::new(
         "read",
@@ -192,4 +198,30 @@ async fn the_operator_reaches_a_tls_token_server_through_its_own_ca() {
     // And plaintext gets nowhere.
     let plain = Control::new(&format!("http://127.0.0.1:{grpc}"), ADMIN, None).unwrap();
     assert!(!plain.ready().await);
+}
+
+#[tokio::test]
+async fn an_oidc_identity_provider_is_applied_with_the_health_of_its_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, _http, grpc) = Server::start(dir.path(), &[]);
+    let control = ready_control(grpc).await;
+    // Nothing listens there: in force all the same, reported unavailable.
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let oidc = format!(
+        r#"{{"apiVersion": "tokenmesh.dev/v1alpha1", "kind": "IdentityProvider",
+            "metadata": {{"name": "corp", "namespace": "shop"}},
+            "spec": {{"type": "oidc", "oidc": {{"issuer": "{down}", "clientId": "tokenmesh"}}}}}}"#
+    );
+    let (_, health) = control.apply(oidc).await.unwrap();
+    let health = health.expect("an oidc provider's upstream is checked");
+    assert!(!health.ready);
+    assert_eq!(health.reason, "UpstreamUnavailable");
+    assert!(health.message.contains(&down), "{}", health.message);
+
+    // A static provider depends on nothing outside.
+    let users = r#"{"apiVersion": "tokenmesh.dev/v1alpha1", "kind": "IdentityProvider",
+        "metadata": {"name": "people", "namespace": "shop"},
+        "spec": {"type": "static", "static": {"users": []}}}"#;
+    let (_, health) = control.apply(users.into()).await.unwrap();
+    assert_eq!(health, None);
 }

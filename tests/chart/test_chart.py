@@ -1156,7 +1156,7 @@ def example_documents():
 
 def test_examples_exist():
     kinds = {doc["kind"] for _, doc in example_documents()}
-    assert {"OAuthClient", "Scope", "ExchangePolicy"} <= kinds
+    assert {"OAuthClient", "Scope", "ExchangePolicy", "IdentityProvider"} <= kinds
 
 
 @pytest.mark.parametrize("name,doc", list(example_documents()),
@@ -1183,6 +1183,11 @@ def test_examples_load_in_the_token_server(tmp_path):
     digest = base64.urlsafe_b64encode(hashlib.sha256(secret.encode()).digest()).decode().rstrip("=")
     docs = [yaml.safe_load(one(manifests("default"), "ConfigMap", f"{FULLNAME}-token-server")["data"]["tokenserver.yaml"])]
     for _, doc in example_documents():
+        if doc["kind"] == "Secret":
+            # Where the token server reads a secretRef standalone (the operator inlines it).
+            for key, value in doc.get("stringData", {}).items():
+                (tmp_path / "secrets" / doc["metadata"]["name"]).mkdir(parents=True, exist_ok=True)
+                (tmp_path / "secrets" / doc["metadata"]["name"] / key).write_text(value)
         if not doc["apiVersion"].startswith("tokenmesh.dev/"):
             continue
         auth = doc.get("spec", {}).get("authentication", {})

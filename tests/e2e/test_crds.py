@@ -185,7 +185,8 @@ def test_invalid_resources_are_refused_with_the_schema_or_cel_message(kube, crds
 EXAMPLES = REPO / "examples" / "kubernetes"
 
 
-@pytest.mark.parametrize("example", ["scopes.yaml", "oauthclients.yaml", "exchangepolicies.yaml", "app.yaml"])
+@pytest.mark.parametrize("example", ["scopes.yaml", "oauthclients.yaml", "exchangepolicies.yaml", "app.yaml",
+                                     "sign-in.yaml"])
 def test_the_kubernetes_examples_pass_the_api_servers_validation(kube, crds, example):
     """examples/kubernetes/ as a user applies it (YAML read by kubectl), judged by the API server with a
     server-side dry run: nothing is stored, so the operator never sees these."""

@@ -1,6 +1,7 @@
 //! The tokenmesh token server: OAuth 2.0 endpoints over resources read from
 //! YAML, with signing keys, opaque tokens and revocations in a store.
 
+mod bounded_body;
 pub mod change;
 pub mod cli;
 pub mod config;

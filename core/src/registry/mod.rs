@@ -24,8 +24,8 @@ pub use model::{
     ServerSettings, ServiceAccount, SignIn,
 };
 pub use providers::{
-    IdentityProvider, ProviderKind, StaticUser, StaticUsers, USER_RESERVED_CLAIMS, UpstreamOidc,
-    UpstreamSecret,
+    IdentityProvider, ProviderKind, StaticUser, StaticUsers, UpstreamOidc, UpstreamSecret,
+    reserved_for_users,
 };
 pub use secrets::{FileSecrets, MIN_SECRET_LEN, SecretSource};
 pub use sign_in::MAX_REDIRECT_URI_LEN;

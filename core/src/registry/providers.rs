@@ -12,30 +12,14 @@ use tokenmesh_crds::{
 
 use super::{
     secrets::SecretSource,
+    sign_in::check_display_name,
     translate::{check_issuer, compile_cel, confidential_url},
 };
 use crate::password;
 
-/// Claims the token server sets for a signed-in user; a user's claims and
-/// claim mappings may not name them.
-pub const USER_RESERVED_CLAIMS: &[&str] = &[
-    "iss",
-    "sub",
-    "aud",
-    "exp",
-    "iat",
-    "nbf",
-    "jti",
-    "client_id",
-    "scope",
-    "scope_exp",
-    "grant_id",
-    "act",
-    "may_act",
-    "embedded_tokens",
-    "cnf",
-    "active",
-    "token_type",
+/// Claims of a sign-in (OpenID Connect Core §2) besides those no client
+/// may set ([`RESERVED_CLAIMS`](super::translate::RESERVED_CLAIMS)).
+const SIGN_IN_CLAIMS: &[&str] = &[
     "auth_time",
     "nonce",
     "acr",
@@ -45,6 +29,12 @@ pub const USER_RESERVED_CLAIMS: &[&str] = &[
     "at_hash",
     "c_hash",
 ];
+
+/// Whether the token server sets `claim` for a signed-in user, so a user's
+/// claims and claim mappings may not name it.
+pub fn reserved_for_users(claim: &str) -> bool {
+    super::translate::RESERVED_CLAIMS.contains(&claim) || SIGN_IN_CLAIMS.contains(&claim)
+}
 
 /// Most users one static provider lists.
 const MAX_USERS: usize = 10_000;
@@ -164,15 +154,7 @@ pub(super) fn identity_provider(
     secrets: &dyn SecretSource,
 ) -> Result<IdentityProvider, FieldError> {
     let display_name = spec.display_name.clone().unwrap_or_else(|| name.to_owned());
-    if display_name.is_empty()
-        || display_name.chars().count() > 100
-        || display_name.chars().any(char::is_control)
-    {
-        return Err(err(
-            "spec.displayName",
-            "must be 1 to 100 printable characters",
-        ));
-    }
+    check_display_name("spec.displayName", &display_name)?;
     let kind = match (spec.kind, &spec.static_users, &spec.oidc) {
         (IdentityProviderType::Static, Some(users), None) => {
             ProviderKind::Static(static_users(users, secrets)?)
@@ -239,11 +221,7 @@ fn static_users(
         }
         password::check_hash(&user.password_hash)
             .map_err(|e| err(at(".passwordHash"), e.to_string()))?;
-        if let Some(claim) = user
-            .claims
-            .keys()
-            .find(|c| USER_RESERVED_CLAIMS.contains(&c.as_str()))
-        {
+        if let Some(claim) = user.claims.keys().find(|c| reserved_for_users(c)) {
             return Err(err(
                 at(&format!(".claims.{claim}")),
                 "is set by the token server and cannot be a user's claim",
@@ -336,7 +314,7 @@ fn upstream_oidc(
     let mut claim_mappings = Vec::new();
     for (claim, source) in &spec.claim_mappings {
         let field = format!("spec.oidc.claimMappings.{claim}");
-        if USER_RESERVED_CLAIMS.contains(&claim.as_str()) {
+        if reserved_for_users(claim) {
             return Err(err(
                 field,
                 "is set by the token server and cannot be mapped",

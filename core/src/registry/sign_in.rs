@@ -186,15 +186,7 @@ fn branding(id: &str, spec: &OAuthClientSpec) -> Result<Branding, FieldError> {
         .display_name
         .clone()
         .unwrap_or_else(|| id.to_owned());
-    if display_name.is_empty()
-        || display_name.chars().count() > 100
-        || display_name.chars().any(char::is_control)
-    {
-        return Err(err(
-            "spec.branding.displayName",
-            "must be 1 to 100 printable characters",
-        ));
-    }
+    check_display_name("spec.branding.displayName", &display_name)?;
     if let Some(logo) = &branding.logo_url
         && (!confidential_url(logo) || logo.len() > 2048 || logo.contains(['"', '\'', '<', '>']))
     {
@@ -219,6 +211,14 @@ fn branding(id: &str, spec: &OAuthClientSpec) -> Result<Branding, FieldError> {
         primary_color: branding.primary_color.clone(),
         background_color: branding.background_color.clone(),
     })
+}
+
+/// A name people read on a page: 1 to 100 characters, none a control.
+pub(super) fn check_display_name(field: &str, name: &str) -> Result<(), FieldError> {
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(err(field, "must be 1 to 100 printable characters"));
+    }
+    Ok(())
 }
 
 fn is_hex_color(text: &str) -> bool {

@@ -354,3 +354,51 @@ fn oidc_providers_are_checked_and_keep_their_secret_out_of_debug() {
     let no_secret = OIDC_IDP.replace("name: upstream, key: secret", "name: gone, key: secret");
     assert_eq!(refused(&no_secret).0, "spec.oidc.clientSecretRef");
 }
+
+/// The examples' users sign in with the passwords their comments give.
+#[test]
+fn the_examples_static_users_sign_in_with_their_documented_passwords() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let quickstart = std::fs::read_to_string(examples.join("quickstart.yaml")).unwrap();
+    let docs = parse_documents(None, &quickstart).unwrap();
+    let files = FileSecrets {
+        dir: examples.join("secrets"),
+    };
+    let reg = Registry::new("http://127.0.0.1:8080".into(), None)
+        .from_documents(&docs, &files)
+        .unwrap();
+    let web = reg.client("web").unwrap();
+    let people: Vec<_> = reg.identity_providers_of(web).collect();
+    let ProviderKind::Static(users) = &people[0].kind else {
+        panic!("a static provider");
+    };
+    assert!(users.verify("alice", "alice-quickstart-password").is_some());
+
+    // examples/kubernetes/sign-in.yaml: its Secret, as the operator reads it.
+    let text = std::fs::read_to_string(examples.join("kubernetes/sign-in.yaml")).unwrap();
+    let mut secrets = HashMap::new();
+    let mut resources = String::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let value: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+        if value["kind"] == "Secret" {
+            let users = value["stringData"]["users.yaml"].as_str().unwrap();
+            secrets.insert(
+                "shop-users/users.yaml".to_owned(),
+                users.as_bytes().to_vec(),
+            );
+        } else {
+            resources += &format!("---\n{}", serde_yaml_ng::to_string(&value).unwrap());
+        }
+    }
+    let scopes = std::fs::read_to_string(examples.join("kubernetes/scopes.yaml")).unwrap();
+    let docs = parse_documents(None, &format!("{scopes}\n{resources}")).unwrap();
+    let reg = Registry::new("http://127.0.0.1:8080".into(), None)
+        .from_documents(&docs, &Secrets(secrets))
+        .unwrap();
+    let staff = reg.identity_provider("shop/staff").unwrap();
+    let ProviderKind::Static(users) = &staff.kind else {
+        panic!("a static provider");
+    };
+    assert!(users.verify("alice", "alice-example-password").is_some());
+    assert!(reg.client("shop/web").unwrap().sign_in.require_pkce);
+}

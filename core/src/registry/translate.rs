@@ -29,7 +29,7 @@ use crate::{
 };
 
 /// Claims a client may not set itself.
-const RESERVED_CLAIMS: &[&str] = &[
+pub(super) const RESERVED_CLAIMS: &[&str] = &[
     "iss",
     "sub",
     "aud",

@@ -17,10 +17,9 @@ use tokenmesh_tokens::clock::ManualClock;
 
 use super::{Error, FINALIZER, reconcile};
 use crate::fixtures::{
-    Call, FakeTokenServer, context_at, expect, expect_event, expect_status, not_found,
+    ApiServer, Call, FakeTokenServer, context_at, expect, expect_event, expect_status, not_found,
 };
 
-const PEOPLE: &str = "/apis/tokenmesh.dev/v1alpha1/namespaces/shop/identityproviders/people";
 const CORP: &str = "/apis/tokenmesh.dev/v1alpha1/namespaces/shop/identityproviders/corp";
 const USERS: &str = "/api/v1/namespaces/shop/secrets/people";
 const UPSTREAM: &str = "/api/v1/namespaces/shop/secrets/corp-oidc";
@@ -90,6 +89,25 @@ fn ready(patch: &Value) -> (String, String, String) {
     (text(&c["status"]), text(&c["reason"]), text(&c["message"]))
 }
 
+/// Reconciles `provider`, answers the GET of the Secret it names (at
+/// `secret_path`) with `secret`, and returns the task and the status it wrote.
+async fn reconcile_reading(
+    ctx: Arc<super::Context>,
+    api: &mut ApiServer,
+    provider: IdentityProvider,
+    secret_path: &str,
+    secret: Value,
+) -> (tokio::task::JoinHandle<Result<Action, Error>>, Value) {
+    let path = format!(
+        "/apis/tokenmesh.dev/v1alpha1/namespaces/shop/identityproviders/{}/status",
+        provider.metadata.name.as_deref().unwrap_or_default()
+    );
+    let task = tokio::spawn(reconcile(Arc::new(provider.clone()), ctx));
+    expect(api, Method::GET, secret_path, secret).await;
+    let status = expect(api, Method::PATCH, &path, json!(provider)).await;
+    (task, status)
+}
+
 async fn outcome<T>(task: tokio::task::JoinHandle<T>) -> T {
     tokio::time::timeout(Duration::from_secs(5), task)
         .await
@@ -104,19 +122,12 @@ async fn a_static_provider_sends_its_secrets_users_inline_and_is_ready() {
     let users = format!(
         "- username: alice\n  passwordHash: \"{HASH}\"\n  claims: {{email: alice@example.com}}\n"
     );
-    let task = tokio::spawn(reconcile(Arc::new(people()), ctx));
-    expect(
+    let (task, status) = reconcile_reading(
+        ctx,
         &mut api,
-        Method::GET,
+        people(),
         USERS,
         secret("people", "users.yaml", &users),
-    )
-    .await;
-    let status = expect(
-        &mut api,
-        Method::PATCH,
-        &format!("{PEOPLE}/status"),
-        json!(people()),
     )
     .await;
     assert_eq!(ready(&status).1, "Applied");
@@ -146,16 +157,8 @@ async fn a_static_provider_sends_its_secrets_users_inline_and_is_ready() {
 async fn an_oidc_providers_client_secret_travels_inline_and_its_loss_removes_the_provider() {
     let (token_server, control) = FakeTokenServer::start().await;
     let (ctx, mut api) = context_at(control, ManualClock::at_unix(1_800_000_000));
-    let task = tokio::spawn(reconcile(Arc::new(corp()), ctx.clone()));
     let value = secret("corp-oidc", "client_secret", "upstream-secret\n");
-    expect(&mut api, Method::GET, UPSTREAM, value).await;
-    let status = expect(
-        &mut api,
-        Method::PATCH,
-        &format!("{CORP}/status"),
-        json!(corp()),
-    )
-    .await;
+    let (task, status) = reconcile_reading(ctx.clone(), &mut api, corp(), UPSTREAM, value).await;
     assert_eq!(ready(&status).1, "Applied");
     expect_event(&mut api, "shop").await;
     outcome(task).await.unwrap();
@@ -209,16 +212,8 @@ async fn an_oidc_providers_client_secret_travels_inline_and_its_loss_removes_the
 async fn users_that_are_not_a_yaml_list_are_reported_and_not_applied() {
     let (token_server, control) = FakeTokenServer::start().await;
     let (ctx, mut api) = context_at(control, ManualClock::at_unix(1_800_000_000));
-    let task = tokio::spawn(reconcile(Arc::new(people()), ctx));
     let bad = secret("people", "users.yaml", "alice: hunter2\n");
-    expect(&mut api, Method::GET, USERS, bad).await;
-    let status = expect(
-        &mut api,
-        Method::PATCH,
-        &format!("{PEOPLE}/status"),
-        json!(people()),
-    )
-    .await;
+    let (task, status) = reconcile_reading(ctx, &mut api, people(), USERS, bad).await;
     let (state, reason, message) = ready(&status);
     assert_eq!(
         (state.as_str(), reason.as_str()),
@@ -232,6 +227,38 @@ async fn users_that_are_not_a_yaml_list_are_reported_and_not_applied() {
     expect_event(&mut api, "shop").await;
     assert_eq!(outcome(task).await.unwrap_err().label(), "secret");
     assert_eq!(token_server.calls(), []);
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_not_ready_with_the_token_servers_reason_and_is_checked_again_soon()
+ {
+    let (token_server, control) = FakeTokenServer::start().await;
+    token_server.report_health(tokenmesh_proto::v1::ResourceHealth {
+        ready: false,
+        reason: "UpstreamUnavailable".into(),
+        message: "https://login.corp.example/.well-known/openid-configuration cannot be reached"
+            .into(),
+    });
+    let (ctx, mut api) = context_at(control, ManualClock::at_unix(1_800_000_000));
+    let value = secret("corp-oidc", "client_secret", "upstream-secret");
+    let (task, status) = reconcile_reading(ctx, &mut api, corp(), UPSTREAM, value).await;
+    let (state, reason, message) = ready(&status);
+    assert_eq!(
+        (state.as_str(), reason.as_str()),
+        ("False", "UpstreamUnavailable")
+    );
+    assert!(message.contains("cannot be reached"), "{message}");
+    let event = expect_event(&mut api, "shop").await;
+    assert_eq!(
+        (&event["type"], &event["reason"]),
+        (&json!("Warning"), &json!("UpstreamUnavailable"))
+    );
+    assert_eq!(
+        outcome(task).await.unwrap(),
+        Action::requeue(Duration::from_secs(30)),
+        "in force, and checked again before the resync"
+    );
+    assert_eq!(token_server.calls().len(), 1, "applied all the same");
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokenmesh_proto::v1::{
     ApplyRequest, ApplyResponse, DeleteRequest, DeleteResponse, GetStatusRequest,
-    GetStatusResponse, ListRequest, ListResponse, ResourceRef,
+    GetStatusResponse, ListRequest, ListResponse, ResourceHealth, ResourceRef,
     control_service_server::ControlService,
 };
 use tonic::{Request, Response, Status, metadata::MetadataMap};
@@ -27,6 +27,31 @@ fn reference(kind: &str, key: &str) -> ResourceRef {
 }
 
 impl Control {
+    /// The applied resource's outside dependencies, checked: an oidc
+    /// IdentityProvider's upstream discovery and keys.
+    async fn health(&self, kind: &str, key: &str) -> Option<ResourceHealth> {
+        if kind != "IdentityProvider" {
+            return None;
+        }
+        let provider = self.state.registry.load().identity_provider(key)?.clone();
+        let checked = crate::upstream::health(provider, self.state.clock.clone()).await?;
+        Some(match checked {
+            Ok(message) => ResourceHealth {
+                ready: true,
+                reason: "UpstreamReachable".into(),
+                message,
+            },
+            Err(message) => {
+                tracing::warn!(name = %key, error = %message, "identity provider upstream unavailable");
+                ResourceHealth {
+                    ready: false,
+                    reason: "UpstreamUnavailable".into(),
+                    message,
+                }
+            }
+        })
+    }
+
     /// Only the admin credential may change the configuration.
     fn check_admin(&self, metadata: &MetadataMap) -> Result<(), Failure> {
         let Some(admin) = &self.state.admin else {
@@ -66,6 +91,7 @@ impl ControlService for Control {
         Ok(Response::new(ApplyResponse {
             resource: Some(reference(&applied.kind, &applied.key)),
             version: applied.version,
+            health: self.health(&applied.kind, &applied.key).await,
         }))
     }
 

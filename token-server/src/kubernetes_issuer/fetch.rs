@@ -9,6 +9,7 @@ use serde_json::json;
 use tokenmesh_tokens::{jwk::JwkSet, verify::KeySet};
 
 use super::KubernetesSettings;
+use crate::bounded_body::{BodyError, error_chain};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -239,7 +240,7 @@ impl Fetcher {
             url: url.to_owned(),
             message: error_chain(&e),
         };
-        let mut response = request.send().await.map_err(unreachable)?;
+        let response = request.send().await.map_err(unreachable)?;
         let status = response.status();
         if !status.is_success() {
             let hint = match status.as_u16() {
@@ -261,19 +262,12 @@ impl Fetcher {
             url: url.to_owned(),
             message: format!("larger than {MAX_BODY} bytes"),
         };
-        if response
-            .content_length()
-            .is_some_and(|len| len > MAX_BODY as u64)
-        {
-            return Err(too_large());
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
-            if body.len() + chunk.len() > MAX_BODY {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = crate::bounded_body::read(response, MAX_BODY)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge => too_large(),
+                BodyError::Read(e) => unreachable(e),
+            })?;
         serde_json::from_slice(&body).map_err(|e| FetchError::Document {
             url: url.to_owned(),
             message: format!("not the expected JSON: {e}"),
@@ -286,18 +280,6 @@ fn same_origin(a: &str, b: &str) -> bool {
         (Ok(a), Ok(b)) => a.origin() == b.origin(),
         _ => false,
     }
-}
-
-/// reqwest's message and its causes ("error sending request" alone says little).
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 #[cfg(test)]

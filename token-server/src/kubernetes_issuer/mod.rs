@@ -30,7 +30,6 @@ use tokenmesh_tokens::{
 };
 
 use fetch::Fetcher;
-pub(crate) use fetch::error_chain;
 pub use fetch::{FetchError, confidential_url};
 use keys::{ClusterKeys, IssuerCheck};
 /// Longest life (`exp - iat`) of an accepted service-account token. Projected

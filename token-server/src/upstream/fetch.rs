@@ -15,6 +15,7 @@ use tokenmesh_tokens::{
 };
 
 use super::UpstreamFailure;
+use crate::bounded_body::{self, BodyError, error_chain};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -222,27 +223,19 @@ impl Http {
     ) -> Result<(u16, Vec<u8>), FetchFailure> {
         let unreachable = |e: reqwest::Error| FetchFailure::Unreachable {
             url: url.to_owned(),
-            message: crate::kubernetes_issuer::error_chain(&e),
+            message: error_chain(&e),
         };
-        let mut response = request.send().await.map_err(unreachable)?;
+        let response = request.send().await.map_err(unreachable)?;
         let status = response.status().as_u16();
-        let too_large = || FetchFailure::Document {
-            url: url.to_owned(),
-            message: format!("larger than {MAX_BODY} bytes"),
-        };
-        if response
-            .content_length()
-            .is_some_and(|len| len > MAX_BODY as u64)
-        {
-            return Err(too_large());
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
-            if body.len() + chunk.len() > MAX_BODY {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = bounded_body::read(response, MAX_BODY)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge => FetchFailure::Document {
+                    url: url.to_owned(),
+                    message: format!("larger than {MAX_BODY} bytes"),
+                },
+                BodyError::Read(e) => unreachable(e),
+            })?;
         Ok((status, body))
     }
 }

@@ -65,6 +65,37 @@ pub struct AuthorizationStart {
     pub verifier: String,
 }
 
+/// How long a health check may take before the upstream counts as down:
+/// it answers a ControlService Apply, which the operator gives 10 s.
+const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether an IdentityProvider's upstream can serve sign-ins now: its
+/// discovery document and keys fetched. `None` for a static provider.
+pub async fn health(
+    provider: Arc<IdentityProvider>,
+    clock: SharedClock,
+) -> Option<Result<String, String>> {
+    let ProviderKind::Oidc(oidc) = &provider.kind else {
+        return None;
+    };
+    let issuer = oidc.issuer.clone();
+    let checked = match Upstream::new(provider, clock) {
+        Ok(upstream) => tokio::time::timeout(HEALTH_TIMEOUT, upstream.check())
+            .await
+            .unwrap_or_else(|_| {
+                Err(
+                    KeysUnavailable(format!("{issuer} did not answer within {HEALTH_TIMEOUT:?}"))
+                        .into(),
+                )
+            }),
+        Err(err) => Err(err),
+    };
+    Some(match checked {
+        Ok(()) => Ok(format!("discovery and keys fetched from {issuer}")),
+        Err(err) => Err(err.to_string()),
+    })
+}
+
 /// One `oidc` IdentityProvider's upstream.
 pub struct Upstream {
     provider: Arc<IdentityProvider>,

@@ -36,6 +36,10 @@ fn as_the_operator_applies(text: &str) -> String {
     let mut out = String::new();
     for document in serde_yaml_ng::Deserializer::from_str(text) {
         let mut value = serde_yaml_ng::Value::deserialize(document).unwrap();
+        // A Kubernetes Secret is the operator's to read (see `secrets_of`).
+        if value.get("kind").and_then(|k| k.as_str()) == Some("Secret") {
+            continue;
+        }
         let auth = value
             .get_mut("spec")
             .and_then(|spec| spec.get_mut("authentication"))
@@ -58,14 +62,40 @@ fn config(api: &FakeApiServer) -> Config {
         "apiVersion: tokenmesh.dev/v1alpha1\nkind: TokenServer\nmetadata: {{name: default}}\nspec:\n  kubernetes: {{issuer: \"{K8S_ISSUER}\", audience: {SIDECAR_TOKEN_AUDIENCE}, discoveryUrl: \"{}\"}}\n",
         api.url
     );
-    let documents = ["scopes.yaml", "oauthclients.yaml", "exchangepolicies.yaml"]
+    let files = [
+        "scopes.yaml",
+        "oauthclients.yaml",
+        "exchangepolicies.yaml",
+        "sign-in.yaml",
+    ];
+    let documents = files
         .into_iter()
         .map(|name| as_the_operator_applies(&example(name)))
         .fold(server, |all, docs| all + &docs);
     std::fs::write(config.file(), documents).unwrap();
     // The Secret the example has you create (kubectl -n shop create secret generic gateway-oauth ...).
     config.write_secret("gateway-oauth", "client_secret", GATEWAY_SECRET);
+    // The Secrets the examples hold, where the token server reads secretRefs.
+    for (name, key, value) in secrets_of(&example("sign-in.yaml")) {
+        config.write_secret(&name, &key, &value);
+    }
     config
+}
+
+/// (name, key, value) of the `stringData` of the Secrets in `text`.
+fn secrets_of(text: &str) -> Vec<(String, String, String)> {
+    let mut found = Vec::new();
+    for document in serde_yaml_ng::Deserializer::from_str(text) {
+        let value = Value::deserialize(document).unwrap();
+        if value["kind"] != "Secret" {
+            continue;
+        }
+        let name = value["metadata"]["name"].as_str().unwrap().to_owned();
+        for (key, data) in value["stringData"].as_object().into_iter().flatten() {
+            found.push((name.clone(), key.clone(), data.as_str().unwrap().to_owned()));
+        }
+    }
+    found
 }
 
 #[tokio::test]
