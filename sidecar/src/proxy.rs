@@ -249,18 +249,6 @@ fn outbound_bearer(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Makes `Authorization: DPoP <token>` the one Authorization header.
-fn set_dpop(headers: &mut HeaderMap, token: &str) -> Result<(), Response<Body>> {
-    let value = HeaderValue::try_from(format!("DPoP {token}")).map_err(|_| {
-        text(
-            StatusCode::BAD_GATEWAY,
-            "the token cannot be sent as a header",
-        )
-    })?;
-    headers.insert(header::AUTHORIZATION, value);
-    Ok(())
-}
-
 /// Whether an answer asks for a DPoP nonce (RFC 9449 §9: 401 with a `DPoP`
 /// challenge `error="use_dpop_nonce"`; §8 answers 400 at a token endpoint).
 fn asks_for_nonce<B>(response: &Response<B>) -> bool {
@@ -309,7 +297,16 @@ fn set_bearer(headers: &mut HeaderMap, token: &str) -> Result<(), Response<Body>
     {
         return Ok(());
     }
-    let value = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
+    set_authorization(headers, "Bearer", token)
+}
+
+/// Makes `Authorization: <scheme> <token>` the one Authorization header.
+fn set_authorization(
+    headers: &mut HeaderMap,
+    scheme: &str,
+    token: &str,
+) -> Result<(), Response<Body>> {
+    let value = HeaderValue::try_from(format!("{scheme} {token}")).map_err(|_| {
         text(
             StatusCode::BAD_GATEWAY,
             "the token cannot be sent as a header",
@@ -567,7 +564,7 @@ impl Proxy {
                         refused(&refusal)
                     })?;
                 if outbound.dpop {
-                    set_dpop(request.headers_mut(), &outbound.token)?;
+                    set_authorization(request.headers_mut(), "DPoP", &outbound.token)?;
                     bound = Some(outbound.token);
                 } else {
                     // The application's own proofs are not for this token.
@@ -623,7 +620,15 @@ impl Proxy {
         target: Authority,
         token: &str,
     ) -> Response<Body> {
-        let Some(url) = called_url(&request) else {
+        // What the next hop reads as the URL called: the Host header over
+        // HTTP/1.1; over HTTP/2 the `:authority` forward() sends, the
+        // address connected to.
+        let url = if request.version() == Version::HTTP_2 {
+            Some(format!("http://{target}{}", request.uri().path()))
+        } else {
+            called_url(&request)
+        };
+        let Some(url) = url else {
             return text(StatusCode::BAD_REQUEST, "no destination host");
         };
         let (parts, body) = request.into_parts();

@@ -8,7 +8,7 @@ use serde_json::Value;
 use tokenmesh_tokens::{Algorithm, clock::Clock, clock::SystemClock, dpop::create::ProofKey};
 
 use crate::harness::{
-    App, ORDERS_TO_PAYMENTS, SECRET, Sidecar, TokenServer, claims, free_port, get, policy,
+    App, ORDERS_TO_PAYMENTS, SECRET, Sidecar, TokenServer, caller, claims, free_port, get, policy,
 };
 
 /// A token for `frontend` bound to `key` (a proof sent to the token endpoint).
@@ -160,21 +160,8 @@ async fn a_sidecar_binds_the_next_hops_token_to_its_own_key_and_proves_it() {
         &["--dpop-require-nonce".to_owned()],
     )
     .await;
-    let out = free_port();
-    let orders_app = App::start(Some((
-        "http://payments.local/hop".to_owned(),
-        std::net::SocketAddr::from(([127, 0, 0, 1], out)),
-    )))
-    .await;
-    let orders = Sidecar::start(
-        &server,
-        "orders-svc",
-        "orders",
-        orders_app.addr,
-        &[("payments.local", payments.inbound)],
-        out,
-    )
-    .await;
+    let payments_at = ("payments.local", payments.inbound);
+    let (_orders_app, orders) = caller(&server, "orders-svc", "orders", payments_at, &[]).await;
     let url = format!("http://{}/hop", orders.inbound);
 
     let bearer = server.token("frontend", Some("orders")).await;
