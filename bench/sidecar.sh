@@ -71,6 +71,8 @@ client() { # name, audiences, grant types, ttl
   # the workload behind the sidecar: accepts aud orders, calls payments.local
   client orders-svc payments 'client_credentials, "urn:ietf:params:oauth:grant-type:token-exchange"' 300
   printf -- '---\napiVersion: tokenmesh.dev/v1alpha1\nkind: ExchangePolicy\nmetadata: {name: orders-to-payments}\nspec:\n  mode: exchange\n  from: {audiences: [orders]}\n  actor: {clients: [orders-svc]}\n  to: {audience: payments, scopes: ["orders:read"], hosts: [payments.local]}\n  ttl: %ss\n' "$SUBJECT_TTL"
+  # the same hop needing DPoP: the sidecar binds the token to its key and signs a proof per call
+  printf -- '---\napiVersion: tokenmesh.dev/v1alpha1\nkind: ExchangePolicy\nmetadata: {name: orders-to-payments-dpop}\nspec:\n  mode: exchange\n  from: {audiences: [orders]}\n  actor: {clients: [orders-svc]}\n  to: {audience: payments, scopes: ["orders:read"], hosts: [payments-dpop.local], binding: dpop}\n  ttl: %ss\n' "$SUBJECT_TTL"
 } >"$tmp/cfg/bench.yaml"
 
 log "starting token-server on $iss, gRPC 127.0.0.1:$grpc (CPU $CCPU)"
@@ -91,7 +93,7 @@ log "starting tokenmesh-sidecar: inbound $inbound, outbound $outbound, admin $ad
 taskset -c "$SCPU" "$sc_bin" --token-server "http://127.0.0.1:$grpc" --client-id orders-svc \
   --client-secret-file "$tmp/secrets/bench/client_secret" --audience orders \
   --inbound-addr "$inbound" --app-addr "$app" --outbound-addr "$outbound" --admin-addr "$admin" \
-  --resolve "payments.local=$app" >"$tmp/sidecar.log" 2>&1 &
+  --resolve "payments.local=$app" --resolve "payments-dpop.local=$app" >"$tmp/sidecar.log" 2>&1 &
 pids+=($!) sc_pid=$!
 wait_ready "http://$admin/readyz" "$sc_pid" "$tmp/sidecar.log"
 bare=127.0.0.1:$(free_port)
@@ -131,6 +133,10 @@ exc=$(claims "$ex")
 python3 -c 'import sys, json; c = json.loads(sys.argv[1]); a = c["aud"]; a = a if isinstance(a, list) else [a]
 assert "payments" in a, c; assert c.get("act", {}).get("sub") == "orders-svc", c' "$exc" \
   || die "outbound: the exchanged token is not for payments with act orders-svc: $exc"
+got=$(curl -s -H "Authorization: Bearer $HIT" -H 'Host: payments-dpop.local' "http://$outbound/echo")
+[[ $got == DPoP\ *.*.* ]] || die "outbound DPoP: no DPoP-bound token reached payments-dpop.local: ${got:0:160}"
+python3 -c 'import sys, json; assert json.loads(sys.argv[1]).get("cnf", {}).get("jkt"), sys.argv[1]' "$(claims "${got#DPoP }")" \
+  || die "outbound DPoP: the token carries no cnf.jkt"
 log "preflight: inbound passes the JWT; outbound exchanges it (aud payments, act.sub orders-svc, exp in $(( $(python3 -c 'import sys, json; print(json.loads(sys.argv[1])["exp"])' "$exc") - $(date +%s) )) s)"
 
 # vegeta targets (JSON lines)
@@ -147,6 +153,7 @@ target "http://$app/" "" >"$tmp/direct.t"
 target "http://$bare/" "$HIT" >"$tmp/bare.t"
 target "http://$inbound/" "$HIT" >"$tmp/in-hit.t"
 target "http://$outbound/" "$HIT" payments.local >"$tmp/out-hit.t"
+target "http://$outbound/" "$HIT" payments-dpop.local >"$tmp/out-dpop-hit.t"
 # make_miss path mode: fresh frontend tokens for one miss case (each used
 # once), minted right before it (and again when it is measured again):
 # $tmp/<path>.<mode>.warm ($WARM_N targets) and $tmp/<path>.<mode> (the case).
@@ -289,6 +296,7 @@ for mode in c1 rate; do
   run_vegeta "bare/$mode" "$tmp/bare.t" "$mode" 0
   run_vegeta "in-hit/$mode" "$tmp/in-hit.t" "$mode" 0
   run_vegeta "out-hit/$mode" "$tmp/out-hit.t" "$mode" 0
+  run_vegeta "out-dpop-hit/$mode" "$tmp/out-dpop-hit.t" "$mode" 0
   run_vegeta "in-miss/$mode" "$tmp/in-miss" "$mode" 1
   run_vegeta "out-miss/$mode" "$tmp/out-miss" "$mode" 1
   run_vegeta "direct2/$mode" "$tmp/direct.t" "$mode" 0
@@ -301,12 +309,14 @@ if [[ $MODES == *" c1 "* ]]; then
   run_wrk bare/c1w "http://$bare/"
   run_wrk in-hit/c1w "http://$inbound/"
   run_wrk out-hit/c1w "http://$outbound/" payments.local
+  run_wrk out-dpop-hit/c1w "http://$outbound/" payments-dpop.local
   run_wrk direct2/c1w "http://$app/"
 fi
 if [[ $MODES == *" max "* ]]; then
   run_wrk direct/max "http://$app/"
   run_wrk in-hit/max "http://$inbound/"
   run_wrk out-hit/max "http://$outbound/" payments.local
+  run_wrk out-dpop-hit/max "http://$outbound/" payments-dpop.local
 fi
 sleep 5
 RSS_AFTER=$(vm_kib "$sc_pid" VmRSS) HWM=$(vm_kib "$sc_pid" VmHWM)
@@ -344,6 +354,7 @@ label() {
     bare) echo 'reference: bare hyper proxy (bench/bare-proxy), no checks' ;;
     in-hit) echo 'inbound, cache hit (JWT verified before)' ;;
     out-hit) echo 'outbound, cache hit (exchange cached)' ;;
+    out-dpop-hit) echo 'outbound, cache hit, DPoP hop (a fresh ES256 proof per call)' ;;
     in-miss) echo 'inbound, miss (new JWT each request: ES256 verify)' ;;
     out-miss) echo 'outbound, miss (new subject each request: gRPC Exchange)' ;;
   esac
@@ -364,7 +375,7 @@ for mode in c1 c1w rate; do
   echo
   echo '| path | requests | req/s | p50 | p90 | p99 | max | added p50 | added p90 | added p99 | sidecar CPU | per 1,000 req/s | token server CPU | sidecar RSS (max) | errors |'
   echo '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|'
-  for p in direct bare in-hit out-hit in-miss out-miss direct2; do
+  for p in direct bare in-hit out-hit out-dpop-hit in-miss out-miss direct2; do
     k=$p/$mode
     [[ -n ${N[$k]:-} ]] || continue
     if [[ $p == direct* ]]; then a50=- a90=- a99=- sc=- pk=-; else
@@ -382,7 +393,7 @@ if [[ -n ${N[direct/max]:-} ]]; then
   echo
   echo '| path | req/s | p50 | p99 | sidecar CPU | application CPU | wrk CPU | req/s per sidecar core | sidecar RSS (max) | errors |'
   echo '|---|---:|---:|---:|---:|---:|---:|---:|---:|---|'
-  for p in direct in-hit out-hit; do
+  for p in direct in-hit out-hit out-dpop-hit; do
     k=$p/max
     [[ -n ${N[$k]:-} ]] || continue
     printf '| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$(label "$p")" "${RPS[$k]}" "$(us "${P50[$k]}")" "$(us "${P99[$k]}")" \

@@ -4,7 +4,7 @@
 //! the domain sees what they proved, as a [`Confirmation`].
 
 use tokenmesh_crds::TokenBinding;
-use tokenmesh_tokens::claims::Confirmation;
+use tokenmesh_tokens::claims::{AccessTokenClaims, Confirmation};
 
 use crate::{error::OAuthError, registry::Client};
 
@@ -60,6 +60,42 @@ pub fn check_holder(
     );
     Err(OAuthError::InvalidGrant(
         format!("the {name} is DPoP-bound: send a DPoP proof of its key").into(),
+    ))
+}
+
+/// A DPoP-bound `subject_token` in an exchange. Its holder may exchange it
+/// with a proof of its key. Another client may present it as the actor
+/// (RFC 8693 §1.1: the actor presents the subject's token): the service the
+/// token was sent to, whose sidecar checked the holder's proof when the token
+/// came in (RFC 9449 §7), and which never holds that key. Such an actor must
+/// be bound itself (`bound_to_caller`: it proved a key of its own, or
+/// presented its certificate), so that the new token is bound too: a bound
+/// chain never turns into a bearer token. The token's own client must prove
+/// the key: holding the client's credential without the key is the theft
+/// DPoP defends against. Which actors may present which tokens at all is the
+/// ExchangePolicy's `from` and `actor`, decided next.
+pub fn check_subject(
+    subject: &AccessTokenClaims,
+    holder: &Holder,
+    caller: &str,
+    bound_to_caller: bool,
+) -> Result<(), OAuthError> {
+    let Some(jkt) = subject.cnf.as_ref().and_then(|cnf| cnf.jkt.as_deref()) else {
+        return Ok(());
+    };
+    if holder.jkt.as_deref() == Some(jkt) {
+        return Ok(());
+    }
+    if subject.client_id == caller {
+        return check_holder(subject.cnf.as_ref(), holder, "subject_token");
+    }
+    if bound_to_caller {
+        tracing::debug!(client_id = %caller, subject_jti = %subject.jti, "a DPoP-bound subject token presented by an actor bound to a key of its own");
+        return Ok(());
+    }
+    tracing::debug!(client_id = %caller, subject_jti = %subject.jti, "exchange refused: a DPoP-bound subject token from an actor that proved no key");
+    Err(OAuthError::InvalidGrant(
+        "the subject_token is DPoP-bound: an actor presenting it must send a DPoP proof of a key of its own, so that the new token stays bound".into(),
     ))
 }
 

@@ -99,7 +99,11 @@ pub async fn exchange(
     }
     let subject = presented(ports, params.subject_token, "subject_token").await?;
     certificate::check_holder(&subject, params.certificate, "subject_token")?;
-    binding::check_holder(subject.cnf.as_ref(), &params.holder, "subject_token")?;
+    let cnf = binding::combine(
+        certificate::confirmation(client, params.certificate, true)?,
+        binding::bind(client, &params.holder)?,
+    );
+    binding::check_subject(&subject, &params.holder, &client.id, cnf.is_some())?;
     let actor_claims = match params.actor_token {
         Some(token) => Some(presented(ports, token, "actor_token").await?),
         None => None,
@@ -108,7 +112,6 @@ pub async fn exchange(
         certificate::check_holder(actor, params.certificate, "actor_token")?;
         binding::check_holder(actor.cnf.as_ref(), &params.holder, "actor_token")?;
     }
-    let cnf = certificate::confirmation(client, params.certificate, true)?;
     if let Some(actor) = &actor_claims
         && !policy::actor_token_identifies(actor, &client.id)
     {
@@ -162,7 +165,7 @@ pub async fn exchange(
     )?;
     claims.act = Some(decision.act);
     claims.extra.extend(decision.claims);
-    claims.cnf = binding::combine(cnf, binding::bind(client, &params.holder)?);
+    claims.cnf = cnf;
     issue::embed(ports, registry, client, &mut claims, now)?;
     let access_token = issue::mint(ports, registry, client, format, &claims).await?;
     tracing::debug!(client_id = %client.id, policy = %decision.policy, jti = %claims.jti, "token exchanged");
@@ -362,6 +365,7 @@ mod binding_tests {
 
     use super::tests_support::*;
     use super::*;
+    use crate::testing::{client, registry, scopes};
 
     fn holder(jkt: &str) -> Holder {
         Confirmation {
@@ -370,30 +374,71 @@ mod binding_tests {
         }
     }
 
-    /// Issue #18: a token bound to one client's key, exchanged by another
-    /// (or by anyone without the key), is refused; its holder gets a new
-    /// token bound to the key it proved.
+    /// Issue #18: a DPoP-bound token (gateway's key) reaches `orders`,
+    /// whose sidecar checked gateway's proof inbound. Its holder exchanges
+    /// it with a proof of its key; the actor `orders` presents it with a
+    /// proof of a key of its own and gets a token bound to that key. Refused:
+    /// an actor that proves no key (the new token would be a bearer token),
+    /// the token's own client without its key, a client no policy names.
     #[tokio::test]
-    async fn a_dpop_bound_subject_token_is_exchanged_only_by_its_holder() {
-        let reg = mesh();
+    async fn a_dpop_bound_subject_token_is_exchanged_by_its_holder_or_a_bound_actor() {
+        let reg = registry(
+            &(scopes()
+                + &client("gateway", "orders", "")
+                + &client("orders", "payments", "")
+                + &client("thief", "payments", "")
+                + &crate::testing::doc(
+                    "ExchangePolicy",
+                    "orders-to-payments",
+                    "  mode: exchange\n  from: {audiences: [orders]}\n  actor: {clients: [orders, gateway]}\n  to: {audience: payments, scopes: [\"orders:read\"]}\n",
+                )),
+        );
         let ports = FakePorts::default();
         let mut bound = subject(NOW + 3600);
         bound.cnf = Some(holder("gateway-key"));
         ports.present("bound", bound);
-        let orders = reg.client("orders").unwrap();
-        for caller in [Holder::default(), holder("orders-key")] {
-            let mut request = params("bound");
-            request.holder = caller;
-            let err = exchange(&ports, &reg, orders, request, NOW)
-                .await
-                .unwrap_err();
-            assert!(matches!(err, OAuthError::InvalidGrant(_)), "{err:?}");
+        let run = |caller: &'static str, proved: Holder| {
+            let (reg, ports) = (&reg, &ports);
+            async move {
+                let mut request = params("bound");
+                request.holder = proved;
+                exchange(ports, reg, reg.client(caller).unwrap(), request, NOW).await
+            }
+        };
+
+        for (caller, proved, why) in [
+            ("orders", Holder::default(), "an actor that proved no key"),
+            (
+                "gateway",
+                Holder::default(),
+                "its own client without the key",
+            ),
+            (
+                "gateway",
+                holder("other-key"),
+                "its own client with another key",
+            ),
+        ] {
+            let err = run(caller, proved).await.unwrap_err();
+            assert!(matches!(err, OAuthError::InvalidGrant(_)), "{why}: {err:?}");
         }
-        let mut request = params("bound");
-        request.holder = holder("gateway-key");
-        let issued = exchange(&ports, &reg, orders, request, NOW).await.unwrap();
-        let claims = ports.claims_of(&issued.access_token);
-        assert_eq!(claims.cnf, Some(holder("gateway-key")));
+        let err = run("thief", holder("thief-key")).await.unwrap_err();
+        assert!(
+            matches!(err, OAuthError::UnauthorizedClient(_)),
+            "no policy lets the thief act: {err:?}"
+        );
+
+        let issued = run("orders", holder("orders-key")).await.unwrap();
+        assert_eq!(
+            ports.claims_of(&issued.access_token).cnf,
+            Some(holder("orders-key")),
+            "bound to the actor's own key"
+        );
+        let issued = run("orders", holder("gateway-key")).await.unwrap();
+        assert_eq!(
+            ports.claims_of(&issued.access_token).cnf,
+            Some(holder("gateway-key"))
+        );
     }
 
     #[tokio::test]

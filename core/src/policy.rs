@@ -4,7 +4,7 @@
 //! the clock.
 
 use serde_json::{Map, Value, json};
-use tokenmesh_crds::ExchangeMode;
+use tokenmesh_crds::{ExchangeMode, TokenBinding};
 use tokenmesh_tokens::claims::{AccessTokenClaims, Actor};
 
 use crate::{
@@ -466,6 +466,8 @@ pub struct Route {
     pub mode: ExchangeMode,
     pub scopes: Vec<String>,
     pub policy: String,
+    /// What the next hop requires the token to be bound to (`to.binding`).
+    pub binding: TokenBinding,
 }
 
 /// The routes that concern `client_id`: every policy whose actors include it
@@ -483,6 +485,7 @@ pub fn routes(registry: &Registry, client_id: &str) -> Vec<Route> {
                 mode: policy.spec.mode,
                 scopes: policy.spec.to.scopes.clone(),
                 policy: policy.name.clone(),
+                binding: policy.spec.to.binding,
             });
         }
     }
@@ -856,6 +859,28 @@ mod tests {
             (routes[0].host.as_str(), routes[0].mode),
             ("orders.local", ExchangeMode::Share)
         );
+    }
+
+    /// `to.binding` reaches the sidecar with the route; only an exchanged
+    /// token can be bound to the sidecar's key.
+    #[test]
+    fn a_route_says_what_the_next_hop_needs_the_token_bound_to() {
+        let to = |binding: &str| {
+            format!(
+                "  mode: exchange\n  to: {{audience: payments, hosts: [payments.local]{binding}}}\n"
+            )
+        };
+        let binding = |policy: &str| routes(&registry(policy), "orders")[0].binding;
+        assert_eq!(binding(&to(", binding: dpop")), TokenBinding::Dpop);
+        assert_eq!(binding(&to("")), TokenBinding::None);
+        for mode in ["share", "embed"] {
+            let policy = to(", binding: dpop").replace("exchange", mode);
+            assert_eq!(
+                load(&policy).err().unwrap().field,
+                "spec.to.binding",
+                "{mode}"
+            );
+        }
     }
 
     #[test]

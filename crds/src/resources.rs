@@ -498,6 +498,12 @@ pub enum TokenBinding {
     Dpop,
 }
 
+impl TokenBinding {
+    pub fn is_none(&self) -> bool {
+        *self == Self::None
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenFormat {
@@ -556,7 +562,7 @@ pub struct ScopeSpec {
 // ---------------------------------------------------------------- ExchangePolicy
 
 /// How a token may travel from one service to the next.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "tokenmesh.dev",
     version = "v1alpha1",
@@ -570,6 +576,7 @@ pub struct ScopeSpec {
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("self.mode == 'exchange' || !has(self.to.binding) || self.to.binding == 'none'").message("to.binding needs mode: exchange (only an exchanged token can be bound to the sidecar's key)"))]
 pub struct ExchangePolicySpec {
     pub mode: ExchangeMode,
     #[serde(default)]
@@ -633,6 +640,12 @@ pub struct PolicyTo {
     pub scopes: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
+    /// What the next hop requires the exchanged token to be bound to:
+    /// `none` (a bearer token, unless the subject token was bound), `dpop`
+    /// (the sidecar binds it to a key of its own and signs a DPoP proof for
+    /// every call, RFC 9449) or `mtls` (RFC 8705). `mode: exchange` only.
+    #[serde(default, skip_serializing_if = "TokenBinding::is_none")]
+    pub binding: TokenBinding,
 }
 
 pub(crate) fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

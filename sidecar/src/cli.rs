@@ -209,6 +209,15 @@ pub struct Args {
     #[arg(long, env = "TOKENMESH_SIDECAR_CLOCK_SKEW", default_value = "10s", value_parser = parse_flag)]
     pub clock_skew: Duration,
 
+    /// Inbound DPoP proofs must carry a nonce of this sidecar's (RFC 9449
+    /// §9): a proof without a current one gets 401 `use_dpop_nonce` with the
+    /// nonce in `DPoP-Nonce`, and every answer to a DPoP request carries a
+    /// fresh one. Nonces are an HMAC of a 2-minute window under a key made
+    /// at start, so they cost no memory; a proof's replay is refused with or
+    /// without them.
+    #[arg(long, env = "TOKENMESH_SIDECAR_DPOP_REQUIRE_NONCE")]
+    pub dpop_require_nonce: bool,
+
     /// Revoked token and grant ids kept in memory (about 150 bytes each,
     /// each until the token it concerns would have expired). When full, the
     /// one that expires soonest is dropped and every token that expires by

@@ -24,8 +24,8 @@ use crate::{
         proof::{AuthScheme, Presented},
     },
     proxy::{
-        CHALLENGE, DPOP_HEADER, DPOP_INVALID_PROOF, INVALID_REQUEST, MANY_CREDENTIALS,
-        credential_in,
+        CHALLENGE, DPOP_HEADER, DPOP_INVALID_PROOF, DPOP_USE_NONCE, INVALID_REQUEST,
+        MANY_CREDENTIALS, NONCE_HEADER, credential_in,
     },
 };
 
@@ -169,6 +169,14 @@ fn denied(refusal: &Refusal) -> CheckResponse {
         Refusal::Proof(_) => {
             denied_with(401, RPC_UNAUTHENTICATED, Some(DPOP_INVALID_PROOF), message)
         }
+        Refusal::UseNonce(nonce) => {
+            let mut response = denied_with(401, RPC_UNAUTHENTICATED, Some(DPOP_USE_NONCE), message);
+            if let Some(HttpResponse::DeniedResponse(denied)) = &mut response.http_response {
+                denied.headers.push(header(NONCE_HEADER, nonce.clone()));
+            }
+            response
+        }
+        Refusal::NoCertificate(_) => denied_with(502, RPC_UNAVAILABLE, None, message),
         Refusal::Forbidden(_) | Refusal::BoundShare(_) => denied_with(
             403,
             RPC_PERMISSION_DENIED,
@@ -365,6 +373,23 @@ mod tests {
         let answer = denied(&Refusal::Unavailable("down".into()));
         assert_eq!(challenge(&answer), (503, String::new()));
         assert_ne!(answer.status.map(|s| s.code), Some(RPC_OK));
+    }
+
+    /// `--dpop-require-nonce` behind Envoy: the denial carries the DPoP
+    /// challenge and the nonce, as the proxy's 401 does.
+    #[test]
+    fn a_nonce_refusal_hands_out_the_nonce() {
+        let answer = denied(&Refusal::UseNonce("n1".into()));
+        assert_eq!(challenge(&answer), (401, DPOP_USE_NONCE.to_owned()));
+        let Some(HttpResponse::DeniedResponse(denied)) = &answer.http_response else {
+            panic!("not denied");
+        };
+        let nonce = denied
+            .headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .find(|h| h.key == NONCE_HEADER);
+        assert_eq!(nonce.map(|h| h.value.as_str()), Some("n1"));
     }
 
     #[test]

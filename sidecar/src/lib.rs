@@ -79,13 +79,20 @@ async fn start(args: Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .with_clock(clock.clone());
     let inbound_tls = inbound_tls(&args, &clock)?;
-    let mesh = Arc::new(Mesh::with_clock(
+    let mut mesh = Mesh::with_clock(
         token_server,
         clock,
         args.audience.clone(),
         args.clock_skew.as_secs(),
         usize::try_from(args.max_revocations).unwrap_or(usize::MAX),
-    ));
+    )
+    .map_err(|e| format!("cannot make the sidecar's DPoP key: {e}"))?;
+    if args.dpop_require_nonce {
+        mesh = mesh
+            .requiring_nonces()
+            .map_err(|e| format!("cannot make the DPoP nonce key: {e}"))?;
+    }
+    let mesh = Arc::new(mesh);
     let resolve = args
         .resolve
         .iter()

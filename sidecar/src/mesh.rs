@@ -6,6 +6,7 @@
 
 mod keys;
 pub mod proof;
+pub mod signer;
 
 use std::{
     collections::HashMap,
@@ -16,16 +17,18 @@ use std::{
     time::Duration,
 };
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use tokenmesh_proto::v1::{Mode, RevocationEvent};
+use tokenmesh_proto::v1::{Binding, Mode, RevocationEvent};
 use tokenmesh_tokens::{
     cache::TtlCache,
     claims::{ACCESS_TOKEN_TYP, AccessTokenClaims},
     clock::{SharedClock, SystemClock},
+    dpop::nonce::NonceKey,
     keyset::{Freshness, RemoteKeySet, unverified_kid},
     revoked::RevokedSet,
     secret::SecretHash,
+    signing::SigningError,
     verify::{Expected, VerifyError, verify},
 };
 use tokio_stream::StreamExt;
@@ -33,7 +36,7 @@ use tonic::Code;
 
 use crate::{
     metrics::Metrics,
-    token_server::{TokenServer, TokenService},
+    token_server::{Exchanged, TokenServer, TokenService, dpop_nonce},
 };
 
 /// The JWKS is fetched again on an unknown `kid` at most this often; the
@@ -75,6 +78,13 @@ pub enum Refusal {
     /// proof of a key this sidecar does not hold.
     #[error("a DPoP-bound token cannot be shared to {0}")]
     BoundShare(String),
+    /// A DPoP proof without the nonce this sidecar requires: the nonce to use.
+    #[error("the DPoP proof must carry a current nonce")]
+    UseNonce(String),
+    /// The next hop needs a token bound to a TLS client certificate, and
+    /// this sidecar has none.
+    #[error("{0} needs certificate-bound tokens")]
+    NoCertificate(String),
 }
 
 impl Refusal {
@@ -92,6 +102,12 @@ impl Refusal {
             Self::BoundShare(host) => format!(
                 "the token is DPoP-bound and the sidecar cannot prove its key to {host}: share needs a bearer token (an exchange policy gives the next hop its own token)"
             ),
+            Self::UseNonce(_) => {
+                "the DPoP proof must carry the nonce of the DPoP-Nonce header".into()
+            }
+            Self::NoCertificate(host) => format!(
+                "the policy for {host} asks for tokens bound to a TLS client certificate, and this sidecar presents none"
+            ),
         }
     }
 }
@@ -106,10 +122,37 @@ pub struct Route {
     pub scopes: Arc<str>,
     /// The ExchangePolicy that opened the route (a span attribute).
     pub policy: Arc<str>,
+    /// What the next hop needs the token bound to (`to.binding`).
+    pub binding: Binding,
 }
 
-/// (subject token, audience, scopes): what an exchanged token answers for.
-type ExchangeKey = (SecretHash, Arc<str>, Arc<str>);
+/// The token for the next hop, and whether it is bound to this sidecar's
+/// DPoP key (then every call needs a fresh proof).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    pub token: Arc<str>,
+    pub dpop: bool,
+}
+
+impl Outbound {
+    fn bearer(token: Arc<str>) -> Self {
+        Self { token, dpop: false }
+    }
+}
+
+/// The token itself.
+impl std::ops::Deref for Outbound {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.token
+    }
+}
+
+/// (subject token, audience, scopes, the thumbprint of the key the token is
+/// bound to): what an exchanged token answers for. A token bound to a key
+/// is reused only with that key.
+type ExchangeKey = (SecretHash, Arc<str>, Arc<str>, Option<Arc<str>>);
 
 /// The token an exchange or share decision was made for, so a cached
 /// decision is dropped once that token is revoked.
@@ -159,6 +202,14 @@ pub struct Mesh<S = TokenServer> {
     proofs: tokenmesh_tokens::dpop::replay::ReplayWindow,
     /// Exchanges in flight share one call per key.
     exchanged: TtlCache<ExchangeKey, Derived<Arc<str>>>,
+    /// This sidecar's own DPoP key, for the hops that need bound tokens.
+    pub signer: signer::Signer,
+    /// The token endpoint the token server names (GetJwks): the `htu` of
+    /// the proofs sent with Exchange.
+    token_endpoint: Arc<ArcSwapOption<String>>,
+    /// With `--dpop-require-nonce`, inbound proofs must carry a nonce
+    /// made under this key.
+    pub nonces: Option<NonceKey>,
     shared: TtlCache<(SecretHash, String), Derived<bool>>,
     /// When the last "may not introspect" warning was logged (unix seconds).
     introspection_warned: AtomicU64,
@@ -184,7 +235,12 @@ fn unverified_claims(jwt: &str) -> Option<AccessTokenClaims> {
 
 impl<S: TokenService> Mesh<S> {
     /// A mesh on the system clock.
-    pub fn new(token_server: S, audience: String, leeway: u64, max_revocations: usize) -> Self {
+    pub fn new(
+        token_server: S,
+        audience: String,
+        leeway: u64,
+        max_revocations: usize,
+    ) -> Result<Self, SigningError> {
         Self::with_clock(
             token_server,
             SystemClock::shared(),
@@ -200,11 +256,16 @@ impl<S: TokenService> Mesh<S> {
         audience: String,
         leeway: u64,
         max_revocations: usize,
-    ) -> Self {
+    ) -> Result<Self, SigningError> {
         let token_server = Arc::new(token_server);
         let metrics = Metrics::new();
-        let source = keys::Jwks::new(token_server.clone(), metrics.jwks_fetches.clone());
-        Self {
+        let token_endpoint = Arc::new(ArcSwapOption::empty());
+        let source = keys::Jwks::new(
+            token_server.clone(),
+            metrics.jwks_fetches.clone(),
+            token_endpoint.clone(),
+        );
+        Ok(Self {
             keys: RemoteKeySet::new(source, clock.clone(), JWKS_FRESHNESS),
             token_server,
             audience,
@@ -217,10 +278,20 @@ impl<S: TokenService> Mesh<S> {
             verified: TtlCache::new(CACHE_ENTRIES),
             proofs: tokenmesh_tokens::dpop::replay::ReplayWindow::new(proof::REPLAY_ENTRIES),
             exchanged: TtlCache::new(CACHE_ENTRIES),
+            signer: signer::Signer::generate()?,
+            token_endpoint,
+            nonces: None,
             shared: TtlCache::new(CACHE_ENTRIES),
             introspection_warned: AtomicU64::new(0),
             revocations_warned: AtomicU64::new(0),
-        }
+        })
+    }
+
+    /// Inbound DPoP proofs must carry a nonce of this sidecar's
+    /// (`--dpop-require-nonce`).
+    pub fn requiring_nonces(mut self) -> Result<Self, SigningError> {
+        self.nonces = Some(NonceKey::generate().map_err(|_| SigningError::Generate)?);
+        Ok(self)
     }
 
     /// PermissionDenied from Introspect or GetEmbeddedToken (opaque tokens)
@@ -383,7 +454,14 @@ impl<S: TokenService> Mesh<S> {
         presented: &proof::Presented<'_>,
     ) -> Result<Arc<Verified>, Refusal> {
         let verified = self.validate(presented.token).await?;
-        proof::check(&verified.claims, presented, &self.proofs, self.clock.unix())?;
+        let nonces = self.nonces.as_ref();
+        proof::check(
+            &verified.claims,
+            presented,
+            &self.proofs,
+            nonces,
+            self.clock.unix(),
+        )?;
         Ok(verified)
     }
 
@@ -448,22 +526,35 @@ impl<S: TokenService> Mesh<S> {
         host: &str,
         route: &Route,
         incoming: &str,
-    ) -> Result<Arc<str>, Refusal> {
+    ) -> Result<Outbound, Refusal> {
+        let dpop_bound = || {
+            self.subject_claims(incoming)
+                .is_some_and(|c| c.cnf.as_ref().is_some_and(|cnf| cnf.jkt.is_some()))
+        };
         match route.mode {
             Mode::Share => {
                 // Checked before any policy: the next hop would refuse it anyway.
-                if self
-                    .subject_claims(incoming)
-                    .is_some_and(|c| c.cnf.as_ref().is_some_and(|cnf| cnf.jkt.is_some()))
-                {
+                if dpop_bound() {
                     return Err(Refusal::BoundShare(host.to_owned()));
                 }
                 self.share(host, incoming)
                     .await
-                    .map(|()| Arc::from(incoming))
+                    .map(|()| Outbound::bearer(Arc::from(incoming)))
             }
-            Mode::Exchange => self.exchange(route, incoming).await,
-            Mode::Embed => self.embedded(&route.audience, incoming).await,
+            Mode::Exchange => {
+                if route.binding == Binding::Mtls {
+                    return Err(Refusal::NoCertificate(host.to_owned()));
+                }
+                // A bound subject stays bound: the token server takes it
+                // from an actor only with a proof of the actor's own key.
+                let dpop = route.binding == Binding::Dpop || dpop_bound();
+                let token = self.exchange(route, incoming, dpop).await?;
+                Ok(Outbound { token, dpop })
+            }
+            Mode::Embed => self
+                .embedded(&route.audience, incoming)
+                .await
+                .map(Outbound::bearer),
             Mode::Unspecified => Err(Refusal::Forbidden(host.to_owned())),
         }
     }
@@ -497,9 +588,20 @@ impl<S: TokenService> Mesh<S> {
         }
     }
 
-    async fn exchange(&self, route: &Route, subject: &str) -> Result<Arc<str>, Refusal> {
+    async fn exchange(
+        &self,
+        route: &Route,
+        subject: &str,
+        dpop: bool,
+    ) -> Result<Arc<str>, Refusal> {
         let audience = &*route.audience;
-        let key = (hash(subject), route.audience.clone(), route.scopes.clone());
+        let jkt = dpop.then(|| Arc::from(self.signer.jkt()));
+        let key = (
+            hash(subject),
+            route.audience.clone(),
+            route.scopes.clone(),
+            jkt,
+        );
         if let Some(hit) = self.derived(&self.exchanged, &key, self.clock.unix()) {
             return Ok(hit);
         }
@@ -509,16 +611,22 @@ impl<S: TokenService> Mesh<S> {
         if let Some(hit) = self.derived(&self.exchanged, &key, self.clock.unix()) {
             return Ok(hit);
         }
-        let result = self.token_server.exchange(subject, audience).await;
-        let answer = result.map_err(|status| match status.code() {
-            Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Internal => {
-                unavailable(status)
-            }
-            _ => {
-                tracing::debug!(%audience, reason = status.message(), "exchange refused");
-                Refusal::Forbidden(audience.to_owned())
-            }
-        })?;
+        let result = if dpop {
+            self.exchange_bound(subject, audience).await?
+        } else {
+            self.token_server.exchange(subject, audience, None).await
+        };
+        let answer = result
+            .map(|a| a.response)
+            .map_err(|status| match status.code() {
+                Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Internal => {
+                    unavailable(status)
+                }
+                _ => {
+                    tracing::debug!(%audience, reason = status.message(), "exchange refused");
+                    Refusal::Forbidden(audience.to_owned())
+                }
+            })?;
         self.metrics.exchanges.inc();
         let token: Arc<str> = Arc::from(answer.access_token);
         let now = self.clock.unix();
@@ -533,6 +641,60 @@ impl<S: TokenService> Mesh<S> {
             );
         }
         Ok(token)
+    }
+
+    /// The proof for a call forwarded with a token bound to this sidecar's
+    /// key: `htm` the method, `htu` the URL as called, `ath` of the token,
+    /// `iat` now, the nonce the origin asked for.
+    pub fn call_proof(&self, method: &str, url: &str, token: &str) -> Result<String, Refusal> {
+        self.signer
+            .proof(method, url, Some(token), self.clock.unix())
+            .map_err(|e| Refusal::Unavailable(format!("cannot sign a DPoP proof: {e}")))
+    }
+
+    /// A fresh nonce for an answer, when this sidecar requires them.
+    pub fn fresh_nonce(&self) -> Option<String> {
+        self.nonces
+            .as_ref()
+            .map(|key| key.current(self.clock.unix()))
+    }
+
+    /// An exchange with a proof of this sidecar's key, so the new token is
+    /// bound to it: `htm` POST, `htu` the token endpoint, the nonce the
+    /// token server handed out last. Asked for a newer nonce, once more with it.
+    async fn exchange_bound(
+        &self,
+        subject: &str,
+        audience: &str,
+    ) -> Result<Result<Exchanged, tonic::Status>, Refusal> {
+        let endpoint = self.token_endpoint.load_full().ok_or_else(|| {
+            Refusal::Unavailable("the token server has not named its token endpoint".into())
+        })?;
+        let sign = || {
+            self.signer
+                .proof("POST", &endpoint, None, self.clock.unix())
+                .map_err(|e| Refusal::Unavailable(format!("cannot sign a DPoP proof: {e}")))
+        };
+        let mut retried = false;
+        loop {
+            let proof = sign()?;
+            let result = self
+                .token_server
+                .exchange(subject, audience, Some(&proof))
+                .await;
+            let nonce = match &result {
+                Ok(answer) => answer.dpop_nonce.clone(),
+                Err(status) => dpop_nonce(status.metadata()),
+            };
+            let renewed = nonce.is_some_and(|nonce| self.signer.remember(&endpoint, &nonce));
+            let asked = matches!(&result, Err(s) if s.code() == Code::InvalidArgument);
+            if asked && renewed && !retried {
+                retried = true;
+                self.metrics.dpop_nonce_retries.inc();
+                continue;
+            }
+            return Ok(result);
+        }
     }
 
     async fn embedded(&self, audience: &str, outer: &str) -> Result<Arc<str>, Refusal> {
@@ -581,6 +743,8 @@ impl<S: TokenService> Mesh<S> {
                                                 mode,
                                                 scopes: scope_key(r.scopes),
                                                 policy: Arc::from(r.policy),
+                                                binding: Binding::try_from(r.binding)
+                                                    .unwrap_or(Binding::None),
                                             }),
                                         )
                                     })

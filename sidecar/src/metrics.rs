@@ -20,6 +20,8 @@ pub struct Metrics {
     pub jwks_fetches: Counter,
     pub revocations: Counter,
     pub revocations_dropped: Counter,
+    /// Calls made again with the DPoP nonce the other side asked for.
+    pub dpop_nonce_retries: Counter,
 }
 
 impl Metrics {
@@ -57,8 +59,15 @@ impl Metrics {
             "Revocations dropped from a full memory (--max-revocations); tokens expiring by then are refused",
             revocations_dropped.clone(),
         );
+        let dpop_nonce_retries = Counter::default();
+        registry.register(
+            "dpop_nonce_retries",
+            "Outbound calls and exchanges made again with the DPoP nonce the other side asked for",
+            dpop_nonce_retries.clone(),
+        );
         Self {
             registry,
+            dpop_nonce_retries,
             requests,
             cache_hits,
             exchanges,

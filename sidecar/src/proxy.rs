@@ -10,7 +10,7 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, header,
     uri::{Authority, PathAndQuery, Scheme},
 };
-use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use http_body_util::{BodyExt, Either, Full, Limited, combinators::UnsyncBoxBody};
 use hyper::body::{Body as _, Incoming};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
@@ -34,6 +34,14 @@ use crate::{
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Unsync: tonic's answers (ext_authz) are not `Sync`, and hyper needs only `Send`.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+/// What is forwarded: the caller's body as it streams, or one kept in
+/// memory so that it can be sent again (a DPoP nonce retry).
+type Upstream = Either<Incoming, Full<Bytes>>;
+
+/// The largest request body kept to be sent again when the next hop asks
+/// for a DPoP nonce; a larger or unsized one streams, and the call that was
+/// refused is not made again (the nonce is used from the next call on).
+const MAX_REPLAY_BODY: u64 = 64 * 1024;
 
 /// How long idle pooled upstream connections are kept: under the 30 s
 /// default --client-timeout, so a peer sidecar is not the one to close a
@@ -78,8 +86,8 @@ pub struct Proxy {
     pub stream_idle: Duration,
     /// Admin path → where it goes: kubelet probes.
     probes: HashMap<String, Probe>,
-    http1: Client<HttpConnector, Stall<Incoming>>,
-    http2: Client<HttpConnector, Stall<Incoming>>,
+    http1: Client<HttpConnector, Stall<Upstream>>,
+    http2: Client<HttpConnector, Stall<Upstream>>,
 }
 
 fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
@@ -106,15 +114,27 @@ pub const DPOP_CHALLENGE: &str = "DPoP algs=\"ES256 EdDSA RS256 PS256\"";
 pub const DPOP_INVALID_PROOF: &str =
     "DPoP error=\"invalid_dpop_proof\", algs=\"ES256 EdDSA RS256 PS256\"";
 
+/// The challenge of a DPoP proof without the nonce this sidecar requires.
+pub const DPOP_USE_NONCE: &str = "DPoP error=\"use_dpop_nonce\", algs=\"ES256 EdDSA RS256 PS256\"";
+
 /// The request header carrying a DPoP proof.
 pub const DPOP_HEADER: &str = "dpop";
+pub use tokenmesh_tokens::dpop::nonce::NONCE_HEADER;
 
 /// 401 with the RFC 6750 challenge, then the DPoP one; the reason stays in
 /// the body, bounded.
 fn unauthorized(refusal: &Refusal) -> Response<Body> {
     let mut response = text(StatusCode::UNAUTHORIZED, refusal.public());
     let headers = response.headers_mut();
-    if matches!(refusal, Refusal::Proof(_)) {
+    if let Refusal::UseNonce(nonce) = refusal {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(DPOP_USE_NONCE),
+        );
+        if let Ok(nonce) = HeaderValue::try_from(nonce.as_str()) {
+            headers.insert(NONCE_HEADER, nonce);
+        }
+    } else if matches!(refusal, Refusal::Proof(_)) {
         headers.insert(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static(DPOP_INVALID_PROOF),
@@ -150,10 +170,14 @@ fn many_credentials() -> Response<Body> {
 
 fn refused(refusal: &Refusal) -> Response<Body> {
     match refusal {
-        Refusal::Missing | Refusal::Invalid(_) | Refusal::Proof(_) => unauthorized(refusal),
+        Refusal::Missing | Refusal::Invalid(_) | Refusal::Proof(_) | Refusal::UseNonce(_) => {
+            unauthorized(refusal)
+        }
         Refusal::Forbidden(_) | Refusal::BoundShare(_) => {
             text(StatusCode::FORBIDDEN, refusal.public())
         }
+        // The sidecar cannot give the next hop what it needs: a gateway's fault.
+        Refusal::NoCertificate(_) => text(StatusCode::BAD_GATEWAY, refusal.public()),
         Refusal::Unavailable(_) => text(StatusCode::SERVICE_UNAVAILABLE, refusal.public()),
     }
 }
@@ -225,6 +249,26 @@ fn outbound_bearer(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Whether an answer asks for a DPoP nonce (RFC 9449 §9: 401 with a `DPoP`
+/// challenge `error="use_dpop_nonce"`; §8 answers 400 at a token endpoint).
+fn asks_for_nonce<B>(response: &Response<B>) -> bool {
+    matches!(
+        response.status(),
+        StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST
+    ) && response
+        .headers()
+        .get_all(header::WWW_AUTHENTICATE)
+        .iter()
+        .any(|challenge| {
+            let challenge = challenge.as_bytes();
+            challenge.len() > 4
+                && challenge[..4].eq_ignore_ascii_case(b"dpop")
+                && challenge
+                    .windows(b"use_dpop_nonce".len())
+                    .any(|w| w == b"use_dpop_nonce")
+        })
+}
+
 /// An address as a URI authority (`[v6]:port` for IPv6).
 fn authority_of(addr: SocketAddr) -> Authority {
     // A socket address always makes a valid authority. Were one ever not,
@@ -253,7 +297,16 @@ fn set_bearer(headers: &mut HeaderMap, token: &str) -> Result<(), Response<Body>
     {
         return Ok(());
     }
-    let value = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
+    set_authorization(headers, "Bearer", token)
+}
+
+/// Makes `Authorization: <scheme> <token>` the one Authorization header.
+fn set_authorization(
+    headers: &mut HeaderMap,
+    scheme: &str,
+    token: &str,
+) -> Result<(), Response<Body>> {
+    let value = HeaderValue::try_from(format!("{scheme} {token}")).map_err(|_| {
         text(
             StatusCode::BAD_GATEWAY,
             "the token cannot be sent as a header",
@@ -305,7 +358,7 @@ impl Proxy {
     /// Sends `request` to `target`. --upstream-timeout bounds the wait for
     /// the answer's head; a pause of --stream-idle-timeout inside either
     /// body cuts it off.
-    async fn forward(&self, mut request: Request<Incoming>, target: Authority) -> Response<Body> {
+    async fn forward(&self, mut request: Request<Upstream>, target: Authority) -> Response<Body> {
         strip_hop_by_hop(request.headers_mut());
         let mut uri = std::mem::take(request.uri_mut()).into_parts();
         uri.scheme = Some(Scheme::HTTP);
@@ -412,7 +465,15 @@ impl Proxy {
             }
             None => self.app_authority.clone(),
         };
-        self.forward(request, app).await
+        let mut response = self.forward(request.map(Either::Left), app).await;
+        // A fresh nonce with every answer to a DPoP request (RFC 9449 §8).
+        if scheme == AuthScheme::Dpop
+            && let Some(nonce) = self.mesh.fresh_nonce()
+            && let Ok(nonce) = HeaderValue::try_from(nonce)
+        {
+            response.headers_mut().insert(NONCE_HEADER, nonce);
+        }
+        response
     }
 
     /// Outbound: the destination from the absolute URI (HTTP proxy) or the
@@ -425,9 +486,17 @@ impl Proxy {
             .instrument(span.clone())
             .await;
         let response = match response {
-            Ok(target) => {
+            Ok((target, None)) => {
                 hop::pass_on(&span, request.headers_mut());
-                self.forward(request, target).instrument(span.clone()).await
+                self.forward(request.map(Either::Left), target)
+                    .instrument(span.clone())
+                    .await
+            }
+            Ok((target, Some(bound))) => {
+                hop::pass_on(&span, request.headers_mut());
+                self.forward_bound(request, target, &bound)
+                    .instrument(span.clone())
+                    .await
             }
             Err(response) => response,
         };
@@ -443,10 +512,12 @@ impl Proxy {
         response
     }
 
+    /// Where the request goes, and the DPoP-bound token it carries (then
+    /// it needs a proof of this sidecar's key).
     async fn outbound_inner(
         &self,
         request: &mut Request<Incoming>,
-    ) -> Result<Authority, Response<Body>> {
+    ) -> Result<(Authority, Option<Arc<str>>), Response<Body>> {
         if request.method() == http::Method::CONNECT {
             return Err(text(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -478,12 +549,13 @@ impl Proxy {
             None => (authority.to_ascii_lowercase(), None),
         };
         let mut carries_token = false;
+        let mut bound = None;
         let route = self.mesh.route(&host);
         hop::record_route(&host, route.as_deref());
         match (route, outbound_bearer(request.headers())) {
             (Some(route), Some(token)) => {
                 carries_token = true;
-                let token = self
+                let outbound = self
                     .mesh
                     .outbound_token(&host, &route, &token)
                     .await
@@ -491,7 +563,14 @@ impl Proxy {
                         tracing::debug!(%host, reason = %refusal, "outbound request refused");
                         refused(&refusal)
                     })?;
-                set_bearer(request.headers_mut(), &token)?;
+                if outbound.dpop {
+                    set_authorization(request.headers_mut(), "DPoP", &outbound.token)?;
+                    bound = Some(outbound.token);
+                } else {
+                    // The application's own proofs are not for this token.
+                    request.headers_mut().remove(DPOP_HEADER);
+                    set_bearer(request.headers_mut(), &outbound.token)?;
+                }
             }
             // No bearer token to pass on (at most the application's own
             // credential for the destination): the destination decides.
@@ -516,16 +595,111 @@ impl Proxy {
             // A token goes only to the host its policy names: a captured
             // connection to some other address with this Host goes to the
             // host, never to where the application connected.
-            (Some(resolved), _) if carries_token => return Ok(resolved.clone()),
-            (Some(resolved), None) => return Ok(resolved.clone()),
+            (Some(resolved), _) if carries_token => return Ok((resolved.clone(), bound)),
+            (Some(resolved), None) => return Ok((resolved.clone(), bound)),
             (None, Some(addr)) if carries_token => {
                 format!("{host}:{}", port.unwrap_or(addr.port()))
             }
-            (_, Some(addr)) => return Ok(authority_of(addr)),
+            (_, Some(addr)) => return Ok((authority_of(addr), bound)),
             (None, None) => format!("{host}:{}", port.unwrap_or(80)),
         };
-        Authority::try_from(target)
-            .map_err(|_| text(StatusCode::BAD_REQUEST, "malformed destination host"))
+        let target = Authority::try_from(target)
+            .map_err(|_| text(StatusCode::BAD_REQUEST, "malformed destination host"))?;
+        Ok((target, bound))
+    }
+
+    /// Forwards a call whose token is bound to this sidecar's key, with a
+    /// fresh DPoP proof (RFC 9449 §7): `htm` its method, `htu` the URL as
+    /// the next hop sees it called, `ath` of the token. Asked for a nonce
+    /// (§9), the call is made once more with it when its body was small
+    /// enough to keep ([`MAX_REPLAY_BODY`]); the nonce is remembered for
+    /// the origin either way, as is any newer one an answer brings.
+    async fn forward_bound(
+        &self,
+        request: Request<Incoming>,
+        target: Authority,
+        token: &str,
+    ) -> Response<Body> {
+        // What the next hop reads as the URL called: the Host header over
+        // HTTP/1.1; over HTTP/2 the `:authority` forward() sends, the
+        // address connected to.
+        let url = if request.version() == Version::HTTP_2 {
+            Some(format!("http://{target}{}", request.uri().path()))
+        } else {
+            called_url(&request)
+        };
+        let Some(url) = url else {
+            return text(StatusCode::BAD_REQUEST, "no destination host");
+        };
+        let (parts, body) = request.into_parts();
+        let kept = match self.keep(&parts.headers, body).await {
+            Ok(kept) => kept,
+            Err(response) => return response,
+        };
+        let (body, replay) = match kept {
+            Kept::Bytes(bytes) => (Either::Right(Full::new(bytes.clone())), Some(bytes)),
+            Kept::Stream(body) => (Either::Left(body), None),
+        };
+        let attempt = |body: Upstream| {
+            let proof = self
+                .mesh
+                .call_proof(parts.method.as_str(), &url, token)
+                .and_then(|proof| {
+                    HeaderValue::try_from(proof)
+                        .map_err(|_| Refusal::Unavailable("a DPoP proof is not a header".into()))
+                });
+            let mut request = Request::new(body);
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = parts.uri.clone();
+            *request.version_mut() = parts.version;
+            *request.headers_mut() = parts.headers.clone();
+            let target = target.clone();
+            async move {
+                match proof {
+                    Ok(proof) => {
+                        request.headers_mut().insert(DPOP_HEADER, proof);
+                        self.forward(request, target).await
+                    }
+                    Err(refusal) => refused(&refusal),
+                }
+            }
+        };
+        let response = attempt(body).await;
+        let renewed = response
+            .headers()
+            .get(NONCE_HEADER)
+            .is_some_and(|nonce| self.mesh.signer.remember(&url, nonce.as_bytes()));
+        match replay {
+            Some(bytes) if renewed && asks_for_nonce(&response) => {
+                self.mesh.metrics.dpop_nonce_retries.inc();
+                let response = attempt(Either::Right(Full::new(bytes))).await;
+                if let Some(nonce) = response.headers().get(NONCE_HEADER) {
+                    self.mesh.signer.remember(&url, nonce.as_bytes());
+                }
+                response
+            }
+            _ => response,
+        }
+    }
+
+    /// The body of a call that may have to be made again: kept when it is
+    /// empty or declares at most [`MAX_REPLAY_BODY`] bytes, else streamed.
+    async fn keep(&self, headers: &HeaderMap, body: Incoming) -> Result<Kept, Response<Body>> {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if !body.is_end_stream() && declared.is_none_or(|length| length > MAX_REPLAY_BODY) {
+            return Ok(Kept::Stream(body));
+        }
+        let limit = usize::try_from(MAX_REPLAY_BODY).unwrap_or(usize::MAX);
+        let read = Limited::new(Stall::new(body, self.stream_idle), limit).collect();
+        match read.await {
+            Ok(collected) => Ok(Kept::Bytes(collected.to_bytes())),
+            Err(_) => Err(text(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            )),
+        }
     }
 
     /// `/healthz`, `/readyz`, `/metrics`, and the application's probes.
@@ -545,7 +719,9 @@ impl Proxy {
             let headers = probe_headers(request.headers(), &probe.headers);
             *request.headers_mut() = headers;
             let app = SocketAddr::new(self.app_addr.ip(), probe.port);
-            return self.forward(request, authority_of(app)).await;
+            return self
+                .forward(request.map(Either::Left), authority_of(app))
+                .await;
         }
         match request.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok"),
@@ -558,6 +734,12 @@ impl Proxy {
             _ => text(StatusCode::NOT_FOUND, "not found"),
         }
     }
+}
+
+/// A request body as [`Proxy::keep`] leaves it.
+enum Kept {
+    Bytes(Bytes),
+    Stream(Incoming),
 }
 
 /// The headers of a probe request that pass on: the ones its definition
@@ -773,6 +955,39 @@ mod tests {
             "gRPC needs te: trailers"
         );
         assert_eq!(headers.get("x-app").unwrap(), "1");
+    }
+
+    /// RFC 9449 §9: a 401 (or 400) with a DPoP challenge naming
+    /// `use_dpop_nonce` asks for a nonce; nothing else does.
+    #[test]
+    fn an_answer_asks_for_a_nonce_only_with_a_dpop_use_dpop_nonce_challenge() {
+        let answer = |status: StatusCode, challenges: &[&'static str]| {
+            let mut response = text(status, "");
+            for challenge in challenges {
+                response.headers_mut().append(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+            }
+            asks_for_nonce(&response)
+        };
+        assert!(answer(StatusCode::UNAUTHORIZED, &[DPOP_USE_NONCE]));
+        assert!(answer(
+            StatusCode::UNAUTHORIZED,
+            &[CHALLENGE, "dpop error=\"use_dpop_nonce\""]
+        ));
+        assert!(answer(StatusCode::BAD_REQUEST, &[DPOP_USE_NONCE]));
+        assert!(!answer(StatusCode::OK, &[DPOP_USE_NONCE]));
+        assert!(!answer(StatusCode::UNAUTHORIZED, &[DPOP_INVALID_PROOF]));
+        assert!(!answer(
+            StatusCode::UNAUTHORIZED,
+            &["Bearer error=\"use_dpop_nonce\""]
+        ));
+        assert!(!answer(StatusCode::UNAUTHORIZED, &[]));
+        let refused = refused(&Refusal::UseNonce("n1".into()));
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(refused.headers()[header::WWW_AUTHENTICATE], DPOP_USE_NONCE);
+        assert_eq!(refused.headers()[NONCE_HEADER], "n1");
     }
 
     #[test]

@@ -102,6 +102,23 @@ pub fn plaintext_remote_host(url: &str) -> Option<String> {
     (!tokenmesh_tokens::net::is_loopback_host(&host)).then_some(host)
 }
 
+/// An exchanged token, and the DPoP nonce the token server handed out with
+/// it (metadata `dpop-nonce`), if any.
+#[derive(Debug, Default)]
+pub struct Exchanged {
+    pub response: ExchangeResponse,
+    pub dpop_nonce: Option<Vec<u8>>,
+}
+
+/// The nonce a status or an answer carries in metadata `dpop-nonce`.
+pub fn dpop_nonce(metadata: &tonic::metadata::MetadataMap) -> Option<Vec<u8>> {
+    metadata
+        .get(DPOP_NONCE)
+        .map(|value| value.as_encoded_bytes().to_vec())
+}
+
+const DPOP_NONCE: &str = tokenmesh_tokens::dpop::nonce::NONCE_HEADER;
+
 /// A stream of updates the token server pushes (WatchPolicies,
 /// WatchRevocations).
 pub type Updates<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -112,11 +129,15 @@ pub trait TokenService: Send + Sync + 'static {
     /// The OAuth client this workload authenticates as.
     fn client_id(&self) -> &str;
 
+    /// With `proof`, a DPoP proof of this sidecar's key (metadata `dpop`),
+    /// the new token is bound to it. A refusal for want of a nonce carries
+    /// it in metadata `dpop-nonce`.
     fn exchange(
         &self,
         subject_token: &str,
         audience: &str,
-    ) -> impl Future<Output = Result<ExchangeResponse, Status>> + Send;
+        proof: Option<&str>,
+    ) -> impl Future<Output = Result<Exchanged, Status>> + Send;
 
     fn introspect(
         &self,
@@ -292,19 +313,29 @@ impl TokenService for TokenServer {
         &self,
         subject_token: &str,
         audience: &str,
-    ) -> Result<ExchangeResponse, Status> {
+        proof: Option<&str>,
+    ) -> Result<Exchanged, Status> {
         let body = ExchangeRequest {
             subject_token: subject_token.into(),
             audience: audience.into(),
             ..Default::default()
         };
-        Ok(self
+        let mut request = self.request(body, true)?;
+        if let Some(proof) = proof {
+            let proof = MetadataValue::try_from(proof)
+                .map_err(|_| Status::internal("the DPoP proof cannot be sent as metadata"))?;
+            request.metadata_mut().insert("dpop", proof);
+        }
+        let answer = self
             .client
             .clone()
-            .exchange(self.request(body, true)?)
+            .exchange(request)
             .await
-            .map_err(|e| on_the_way(&self.url, e))?
-            .into_inner())
+            .map_err(|e| on_the_way(&self.url, e))?;
+        Ok(Exchanged {
+            dpop_nonce: dpop_nonce(answer.metadata()),
+            response: answer.into_inner(),
+        })
     }
 
     async fn introspect(&self, token: &str) -> Result<IntrospectResponse, Status> {

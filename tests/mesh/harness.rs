@@ -518,6 +518,23 @@ impl Drop for Sidecar {
     }
 }
 
+/// An application that calls `next` (a host and where its sidecar listens)
+/// through its own sidecar, which is `client_id` for `audience`.
+pub async fn caller(
+    server: &TokenServer,
+    client_id: &str,
+    audience: &str,
+    next: (&str, SocketAddr),
+    extra: &[String],
+) -> (App, Sidecar) {
+    let out = free_port();
+    let proxy = SocketAddr::from(([127, 0, 0, 1], out));
+    let app = App::start(Some((format!("http://{}/hop", next.0), proxy))).await;
+    let sidecar =
+        Sidecar::start_with(server, client_id, audience, app.addr, &[next], out, extra).await;
+    (app, sidecar)
+}
+
 /// The whole mesh: gateway → orders → payments → ledger, each behind its sidecar.
 pub struct Mesh {
     pub server: TokenServer,
@@ -545,48 +562,15 @@ impl Mesh {
             extra,
         )
         .await;
-        let hop = |host: &str, port: u16| {
-            Some((
-                format!("http://{host}/hop"),
-                SocketAddr::from(([127, 0, 0, 1], port)),
-            ))
-        };
-        let out = free_port();
-        let payments_app = App::start(hop("ledger.local", out)).await;
-        let payments = Sidecar::start_with(
-            &server,
-            "payments-svc",
-            "payments",
-            payments_app.addr,
-            &[("ledger.local", ledger.inbound)],
-            out,
-            extra,
-        )
-        .await;
-        let out = free_port();
-        let orders_app = App::start(hop("payments.local", out)).await;
-        let orders = Sidecar::start_with(
-            &server,
-            "orders-svc",
-            "orders",
-            orders_app.addr,
-            &[("payments.local", payments.inbound)],
-            out,
-            extra,
-        )
-        .await;
-        let out = free_port();
-        let gateway_app = App::start(hop("orders.local", out)).await;
-        let gateway = Sidecar::start_with(
-            &server,
-            "gateway-svc",
-            "gateway",
-            gateway_app.addr,
-            &[("orders.local", orders.inbound)],
-            out,
-            extra,
-        )
-        .await;
+        let ledger_at = ("ledger.local", ledger.inbound);
+        let (payments_app, payments) =
+            caller(&server, "payments-svc", "payments", ledger_at, extra).await;
+        let payments_at = ("payments.local", payments.inbound);
+        let (orders_app, orders) =
+            caller(&server, "orders-svc", "orders", payments_at, extra).await;
+        let orders_at = ("orders.local", orders.inbound);
+        let (gateway_app, gateway) =
+            caller(&server, "gateway-svc", "gateway", orders_at, extra).await;
         Self {
             server,
             apps: vec![gateway_app, orders_app, payments_app, ledger_app],

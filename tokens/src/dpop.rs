@@ -10,6 +10,7 @@
 //! caller's: they need state this function does not hold.
 
 pub mod create;
+pub mod nonce;
 pub mod replay;
 mod thumbprint;
 

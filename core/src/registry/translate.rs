@@ -139,6 +139,13 @@ pub(super) fn policy(name: &str, spec: &ExchangePolicySpec) -> Result<Policy, (S
         }
         claims.push((claim.clone(), compile_cel(&field, source)?));
     }
+    if spec.mode != ExchangeMode::Exchange && !spec.to.binding.is_none() {
+        return Err((
+            "spec.to.binding".into(),
+            "needs mode: exchange (only an exchanged token can be bound to the sidecar's key)"
+                .into(),
+        ));
+    }
     if spec.mode == ExchangeMode::Embed {
         let names_actor = |program: &cel::Program| program.references().has_variable("actor");
         let cel = condition

@@ -21,9 +21,10 @@ use tokenmesh_tokens::{
 use tonic::Status;
 
 use super::*;
-use crate::token_server::Updates;
+use crate::token_server::{Exchanged, Updates};
 
 const ISSUER: &str = "https://tokens.example";
+const TOKEN_ENDPOINT: &str = "https://tokens.example/oauth2/token";
 const START: u64 = 2_000_000_000;
 
 /// An opaque token's phantom JWT and embedded tokens (audience → token).
@@ -42,6 +43,14 @@ struct Fake {
     lifetime: Mutex<i64>,
     /// Opaque tokens: their phantom JWT and their embedded tokens.
     opaque: Mutex<HashMap<String, Opaque>>,
+    /// The DPoP proof each exchange came with.
+    proofs: Mutex<Vec<Option<String>>>,
+    /// The nonce an exchange proof must carry: the first; a success moves
+    /// on to the next (the last one stays) and answers with it. None: any
+    /// proof.
+    nonces: Mutex<Vec<String>>,
+    /// A refusal for want of a nonce moves on to the next one too.
+    fickle: AtomicBool,
     calls: Mutex<Vec<String>>,
 }
 
@@ -54,6 +63,9 @@ impl Fake {
             shareable: Mutex::default(),
             lifetime: Mutex::new(300),
             opaque: Mutex::default(),
+            proofs: Mutex::default(),
+            nonces: Mutex::default(),
+            fickle: AtomicBool::new(false),
             calls: Mutex::default(),
         }
     }
@@ -78,16 +90,50 @@ impl TokenService for Fake {
         "orders-svc"
     }
 
-    async fn exchange(&self, subject: &str, audience: &str) -> Result<ExchangeResponse, Status> {
+    async fn exchange(
+        &self,
+        subject: &str,
+        audience: &str,
+        proof: Option<&str>,
+    ) -> Result<Exchanged, Status> {
         self.call(format!("exchange {audience}"))?;
+        self.proofs.lock().unwrap().push(proof.map(str::to_owned));
         if self.refused.lock().unwrap().iter().any(|a| a == audience) {
             return Err(Status::permission_denied("no policy"));
         }
+        let mut nonces = self.nonces.lock().unwrap();
+        if let (Some(required), Some(proof)) = (nonces.first().cloned(), proof) {
+            let request = tokenmesh_tokens::dpop::Request {
+                method: "POST",
+                url: TOKEN_ENDPOINT,
+                access_token: None,
+            };
+            let window = tokenmesh_tokens::dpop::Window::default();
+            let proved = tokenmesh_tokens::dpop::verify(proof, &request, window, START).unwrap();
+            if proved.nonce.as_ref() != Some(&required) {
+                if self.fickle.load(Ordering::SeqCst) {
+                    nonces.remove(0);
+                }
+                let mut status = Status::invalid_argument("use_dpop_nonce");
+                status
+                    .metadata_mut()
+                    .insert("dpop-nonce", required.parse().unwrap());
+                return Err(status);
+            }
+            if nonces.len() > 1 {
+                nonces.remove(0);
+            }
+        }
+        let nonce = nonces.first().cloned();
+        drop(nonces);
         let n = self.calls(&format!("exchange {audience}"));
-        Ok(ExchangeResponse {
-            access_token: format!("{audience}-token-{n}-for-{}", subject.len()),
-            expires_in: *self.lifetime.lock().unwrap(),
-            ..Default::default()
+        Ok(Exchanged {
+            response: ExchangeResponse {
+                access_token: format!("{audience}-token-{n}-for-{}", subject.len()),
+                expires_in: *self.lifetime.lock().unwrap(),
+                ..Default::default()
+            },
+            dpop_nonce: nonce.map(String::into_bytes),
         })
     }
 
@@ -131,6 +177,7 @@ impl TokenService for Fake {
         Ok(GetJwksResponse {
             issuer: ISSUER.into(),
             jwks_json: serde_json::to_string(&jwks).unwrap(),
+            token_endpoint: TOKEN_ENDPOINT.into(),
         })
     }
 
@@ -150,7 +197,7 @@ fn key(kid: &str) -> SigningKey {
 /// A mesh for audience `orders` on a manual clock, with no leeway.
 fn mesh() -> (Mesh<Fake>, Arc<ManualClock>) {
     let clock = ManualClock::at_unix(START);
-    let mesh = Mesh::with_clock(Fake::new(), clock.clone(), "orders".into(), 0, 100);
+    let mesh = Mesh::with_clock(Fake::new(), clock.clone(), "orders".into(), 0, 100).unwrap();
     (mesh, clock)
 }
 
@@ -182,6 +229,7 @@ fn route(audience: &str, mode: Mode, scopes: &str) -> Route {
         mode,
         scopes: Arc::from(scopes),
         policy: Arc::from("a-policy"),
+        binding: Binding::None,
     }
 }
 
@@ -249,7 +297,7 @@ async fn an_exchanged_token_is_reused_until_near_its_expiry() {
         .outbound_token("payments.local", &exchange, &incoming)
         .await
         .unwrap();
-    assert!(first.starts_with("payments-token-1"), "{first}");
+    assert!(first.starts_with("payments-token-1"), "{}", first.token);
     let again = mesh.outbound_token("payments.local", &exchange, &incoming);
     assert_eq!(again.await.unwrap(), first);
     assert_eq!(mesh.metrics.cache_hits.get(), 1);
@@ -276,7 +324,7 @@ async fn concurrent_exchanges_of_one_token_make_one_call() {
     let mut callers = tokio::task::JoinSet::new();
     for _ in 0..10 {
         let (mesh, exchange, incoming) = (mesh.clone(), exchange.clone(), incoming.clone());
-        callers.spawn(async move { mesh.exchange(&exchange, &incoming).await });
+        callers.spawn(async move { mesh.exchange(&exchange, &incoming, false).await });
     }
     while let Some(answer) = callers.join_next().await {
         assert!(answer.unwrap().unwrap().starts_with("payments-token-1"));
@@ -375,10 +423,10 @@ async fn an_unavailable_token_server_refuses_as_unavailable_and_a_refusal_as_for
             .await,
         mesh.validate(&incoming)
             .await
-            .map(|v| Arc::from(v.jwt.as_str())),
+            .map(|v| Outbound::bearer(Arc::from(v.jwt.as_str()))),
         mesh.validate("opaque")
             .await
-            .map(|v| Arc::from(v.jwt.as_str())),
+            .map(|v| Outbound::bearer(Arc::from(v.jwt.as_str()))),
     ];
     for outcome in outcomes {
         assert!(
@@ -505,4 +553,139 @@ async fn keys_an_hour_old_are_fetched_again_and_a_day_old_set_verifies_nothing()
 /// The same key again (`SigningKey` is not `Clone`).
 fn copy(key: &SigningKey) -> SigningKey {
     SigningKey::from_pkcs8(key.kid().into(), key.algorithm(), key.pkcs8().to_vec()).unwrap()
+}
+
+/// A route to `payments` whose next hop needs `binding`.
+fn bound_route(binding: Binding) -> Route {
+    Route {
+        binding,
+        ..route("payments", Mode::Exchange, "")
+    }
+}
+
+/// What the exchange proofs the fake received say, verified as the token
+/// server verifies them (`htm` POST, `htu` the token endpoint GetJwks names).
+fn exchange_proofs(mesh: &Mesh<Fake>) -> Vec<Option<tokenmesh_tokens::dpop::Proof>> {
+    let request = tokenmesh_tokens::dpop::Request {
+        method: "POST",
+        url: TOKEN_ENDPOINT,
+        access_token: None,
+    };
+    let window = tokenmesh_tokens::dpop::Window::default();
+    let proofs = fake(mesh).proofs.lock().unwrap().clone();
+    proofs
+        .iter()
+        .map(|p| {
+            p.as_ref()
+                .map(|p| tokenmesh_tokens::dpop::verify(p, &request, window, START).unwrap())
+        })
+        .collect()
+}
+
+/// Issue #18, outbound: a hop whose policy says `dpop` gets a token bound
+/// to this sidecar's key (the exchange carries a proof of it); the bound
+/// token is cached with the key and not handed to a bearer hop, which gets
+/// its own exchange without a proof.
+#[tokio::test]
+async fn a_dpop_hop_gets_a_token_bound_to_the_sidecars_key() {
+    let (mesh, clock) = mesh();
+    mesh.keys.refresh().await.unwrap();
+    let incoming = token(&mesh, &claims("t0", clock.unix(), 3600));
+    let bound = mesh
+        .outbound_token("payments.local", &bound_route(Binding::Dpop), &incoming)
+        .await
+        .unwrap();
+    assert!(bound.dpop, "forwarded with proofs");
+    let again = mesh
+        .outbound_token("payments.local", &bound_route(Binding::Dpop), &incoming)
+        .await
+        .unwrap();
+    assert_eq!(again, bound, "cached");
+    let bearer = mesh
+        .outbound_token("payments.local", &bound_route(Binding::None), &incoming)
+        .await
+        .unwrap();
+    assert!(!bearer.dpop);
+    assert_ne!(
+        bearer.token, bound.token,
+        "the bound token is for the key only"
+    );
+    let proofs = exchange_proofs(&mesh);
+    assert_eq!(proofs.len(), 2);
+    let proof = proofs[0]
+        .as_ref()
+        .expect("the binding exchange carries a proof");
+    assert_eq!(proof.jkt, mesh.signer.jkt());
+    assert_eq!(proof.iat, START, "iat from the mesh's clock");
+    assert!(proofs[1].is_none(), "a bearer hop's exchange carries none");
+}
+
+/// A DPoP-bound subject token stays bound: exchanged for any hop, with a
+/// proof of the sidecar's key (the token server refuses it otherwise).
+/// A hop that needs certificate-bound tokens is refused, saying why.
+#[tokio::test]
+async fn a_bound_subject_is_exchanged_with_a_proof_and_an_mtls_hop_is_refused() {
+    let (mesh, clock) = mesh();
+    mesh.keys.refresh().await.unwrap();
+    let mut bound = claims("t0", clock.unix(), 3600);
+    bound.cnf = Some(tokenmesh_tokens::claims::Confirmation {
+        jkt: Some("the-clients-key".into()),
+        x5t_s256: None,
+    });
+    let incoming = token(&mesh, &bound);
+    let outbound = mesh
+        .outbound_token("payments.local", &bound_route(Binding::None), &incoming)
+        .await
+        .unwrap();
+    assert!(outbound.dpop);
+    assert_eq!(
+        exchange_proofs(&mesh)[0].as_ref().unwrap().jkt,
+        mesh.signer.jkt()
+    );
+    let refused = mesh
+        .outbound_token("payments.local", &bound_route(Binding::Mtls), &incoming)
+        .await
+        .unwrap_err();
+    assert_eq!(refused, Refusal::NoCertificate("payments.local".into()));
+}
+
+/// RFC 9449 §8 at the token server: asked for a nonce, the exchange is
+/// tried once more with it; the nonce (and the newer one each answer
+/// brings) is used from then on. A server that asks again is not retried
+/// for ever.
+#[tokio::test]
+async fn an_exchange_asked_for_a_nonce_is_retried_once_with_it() {
+    let (mesh, clock) = mesh();
+    mesh.keys.refresh().await.unwrap();
+    *fake(&mesh).nonces.lock().unwrap() = vec!["n1".into(), "n2".into()];
+    let first = token(&mesh, &claims("t0", clock.unix(), 3600));
+    let outbound = mesh
+        .outbound_token("payments.local", &bound_route(Binding::Dpop), &first)
+        .await
+        .unwrap();
+    assert!(outbound.dpop);
+    let nonces: Vec<_> = exchange_proofs(&mesh)
+        .into_iter()
+        .map(|p| p.unwrap().nonce)
+        .collect();
+    assert_eq!(nonces, [None, Some("n1".into())]);
+    // The answer handed out n2: the next exchange carries it at once.
+    let second = token(&mesh, &claims("t1", clock.unix(), 3600));
+    mesh.outbound_token("payments.local", &bound_route(Binding::Dpop), &second)
+        .await
+        .unwrap();
+    let proofs = exchange_proofs(&mesh);
+    assert_eq!(proofs.len(), 3, "no refusal this time");
+    assert_eq!(proofs[2].as_ref().unwrap().nonce.as_deref(), Some("n2"));
+    assert_eq!(mesh.metrics.dpop_nonce_retries.get(), 1);
+
+    // A server that wants a new nonce every time: one retry, then refused.
+    *fake(&mesh).nonces.lock().unwrap() = vec!["a".into(), "b".into(), "c".into()];
+    fake(&mesh).fickle.store(true, Ordering::SeqCst);
+    let third = token(&mesh, &claims("t2", clock.unix(), 3600));
+    let refused = mesh
+        .outbound_token("payments.local", &bound_route(Binding::Dpop), &third)
+        .await;
+    assert_eq!(refused, Err(Refusal::Forbidden("payments".into())));
+    assert_eq!(exchange_proofs(&mesh).len(), 5);
 }

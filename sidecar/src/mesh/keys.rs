@@ -1,7 +1,9 @@
-//! The token server's JWKS (GetJwks) as the source of the mesh's key set.
+//! The token server's JWKS (GetJwks) as the source of the mesh's key set,
+//! and the token endpoint it names (the `htu` of Exchange's DPoP proofs).
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
 use prometheus_client::metrics::counter::Counter;
 use tokenmesh_tokens::{
     jwk::JwkSet,
@@ -15,13 +17,19 @@ pub(super) struct Jwks<S> {
     token_server: Arc<S>,
     /// `jwks_fetches`: fetches that brought keys.
     fetches: Counter,
+    token_endpoint: Arc<ArcSwapOption<String>>,
 }
 
 impl<S> Jwks<S> {
-    pub(super) fn new(token_server: Arc<S>, fetches: Counter) -> Self {
+    pub(super) fn new(
+        token_server: Arc<S>,
+        fetches: Counter,
+        token_endpoint: Arc<ArcSwapOption<String>>,
+    ) -> Self {
         Self {
             token_server,
             fetches,
+            token_endpoint,
         }
     }
 }
@@ -42,6 +50,10 @@ impl<S: TokenService> FetchKeys for Jwks<S> {
             tracing::warn!(%error, "unusable key in the token server's JWKS");
         }
         self.fetches.inc();
+        if !response.token_endpoint.is_empty() {
+            self.token_endpoint
+                .store(Some(Arc::new(response.token_endpoint)));
+        }
         Ok(Keys {
             issuer: response.issuer,
             set,

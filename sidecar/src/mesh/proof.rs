@@ -2,13 +2,15 @@
 //! with `cnf.jkt` is accepted only as `Authorization: DPoP <token>` with one
 //! `DPoP` proof for this request (`htm`, `htu` as the client called it,
 //! `ath` of the token, `iat` window), signed by the key the token names,
-//! and never seen before by this sidecar.
+//! and never seen before by this sidecar; with `--dpop-require-nonce`,
+//! carrying a nonce this sidecar handed out (§9).
 
 use subtle::ConstantTimeEq;
 use tokenmesh_tokens::{
     claims::AccessTokenClaims,
     dpop::{
         self, Request, Window,
+        nonce::{self, NonceKey},
         replay::{Replay, ReplayWindow},
     },
 };
@@ -38,11 +40,13 @@ pub struct Presented<'a> {
     pub url: &'a str,
 }
 
-/// Checks the proof a bound token needs; a bearer token needs none.
+/// Checks the proof a bound token needs; a bearer token needs none. With
+/// `nonces`, the proof must carry a current nonce made under that key.
 pub fn check(
     claims: &AccessTokenClaims,
     presented: &Presented<'_>,
     replay: &ReplayWindow,
+    nonces: Option<&NonceKey>,
     now: u64,
 ) -> Result<(), Refusal> {
     let Some(jkt) = claims.cnf.as_ref().and_then(|cnf| cnf.jkt.as_deref()) else {
@@ -67,6 +71,11 @@ pub fn check(
         .map_err(|err| Refusal::Proof(err.to_string()))?;
     if !bool::from(proof.jkt.as_bytes().ct_eq(jkt.as_bytes())) {
         return refuse("the proof is signed by another key than the token's");
+    }
+    if let Some(nonces) = nonces
+        && !nonce::is_current([nonces], proof.nonce.as_deref(), now)
+    {
+        return Err(Refusal::UseNonce(nonces.current(now)));
     }
     let until = window
         .accepted_until(proof.iat)
@@ -124,22 +133,23 @@ mod tests {
         let one: &[&[u8]] = &[good.as_bytes()];
 
         let no_proof = presented(AuthScheme::Dpop, &[], "GET");
-        assert!(refused(check(&claims, &no_proof, &replay, NOW)).contains("no DPoP proof"));
+        assert!(refused(check(&claims, &no_proof, &replay, None, NOW)).contains("no DPoP proof"));
         let as_bearer = presented(AuthScheme::Bearer, one, "GET");
-        assert!(refused(check(&claims, &as_bearer, &replay, NOW)).contains("Bearer"));
+        assert!(refused(check(&claims, &as_bearer, &replay, None, NOW)).contains("Bearer"));
         let other_method = presented(AuthScheme::Dpop, one, "POST");
-        assert!(refused(check(&claims, &other_method, &replay, NOW)).contains("htm"));
+        assert!(refused(check(&claims, &other_method, &replay, None, NOW)).contains("htm"));
         let mut other_url = presented(AuthScheme::Dpop, one, "GET");
         other_url.url = "http://orders.default.svc:8080/api/admin";
-        assert!(refused(check(&claims, &other_url, &replay, NOW)).contains("htu"));
+        assert!(refused(check(&claims, &other_url, &replay, None, NOW)).contains("htu"));
         let mut other_token = presented(AuthScheme::Dpop, one, "GET");
         other_token.token = "another-token";
-        assert!(refused(check(&claims, &other_token, &replay, NOW)).contains("ath"));
+        assert!(refused(check(&claims, &other_token, &replay, None, NOW)).contains("ath"));
         assert!(
             refused(check(
                 &claims,
                 &presented(AuthScheme::Dpop, one, "GET"),
                 &replay,
+                None,
                 NOW + 61
             ))
             .contains("iat")
@@ -155,14 +165,65 @@ mod tests {
                 &claims,
                 &presented(AuthScheme::Dpop, stolen, "GET"),
                 &replay,
+                None,
                 NOW
             ))
             .contains("another key")
         );
 
         let ok = presented(AuthScheme::Dpop, one, "GET");
-        assert_eq!(check(&claims, &ok, &replay, NOW), Ok(()));
-        assert!(refused(check(&claims, &ok, &replay, NOW)).contains("used before"));
+        assert_eq!(check(&claims, &ok, &replay, None, NOW), Ok(()));
+        assert!(refused(check(&claims, &ok, &replay, None, NOW)).contains("used before"));
+    }
+
+    /// `--dpop-require-nonce`: a good proof without a current nonce of this
+    /// sidecar's is refused with the nonce to use, and not counted as used.
+    #[test]
+    fn a_required_nonce_is_handed_out_and_then_accepted() {
+        let key = ProofKey::generate(Algorithm::ES256).unwrap();
+        let claims = bound_to(&key);
+        let replay = ReplayWindow::new(10);
+        let nonces = NonceKey::generate().unwrap();
+        let without = key.proof("GET", URL, Some("the-token"), None, NOW).unwrap();
+        let without: &[&[u8]] = &[without.as_bytes()];
+        let asked = check(
+            &claims,
+            &presented(AuthScheme::Dpop, without, "GET"),
+            &replay,
+            Some(&nonces),
+            NOW,
+        );
+        let Err(Refusal::UseNonce(nonce)) = asked else {
+            panic!("not asked for a nonce: {asked:?}");
+        };
+        let elsewhere = NonceKey::generate().unwrap().current(NOW);
+        let expired = nonces.current(NOW - 300);
+        for (wrong, why) in [(elsewhere, "another sidecar's"), (expired, "expired")] {
+            let proof = key
+                .proof("GET", URL, Some("the-token"), Some(&wrong), NOW)
+                .unwrap();
+            let proof: &[&[u8]] = &[proof.as_bytes()];
+            let result = check(
+                &claims,
+                &presented(AuthScheme::Dpop, proof, "GET"),
+                &replay,
+                Some(&nonces),
+                NOW,
+            );
+            assert!(
+                matches!(result, Err(Refusal::UseNonce(_))),
+                "{why}: {result:?}"
+            );
+        }
+        let with = key
+            .proof("GET", URL, Some("the-token"), Some(&nonce), NOW)
+            .unwrap();
+        let with: &[&[u8]] = &[with.as_bytes()];
+        let good = presented(AuthScheme::Dpop, with, "GET");
+        assert_eq!(check(&claims, &good, &replay, Some(&nonces), NOW), Ok(()));
+        assert!(
+            refused(check(&claims, &good, &replay, Some(&nonces), NOW)).contains("used before")
+        );
     }
 
     #[test]
@@ -175,6 +236,7 @@ mod tests {
                 &claims,
                 &presented(AuthScheme::Bearer, &[], "GET"),
                 &replay,
+                None,
                 NOW
             ),
             Ok(())

@@ -31,7 +31,10 @@ fn mesh(url: &str, max_revocations: usize) -> (Mesh, tempfile::TempDir) {
     ])
     .unwrap();
     let server = TokenServer::new(&args).unwrap();
-    (Mesh::new(server, "orders".into(), 0, max_revocations), dir)
+    (
+        Mesh::new(server, "orders".into(), 0, max_revocations).unwrap(),
+        dir,
+    )
 }
 
 fn claims(jti: &str, grant_id: Option<&str>, exp: u64) -> AccessTokenClaims {
@@ -64,6 +67,7 @@ fn route() -> Route {
         mode: Mode::Exchange,
         scopes: Arc::from(""),
         policy: Arc::from("orders-to-payments"),
+        binding: Binding::None,
     }
 }
 
@@ -76,7 +80,12 @@ async fn a_revoked_subject_token_is_not_exchanged_or_shared_from_the_caches() {
     // What an earlier exchange and share check left in the caches.
     let from = mesh.subject_of(&token, now).unwrap();
     let route = route();
-    let key = (hash(&token), route.audience.clone(), route.scopes.clone());
+    let key = (
+        hash(&token),
+        route.audience.clone(),
+        route.scopes.clone(),
+        None,
+    );
     mesh.exchanged
         .insert(key, (Arc::from("exchanged"), from.clone()), now + 300, now);
     mesh.shared.insert(
@@ -86,7 +95,7 @@ async fn a_revoked_subject_token_is_not_exchanged_or_shared_from_the_caches() {
         now,
     );
     assert_eq!(
-        mesh.exchange(&route, &token).await.as_deref(),
+        mesh.exchange(&route, &token, false).await.as_deref(),
         Ok("exchanged")
     );
     assert_eq!(mesh.share("orders.local", &token).await, Ok(()));
@@ -94,7 +103,7 @@ async fn a_revoked_subject_token_is_not_exchanged_or_shared_from_the_caches() {
     mesh.revoke(revocation("t0", now + 600));
     // Asked again, of a token server that is down: the cached answers are gone.
     assert!(matches!(
-        mesh.exchange(&route, &token).await,
+        mesh.exchange(&route, &token, false).await,
         Err(Refusal::Unavailable(_))
     ));
     assert!(matches!(
@@ -113,8 +122,11 @@ async fn a_cancelled_exchange_leaves_no_single_flight_entry() {
     let token = jwt(&claims("t0", None, now() + 600));
     let route = route();
     for _ in 0..3 {
-        let waited =
-            tokio::time::timeout(Duration::from_millis(50), mesh.exchange(&route, &token)).await;
+        let waited = tokio::time::timeout(
+            Duration::from_millis(50),
+            mesh.exchange(&route, &token, false),
+        )
+        .await;
         assert!(waited.is_err(), "the token server never answers");
     }
     assert!(

@@ -2,7 +2,7 @@
 //! their RFC 6749 code, and the few failures only the gRPC API has.
 
 use tokenmesh_core::OAuthError;
-use tonic::Status;
+use tonic::{Status, metadata::MetadataValue};
 
 use crate::{change::ChangeError, store::StoreError};
 
@@ -58,11 +58,24 @@ fn oauth_status(err: &OAuthError) -> Status {
     }
 }
 
+/// `use_dpop_nonce` carries the nonce to use in metadata `dpop-nonce`, as
+/// the HTTP answer carries it in the `DPoP-Nonce` header.
+fn with_nonce(mut status: Status, err: &OAuthError) -> Status {
+    if let OAuthError::UseDpopNonce(nonce) = err
+        && let Ok(value) = MetadataValue::try_from(nonce.as_str())
+    {
+        status
+            .metadata_mut()
+            .insert(crate::oauth::dpop::NONCE_HEADER, value);
+    }
+    status
+}
+
 impl From<Failure> for Status {
     fn from(failure: Failure) -> Self {
         let message = failure.to_string();
         match &failure {
-            Failure::OAuth(err) => oauth_status(err),
+            Failure::OAuth(err) => with_nonce(oauth_status(err), err),
             Failure::Missing(_) | Failure::Invalid(_) => Status::invalid_argument(message),
             Failure::NotEmbedded => Status::not_found(message),
             Failure::Unauthenticated(_) => Status::unauthenticated(message),

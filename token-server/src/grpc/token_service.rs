@@ -2,9 +2,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokenmesh_crds::ExchangeMode;
+use tokenmesh_crds::{ExchangeMode, TokenBinding};
 use tokenmesh_proto::v1::{
-    CheckShareRequest, CheckShareResponse, ExchangeRequest, ExchangeResponse,
+    Binding, CheckShareRequest, CheckShareResponse, ExchangeRequest, ExchangeResponse,
     GetEmbeddedTokenRequest, GetEmbeddedTokenResponse, GetJwksRequest, GetJwksResponse,
     IntrospectRequest, IntrospectResponse, Mode, PolicySnapshot, RevocationEvent, Revoked, Route,
     WatchPoliciesRequest, WatchRevocationsRequest, revocation_event::Kind,
@@ -12,10 +12,11 @@ use tokenmesh_proto::v1::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, metadata::MetadataValue};
 
 use tokenmesh_core::{
     OAuthError,
+    binding::Holder,
     exchange::{self, ExchangeParams},
     introspection::introspection_response,
     issue::OPAQUE_PREFIX,
@@ -26,7 +27,7 @@ use tokenmesh_core::{
 use super::{authenticate, peer_certificate, status::Failure};
 use crate::{
     keys,
-    oauth::active_claims,
+    oauth::{active_claims, dpop},
     ports::sign,
     state::AppState,
     store::{Revocation, RevocationKind},
@@ -58,12 +59,37 @@ impl Tokens {
         Ok(authenticate(&self.state, request.metadata(), certificate.as_ref()).await?)
     }
 
+    /// The DPoP proof in metadata `dpop`, for the token endpoint as over
+    /// HTTP (`htm` POST, `htu` the token endpoint): gRPC is the same request.
+    async fn holder<T>(
+        &self,
+        request: &Request<T>,
+        require_nonce: bool,
+    ) -> Result<Holder, Failure> {
+        let values: Vec<&[u8]> = request
+            .metadata()
+            .get_all(dpop::DPOP_HEADER)
+            .iter()
+            .map(|value| value.as_encoded_bytes())
+            .collect();
+        Ok(dpop::holder_of(
+            &self.state,
+            &values,
+            "POST",
+            &self.state.endpoints.token,
+            require_nonce,
+        )
+        .await?)
+    }
+
     async fn exchange(
         &self,
         request: Request<ExchangeRequest>,
+        require_nonce: bool,
     ) -> Result<ExchangeResponse, Failure> {
         let client = self.client(&request).await?;
         let certificate = peer_certificate(&request);
+        let holder = self.holder(&request, require_nonce).await?;
         let body = request.into_inner();
         let registry = self.state.registry.load();
         let params = ExchangeParams {
@@ -73,9 +99,7 @@ impl Tokens {
             scopes: Some(body.scopes).filter(|s| !s.is_empty()),
             requested_token_type: Some(body.requested_token_type.as_str()),
             certificate: certificate.as_ref(),
-            // gRPC carries no DPoP proof: a DPoP-bound subject token is
-            // refused here, as from any caller that cannot prove its key.
-            holder: Default::default(),
+            holder,
         };
         let issued =
             exchange::exchange(&*self.state, &registry, &client, params, self.state.now()).await?;
@@ -203,7 +227,14 @@ impl TokenService for Tokens {
         &self,
         request: Request<ExchangeRequest>,
     ) -> Result<Response<ExchangeResponse>, Status> {
-        Ok(Response::new(Tokens::exchange(self, request).await?))
+        let require_nonce = self.state.registry.load().server.dpop_nonce;
+        let mut response = Response::new(Tokens::exchange(self, request, require_nonce).await?);
+        if let Some(nonce) = dpop::fresh_nonce(&self.state, require_nonce)
+            && let Ok(value) = MetadataValue::try_from(nonce)
+        {
+            response.metadata_mut().insert(dpop::NONCE_HEADER, value);
+        }
+        Ok(response)
     }
 
     async fn introspect(
@@ -237,6 +268,7 @@ impl TokenService for Tokens {
         Ok(Response::new(GetJwksResponse {
             issuer: self.state.registry.load().server.issuer.clone(),
             jwks_json: self.state.keys.snapshot().jwks_json.to_string(),
+            token_endpoint: self.state.endpoints.token.clone(),
         }))
     }
 
@@ -388,11 +420,17 @@ fn route(route: policy::Route) -> Route {
         ExchangeMode::Embed => Mode::Embed,
         ExchangeMode::Share => Mode::Share,
     };
+    let binding = match route.binding {
+        TokenBinding::None => Binding::None,
+        TokenBinding::Dpop => Binding::Dpop,
+        TokenBinding::Mtls => Binding::Mtls,
+    };
     Route {
         host: route.host,
         audience: route.audience,
         mode: mode as i32,
         scopes: route.scopes,
         policy: route.policy,
+        binding: binding as i32,
     }
 }

@@ -29,16 +29,32 @@ pub async fn holder(
     url: &str,
     require_nonce: bool,
 ) -> Result<Holder, OAuthError> {
-    let mut values = headers.get_all(DPOP_HEADER).iter();
-    let Some(value) = values.next() else {
-        return Ok(Holder::default());
+    let values: Vec<&[u8]> = headers
+        .get_all(DPOP_HEADER)
+        .iter()
+        .map(|value| value.as_bytes())
+        .collect();
+    holder_of(state, &values, method, url, require_nonce).await
+}
+
+/// [`holder`] from the `DPoP` values however they came (HTTP headers, gRPC
+/// metadata).
+pub async fn holder_of(
+    state: &AppState,
+    values: &[&[u8]],
+    method: &str,
+    url: &str,
+    require_nonce: bool,
+) -> Result<Holder, OAuthError> {
+    let value = match values {
+        [] => return Ok(Holder::default()),
+        [one] => *one,
+        _ => return Err(refused("send one DPoP header, not several")),
     };
-    if values.next().is_some() {
-        return Err(refused("send one DPoP header, not several"));
-    }
-    let proof = value
-        .to_str()
-        .map_err(|_| refused("the DPoP header is not a JWT"))?;
+    let proof = std::str::from_utf8(value)
+        .ok()
+        .filter(|proof| proof.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| refused("the DPoP header is not a JWT"))?;
     let now = state.now();
     let window = Window::default();
     let request = Request {

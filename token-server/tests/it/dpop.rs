@@ -197,10 +197,13 @@ async fn metadata_lists_the_proof_algorithms() {
     );
 }
 
-/// Issue #18: a token bound to one client, exchanged by another, is
-/// refused; the holder's own exchange gives a token bound to its key.
+/// Issue #18: a token bound to gateway's key reaches orders. Its holder's
+/// proof exchanges it into a token bound to gateway's key; the actor
+/// orders-svc presents it with a proof of its own key and gets a token bound
+/// to that key (the sidecar's outbound case). Refused: the actor without a
+/// proof (the new token would be bearer), a client no policy lets act.
 #[tokio::test]
-async fn a_bound_subject_token_is_exchanged_only_with_a_proof_of_its_key() {
+async fn a_bound_subject_token_is_exchanged_by_its_holder_or_a_bound_actor() {
     let app = App::start(mesh_config()).await;
     let gateway_key = key();
     let (_, _, body) = with_proof(
@@ -221,14 +224,20 @@ async fn a_bound_subject_token_is_exchanged_only_with_a_proof_of_its_key() {
     let (status, _, body) = app.post("/oauth2/token", Some("orders-svc"), &form).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"], "invalid_grant");
-    let orders_key = key();
-    let (_, _, body) = with_proof(&app, "orders-svc", &form, &proof(&app, &orders_key, None)).await;
-    assert_eq!(body["error"], "invalid_grant", "another key: {body}");
+    let thief_key = key();
+    let (_, _, body) =
+        with_proof(&app, "payments-svc", &form, &proof(&app, &thief_key, None)).await;
+    assert_eq!(body["error"], "unauthorized_client", "no policy: {body}");
 
-    let (status, _, body) =
-        with_proof(&app, "orders-svc", &form, &proof(&app, &gateway_key, None)).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["token_type"], "DPoP");
-    let token = body["access_token"].as_str().unwrap();
-    assert_eq!(payload(token)["cnf"]["jkt"], gateway_key.jkt());
+    for (key, why) in [
+        (&gateway_key, "the holder's key"),
+        (&key(), "the actor's own key"),
+    ] {
+        let (status, _, body) =
+            with_proof(&app, "orders-svc", &form, &proof(&app, key, None)).await;
+        assert_eq!(status, StatusCode::OK, "{why}: {body}");
+        assert_eq!(body["token_type"], "DPoP");
+        let token = body["access_token"].as_str().unwrap();
+        assert_eq!(payload(token)["cnf"]["jkt"], key.jkt(), "{why}");
+    }
 }

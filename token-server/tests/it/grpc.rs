@@ -7,19 +7,27 @@ use std::time::Duration;
 use serde_json::Value;
 use tokenmesh_proto::v1::{
     ApplyRequest, CheckShareRequest, DeleteRequest, ExchangeRequest, GetEmbeddedTokenRequest,
-    IntrospectRequest, ListRequest, Mode, ResourceRef, WatchPoliciesRequest,
+    GetJwksRequest, IntrospectRequest, ListRequest, Mode, ResourceRef, WatchPoliciesRequest,
     WatchRevocationsRequest, control_service_client::ControlServiceClient, revocation_event::Kind,
     token_service_client::TokenServiceClient,
 };
+use tokenmesh_tokens::{Algorithm, dpop::create::ProofKey};
 use tokio_stream::StreamExt;
 use tonic::{Code, Request, metadata::MetadataValue, transport::Channel};
 
-use crate::harness::{ADMIN_TOKEN, Config, SECRET, Server, basic_auth, jwt_part, next_message};
+use crate::harness::{
+    ADMIN_TOKEN, Config, SECRET, Server, basic_auth, jwt_part, next_message, now,
+};
 
 const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 
 fn mesh_config() -> Config {
-    let config = Config::new("{}");
+    mesh_config_with("{}")
+}
+
+/// The mesh under a TokenServer of spec `server_spec`.
+fn mesh_config_with(server_spec: &str) -> Config {
+    let config = Config::new(server_spec);
     let client = |name: &str, audiences: &str| {
         format!(
             "---\napiVersion: tokenmesh.dev/v1alpha1\nkind: OAuthClient\nmetadata: {{name: {name}}}\nspec:\n  grantTypes: [client_credentials, \"{EXCHANGE}\"]\n  authentication: {{method: client_secret_basic, secretRef: {{name: shared, key: client_secret}}}}\n  scopes: [\"orders:read\", \"orders:write\"]\n  audiences: [{audiences}]\n  allowIntrospection: true\n"
@@ -539,4 +547,107 @@ async fn the_control_service_refuses_a_client_id_of_another_namespace() {
         .post("/oauth2/token", Some(("shop/orders", SECRET)), &form)
         .await;
     assert_eq!(token.status(), 200);
+}
+
+/// A DPoP-bound token of `gateway` for `orders` at the HTTP token endpoint,
+/// fetching the server nonce first.
+async fn gateway_bound_token(key: &ProofKey, token_url: &str) -> String {
+    let send = |nonce: Option<String>| {
+        let proof = key
+            .proof("POST", token_url, None, nonce.as_deref(), now())
+            .unwrap();
+        reqwest::Client::new()
+            .post(token_url)
+            .basic_auth("gateway", Some(SECRET))
+            .header("DPoP", proof)
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("audience", "orders"),
+                ("scope", "orders:read"),
+            ])
+            .send()
+    };
+    let asked = send(None).await.unwrap();
+    assert_eq!(asked.status(), 400);
+    let nonce = asked.headers()["dpop-nonce"].to_str().unwrap().to_owned();
+    let body: Value = send(Some(nonce)).await.unwrap().json().await.unwrap();
+    assert_eq!(body["token_type"], "DPoP", "{body}");
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+/// Issue #18, the sidecar's door: GetJwks names the token endpoint, the
+/// `htu` of the proof an Exchange carries in metadata `dpop`. A DPoP-bound
+/// subject token of `gateway` is refused from the actor without a proof,
+/// and exchanged with a proof of the actor's own key into a token bound to
+/// that key. Nonces travel as metadata `dpop-nonce`: asked for with
+/// INVALID_ARGUMENT use_dpop_nonce, renewed with every answer.
+#[tokio::test]
+async fn an_exchange_carries_the_actors_dpop_proof_and_nonce_in_metadata() {
+    let config = mesh_config_with("{dpop: {requireNonce: true}}");
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(&config, data.path()).await;
+    let mut grpc = tokens(&server).await;
+    let jwks = grpc
+        .get_jwks(as_client("orders-svc", GetJwksRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let token_url = jwks.token_endpoint;
+    assert_eq!(token_url, server.url("/oauth2/token"));
+    let gateway_key = ProofKey::generate(Algorithm::ES256).unwrap();
+    let subject = gateway_bound_token(&gateway_key, &token_url).await;
+
+    let orders_key = ProofKey::generate(Algorithm::ES256).unwrap();
+    let exchange = |proof: Option<String>| {
+        let mut request = as_client("orders-svc", exchange_request(&subject, "payments"));
+        if let Some(proof) = proof {
+            request
+                .metadata_mut()
+                .insert("dpop", proof.parse().unwrap());
+        }
+        let mut grpc = grpc.clone();
+        async move { grpc.exchange(request).await }
+    };
+    let proof = |nonce: Option<&str>| {
+        Some(
+            orders_key
+                .proof("POST", &token_url, None, nonce, now())
+                .unwrap(),
+        )
+    };
+
+    let refused = exchange(None).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("DPoP-bound"), "{refused:?}");
+
+    let asked = exchange(proof(None)).await.unwrap_err();
+    assert_eq!(asked.code(), Code::InvalidArgument, "{asked:?}");
+    assert!(asked.message().starts_with("use_dpop_nonce"), "{asked:?}");
+    let nonce = asked
+        .metadata()
+        .get("dpop-nonce")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    let answer = exchange(proof(Some(&nonce))).await.unwrap();
+    assert!(
+        answer.metadata().get("dpop-nonce").is_some(),
+        "a fresh nonce comes along"
+    );
+    let claims = jwt_part(&answer.into_inner().access_token, 1);
+    assert_eq!(
+        claims["cnf"]["jkt"],
+        orders_key.jkt(),
+        "bound to the actor's key"
+    );
+    assert_eq!(claims["aud"], "payments");
+
+    let elsewhere = orders_key
+        .proof("POST", &server.url("/elsewhere"), None, Some(&nonce), now())
+        .unwrap();
+    let refused = exchange(Some(elsewhere)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("htu"), "{refused:?}");
 }
