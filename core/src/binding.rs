@@ -74,24 +74,37 @@ pub fn check_holder(
 /// the key: holding the client's credential without the key is the theft
 /// DPoP defends against. Which actors may present which tokens at all is the
 /// ExchangePolicy's `from` and `actor`, decided next.
+/// Who may go on to present a subject token, after [`check_subject`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubjectHolder {
+    /// Bearer, or presented by the holder of its key: any actor a policy admits.
+    Holder,
+    /// Bound to a key the caller does not hold: only an actor an
+    /// ExchangePolicy names (`actor.clients` or `actor.serviceAccounts`; a
+    /// policy open to any client is not enough), so a stolen bound token
+    /// cannot be laundered into a token bound to the thief's key.
+    NamedActorOnly,
+}
+
 pub fn check_subject(
     subject: &AccessTokenClaims,
     holder: &Holder,
     caller: &str,
     bound_to_caller: bool,
-) -> Result<(), OAuthError> {
+) -> Result<SubjectHolder, OAuthError> {
     let Some(jkt) = subject.cnf.as_ref().and_then(|cnf| cnf.jkt.as_deref()) else {
-        return Ok(());
+        return Ok(SubjectHolder::Holder);
     };
     if holder.jkt.as_deref() == Some(jkt) {
-        return Ok(());
+        return Ok(SubjectHolder::Holder);
     }
     if subject.client_id == caller {
-        return check_holder(subject.cnf.as_ref(), holder, "subject_token");
+        check_holder(subject.cnf.as_ref(), holder, "subject_token")?;
+        return Ok(SubjectHolder::Holder);
     }
     if bound_to_caller {
         tracing::debug!(client_id = %caller, subject_jti = %subject.jti, "a DPoP-bound subject token presented by an actor bound to a key of its own");
-        return Ok(());
+        return Ok(SubjectHolder::NamedActorOnly);
     }
     tracing::debug!(client_id = %caller, subject_jti = %subject.jti, "exchange refused: a DPoP-bound subject token from an actor that proved no key");
     Err(OAuthError::InvalidGrant(

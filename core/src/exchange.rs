@@ -103,7 +103,7 @@ pub async fn exchange(
         certificate::confirmation(client, params.certificate, true)?,
         binding::bind(client, &params.holder)?,
     );
-    binding::check_subject(&subject, &params.holder, &client.id, cnf.is_some())?;
+    let holder = binding::check_subject(&subject, &params.holder, &client.id, cnf.is_some())?;
     let actor_claims = match params.actor_token {
         Some(token) => Some(presented(ports, token, "actor_token").await?),
         None => None,
@@ -122,7 +122,7 @@ pub async fn exchange(
     }
     let audience = match params.audience {
         Some(audience) => audience.to_owned(),
-        None => policy::sole_audience(registry, &subject, &client.id).inspect_err(|err| {
+        None => policy::sole_audience(registry, &subject, &client.id, holder).inspect_err(|err| {
             tracing::debug!(client_id = %client.id, subject_jti = %subject.jti, reason = err.description(), "exchange refused");
         })?,
     };
@@ -138,6 +138,7 @@ pub async fn exchange(
         audience: &audience,
         scopes: params.scopes,
         now,
+        holder,
     };
     let decision = policy::decide(registry, &request).inspect_err(|err| {
         tracing::debug!(client_id = %client.id, subject_jti = %subject.jti, %audience, reason = err.description(), "exchange refused");
@@ -438,6 +439,64 @@ mod binding_tests {
         assert_eq!(
             ports.claims_of(&issued.access_token).cnf,
             Some(holder("gateway-key"))
+        );
+    }
+
+    /// A policy open to any client lets any client exchange bearer tokens,
+    /// but a DPoP-bound token presented by another client than its holder
+    /// needs a policy that names that client: otherwise anyone who stole a
+    /// bound token and registered a key could launder it into a token bound
+    /// to their own key.
+    #[tokio::test]
+    async fn a_bound_subject_token_from_another_actor_needs_a_policy_that_names_it() {
+        let reg = registry(
+            &(scopes()
+                + &client("gateway", "orders", "")
+                + &client("thief", "payments", "")
+                + &crate::testing::doc(
+                    "ExchangePolicy",
+                    "open-to-any-client",
+                    "  mode: exchange\n  from: {audiences: [orders]}\n  to: {audience: payments, scopes: [\"orders:read\"]}\n",
+                )),
+        );
+        let ports = FakePorts::default();
+        let mut bound = subject(NOW + 3600);
+        bound.cnf = Some(holder("gateway-key"));
+        ports.present("bound", bound);
+        ports.present("bearer", subject(NOW + 3600));
+        let run = |token: &'static str, caller: &'static str, proved: Holder| {
+            let (reg, ports) = (&reg, &ports);
+            async move {
+                let mut request = params(token);
+                request.holder = proved;
+                exchange(ports, reg, reg.client(caller).unwrap(), request, NOW).await
+            }
+        };
+
+        let err = run("bound", "thief", holder("thief-key"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, OAuthError::UnauthorizedClient(why) if why.contains("bound to a key")),
+            "{err:?}"
+        );
+        let mut unnamed = params("bound");
+        unnamed.holder = holder("thief-key");
+        unnamed.audience = None;
+        let err = exchange(&ports, &reg, reg.client("thief").unwrap(), unnamed, NOW)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, OAuthError::InvalidTarget(_)),
+            "no audience is open to it: {err:?}"
+        );
+        assert!(
+            run("bearer", "thief", holder("thief-key")).await.is_ok(),
+            "bearer subjects stay open"
+        );
+        assert!(
+            run("bound", "gateway", holder("gateway-key")).await.is_ok(),
+            "its holder may"
         );
     }
 

@@ -8,6 +8,7 @@ use tokenmesh_crds::{ExchangeMode, TokenBinding};
 use tokenmesh_tokens::claims::{AccessTokenClaims, Actor};
 
 use crate::{
+    binding::SubjectHolder,
     error::OAuthError,
     registry::{ClientAuth, Policy, Registry, ScopePattern},
 };
@@ -34,6 +35,9 @@ pub struct ExchangeRequest<'a> {
     /// Requested scopes; `None` asks for all the policy allows.
     pub scopes: Option<Vec<String>>,
     pub now: u64,
+    /// Who may present the subject token (a bound one presented by another
+    /// actor needs a policy that names that actor).
+    pub holder: SubjectHolder,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -64,10 +68,15 @@ fn listed(list: &[String], value: &str) -> bool {
 /// Whether the client `client_id` may act under `policy`: named in
 /// `actor.clients`, or authenticated as a service account named in
 /// `actor.serviceAccounts`; anyone when the policy names no actor.
-fn actor_admits(registry: &Registry, policy: &Policy, client_id: &str) -> bool {
+fn actor_admits(
+    registry: &Registry,
+    policy: &Policy,
+    client_id: &str,
+    holder: SubjectHolder,
+) -> bool {
     let actor = &policy.spec.actor;
     if actor.clients.is_empty() && actor.service_accounts.is_empty() {
-        return true;
+        return holder == SubjectHolder::Holder;
     }
     actor.clients.iter().any(|c| c == client_id)
         || registry.client(client_id).is_some_and(|client| {
@@ -232,13 +241,14 @@ pub fn sole_audience(
     registry: &Registry,
     subject: &AccessTokenClaims,
     actor: &str,
+    holder: SubjectHolder,
 ) -> Result<String, OAuthError> {
     let mut targets: Vec<&str> = registry
         .policies()
         .filter(|p| {
             p.spec.mode == ExchangeMode::Exchange
                 && from_admits(p, subject)
-                && actor_admits(registry, p, actor)
+                && actor_admits(registry, p, actor, holder)
         })
         .map(|p| p.spec.to.audience.as_str())
         .collect();
@@ -287,11 +297,17 @@ pub fn decide(registry: &Registry, request: &ExchangeRequest<'_>) -> Result<Deci
     }
     let candidates: Vec<&Policy> = candidates
         .into_iter()
-        .filter(|p| actor_admits(registry, p, request.actor.client_id))
+        .filter(|p| actor_admits(registry, p, request.actor.client_id, request.holder))
         .collect();
     if candidates.is_empty() {
         return Err(OAuthError::UnauthorizedClient(
-            "no exchange policy lets this client act here".into(),
+            match request.holder {
+                SubjectHolder::Holder => "no exchange policy lets this client act here",
+                SubjectHolder::NamedActorOnly => {
+                    "the subject token is bound to a key this client does not hold: only an actor an exchange policy names may present it"
+                }
+            }
+            .into(),
         ));
     }
     if !may_act_allows(subject, &request.actor) {
@@ -410,7 +426,7 @@ pub fn may_extract(
         p.spec.mode == ExchangeMode::Embed
             && p.spec.to.audience == audience
             && from_admits(p, outer)
-            && actor_admits(registry, p, caller)
+            && actor_admits(registry, p, caller, SubjectHolder::Holder)
     })
 }
 
@@ -439,7 +455,7 @@ pub fn share(
             continue;
         }
         named = true;
-        if !actor_admits(registry, policy, caller)
+        if !actor_admits(registry, policy, caller, SubjectHolder::Holder)
             || !claims.aud.contains(&to.audience)
             || !from_admits(policy, claims)
         {
@@ -476,7 +492,7 @@ pub fn routes(registry: &Registry, client_id: &str) -> Vec<Route> {
     let mut routes = Vec::new();
     for policy in registry
         .policies()
-        .filter(|p| actor_admits(registry, p, client_id))
+        .filter(|p| actor_admits(registry, p, client_id, SubjectHolder::Holder))
     {
         for host in &policy.spec.to.hosts {
             routes.push(Route {
@@ -568,6 +584,7 @@ mod tests {
             audience,
             scopes: None,
             now: NOW,
+            holder: SubjectHolder::Holder,
         }
     }
 
