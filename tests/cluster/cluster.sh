@@ -191,6 +191,9 @@ imageGCLowThresholdPercent: 99
 serializeImagePulls: false
 registerNode: true
 maxPods: 50
+# Containers' logs under the state dir, not the host's /var/log/pods (the kubelet still links them
+# from /var/log/containers; stop removes the links).
+podLogsDir: $state/pod-logs
 EOF
 }
 
@@ -390,6 +393,7 @@ cmd_stop() {
     stop_one apiserver
     stop_one etcd
     ip link delete "$bridge" 2>/dev/null || true
+    find /var/log/containers -maxdepth 1 -lname "$state/*" -delete 2>/dev/null || true
     # The kubelet's volumes, containerd's snapshots and the sandboxes' shm, deepest first.
     local m
     while read -r m; do umount -l "$m" || true; done < <(findmnt -rn -o TARGET | grep -F "$state/" | sort -r || true)
@@ -417,6 +421,8 @@ cmd_check_clean() {
     while read -r line; do [[ -n $line ]] && { log "leftover iptables chain: $line"; left=1; }; done \
         < <({ iptables-save; ip6tables-save; } 2>/dev/null | grep -E '^:(KUBE-|CNI-)' || true)
     ip link show "$bridge" >/dev/null 2>&1 && { log "leftover bridge $bridge"; left=1; }
+    while read -r line; do [[ -n $line ]] && { log "leftover log link: $line"; left=1; }; done \
+        < <(find /var/log/containers -maxdepth 1 -lname "$state/*" 2>/dev/null || true)
     # containerd names its pod network namespaces cni-<uuid>.
     while read -r line; do [[ -n $line ]] && { log "leftover network namespace: $line"; left=1; }; done \
         < <(find /var/run/netns -maxdepth 1 -name 'cni-*' 2>/dev/null || true)
