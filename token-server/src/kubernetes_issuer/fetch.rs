@@ -337,19 +337,24 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn the_jwks_follows_discovery_to_the_reachable_address() {
-        const ISSUER: &str = "https://kubernetes.default.svc";
-        let fetcher = Fetcher::new(&KubernetesSettings {
+    /// A fetcher whose discovery (and API server) is at `url`.
+    fn fetcher(url: &str) -> Fetcher {
+        Fetcher::new(&KubernetesSettings {
             issuer: None,
             audience: "tokenmesh".into(),
-            discovery_url: "https://127.0.0.1:6443".into(),
+            discovery_url: url.into(),
             ca_file: None,
             token_file: None,
             token_review: false,
-            api_server_url: "https://127.0.0.1:6443".into(),
+            api_server_url: url.into(),
         })
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn the_jwks_follows_discovery_to_the_reachable_address() {
+        const ISSUER: &str = "https://kubernetes.default.svc";
+        let fetcher = fetcher("https://127.0.0.1:6443");
         assert_eq!(
             fetcher.jwks_url(ISSUER, "https://kubernetes.default.svc/openid/v1/jwks"),
             "https://127.0.0.1:6443/openid/v1/jwks"
@@ -371,16 +376,7 @@ mod tests {
     #[test]
     fn the_api_servers_advertised_jwks_uri_is_read_where_discovery_answered() {
         const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
-        let fetcher = Fetcher::new(&KubernetesSettings {
-            issuer: None,
-            audience: "tokenmesh".into(),
-            discovery_url: "https://kubernetes.default.svc".into(),
-            ca_file: None,
-            token_file: None,
-            token_review: false,
-            api_server_url: "https://kubernetes.default.svc".into(),
-        })
-        .unwrap();
+        let fetcher = fetcher("https://kubernetes.default.svc");
         let url = fetcher.jwks_url(ISSUER, "https://172.18.0.2:6443/openid/v1/jwks");
         assert_eq!(url, "https://kubernetes.default.svc/openid/v1/jwks");
         assert!(same_origin(&url, "https://kubernetes.default.svc"));
