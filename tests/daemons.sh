@@ -13,6 +13,11 @@ start_daemon() {
 running() { kill -0 "$1" 2>/dev/null && [[ $(awk '/^State:/ {print $2}' "/proc/$1/status" 2>/dev/null) != Z ]]; }
 alive() { [[ -f $state/$1.pid ]] && running "$(cat "$state/$1.pid")"; }
 
+# free_port: a TCP port free on loopback now.
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 # wait_ready NAME TIMEOUT CHECK...: until CHECK succeeds, while daemon NAME runs (NAME -: no daemon to watch).
 wait_ready() {
     local name=$1 timeout=$2 deadline=$((SECONDS + $2)) log="$state/$1.log"

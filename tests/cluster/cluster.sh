@@ -44,6 +44,7 @@ cni_bin=/usr/lib/cni
 log() { printf 'cluster.sh: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 source "$repo/tests/daemons.sh"
+source "$repo/tests/pki.sh"
 
 node_ip() {
     if [[ -n ${TOKENMESH_NODE_IP:-} ]]; then echo "$TOKENMESH_NODE_IP"; return; fi
@@ -52,7 +53,9 @@ node_ip() {
 
 cmd_deps() {
     local need=() p
-    for p in containerd runc containernetworking-plugins iptables conntrack iproute2 buildah busybox-static; do
+    # ctr comes with containerd; curl, findmnt and pgrep are the scripts' own.
+    for p in containerd runc containernetworking-plugins iptables conntrack iproute2 buildah busybox-static \
+        curl util-linux procps openssl; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
     done
     if ((${#need[@]})); then
@@ -65,42 +68,21 @@ cmd_deps() {
 # ---------------------------------------------------------------------------------------------
 # certificates
 
-# cert NAME SUBJECT EXTS: a key and a certificate signed by the cluster CA.
-cert() {
-    local p="$state/pki"
-    openssl req -new -newkey rsa:2048 -nodes -keyout "$p/$1.key" -subj "$2" -out "$p/$1.csr" 2>/dev/null
-    printf '%s\n' "$3" >"$p/$1.ext"
-    openssl x509 -req -in "$p/$1.csr" -CA "$p/ca.crt" -CAkey "$p/ca.key" -CAcreateserial \
-        -days 2 -sha256 -extfile "$p/$1.ext" -out "$p/$1.crt" 2>/dev/null
-    rm -f "$p/$1.csr" "$p/$1.ext"
-}
-
 make_pki() {
-    local p="$state/pki" ip=$1
-    local server='basicConstraints=CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=serverAuth'
-    local client='basicConstraints=CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=clientAuth'
-    mkdir -p "$p"
-    openssl req -x509 -new -newkey rsa:2048 -nodes -days 2 -sha256 -subj /CN=tokenmesh-cluster-ca \
-        -keyout "$p/ca.key" -out "$p/ca.crt" \
-        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
-    cert apiserver /CN=kube-apiserver "$server
+    local ip=$1
+    ca ca tokenmesh-cluster-ca
+    cert apiserver ca /CN=kube-apiserver "$pki_server
 subjectAltName=IP:127.0.0.1,IP:$ip,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
-    cert kubelet "/CN=$node" "$server
+    cert kubelet ca "/CN=$node" "$pki_server
 subjectAltName=IP:$ip,DNS:$node"
     # Each component as the identity the default RBAC roles are bound to.
-    cert admin /O=system:masters/CN=tokenmesh-cluster-admin "$client"
-    cert apiserver-kubelet-client /O=system:masters/CN=kube-apiserver-kubelet-client "$client"
-    cert controller-manager /CN=system:kube-controller-manager "$client"
-    cert scheduler /CN=system:kube-scheduler "$client"
-    cert proxy /CN=system:kube-proxy "$client"
-    cert node "/O=system:nodes/CN=system:node:$node" "$client"
-    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$p/sa.key" 2>/dev/null
-    openssl pkey -in "$p/sa.key" -pubout -out "$p/sa.pub"
-    chmod 600 "$p"/*.key
+    cert admin ca /O=system:masters/CN=tokenmesh-cluster-admin "$pki_client"
+    cert apiserver-kubelet-client ca /O=system:masters/CN=kube-apiserver-kubelet-client "$pki_client"
+    cert controller-manager ca /CN=system:kube-controller-manager "$pki_client"
+    cert scheduler ca /CN=system:kube-scheduler "$pki_client"
+    cert proxy ca /CN=system:kube-proxy "$pki_client"
+    cert node ca "/O=system:nodes/CN=system:node:$node" "$pki_client"
+    sa_keys
 }
 
 # kubeconfig NAME SERVER: $state/NAME.kubeconfig with NAME's client certificate.
@@ -125,13 +107,6 @@ contexts:
 current-context: tokenmesh-cluster
 EOF
     chmod 600 "$state/$1.kubeconfig"
-}
-
-# ---------------------------------------------------------------------------------------------
-# processes
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -216,6 +191,9 @@ imageGCLowThresholdPercent: 99
 serializeImagePulls: false
 registerNode: true
 maxPods: 50
+# Containers' logs under the state dir, not the host's /var/log/pods (the kubelet still links them
+# from /var/log/containers; stop removes the links).
+podLogsDir: $state/pod-logs
 EOF
 }
 
@@ -253,6 +231,9 @@ cmd_start() {
         [[ -x $bin/$b ]] || die "no $bin/$b (tests/cluster/build-k8s.sh)"
     done
     [[ -x $cni_bin/bridge ]] || die "no CNI plugins in $cni_bin (tests/cluster/cluster.sh deps)"
+    # Bridged pod traffic through iptables (kube-proxy's Service rules) needs br_netfilter.
+    [[ -e /proc/sys/net/bridge ]] || modprobe br_netfilter 2>/dev/null ||
+        die "no /proc/sys/net/bridge: the node needs the br_netfilter module (modprobe br_netfilter)"
     local t0=$SECONDS ip etcd_port peer_port api_port server
     mkdir -p "$state"
     touch "$state/.tokenmesh-cluster"
@@ -362,6 +343,26 @@ cmd_env() {
 # ---------------------------------------------------------------------------------------------
 # stop
 
+# drop_kube_chains IPTABLES: every KUBE-* chain of each table, with the rules that jump to it. Only
+# this cluster makes them: no other kubelet or kube-proxy runs on a test host.
+drop_kube_chains() {
+    local ipt=$1 table chain rule
+    command -v "$ipt" >/dev/null || return 0
+    for table in filter nat mangle; do
+        for chain in $("$ipt" -t "$table" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-/ {print $2}'); do
+            while read -r rule; do
+                [[ -z $rule ]] || eval "\"\$ipt\" -t \"\$table\" -D ${rule#-A }" 2>/dev/null || true
+            done < <("$ipt" -t "$table" -S 2>/dev/null | grep -E -- "^-A [^ ]+ .*-j $chain( |\$)" || true)
+        done
+        for chain in $("$ipt" -t "$table" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-/ {print $2}'); do
+            "$ipt" -t "$table" -F "$chain" 2>/dev/null || true
+        done
+        for chain in $("$ipt" -t "$table" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-/ {print $2}'); do
+            "$ipt" -t "$table" -X "$chain" 2>/dev/null || true
+        done
+    done
+}
+
 cmd_stop() {
     [[ -e $state ]] || return 0
     [[ -e $state/.tokenmesh-cluster ]] || die "$state is not a cluster state dir: not touching it"
@@ -385,9 +386,14 @@ cmd_stop() {
     if [[ -f $state/kube-proxy.yaml ]]; then
         "$bin/kube-proxy" --cleanup --config "$state/kube-proxy.yaml" >>"$state/proxy.log" 2>&1 || true
     fi
+    # The kubelet's own chains (KUBE-FIREWALL, KUBE-KUBELET-CANARY, KUBE-IPTABLES-HINT), which
+    # kube-proxy --cleanup leaves alone.
+    drop_kube_chains iptables
+    drop_kube_chains ip6tables
     stop_one apiserver
     stop_one etcd
     ip link delete "$bridge" 2>/dev/null || true
+    find /var/log/containers -maxdepth 1 -lname "$state/*" -delete 2>/dev/null || true
     # The kubelet's volumes, containerd's snapshots and the sandboxes' shm, deepest first.
     local m
     while read -r m; do umount -l "$m" || true; done < <(findmnt -rn -o TARGET | grep -F "$state/" | sort -r || true)
@@ -413,8 +419,13 @@ cmd_check_clean() {
     while read -r line; do [[ -n $line ]] && { log "leftover process: $line"; left=1; }; done \
         < <(pgrep -af -- "$state" | grep -v -e "cluster.sh" -e pgrep || true)
     while read -r line; do [[ -n $line ]] && { log "leftover iptables chain: $line"; left=1; }; done \
-        < <(iptables-save 2>/dev/null | grep -E '^:(KUBE-|CNI-)' || true)
+        < <({ iptables-save; ip6tables-save; } 2>/dev/null | grep -E '^:(KUBE-|CNI-)' || true)
     ip link show "$bridge" >/dev/null 2>&1 && { log "leftover bridge $bridge"; left=1; }
+    while read -r line; do [[ -n $line ]] && { log "leftover log link: $line"; left=1; }; done \
+        < <(find /var/log/containers -maxdepth 1 -lname "$state/*" 2>/dev/null || true)
+    # containerd names its pod network namespaces cni-<uuid>.
+    while read -r line; do [[ -n $line ]] && { log "leftover network namespace: $line"; left=1; }; done \
+        < <(find /var/run/netns -maxdepth 1 -name 'cni-*' 2>/dev/null || true)
     [[ ! -e $state ]] || { log "leftover state dir $state"; left=1; }
     return "$left"
 }

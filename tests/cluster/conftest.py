@@ -14,13 +14,16 @@ import base64
 import json
 import os
 import subprocess
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+import waiting  # noqa: E402  (shared with tests/e2e)
+
 HERE = Path(__file__).resolve().parent
 KUBECTL = os.environ.get("TOKENMESH_KUBECTL", "kubectl")
 HELM = os.environ.get("TOKENMESH_HELM", "helm")
@@ -30,6 +33,8 @@ STATE = Path(os.environ.get("TOKENMESH_CLUSTER_DIR", "/nonexistent"))
 NS = "tokenmesh"
 RELEASE = "tokenmesh"
 SHOP = "shop"
+# The example's meshed workloads (app.yaml).
+APPS = ("orders", "payments", "ledger")
 TOKEN_SERVER = f"{RELEASE}-token-server"
 TOKEN_SERVER_HOST = f"{TOKEN_SERVER}.{NS}.svc"
 # What examples/kubernetes/app.yaml runs, and the image built here that stands in for it.
@@ -72,14 +77,8 @@ def diagnose() -> str:
 
 
 def wait_until(check, timeout: float, what, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what() if callable(what) else what}\n{diagnose()}")
-        time.sleep(interval)
+    """tests/waiting.py's, reporting the cluster's state (diagnose) when it times out."""
+    return waiting.wait_until(check, timeout, what, interval, diagnose)
 
 
 def ready(kind: str, name: str, namespace: str) -> bool:
@@ -132,17 +131,18 @@ def shop(release):
             f"--from-literal=client_secret={os.urandom(32).hex()}")
     for name in ["scopes.yaml", "oauthclients.yaml", "exchangepolicies.yaml"]:
         kubectl("apply", "-f", "-", input=example(name))
-    for kind, name in [("oauthclient", "orders"), ("oauthclient", "payments"), ("oauthclient", "gateway"),
-                       ("exchangepolicy", "gateway-embeds-orders"), ("exchangepolicy", "orders-to-payments")]:
+    for kind, name in [("oauthclient", "orders"), ("oauthclient", "payments"), ("oauthclient", "ledger"),
+                       ("oauthclient", "gateway"), ("exchangepolicy", "gateway-embeds-orders"),
+                       ("exchangepolicy", "orders-to-payments"), ("exchangepolicy", "payments-shares-with-ledger")]:
         wait_until(lambda: ready(kind, name, SHOP), 120, f"{kind} {name} Ready")
     # A readiness probe on the application's port, which the capture rules make unreachable for the
     # kubelet: the webhook moves it to the sidecar's admin port.
     port = "              containerPort: 8080\n"
     app = example("app.yaml")
-    assert app.count(port) == 2
+    assert app.count(port) == len(APPS)
     kubectl("apply", "-f", "-", input=app.replace(port, port + PROBE))
-    kubectl("-n", SHOP, "rollout", "status", "deployment/orders", "deployment/payments", f"--timeout={ROLLOUT}",
-            timeout=330)
+    for name in APPS:
+        kubectl("-n", SHOP, "rollout", "status", f"deployment/{name}", f"--timeout={ROLLOUT}", timeout=330)
     return SHOP
 
 

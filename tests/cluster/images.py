@@ -30,6 +30,7 @@ Archives go to $TOKENMESH_CACHE/cluster/images; ctr uses $CONTAINERD_ADDRESS.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -46,6 +47,7 @@ TEST_REGISTRY = "localhost/tokenmesh-test"
 PAUSE_IMAGE = f"{TEST_REGISTRY}/pause:local"
 PYTHON_IMAGE = f"{TEST_REGISTRY}/python:3.11"
 COREDNS_IMAGE = f"{TEST_REGISTRY}/coredns:local"
+TEST_IMAGES = [PAUSE_IMAGE, COREDNS_IMAGE, PYTHON_IMAGE]
 
 # image -> final stage as the Dockerfile promises it: binaries (copied to
 # /usr/local/bin), base, user, entrypoint, ports.
@@ -162,6 +164,11 @@ def rootfs(cache: Path, base: str, into: Path) -> None:
             (into / "usr/sbin" / link).symlink_to(target)
 
 
+def archive_of(name: str, out: Path) -> Path:
+    """Where an image's OCI archive goes: ghcr.io/tokenmesh/sidecar:0.1.0 -> sidecar_0.1.0.tar."""
+    return out / (name.rsplit("/", 1)[-1].replace(":", "_") + ".tar")
+
+
 def commit(name: str, tree: Path, config: list[str], out: Path, load: bool) -> None:
     """An image of the tree's files alone, saved as an OCI archive and loaded into containerd."""
     ctr = buildah("from", "--quiet", "scratch")
@@ -173,7 +180,7 @@ def commit(name: str, tree: Path, config: list[str], out: Path, load: bool) -> N
     except BaseException:
         subprocess.run(["buildah", "--storage-driver", "vfs", "rm", ctr], check=False, capture_output=True)
         raise
-    archive = out / (name.rsplit("/", 1)[-1].replace(":", "_") + ".tar")
+    archive = archive_of(name, out)
     archive.unlink(missing_ok=True)
     buildah("push", "--quiet", name, f"oci-archive:{archive}:{name}")
     buildah("rmi", name)
@@ -214,6 +221,23 @@ def build(cache: Path, bins: Path, out: Path, tag: str, load: bool, only: set[st
             commit(f"{REGISTRY}/{image}:{tag}", tree, config, out, load)
     if only and "test" not in only:
         return
+    # The test images depend on nothing in the repository but this script (and the cached .deb files
+    # and CoreDNS binary): built again only when it changed or an archive is missing.
+    stamp = out / ".test-images"
+    digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    archives = [archive_of(name, out) for name in TEST_IMAGES]
+    if "test" not in only and all(a.is_file() for a in archives) and stamp.is_file() and stamp.read_text() == digest:
+        log("test images unchanged (pause, CoreDNS, Python)")
+        if load:
+            for archive in archives:
+                run("ctr", "-n", "k8s.io", "images", "import", str(archive))
+        return
+    stamp.unlink(missing_ok=True)
+    build_test_images(cache, out, load)
+    stamp.write_text(digest)
+
+
+def build_test_images(cache: Path, out: Path, load: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="tokenmesh-pause-") as tmp:
         tree = Path(tmp)
         rootfs(cache, "busybox", tree)

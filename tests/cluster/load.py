@@ -1,6 +1,7 @@
 """A small load loop that runs inside the client pod (test_operations.py passes this file's text to
-`kubectl exec -i client -- python3 -c`). It calls orders, which calls payments through its sidecar,
-until a line arrives on stdin; prints "started" after the first answer, then a summary as JSON.
+`kubectl exec -i client -- python3 -c`). It calls orders, which calls payments through its sidecar
+(an exchange), which calls ledger through its own (a share), until a line arrives on stdin; prints
+"started" after the first answer, then a summary as JSON.
 
 argv[1] is a JSON object:
   url           orders' URL
@@ -68,6 +69,8 @@ while not stop.is_set():
         forwarded = body["payments"]["received"]
         if forwarded["aud"] != "shop/payments":
             raise ValueError(f"payments received aud {forwarded['aud']}")
+        if body["payments"]["ledger"]["received"]["jti"] != forwarded["jti"]:
+            raise ValueError("ledger did not receive the token payments shared")
         ok += 1
         kids[kid(token)] = kids.get(kid(token), 0) + 1
     except urllib.error.HTTPError as err:

@@ -30,7 +30,8 @@ else
     # Teardown must leave nothing behind: checked after every run.
     teardown() {
         local rc=$?
-        "$here/cluster.sh" stop || rc=1
+        # A failed run keeps the components' logs (in $TOKENMESH_CLUSTER_DIR.logs).
+        TOKENMESH_CLUSTER_KEEP=$((rc != 0)) "$here/cluster.sh" stop || rc=1
         "$here/cluster.sh" check-clean || rc=1
         exit "$rc"
     }

@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 from binaries import binary  # noqa: E402  (where cargo put the binaries)
 from ports import free_port  # noqa: E402  (shared with the interop and chart harnesses)
+from waiting import wait_until  # noqa: E402,F401  (shared with tests/cluster)
 
 CRDS = REPO / "charts" / "tokenmesh" / "crds"
 KUBECTL = os.environ.get("TOKENMESH_KUBECTL", "kubectl")
@@ -50,18 +51,6 @@ def tail(path, lines=40):
 def child_env():
     """The caller's environment without TOKENMESH_* (the binaries read their flags from those)."""
     return {k: v for k, v in os.environ.items() if not k.startswith("TOKENMESH_")} | {"NO_COLOR": "1"}
-
-
-def wait_until(check, timeout, what, interval=0.25):
-    """Calls check() until it returns something truthy; fails with `what` (a string or a callable) after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
-        time.sleep(interval)
 
 
 def unique(ns, value):

@@ -49,6 +49,7 @@ log() { printf 'control-plane.sh: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 lowprio() { nice -n 19 ionice -c3 "$@"; }
 source "$here/../daemons.sh"
+source "$here/../pki.sh"
 
 [[ $k8s_version =~ ^v1\.([0-9]+)\.([0-9]+)$ ]] || die "TOKENMESH_K8S_VERSION must look like v1.35.4, not $k8s_version"
 k8s_minor="${BASH_REMATCH[1]}"
@@ -210,48 +211,18 @@ etcd_bin() {
 # ---------------------------------------------------------------------------------------------
 # start / stop
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# cert NAME CA SUBJECT EXTS: a key and a certificate signed by CA (ca.key/ca.crt in $state/pki).
-cert() {
-    local name=$1 ca=$2 subj=$3 ext=$4 p="$state/pki"
-    openssl req -new -newkey rsa:2048 -nodes -keyout "$p/$name.key" -subj "$subj" -out "$p/$name.csr" 2>/dev/null
-    printf '%s\n' "$ext" >"$p/$name.ext"
-    openssl x509 -req -in "$p/$name.csr" -CA "$p/$ca.crt" -CAkey "$p/$ca.key" -CAcreateserial \
-        -days 2 -sha256 -extfile "$p/$name.ext" -out "$p/$name.crt" 2>/dev/null
-    rm -f "$p/$name.csr" "$p/$name.ext"
-}
-
-ca() {
-    openssl req -x509 -new -newkey rsa:2048 -nodes -days 2 -sha256 -subj "/CN=$2" \
-        -keyout "$state/pki/$1.key" -out "$state/pki/$1.crt" \
-        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
-}
-
 make_pki() {
-    mkdir -p "$state/pki"
-    local server='basicConstraints=CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=serverAuth'
-    local client='basicConstraints=CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=clientAuth'
     # etcd: its own CA, a serving certificate (client and peer URLs) and the API server's client certificate.
     ca etcd-ca tokenmesh-e2e-etcd-ca
-    cert etcd-server etcd-ca /CN=etcd "$server,clientAuth
+    cert etcd-server etcd-ca /CN=etcd "$pki_server,clientAuth
 subjectAltName=IP:127.0.0.1,DNS:localhost"
-    cert apiserver-etcd-client etcd-ca /CN=kube-apiserver-etcd-client "$client"
+    cert apiserver-etcd-client etcd-ca /CN=kube-apiserver-etcd-client "$pki_client"
     # The cluster CA: the API server's serving certificate and the admin's client certificate.
     ca ca tokenmesh-e2e-ca
-    cert apiserver ca /CN=kube-apiserver "$server
+    cert apiserver ca /CN=kube-apiserver "$pki_server
 subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
-    cert admin ca "/O=system:masters/CN=tokenmesh-e2e-admin" "$client"
-    # The service-account token signing key.
-    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$state/pki/sa.key" 2>/dev/null
-    openssl pkey -in "$state/pki/sa.key" -pubout -out "$state/pki/sa.pub"
-    chmod 600 "$state"/pki/*.key
+    cert admin ca "/O=system:masters/CN=tokenmesh-e2e-admin" "$pki_client"
+    sa_keys
 }
 
 write_kubeconfig() {

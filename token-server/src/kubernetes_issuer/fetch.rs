@@ -193,13 +193,22 @@ impl Fetcher {
     }
 
     /// The API server names its JWKS under its issuer
-    /// (`https://kubernetes.default.svc/openid/v1/jwks`); when discovery goes
-    /// to another address, so does the JWKS fetch. A `jwks_uri` elsewhere
-    /// (a cloud provider's public bucket) is used as it is.
+    /// (`https://kubernetes.default.svc/openid/v1/jwks`) or, by default,
+    /// under the address it advertises (`https://10.0.0.1:6443/openid/v1/jwks`
+    /// on kubeadm, kind, minikube), where the credential does not go and the
+    /// default RBAC refuses an anonymous read (403). Either way it serves the
+    /// same keys at its own `/openid/v1/jwks`, so the fetch follows discovery
+    /// to the address that answered it. A `jwks_uri` elsewhere (a cloud
+    /// provider's public bucket) is used as it is.
     fn jwks_url(&self, issuer: &str, jwks_uri: &str) -> String {
+        let api_server_keys = reqwest::Url::parse(jwks_uri)
+            .is_ok_and(|url| url.path() == API_SERVER_JWKS_PATH && url.query().is_none());
         match jwks_uri.strip_prefix(issuer) {
             Some(rest) if rest.starts_with('/') => {
                 format!("{}{rest}", self.settings.discovery_url)
+            }
+            _ if api_server_keys => {
+                format!("{}{API_SERVER_JWKS_PATH}", self.settings.discovery_url)
             }
             _ => jwks_uri.to_owned(),
         }
@@ -275,6 +284,10 @@ impl Fetcher {
     }
 }
 
+/// Where kube-apiserver serves its service-account keys, whatever
+/// `jwks_uri` it advertises.
+const API_SERVER_JWKS_PATH: &str = "/openid/v1/jwks";
+
 fn same_origin(a: &str, b: &str) -> bool {
     match (reqwest::Url::parse(a), reqwest::Url::parse(b)) {
         (Ok(a), Ok(b)) => a.origin() == b.origin(),
@@ -306,19 +319,24 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn the_jwks_follows_discovery_to_the_reachable_address() {
-        const ISSUER: &str = "https://kubernetes.default.svc";
-        let fetcher = Fetcher::new(&KubernetesSettings {
+    /// A fetcher whose discovery (and API server) is at `url`.
+    fn fetcher(url: &str) -> Fetcher {
+        Fetcher::new(&KubernetesSettings {
             issuer: None,
             audience: "tokenmesh".into(),
-            discovery_url: "https://127.0.0.1:6443".into(),
+            discovery_url: url.into(),
             ca_file: None,
             token_file: None,
             token_review: false,
-            api_server_url: "https://127.0.0.1:6443".into(),
+            api_server_url: url.into(),
         })
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn the_jwks_follows_discovery_to_the_reachable_address() {
+        const ISSUER: &str = "https://kubernetes.default.svc";
+        let fetcher = fetcher("https://127.0.0.1:6443");
         assert_eq!(
             fetcher.jwks_url(ISSUER, "https://kubernetes.default.svc/openid/v1/jwks"),
             "https://127.0.0.1:6443/openid/v1/jwks"
@@ -330,6 +348,24 @@ mod tests {
         assert_eq!(
             fetcher.jwks_url(ISSUER, "https://oidc.example/keys"),
             "https://oidc.example/keys"
+        );
+    }
+
+    /// kube-apiserver's default `jwks_uri` is under the address it
+    /// advertises, not its issuer: read as it is, the fetch went there
+    /// without the credential and the default RBAC answered 403, so no
+    /// sidecar of a real cluster could sign in.
+    #[test]
+    fn the_api_servers_advertised_jwks_uri_is_read_where_discovery_answered() {
+        const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+        let fetcher = fetcher("https://kubernetes.default.svc");
+        let url = fetcher.jwks_url(ISSUER, "https://172.18.0.2:6443/openid/v1/jwks");
+        assert_eq!(url, "https://kubernetes.default.svc/openid/v1/jwks");
+        assert!(same_origin(&url, "https://kubernetes.default.svc"));
+        // Another path on another host is someone else's document.
+        assert_eq!(
+            fetcher.jwks_url(ISSUER, "https://172.18.0.2:6443/openid/v1/jwks/other"),
+            "https://172.18.0.2:6443/openid/v1/jwks/other"
         );
     }
 }
