@@ -57,8 +57,10 @@ class Load:
 
 
 def pod_uids(component: str) -> set[str]:
+    """The component's live pods: one the upgrade replaced may still be
+    draining (Terminating) when the rollout is complete."""
     pods = kjson("-n", NS, "get", "pods", "-l", f"app.kubernetes.io/component={component}")["items"]
-    return {p["metadata"]["uid"] for p in pods}
+    return {p["metadata"]["uid"] for p in pods if not p["metadata"].get("deletionTimestamp")}
 
 
 def gateway_config(token_server_ca: Path) -> dict:
