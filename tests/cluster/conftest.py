@@ -196,6 +196,14 @@ def cluster_ip(service: str, namespace: str) -> str:
     return kubectl("-n", namespace, "get", "service", service, "-o", "jsonpath={.spec.clusterIP}")
 
 
+CURL_COULDNT_CONNECT = 7
+
+
+class Unreachable(Exception):
+    """Nothing accepted the connection: right after a token server pod is replaced, kube-proxy may still route
+    the Service to no endpoint (refused) until it syncs the new one."""
+
+
 def token_request(ca: Path, form: dict[str, str], path: str = "/oauth2/token") -> tuple[int, dict]:
     """POST to the token server (/oauth2/token) from the node, to the token server's Service under its own name (kube-proxy routes
     the cluster IP), verifying its certificate against the operator's CA."""
@@ -205,6 +213,8 @@ def token_request(ca: Path, form: dict[str, str], path: str = "/oauth2/token") -
     for key, value in form.items():
         args += ["--data-urlencode", f"{key}={value}"]
     out = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    if out.returncode == CURL_COULDNT_CONNECT:
+        raise Unreachable(out.stderr)
     assert out.returncode == 0, out.stderr
     body, _, status = out.stdout.rpartition("\n")
     return int(status), json.loads(body) if body.strip() else {}
@@ -222,9 +232,13 @@ def gateway_token(shop, token_server_ca):
     value = base64.b64decode(secret["data"]["client_secret"]).decode()
 
     def issue():
-        status, body = token_request(token_server_ca, {
-            "grant_type": "client_credentials", "client_id": "shop/gateway", "client_secret": value,
-            "scope": "orders:read payments:charge"})
+        """The token, or None while the token server cannot be reached or refuses (callers poll)."""
+        try:
+            status, body = token_request(token_server_ca, {
+                "grant_type": "client_credentials", "client_id": "shop/gateway", "client_secret": value,
+                "scope": "orders:read payments:charge"})
+        except Unreachable:
+            return None
         return body.get("access_token") if status == 200 else None
 
     return issue
