@@ -364,6 +364,11 @@ fn snapshot(
 ) -> Result<KeySnapshot, KeyError> {
     let mut signers: HashMap<Algorithm, (u64, Arc<SigningKey>)> = HashMap::new();
     let mut published = Vec::new();
+    // One order for the JWKS whatever order the keys come in (just created,
+    // or read back by a restart or another replica): clients and caches see
+    // the same document from every replica.
+    let mut keys: Vec<&StoredKey> = keys.iter().collect();
+    keys.sort_by(|a, b| (a.activates_at, &a.kid).cmp(&(b.activates_at, &b.kid)));
     for stored in keys {
         let alg = parse_alg(&stored.alg).ok_or_else(|| {
             KeyError::key(
@@ -570,6 +575,38 @@ mod tests {
             assert!(snap.jwks_json.contains(kid));
             assert!(snap.verify.contains_kid(kid));
         }
+    }
+
+    /// A restart or another replica reads the keys back in the store's
+    /// order, not the order they were created in: the JWKS is the same.
+    #[test]
+    fn the_jwks_does_not_depend_on_the_order_keys_come_in() {
+        let generated = |kid: &str, alg: SigningAlgorithm, at: u64| {
+            let k = SigningKey::generate(kid.into(), jose_algorithm(alg)).unwrap();
+            StoredKey {
+                pkcs8: k.pkcs8().to_vec(),
+                ..key(kid, alg, at)
+            }
+        };
+        let created = [
+            generated("z-es", ES256, 10),
+            generated("y-es", ES256, 20),
+            generated("b-ed", EdDSA, 10),
+            generated("a-ed", EdDSA, 20),
+        ];
+        let mut read_back = created.clone();
+        read_back.reverse();
+        let first = snapshot(&created, 15, None).unwrap();
+        let again = snapshot(&read_back, 15, None).unwrap();
+        assert_eq!(first.jwks_json, again.jwks_json);
+        let kids: Vec<String> = serde_json::from_str::<serde_json::Value>(&first.jwks_json)
+            .unwrap()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(kids, ["b-ed", "z-es", "a-ed", "y-es"]);
     }
 
     #[test]
