@@ -10,6 +10,10 @@
 //	benchapp dpop -url URL -client ID -secret S -form BODY -n N [-out FILE]
 //	    Writes N vegeta targets for the token endpoint, each with a DPoP
 //	    proof of its own (dpop.go).
+//	benchapp login | flows | refresh ...
+//	    The sign-in load of bench/signin.sh: one sign-in through the login
+//	    form, then whole authorization code flows, or refresh_token grants
+//	    (signin.go).
 package main
 
 import (
@@ -127,7 +131,7 @@ func mint(args []string) {
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: benchapp serve ADDR | benchapp mint -url URL -client ID -secret S -form BODY -n N [-c C] [-out FILE] | benchapp dpop -url URL -client ID -secret S -form BODY -n N [-out FILE]")
+		fmt.Fprintln(os.Stderr, "usage: benchapp serve ADDR | benchapp mint -url URL -client ID -secret S -form BODY -n N [-c C] [-out FILE] | benchapp dpop -url URL -client ID -secret S -form BODY -n N [-out FILE] | benchapp login|flows|refresh (signin.go)")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -141,6 +145,12 @@ func main() {
 		mint(os.Args[2:])
 	case "dpop":
 		dpop(os.Args[2:])
+	case "login":
+		login(os.Args[2:])
+	case "flows":
+		flows(os.Args[2:])
+	case "refresh":
+		refresh(os.Args[2:])
 	default:
 		fmt.Fprintln(os.Stderr, "benchapp: unknown command", os.Args[1])
 		os.Exit(2)
