@@ -111,22 +111,24 @@ func mint(args []string) {
 		fmt.Fprintf(os.Stderr, "benchapp mint: %d of %d failed; first: %v\n", f, *n, firstErr.Load())
 		os.Exit(1)
 	}
+	writeLines(*out, tokens)
+}
+
+// writeLines: one a line, to the file out or stdout ("-").
+func writeLines(out string, lines []string) {
 	w := os.Stdout
-	if *out != "-" {
-		f, err := os.Create(*out)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "benchapp:", err)
-			os.Exit(1)
-		}
+	if out != "-" {
+		f, err := os.Create(out)
+		fail(err)
 		defer f.Close()
 		w = f
 	}
 	bw := bufio.NewWriter(w)
-	for _, t := range tokens {
-		bw.WriteString(t)
+	for _, l := range lines {
+		bw.WriteString(l)
 		bw.WriteByte('\n')
 	}
-	bw.Flush()
+	fail(bw.Flush())
 }
 
 func main() {

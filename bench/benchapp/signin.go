@@ -27,7 +27,6 @@ package main
 // Runs with GOMAXPROCS=1 on the load generator's core; its CPU is reported.
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -303,13 +302,7 @@ func login(args []string) {
 	if len(cookies) == 0 {
 		fail(errors.New("login: no cookie for the authorization endpoint"))
 	}
-	w := os.Stdout
-	if *out != "-" {
-		w, err = os.Create(*out)
-		fail(err)
-		defer w.Close()
-	}
-	fmt.Fprintln(w, strings.Join(cookies, "; "))
+	writeLines(*out, []string{strings.Join(cookies, "; ")})
 }
 
 // checkTokens: both tokens of a code redemption are ES256 JWTs signed by a
@@ -608,20 +601,4 @@ func refresh(args []string) {
 		return sample{total: time.Since(t0).Microseconds()}, true, nil
 	})
 	report(t, elapsed, stopped, false)
-}
-
-func writeLines(out string, lines []string) {
-	w := os.Stdout
-	if out != "-" {
-		f, err := os.Create(out)
-		fail(err)
-		defer f.Close()
-		w = f
-	}
-	bw := bufio.NewWriter(w)
-	for _, l := range lines {
-		bw.WriteString(l)
-		bw.WriteByte('\n')
-	}
-	fail(bw.Flush())
 }
