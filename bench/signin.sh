@@ -8,7 +8,7 @@
 # bench/README.md ("Sign-in benchmark").
 # Env knobs:
 #   BENCH_DURATION=10s  BENCH_WARMUP=2s  BENCH_CONNECTIONS=32
-#   BENCH_SIGNIN_CASES="flow peer refresh flow-pg refresh-pg" (subset to run)
+#   BENCH_SIGNIN_CASES="flow flow-peer flow-pg refresh refresh-peer refresh-pg" (subset to run)
 #   BENCH_REFRESH_WARM=3000 (refresh tokens for the warm-up, whose rate sizes the measured pool)
 #   BENCH_REFRESH_MAX=100000 (most refresh tokens minted for one measured case)
 #   BENCH_SERVER_CPU=0 (token server, PostgreSQL, the peer)  BENCH_CLIENT_CPU=1 (benchapp)
@@ -22,7 +22,7 @@ root=$(cd "$here/.." && pwd)
 DURATION=${BENCH_DURATION:-10s}
 WARMUP=${BENCH_WARMUP:-2s}
 CONNS=${BENCH_CONNECTIONS:-32}
-CASES=" ${BENCH_SIGNIN_CASES:-flow peer refresh flow-pg refresh-pg} "
+CASES=" ${BENCH_SIGNIN_CASES:-flow flow-peer flow-pg refresh refresh-peer refresh-pg} "
 SCPU=${BENCH_SERVER_CPU:-0}
 CCPU=${BENCH_CLIENT_CPU:-1}
 REFRESH_WARM=${BENCH_REFRESH_WARM:-3000}
@@ -40,6 +40,7 @@ pids=()
 source "$here/lib.sh"
 want() { [[ $CASES == *" $1 "* ]]; }
 want_pg() { want flow-pg || want refresh-pg; }
+want_peer() { want flow-peer || want refresh-peer; }
 
 # --- prerequisites ----------------------------------------------------------
 command -v taskset >/dev/null || die "taskset (util-linux) is required"
@@ -51,7 +52,7 @@ if want flow || want refresh || want_pg; then
   [[ -x $bin ]] || die "no token-server binary at $bin"
 fi
 peer_ver=-
-if want peer; then
+if want_peer; then
   command -v node >/dev/null && command -v npm >/dev/null || die "node and npm are required for the peer"
   if [[ ! -d $here/peer/node_modules/oidc-provider ]]; then
     log "npm ci in bench/peer"
@@ -113,11 +114,12 @@ spec:
 EOF
 }
 
-# start_tm id [database-url]: the token server on CPU $SCPU; sets SPIDS, ISS, KIND
+# start_tm id [database-url]: the token server on CPU $SCPU; sets SPIDS, ISS,
+# KIND, and OFFLINE_CLIENT (the client whose flows get refresh tokens)
 start_tm() {
   local id=$1 url=${2:-} port extra=()
   [[ -n $url ]] && extra+=(--database-url "$url")
-  port=$(free_port) ISS=http://127.0.0.1:$port KIND=tm
+  port=$(free_port) ISS=http://127.0.0.1:$port KIND=tm OFFLINE_CLIENT=$CLIENT
   tm_config "$tmp/cfg-$id" "$ISS"
   taskset -c "$SCPU" "$bin" --config "$tmp/cfg-$id" --http-addr "127.0.0.1:$port" --grpc-addr "127.0.0.1:$(free_port)" \
     --issuer "$ISS" --data-dir "$tmp/data-$id" --secrets-dir "$tmp/secrets" "${extra[@]}" >"$tmp/$id.log" 2>&1 &
@@ -128,7 +130,7 @@ start_tm() {
 # start_peer: oidc-provider (bench/peer/signin.mjs) on CPU $SCPU
 start_peer() {
   local port
-  port=$(free_port) ISS=http://127.0.0.1:$port KIND=peer
+  port=$(free_port) ISS=http://127.0.0.1:$port KIND=peer OFFLINE_CLIENT=$CLIENT-offline
   NODE_ENV=${PEER_NODE_ENV:-production} PEER_USER_PASSWORD=$PASSWORD taskset -c "$SCPU" \
     node "$here/peer/signin.mjs" "$port" >"$tmp/peer.log" 2>&1 &
   pids+=($!) SPIDS=($!)
@@ -141,9 +143,9 @@ stop_server() {
 }
 
 bapp() { GOMAXPROCS=1 taskset -c "$CCPU" "$BENCHAPP" "$@"; }
-# flags_for scope: benchapp's flags for the running server's authorization request, in FLAGS
+# flags_for scope [client]: benchapp's flags for the running server's authorization request, in FLAGS
 flags_for() {
-  FLAGS=(-issuer "$ISS" -client "$CLIENT" -redirect "$REDIRECT" -scope "$1" -c "$CONNS")
+  FLAGS=(-issuer "$ISS" -client "${2:-$CLIENT}" -redirect "$REDIRECT" -scope "$1" -c "$CONNS")
   [[ $KIND == peer ]] && FLAGS+=(-param "resource=$PEER_RESOURCE")
   return 0
 }
@@ -233,18 +235,18 @@ run_flows() {
 
 # mint n file: n refresh tokens, each from a code flow of its own
 mint() {
-  flags_for "$MINT_SCOPE"
-  log "$KIND: minting $1 refresh tokens (a code flow with offline_access each)"
+  flags_for "$MINT_SCOPE" "$OFFLINE_CLIENT"
+  log "$KIND: minting $1 refresh tokens (a code flow each, client $OFFLINE_CLIENT)"
   bapp flows "${FLAGS[@]}" -cookies "$tmp/$KIND.cookie" -mint "$1" -out "$2" 2>"$tmp/mint.err" \
     || die "minting refresh tokens failed: $(tail -n 3 "$tmp/mint.err")"
 }
 
 # run_refresh key: refresh_token grants, each token of the pool used once
 run_refresh() {
-  local key=$1 rate n c0
+  local key=$1 rate n c0=0
   mint "$REFRESH_WARM" "$tmp/warm.tok"
   log "$key: warm-up on $REFRESH_WARM refresh tokens (at most $WARMUP)"
-  bapp refresh -issuer "$ISS" -client "$CLIENT" -pool "$tmp/warm.tok" -c "$CONNS" -d "$WARMUP" >"$tmp/warm.out"
+  bapp refresh -issuer "$ISS" -client "$OFFLINE_CLIENT" -pool "$tmp/warm.tok" -c "$CONNS" -d "$WARMUP" >"$tmp/warm.out"
   rate=$(sed -nE 's/.* rps=([0-9]+).*/\1/p' "$tmp/warm.out")
   grep -q ' bad=0 ' "$tmp/warm.out" || die "$key: the warm-up's refresh grants failed: $(grep BENCH_ "$tmp/warm.out")"
   # 1.5 times what $DURATION needs at the warm-up's rate
@@ -252,12 +254,11 @@ run_refresh() {
   (( n <= REFRESH_MAX )) || n=$REFRESH_MAX
   mint "$n" "$tmp/pool.tok"
   quiet "$key"
-  c0=$(issued refresh_token)
+  [[ $KIND == tm ]] && c0=$(issued refresh_token)
   log "$key: $DURATION on $n refresh tokens, $CONNS connections (benchapp refresh)"
-  measure "$key" bapp refresh -issuer "$ISS" -client "$CLIENT" -pool "$tmp/pool.tok" -c "$CONNS" -d "$DURATION"
+  measure "$key" bapp refresh -issuer "$ISS" -client "$OFFLINE_CLIENT" -pool "$tmp/pool.tok" -c "$CONNS" -d "$DURATION"
   result "$key" "$tmp/load.out"
-  sleep 0.3
-  count_check "$key" refresh_token "$c0" "$(issued refresh_token)"
+  if [[ $KIND == tm ]]; then sleep 0.3; count_check "$key" refresh_token "$c0" "$(issued refresh_token)"; fi
   log "$key: ${RPS[$key]} grants/s, p50 ${P50[$key]} µs, p99 ${P99[$key]} µs; server $(pct "${SFRAC[$key]}"), benchapp $(pct "${CFRAC[$key]}"), other $(pct "${OTHER[$key]}")"
 }
 
@@ -271,10 +272,11 @@ if want flow || want refresh; then
   NOTES+=("embedded store: data dir $(du -sh "$tmp/data-embedded" | cut -f1) after its cases")
   stop_server
 fi
-if want peer; then
+if want_peer; then
   start_peer
   sign_in
-  run_flows peer
+  want flow-peer && run_flows flow-peer
+  want refresh-peer && run_refresh refresh-peer
   stop_server
 fi
 if want_pg; then
@@ -297,13 +299,14 @@ echo "Machine: $(machine_line). The token server (and PostgreSQL, postmaster and
 echo
 echo "| case | server | per second | p50 | p99 | authorize p50 / p99 | token p50 / p99 | server core | per server core | benchapp core | other load | errors |"
 echo '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|'
-for key in flow peer flow-pg refresh refresh-pg; do
+for key in flow flow-peer flow-pg refresh refresh-peer refresh-pg; do
   [[ -n ${RPS[$key]:-} ]] || continue
   case $key in
     flow) what='code flow (SSO session)' server='tokenmesh, embedded store' ;;
-    peer) what='code flow (SSO session)' server="oidc-provider $peer_ver, in memory" ;;
+    flow-peer) what='code flow (SSO session)' server="oidc-provider $peer_ver, in memory" ;;
     flow-pg) what='code flow (SSO session)' server='tokenmesh, PostgreSQL' ;;
     refresh) what='`refresh_token` grant' server='tokenmesh, embedded store' ;;
+    refresh-peer) what='`refresh_token` grant' server="oidc-provider $peer_ver, in memory" ;;
     refresh-pg) what='`refresh_token` grant' server='tokenmesh, PostgreSQL' ;;
   esac
   legs=- tlegs=-
@@ -313,17 +316,18 @@ for key in flow peer flow-pg refresh refresh-pg; do
     "$(pct "${CFRAC[$key]}")" "$(pct "${OTHER[$key]}")" "${ERR[$key]}"
 done
 echo
-echo "A code flow: \`GET\` the authorization endpoint with the session cookie, a new PKCE pair (S256), \`state\` and \`nonce\` (\`scope=$SCOPE\`; the peer also \`resource=$PEER_RESOURCE\`), the code from the redirect, then \`POST\` the token endpoint with the code and the verifier: an ES256 JWT access token for \`orders\` and an ES256 ID token, no refresh token. Latency is the whole flow's; the authorize and token columns are its two requests. A refresh grant: \`grant_type=refresh_token\` of a token minted before (a code flow with \`offline_access\` each), each used once: a new access token, ID token and (rotated) refresh token. Server core: utime+stime of the server process (with PostgreSQL's postmaster, its backends and reaped children) over the measured run; per server core = per second ÷ that share."
+echo "A code flow: \`GET\` the authorization endpoint with the session cookie, a new PKCE pair (S256), \`state\` and \`nonce\` (\`scope=$SCOPE\`; the peer also \`resource=$PEER_RESOURCE\`), the code from the redirect, then \`POST\` the token endpoint with the code and the verifier: an ES256 JWT access token for \`orders\` and an ES256 ID token, no refresh token. Latency is the whole flow's; the authorize and token columns are its two requests. A refresh grant: \`grant_type=refresh_token\` of a token minted before, each used once (one code flow per token: with \`offline_access\` on tokenmesh; on oidc-provider by its client \`bench-web-offline\`, the same with the \`refresh_token\` grant, since it drops \`offline_access\` without \`prompt=consent\`): a new access token, ID token and (rotated) refresh token. Server core: utime+stime of the server process (with PostgreSQL's postmaster, its backends and reaped children) over the measured run; per server core = per second ÷ that share."
 echo
-if [[ -n ${RPS[flow]:-} && -n ${RPS[peer]:-} ]]; then
-  echo "Code flows, tokenmesh / oidc-provider: **$(ratio "${RPS[flow]}" "${RPS[peer]}")×**, per server core $(ratio "$(per_core flow)" "$(per_core peer)")×$( [[ ${ERR[flow]}${ERR[peer]} == 00 ]] || echo ' (⚠ not valid: errors)')."
+# ratio_line label key base: key / base, raw and per server core
+ratio_line() {
+  [[ -n ${RPS[$2]:-} && -n ${RPS[$3]:-} ]] || return 0
+  echo "$1: **$(ratio "${RPS[$2]}" "${RPS[$3]}")×**, per server core $(ratio "$(per_core "$2")" "$(per_core "$3")")×$( [[ ${ERR[$2]}${ERR[$3]} == 00 ]] || echo ' (⚠ not valid: errors)')."
   echo
-fi
-for k in flow refresh; do
-  [[ -n ${RPS[$k]:-} && -n ${RPS[$k-pg]:-} ]] || continue
-  echo "$( [[ $k == flow ]] && echo 'Code flows' || echo 'Refresh grants'), PostgreSQL / embedded: **$(ratio "${RPS[$k-pg]}" "${RPS[$k]}")×**, per server core $(ratio "$(per_core "$k-pg")" "$(per_core "$k")")×$( [[ ${ERR[$k]}${ERR[$k-pg]} == 00 ]] || echo ' (⚠ not valid: errors)')."
-  echo
-done
+}
+ratio_line 'Code flows, tokenmesh (embedded store) / oidc-provider' flow flow-peer
+ratio_line 'Refresh grants, tokenmesh (embedded store) / oidc-provider' refresh refresh-peer
+ratio_line 'Code flows, PostgreSQL / embedded store' flow-pg flow
+ratio_line 'Refresh grants, PostgreSQL / embedded store' refresh-pg refresh
 if (( ${#NOTES[@]} )); then
   echo "Notes:"
   printf -- '- %s\n' "${NOTES[@]}"

@@ -2,15 +2,17 @@
 // in ONE Node process, for the authorization code flow with PKCE of a public
 // client, the way bench/signin.sh's token server is configured:
 // - client `bench-web` (token_endpoint_auth_method none, PKCE S256, redirect
-//   URI http://127.0.0.1:3000/callback, ID tokens ES256);
+//   URI http://127.0.0.1:3000/callback, ID tokens ES256), and
+//   `bench-web-offline`, the same with the refresh_token grant: its code
+//   flows also answer a refresh token, rotated on every use;
 // - one user, alice, who signs in once through the login form below;
 // - first-party skip-consent: `loadExistingGrant` grants `openid` and
 //   `orders:read` for the `orders` resource to this client when the user has
 //   no grant yet, so the consent prompt never shows;
 // - the access token an ES256 JWT for `orders` (RFC 9068, through a resource
 //   indicator), with an ES256 ID token next to it.
-// Everything (sessions, grants, codes) lives in oidc-provider's default
-// in-memory adapter. Port: argv[2] (default 3000). Password: $PEER_USER_PASSWORD.
+// Everything (sessions, grants, codes, refresh tokens) lives in process
+// memory (MapAdapter below). Port: argv[2] (default 3000). Password: $PEER_USER_PASSWORD.
 import { createHash, generateKeyPairSync, randomBytes, timingSafeEqual } from 'node:crypto';
 import { createServer } from 'node:http';
 import Provider from 'oidc-provider';
@@ -26,18 +28,72 @@ const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
 const jwk = { ...privateKey.export({ format: 'jwk' }), kid: 'bench-es256', alg: 'ES256', use: 'sig' };
 const digest = (s) => createHash('sha256').update(s).digest();
 
+// oidc-provider's own MemoryAdapter is a development aid that would skew
+// this benchmark twice: it is an LRU of 1,000 entries (a pool of refresh
+// tokens would be evicted before use), and every save of a token re-scans
+// all the tokens of its grant (one grant per user and client here, so the
+// codes of the last 60 s: O(n) per flow). This one keeps everything in
+// process memory too, in Maps, at O(1) per operation, as a real store's
+// indexes would. Entries expire on read; the benchmark process is short-lived.
+const entries = new Map(); // `${model}:${id}` -> { payload, expiresAt }
+const byGrant = new Map(); // grantId -> Set of entry keys (revokeByGrantId)
+const sessionByUid = new Map(); // session uid -> session id
+const now = () => Math.floor(Date.now() / 1000);
+class MapAdapter {
+  constructor(model) { this.model = model; }
+
+  key(id) { return `${this.model}:${id}`; }
+
+  async upsert(id, payload, expiresIn) {
+    const key = this.key(id);
+    entries.set(key, { payload, expiresAt: typeof expiresIn === 'number' ? now() + expiresIn : Infinity });
+    if (payload.grantId) {
+      if (!byGrant.has(payload.grantId)) byGrant.set(payload.grantId, new Set());
+      byGrant.get(payload.grantId).add(key);
+    }
+    if (this.model === 'Session') sessionByUid.set(payload.uid, id);
+  }
+
+  async find(id) {
+    const entry = entries.get(this.key(id));
+    if (!entry || entry.expiresAt <= now()) return undefined;
+    return entry.payload;
+  }
+
+  async findByUid(uid) { return sessionByUid.has(uid) ? this.find(sessionByUid.get(uid)) : undefined; }
+
+  async findByUserCode() { return undefined; } // no device flow here
+
+  async consume(id) {
+    const entry = entries.get(this.key(id));
+    if (entry) entry.payload.consumed = now();
+  }
+
+  async destroy(id) { entries.delete(this.key(id)); }
+
+  async revokeByGrantId(grantId) {
+    for (const key of byGrant.get(grantId) ?? []) entries.delete(key);
+    byGrant.delete(grantId);
+  }
+}
+
 const provider = new Provider(issuer, {
+  adapter: MapAdapter,
   jwks: { keys: [jwk] },
   // Signed cookies, as any deployment has them.
   cookies: { keys: [randomBytes(32).toString('base64url')] },
-  clients: [{
-    client_id: 'bench-web',
-    grant_types: ['authorization_code'],
+  clients: ['bench-web', 'bench-web-offline'].map((id) => ({
+    client_id: id,
+    grant_types: id === 'bench-web' ? ['authorization_code'] : ['authorization_code', 'refresh_token'],
     response_types: ['code'],
     redirect_uris: ['http://127.0.0.1:3000/callback'],
     token_endpoint_auth_method: 'none',
     id_token_signed_response_alg: 'ES256',
-  }],
+  })),
+  // A refresh token whenever the client may use one (oidc-provider drops
+  // offline_access unless prompt=consent, which would show the consent page);
+  // public clients' refresh tokens are rotated on every use (its default).
+  issueRefreshToken: (ctx, client) => client.grantTypeAllowed('refresh_token'),
   scopes: ['openid'], // orders:read is the orders resource's scope (getResourceServerInfo)
   findAccount: (ctx, id) => (id === USER
     ? { accountId: id, claims: () => ({ sub: id, name: 'Alice Example', email: 'alice@example.com', email_verified: true }) }
@@ -57,7 +113,7 @@ const provider = new Provider(issuer, {
     await grant.save();
     return grant;
   },
-  ttl: { AccessToken: 300, IdToken: 300, AuthorizationCode: 60, Session: 10 * 3600, Grant: 10 * 3600, Interaction: 600 },
+  ttl: { AccessToken: 300, IdToken: 300, AuthorizationCode: 60, RefreshToken: 30 * 24 * 3600, Session: 10 * 3600, Grant: 30 * 24 * 3600, Interaction: 600 },
   features: {
     devInteractions: { enabled: false },
     resourceIndicators: {
