@@ -456,7 +456,7 @@ func run(c int, d time.Duration, op func(worker int) (sample, bool, error)) (*ta
 	}
 	wg.Wait()
 	elapsed := d
-	if stopped.Load() {
+	if stopped.Load() && last.Load() > 0 {
 		elapsed = time.Duration(last.Load())
 	}
 	return t, elapsed, stopped.Load()
