@@ -1,4 +1,4 @@
-# Shared by bench/run.sh, bench/sidecar.sh and bench/store.sh (sourced, not run).
+# Shared by bench/run.sh, bench/sidecar.sh, bench/store.sh and bench/signin.sh (sourced, not run).
 # Needs: $here (bench/), $root (repository), $tmp (scratch dir), `pids` array;
 # sets the EXIT trap (cleanup) and runs the script's cleanup_more from it.
 

@@ -10,6 +10,10 @@
 //	benchapp dpop -url URL -client ID -secret S -form BODY -n N [-out FILE]
 //	    Writes N vegeta targets for the token endpoint, each with a DPoP
 //	    proof of its own (dpop.go).
+//	benchapp login | flows | refresh ...
+//	    The sign-in load of bench/signin.sh: one sign-in through the login
+//	    form, then whole authorization code flows, or refresh_token grants
+//	    (signin.go).
 package main
 
 import (
@@ -107,27 +111,29 @@ func mint(args []string) {
 		fmt.Fprintf(os.Stderr, "benchapp mint: %d of %d failed; first: %v\n", f, *n, firstErr.Load())
 		os.Exit(1)
 	}
+	writeLines(*out, tokens)
+}
+
+// writeLines: one a line, to the file out or stdout ("-").
+func writeLines(out string, lines []string) {
 	w := os.Stdout
-	if *out != "-" {
-		f, err := os.Create(*out)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "benchapp:", err)
-			os.Exit(1)
-		}
+	if out != "-" {
+		f, err := os.Create(out)
+		fail(err)
 		defer f.Close()
 		w = f
 	}
 	bw := bufio.NewWriter(w)
-	for _, t := range tokens {
-		bw.WriteString(t)
+	for _, l := range lines {
+		bw.WriteString(l)
 		bw.WriteByte('\n')
 	}
-	bw.Flush()
+	fail(bw.Flush())
 }
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: benchapp serve ADDR | benchapp mint -url URL -client ID -secret S -form BODY -n N [-c C] [-out FILE] | benchapp dpop -url URL -client ID -secret S -form BODY -n N [-out FILE]")
+		fmt.Fprintln(os.Stderr, "usage: benchapp serve ADDR | benchapp mint -url URL -client ID -secret S -form BODY -n N [-c C] [-out FILE] | benchapp dpop -url URL -client ID -secret S -form BODY -n N [-out FILE] | benchapp login|flows|refresh (signin.go)")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -141,6 +147,12 @@ func main() {
 		mint(os.Args[2:])
 	case "dpop":
 		dpop(os.Args[2:])
+	case "login":
+		login(os.Args[2:])
+	case "flows":
+		flows(os.Args[2:])
+	case "refresh":
+		refresh(os.Args[2:])
 	default:
 		fmt.Fprintln(os.Stderr, "benchapp: unknown command", os.Args[1])
 		os.Exit(2)
