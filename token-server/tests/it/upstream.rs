@@ -155,7 +155,7 @@ async fn a_sign_in_at_oidc_provider_yields_the_mapped_identity_and_its_code_work
     let upstream = Upstream::new(corp, SystemClock::shared()).unwrap();
     upstream.check().await.expect("discovery and JWKS");
 
-    let start = upstream.start(REDIRECT).await.unwrap();
+    let start = upstream.start(REDIRECT, &[]).await.unwrap();
     let sent = reqwest::Url::parse(&start.url).unwrap();
     assert!(start.url.starts_with(&peer.issuer), "{}", start.url);
     assert_eq!(param(&sent, "code_challenge_method"), "S256");
@@ -191,9 +191,9 @@ async fn another_sign_ins_nonce_or_verifier_does_not_complete_it() {
     let peer = peer();
     let upstream = Upstream::new(provider(&peer.issuer, ""), SystemClock::shared()).unwrap();
 
-    let start = upstream.start(REDIRECT).await.unwrap();
+    let start = upstream.start(REDIRECT, &[]).await.unwrap();
     let code = param(&browser_sign_in(&start.url).await, "code");
-    let other = upstream.start(REDIRECT).await.unwrap();
+    let other = upstream.start(REDIRECT, &[]).await.unwrap();
     let refused = upstream
         .complete(&code, &start.verifier, &other.nonce, REDIRECT)
         .await;
@@ -205,7 +205,7 @@ async fn another_sign_ins_nonce_or_verifier_does_not_complete_it() {
         "{refused:?}"
     );
 
-    let start = upstream.start(REDIRECT).await.unwrap();
+    let start = upstream.start(REDIRECT, &[]).await.unwrap();
     let code = param(&browser_sign_in(&start.url).await, "code");
     let refused = upstream
         .complete(&code, &other.verifier, &start.nonce, REDIRECT)
@@ -225,7 +225,7 @@ async fn an_upstream_that_is_down_or_names_another_issuer_is_reported_not_truste
         failure.to_string().contains(&down) && failure.to_string().contains("cannot be reached"),
         "{failure}"
     );
-    assert!(upstream.start(REDIRECT).await.is_err());
+    assert!(upstream.start(REDIRECT, &[]).await.is_err());
 
     let peer = peer();
     let localhost = peer.issuer.replace("127.0.0.1", "localhost");
