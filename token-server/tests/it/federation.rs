@@ -233,8 +233,19 @@ async fn a_refusal_an_error_a_mix_up_or_a_down_upstream_signs_nobody_in() {
     };
 
     // The person refused at the upstream: access_denied to the client.
-    let login = browser.get(&authorize_url("web", CALLBACK, &[])).await;
+    // What the client asked of the sign-in is asked of the upstream too.
+    let login = browser
+        .get(&authorize_url(
+            "web",
+            CALLBACK,
+            &[("prompt", "login"), ("max_age", "300")],
+        ))
+        .await;
     let sent = choose(&mut browser, &login, "corp").await;
+    let asked: std::collections::BTreeMap<_, _> =
+        sent.location().query_pairs().into_owned().collect();
+    assert_eq!(asked["prompt"], "login");
+    assert_eq!(asked["max_age"], "300");
     let refused = browser
         .get(&format!(
             "/oauth2/callback?error=access_denied&state={}",
