@@ -88,12 +88,28 @@ fn path_of(url: &reqwest::Url) -> String {
     format!("{}?{}", url.path(), url.query().unwrap_or(""))
 }
 
-/// Starts at `corp` and signs jane in at the peer: the callback URL.
-async fn through_the_upstream(browser: &mut Browser) -> reqwest::Url {
+/// Starts at `corp` and signs jane in at the peer, taking `wait` seconds
+/// there: the callback URL.
+async fn through_the_upstream(browser: &mut Browser, wait: u64) -> reqwest::Url {
     let login = browser.get(&authorize_url("web", CALLBACK, &[])).await;
     let sent = choose(browser, &login, "corp").await;
     assert_eq!(sent.status, StatusCode::SEE_OTHER, "{}", sent.body);
+    browser.app.clock.advance(Duration::from_secs(wait));
     sign_in_at_peer(sent.location().as_str(), &our_callback()).await
+}
+
+/// The upstream's `error` answer to the sign-in it was `sent` to.
+async fn answer_error(browser: &mut Browser, sent: &Answer, error: &str) -> Answer {
+    let state = sent
+        .location()
+        .query_pairs()
+        .find(|(n, _)| n == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    browser
+        .get(&format!("/oauth2/callback?error={error}&state={state}"))
+        .await
 }
 
 #[tokio::test]
@@ -176,7 +192,7 @@ async fn a_callback_counts_only_in_the_browser_that_started_it_and_for_ten_minut
     let mut browser = Browser::with(federated(&peer)).await;
 
     // The callback URL in another browser (login CSRF): refused, and used up.
-    let back = through_the_upstream(&mut browser).await;
+    let back = through_the_upstream(&mut browser, 0).await;
     let mine = std::mem::take(&mut browser.cookies);
     let elsewhere = browser.get(&path_of(&back)).await;
     assert_eq!(
@@ -192,25 +208,20 @@ async fn a_callback_counts_only_in_the_browser_that_started_it_and_for_ten_minut
     assert_eq!(after.status, StatusCode::BAD_REQUEST, "{}", after.body);
     assert!(!browser.cookies.contains_key("tokenmesh_session"));
 
-    // Ten minutes to come back.
-    let login = browser.get(&authorize_url("web", CALLBACK, &[])).await;
-    let sent = choose(&mut browser, &login, "corp").await;
-    browser.app.clock.advance(Duration::from_secs(601));
-    let back = sign_in_at_peer(sent.location().as_str(), &our_callback()).await;
-    let late = browser.get(&path_of(&back)).await;
-    assert_eq!(late.status, StatusCode::BAD_REQUEST, "{}", late.body);
-    assert!(late.body.contains("expired or was already used"));
-    assert!(!browser.cookies.contains_key("tokenmesh_session"));
-
-    // Within them it counts.
-    let login = browser.get(&authorize_url("web", CALLBACK, &[])).await;
-    let sent = choose(&mut browser, &login, "corp").await;
-    browser.app.clock.advance(Duration::from_secs(590));
-    let back = sign_in_at_peer(sent.location().as_str(), &our_callback()).await;
-    let in_time = browser.get(&path_of(&back)).await;
-    assert_eq!(in_time.status, StatusCode::OK, "{}", in_time.body);
-    assert!(in_time.body.contains("Example Web wants to"));
-    browser.cookies.remove("tokenmesh_session");
+    // Ten minutes to come back: not after them, within them it counts.
+    for (wait, counts) in [(601, false), (590, true)] {
+        let back = through_the_upstream(&mut browser, wait).await;
+        let answer = browser.get(&path_of(&back)).await;
+        if counts {
+            assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+            assert!(answer.body.contains("Example Web wants to"));
+            browser.cookies.remove("tokenmesh_session");
+        } else {
+            assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
+            assert!(answer.body.contains("expired or was already used"));
+            assert!(!browser.cookies.contains_key("tokenmesh_session"));
+        }
+    }
 
     // The button's form needs the CSRF token like every form.
     let login = browser.get(&authorize_url("web", CALLBACK, &[])).await;
@@ -223,14 +234,6 @@ async fn a_callback_counts_only_in_the_browser_that_started_it_and_for_ten_minut
 async fn a_refusal_an_error_a_mix_up_or_a_down_upstream_signs_nobody_in() {
     let peer = peer_returning_to(&our_callback());
     let mut browser = Browser::with(federated(&peer)).await;
-    let state_of = |sent: &Answer| {
-        sent.location()
-            .query_pairs()
-            .find(|(n, _)| n == "state")
-            .unwrap()
-            .1
-            .into_owned()
-    };
 
     // The person refused at the upstream: access_denied to the client.
     // What the client asked of the sign-in is asked of the upstream too.
@@ -246,12 +249,7 @@ async fn a_refusal_an_error_a_mix_up_or_a_down_upstream_signs_nobody_in() {
         sent.location().query_pairs().into_owned().collect();
     assert_eq!(asked["prompt"], "login");
     assert_eq!(asked["max_age"], "300");
-    let refused = browser
-        .get(&format!(
-            "/oauth2/callback?error=access_denied&state={}",
-            state_of(&sent)
-        ))
-        .await;
+    let refused = answer_error(&mut browser, &sent, "access_denied").await;
     assert_eq!(refused.status, StatusCode::FOUND, "{}", refused.body);
     assert!(refused.location().as_str().starts_with(CALLBACK));
     assert_eq!(refused.param("error").as_deref(), Some("access_denied"));
@@ -261,12 +259,7 @@ async fn a_refusal_an_error_a_mix_up_or_a_down_upstream_signs_nobody_in() {
     // Another error: the login page again, with a message.
     let login = browser.get(&authorize_url("web", CALLBACK, &[])).await;
     let sent = choose(&mut browser, &login, "corp").await;
-    let failed = browser
-        .get(&format!(
-            "/oauth2/callback?error=server_error&state={}",
-            state_of(&sent)
-        ))
-        .await;
+    let failed = answer_error(&mut browser, &sent, "server_error").await;
     assert_eq!(failed.status, StatusCode::BAD_GATEWAY, "{}", failed.body);
     assert!(
         failed
@@ -279,7 +272,7 @@ async fn a_refusal_an_error_a_mix_up_or_a_down_upstream_signs_nobody_in() {
     );
 
     // RFC 9207: an answer naming another issuer (a mix-up) is not redeemed.
-    let back = through_the_upstream(&mut browser).await;
+    let back = through_the_upstream(&mut browser, 0).await;
     let mut mixed = back.clone();
     let pairs: Vec<(String, String)> = back
         .query_pairs()
@@ -302,7 +295,7 @@ async fn a_refusal_an_error_a_mix_up_or_a_down_upstream_signs_nobody_in() {
     );
 
     // The upstream goes down while the person is there.
-    let back = through_the_upstream(&mut browser).await;
+    let back = through_the_upstream(&mut browser, 0).await;
     drop(peer);
     let gone = browser.get(&path_of(&back)).await;
     assert_eq!(gone.status, StatusCode::BAD_GATEWAY, "{}", gone.body);
