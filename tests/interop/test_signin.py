@@ -226,6 +226,8 @@ def test_chromium_signs_in_through_an_upstream_openid_provider_and_a_down_one_sh
     assert out["amr"] == "fed"
     log = (fed.root / "server.log").read_text(errors="replace")
     assert "cannot be reached" in log and "sign-in at the upstream could not start" in log
+    assert "user signed in at the upstream" in log
+    assert UPSTREAM_SECRET not in log and "code=" not in log and "verifier" not in log
     for shot in ("login-federated.png", "upstream-down.png", "upstream-login.png", "consent-federated.png",
                  "fed-signed-in.png"):
         assert (ARTIFACTS / shot).stat().st_size > 10_000, shot
