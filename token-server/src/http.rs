@@ -20,15 +20,15 @@ use crate::{
     metrics::{EndpointLabels, HttpLabels},
     oauth,
     state::{
-        AUTHORIZATION_PATH, AppState, END_SESSION_PATH, INTROSPECTION_PATH, JWKS_PATH,
-        REVOCATION_PATH, TOKEN_PATH, USERINFO_PATH,
+        AUTHORIZATION_PATH, AppState, CALLBACK_PATH, END_SESSION_PATH, INTROSPECTION_PATH,
+        JWKS_PATH, REVOCATION_PATH, TOKEN_PATH, USERINFO_PATH,
     },
 };
 
 const AS_METADATA: &str = "/.well-known/oauth-authorization-server";
 const OIDC_METADATA: &str = "/.well-known/openid-configuration";
 /// Every route, for metric labels.
-const ROUTES: [&str; 12] = [
+const ROUTES: [&str; 13] = [
     AS_METADATA,
     OIDC_METADATA,
     JWKS_PATH,
@@ -38,6 +38,7 @@ const ROUTES: [&str; 12] = [
     AUTHORIZATION_PATH,
     USERINFO_PATH,
     END_SESSION_PATH,
+    CALLBACK_PATH,
     "/healthz",
     "/readyz",
     "/metrics",
@@ -60,6 +61,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             END_SESSION_PATH,
             get(oauth::logout_get).post(oauth::logout_post),
         )
+        .route(CALLBACK_PATH, get(oauth::upstream_callback))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -26,6 +26,8 @@ pub struct Endpoints {
     pub authorization: String,
     pub userinfo: String,
     pub end_session: String,
+    /// Where upstream OpenID Providers send people back (`oidc` providers).
+    pub callback: String,
 }
 
 /// Password attempts per user: a burst of 5, then one every 5 s, so
@@ -40,6 +42,8 @@ pub const JWKS_PATH: &str = "/jwks";
 pub const AUTHORIZATION_PATH: &str = "/oauth2/authorize";
 pub const USERINFO_PATH: &str = "/oauth2/userinfo";
 pub const END_SESSION_PATH: &str = "/oauth2/logout";
+/// The redirect URI to register at an upstream OpenID Provider: `<issuer>/oauth2/callback`.
+pub const CALLBACK_PATH: &str = "/oauth2/callback";
 
 impl Endpoints {
     pub fn for_issuer(issuer: &str) -> Self {
@@ -51,6 +55,7 @@ impl Endpoints {
             authorization: format!("{issuer}{AUTHORIZATION_PATH}"),
             userinfo: format!("{issuer}{USERINFO_PATH}"),
             end_session: format!("{issuer}{END_SESSION_PATH}"),
+            callback: format!("{issuer}{CALLBACK_PATH}"),
         }
     }
 }
@@ -91,6 +96,8 @@ pub struct AppState {
     /// Verifies service-account tokens (TokenServer `spec.kubernetes`),
     /// with the cluster's keys cached.
     pub service_accounts: crate::kubernetes_issuer::ServiceAccountIssuer,
+    /// The upstreams of `oidc` IdentityProviders, with their discovery and keys.
+    pub upstreams: crate::upstream::Upstreams,
 }
 
 /// Stored resource documents by key, as `Store::resources` lists them.
@@ -171,6 +178,7 @@ impl AppState {
             opaque_tokens: TtlCache::new(parts.opaque_token_cache),
             admin: parts.admin,
             service_accounts,
+            upstreams: crate::upstream::Upstreams::default(),
         }))
     }
 

@@ -1,7 +1,9 @@
 //! The authorization endpoint (RFC 6749 §3.1, OIDC Core §3.1.2): GET or
 //! POST, then the login and consent forms, which POST back here with the
-//! request carried in hidden fields and a CSRF token. The core validates
-//! and decides; this module keeps the cookies and renders.
+//! request carried in hidden fields and a CSRF token. An upstream
+//! provider's button leaves for the upstream and the request resumes at
+//! its callback (`federation`). The core validates and decides; this module
+//! keeps the cookies and renders.
 
 use std::sync::Arc;
 
@@ -24,8 +26,9 @@ use tokenmesh_core::{
 use tokenmesh_tokens::secret::random_id;
 
 use super::{
+    federation::{self, Callback, Refusal},
     form::Form,
-    pages::{self, LoginForm},
+    pages::{self, LoginFailure, LoginForm},
     session::{self, CSRF_FIELD},
 };
 use crate::{state::AppState, store::SsoSession};
@@ -36,6 +39,16 @@ pub async fn authorize_get(
     RawQuery(query): RawQuery,
 ) -> Response {
     answer(&state, &headers, Form::from_query(query.as_deref()), false).await
+}
+
+/// The request a pending sign-in kept, going on with the upstream's answer.
+pub(super) async fn resume(
+    state: &AppState,
+    headers: &HeaderMap,
+    request: &Form,
+    back: Callback,
+) -> Response {
+    flow(state, headers, request, false, Some(back)).await
 }
 
 pub async fn authorize_post(
@@ -54,7 +67,7 @@ async fn answer(
     post: bool,
 ) -> Response {
     match form {
-        Ok(form) => flow(state, headers, &form, post).await,
+        Ok(form) => flow(state, headers, &form, post, None).await,
         Err(OAuthError::TooLarge) => pages::error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "The sign-in request is too long.",
@@ -91,6 +104,13 @@ fn params_of(form: &Form) -> AuthorizeParams {
 /// The request's parameters again, as hidden fields, with the CSRF token;
 /// `prompt` without `login` once the user has just signed in.
 fn carried(params: &AuthorizeParams, csrf: &str, drop_login: bool) -> String {
+    let mut fields = fields(params, drop_login);
+    fields.push((CSRF_FIELD, csrf.to_owned()));
+    pages::hidden(&fields)
+}
+
+/// The request's parameters as name and value pairs (`carried`).
+pub(super) fn fields(params: &AuthorizeParams, drop_login: bool) -> Vec<(&'static str, String)> {
     let mut fields: Vec<(&str, String)> = [
         ("response_type", &params.response_type),
         ("client_id", &params.client_id),
@@ -114,8 +134,7 @@ fn carried(params: &AuthorizeParams, csrf: &str, drop_login: bool) -> String {
         fields.push(("prompt", kept.join(" ")));
     }
     fields.extend(params.resources.iter().map(|r| ("resource", r.clone())));
-    fields.push((CSRF_FIELD, csrf.to_owned()));
-    pages::hidden(&fields)
+    fields
 }
 
 /// Where the answer goes: `redirect_uri` with the code or the error,
@@ -176,7 +195,13 @@ fn with_cookies(mut response: Response, cookies: Vec<HeaderValue>) -> Response {
     response
 }
 
-async fn flow(state: &AppState, headers: &HeaderMap, form: &Form, post: bool) -> Response {
+async fn flow(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: &Form,
+    post: bool,
+    callback: Option<Callback>,
+) -> Response {
     let registry = state.registry.load();
     let now = state.now();
     let params = params_of(form);
@@ -216,6 +241,7 @@ async fn flow(state: &AppState, headers: &HeaderMap, form: &Form, post: bool) ->
         &params,
         &request,
         post,
+        callback.as_ref(),
         &mut cookies,
     )
     .await
@@ -251,13 +277,22 @@ async fn steps(
     params: &AuthorizeParams,
     request: &AuthorizationRequest,
     post: bool,
+    callback: Option<&Callback>,
     cookies: &mut Vec<HeaderValue>,
 ) -> Result<Response, Step> {
     let now = state.now();
-    let action = if post { form.get("action") } else { None };
+    let action = match callback {
+        Some(_) => Some("callback"),
+        None if post => form.get("action"),
+        None => None,
+    };
     let (csrf, new_csrf) = session::csrf_token(state, headers)?;
     cookies.extend(new_csrf);
-    if action.is_some() && !session::csrf_matches(headers, form.get(CSRF_FIELD)) {
+    // A callback is bound to this browser's CSRF cookie (`federation`).
+    if callback.is_none()
+        && action.is_some()
+        && !session::csrf_matches(headers, form.get(CSRF_FIELD))
+    {
         return Err(Step::Page(
             StatusCode::FORBIDDEN,
             "This form has expired or did not come from this site. Go back to the application and sign in again.",
@@ -270,18 +305,50 @@ async fn steps(
         .filter(|s| client.sign_in.identity_providers.contains(&s.idp));
     let mut signed_in_now = false;
     let mut consented_now = false;
+    let login_page = |hint: Option<&str>, failure: LoginFailure<'_>| {
+        pages::login(
+            &client.sign_in.branding,
+            &login_forms(registry, client),
+            &carried(params, &csrf, false),
+            hint,
+            failure,
+        )
+    };
+    let refused = |refusal| match refusal {
+        Refusal::Denied => Err(Step::Client(OAuthError::AccessDenied(
+            "the user refused at the identity provider".into(),
+        ))),
+        Refusal::Failed(name) => Ok(login_page(
+            request.login_hint.as_deref(),
+            LoginFailure::Upstream(&name),
+        )),
+        Refusal::Page(status, message) => Err(Step::Page(status, message)),
+        Refusal::OAuth(err) => Err(Step::Client(err)),
+    };
     match action {
         None => {}
+        Some("upstream") => {
+            return federation::start(state, registry, client, form, params, request, &csrf, now)
+                .await
+                .or_else(refused);
+        }
+        Some("callback") => {
+            let Some(back) = callback else {
+                return Err(Step::Page(StatusCode::BAD_REQUEST, "Unknown form."));
+            };
+            match federation::complete(state, registry, client, back, now).await {
+                Ok((new, cookie)) => {
+                    end_previous(state, current.as_ref()).await?;
+                    cookies.push(cookie);
+                    session = Some(new);
+                    signed_in_now = true;
+                }
+                Err(refusal) => return refused(refusal),
+            }
+        }
         Some("login") => match login(state, registry, client, form, now).await? {
             Login::Limited(wait) => {
-                let forms = login_forms(registry, client);
-                let mut page = pages::login(
-                    &client.sign_in.branding,
-                    &forms,
-                    &carried(params, &csrf, false),
-                    form.get("username"),
-                    pages::LoginFailure::TooMany,
-                );
+                let mut page = login_page(form.get("username"), LoginFailure::TooMany);
                 *page.status_mut() = StatusCode::TOO_MANY_REQUESTS;
                 if let Ok(value) = HeaderValue::from_str(&wait.to_string()) {
                     page.headers_mut().insert(header::RETRY_AFTER, value);
@@ -289,27 +356,13 @@ async fn steps(
                 return Ok(page);
             }
             Login::Done(new, cookie) => {
-                // The browser's session before this login ends: one at a time.
-                if let Some(old) = &current {
-                    state
-                        .store
-                        .end_session(&old.sid)
-                        .await
-                        .map_err(OAuthError::from)?;
-                }
+                end_previous(state, current.as_ref()).await?;
                 cookies.push(cookie);
                 session = Some(*new);
                 signed_in_now = true;
             }
             Login::Refused => {
-                let forms = login_forms(registry, client);
-                return Ok(pages::login(
-                    &client.sign_in.branding,
-                    &forms,
-                    &carried(params, &csrf, false),
-                    form.get("username"),
-                    pages::LoginFailure::Wrong,
-                ));
+                return Ok(login_page(form.get("username"), LoginFailure::Wrong));
             }
         },
         Some("consent") => match (form.get("decision"), &session) {
@@ -345,19 +398,15 @@ async fn steps(
         auth_time: s.auth_time,
     });
     if !signed_in_now && authorize::needs_login(request, view, now)? {
-        let forms = login_forms(registry, client);
-        if forms.is_empty() {
+        if login_forms(registry, client).is_empty() {
             return Err(Step::Page(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "None of the identity providers of this application can sign you in here yet.",
+                "None of the identity providers of this application can sign you in here.",
             ));
         }
-        return Ok(pages::login(
-            &client.sign_in.branding,
-            &forms,
-            &carried(params, &csrf, false),
+        return Ok(login_page(
             request.login_hint.as_deref(),
-            pages::LoginFailure::None,
+            LoginFailure::None,
         ));
     }
     let Some(session) = session else {
@@ -390,16 +439,24 @@ async fn steps(
     ))
 }
 
-/// The static providers of the client, as login forms.
+/// The providers of the client, as login forms (static) and buttons (oidc).
 fn login_forms<'a>(registry: &'a Registry, client: &'a Client) -> Vec<LoginForm<'a>> {
     registry
         .identity_providers_of(client)
-        .filter(|p| matches!(p.kind, ProviderKind::Static(_)))
         .map(|p| LoginForm {
             provider_key: &p.key,
             provider_name: &p.display_name,
+            upstream: matches!(p.kind, ProviderKind::Oidc(_)),
         })
         .collect()
+}
+
+/// The browser's session before a new sign-in ends: one at a time.
+async fn end_previous(state: &AppState, previous: Option<&SsoSession>) -> Result<(), OAuthError> {
+    if let Some(old) = previous {
+        state.store.end_session(&old.sid).await?;
+    }
+    Ok(())
 }
 
 /// What a login form came to.
@@ -451,7 +508,7 @@ async fn login(
         return Ok(Login::Refused);
     };
     let (session, cookie) =
-        session::start(state, &user.username, idp, &["pwd"], &user.claims, now).await?;
+        session::start(state, &user.username, idp, &["pwd"], &user.claims, now, now).await?;
     tracing::info!(client_id = %client.id, idp, sid = %session.sid, "user signed in");
     Ok(Login::Done(Box::new(session), cookie))
 }

@@ -4,6 +4,7 @@ mod authorize;
 pub mod client_auth;
 pub mod dpop;
 pub mod error;
+mod federation;
 pub mod form;
 mod introspect;
 mod logout;
@@ -16,6 +17,7 @@ mod token;
 mod userinfo;
 
 pub use authorize::{authorize_get, authorize_post};
+pub use federation::callback as upstream_callback;
 pub use introspect::{active_claims, introspect};
 pub use logout::{logout_get, logout_post};
 pub use metadata::{jwks, metadata};

@@ -55,7 +55,9 @@ ul.scopes{list-style:none;padding:0;margin:16px 0 0}
 ul.scopes li{padding:10px 0;border-bottom:1px solid #e4e7eb}
 ul.scopes li:last-child{border-bottom:0}
 .provider{margin-top:24px;padding-top:8px;border-top:1px solid #e4e7eb}
+.provider.upstream{margin-top:12px;padding-top:0;border-top:0}
 .provider:first-of-type{border-top:0;padding-top:0;margin-top:0}
+.provider.upstream button{margin-top:0;font-weight:600}
 h2{font-size:1rem;margin:8px 0 0;color:#3e4c59}
 footer{margin-top:24px;text-align:center;color:#9aa5b1;font-size:.8rem}";
 
@@ -127,47 +129,72 @@ pub fn error(status: StatusCode, message: &str) -> Response {
     )
 }
 
-/// A static provider's form, as the login page shows it.
+/// A provider on the login page: a username/password form (static), or a
+/// button that goes to the upstream (oidc).
 pub struct LoginForm<'a> {
     pub provider_key: &'a str,
     pub provider_name: &'a str,
+    pub upstream: bool,
 }
 
 /// Why the login page is shown again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoginFailure {
+pub enum LoginFailure<'a> {
     None,
     Wrong,
     TooMany,
+    /// The upstream provider of this name could not sign the user in.
+    Upstream(&'a str),
 }
 
-/// The sign-in page: one username/password form per static provider.
+/// The sign-in page: one username/password form per static provider, one
+/// button per upstream provider, each posting back with the request.
 pub fn login(
     branding: &Branding,
     forms: &[LoginForm<'_>],
     carried: &str,
     login_hint: Option<&str>,
-    failure: LoginFailure,
+    failure: LoginFailure<'_>,
 ) -> Response {
     let name = escape(&branding.display_name);
     let alert = match failure {
-        LoginFailure::None => "",
+        LoginFailure::None => String::new(),
         LoginFailure::Wrong => {
-            "<p class=\"error\" role=\"alert\">The username or password is not right.</p>"
+            "<p class=\"error\" role=\"alert\">The username or password is not right.</p>".into()
         }
         LoginFailure::TooMany => {
-            "<p class=\"error\" role=\"alert\">Too many attempts. Wait a moment, then try again.</p>"
+            "<p class=\"error\" role=\"alert\">Too many attempts. Wait a moment, then try again.</p>".into()
         }
+        LoginFailure::Upstream(provider) => format!(
+            "<p class=\"error\" role=\"alert\">{} could not sign you in just now. Try again in a moment.</p>",
+            escape(provider)
+        ),
     };
-    let several = forms.len() > 1;
+    let passwords = forms.iter().filter(|f| !f.upstream).count();
+    let mut first = true;
     let forms: String = forms
         .iter()
         .enumerate()
         .map(|(i, form)| {
-            let heading = if several {
-                format!("<h2>{}</h2>", escape(form.provider_name))
+            let key = escape(form.provider_key);
+            let provider = escape(form.provider_name);
+            if form.upstream {
+                return format!(
+                    "<form class=\"provider upstream\" method=\"post\" action=\"/oauth2/authorize\">{carried}\
+<input type=\"hidden\" name=\"action\" value=\"upstream\">\
+<input type=\"hidden\" name=\"idp\" value=\"{key}\">\
+<button type=\"submit\" class=\"secondary\">Continue with {provider}</button></form>"
+                );
+            }
+            let heading = if passwords > 1 || passwords < forms.len() {
+                format!("<h2>{provider}</h2>")
             } else {
                 String::new()
+            };
+            let focus = if std::mem::take(&mut first) {
+                " autofocus"
+            } else {
+                ""
             };
             format!(
                 "<form class=\"provider\" method=\"post\" action=\"/oauth2/authorize\">{heading}{carried}\
@@ -178,18 +205,17 @@ pub fn login(
 <label for=\"password-{i}\">Password</label>\
 <input type=\"password\" id=\"password-{i}\" name=\"password\" autocomplete=\"current-password\" required>\
 <button type=\"submit\">Sign in</button></form>",
-                key = escape(form.provider_key),
                 hint = escape(login_hint.unwrap_or("")),
-                focus = if i == 0 { " autofocus" } else { "" },
             )
         })
         .collect();
+    let status = match failure {
+        LoginFailure::None => StatusCode::OK,
+        LoginFailure::Upstream(_) => StatusCode::BAD_GATEWAY,
+        LoginFailure::Wrong | LoginFailure::TooMany => StatusCode::UNAUTHORIZED,
+    };
     page(
-        if failure == LoginFailure::None {
-            StatusCode::OK
-        } else {
-            StatusCode::UNAUTHORIZED
-        },
+        status,
         &format!("Sign in to {}", branding.display_name),
         Some(branding),
         &format!(

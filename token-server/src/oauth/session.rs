@@ -105,13 +105,15 @@ pub async fn current(
     Ok(Some(session))
 }
 
-/// A new session for a user who just signed in; the cookie to set.
+/// A new session for a user who just signed in (who authenticated at
+/// `auth_time`); the cookie to set.
 pub async fn start(
     state: &AppState,
     subject: &str,
     idp: &str,
     amr: &[&str],
     claims: &Map<String, Value>,
+    auth_time: u64,
     now: u64,
 ) -> Result<(SsoSession, HeaderValue), OAuthError> {
     let value = random_token().map_err(|_| OAuthError::Internal)?;
@@ -120,7 +122,7 @@ pub async fn start(
         sid: random_id().map_err(|_| OAuthError::Internal)?,
         subject: subject.to_owned(),
         idp: idp.to_owned(),
-        auth_time: now,
+        auth_time,
         amr: amr.join(" "),
         expires_at: now.saturating_add(SESSION_TTL),
         idle_expires_at: now.saturating_add(SESSION_IDLE),

@@ -13,7 +13,7 @@ mod suite;
 use async_trait::async_trait;
 pub use data_dir::DataDirLock;
 pub use postgres::PgStore;
-pub use signin::{AuthCode, CodeUse, RefreshToken, SsoSession};
+pub use signin::{AuthCode, CodeUse, PendingSignIn, RefreshToken, SsoSession};
 pub use sqlite::SqliteStore;
 use tokenmesh_tokens::secret::SecretHash;
 
@@ -196,6 +196,16 @@ pub trait Store: Send + Sync {
         old: &SecretHash,
         next: &RefreshToken,
     ) -> StoreResult<bool>;
+
+    /// Keeps a sign-in sent to an upstream OpenID Provider until it comes back.
+    async fn put_pending_sign_in(&self, pending: &PendingSignIn) -> StoreResult<()>;
+    /// Takes the pending sign-in whose `state` digest is `hash`: atomically
+    /// (of two takes racing, one gets it), once, and only before it expired.
+    async fn take_pending_sign_in(
+        &self,
+        hash: &SecretHash,
+        now: u64,
+    ) -> StoreResult<Option<PendingSignIn>>;
 
     /// The scopes `subject` consented to for `client_id` (space-separated).
     async fn consent(&self, subject: &str, client_id: &str) -> StoreResult<Option<String>>;

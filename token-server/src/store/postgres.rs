@@ -18,7 +18,7 @@ use super::{
     StoreError, StoreResult, StoredKey,
     batch::{Batch, Batcher},
     rows::{KeyRow, MarksRow, OpaqueRow, RevocationRow, int},
-    signin::{AuthCode, CodeUse, RefreshToken, SsoSession, sql::MAX_CODES},
+    signin::{AuthCode, CodeUse, PendingSignIn, RefreshToken, SsoSession, sql::MAX_CODES},
 };
 
 /// Advisory lock ids (arbitrary, fixed).
@@ -116,6 +116,18 @@ const MIGRATIONS: &[&str] = &[
         scope TEXT NOT NULL,
         PRIMARY KEY (subject, client_id)
     );",
+    // Sign-ins waiting for an upstream OpenID Provider (store/signin.rs).
+    "CREATE TABLE upstream_sign_ins (
+        state_hash BYTEA PRIMARY KEY,
+        browser_hash BYTEA NOT NULL,
+        provider TEXT NOT NULL,
+        nonce TEXT NOT NULL,
+        verifier TEXT NOT NULL,
+        request TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX upstream_sign_ins_expiry ON upstream_sign_ins (expires_at);",
 ];
 
 pub struct PgStore {
@@ -415,6 +427,7 @@ impl Store for PgStore {
             "DELETE FROM auth_codes WHERE ctid IN (SELECT ctid FROM auth_codes WHERE expires_at < $1 LIMIT 500)",
             "DELETE FROM sso_sessions WHERE ctid IN (SELECT ctid FROM sso_sessions WHERE idle_expires_at < $1 LIMIT 500)",
             "DELETE FROM refresh_tokens WHERE ctid IN (SELECT ctid FROM refresh_tokens WHERE idle_expires_at < $1 LIMIT 500)",
+            "DELETE FROM upstream_sign_ins WHERE ctid IN (SELECT ctid FROM upstream_sign_ins WHERE expires_at < $1 LIMIT 500)",
         ] {
             loop {
                 let n = sqlx::query(sql)
@@ -513,6 +526,18 @@ impl Store for PgStore {
         signin::rotate_refresh_token(&self.pool, old, next).await
     }
 
+    async fn put_pending_sign_in(&self, pending: &PendingSignIn) -> StoreResult<()> {
+        signin::put_pending_sign_in(&self.pool, pending).await
+    }
+
+    async fn take_pending_sign_in(
+        &self,
+        hash: &SecretHash,
+        now: u64,
+    ) -> StoreResult<Option<PendingSignIn>> {
+        signin::take_pending_sign_in(&self.pool, hash, now).await
+    }
+
     async fn consent(&self, subject: &str, client_id: &str) -> StoreResult<Option<String>> {
         signin::consent(&self.pool, subject, client_id).await
     }
@@ -562,6 +587,7 @@ mod tests {
         suite::concurrent_revocations(&store).await;
         suite::concurrent_opaque_tokens(&store).await;
         suite::signin(&store).await;
+        suite::pending_sign_ins(&store).await;
         // A second replica migrates nothing and sees the same data; the
         // rotation lock is one replica's at a time.
         let other = PgStore::connect(&url, 2).await.unwrap();

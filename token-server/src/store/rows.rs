@@ -12,7 +12,7 @@ use tokenmesh_tokens::secret::SecretHash;
 
 use super::{
     ChangeMarks, OpaqueToken, Revocation, RevocationKind, StoredKey,
-    signin::{AuthCode, RefreshToken, SsoSession},
+    signin::{AuthCode, PendingSignIn, RefreshToken, SsoSession},
 };
 
 pub(super) fn int(value: u64) -> i64 {
@@ -219,6 +219,34 @@ impl TryFrom<RefreshRow> for RefreshToken {
     }
 }
 
+/// `upstream_sign_ins` (`signin::sql::TAKE_PENDING`).
+pub(super) struct PendingRow {
+    state_hash: Vec<u8>,
+    browser_hash: Vec<u8>,
+    provider: String,
+    nonce: String,
+    verifier: String,
+    request: String,
+    created_at: i64,
+    expires_at: i64,
+}
+
+impl TryFrom<PendingRow> for PendingSignIn {
+    type Error = sqlx::Error;
+    fn try_from(row: PendingRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            state_hash: hash_of(&row.state_hash)?,
+            browser_hash: hash_of(&row.browser_hash)?,
+            provider: row.provider,
+            nonce: row.nonce,
+            verifier: row.verifier,
+            request: row.request,
+            created_at: uint(row.created_at),
+            expires_at: uint(row.expires_at),
+        })
+    }
+}
+
 /// `impl FromRow` for each backend's row: the row type and its columns,
 /// read by name.
 macro_rules! from_row {
@@ -301,4 +329,14 @@ from_row!(RefreshRow {
     idle_expires_at,
     rotated,
     details
+});
+from_row!(PendingRow {
+    state_hash,
+    browser_hash,
+    provider,
+    nonce,
+    verifier,
+    request,
+    created_at,
+    expires_at
 });

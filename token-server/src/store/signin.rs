@@ -1,5 +1,6 @@
 //! What sign-in keeps in the store: one-time authorization codes, SSO
-//! sessions, refresh tokens and consents. Secrets (codes, session cookies,
+//! sessions, refresh tokens, consents, and sign-ins waiting for an upstream
+//! OpenID Provider's answer. Secrets (codes, session cookies,
 //! refresh tokens) are found by the digest of their value only; the rest of
 //! a grant the store does not query travels as JSON (`details`).
 
@@ -73,6 +74,37 @@ pub struct RefreshToken {
     pub details: String,
 }
 
+/// A sign-in sent to an upstream OpenID Provider, waiting for the person to
+/// come back (`/oauth2/callback`): kept in the store so any replica can take
+/// the callback, found by the digest of the `state` sent upstream, taken
+/// once.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PendingSignIn {
+    pub state_hash: SecretHash,
+    /// The digest of the browser's CSRF cookie: the callback counts only
+    /// in the browser that started the sign-in.
+    pub browser_hash: SecretHash,
+    /// The IdentityProvider's key.
+    pub provider: String,
+    pub nonce: String,
+    /// The PKCE verifier.
+    pub verifier: String,
+    /// The authorization request, as a query string.
+    pub request: String,
+    pub created_at: u64,
+    pub expires_at: u64,
+}
+
+impl std::fmt::Debug for PendingSignIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingSignIn")
+            .field("provider", &self.provider)
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The SQL both backends run (sqlx binds `$n` on SQLite too).
 pub(super) mod sql {
     use std::sync::LazyLock;
@@ -113,6 +145,10 @@ pub(super) mod sql {
     /// Affects a row only the first time: the rotation that wins.
     pub const ROTATE_REFRESH: &str =
         "UPDATE refresh_tokens SET rotated = 1 WHERE hash = $1 AND rotated = 0";
+    pub const INSERT_PENDING: &str = "INSERT INTO upstream_sign_ins (state_hash, browser_hash, provider, nonce, verifier, request, created_at, expires_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+    /// One statement: of two takes racing, one gets the row.
+    pub const TAKE_PENDING: &str = "DELETE FROM upstream_sign_ins WHERE state_hash = $1 RETURNING state_hash, browser_hash, provider, nonce, verifier, request, created_at, expires_at";
     pub const CONSENT: &str = "SELECT scope FROM consents WHERE subject = $1 AND client_id = $2";
     pub const PUT_CONSENT: &str =
         "INSERT INTO consents (subject, client_id, scope) VALUES ($1, $2, $3)
@@ -129,8 +165,8 @@ macro_rules! queries {
 
         use crate::store::{
             StoreError, StoreResult,
-            rows::{CodeRow, RefreshRow, SessionRow, int},
-            signin::{AuthCode, CodeUse, RefreshToken, SsoSession, sql},
+            rows::{CodeRow, PendingRow, RefreshRow, SessionRow, int},
+            signin::{AuthCode, CodeUse, PendingSignIn, RefreshToken, SsoSession, sql},
         };
 
         fn decode<R, T: TryFrom<R, Error = sqlx::Error>>(row: R) -> StoreResult<T> {
@@ -236,6 +272,37 @@ macro_rules! queries {
                 .await?
                 .rows_affected();
             Ok(ended > 0)
+        }
+
+        pub(super) async fn put_pending_sign_in(
+            writer: &$pool,
+            pending: &PendingSignIn,
+        ) -> StoreResult<()> {
+            sqlx::query(sql::INSERT_PENDING)
+                .bind(pending.state_hash.as_bytes().as_slice())
+                .bind(pending.browser_hash.as_bytes().as_slice())
+                .bind(&pending.provider)
+                .bind(&pending.nonce)
+                .bind(&pending.verifier)
+                .bind(&pending.request)
+                .bind(int(pending.created_at))
+                .bind(int(pending.expires_at))
+                .execute(writer)
+                .await?;
+            Ok(())
+        }
+
+        pub(super) async fn take_pending_sign_in(
+            writer: &$pool,
+            hash: &SecretHash,
+            now: u64,
+        ) -> StoreResult<Option<PendingSignIn>> {
+            let row: Option<PendingRow> = sqlx::query_as(sql::TAKE_PENDING)
+                .bind(hash.as_bytes().as_slice())
+                .fetch_optional(writer)
+                .await?;
+            let pending: Option<PendingSignIn> = row.map(decode).transpose()?;
+            Ok(pending.filter(|p| p.expires_at > now))
         }
 
         fn insert_refresh(

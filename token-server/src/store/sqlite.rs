@@ -17,7 +17,7 @@ use super::{
     StoreError, StoreResult, StoredKey,
     batch::{Batch, Batcher},
     rows::{KeyRow, MarksRow, OpaqueRow, RevocationRow, int},
-    signin::{AuthCode, CodeUse, RefreshToken, SsoSession, sql::MAX_CODES},
+    signin::{AuthCode, CodeUse, PendingSignIn, RefreshToken, SsoSession, sql::MAX_CODES},
 };
 
 /// Versioned schema; each entry runs once, in order.
@@ -110,6 +110,18 @@ const MIGRATIONS: &[&str] = &[
         scope TEXT NOT NULL,
         PRIMARY KEY (subject, client_id)
     );",
+    // Sign-ins waiting for an upstream OpenID Provider (store/signin.rs).
+    "CREATE TABLE upstream_sign_ins (
+        state_hash BLOB PRIMARY KEY,
+        browser_hash BLOB NOT NULL,
+        provider TEXT NOT NULL,
+        nonce TEXT NOT NULL,
+        verifier TEXT NOT NULL,
+        request TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE INDEX upstream_sign_ins_expiry ON upstream_sign_ins (expires_at);",
 ];
 
 /// One writer connection, so a checkpoint can always restart the WAL (with
@@ -445,6 +457,7 @@ impl Store for SqliteStore {
             "DELETE FROM auth_codes WHERE rowid IN (SELECT rowid FROM auth_codes WHERE expires_at < ? LIMIT 500)",
             "DELETE FROM sso_sessions WHERE rowid IN (SELECT rowid FROM sso_sessions WHERE idle_expires_at < ? LIMIT 500)",
             "DELETE FROM refresh_tokens WHERE rowid IN (SELECT rowid FROM refresh_tokens WHERE idle_expires_at < ? LIMIT 500)",
+            "DELETE FROM upstream_sign_ins WHERE rowid IN (SELECT rowid FROM upstream_sign_ins WHERE expires_at < ? LIMIT 500)",
         ] {
             loop {
                 let n = sqlx::query(sql)
@@ -501,6 +514,18 @@ impl Store for SqliteStore {
         signin::rotate_refresh_token(&self.writer, old, next).await
     }
 
+    async fn put_pending_sign_in(&self, pending: &PendingSignIn) -> StoreResult<()> {
+        signin::put_pending_sign_in(&self.writer, pending).await
+    }
+
+    async fn take_pending_sign_in(
+        &self,
+        hash: &SecretHash,
+        now: u64,
+    ) -> StoreResult<Option<PendingSignIn>> {
+        signin::take_pending_sign_in(&self.writer, hash, now).await
+    }
+
     async fn consent(&self, subject: &str, client_id: &str) -> StoreResult<Option<String>> {
         signin::consent(&self.reader, subject, client_id).await
     }
@@ -529,6 +554,7 @@ mod tests {
         suite::concurrent_revocations(&store).await;
         suite::concurrent_opaque_tokens(&store).await;
         suite::signin(&store).await;
+        suite::pending_sign_ins(&store).await;
         store.close().await;
         let reopened = SqliteStore::open(dir.path()).await.unwrap();
         suite::after_reopen(&reopened).await;

@@ -484,6 +484,92 @@ pub async fn signin(store: &dyn Store) {
     assert!(store.refresh_token(&second.hash).await.unwrap().is_some());
 }
 
+/// Sign-ins waiting for an upstream: taken once (of many takes racing,
+/// one gets it), not after they expired, and purged when expired.
+pub async fn pending_sign_ins(store: &dyn Store) {
+    use super::PendingSignIn;
+
+    let pending = PendingSignIn {
+        state_hash: SecretHash::of(b"upstream-state"),
+        browser_hash: SecretHash::of(b"csrf-cookie"),
+        provider: "corp".into(),
+        nonce: "n-0S6_WzA2Mj".into(),
+        verifier: "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk".into(),
+        request: "response_type=code&client_id=web&state=st%201".into(),
+        created_at: 1_000,
+        expires_at: 1_600,
+    };
+    store.put_pending_sign_in(&pending).await.unwrap();
+    let takes = join_all(
+        (0..8)
+            .map(|_| store.take_pending_sign_in(&pending.state_hash, 1_599))
+            .collect(),
+    )
+    .await;
+    let taken: Vec<PendingSignIn> = takes.into_iter().filter_map(|t| t.unwrap()).collect();
+    assert_eq!(taken.len(), 1, "taken exactly once");
+    assert_eq!(taken[0], pending, "as written");
+    assert_eq!(
+        store
+            .take_pending_sign_in(&pending.state_hash, 1_000)
+            .await
+            .unwrap(),
+        None,
+        "gone once taken"
+    );
+    assert_eq!(
+        store
+            .take_pending_sign_in(&SecretHash::of(b"unknown"), 1_000)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // An expired one is not handed out (and is gone after the attempt).
+    let expired = PendingSignIn {
+        state_hash: SecretHash::of(b"expired-state"),
+        ..pending.clone()
+    };
+    store.put_pending_sign_in(&expired).await.unwrap();
+    assert_eq!(
+        store
+            .take_pending_sign_in(&expired.state_hash, 1_600)
+            .await
+            .unwrap(),
+        None
+    );
+    // Purged once expired; a live one stays.
+    let (old, live) = (
+        PendingSignIn {
+            state_hash: SecretHash::of(b"old-state"),
+            ..pending.clone()
+        },
+        PendingSignIn {
+            state_hash: SecretHash::of(b"live-state"),
+            expires_at: 5_000,
+            ..pending.clone()
+        },
+    );
+    store.put_pending_sign_in(&old).await.unwrap();
+    store.put_pending_sign_in(&live).await.unwrap();
+    store.purge_expired(2_000).await.unwrap();
+    assert_eq!(
+        store
+            .take_pending_sign_in(&old.state_hash, 0)
+            .await
+            .unwrap(),
+        None,
+        "purged"
+    );
+    assert_eq!(
+        store
+            .take_pending_sign_in(&live.state_hash, 2_000)
+            .await
+            .unwrap(),
+        Some(live)
+    );
+}
+
 /// What [`signin`] left is still there after a reopen.
 pub async fn signin_after_reopen(store: &dyn Store) {
     assert!(

@@ -13,7 +13,10 @@
 
 mod fetch;
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use arc_swap::ArcSwapOption;
 use aws_lc_rs::digest::{SHA256, digest};
@@ -96,6 +99,33 @@ pub async fn health(
     })
 }
 
+/// The upstreams of the providers in force, each made once (so its
+/// discovery document and keys are fetched once, not per sign-in) and made
+/// again when its provider changes.
+#[derive(Default)]
+pub struct Upstreams {
+    made: Mutex<HashMap<String, Arc<Upstream>>>,
+}
+
+impl Upstreams {
+    /// The upstream of `provider` (an `oidc` one).
+    pub fn of(
+        &self,
+        provider: &Arc<IdentityProvider>,
+        clock: &SharedClock,
+    ) -> Result<Arc<Upstream>, UpstreamFailure> {
+        let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(upstream) = made.get(&provider.key)
+            && Arc::ptr_eq(&upstream.provider, provider)
+        {
+            return Ok(upstream.clone());
+        }
+        let upstream = Arc::new(Upstream::new(provider.clone(), clock.clone())?);
+        made.insert(provider.key.clone(), upstream.clone());
+        Ok(upstream)
+    }
+}
+
 /// One `oidc` IdentityProvider's upstream.
 pub struct Upstream {
     provider: Arc<IdentityProvider>,
@@ -152,8 +182,13 @@ impl Upstream {
 
     /// The URL that starts a sign-in at the upstream, returning to
     /// `redirect_uri` (ours, registered there), with fresh `state`, `nonce`
-    /// and PKCE verifier for the caller to keep.
-    pub async fn start(&self, redirect_uri: &str) -> Result<AuthorizationStart, UpstreamFailure> {
+    /// and PKCE verifier for the caller to keep, and `extra` parameters
+    /// (`prompt`, `max_age`, `login_hint` passed on).
+    pub async fn start(
+        &self,
+        redirect_uri: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<AuthorizationStart, UpstreamFailure> {
         let discovery = self.discovered().await?;
         let random =
             || tokenmesh_tokens::secret::random_token().map_err(|_| UpstreamFailure::Random);
@@ -174,7 +209,8 @@ impl Upstream {
             .append_pair("state", &state)
             .append_pair("nonce", &nonce)
             .append_pair("code_challenge", &challenge)
-            .append_pair("code_challenge_method", "S256");
+            .append_pair("code_challenge_method", "S256")
+            .extend_pairs(extra);
         Ok(AuthorizationStart {
             url: url.into(),
             state,

@@ -7,6 +7,7 @@ mod dpop;
 mod durability;
 mod examples;
 mod exchange;
+mod federation;
 mod grpc;
 mod harness;
 mod in_process;

@@ -17,14 +17,14 @@ use crate::{
 };
 
 // RFC 7636 Appendix B.
-const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
-const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+pub const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+pub const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 const PASSWORD: &str = "correct horse battery staple";
-const CALLBACK: &str = "https://app.example/cb";
+pub const CALLBACK: &str = "https://app.example/cb";
 
 /// The shared config, a static provider with alice, a public web client
 /// (consent required) and a first-party confidential one (implicit).
-fn config() -> Config {
+pub fn config() -> Config {
     let hash = tokenmesh_core::password::hash(PASSWORD).unwrap();
     let config = Config::new(ES256_SPEC);
     config.append(&format!(
@@ -73,24 +73,24 @@ spec:
 }
 
 /// A browser: the app, and the cookies it was given.
-struct Browser {
-    app: App,
-    cookies: BTreeMap<String, String>,
+pub struct Browser {
+    pub app: App,
+    pub cookies: BTreeMap<String, String>,
 }
 
-struct Answer {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: String,
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: String,
 }
 
 impl Answer {
-    fn location(&self) -> url::Url {
+    pub fn location(&self) -> url::Url {
         url::Url::parse(self.headers[header::LOCATION].to_str().unwrap()).unwrap()
     }
 
     /// A parameter of the redirect's query.
-    fn param(&self, name: &str) -> Option<String> {
+    pub fn param(&self, name: &str) -> Option<String> {
         self.location()
             .query_pairs()
             .find(|(n, _)| n == name)
@@ -98,7 +98,7 @@ impl Answer {
     }
 
     /// The value of the form field `name` on the page.
-    fn field(&self, name: &str) -> Option<String> {
+    pub fn field(&self, name: &str) -> Option<String> {
         let marker = format!("name=\"{name}\" value=\"");
         let start = self.body.find(&marker)? + marker.len();
         let end = self.body[start..].find('"')? + start;
@@ -110,7 +110,7 @@ impl Answer {
     }
 
     /// Every hidden field of the page's first form.
-    fn hidden(&self) -> Vec<(String, String)> {
+    pub fn hidden(&self) -> Vec<(String, String)> {
         let mut fields = Vec::new();
         let mut rest = self.body.as_str();
         while let Some(at) = rest.find("<input type=\"hidden\" name=\"") {
@@ -137,8 +137,13 @@ impl Answer {
 
 impl Browser {
     async fn new() -> Self {
+        Self::with(config()).await
+    }
+
+    /// A browser of a server with `config`.
+    pub async fn with(config: Config) -> Self {
         Self {
-            app: App::start(config()).await,
+            app: App::start(config).await,
             cookies: BTreeMap::new(),
         }
     }
@@ -177,11 +182,11 @@ impl Browser {
         }
     }
 
-    async fn get(&mut self, path_and_query: &str) -> Answer {
+    pub async fn get(&mut self, path_and_query: &str) -> Answer {
         self.send(Request::get(path_and_query), String::new()).await
     }
 
-    async fn post(&mut self, path: &str, form: &[(String, String)]) -> Answer {
+    pub async fn post(&mut self, path: &str, form: &[(String, String)]) -> Answer {
         let body = serde_urlencoded::to_string(form).unwrap();
         self.send(
             Request::post(path).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded"),
@@ -191,7 +196,7 @@ impl Browser {
     }
 
     /// Submits the page's form with its hidden fields and `extra`.
-    async fn submit(&mut self, page: &Answer, extra: &[(&str, &str)]) -> Answer {
+    pub async fn submit(&mut self, page: &Answer, extra: &[(&str, &str)]) -> Answer {
         let mut form = page.hidden();
         form.extend(
             extra
@@ -215,7 +220,7 @@ impl Browser {
     }
 }
 
-fn authorize_url(client: &str, redirect: &str, extra: &[(&str, &str)]) -> String {
+pub fn authorize_url(client: &str, redirect: &str, extra: &[(&str, &str)]) -> String {
     let mut params = vec![
         ("response_type", "code"),
         ("client_id", client),
@@ -251,7 +256,7 @@ async fn code_for_web(browser: &mut Browser) -> Answer {
     browser.submit(&consent, &[("decision", "allow")]).await
 }
 
-async fn redeem(browser: &Browser, code: &str) -> (StatusCode, Value) {
+pub async fn redeem(browser: &Browser, code: &str) -> (StatusCode, Value) {
     browser
         .token(
             None,
@@ -324,7 +329,7 @@ async fn the_code_flow_signs_in_consents_and_issues_tokens_for_the_user() {
     assert!(again.param("code").is_some());
 }
 
-async fn userinfo(browser: &Browser, token: &str) -> (StatusCode, Value) {
+pub async fn userinfo(browser: &Browser, token: &str) -> (StatusCode, Value) {
     let response = token_server::http::router(browser.app.state.clone())
         .oneshot(
             Request::get("/oauth2/userinfo")

@@ -22,12 +22,12 @@ use tokenmesh_core::{
 };
 use tokenmesh_tokens::clock::SystemClock;
 
-const SECRET: &str = "upstream-client-secret-0123456789abcdef";
+pub const SECRET: &str = "upstream-client-secret-0123456789abcdef";
 const REDIRECT: &str = "http://127.0.0.1:9/upstream/callback";
 
-struct Peer {
+pub struct Peer {
     child: Child,
-    issuer: String,
+    pub issuer: String,
 }
 
 impl Drop for Peer {
@@ -39,7 +39,15 @@ impl Drop for Peer {
 
 /// oidc-provider on a free port, its npm packages installed first if need be.
 fn peer() -> Peer {
+    peer_returning_to(REDIRECT)
+}
+
+/// oidc-provider on a free port, with `redirect` our registered redirect URI.
+pub fn peer_returning_to(redirect: &str) -> Peer {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/interop/upstream");
+    // Tests start peers in parallel: one installs, the others wait for it.
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let installing = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     if !dir.join("node_modules/oidc-provider").exists() {
         let status = Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund", "--silent", "--prefix"])
@@ -48,10 +56,11 @@ fn peer() -> Peer {
             .expect("npm (node) is needed for the upstream tests");
         assert!(status.success(), "npm ci in {}", dir.display());
     }
+    drop(installing);
     let port = tokenmesh_e2e::free_port();
     let mut child = Command::new("node")
         .arg(dir.join("server.mjs"))
-        .args([port.to_string(), REDIRECT.to_owned()])
+        .args([port.to_string(), redirect.to_owned()])
         .env("UPSTREAM_CLIENT_SECRET", SECRET)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -87,6 +96,11 @@ fn provider(issuer: &str, extra: &str) -> Arc<IdentityProvider> {
 /// redirects, keeps cookies, fills its login and consent forms. Returns
 /// the URL it sends the browser back to (ours, with `code` and `state`).
 async fn browser_sign_in(url: &str) -> reqwest::Url {
+    sign_in_at_peer(url, REDIRECT).await
+}
+
+/// [`browser_sign_in`] returning to `back_to`.
+pub async fn sign_in_at_peer(url: &str, back_to: &str) -> reqwest::Url {
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -114,7 +128,7 @@ async fn browser_sign_in(url: &str) -> reqwest::Url {
         if response.status().is_redirection() {
             let location = response.headers()["location"].to_str().unwrap();
             next = next.join(location).unwrap();
-            if next.as_str().starts_with(REDIRECT) {
+            if next.as_str().starts_with(back_to) {
                 return next;
             }
             continue;
@@ -155,8 +169,16 @@ async fn a_sign_in_at_oidc_provider_yields_the_mapped_identity_and_its_code_work
     let upstream = Upstream::new(corp, SystemClock::shared()).unwrap();
     upstream.check().await.expect("discovery and JWKS");
 
-    let start = upstream.start(REDIRECT).await.unwrap();
+    let start = upstream
+        .start(REDIRECT, &[("login_hint", "jane")])
+        .await
+        .unwrap();
     let sent = reqwest::Url::parse(&start.url).unwrap();
+    assert_eq!(
+        param(&sent, "login_hint"),
+        "jane",
+        "extra parameters passed on"
+    );
     assert!(start.url.starts_with(&peer.issuer), "{}", start.url);
     assert_eq!(param(&sent, "code_challenge_method"), "S256");
     assert_eq!(param(&sent, "scope"), "openid email profile roles");
@@ -191,9 +213,9 @@ async fn another_sign_ins_nonce_or_verifier_does_not_complete_it() {
     let peer = peer();
     let upstream = Upstream::new(provider(&peer.issuer, ""), SystemClock::shared()).unwrap();
 
-    let start = upstream.start(REDIRECT).await.unwrap();
+    let start = upstream.start(REDIRECT, &[]).await.unwrap();
     let code = param(&browser_sign_in(&start.url).await, "code");
-    let other = upstream.start(REDIRECT).await.unwrap();
+    let other = upstream.start(REDIRECT, &[]).await.unwrap();
     let refused = upstream
         .complete(&code, &start.verifier, &other.nonce, REDIRECT)
         .await;
@@ -205,7 +227,7 @@ async fn another_sign_ins_nonce_or_verifier_does_not_complete_it() {
         "{refused:?}"
     );
 
-    let start = upstream.start(REDIRECT).await.unwrap();
+    let start = upstream.start(REDIRECT, &[]).await.unwrap();
     let code = param(&browser_sign_in(&start.url).await, "code");
     let refused = upstream
         .complete(&code, &other.verifier, &start.nonce, REDIRECT)
@@ -225,7 +247,7 @@ async fn an_upstream_that_is_down_or_names_another_issuer_is_reported_not_truste
         failure.to_string().contains(&down) && failure.to_string().contains("cannot be reached"),
         "{failure}"
     );
-    assert!(upstream.start(REDIRECT).await.is_err());
+    assert!(upstream.start(REDIRECT, &[]).await.is_err());
 
     let peer = peer();
     let localhost = peer.issuer.replace("127.0.0.1", "localhost");
