@@ -64,6 +64,10 @@ pub enum OAuthError {
     /// Request objects (`request`, `request_uri`) are not supported.
     #[error("request_not_supported")]
     RequestNotSupported(Text),
+    /// An essential `acr` cannot be met (OpenID Connect Core Unmet
+    /// Authentication Requirements 1.0).
+    #[error("unmet_authentication_requirements")]
+    UnmetAuthenticationRequirements(Text),
     /// A Bearer token that is missing, expired or revoked (RFC 6750 §3.1).
     #[error("invalid_token")]
     InvalidToken(Text),
@@ -87,6 +91,7 @@ impl OAuthError {
             | Self::LoginRequired(d)
             | Self::ConsentRequired(d)
             | Self::RequestNotSupported(d)
+            | Self::UnmetAuthenticationRequirements(d)
             | Self::InvalidToken(d) => d,
             Self::UseDpopNonce(_) => "the DPoP proof must carry the nonce of the DPoP-Nonce header",
             Self::TooLarge => "the request body is too large",

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     duration::DURATION_PATTERN,
-    sign_in::{BrandingSpec, ConsentMode, IdTokenSpec, RefreshTokenSpec},
+    sign_in::{BrandingSpec, ConsentMode, IdTokenSpec, RefreshTokenSpec, UserInfoSpec},
 };
 
 /// What every resource reports back: `Ready` and the generation it describes.
@@ -314,6 +314,9 @@ pub struct OAuthClientSpec {
     pub consent: ConsentMode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_token: Option<IdTokenSpec>,
+    /// UserInfo answers: JSON, or a JWT signed with `algorithm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_info: Option<UserInfoSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<RefreshTokenSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -162,6 +162,16 @@ pub struct IdTokenSpec {
     pub algorithm: Option<SigningAlgorithm>,
 }
 
+/// The OpenID Connect UserInfo answers of a client (OIDC Core §5.3.2).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UserInfoSpec {
+    /// Sign the answers with this algorithm (`Content-Type:
+    /// application/jwt`, with `iss` and `aud`); unset: plain JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<SigningAlgorithm>,
+}
+
 /// Refresh tokens of a client: opaque, rotated on every use.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

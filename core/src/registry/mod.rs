@@ -31,7 +31,10 @@ pub use secrets::{FileSecrets, MIN_SECRET_LEN, SecretSource};
 pub use sign_in::MAX_REDIRECT_URI_LEN;
 pub use translate::{check_issuer, confidential_url};
 
-use crate::document::{ConfigError, Document, Origin, Resource};
+use crate::{
+    document::{ConfigError, Document, Origin, Resource},
+    signin::grant::OIDC_SCOPES,
+};
 use translate::{client, policy, scope_def, server_settings};
 
 #[derive(Clone)]
@@ -219,11 +222,26 @@ impl Registry {
                 ));
             }
             for (i, scope) in client.scopes.iter().enumerate() {
-                if !self
+                // OpenID Connect's scopes are built in; a Scope of the same
+                // name may still be declared (its `ttl` then applies).
+                let builtin = OIDC_SCOPES.contains(&scope.as_str());
+                let declared = self
                     .scopes
                     .values()
-                    .any(|s| s.value.pattern.text() == scope)
+                    .any(|s| s.value.pattern.text() == scope);
+                if builtin
+                    && !declared
+                    && !client.grant_types.contains(&GrantType::AuthorizationCode)
                 {
+                    return Err(ConfigError::new(
+                        &entry.origin,
+                        format!("spec.scopes[{i}]"),
+                        format!(
+                            "`{scope}` is an OpenID Connect scope: it needs the authorization_code grant"
+                        ),
+                    ));
+                }
+                if !builtin && !declared {
                     return Err(ConfigError::new(
                         &entry.origin,
                         format!("spec.scopes[{i}]"),
@@ -408,7 +426,13 @@ impl Registry {
         let id_tokens = self
             .clients()
             .filter(|c| c.grant_types.contains(&GrantType::AuthorizationCode))
-            .map(|c| c.sign_in.id_token_algorithm);
+            .flat_map(|c| {
+                [
+                    Some(c.sign_in.id_token_algorithm),
+                    c.sign_in.userinfo_algorithm,
+                ]
+            })
+            .flatten();
         let mut algs: Vec<SigningAlgorithm> = self
             .clients()
             .filter(|c| c.format == TokenFormat::Jwt)

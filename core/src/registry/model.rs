@@ -137,6 +137,9 @@ pub struct SignIn {
     pub id_token_ttl: Duration,
     /// Default RS256, which every OpenID Connect client must accept.
     pub id_token_algorithm: SigningAlgorithm,
+    /// `userInfo.algorithm`: UserInfo answers as a JWT signed with it;
+    /// `None`: plain JSON.
+    pub userinfo_algorithm: Option<SigningAlgorithm>,
     /// Absolute lifetime of a grant's refresh tokens, from the sign-in.
     pub refresh_token_ttl: Duration,
     /// A refresh token unused this long expires.

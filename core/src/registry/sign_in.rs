@@ -48,6 +48,7 @@ pub(super) fn sign_in(
                 "spec.identityProviders",
                 !spec.identity_providers.is_empty(),
             ),
+            ("spec.userInfo", spec.user_info.is_some()),
         ] {
             if set {
                 return Err(err(
@@ -126,6 +127,7 @@ pub(super) fn sign_in(
         consent: spec.consent,
         id_token_ttl: duration("spec.idToken.ttl", &id_token.ttl, DEFAULT_ID_TOKEN_TTL)?,
         id_token_algorithm: id_token.algorithm.unwrap_or(SigningAlgorithm::RS256),
+        userinfo_algorithm: spec.user_info.as_ref().and_then(|u| u.algorithm),
         refresh_token_ttl,
         refresh_token_idle_ttl,
         branding: branding(id, spec)?,

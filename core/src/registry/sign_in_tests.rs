@@ -402,3 +402,52 @@ fn the_examples_static_users_sign_in_with_their_documented_passwords() {
     assert!(users.verify("alice", "alice-example-password").is_some());
     assert!(reg.client("shop/web").unwrap().sign_in.require_pkce);
 }
+
+#[test]
+fn oidc_scopes_are_built_in_and_signed_userinfo_is_a_client_setting() {
+    // Listed without Scope resources: built in.
+    let yaml = spa("  userInfo: {algorithm: PS256}\n").replace(
+        "scopes: [\"orders:read\"]",
+        "scopes: [\"orders:read\", openid, profile, email, address, phone, offline_access]",
+    );
+    let reg = build(&yaml).unwrap();
+    let client = reg.client("spa").unwrap();
+    assert_eq!(
+        client.sign_in.userinfo_algorithm,
+        Some(SigningAlgorithm::PS256)
+    );
+    assert!(
+        reg.algorithms_in_use().contains(&SigningAlgorithm::PS256),
+        "a key for signed UserInfo answers must exist"
+    );
+    assert_eq!(
+        build(&spa(""))
+            .unwrap()
+            .client("spa")
+            .unwrap()
+            .sign_in
+            .userinfo_algorithm,
+        None,
+        "JSON by default"
+    );
+    // A declared Scope of the same name is accepted (its ttl applies).
+    let declared = format!(
+        "{HEAD}kind: Scope\nmetadata: {{name: p}}\nspec: {{name: profile, ttl: 1m}}\n---\n{}",
+        spa("").replace(
+            "scopes: [\"orders:read\"]",
+            "scopes: [\"orders:read\", profile]"
+        )
+    );
+    assert!(build(&declared).unwrap().find_scope("profile").is_some());
+    // A client that signs nobody in has no use for them, nor for UserInfo.
+    let machine = |extra: &str| {
+        format!(
+            "{SCOPE}{HEAD}kind: OAuthClient\nmetadata: {{name: m}}\nspec:\n  authentication: {{method: client_secret_basic, secretRef: {{name: people, key: users.yaml}}}}\n  audiences: [orders]\n{extra}"
+        )
+    };
+    let (field, message) = refused(&machine("  scopes: [openid]\n"));
+    assert_eq!(field, "spec.scopes[0]");
+    assert!(message.contains("authorization_code"), "{message}");
+    let (field, _) = refused(&machine("  userInfo: {algorithm: RS256}\n"));
+    assert_eq!(field, "spec.userInfo");
+}

@@ -13,7 +13,12 @@ use crate::{
     registry::{Client, Registry, SignIn},
 };
 
-use super::{MAX_PARAM, grant::OIDC_SCOPES, pkce};
+use super::{
+    MAX_PARAM,
+    claims::{AcrRequest, ClaimsRequest},
+    grant::OIDC_SCOPES,
+    pkce,
+};
 
 /// The request's parameters, as they came (query or form).
 #[derive(Debug, Default, Clone)]
@@ -30,6 +35,9 @@ pub struct AuthorizeParams {
     pub max_age: Option<String>,
     pub login_hint: Option<String>,
     pub response_mode: Option<String>,
+    /// `claims` (OIDC Core §5.5), JSON text.
+    pub claims: Option<String>,
+    pub acr_values: Option<String>,
     /// `resource` (RFC 8707) and `audience`.
     pub resources: Vec<String>,
     /// `request` or `request_uri` was given (request objects).
@@ -59,6 +67,24 @@ pub struct AuthorizationRequest {
     pub prompt: Prompt,
     pub max_age: Option<u64>,
     pub login_hint: Option<String>,
+    /// The `claims` parameter, parsed.
+    pub claims: Option<ClaimsRequest>,
+    /// The `acr` the sign-in should (or, essential, must) have.
+    pub acr: AcrRequest,
+}
+
+impl AuthorizationRequest {
+    /// The scopes the user consents to: those requested, and those whose
+    /// claims the `claims` parameter asks for one by one.
+    pub fn consent_scopes(&self) -> Vec<String> {
+        let mut scopes = self.scopes.clone();
+        for scope in self.claims.iter().flat_map(ClaimsRequest::consent_scopes) {
+            if !scopes.iter().any(|s| s == scope) {
+                scopes.push(scope.to_owned());
+            }
+        }
+        scopes
+    }
 }
 
 /// Why a request was refused, and where the user is told.
@@ -139,6 +165,7 @@ fn rest(
         &params.prompt,
         &params.max_age,
         &params.login_hint,
+        &params.acr_values,
     ]
     .into_iter()
     .flatten()
@@ -180,6 +207,13 @@ fn rest(
         settings.require_pkce,
     )?;
     let scopes = scopes(registry, client, params.scope.as_deref(), now)?;
+    let claims = params
+        .claims
+        .as_deref()
+        .map(ClaimsRequest::parse)
+        .transpose()?;
+    let acr = AcrRequest::of(params.acr_values.as_deref(), claims.as_ref())?;
+    acr.check_possible()?;
     let audiences = plan::resolve_audiences(client, &params.resources)?;
     Ok(AuthorizationRequest {
         client_id: client.id.clone(),
@@ -198,6 +232,8 @@ fn rest(
             .transpose()
             .map_err(|_| invalid("max_age must be a number of seconds"))?,
         login_hint: params.login_hint.clone(),
+        claims,
+        acr,
     })
 }
 
@@ -292,7 +328,11 @@ pub fn needs_consent(
         return Ok(false);
     }
     let given: Vec<&str> = consented.unwrap_or("").split(' ').collect();
-    let ask = request.prompt.consent || !request.scopes.iter().all(|s| given.contains(&s.as_str()));
+    let ask = request.prompt.consent
+        || !request
+            .consent_scopes()
+            .iter()
+            .all(|s| given.contains(&s.as_str()));
     if ask && request.prompt.none {
         return Err(OAuthError::ConsentRequired(
             "the user has not consented to these scopes (prompt=none)".into(),
@@ -303,11 +343,12 @@ pub fn needs_consent(
 
 /// The scopes consented after this consent: those given before and these.
 pub fn consented_after(before: Option<&str>, request: &AuthorizationRequest) -> String {
+    let asked = request.consent_scopes();
     let mut scopes: Vec<&str> = before
         .unwrap_or("")
         .split(' ')
         .filter(|s| !s.is_empty())
-        .chain(request.scopes.iter().map(String::as_str))
+        .chain(asked.iter().map(String::as_str))
         .collect();
     scopes.sort_unstable();
     scopes.dedup();
@@ -398,6 +439,48 @@ mod tests {
         let mut p = params();
         p.resources = vec!["billing".into()];
         assert!(matches!(redirected(&p), OAuthError::InvalidTarget(_)));
+    }
+
+    #[test]
+    fn the_claims_parameter_and_acr_are_checked_and_kept_with_the_request() {
+        let mut p = params();
+        p.claims = Some(
+            r#"{"userinfo": {"email": null}, "id_token": {"acr": {"values": ["urn:x"]}}}"#.into(),
+        );
+        p.acr_values = Some("urn:ignored".into());
+        let request = check(&p).unwrap();
+        let claims = request.claims.as_ref().unwrap();
+        assert!(claims.userinfo.contains_key("email"));
+        assert_eq!(request.acr.values, ["urn:x"], "claims.id_token.acr wins");
+        assert!(!request.acr.essential);
+        assert_eq!(
+            request.consent_scopes(),
+            ["openid", "profile", "orders:read", "email"],
+            "email is consented with the scopes"
+        );
+        let reg = web_registry();
+        let settings = &reg.client("web").unwrap().sign_in;
+        assert_eq!(
+            needs_consent(settings, &request, Some("openid orders:read profile")),
+            Ok(true)
+        );
+        let given = consented_after(None, &request);
+        assert_eq!(given, "email openid orders:read profile");
+        assert_eq!(needs_consent(settings, &request, Some(&given)), Ok(false));
+
+        let mut p = params();
+        p.claims = Some("{\"userinfo\": 1}".into());
+        assert!(matches!(redirected(&p), OAuthError::InvalidRequest(_)));
+        let mut p = params();
+        p.claims =
+            Some(r#"{"id_token": {"acr": {"essential": true, "values": ["urn:gold"]}}}"#.into());
+        assert!(matches!(
+            redirected(&p),
+            OAuthError::UnmetAuthenticationRequirements(_)
+        ));
+        let mut p = params();
+        p.acr_values = Some("a".repeat(MAX_PARAM + 1));
+        assert!(matches!(redirected(&p), OAuthError::InvalidRequest(_)));
     }
 
     #[test]

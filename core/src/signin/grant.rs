@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::claims::ClaimsRequest;
+
 /// The scopes of OpenID Connect (OIDC Core §5.4, §11): always open to a
 /// client that signs people in; they release the user's claims.
 pub const OIDC_SCOPES: [&str; 6] = [
@@ -40,6 +42,10 @@ pub struct Authorization {
     /// The user's claims from the IdentityProvider (`name`, `email`, ...).
     #[serde(default)]
     pub claims: Map<String, Value>,
+    /// The `claims` request parameter (OIDC Core §5.5), honoured by every
+    /// token of the grant (refreshes too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_claims: Option<ClaimsRequest>,
 }
 
 impl Authorization {

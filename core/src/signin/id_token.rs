@@ -7,7 +7,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokenmesh_crds::SigningAlgorithm;
 
-use super::grant::Authorization;
+use super::{
+    claims::{self, Target},
+    grant::Authorization,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IdTokenClaims {
@@ -32,6 +35,20 @@ pub struct IdTokenClaims {
     pub azp: String,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+impl IdTokenClaims {
+    /// The client's `spec.claims` ("in every token of this client"), where
+    /// neither the ID token nor the user has a claim of that name.
+    pub fn add_client_claims(&mut self, client_claims: &Map<String, Value>) {
+        for (name, value) in client_claims {
+            if !ID_TOKEN_CLAIMS.contains(&name.as_str()) {
+                self.extra
+                    .entry(name.clone())
+                    .or_insert_with(|| value.clone());
+            }
+        }
+    }
 }
 
 /// The claims each OpenID Connect scope releases (OIDC Core §5.4).
@@ -84,23 +101,20 @@ pub fn claims_supported() -> Vec<&'static str> {
         .collect()
 }
 
-/// The user's claims the granted scopes release.
-pub fn user_claims(authorization: &Authorization) -> Map<String, Value> {
-    released(|s| authorization.has_scope(s), &authorization.claims)
-}
-
-/// Of `claims`, those a scope `granted` releases.
-pub fn released(granted: impl Fn(&str) -> bool, claims: &Map<String, Value>) -> Map<String, Value> {
-    BY_SCOPE
-        .iter()
-        .filter(|(scope, _)| granted(scope))
-        .flat_map(|(_, names)| names.iter())
-        .filter_map(|name| claims.get(*name).map(|v| ((*name).to_owned(), v.clone())))
-        .collect()
+/// The user's claims `authorization` releases to `target`: by scope, and
+/// as the `claims` parameter asked ([`claims::release`]).
+pub fn user_claims(authorization: &Authorization, target: Target) -> Map<String, Value> {
+    claims::release(
+        |s| authorization.has_scope(s),
+        &authorization.claims,
+        authorization.requested_claims.as_ref(),
+        target,
+    )
 }
 
 /// What an ID token says about `authorization`. `access_token` is the one
-/// issued with it, for `at_hash`.
+/// issued with it, for `at_hash`. Add the client's own claims with
+/// [`IdTokenClaims::add_client_claims`].
 pub fn claims(
     issuer: &str,
     authorization: &Authorization,
@@ -123,7 +137,7 @@ pub fn claims(
         amr: authorization.amr.clone(),
         sid: authorization.sid.clone(),
         azp: authorization.client_id.clone(),
-        extra: user_claims(authorization),
+        extra: user_claims(authorization, Target::IdToken),
     }
 }
 
@@ -189,5 +203,47 @@ mod tests {
         assert!(c.extra.get("groups").is_none(), "no scope releases it");
         let json = serde_json::to_value(&c).unwrap();
         assert_eq!(json["name"], "Alice");
+    }
+
+    #[test]
+    fn the_claims_parameter_and_the_clients_claims_reach_the_id_token() {
+        let mut grant = authorization();
+        grant.acr = Some(crate::signin::claims::PASSWORD.into());
+        grant
+            .claims
+            .insert("email".into(), "alice@example.com".into());
+        grant.claims.insert("name".into(), "Alice".into());
+        grant.requested_claims = Some(
+            crate::signin::claims::ClaimsRequest::parse(
+                r#"{"id_token": {"email": {"essential": true}}, "userinfo": {"phone_number": null}}"#,
+            )
+            .unwrap(),
+        );
+        let mut c = claims(
+            "https://i.test",
+            &grant,
+            None,
+            None,
+            SigningAlgorithm::RS256,
+            60,
+            1,
+        );
+        c.add_client_claims(
+            &serde_json::from_value(
+                serde_json::json!({"tenant": "shop", "name": "Not Alice", "nonce": "x"}),
+            )
+            .unwrap(),
+        );
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["email"], "alice@example.com", "asked for the ID token");
+        assert_eq!(json["name"], "Alice", "the user's claim wins");
+        assert_eq!(json["tenant"], "shop");
+        assert_eq!(json["acr"], crate::signin::claims::PASSWORD);
+        assert!(
+            json.get("nonce").is_none(),
+            "no client claim over an ID token claim"
+        );
+        let user = user_claims(&grant, Target::UserInfo);
+        assert!(user.get("email").is_none(), "asked for the ID token only");
     }
 }

@@ -4,6 +4,7 @@
 //!
 //! - [`redirect`]: answers added to a redirect URI;
 //! - [`pkce`]: RFC 7636 with `S256` only;
+//! - [`claims`]: the `claims` request parameter and `acr`;
 //! - [`authorize`]: the authorization request, validated, and where its
 //!   errors go (RFC 6749 §4.1.2.1); whether to log in or ask consent;
 //! - [`grant`]: what the user granted, as codes and refresh tokens carry it;
@@ -16,6 +17,7 @@
 //! behind the traits of [`crate::ports`].
 
 pub mod authorize;
+pub mod claims;
 pub mod code;
 pub mod grant;
 pub mod id_token;

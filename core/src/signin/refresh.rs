@@ -192,15 +192,18 @@ mod tests {
         let web = reg.client("web").unwrap();
         let settings = web.sign_in.clone();
         let ports = SignInPorts::default();
-        let first = issue(&ports, &settings, &authorization(), NOW)
-            .await
-            .unwrap();
+        let mut grant = authorization();
+        grant.requested_claims = Some(
+            crate::signin::claims::ClaimsRequest::parse(r#"{"userinfo": {"email": null}}"#)
+                .unwrap(),
+        );
+        let first = issue(&ports, &settings, &grant, NOW).await.unwrap();
         assert!(first.starts_with(REFRESH_PREFIX));
         let second = refresh(&ports, web, &settings, &first, None, NOW + 10)
             .await
             .unwrap();
         assert_ne!(second.refresh_token, first);
-        assert_eq!(second.authorization, authorization());
+        assert_eq!(second.authorization, grant, "the claims request too");
         let third = refresh(
             &ports,
             web,

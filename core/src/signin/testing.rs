@@ -68,6 +68,7 @@ pub fn authorization() -> Authorization {
         amr: vec!["pwd".into()],
         acr: None,
         claims: serde_json::Map::new(),
+        requested_claims: None,
     }
 }
 

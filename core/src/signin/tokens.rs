@@ -2,8 +2,6 @@
 //! user (the same RFC 9068 JWT or opaque token as any, so it travels the
 //! mesh as today), and for OpenID Connect an ID token.
 
-use tokenmesh_crds::SigningAlgorithm;
-
 use crate::{
     binding::{self, Holder},
     error::OAuthError,
@@ -13,7 +11,7 @@ use crate::{
     registry::{Client, Registry},
 };
 
-use super::{grant::Authorization, id_token};
+use super::{claims::Target, grant::Authorization, id_token};
 
 /// The access token of `authorization`, bound to `holder`'s key if any.
 /// It carries the user's claims its scopes release, which UserInfo reads.
@@ -49,7 +47,7 @@ pub async fn access_token(
             ttl,
         },
     )?;
-    for (name, value) in id_token::user_claims(authorization) {
+    for (name, value) in id_token::user_claims(authorization, Target::UserInfo) {
         claims.extra.entry(name).or_insert(value);
     }
     claims.cnf = binding::bind(client, holder)?;
@@ -64,18 +62,11 @@ pub async fn access_token(
     })
 }
 
-/// What an ID token is signed with and how long it lives.
-#[derive(Debug, Clone, Copy)]
-pub struct IdTokenSettings {
-    pub algorithm: SigningAlgorithm,
-    pub ttl: u64,
-}
-
 /// The signed ID token of an OpenID Connect grant; `None` for plain OAuth.
 pub fn id_token(
     ports: &impl IdTokenSigner,
     registry: &Registry,
-    settings: IdTokenSettings,
+    client: &Client,
     authorization: &Authorization,
     nonce: Option<&str>,
     access_token: &str,
@@ -84,14 +75,16 @@ pub fn id_token(
     if !authorization.is_oidc() {
         return Ok(None);
     }
-    let claims = id_token::claims(
+    let algorithm = client.sign_in.id_token_algorithm;
+    let mut claims = id_token::claims(
         &registry.server.issuer,
         authorization,
         nonce,
         Some(access_token),
-        settings.algorithm,
-        settings.ttl,
+        algorithm,
+        client.sign_in.id_token_ttl.as_secs(),
         now,
     );
-    ports.sign_id_token(settings.algorithm, &claims).map(Some)
+    claims.add_client_claims(&client.claims);
+    ports.sign_id_token(algorithm, &claims).map(Some)
 }

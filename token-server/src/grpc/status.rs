@@ -45,9 +45,9 @@ fn oauth_status(err: &OAuthError) -> Status {
         OAuthError::InvalidClient(_) | OAuthError::InvalidToken(_) => {
             Status::unauthenticated(message)
         }
-        OAuthError::LoginRequired(_) | OAuthError::ConsentRequired(_) => {
-            Status::failed_precondition(message)
-        }
+        OAuthError::LoginRequired(_)
+        | OAuthError::ConsentRequired(_)
+        | OAuthError::UnmetAuthenticationRequirements(_) => Status::failed_precondition(message),
         OAuthError::InvalidGrant(_) => Status::failed_precondition(message),
         OAuthError::UnauthorizedClient(_)
         | OAuthError::AccessDenied(_)

@@ -18,7 +18,7 @@ use tokenmesh_core::{
     registry::{Client, ProviderKind, Registry},
     signin::{
         authorize::{self, AuthorizationRequest, AuthorizeError, AuthorizeParams, SessionView},
-        code,
+        claims, code,
         grant::Authorization,
         redirect,
     },
@@ -91,6 +91,8 @@ fn params_of(form: &Form) -> AuthorizeParams {
         max_age: get("max_age"),
         login_hint: get("login_hint"),
         response_mode: get("response_mode"),
+        claims: get("claims"),
+        acr_values: get("acr_values"),
         resources: form
             .all("resource")
             .iter()
@@ -122,6 +124,8 @@ pub(super) fn fields(params: &AuthorizeParams, drop_login: bool) -> Vec<(&'stati
         ("code_challenge_method", &params.code_challenge_method),
         ("max_age", &params.max_age),
         ("login_hint", &params.login_hint),
+        ("claims", &params.claims),
+        ("acr_values", &params.acr_values),
     ]
     .into_iter()
     .filter_map(|(name, value)| value.clone().map(|v| (name, v)))
@@ -422,12 +426,12 @@ async fn steps(
             return Ok(pages::consent(
                 &client.sign_in.branding,
                 &session.subject,
-                &request.scopes,
+                &request.consent_scopes(),
                 &carried(params, &csrf, true),
             ));
         }
     }
-    let authorization = authorization(&session, request)?;
+    let authorization = authorization(registry, client, &session, request)?;
     let code = code::issue(state, request, authorization, now).await?;
     tracing::debug!(client_id = %client.id, sid = %session.sid, "authorization code issued");
     Ok(back_to_client(
@@ -513,11 +517,25 @@ async fn login(
     Ok(Login::Done(Box::new(session), cookie))
 }
 
-/// The grant a code carries: the session's user and the request's scopes.
+/// The grant a code carries: the session's user and the request's scopes
+/// and claims; refused when the sign-in's `acr` misses an essential one.
 fn authorization(
+    registry: &Registry,
+    client: &Client,
     session: &SsoSession,
     request: &AuthorizationRequest,
 ) -> Result<Authorization, OAuthError> {
+    let amr: Vec<String> = session
+        .amr
+        .split(' ')
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let static_provider = registry
+        .identity_providers_of(client)
+        .any(|p| p.key == session.idp && matches!(p.kind, ProviderKind::Static(_)));
+    let acr = claims::of_sign_in(static_provider, &amr);
+    request.acr.check(acr.as_deref())?;
     Ok(Authorization {
         grant_id: random_id().map_err(|_| OAuthError::Internal)?,
         client_id: request.client_id.clone(),
@@ -526,13 +544,9 @@ fn authorization(
         audiences: request.audiences.clone(),
         sid: Some(session.sid.clone()),
         auth_time: session.auth_time,
-        amr: session
-            .amr
-            .split(' ')
-            .filter(|a| !a.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        acr: None,
+        amr,
+        acr,
         claims: serde_json::from_str(&session.claims).unwrap_or_default(),
+        requested_claims: request.claims.clone(),
     })
 }

@@ -1,5 +1,6 @@
-//! DPoP at the token endpoint (RFC 9449 §5): the proof in the `DPoP`
-//! header is verified for this endpoint, its `jti` used once across every
+//! DPoP at the token endpoint (RFC 9449 §5) and at UserInfo (§7, with the
+//! access token's hash `ath`): the proof in the `DPoP` header is verified
+//! for this endpoint, its `jti` used once across every
 //! replica (the store's `use_once` table, namespaced by the key's
 //! thumbprint), its nonce checked when the TokenServer requires one. What it
 //! proves goes to the core as a [`Holder`].
@@ -8,7 +9,8 @@ mod nonce;
 
 use axum::http::HeaderMap;
 use tokenmesh_core::{OAuthError, binding::Holder};
-use tokenmesh_tokens::dpop::{self, Request, Window};
+pub use tokenmesh_tokens::dpop::Request;
+use tokenmesh_tokens::dpop::{self, Window};
 
 use crate::state::AppState;
 
@@ -37,6 +39,23 @@ pub async fn holder(
     holder_of(state, &values, method, url, require_nonce).await
 }
 
+/// The key the proof presented with `access_token` at a protected resource
+/// of this server proves (RFC 9449 §7: `ath` required); an empty holder
+/// when there is no `DPoP` header.
+pub async fn holder_at_resource(
+    state: &AppState,
+    headers: &HeaderMap,
+    request: Request<'_>,
+    require_nonce: bool,
+) -> Result<Holder, OAuthError> {
+    let values: Vec<&[u8]> = headers
+        .get_all(DPOP_HEADER)
+        .iter()
+        .map(|value| value.as_bytes())
+        .collect();
+    verified(state, &values, request, require_nonce).await
+}
+
 /// [`holder`] from the `DPoP` values however they came (HTTP headers, gRPC
 /// metadata).
 pub async fn holder_of(
@@ -44,6 +63,20 @@ pub async fn holder_of(
     values: &[&[u8]],
     method: &str,
     url: &str,
+    require_nonce: bool,
+) -> Result<Holder, OAuthError> {
+    let request = Request {
+        method,
+        url,
+        access_token: None,
+    };
+    verified(state, values, request, require_nonce).await
+}
+
+async fn verified(
+    state: &AppState,
+    values: &[&[u8]],
+    request: Request<'_>,
     require_nonce: bool,
 ) -> Result<Holder, OAuthError> {
     let value = match values {
@@ -57,11 +90,6 @@ pub async fn holder_of(
         .ok_or_else(|| refused("the DPoP header is not a JWT"))?;
     let now = state.now();
     let window = Window::default();
-    let request = Request {
-        method,
-        url,
-        access_token: None,
-    };
     let proof = dpop::verify(proof, &request, window, now).map_err(|err| {
         tracing::debug!(reason = %err, "DPoP proof refused");
         OAuthError::InvalidDpopProof(err.to_string().into())

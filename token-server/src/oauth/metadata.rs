@@ -10,7 +10,7 @@ use axum::{
 };
 use serde_json::json;
 
-use tokenmesh_core::signin::{grant::OIDC_SCOPES, id_token};
+use tokenmesh_core::signin::{claims, grant::OIDC_SCOPES, id_token};
 use tokenmesh_crds::GrantType;
 
 use crate::state::AppState;
@@ -81,9 +81,9 @@ pub async fn metadata(State(state): State<Arc<AppState>>) -> Response {
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": true,
         "prompt_values_supported": ["none", "login", "consent", "select_account"],
-        "userinfo_signing_alg_values_supported": [],
         "claims_supported": id_token::claims_supported(),
-        "claims_parameter_supported": false,
+        "claims_parameter_supported": true,
+        "acr_values_supported": claims::ACR_VALUES_SUPPORTED,
         "request_parameter_supported": false,
         "request_uri_parameter_supported": false,
         "scopes_supported": scopes,
@@ -104,6 +104,21 @@ pub async fn metadata(State(state): State<Arc<AppState>>) -> Response {
         map.insert(
             "id_token_signing_alg_values_supported".into(),
             id_token_algs.into(),
+        );
+    }
+    let mut userinfo_algs: Vec<&str> = registry
+        .clients()
+        .filter_map(|c| c.sign_in.userinfo_algorithm)
+        .map(|a| a.as_str())
+        .collect();
+    userinfo_algs.sort_unstable();
+    userinfo_algs.dedup();
+    if !userinfo_algs.is_empty()
+        && let Some(map) = metadata.as_object_mut()
+    {
+        map.insert(
+            "userinfo_signing_alg_values_supported".into(),
+            userinfo_algs.into(),
         );
     }
     if state.client_certificates {
@@ -129,6 +144,7 @@ fn add_mtls(state: &AppState, metadata: &mut serde_json::Value) {
             "token_endpoint": state.endpoints.token,
             "introspection_endpoint": state.endpoints.introspection,
             "revocation_endpoint": state.endpoints.revocation,
+            "userinfo_endpoint": state.endpoints.userinfo,
         }),
     );
     for key in [

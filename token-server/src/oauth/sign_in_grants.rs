@@ -11,8 +11,7 @@ use tokenmesh_core::{
     signin::{
         code::{self, Redemption},
         grant::Authorization,
-        refresh,
-        tokens::{self, IdTokenSettings},
+        refresh, tokens,
     },
 };
 use tokenmesh_crds::GrantType;
@@ -114,10 +113,7 @@ async fn respond(
     let id_token = tokens::id_token(
         state,
         registry,
-        IdTokenSettings {
-            algorithm: client.sign_in.id_token_algorithm,
-            ttl: client.sign_in.id_token_ttl.as_secs(),
-        },
+        client,
         authorization,
         nonce,
         &issued.access_token,
