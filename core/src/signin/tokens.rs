@@ -4,6 +4,7 @@
 
 use crate::{
     binding::{self, Holder},
+    certificate::{self, ClientCertificate},
     error::OAuthError,
     issue::{self, Issued},
     plan::{self, GrantedScope, TokenPlan},
@@ -13,16 +14,18 @@ use crate::{
 
 use super::{claims::Target, grant::Authorization, id_token};
 
-/// The access token of `authorization`, bound to `holder`'s key if any.
-/// It carries the user's claims its scopes release, which UserInfo reads.
+/// The access token of `authorization`, bound to `holder`'s DPoP key if
+/// any, and to the client's TLS certificate as for any grant (RFC 8705 §3).
+/// It carries the user's claims released to UserInfo, which reads them.
 pub async fn access_token(
     ports: &(impl Signer + OpaqueTokens),
     registry: &Registry,
     client: &Client,
     authorization: &Authorization,
-    holder: &Holder,
+    proof: (&Holder, Option<&ClientCertificate>),
     now: u64,
 ) -> Result<Issued, OAuthError> {
+    let (holder, certificate) = proof;
     let scopes = authorization
         .scopes
         .iter()
@@ -50,7 +53,10 @@ pub async fn access_token(
     for (name, value) in id_token::user_claims(authorization, Target::UserInfo) {
         claims.extra.entry(name).or_insert(value);
     }
-    claims.cnf = binding::bind(client, holder)?;
+    claims.cnf = binding::combine(
+        certificate::confirmation(client, certificate, false)?,
+        binding::bind(client, holder)?,
+    );
     issue::embed(ports, registry, client, &mut claims, now)?;
     let access_token = issue::mint(ports, registry, client, client.format, &claims).await?;
     tracing::debug!(client_id = %client.id, jti = %claims.jti, "token issued to a user");

@@ -7,6 +7,7 @@ use axum::{Json, response::Response};
 use tokenmesh_core::{
     OAuthError,
     binding::Holder,
+    certificate::ClientCertificate,
     registry::{Client, Registry},
     signin::{
         code::{self, Redemption},
@@ -24,7 +25,7 @@ pub async fn authorization_code(
     registry: &Registry,
     client: &Client,
     form: &Form,
-    holder: &Holder,
+    proof: (&Holder, Option<&ClientCertificate>),
 ) -> Result<Response, OAuthError> {
     if !client.grant_types.contains(&GrantType::AuthorizationCode) {
         return Err(OAuthError::UnauthorizedClient(
@@ -58,7 +59,7 @@ pub async fn authorization_code(
         client,
         &authorization,
         record.nonce.as_deref(),
-        holder,
+        proof,
         refresh_token,
     )
     .await?;
@@ -73,7 +74,7 @@ pub async fn refresh_token(
     registry: &Registry,
     client: &Client,
     form: &Form,
-    holder: &Holder,
+    proof: (&Holder, Option<&ClientCertificate>),
 ) -> Result<Response, OAuthError> {
     let refreshed = refresh::refresh(
         state,
@@ -90,7 +91,7 @@ pub async fn refresh_token(
         client,
         &refreshed.authorization,
         None,
-        holder,
+        proof,
         Some(refreshed.refresh_token),
     )
     .await?;
@@ -105,11 +106,20 @@ async fn respond(
     client: &Client,
     authorization: &Authorization,
     nonce: Option<&str>,
-    holder: &Holder,
+    proof: (&Holder, Option<&ClientCertificate>),
     refresh_token: Option<String>,
 ) -> Result<Response, OAuthError> {
     let now = state.now();
-    let issued = tokens::access_token(state, registry, client, authorization, holder, now).await?;
+    let (holder, certificate) = proof;
+    let issued = tokens::access_token(
+        state,
+        registry,
+        client,
+        authorization,
+        (holder, certificate),
+        now,
+    )
+    .await?;
     let id_token = tokens::id_token(
         state,
         registry,

@@ -84,11 +84,24 @@ async fn handle(
         }
         TOKEN_EXCHANGE => exchange(state, &registry, &client, &form, &holder, certificate).await?,
         "authorization_code" => {
-            super::sign_in_grants::authorization_code(state, &registry, &client, &form, &holder)
-                .await?
+            super::sign_in_grants::authorization_code(
+                state,
+                &registry,
+                &client,
+                &form,
+                (&holder, certificate),
+            )
+            .await?
         }
         "refresh_token" => {
-            super::sign_in_grants::refresh_token(state, &registry, &client, &form, &holder).await?
+            super::sign_in_grants::refresh_token(
+                state,
+                &registry,
+                &client,
+                &form,
+                (&holder, certificate),
+            )
+            .await?
         }
         _ => {
             return Err(OAuthError::UnsupportedGrantType(

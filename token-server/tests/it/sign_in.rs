@@ -8,6 +8,7 @@ use axum::body::Body;
 use http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::Value;
+use tokenmesh_tokens::listen::tls::PeerCertificate;
 use tower::ServiceExt;
 
 use crate::{
@@ -67,12 +68,31 @@ spec:
   redirectUris: ["https://portal.example/cb"]
   identityProviders: [dev-users]
   consent: implicit
+---
+apiVersion: tokenmesh.dev/v1alpha1
+kind: OAuthClient
+metadata: {{name: vault}}
+spec:
+  clientId: vault
+  grantTypes: [authorization_code]
+  authentication: {{method: client_secret_basic, secretRef: {{name: shared, key: client_secret}}}}
+  scopes: ["orders:read", openid, profile, email]
+  audiences: [orders]
+  redirectUris: ["https://vault.example/cb"]
+  identityProviders: [dev-users]
+  consent: implicit
+  accessToken: {{binding: mtls}}
+  claims: {{tenant: vault-team}}
+  userInfo: {{algorithm: ES256}}
 "##
     ));
     config
 }
 
 /// A browser: the app, and the cookies it was given.
+/// (`vault` lists the OpenID Connect scopes, built in, without Scope
+/// resources; its tokens are bound to its TLS certificate and its UserInfo
+/// answers are signed.)
 pub struct Browser {
     pub app: App,
     pub cookies: BTreeMap<String, String>,
@@ -708,4 +728,324 @@ async fn password_guessing_is_slowed_per_user() {
     let consent = browser.log_in(&login).await;
     assert_eq!(consent.status, StatusCode::OK, "{}", consent.body);
     assert!(browser.cookies.contains_key("tokenmesh_session"));
+}
+
+/// Sends `request` through the router.
+async fn call(browser: &Browser, request: Request<Body>) -> (StatusCode, http::HeaderMap, String) {
+    let response = token_server::http::router(browser.app.state.clone())
+        .oneshot(request)
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+fn challenges(headers: &http::HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::WWW_AUTHENTICATE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
+}
+
+const PASSWORD_ACR: &str = "urn:tokenmesh:acr:password";
+
+#[tokio::test]
+async fn the_claims_parameter_and_acr_reach_the_id_token_userinfo_and_refreshes() {
+    let mut browser = Browser::new().await;
+    let claims = format!(
+        r#"{{"id_token": {{"email": {{"essential": true}}, "acr": {{"essential": true, "values": ["{PASSWORD_ACR}"]}}}}, "userinfo": {{"name": null}}, "x": 1}}"#
+    );
+    let url = authorize_url(
+        "web",
+        CALLBACK,
+        &[
+            ("scope", "openid offline_access orders:read"),
+            ("claims", &claims),
+        ],
+    );
+    let login = browser.get(&url).await;
+    assert!(
+        login
+            .hidden()
+            .iter()
+            .any(|(n, v)| n == "claims" && *v == claims),
+        "carried through the login form"
+    );
+    let consent = browser.log_in(&login).await;
+    assert!(
+        consent.body.contains("See your email address"),
+        "{}",
+        consent.body
+    );
+    let back = browser.submit(&consent, &[("decision", "allow")]).await;
+    let (status, body) = redeem(&browser, &back.param("code").unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let id = jwt_part(body["id_token"].as_str().unwrap(), 1);
+    assert_eq!(id["email"], "alice@example.com", "asked for the ID token");
+    assert_eq!(id["acr"], PASSWORD_ACR);
+    assert!(id.get("name").is_none(), "asked for UserInfo only: {id}");
+    let (status, info) = userinfo(&browser, body["access_token"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        info,
+        serde_json::json!({"sub": "alice", "name": "Alice Example"})
+    );
+
+    // Kept across a refresh.
+    let (status, refreshed) = browser
+        .token(
+            None,
+            &[
+                ("grant_type", "refresh_token"),
+                ("client_id", "web"),
+                ("refresh_token", body["refresh_token"].as_str().unwrap()),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{refreshed}");
+    let id = jwt_part(refreshed["id_token"].as_str().unwrap(), 1);
+    assert_eq!(
+        (id["email"].as_str(), id["acr"].as_str()),
+        (Some("alice@example.com"), Some(PASSWORD_ACR))
+    );
+    let (_, info) = userinfo(&browser, refreshed["access_token"].as_str().unwrap()).await;
+    assert_eq!(info["name"], "Alice Example");
+
+    // A malformed claims parameter, an essential acr nobody here can meet.
+    for (claims, error) in [
+        (r#"{"userinfo": ["email"]}"#, "invalid_request"),
+        ("{not json", "invalid_request"),
+        (
+            r#"{"id_token": {"acr": {"essential": true, "values": ["urn:gold"]}}}"#,
+            "unmet_authentication_requirements",
+        ),
+    ] {
+        let answer = browser
+            .get(&authorize_url("web", CALLBACK, &[("claims", claims)]))
+            .await;
+        assert_eq!(answer.status, StatusCode::FOUND, "{claims}");
+        assert_eq!(answer.param("error").as_deref(), Some(error), "{claims}");
+        assert_eq!(answer.param("state").as_deref(), Some("st-1"));
+    }
+    // acr_values is voluntary: the sign-in goes on with what happened.
+    let answer = browser
+        .get(&authorize_url(
+            "web",
+            CALLBACK,
+            &[("acr_values", "urn:gold")],
+        ))
+        .await;
+    let (_, body) = redeem(&browser, &answer.param("code").unwrap()).await;
+    assert_eq!(
+        jwt_part(body["id_token"].as_str().unwrap(), 1)["acr"],
+        PASSWORD_ACR
+    );
+}
+
+/// Signs alice in to `vault` over a connection with `certificate`; its tokens.
+async fn vault_tokens(browser: &mut Browser, certificate: &PeerCertificate) -> Value {
+    let login = browser
+        .get(&authorize_url(
+            "vault",
+            "https://vault.example/cb",
+            &[("scope", "openid profile")],
+        ))
+        .await;
+    let back = browser.log_in(&login).await;
+    let code = back.param("code").unwrap();
+    let form = serde_urlencoded::to_string([
+        ("grant_type", "authorization_code"),
+        ("code", &code),
+        ("redirect_uri", "https://vault.example/cb"),
+        ("code_verifier", VERIFIER),
+    ])
+    .unwrap();
+    let request = Request::post("/oauth2/token")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::AUTHORIZATION, crate::harness::basic_auth("vault"))
+        .extension(certificate.clone())
+        .body(Body::from(form))
+        .unwrap();
+    let (status, _, body) = call(browser, request).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn peer(der: &[u8]) -> PeerCertificate {
+    PeerCertificate {
+        der: rustls_pki_types::CertificateDer::from(der.to_vec()),
+        chain_verified: true,
+    }
+}
+
+#[tokio::test]
+async fn userinfo_signs_for_its_client_and_takes_a_certificate_bound_token_over_its_connection() {
+    let mut browser = Browser::new().await;
+    let holder = peer(b"the vault's certificate");
+    let tokens = vault_tokens(&mut browser, &holder).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let cnf = &jwt_part(access, 1)["cnf"];
+    assert_eq!(
+        cnf["x5t#S256"],
+        tokenmesh_tokens::claims::x5t_s256(b"the vault's certificate")
+    );
+    let id = jwt_part(tokens["id_token"].as_str().unwrap(), 1);
+    assert_eq!(id["tenant"], "vault-team", "spec.claims in the ID token");
+    assert_eq!(id["acr"], PASSWORD_ACR);
+
+    let ask = |certificate: Option<&PeerCertificate>| {
+        let mut request = Request::post("/oauth2/userinfo")
+            .header(header::AUTHORIZATION, format!("Bearer {access}"));
+        if let Some(certificate) = certificate {
+            request = request.extension(certificate.clone());
+        }
+        request.body(Body::empty()).unwrap()
+    };
+    for other in [None, Some(peer(b"another certificate"))] {
+        let (status, headers, _) = call(&browser, ask(other.as_ref())).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{other:?}");
+        assert_eq!(challenges(&headers), ["Bearer error=\"invalid_token\""]);
+    }
+    let (status, headers, jwt) = call(&browser, ask(Some(&holder))).await;
+    assert_eq!(status, StatusCode::OK, "{jwt}");
+    assert_eq!(headers[header::CONTENT_TYPE], "application/jwt");
+    assert_eq!(jwt_part(&jwt, 0)["alg"], "ES256");
+    let keys = browser.app.state.keys.snapshot();
+    let expected = tokenmesh_tokens::verify::Expected {
+        typ: Some("JWT"),
+        issuers: &[ISSUER],
+        audiences: &["vault"],
+        require_exp: false,
+        leeway: 0,
+        now: browser.app.state.now(),
+    };
+    let claims = tokenmesh_tokens::verify::verify(&jwt, &keys.verify, &expected).unwrap();
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["name"], "Alice Example");
+    assert!(claims.get("email").is_none(), "no email scope");
+
+    let (_, _, doc) = call(
+        &browser,
+        Request::get("/.well-known/openid-configuration")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    assert_eq!(
+        doc["userinfo_signing_alg_values_supported"],
+        serde_json::json!(["ES256"])
+    );
+    assert_eq!(doc["claims_parameter_supported"], true);
+    assert_eq!(
+        doc["acr_values_supported"],
+        serde_json::json!([PASSWORD_ACR])
+    );
+}
+
+#[tokio::test]
+async fn userinfo_takes_a_dpop_bound_token_only_with_a_proof_of_its_key() {
+    use tokenmesh_tokens::{Algorithm, clock::Clock, dpop::create::ProofKey};
+    let mut browser = Browser::new().await;
+    let key = ProofKey::generate(Algorithm::ES256).unwrap();
+    let clock = browser.app.clock.clone();
+    let now = || clock.unix();
+    let code = code_for_web(&mut browser).await.param("code").unwrap();
+    let token_proof = key
+        .proof("POST", &format!("{ISSUER}/oauth2/token"), None, None, now())
+        .unwrap();
+    let (status, _, body) = browser
+        .app
+        .post_with(
+            "/oauth2/token",
+            None,
+            &[
+                ("grant_type", "authorization_code"),
+                ("client_id", "web"),
+                ("code", &code),
+                ("redirect_uri", CALLBACK),
+                ("code_verifier", VERIFIER),
+            ],
+            &[("DPoP", &token_proof)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["token_type"], "DPoP");
+    let access = body["access_token"].as_str().unwrap();
+    let url = format!("{ISSUER}/oauth2/userinfo");
+    let ask = |scheme: &str, proof: Option<&str>| {
+        let mut request = Request::get("/oauth2/userinfo")
+            .header(header::AUTHORIZATION, format!("{scheme} {access}"));
+        if let Some(proof) = proof {
+            request = request.header("DPoP", proof);
+        }
+        request.body(Body::empty()).unwrap()
+    };
+    let good = key.proof("GET", &url, Some(access), None, now()).unwrap();
+    let other_key = ProofKey::generate(Algorithm::ES256).unwrap();
+    let refusals = [
+        (ask("Bearer", None), "DPoP error=\"invalid_token\""),
+        (ask("Bearer", Some(&good)), "DPoP error=\"invalid_token\""),
+        (ask("DPoP", None), "DPoP error=\"invalid_dpop_proof\""),
+        (
+            ask(
+                "DPoP",
+                Some(&key.proof("GET", &url, None, None, now()).unwrap()),
+            ),
+            "DPoP error=\"invalid_dpop_proof\"",
+        ),
+        (
+            ask(
+                "DPoP",
+                Some(&key.proof("POST", &url, Some(access), None, now()).unwrap()),
+            ),
+            "DPoP error=\"invalid_dpop_proof\"",
+        ),
+        (
+            ask(
+                "DPoP",
+                Some(
+                    &other_key
+                        .proof("GET", &url, Some(access), None, now())
+                        .unwrap(),
+                ),
+            ),
+            "DPoP error=\"invalid_dpop_proof\"",
+        ),
+    ];
+    for (i, (request, challenge)) in refusals.into_iter().enumerate() {
+        let (status, headers, _) = call(&browser, request).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "case {i}");
+        let got = challenges(&headers);
+        assert_eq!(got.len(), 1, "case {i}: {got:?}");
+        assert!(got[0].starts_with(challenge), "case {i}: {got:?}");
+        assert!(got[0].contains("algs=\"ES256"), "case {i}: {got:?}");
+    }
+    let (status, _, info) = call(&browser, ask("DPoP", Some(&good))).await;
+    assert_eq!(status, StatusCode::OK, "{info}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&info).unwrap()["sub"],
+        "alice"
+    );
+    let (status, _, _) = call(&browser, ask("DPoP", Some(&good))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a proof is used once");
+    // No token at all: both schemes are offered.
+    let (status, headers, _) = call(
+        &browser,
+        Request::get("/oauth2/userinfo")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let got = challenges(&headers);
+    assert_eq!(got[0], "Bearer");
+    assert!(got[1].starts_with("DPoP algs="), "{got:?}");
 }
