@@ -2,8 +2,10 @@
 (node, tests/interop/signin) run the OpenID Connect code flow with PKCE against the real token server,
 through its login and consent pages (driven with plain HTTP: the form's hidden fields, its CSRF token
 and the credentials), then UserInfo, refresh with rotation and RP-initiated logout; a reused refresh
-token and a replayed code are refused. Discovery is the clients' own. Federation: Chromium signs in
-through an upstream OpenID Provider that is not tokenmesh (panva oidc-provider, tests/interop/upstream).
+token and a replayed code are refused. Discovery is the clients' own. oauth4webapi also asks for claims
+with the `claims` parameter (an essential acr among them), uses its own DPoP proofs for the token and
+UserInfo, and validates a signed UserInfo answer. Federation: Chromium signs in through an upstream
+OpenID Provider that is not tokenmesh (panva oidc-provider, tests/interop/upstream).
 """
 
 import base64
@@ -57,6 +59,19 @@ class SignInTokenServer(TokenServer):
                 "postLogoutRedirectUris": [BYE],
                 "identityProviders": ["dev-users"],
                 "branding": {"displayName": "Interop SPA"},
+            }),
+            # OpenID Connect scopes listed without Scope resources; DPoP-bound
+            # tokens; UserInfo answers signed ES256.
+            resource("OAuthClient", "signed", {
+                "clientId": "signed",
+                "grantTypes": ["authorization_code"],
+                "authentication": {"method": "none"},
+                "scopes": ["orders:read", "openid", "profile", "email"],
+                "audiences": ["orders"],
+                "redirectUris": [CALLBACK],
+                "identityProviders": ["dev-users"],
+                "accessToken": {"binding": "dpop"},
+                "userInfo": {"algorithm": "ES256"},
             }),
             # A second, first-party app: SSO and no consent page.
             resource("OAuthClient", "spa2", {
@@ -189,6 +204,35 @@ def test_oauth4webapi_runs_the_code_flow_with_userinfo_and_refresh(signin_server
     assert "name" not in out["userinfo"], "no profile scope, no name"
     assert out["refreshed"]
     assert out["reused"] == "invalid_grant"
+
+
+PASSWORD_ACR = "urn:tokenmesh:acr:password"
+
+
+def test_oauth4webapi_asks_claims_and_acr_and_reads_signed_userinfo_with_a_dpop_bound_token(signin_server):
+    claims = json.dumps({
+        "id_token": {"email": {"essential": True}, "acr": {"essential": True, "values": [PASSWORD_ACR]}},
+        "userinfo": {"name": None, "email_verified": None},
+    })
+    out = node(signin_server, "claims.mjs", CALLBACK, "alice", PASSWORD, claims, client="signed")
+    assert out["claims_parameter_supported"] is True
+    assert out["acr_values_supported"] == [PASSWORD_ACR]
+    assert out["pages"] == ["login", "consent"]
+    assert out["token_type"] == "dpop"
+    id_token = out["claims"]
+    assert id_token["email"] == "alice@example.com", "asked for the ID token"
+    assert id_token["acr"] == PASSWORD_ACR
+    assert "name" not in id_token, "asked for UserInfo only"
+    # Validated and signature-checked by oauth4webapi: a JWT for this client.
+    assert out["userinfo_content_type"] == "application/jwt"
+    info = out["userinfo"]
+    assert (info["iss"], info["aud"], info["sub"]) == (signin_server.base, "signed", "alice")
+    assert info["name"] == "Alice Example" and info["email_verified"] is True
+    assert "email" not in info, "asked for the ID token only"
+    assert out["unmet_error"] == "unmet_authentication_requirements"
+    assert out["unmet_pages"] == [], "refused before any page"
+    assert out["bearer_status"] == 401
+    assert out["bearer_challenge"].startswith('DPoP error="invalid_token"')
 
 
 def test_chromium_signs_in_through_the_pages_and_a_second_app_gets_sso(make_server):

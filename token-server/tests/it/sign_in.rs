@@ -26,8 +26,13 @@ pub const CALLBACK: &str = "https://app.example/cb";
 /// The shared config, a static provider with alice, a public web client
 /// (consent required) and a first-party confidential one (implicit).
 pub fn config() -> Config {
+    config_with(ES256_SPEC)
+}
+
+/// [`config`] with the TokenServer `spec`.
+pub fn config_with(spec: &str) -> Config {
     let hash = tokenmesh_core::password::hash(PASSWORD).unwrap();
-    let config = Config::new(ES256_SPEC);
+    let config = Config::new(spec);
     config.append(&format!(
         r##"---
 apiVersion: tokenmesh.dev/v1alpha1
@@ -1048,4 +1053,71 @@ async fn userinfo_takes_a_dpop_bound_token_only_with_a_proof_of_its_key() {
     let got = challenges(&headers);
     assert_eq!(got[0], "Bearer");
     assert!(got[1].starts_with("DPoP algs="), "{got:?}");
+}
+
+#[tokio::test]
+async fn userinfo_keeps_the_token_endpoints_dpop_nonce_policy() {
+    use tokenmesh_tokens::{Algorithm, clock::Clock, dpop::create::ProofKey};
+    let spec = "{signing: {algorithm: ES256}, dpop: {requireNonce: true}}";
+    let mut browser = Browser::with(config_with(spec)).await;
+    let key = ProofKey::generate(Algorithm::ES256).unwrap();
+    let clock = browser.app.clock.clone();
+    let code = code_for_web(&mut browser).await.param("code").unwrap();
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("client_id", "web"),
+        ("code", code.as_str()),
+        ("redirect_uri", CALLBACK),
+        ("code_verifier", VERIFIER),
+    ];
+    let token_url = format!("{ISSUER}/oauth2/token");
+    let first = key
+        .proof("POST", &token_url, None, None, clock.unix())
+        .unwrap();
+    let (status, headers, body) = browser
+        .app
+        .post_with("/oauth2/token", None, &form, &[("DPoP", &first)])
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("use_dpop_nonce"))
+    );
+    let nonce = headers["dpop-nonce"].to_str().unwrap().to_owned();
+    let proof = key
+        .proof("POST", &token_url, None, Some(&nonce), clock.unix())
+        .unwrap();
+    let (status, _, body) = browser
+        .app
+        .post_with("/oauth2/token", None, &form, &[("DPoP", &proof)])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let access = body["access_token"].as_str().unwrap();
+
+    let url = format!("{ISSUER}/oauth2/userinfo");
+    let ask = |proof: String| {
+        Request::get("/oauth2/userinfo")
+            .header(header::AUTHORIZATION, format!("DPoP {access}"))
+            .header("DPoP", proof)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let without = key
+        .proof("GET", &url, Some(access), None, clock.unix())
+        .unwrap();
+    let (status, headers, _) = call(&browser, ask(without)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        challenges(&headers)[0].starts_with("DPoP error=\"use_dpop_nonce\""),
+        "{headers:?}"
+    );
+    let nonce = headers["dpop-nonce"].to_str().unwrap().to_owned();
+    let with = key
+        .proof("GET", &url, Some(access), Some(&nonce), clock.unix())
+        .unwrap();
+    let (status, headers, info) = call(&browser, ask(with)).await;
+    assert_eq!(status, StatusCode::OK, "{info}");
+    assert!(
+        headers.contains_key("dpop-nonce"),
+        "a fresh nonce comes along"
+    );
 }
