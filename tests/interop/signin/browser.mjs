@@ -66,3 +66,10 @@ export class Browser {
     return { location: new URL(location), pages };
   }
 }
+
+/** `endpoint` with the authorization request's `params` in its query. */
+export function authorizationUrl(endpoint, params) {
+  const url = new URL(endpoint);
+  for (const [name, value] of Object.entries(params)) url.searchParams.set(name, value);
+  return url;
+}

@@ -6,7 +6,7 @@
 // signature checked against the server's JWKS. Prints one JSON line.
 //   node claims.mjs BASE CLIENT_ID REDIRECT_URI USERNAME PASSWORD CLAIMS
 import * as oauth from 'oauth4webapi';
-import { Browser } from './browser.mjs';
+import { Browser, authorizationUrl } from './browser.mjs';
 
 const [base, clientId, redirectUri, username, password, claimsParam] = process.argv.slice(2);
 const insecure = { [oauth.allowInsecureRequests]: true }; // loopback only
@@ -22,8 +22,7 @@ const DPoP = oauth.DPoP(client, await oauth.generateKeyPair('ES256'));
 const verifier = oauth.generateRandomCodeVerifier();
 const state = oauth.generateRandomState();
 const nonce = oauth.generateRandomNonce();
-const url = new URL(as.authorization_endpoint);
-for (const [name, value] of Object.entries({
+const url = authorizationUrl(as.authorization_endpoint, {
   client_id: clientId,
   redirect_uri: redirectUri,
   response_type: 'code',
@@ -33,7 +32,7 @@ for (const [name, value] of Object.entries({
   code_challenge_method: 'S256',
   state,
   nonce,
-})) url.searchParams.set(name, value);
+});
 
 const { location, pages } = await new Browser().signIn(url, username, password);
 const params = oauth.validateAuthResponse(as, client, location, state);

@@ -3,7 +3,7 @@
 // grant with ID token validation, UserInfo, and refresh. Prints one JSON line.
 //   node webapi.mjs BASE CLIENT_ID REDIRECT_URI USERNAME PASSWORD
 import * as oauth from 'oauth4webapi';
-import { Browser } from './browser.mjs';
+import { Browser, authorizationUrl } from './browser.mjs';
 
 const [base, clientId, redirectUri, username, password] = process.argv.slice(2);
 const insecure = { [oauth.allowInsecureRequests]: true };
@@ -15,8 +15,7 @@ const auth = oauth.None();
 const verifier = oauth.generateRandomCodeVerifier();
 const state = oauth.generateRandomState();
 const nonce = oauth.generateRandomNonce();
-const url = new URL(as.authorization_endpoint);
-for (const [name, value] of Object.entries({
+const url = authorizationUrl(as.authorization_endpoint, {
   client_id: clientId,
   redirect_uri: redirectUri,
   response_type: 'code',
@@ -25,7 +24,7 @@ for (const [name, value] of Object.entries({
   code_challenge_method: 'S256',
   state,
   nonce,
-})) url.searchParams.set(name, value);
+});
 
 const { location, pages } = await new Browser().signIn(url, username, password);
 const params = oauth.validateAuthResponse(as, client, location, state);

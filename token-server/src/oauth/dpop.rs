@@ -31,12 +31,16 @@ pub async fn holder(
     url: &str,
     require_nonce: bool,
 ) -> Result<Holder, OAuthError> {
-    let values: Vec<&[u8]> = headers
+    holder_of(state, &proofs(headers), method, url, require_nonce).await
+}
+
+/// The values of the `DPoP` headers.
+fn proofs(headers: &HeaderMap) -> Vec<&[u8]> {
+    headers
         .get_all(DPOP_HEADER)
         .iter()
         .map(|value| value.as_bytes())
-        .collect();
-    holder_of(state, &values, method, url, require_nonce).await
+        .collect()
 }
 
 /// The key the proof presented with `access_token` at a protected resource
@@ -48,12 +52,7 @@ pub async fn holder_at_resource(
     request: Request<'_>,
     require_nonce: bool,
 ) -> Result<Holder, OAuthError> {
-    let values: Vec<&[u8]> = headers
-        .get_all(DPOP_HEADER)
-        .iter()
-        .map(|value| value.as_bytes())
-        .collect();
-    verified(state, &values, request, require_nonce).await
+    verified(state, &proofs(headers), request, require_nonce).await
 }
 
 /// [`holder`] from the `DPoP` values however they came (HTTP headers, gRPC

@@ -355,21 +355,12 @@ async fn the_code_flow_signs_in_consents_and_issues_tokens_for_the_user() {
 }
 
 pub async fn userinfo(browser: &Browser, token: &str) -> (StatusCode, Value) {
-    let response = token_server::http::router(browser.app.state.clone())
-        .oneshot(
-            Request::get("/oauth2/userinfo")
-                .header(header::AUTHORIZATION, format!("Bearer {token}"))
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
+    let request = Request::get("/oauth2/userinfo")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
         .unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    let (status, _, body) = call(browser, request).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 #[tokio::test]
