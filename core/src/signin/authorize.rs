@@ -291,22 +291,26 @@ fn invalid(text: &'static str) -> OAuthError {
 
 /// What a session is, for deciding whether to use it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SessionView {
+pub struct SessionView<'a> {
     pub auth_time: u64,
+    /// The signed-in user.
+    pub subject: &'a str,
 }
 
-/// Whether the user must (re)authenticate: no session, `prompt=login`, or
-/// the session older than `max_age`. With `prompt=none` that is
-/// `login_required` instead of a login page.
+/// Whether the user must (re)authenticate: no session, `prompt=login`, the
+/// session older than `max_age`, or of another user than the one
+/// `claims.id_token.sub` names. With `prompt=none` that is `login_required`
+/// instead of a login page.
 pub fn needs_login(
     request: &AuthorizationRequest,
-    session: Option<SessionView>,
+    session: Option<SessionView<'_>>,
     now: u64,
 ) -> Result<bool, OAuthError> {
     let fresh = session.is_some_and(|s| {
         request
             .max_age
             .is_none_or(|max| now.saturating_sub(s.auth_time) <= max)
+            && check_subject(request, s.subject).is_ok()
     });
     let login = !fresh || request.prompt.login;
     if login && request.prompt.none {
@@ -315,6 +319,22 @@ pub fn needs_login(
         ));
     }
     Ok(login)
+}
+
+/// Refuses to answer about `subject` when `claims.id_token.sub` names
+/// another user (OIDC Core §3.1.2.2): no token for a different user, even
+/// one with a session.
+pub fn check_subject(request: &AuthorizationRequest, subject: &str) -> Result<(), OAuthError> {
+    match request
+        .claims
+        .as_ref()
+        .and_then(ClaimsRequest::required_subject)
+    {
+        Some(wanted) if wanted != subject => Err(OAuthError::AccessDenied(
+            "the user signed in is not the one the request names (claims.id_token.sub)".into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Whether to ask consent: `consent: required` and the scopes not all
@@ -494,6 +514,7 @@ mod tests {
         ));
         let session = Some(SessionView {
             auth_time: NOW - 10,
+            subject: "alice",
         });
         assert_eq!(needs_login(&request, session, NOW), Ok(false));
     }
@@ -505,13 +526,45 @@ mod tests {
         let request = check(&p).unwrap();
         let old = Some(SessionView {
             auth_time: NOW - 61,
+            subject: "alice",
         });
         assert_eq!(needs_login(&request, old, NOW), Ok(true));
-        let recent = Some(SessionView { auth_time: NOW - 5 });
+        let recent = Some(SessionView {
+            auth_time: NOW - 5,
+            subject: "alice",
+        });
         assert_eq!(needs_login(&request, recent, NOW), Ok(false));
         let mut p = params();
         p.prompt = Some("login".into());
         assert_eq!(needs_login(&check(&p).unwrap(), recent, NOW), Ok(true));
+    }
+
+    #[test]
+    fn a_request_for_one_user_gets_no_answer_about_another() {
+        let mut p = params();
+        p.claims = Some(r#"{"id_token": {"sub": {"value": "bob"}}}"#.into());
+        let request = check(&p).unwrap();
+        let alice = Some(SessionView {
+            auth_time: NOW - 5,
+            subject: "alice",
+        });
+        assert_eq!(needs_login(&request, alice, NOW), Ok(true), "log bob in");
+        let bob = Some(SessionView {
+            auth_time: NOW - 5,
+            subject: "bob",
+        });
+        assert_eq!(needs_login(&request, bob, NOW), Ok(false));
+        assert!(matches!(
+            check_subject(&request, "alice"),
+            Err(OAuthError::AccessDenied(_))
+        ));
+        assert_eq!(check_subject(&request, "bob"), Ok(()));
+        p.prompt = Some("none".into());
+        let request = check(&p).unwrap();
+        assert!(matches!(
+            needs_login(&request, alice, NOW),
+            Err(OAuthError::LoginRequired(_))
+        ));
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub struct ClaimRequest {
 
 /// Whether `name` is a claim a `claims` request may ask this server for.
 fn understood(name: &str) -> bool {
-    name == "acr" || scope_of(name).is_some()
+    matches!(name, "acr" | "sub") || scope_of(name).is_some()
 }
 
 /// The OpenID Connect scope that releases `claim`.
@@ -129,6 +129,12 @@ impl ClaimsRequest {
         scopes
     }
 
+    /// The user `claims.id_token.sub` names with a `value` (§3.1.2.2): the
+    /// answer may be about that user only.
+    pub fn required_subject(&self) -> Option<&str> {
+        self.id_token.get("sub")?.values.first()?.as_str()
+    }
+
     /// What the ID token's `acr` must be, from `claims.id_token.acr`.
     fn acr(&self) -> Option<&ClaimRequest> {
         self.id_token.get("acr")
@@ -150,7 +156,7 @@ fn member(value: Option<&Value>) -> Result<BTreeMap<String, ClaimRequest>, OAuth
     }
     let mut requests = BTreeMap::new();
     for (name, request) in entries {
-        let request = claim_request(request)?;
+        let request = claim_request(name, request)?;
         if understood(name) {
             requests.insert(name.clone(), request);
         }
@@ -158,7 +164,7 @@ fn member(value: Option<&Value>) -> Result<BTreeMap<String, ClaimRequest>, OAuth
     Ok(requests)
 }
 
-fn claim_request(value: &Value) -> Result<ClaimRequest, OAuthError> {
+fn claim_request(name: &str, value: &Value) -> Result<ClaimRequest, OAuthError> {
     let fields = match value {
         Value::Null => return Ok(ClaimRequest::default()),
         Value::Object(fields) => fields,
@@ -169,6 +175,13 @@ fn claim_request(value: &Value) -> Result<ClaimRequest, OAuthError> {
         Some(Value::Bool(essential)) => *essential,
         Some(_) => return Err(invalid("essential must be true or false")),
     };
+    if name == "sub"
+        && fields
+            .get("value")
+            .is_some_and(|v| !v.is_string() && !v.is_null())
+    {
+        return Err(invalid("claims.id_token.sub's value must be a string"));
+    }
     let mut values = match fields.get("values") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(values)) if values.len() <= MAX_VALUES => values.clone(),
@@ -345,6 +358,7 @@ mod tests {
             r#"{"userinfo": {"email": true}}"#,
             r#"{"id_token": {"email": {"essential": "yes"}}}"#,
             r#"{"id_token": {"email": {"values": "a"}}}"#,
+            r#"{"id_token": {"sub": {"value": 7}}}"#,
         ] {
             assert!(
                 matches!(

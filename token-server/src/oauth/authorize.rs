@@ -400,6 +400,7 @@ async fn steps(
     }
     let view = session.as_ref().map(|s| SessionView {
         auth_time: s.auth_time,
+        subject: &s.subject,
     });
     if !signed_in_now && authorize::needs_login(request, view, now)? {
         if login_forms(registry, client).is_empty() {
@@ -536,6 +537,7 @@ fn authorization(
         .any(|p| p.key == session.idp && matches!(p.kind, ProviderKind::Static(_)));
     let acr = claims::of_sign_in(static_provider, &amr);
     request.acr.check(acr.as_deref())?;
+    authorize::check_subject(request, &session.subject)?;
     Ok(Authorization {
         grant_id: random_id().map_err(|_| OAuthError::Internal)?,
         client_id: request.client_id.clone(),

@@ -1112,3 +1112,27 @@ async fn userinfo_keeps_the_token_endpoints_dpop_nonce_policy() {
         "a fresh nonce comes along"
     );
 }
+
+#[tokio::test]
+async fn a_request_naming_another_user_gets_a_login_and_no_tokens_for_the_signed_in_one() {
+    let mut browser = Browser::new().await;
+    code_for_web(&mut browser).await;
+    let naming = |sub: &str| {
+        let claims = format!(r#"{{"id_token": {{"sub": {{"value": "{sub}"}}}}}}"#);
+        authorize_url("web", CALLBACK, &[("claims", &claims)])
+    };
+    // alice's session: a request for alice goes straight back with a code.
+    let same = browser.get(&naming("alice")).await;
+    assert_eq!(same.status, StatusCode::FOUND, "{}", same.body);
+    assert!(same.param("code").is_some());
+    // A request for bob: the login page, not alice's session.
+    let login = browser.get(&naming("bob")).await;
+    assert_eq!(login.status, StatusCode::OK);
+    assert!(login.body.contains("name=\"password\""), "{}", login.body);
+    // alice signs in anyway: no code for her.
+    let refused = browser.log_in(&login).await;
+    assert_eq!(refused.param("error").as_deref(), Some("access_denied"));
+    assert!(refused.param("code").is_none());
+    let none = browser.get(&format!("{}&prompt=none", naming("bob"))).await;
+    assert_eq!(none.param("error").as_deref(), Some("login_required"));
+}
