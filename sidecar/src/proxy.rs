@@ -96,15 +96,19 @@ pub struct Proxy {
 }
 
 fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
-    let body = Full::new(Bytes::from(message.into() + "\n"))
+    answer(status, "text/plain; charset=utf-8", message.into() + "\n")
+}
+
+/// An answer of the sidecar's own, with its content type.
+fn answer(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let body = Full::new(Bytes::from(body))
         .map_err(|never| match never {})
         .boxed_unsync();
     let mut response = Response::new(body);
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
@@ -743,15 +747,7 @@ impl Proxy {
             Err(refusal) => return refused(&refusal),
         };
         let document = self.resource.document(&resource, &issuer);
-        let body = Full::new(Bytes::from(document.to_string()))
-            .map_err(|never| match never {})
-            .boxed_unsync();
-        let mut response = Response::new(body);
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        response
+        answer(StatusCode::OK, "application/json", document.to_string())
     }
 
     /// `/healthz`, `/readyz`, `/metrics`, and the application's probes.

@@ -8,7 +8,6 @@ from the resource identifier agrees, and it checks `resource`), discovers the to
 it, gets a DPoP-bound token with `resource` set to the identifier and is let through with it.
 """
 
-import base64
 import json
 import shutil
 import subprocess
@@ -17,7 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from envoystack import AUDIENCE, EnvoyTokenServer, Sidecar, Upstream
+from envoystack import EnvoyTokenServer, Sidecar, Upstream
+from test_dpop import claims
 from tokenserver import HTTP_TIMEOUT, free_port
 
 CLIENT = Path(__file__).resolve().parent / "dpop" / "resource.mjs"
@@ -38,11 +38,6 @@ class ResourceTokenServer(EnvoyTokenServer):
             if doc["kind"] == "OAuthClient" and doc["spec"]["clientId"] == "frontend":
                 doc["spec"]["audiences"].append(RESOURCE)
         return docs
-
-
-def claims(jwt):
-    payload = jwt.split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
 
 
 @pytest.fixture(scope="module")

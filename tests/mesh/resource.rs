@@ -53,19 +53,26 @@ async fn json_at(url: &str) -> (u16, Option<String>, Value) {
     )
 }
 
-#[tokio::test]
-async fn a_refused_client_finds_the_issuer_through_the_resource_metadata() {
+/// The token server, and an application behind the gateway's sidecar started with `flags`.
+async fn gateway(flags: &[String]) -> (TokenServer, App, Sidecar) {
     let server = TokenServer::start().await;
     let app = App::start(None).await;
-    let sidecar = Sidecar::start(
+    let sidecar = Sidecar::start_with(
         &server,
         "gateway-svc",
         "gateway",
         app.addr,
         &[],
         free_port(),
+        flags,
     )
     .await;
+    (server, app, sidecar)
+}
+
+#[tokio::test]
+async fn a_refused_client_finds_the_issuer_through_the_resource_metadata() {
+    let (server, app, sidecar) = gateway(&[]).await;
     let inbound = sidecar.inbound;
     let expected = format!("http://{inbound}/.well-known/oauth-protected-resource");
     for authorization in [None, Some("Bearer not-a-token"), Some("DPoP not-a-token")] {
@@ -131,19 +138,8 @@ async fn a_refused_client_finds_the_issuer_through_the_resource_metadata() {
 
 #[tokio::test]
 async fn behind_an_ingress_the_resource_url_flag_names_the_resource_and_its_path() {
-    let server = TokenServer::start().await;
-    let app = App::start(None).await;
     let public = "https://api.example/orders";
-    let sidecar = Sidecar::start_with(
-        &server,
-        "gateway-svc",
-        "gateway",
-        app.addr,
-        &[],
-        free_port(),
-        &["--resource-url".into(), format!("{public}/")],
-    )
-    .await;
+    let (server, app, sidecar) = gateway(&["--resource-url".into(), format!("{public}/")]).await;
     let inbound = sidecar.inbound;
     let (status, challenges) = refusal(&format!("http://{inbound}/items"), &[]).await;
     assert_eq!(status, 401);
