@@ -10,6 +10,8 @@
 #   BENCH_DURATION=10s  BENCH_RATE=1000  BENCH_RATE_DURATION=20s  BENCH_WARMUP=2s
 #   BENCH_MISS_REQUESTS=20000 (closed-loop miss cases)  BENCH_CONNECTIONS=32 (max)
 #   BENCH_MODES="c1 rate max"   BENCH_SERVER_CPU=0  BENCH_CLIENT_CPU=1
+#   BENCH_CASES="bare in-hit out-hit out-dpop-hit in-dpop-hit in-miss out-miss" (the paths; direct
+#     and direct2, the reference of the added columns, always run)
 #   BENCH_QUIET_SECS=30 BENCH_QUIET_LOAD=0.5 BENCH_QUIET_MAX=3600 (BENCH_NO_QUIET=1: don't wait)
 #   BENCH_RETRIES=2 (measure a case disturbed by other load again)
 #   TOKEN_SERVER_BIN / SIDECAR_BIN / BARE_PROXY_BIN (skip cargo)  BENCH_SKIP_BUILD=1
@@ -26,6 +28,8 @@ WARM_N=1000 # distinct tokens for a miss case's warm-up
 RETRIES=${BENCH_RETRIES:-2} # a case disturbed by other load (> 10% of a core) is measured again, up to this often
 CONNS=${BENCH_CONNECTIONS:-32}
 MODES=" ${BENCH_MODES:-c1 rate max} "
+CASES=" ${BENCH_CASES:-bare in-hit out-hit out-dpop-hit in-dpop-hit in-miss out-miss} direct direct2 "
+want() { [[ $CASES == *" $1 "* ]]; }
 SCPU=${BENCH_SERVER_CPU:-0} # the sidecar and the application: the "pod"
 CCPU=${BENCH_CLIENT_CPU:-1} # the load generator and the token server
 SECRET=bench-sidecar-secret-0123456789abcdef
@@ -50,7 +54,7 @@ if [[ -z ${TOKEN_SERVER_BIN:-}${SIDECAR_BIN:-}${BARE_PROXY_BIN:-}${BENCH_SKIP_BU
 fi
 [[ -x $ts_bin ]] || die "no token-server binary at $ts_bin"
 [[ -x $sc_bin ]] || die "no tokenmesh-sidecar binary at $sc_bin"
-[[ -x $bare_bin ]] || die "no bare-proxy binary at $bare_bin"
+! want bare || [[ -x $bare_bin ]] || die "no bare-proxy binary at $bare_bin"
 (( $(nproc) >= 2 )) || log "warning: fewer than 2 CPUs; everything shares one core"
 
 wait_quiet start # before anything is started or minted
@@ -96,11 +100,13 @@ taskset -c "$SCPU" "$sc_bin" --token-server "http://127.0.0.1:$grpc" --client-id
   --resolve "payments.local=$app" --resolve "payments-dpop.local=$app" >"$tmp/sidecar.log" 2>&1 &
 pids+=($!) sc_pid=$!
 wait_ready "http://$admin/readyz" "$sc_pid" "$tmp/sidecar.log"
-bare=127.0.0.1:$(free_port)
-log "starting the reference bare-proxy on $bare -> $app (CPU $SCPU)"
-taskset -c "$SCPU" "$bare_bin" "$bare" "$app" >"$tmp/bare.log" 2>&1 &
-pids+=($!) bare_pid=$!
-wait_ready "http://$bare/" "$bare_pid" "$tmp/bare.log"
+bare=127.0.0.1:$(free_port) bare_pid=
+if want bare; then
+  log "starting the reference bare-proxy on $bare -> $app (CPU $SCPU)"
+  taskset -c "$SCPU" "$bare_bin" "$bare" "$app" >"$tmp/bare.log" 2>&1 &
+  pids+=($!) bare_pid=$!
+  wait_ready "http://$bare/" "$bare_pid" "$tmp/bare.log"
+fi
 sleep 3
 RSS_IDLE=$(vm_kib "$sc_pid" VmRSS)
 log "sidecar idle: VmRSS $(mib "$RSS_IDLE") MiB, $(awk '/^Threads/ { print $2 }' "/proc/$sc_pid/status") threads"
@@ -137,7 +143,26 @@ got=$(curl -s -H "Authorization: Bearer $HIT" -H 'Host: payments-dpop.local' "ht
 [[ $got == DPoP\ *.*.* ]] || die "outbound DPoP: no DPoP-bound token reached payments-dpop.local: ${got:0:160}"
 python3 -c 'import sys, json; assert json.loads(sys.argv[1]).get("cnf", {}).get("jkt"), sys.argv[1]' "$(claims "${got#DPoP }")" \
   || die "outbound DPoP: the token carries no cnf.jkt"
-log "preflight: inbound passes the JWT; outbound exchanges it (aud payments, act.sub orders-svc, exp in $(( $(python3 -c 'import sys, json; print(json.loads(sys.argv[1])["exp"])' "$exc") - $(date +%s) )) s)"
+# inbound DPoP: a DPoP-bound frontend token with a proof of benchapp's key
+# passes as the JWT; the same proof again is a replay
+dpop_targets() { # n outfile [path]: n GETs of the inbound proxy, one fresh proof each
+  taskset -c "$CCPU" "$BENCHAPP" dpop-resource -token-url "$iss/oauth2/token" -client frontend -secret "$SECRET" \
+    -form 'grant_type=client_credentials&scope=orders:read' -url "http://$inbound${3:-/}" -n "$1" -out "$2"
+}
+dpop_targets 1 "$tmp/dpop-pre.t" /echo
+dpop_curl() { # the curl arguments of the one target in $tmp/dpop-pre.t
+  python3 -c 'import sys, json; t = json.load(open(sys.argv[1]))
+for name, values in t["header"].items(): print("-H"); print(name + ": " + values[0])
+print(t["url"])' "$tmp/dpop-pre.t"
+}
+mapfile -t dpop_args < <(dpop_curl)
+got=$(curl -s "${dpop_args[@]}")
+[[ $got == Bearer\ *.*.* ]] || die "inbound DPoP: the application did not receive the JWT: ${got:0:160}"
+python3 -c 'import sys, json; assert json.loads(sys.argv[1]).get("cnf", {}).get("jkt"), sys.argv[1]' "$(claims "${got#Bearer }")" \
+  || die "inbound DPoP: the token carries no cnf.jkt"
+code=$(curl -s -o /dev/null -w '%{http_code}' "${dpop_args[@]}")
+[[ $code == 401 ]] || die "inbound DPoP: a replayed proof should be 401, got $code"
+log "preflight: inbound passes the JWT; inbound DPoP checks the proof (a replay is 401); outbound exchanges it (aud payments, act.sub orders-svc, exp in $(( $(python3 -c 'import sys, json; print(json.loads(sys.argv[1])["exp"])' "$exc") - $(date +%s) )) s)"
 
 # vegeta targets (JSON lines)
 target() { # url token [host]
@@ -166,6 +191,18 @@ make_miss() {
   awk -v url="$url" -v host="$host" -v p="$tmp/$path.$mode" -v w="$WARM_N" '
     { line = "{\"method\":\"GET\",\"url\":\"" url "\",\"header\":{\"Authorization\":[\"Bearer " $0 "\"]" (host != "" ? ",\"Host\":[\"" host "\"]" : "") "}}"
       print line > (NR <= w ? p ".warm" : p) }' "$tmp/miss.tok"
+}
+
+# make_dpop mode: a DPoP-bound frontend token and a proof for each request of
+# the in-dpop-hit case ($WARM_N warm-up, then as many as the case sends), made
+# right before it: a sidecar takes a proof only within 60 s of its iat, and once.
+make_dpop() {
+  local n
+  [[ $1 == c1 ]] && n=$MISS_N || n=$(( RATE * $(dur_s "$RATE_DURATION") ))
+  log "in-dpop-hit/$1: one DPoP-bound token, $(( WARM_N + n )) proofs"
+  dpop_targets $(( WARM_N + n )) "$tmp/dpop.all"
+  head -n "$WARM_N" "$tmp/dpop.all" >"$tmp/in-dpop-hit.$1.warm"
+  tail -n +"$(( WARM_N + 1 ))" "$tmp/dpop.all" >"$tmp/in-dpop-hit.$1"
 }
 
 # --- measuring ------------------------------------------------------------------
@@ -229,12 +266,20 @@ vegeta_attack() { # targets-file mode(c1|rate) duration|- lazy(0|1) output
   taskset -c "$CCPU" "$VEGETA" attack "${args[@]}"
 }
 
-# run_vegeta key targets-prefix mode miss(0|1)
+# run_vegeta key targets-prefix mode fresh(0|1|dpop): 1, every request a token
+# never seen before (a miss); dpop, every request a proof never seen before
 run_vegeta() {
   local key=$1 t=$2 mode=$3 miss=$4 dur attempt
+  want "${key%/*}" || return 0
   [[ $mode == c1 ]] && dur=$DURATION || dur=$RATE_DURATION
   for (( attempt = 0; ; attempt++ )); do
-    if (( miss )); then
+    if [[ $miss == dpop ]]; then
+      wait_quiet "$key"
+      make_dpop "$mode"
+      log "$key: warm-up $WARM_N requests, then $( [[ $mode == c1 ]] && echo "$MISS_N requests, one connection" || echo "$RATE req/s for $dur") (vegeta, every request a new proof)"
+      vegeta_attack "$t.$mode.warm" "$mode" - 1 "$tmp/warm.bin"
+      measure "$key" vegeta_attack "$t.$mode" "$mode" "$( [[ $mode == c1 ]] && echo - || echo "$dur")" 1 "$tmp/res.bin"
+    elif (( miss )); then
       make_miss "${key%/*}" "$mode"
       wait_quiet "$key"
       log "$key: warm-up $WARM_N fresh tokens, then $( [[ $mode == c1 ]] && echo "$MISS_N requests, one connection" || echo "$RATE req/s for $dur") (vegeta, every request a new token)"
@@ -266,6 +311,7 @@ run_vegeta() {
 # or one for the c1w cases (one connection, closed loop, a C client)
 run_wrk() {
   local key=$1 url=$2 host=${3:-} auth="" hdr=() attempt conns=$CONNS
+  want "${key%/*}" || return 0
   [[ $key == */c1w ]] && conns=1
   [[ $key != direct* ]] && auth="Bearer $HIT"
   [[ -n $host ]] && hdr=(-H "Host: $host")
@@ -297,14 +343,18 @@ for mode in c1 rate; do
   run_vegeta "in-hit/$mode" "$tmp/in-hit.t" "$mode" 0
   run_vegeta "out-hit/$mode" "$tmp/out-hit.t" "$mode" 0
   run_vegeta "out-dpop-hit/$mode" "$tmp/out-dpop-hit.t" "$mode" 0
+  run_vegeta "in-dpop-hit/$mode" "$tmp/in-dpop-hit" "$mode" dpop
   run_vegeta "in-miss/$mode" "$tmp/in-miss" "$mode" 1
   run_vegeta "out-miss/$mode" "$tmp/out-miss" "$mode" 1
   run_vegeta "direct2/$mode" "$tmp/direct.t" "$mode" 0
 done
-if [[ $MODES == *" c1 "* ]]; then
+# the direct calls are measured for the wrk tables only when a path is
+any_wanted() { local p; for p in "$@"; do want "$p" && return 0; done; return 1; }
+if [[ $MODES == *" c1 "* ]] && any_wanted bare in-hit out-hit out-dpop-hit; then
   # One connection again with a C client: vegeta's own wait for an answer
   # grows with the answer's latency (a Go runtime parked longer), which
   # inflates every proxied path's figure; wrk's does not (see bench/README.md).
+  # Not in-dpop-hit: wrk sends one fixed request, and a proof passes once.
   run_wrk direct/c1w "http://$app/"
   run_wrk bare/c1w "http://$bare/"
   run_wrk in-hit/c1w "http://$inbound/"
@@ -312,7 +362,7 @@ if [[ $MODES == *" c1 "* ]]; then
   run_wrk out-dpop-hit/c1w "http://$outbound/" payments-dpop.local
   run_wrk direct2/c1w "http://$app/"
 fi
-if [[ $MODES == *" max "* ]]; then
+if [[ $MODES == *" max "* ]] && any_wanted in-hit out-hit out-dpop-hit; then
   run_wrk direct/max "http://$app/"
   run_wrk in-hit/max "http://$inbound/"
   run_wrk out-hit/max "http://$outbound/" payments.local
@@ -355,6 +405,7 @@ label() {
     in-hit) echo 'inbound, cache hit (JWT verified before)' ;;
     out-hit) echo 'outbound, cache hit (exchange cached)' ;;
     out-dpop-hit) echo 'outbound, cache hit, DPoP hop (a fresh ES256 proof per call)' ;;
+    in-dpop-hit) echo 'inbound, cache hit, DPoP-bound token (its ES256 proof verified per request)' ;;
     in-miss) echo 'inbound, miss (new JWT each request: ES256 verify)' ;;
     out-miss) echo 'outbound, miss (new subject each request: gRPC Exchange)' ;;
   esac
@@ -375,7 +426,7 @@ for mode in c1 c1w rate; do
   echo
   echo '| path | requests | req/s | p50 | p90 | p99 | max | added p50 | added p90 | added p99 | sidecar CPU | per 1,000 req/s | token server CPU | sidecar RSS (max) | errors |'
   echo '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|'
-  for p in direct bare in-hit out-hit out-dpop-hit in-miss out-miss direct2; do
+  for p in direct bare in-hit out-hit out-dpop-hit in-dpop-hit in-miss out-miss direct2; do
     k=$p/$mode
     [[ -n ${N[$k]:-} ]] || continue
     if [[ $p == direct* ]]; then a50=- a90=- a99=- sc=- pk=-; else

@@ -10,6 +10,9 @@
 //	benchapp dpop -url URL -client ID -secret S -form BODY -n N [-out FILE]
 //	    Writes N vegeta targets for the token endpoint, each with a DPoP
 //	    proof of its own (dpop.go).
+//	benchapp dpop-resource -token-url URL -client ID -secret S -form BODY -url RESOURCE -n N [-out FILE]
+//	    Gets one DPoP-bound token and writes N vegeta GET targets for
+//	    RESOURCE with it, each with a proof of its own (dpop.go).
 //	benchapp login | flows | refresh ...
 //	    The sign-in load of bench/signin.sh: one sign-in through the login
 //	    form, then whole authorization code flows, or refresh_token grants
@@ -61,13 +64,10 @@ func serve(addr string) {
 func mint(args []string) {
 	fs := flag.NewFlagSet("mint", flag.ExitOnError)
 	url := fs.String("url", "", "token endpoint")
-	client := fs.String("client", "", "client id")
-	secret := fs.String("secret", "", "client secret")
-	form := fs.String("form", "grant_type=client_credentials", "form body")
-	n := fs.Int("n", 1000, "tokens to fetch")
+	g := newGrantFlags(fs, "tokens")
 	c := fs.Int("c", 16, "concurrent connections")
-	out := fs.String("out", "-", "output file")
 	fs.Parse(args)
+	client, secret, form, n, out := g.client, g.secret, g.form, g.n, g.out
 	tr := &http.Transport{MaxIdleConnsPerHost: *c, MaxConnsPerHost: *c}
 	hc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
 	tokens := make([]string, *n)
@@ -133,7 +133,7 @@ func writeLines(out string, lines []string) {
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: benchapp serve ADDR | benchapp mint -url URL -client ID -secret S -form BODY -n N [-c C] [-out FILE] | benchapp dpop -url URL -client ID -secret S -form BODY -n N [-out FILE] | benchapp login|flows|refresh (signin.go)")
+		fmt.Fprintln(os.Stderr, "usage: benchapp serve ADDR | benchapp mint -url URL -client ID -secret S -form BODY -n N [-c C] [-out FILE] | benchapp dpop -url URL -client ID -secret S -form BODY -n N [-out FILE] | benchapp dpop-resource -token-url URL -client ID -secret S -form BODY -url RESOURCE -n N [-out FILE] | benchapp login|flows|refresh (signin.go)")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -147,6 +147,8 @@ func main() {
 		mint(os.Args[2:])
 	case "dpop":
 		dpop(os.Args[2:])
+	case "dpop-resource":
+		dpopResource(os.Args[2:])
 	case "login":
 		login(os.Args[2:])
 	case "flows":

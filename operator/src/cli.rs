@@ -172,6 +172,13 @@ pub struct Args {
     #[arg(long, env = "TOKENMESH_OPERATOR_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
+    /// Injected sidecars require a nonce of theirs in inbound DPoP proofs
+    /// (their --dpop-require-nonce, RFC 9449 §9), unless a pod's annotation
+    /// tokenmesh.dev/dpop-require-nonce says "false"; without this flag only
+    /// pods annotated "true" do.
+    #[arg(long, env = "TOKENMESH_OPERATOR_SIDECAR_DPOP_REQUIRE_NONCE")]
+    pub sidecar_dpop_require_nonce: bool,
+
     /// The OTLP/gRPC collector injected sidecars export their spans to
     /// (their TOKENMESH_SIDECAR_OTLP_ENDPOINT). Default: none, no export.
     #[arg(long, env = "TOKENMESH_OPERATOR_SIDECAR_OTLP_ENDPOINT")]

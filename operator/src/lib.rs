@@ -178,6 +178,7 @@ async fn start(args: Args) -> Result<(), StartError> {
             capture_outbound: args.capture_outbound,
             exclude_outbound_cidrs: args.exclude_outbound_cidrs.clone(),
             otlp_endpoint: args.sidecar_otlp_endpoint.clone(),
+            dpop_require_nonce: args.sidecar_dpop_require_nonce,
         };
         let tls = match (&args.webhook_cert, &args.webhook_key, &args.webhook_service) {
             (Some(cert), Some(key), _) => axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await,

@@ -25,6 +25,13 @@ pub const CAPTURE_OUTBOUND: &str = "tokenmesh.dev/capture-outbound";
 pub const INBOUND_PORTS: &str = "tokenmesh.dev/inbound-ports";
 pub const EXCLUDE_PORTS: &str = "tokenmesh.dev/exclude-outbound-ports";
 pub const EXCLUDE_CIDRS: &str = "tokenmesh.dev/exclude-outbound-cidrs";
+/// Annotation: `"true"` or `"false"`, whether inbound DPoP proofs must carry
+/// a nonce of the sidecar's (its `--dpop-require-nonce`); default
+/// [`InjectConfig::dpop_require_nonce`].
+pub const DPOP_REQUIRE_NONCE: &str = "tokenmesh.dev/dpop-require-nonce";
+/// Annotation: the URL clients call the pod's service by, the resource of
+/// its protected-resource metadata (the sidecar's `--resource-url`).
+pub const RESOURCE_URL: &str = "tokenmesh.dev/resource-url";
 /// Annotation the webhook writes: the CA (PEM) the sidecar trusts for the
 /// token server, which the pod's token volume shows as a file. A pod
 /// annotation needs no object in the pod's namespace and no RBAC there.
@@ -59,6 +66,9 @@ pub struct InjectConfig {
     pub token_server_ca: Option<String>,
     /// Where the sidecar exports its trace spans (OTLP/gRPC); none: no export.
     pub otlp_endpoint: Option<String>,
+    /// Inbound DPoP proofs must carry a sidecar nonce, by default
+    /// (annotation `tokenmesh.dev/dpop-require-nonce`).
+    pub dpop_require_nonce: bool,
 }
 
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
@@ -83,6 +93,11 @@ fn sidecar(pod: &Pod, config: &InjectConfig) -> Container {
     // tokens addressed to `team-b/default`.
     let client_id = annotation(CLIENT_ID).unwrap_or(format!("{namespace}/{account}"));
     let audience = annotation(AUDIENCE).unwrap_or_else(|| client_id.clone());
+    let require_nonce = annotation(DPOP_REQUIRE_NONCE).map_or(config.dpop_require_nonce, |v| {
+        v.trim().eq_ignore_ascii_case("true")
+    });
+    // Checked by the sidecar, which refuses to start with a bad one.
+    let resource_url = annotation(RESOURCE_URL).filter(|url| !url.trim().is_empty());
     let app_port = annotation(APP_PORT)
         .and_then(|p| p.parse::<i32>().ok())
         .or_else(|| {
@@ -147,6 +162,8 @@ fn sidecar(pod: &Pod, config: &InjectConfig) -> Container {
                     .as_ref()
                     .map(|endpoint| env("TOKENMESH_SIDECAR_OTLP_ENDPOINT", endpoint.clone())),
             )
+            .chain(require_nonce.then(|| env("TOKENMESH_SIDECAR_DPOP_REQUIRE_NONCE", "true")))
+            .chain(resource_url.map(|url| env("TOKENMESH_SIDECAR_RESOURCE_URL", url.trim())))
             .collect(),
         ),
         ports: Some(vec![
@@ -549,6 +566,7 @@ mod tests {
             capture_outbound: false,
             exclude_outbound_cidrs: vec!["10.96.0.20/32".into()],
             otlp_endpoint: None,
+            dpop_require_nonce: false,
         }
     }
 
@@ -778,6 +796,58 @@ mod tests {
             !env.keys()
                 .any(|k| k.contains("INBOUND_TLS") || k.contains("CLIENT_CA"))
         );
+    }
+
+    #[test]
+    fn dpop_nonces_are_required_by_the_default_or_the_pods_annotation() {
+        let app = json!([{"name": "app", "image": "orders"}]);
+        let nonce = |annotations: Value, default: bool| {
+            let config = InjectConfig {
+                dpop_require_nonce: default,
+                ..config()
+            };
+            let original = pod(annotations, app.clone());
+            let result = patched(&review(&admission(original.clone()), &config), &original);
+            result["spec"]["containers"][1]["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == "TOKENMESH_SIDECAR_DPOP_REQUIRE_NONCE")
+                .map(|e| e["value"].as_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            nonce(json!({}), false),
+            None,
+            "not asked: the flag stays off"
+        );
+        assert_eq!(nonce(json!({}), true).as_deref(), Some("true"));
+        assert_eq!(
+            nonce(json!({DPOP_REQUIRE_NONCE: "true"}), false).as_deref(),
+            Some("true"),
+            "a pod asks for it"
+        );
+        assert_eq!(
+            nonce(json!({DPOP_REQUIRE_NONCE: "false"}), true),
+            None,
+            "a pod opts out of the chart's default"
+        );
+    }
+
+    #[test]
+    fn a_pods_resource_url_annotation_reaches_its_sidecar() {
+        let app = json!([{"name": "app", "image": "orders"}]);
+        let env = sidecar_env(&pod(
+            json!({RESOURCE_URL: "https://api.shop.example/orders"}),
+            app.clone(),
+        ));
+        assert_eq!(
+            env["TOKENMESH_SIDECAR_RESOURCE_URL"],
+            "https://api.shop.example/orders"
+        );
+        for annotations in [json!({}), json!({RESOURCE_URL: " "})] {
+            let env = sidecar_env(&pod(annotations, app.clone()));
+            assert!(!env.contains_key("TOKENMESH_SIDECAR_RESOURCE_URL"));
+        }
     }
 
     #[test]

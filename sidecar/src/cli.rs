@@ -73,6 +73,16 @@ pub struct Args {
     #[arg(long, env = "TOKENMESH_SIDECAR_AUDIENCE")]
     pub audience: String,
 
+    /// The URL clients call this service by, its resource identifier in
+    /// the protected-resource metadata (RFC 9728) served on the inbound
+    /// port at /.well-known/oauth-protected-resource (and that path
+    /// followed by this URL's path) and named by every 401's
+    /// `resource_metadata`. Give it where the one the sidecar derives (the
+    /// scheme and Host a request came with) is not what clients call, e.g.
+    /// behind an ingress: `https://api.example.com/orders`.
+    #[arg(long, env = "TOKENMESH_SIDECAR_RESOURCE_URL", value_name = "URL")]
+    pub resource_url: Option<crate::resource::ResourceUrl>,
+
     /// Where requests for the application arrive. With traffic capture
     /// (tokenmesh-capture), listen where redirected connections arrive: on
     /// the pod's address, e.g. 0.0.0.0:15006.

@@ -10,6 +10,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod proxy;
 pub mod redirect;
+pub mod resource;
 pub mod token_server;
 
 use std::{collections::HashMap, process::ExitCode, sync::Arc};
@@ -98,15 +99,24 @@ async fn start(args: Args) -> Result<(), String> {
         .iter()
         .map(|r| (r.host.clone(), r.addr))
         .collect();
-    let proxy = Arc::new(Proxy::new(
-        mesh.clone(),
-        args.app_addr,
-        resolve,
-        args.allow_unlisted_destinations,
-        args.upstream_timeout,
-        args.stream_idle_timeout,
-        probes(&args)?,
-    ));
+    let proxy = Arc::new(
+        Proxy::new(
+            mesh.clone(),
+            args.app_addr,
+            resolve,
+            args.allow_unlisted_destinations,
+            args.upstream_timeout,
+            args.stream_idle_timeout,
+            probes(&args)?,
+        )
+        .with_resource(
+            resource::ProtectedResource::new(
+                args.resource_url.clone(),
+                args.inbound_client_ca.is_some(),
+            ),
+            inbound_tls.is_some(),
+        ),
+    );
     let inbound = bind(args.inbound_addr).await?;
     let outbound = bind(args.outbound_addr).await?;
     let admin = bind(args.admin_addr).await?;

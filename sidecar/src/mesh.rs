@@ -318,6 +318,17 @@ impl<S: TokenService> Mesh<S> {
         self.keys.current().is_some() && self.routes_ready.load(Ordering::Relaxed)
     }
 
+    /// The token server's issuer, as its keys name it (fetched first if
+    /// none are in yet): the authorization server of this sidecar's
+    /// protected-resource metadata.
+    pub async fn issuer(&self) -> Result<String, Refusal> {
+        self.keys
+            .keys_for(None)
+            .await
+            .map(|keys| keys.issuer.clone())
+            .map_err(|e| Refusal::Unavailable(e.0))
+    }
+
     pub fn route(&self, host: &str) -> Option<Arc<Route>> {
         self.routes.load().get(host).cloned()
     }

@@ -29,6 +29,7 @@ use crate::{
     },
     metrics::RequestLabels,
     redirect::{self, OriginalDst},
+    resource::{self, ProtectedResource},
 };
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -86,20 +87,28 @@ pub struct Proxy {
     pub stream_idle: Duration,
     /// Admin path → where it goes: kubelet probes.
     probes: HashMap<String, Probe>,
+    /// The inbound listener's scheme: `https` with --inbound-tls-cert.
+    inbound_scheme: &'static str,
+    /// Its protected-resource metadata (RFC 9728).
+    resource: ProtectedResource,
     http1: Client<HttpConnector, Stall<Upstream>>,
     http2: Client<HttpConnector, Stall<Upstream>>,
 }
 
 fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
-    let body = Full::new(Bytes::from(message.into() + "\n"))
+    answer(status, "text/plain; charset=utf-8", message.into() + "\n")
+}
+
+/// An answer of the sidecar's own, with its content type.
+fn answer(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let body = Full::new(Bytes::from(body))
         .map_err(|never| match never {})
         .boxed_unsync();
     let mut response = Response::new(body);
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
@@ -122,32 +131,26 @@ pub const DPOP_HEADER: &str = "dpop";
 pub use tokenmesh_tokens::dpop::nonce::NONCE_HEADER;
 
 /// 401 with the RFC 6750 challenge, then the DPoP one; the reason stays in
-/// the body, bounded.
-fn unauthorized(refusal: &Refusal) -> Response<Body> {
+/// the body, bounded. Inbound, every challenge names the resource's
+/// metadata (`metadata_url`, RFC 9728 §5.1).
+fn unauthorized(refusal: &Refusal, metadata_url: Option<&str>) -> Response<Body> {
     let mut response = text(StatusCode::UNAUTHORIZED, refusal.public());
     let headers = response.headers_mut();
+    let challenge = |challenge: &'static str| {
+        metadata_url
+            .and_then(|url| HeaderValue::try_from(resource::with_metadata(challenge, url)).ok())
+            .unwrap_or(HeaderValue::from_static(challenge))
+    };
     if let Refusal::UseNonce(nonce) = refusal {
-        headers.insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(DPOP_USE_NONCE),
-        );
+        headers.insert(header::WWW_AUTHENTICATE, challenge(DPOP_USE_NONCE));
         if let Ok(nonce) = HeaderValue::try_from(nonce.as_str()) {
             headers.insert(NONCE_HEADER, nonce);
         }
     } else if matches!(refusal, Refusal::Proof(_)) {
-        headers.insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(DPOP_INVALID_PROOF),
-        );
+        headers.insert(header::WWW_AUTHENTICATE, challenge(DPOP_INVALID_PROOF));
     } else {
-        headers.insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(CHALLENGE),
-        );
-        headers.append(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(DPOP_CHALLENGE),
-        );
+        headers.insert(header::WWW_AUTHENTICATE, challenge(CHALLENGE));
+        headers.append(header::WWW_AUTHENTICATE, challenge(DPOP_CHALLENGE));
     }
     response
 }
@@ -169,9 +172,14 @@ fn many_credentials() -> Response<Body> {
 }
 
 fn refused(refusal: &Refusal) -> Response<Body> {
+    refused_naming(refusal, None)
+}
+
+/// [`refused`], a 401's challenges naming `metadata_url` (inbound).
+fn refused_naming(refusal: &Refusal, metadata_url: Option<&str>) -> Response<Body> {
     match refusal {
         Refusal::Missing | Refusal::Invalid(_) | Refusal::Proof(_) | Refusal::UseNonce(_) => {
-            unauthorized(refusal)
+            unauthorized(refusal, metadata_url)
         }
         Refusal::Forbidden(_) | Refusal::BoundShare(_) => {
             text(StatusCode::FORBIDDEN, refusal.public())
@@ -217,14 +225,14 @@ pub fn credential_in(value: &[u8]) -> Option<(AuthScheme, &str)> {
 
 /// The URL the client called, as a DPoP proof's `htu` names it: the
 /// request's own scheme and authority when it has them (HTTP/2, absolute
-/// form), else `http` and the Host header.
-fn called_url<B>(request: &Request<B>) -> Option<String> {
+/// form), else `scheme` (the listener's) and the Host header.
+fn called_url<B>(request: &Request<B>, scheme: &str) -> Option<String> {
     let uri = request.uri();
     let authority = match uri.authority() {
         Some(authority) => authority.as_str(),
         None => request.headers().get(header::HOST)?.to_str().ok()?,
     };
-    let scheme = uri.scheme_str().unwrap_or("http");
+    let scheme = uri.scheme_str().unwrap_or(scheme);
     Some(format!("{scheme}://{authority}{}", uri.path()))
 }
 
@@ -350,9 +358,19 @@ impl Proxy {
             timeout,
             stream_idle,
             probes,
+            inbound_scheme: "http",
+            resource: ProtectedResource::default(),
             http1,
             http2,
         }
+    }
+
+    /// The inbound listener's protected-resource metadata, and whether it
+    /// speaks TLS (then the URL clients call is `https`).
+    pub fn with_resource(mut self, resource: ProtectedResource, tls: bool) -> Self {
+        self.resource = resource;
+        self.inbound_scheme = if tls { "https" } else { "http" };
+        self
     }
 
     /// Sends `request` to `target`. --upstream-timeout bounds the wait for
@@ -418,6 +436,15 @@ impl Proxy {
     }
 
     async fn inbound_inner(&self, mut request: Request<Incoming>) -> Response<Body> {
+        if self.resource.serves(request.uri().path()) {
+            return self.resource_metadata(&request).await;
+        }
+        // Only for refusals: a valid request never builds it.
+        let metadata_url = |request: &Request<Incoming>| {
+            self.resource
+                .resource(request, self.inbound_scheme)
+                .map(|resource| resource.metadata_url())
+        };
         let authorization = match only_authorization(request.headers()) {
             Ok(value) => value,
             Err(response) => return response,
@@ -426,7 +453,7 @@ impl Proxy {
             .as_ref()
             .and_then(|value| credential_in(value.as_bytes()))
         else {
-            return unauthorized(&Refusal::Missing);
+            return unauthorized(&Refusal::Missing, metadata_url(&request).as_deref());
         };
         let proofs: Vec<&[u8]> = request
             .headers()
@@ -434,7 +461,7 @@ impl Proxy {
             .iter()
             .map(HeaderValue::as_bytes)
             .collect();
-        let url = called_url(&request).unwrap_or_default();
+        let url = called_url(&request, self.inbound_scheme).unwrap_or_default();
         let presented = Presented {
             scheme,
             token,
@@ -446,13 +473,13 @@ impl Proxy {
             Ok(verified) => verified,
             Err(refusal) => {
                 tracing::debug!(reason = %refusal, "inbound request refused");
-                return refused(&refusal);
+                return refused_naming(&refusal, metadata_url(&request).as_deref());
             }
         };
         let peer = request.extensions().get::<PeerCertificate>();
         if let Err(refusal) = crate::binding::check_certificate(&verified.claims, peer) {
             tracing::debug!(reason = %refusal, "inbound request refused");
-            return refused(&refusal);
+            return refused_naming(&refusal, metadata_url(&request).as_deref());
         }
         // The proof stays here: the application could replay it elsewhere.
         request.headers_mut().remove(DPOP_HEADER);
@@ -626,7 +653,7 @@ impl Proxy {
         let url = if request.version() == Version::HTTP_2 {
             Some(format!("http://{target}{}", request.uri().path()))
         } else {
-            called_url(&request)
+            called_url(&request, "http")
         };
         let Some(url) = url else {
             return text(StatusCode::BAD_REQUEST, "no destination host");
@@ -700,6 +727,27 @@ impl Proxy {
                 "the request body could not be read",
             )),
         }
+    }
+
+    /// The protected-resource metadata (RFC 9728 §3), without a token: the
+    /// token server's issuer is the one authorization server.
+    async fn resource_metadata(&self, request: &Request<Incoming>) -> Response<Body> {
+        if !matches!(*request.method(), http::Method::GET | http::Method::HEAD) {
+            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "metadata is GET");
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return response;
+        }
+        let Some(resource) = self.resource.resource(request, self.inbound_scheme) else {
+            return text(StatusCode::BAD_REQUEST, "no valid Host names the resource");
+        };
+        let issuer = match self.mesh.issuer().await {
+            Ok(issuer) => issuer,
+            Err(refusal) => return refused(&refusal),
+        };
+        let document = self.resource.document(&resource, &issuer);
+        answer(StatusCode::OK, "application/json", document.to_string())
     }
 
     /// `/healthz`, `/readyz`, `/metrics`, and the application's probes.
@@ -1010,6 +1058,71 @@ mod tests {
         assert_eq!(
             refused(&Refusal::Unavailable("down".into())).status(),
             StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[test]
+    fn every_inbound_401_challenge_names_the_resource_metadata() {
+        let url = "https://api.example/.well-known/oauth-protected-resource/orders";
+        let param = format!(", resource_metadata=\"{url}\"");
+        let challenges = |refusal: &Refusal| {
+            let response = refused_naming(refusal, Some(url));
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{refusal}");
+            response
+                .headers()
+                .get_all(header::WWW_AUTHENTICATE)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            challenges(&Refusal::Missing),
+            [
+                CHALLENGE.to_owned() + &param,
+                DPOP_CHALLENGE.to_owned() + &param
+            ]
+        );
+        assert_eq!(
+            challenges(&Refusal::Invalid("expired".into())),
+            [
+                CHALLENGE.to_owned() + &param,
+                DPOP_CHALLENGE.to_owned() + &param
+            ]
+        );
+        assert_eq!(
+            challenges(&Refusal::Proof("no proof".into())),
+            [DPOP_INVALID_PROOF.to_owned() + &param]
+        );
+        assert_eq!(
+            challenges(&Refusal::UseNonce("n".into())),
+            [DPOP_USE_NONCE.to_owned() + &param]
+        );
+        // Not a 401: no challenge to carry it.
+        let forbidden = refused_naming(&Refusal::Forbidden("x".into()), Some(url));
+        assert!(forbidden.headers().get(header::WWW_AUTHENTICATE).is_none());
+    }
+
+    #[test]
+    fn the_called_url_has_the_listeners_scheme_unless_the_request_names_one() {
+        let request = |uri: &str| {
+            Request::builder()
+                .uri(uri)
+                .header(header::HOST, "orders.local:15006")
+                .body(())
+                .unwrap()
+        };
+        assert_eq!(
+            called_url(&request("/a?b=1"), "https").as_deref(),
+            Some("https://orders.local:15006/a"),
+            "HTTP/1.1 over the TLS listener: the proof's htu is https"
+        );
+        assert_eq!(
+            called_url(&request("/a"), "http").as_deref(),
+            Some("http://orders.local:15006/a")
+        );
+        assert_eq!(
+            called_url(&request("http://other:1/a"), "https").as_deref(),
+            Some("http://other:1/a")
         );
     }
 

@@ -41,8 +41,11 @@ def test_a_request_without_a_token_never_reaches_the_application(mesh, port):
     path = unique("no-token")
     resp = mesh.client.get(f"http://{POD}:{port}{path}")
     assert resp.get("status") == 401, resp
-    # The Bearer challenge first, then the DPoP one (RFC 9449 §7.1).
-    assert resp["headers"].get("www-authenticate", "").startswith('Bearer error="invalid_token", DPoP algs='), resp
+    # The Bearer challenge first, then the DPoP one (RFC 9449 §7.1), each naming the resource's
+    # metadata (RFC 9728 §5.1) at the address the client called.
+    challenge = resp["headers"].get("www-authenticate", "")
+    metadata = f'resource_metadata="http://{POD}:{port}/.well-known/oauth-protected-resource"'
+    assert challenge.startswith(f'Bearer error="invalid_token", {metadata}, DPoP algs='), resp
     resp = mesh.client.get(f"http://{POD}:{port}{path}", headers={"Authorization": "Bearer not-a-token"})
     assert resp.get("status") == 401, resp
     assert seen(mesh, "app", path) == []

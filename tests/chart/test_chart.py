@@ -879,6 +879,10 @@ def test_client_ca_and_dpop_nonces_for_a_financial_grade_mesh():
     config = yaml.safe_load(one(docs, "ConfigMap", name)["data"]["tokenserver.yaml"])
     assert config["spec"]["dpop"] == {"requireNonce": True}
     assert crdcheck.validate(config, crdcheck.load_crds(CRDS)) == []
+    # The injected sidecars ask inbound DPoP proofs for their nonce only when the value says so.
+    nonce_flag = "--sidecar-dpop-require-nonce"
+    assert nonce_flag in container(docs, f"{FULLNAME}-operator")["args"]
+    assert nonce_flag not in container(manifests("default"), f"{FULLNAME}-operator")["args"]
 
     from_map = documents(run(HELM4, *template_args(sets=["tokenServer.tls.clientCa.configMapName=mesh-client-ca",
                                                          "tokenServer.tls.clientCa.key=bundle.pem"])).stdout)
@@ -1007,6 +1011,7 @@ WRONG_VALUES = {
     "root user": (["securityContext.runAsUser=0"], r"runAsUser"),
     "OTLP endpoint without a scheme": (["tracing.otlpEndpoint=otel-collector:4317"], r"otlpEndpoint"),
     "sampler not in enum": (["tracing.sampler=sometimes"], r"sampler"),
+    "sidecar nonce not a boolean": (["sidecar.dpop.requireNonce=yes"], r"requireNonce"),
     "privileged webhook port": (["webhook.port=443"], r"port"),
     "webhook timeout too long": (["webhook.timeoutSeconds=60"], r"timeoutSeconds"),
     "certificate source not in enum": (["webhook.certificate.source=vault"], r"source"),

@@ -147,6 +147,8 @@ class Sidecar(Process):
         self.server = server
         self.client_id = client_id
         self.inbound, self.app, self.outbound, self.admin, self.ext_authz = (free_port() for _ in range(5))
+        self.audience = AUDIENCE
+        self.extra_args: list[str] = []
 
     @property
     def ext_authz_target(self):
@@ -158,14 +160,15 @@ class Sidecar(Process):
         cmd = [str(SIDECAR_BIN), *self.server.sidecar_args(),
                "--client-id", self.client_id,
                "--client-secret-file", str(self.server.secret_file(self.client_id)),
-               "--audience", AUDIENCE,
+               "--audience", self.audience,
                "--inbound-addr", f"127.0.0.1:{self.inbound}",
                "--app-addr", f"127.0.0.1:{self.app}",
                "--outbound-addr", f"127.0.0.1:{self.outbound}",
                "--admin-addr", f"127.0.0.1:{self.admin}",
                "--ext-authz-addr", self.ext_authz_target,
                "--clock-skew", f"{CLOCK_SKEW}s",
-               "--log", "info,tokenmesh_sidecar=debug"]
+               "--log", "info,tokenmesh_sidecar=debug",
+               *self.extra_args]
         # Flags only: no TOKENMESH_* setting of the caller's environment reaches the sidecar.
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMESH_")} | {"NO_COLOR": "1"}
         self.spawn(cmd, env)

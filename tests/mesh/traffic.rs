@@ -350,9 +350,15 @@ async fn bad_tokens_never_reach_the_application() {
         let (status, body, challenge) = mesh.call(token.as_deref()).await;
         assert_eq!(status, 401, "{name}: {body}");
         // The contract: every refusal, even with no token at all.
+        let metadata = format!(
+            "http://{}/.well-known/oauth-protected-resource",
+            mesh.sidecars[0].inbound
+        );
         assert_eq!(
-            challenge.as_deref(),
-            Some("Bearer error=\"invalid_token\""),
+            challenge,
+            Some(format!(
+                "Bearer error=\"invalid_token\", resource_metadata=\"{metadata}\""
+            )),
             "{name}"
         );
     }
