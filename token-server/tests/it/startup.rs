@@ -189,7 +189,7 @@ async fn migrate_reports_what_it_did_and_reads_spec_storage() {
         (out.status.success(), text)
     };
     let (ok, out) = run(&["migrate", "--database-url", &url]);
-    assert!(ok && out.contains("applied 2 migration(s)"), "{out}");
+    assert!(ok && out.contains("applied 3 migration(s)"), "{out}");
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("secrets/db")).unwrap();
