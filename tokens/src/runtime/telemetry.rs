@@ -72,20 +72,9 @@ impl Telemetry {
         } else {
             (None, None)
         };
-        let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-        let log = match self.format {
-            LogFormat::Json => log.json().with_filter(log_filter(&self.filter)).boxed(),
-            LogFormat::Text => log
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_filter(log_filter(&self.filter))
-                .boxed(),
-        };
-        let traces = provider.as_ref().map(|provider| {
-            tracing_opentelemetry::layer()
-                .with_tracer(provider.tracer("tokenmesh"))
-                .with_filter(exported())
-        });
-        let _ = Registry::default().with(traces).with(log).try_init();
+        let _ = Registry::default()
+            .with(self.layers(provider.as_ref()))
+            .try_init();
         match (&provider, problem) {
             (Some(_), _) => {
                 tracing::info!(service = %self.service_name, "exporting traces over OTLP/gRPC")
@@ -94,6 +83,33 @@ impl Telemetry {
             (None, None) => {}
         }
         Exporter(provider)
+    }
+
+    /// The log, and the exporter's layer when there is one. Only the layers
+    /// there are: an absent layer (`None`) counts as one that wants every
+    /// span, and the registry would open them all.
+    fn layers(
+        &self,
+        provider: Option<&SdkTracerProvider>,
+    ) -> Vec<Box<dyn Layer<Registry> + Send + Sync>> {
+        let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        let log = match self.format {
+            LogFormat::Json => log.json().with_filter(log_filter(&self.filter)).boxed(),
+            LogFormat::Text => log
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_filter(log_filter(&self.filter))
+                .boxed(),
+        };
+        let mut layers = vec![log];
+        if let Some(provider) = provider {
+            layers.push(
+                tracing_opentelemetry::layer()
+                    .with_tracer(provider.tracer("tokenmesh"))
+                    .with_filter(exported())
+                    .boxed(),
+            );
+        }
+        layers
     }
 
     fn provider(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<SdkTracerProvider, String> {
@@ -205,6 +221,7 @@ mod tests {
             .with_filter(log_filter(directives));
         let subscriber = Registry::default().with(log);
         tracing::subscriber::with_default(subscriber, || {
+            tracing::callsite::rebuild_interest_cache();
             let _request = tracing::info_span!("request", path = "/oauth2/token").entered();
             tracing::info!(client_id = "orders", "token issued");
         });
@@ -221,6 +238,29 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    /// Without export and at `info`, no span is even opened: nothing would
+    /// take it (the request span opens on every request).
+    #[test]
+    fn without_export_spans_open_only_for_a_debug_log() {
+        let opened = |filter: &str| {
+            let telemetry = Telemetry {
+                format: LogFormat::Text,
+                filter: filter.into(),
+                otlp_endpoint: None,
+                service_name: "test".into(),
+            };
+            let subscriber = Registry::default().with(telemetry.layers(None));
+            tracing::subscriber::with_default(subscriber, || {
+                // Other tests' subscribers come and go on other threads: ask
+                // this one afresh rather than what a cached interest says.
+                tracing::callsite::rebuild_interest_cache();
+                !tracing::info_span!("request").is_disabled()
+            })
+        };
+        assert!(!opened("info"));
+        assert!(opened("debug"));
     }
 
     #[test]
