@@ -16,18 +16,17 @@ async fn trace(request: Request, next: Next) -> Response {
     if matches!(path, "/healthz" | "/readyz" | "/metrics") {
         return next.run(request).await;
     }
-    // gRPC: `/package.Service/Method`, named `package.Service/Method` by
-    // OpenTelemetry's convention; HTTP: the method and the path.
     let grpc = request
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    let name = if grpc {
-        path.trim_start_matches('/').to_owned()
-    } else {
-        format!("{} {path}", request.method())
+    let name = SpanName {
+        grpc,
+        method: request.method(),
+        path,
     };
     // A root unless the caller sent a context: not a child of the connection.
+    // Fields are formatted only when something takes the span.
     let span = tracing::info_span!(
         parent: None,
         "request",
@@ -39,4 +38,22 @@ async fn trace(request: Request, next: Next) -> Response {
     );
     trace_context::continue_from(&span, request.headers());
     next.run(request).instrument(span).await
+}
+
+/// gRPC: `/package.Service/Method`, named `package.Service/Method` by
+/// OpenTelemetry's convention; HTTP: the method and the path.
+struct SpanName<'a> {
+    grpc: bool,
+    method: &'a axum::http::Method,
+    path: &'a str,
+}
+
+impl std::fmt::Display for SpanName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.grpc {
+            f.write_str(self.path.trim_start_matches('/'))
+        } else {
+            write!(f, "{} {}", self.method, self.path)
+        }
+    }
 }

@@ -9,6 +9,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Makes the context in `headers` (if any) the parent of `span`.
 pub fn continue_from(span: &tracing::Span, headers: &http::HeaderMap) {
+    if span.is_disabled() {
+        return; // nothing takes it: spare the parsing on every request
+    }
     let parent = TraceContextPropagator::new().extract(&Headers(headers));
     let _ = span.set_parent(parent);
 }
@@ -17,7 +20,11 @@ pub fn continue_from(span: &tracing::Span, headers: &http::HeaderMap) {
 /// when the span is not exported.
 pub fn current() -> Vec<(&'static str, String)> {
     let mut fields = Fields(Vec::new());
-    TraceContextPropagator::new().inject_context(&tracing::Span::current().context(), &mut fields);
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return fields.0;
+    }
+    TraceContextPropagator::new().inject_context(&span.context(), &mut fields);
     fields.0
 }
 
