@@ -201,7 +201,7 @@ async fn migrate_reports_what_it_did_and_reads_spec_storage() {
     )
     .unwrap();
     let (ok, out) = run(&["migrate", "--config", config.to_str().unwrap()]);
-    assert!(ok && out.contains("up to date (version 2)"), "{out}");
+    assert!(ok && out.contains("up to date (version 3)"), "{out}");
 
     let away = format!("postgres://postgres@127.0.0.1:{}/none", free_port());
     let (ok, out) = run(&["migrate", "--database-url", &away]);
