@@ -219,8 +219,11 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(5))
-            // The writer never checkpoints (a commit would wait for it): see checkpoint.rs.
-            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
+            // The writer seldom checkpoints (its commit waits for it): see checkpoint.rs.
+            .connect_with(options.clone().pragma(
+                "wal_autocheckpoint",
+                checkpoints.writer_after_pages.to_string(),
+            ))
             .await?;
         migrate(&writer).await?;
         let checkpointer = SqlitePoolOptions::new()
@@ -580,15 +583,15 @@ mod tests {
         suite::signin_after_reopen(&reopened).await;
     }
 
-    /// The largest the log file got while `tokens` opaque tokens were
-    /// written one by one (each its own commit) under `checkpoints`; every
-    /// token is then still there.
-    async fn largest_log(checkpoints: Checkpoints, tokens: u64) -> u64 {
+    /// The largest the log and the database files got while `tokens`
+    /// opaque tokens were written one by one (each its own commit) under
+    /// `checkpoints`; every token is then still there.
+    async fn largest_files(checkpoints: Checkpoints, tokens: u64) -> (u64, u64) {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open_with(dir.path(), checkpoints)
             .await
             .unwrap();
-        let log = dir.path().join("tokenmesh.db-wal");
+        let size = |name: &str| std::fs::metadata(dir.path().join(name)).map_or(0, |m| m.len());
         let token = |i: u64| OpaqueToken {
             hash: SecretHash::of(format!("log-{i}").as_bytes()),
             jti: format!("jti-{i}"),
@@ -597,13 +600,14 @@ mod tests {
             expires_at: 4_000_000_000,
             claims: "{}".repeat(64),
         };
-        let mut largest = 0;
+        let (mut log, mut database) = (0, 0);
         for i in 0..tokens {
             store.put_opaque_token(&token(i)).await.unwrap();
             if i % 50 == 0 {
                 // The checkpoints run on their own clock: give them a turn.
                 tokio::task::yield_now().await;
-                largest = largest.max(std::fs::metadata(&log).map_or(0, |m| m.len()));
+                log = log.max(size("tokenmesh.db-wal"));
+                database = database.max(size("tokenmesh.db"));
             }
         }
         for i in (0..tokens).step_by(97) {
@@ -611,29 +615,42 @@ mod tests {
             assert_eq!(found, Some(token(i)));
         }
         store.close().await;
-        largest
+        (log, database)
     }
 
-    /// The writer never checkpoints (its commits would wait for it): the
-    /// background task does, and a log past its bound starts over instead
-    /// of growing.
+    /// The writer seldom checkpoints (its commits would wait for it): the
+    /// background task copies the log into the database as it goes, and
+    /// once past its bound the log starts over instead of growing.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn checkpoints_run_beside_the_writer_and_the_log_starts_over() {
         const MIB: u64 = 1 << 20;
         let never = Checkpoints {
             every: Duration::from_secs(3600),
-            restart_above: i64::MAX,
+            writer_after_pages: 0,
         };
-        let grown = largest_log(never, 3000).await;
+        let (grown, untouched) = largest_files(never, 3000).await;
         assert!(
             grown > 8 * MIB,
             "without checkpoints the log holds every commit: {grown} bytes"
         );
-        let often = Checkpoints {
+        assert!(
+            untouched < MIB / 4,
+            "and nothing reaches the database: {untouched} bytes"
+        );
+        let background = Checkpoints {
             every: Duration::from_millis(10),
-            restart_above: 64,
+            writer_after_pages: 0,
         };
-        let bounded = largest_log(often, 3000).await;
+        let (_, copied) = largest_files(background, 3000).await;
+        assert!(
+            copied > 2 * untouched,
+            "the task copies the log into the database: {copied} bytes, {untouched} without"
+        );
+        let both = Checkpoints {
+            every: Duration::from_millis(10),
+            writer_after_pages: 64,
+        };
+        let (bounded, _) = largest_files(both, 3000).await;
         assert!(
             bounded < grown / 4,
             "{bounded} bytes of log with checkpoints, {grown} without"
