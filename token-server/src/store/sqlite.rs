@@ -16,7 +16,6 @@ use super::{
     BUMP_KEYS_MARK, ChangeMarks, OpaqueToken, Revocation, RevocationKind, RotationLock, Store,
     StoreError, StoreResult, StoredKey,
     batch::{Batch, Batcher},
-    checkpoint::{self, Checkpoints},
     rows::{KeyRow, MarksRow, OpaqueRow, RevocationRow, int},
     signin::{AuthCode, CodeUse, PendingSignIn, RefreshToken, SsoSession, sql::MAX_CODES},
 };
@@ -130,7 +129,6 @@ const MIGRATIONS: &[&str] = &[
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
-    checkpointer: SqlitePool,
     tokens: Batcher<TokenWriter>,
     codes: Batcher<signin::CodeWriter>,
 }
@@ -195,10 +193,6 @@ pub(super) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 impl SqliteStore {
     /// Opens (creating if needed) `<data_dir>/tokenmesh.db` and migrates it.
     pub async fn open(data_dir: &Path) -> StoreResult<Self> {
-        Self::open_with(data_dir, Checkpoints::default()).await
-    }
-
-    async fn open_with(data_dir: &Path, checkpoints: Checkpoints) -> StoreResult<Self> {
         create_private_dir(data_dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
         })?;
@@ -219,22 +213,9 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(5))
-            // The writer seldom checkpoints (its commit waits for it): see checkpoint.rs.
-            .connect_with(options.clone().pragma(
-                "wal_autocheckpoint",
-                checkpoints.writer_after_pages.to_string(),
-            ))
-            .await?;
-        migrate(&writer).await?;
-        let checkpointer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(5))
             .connect_with(options.clone())
             .await?;
-        tokenmesh_tokens::runtime::spawn(
-            tracing::info_span!("wal checkpoints"),
-            checkpoint::run(checkpointer.clone(), checkpoints),
-        );
+        migrate(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))
@@ -257,16 +238,13 @@ impl SqliteStore {
         Ok(Self {
             writer,
             reader,
-            checkpointer,
             tokens,
             codes,
         })
     }
 
-    /// Closes the pools, the writer last: closing the last connection
-    /// checkpoints the WAL and removes it.
+    /// Closes both pools, checkpointing the WAL.
     pub async fn close(&self) {
-        self.checkpointer.close().await;
         self.reader.close().await;
         self.writer.close().await;
     }
@@ -581,79 +559,5 @@ mod tests {
         let reopened = SqliteStore::open(dir.path()).await.unwrap();
         suite::after_reopen(&reopened).await;
         suite::signin_after_reopen(&reopened).await;
-    }
-
-    /// The largest the log and the database files got while `tokens`
-    /// opaque tokens were written one by one (each its own commit) under
-    /// `checkpoints`; every token is then still there.
-    async fn largest_files(checkpoints: Checkpoints, tokens: u64) -> (u64, u64) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open_with(dir.path(), checkpoints)
-            .await
-            .unwrap();
-        let size = |name: &str| std::fs::metadata(dir.path().join(name)).map_or(0, |m| m.len());
-        let token = |i: u64| OpaqueToken {
-            hash: SecretHash::of(format!("log-{i}").as_bytes()),
-            jti: format!("jti-{i}"),
-            client_id: "client".into(),
-            grant_id: String::new(),
-            expires_at: 4_000_000_000,
-            claims: "{}".repeat(64),
-        };
-        let (mut log, mut database) = (0, 0);
-        for i in 0..tokens {
-            store.put_opaque_token(&token(i)).await.unwrap();
-            if i % 50 == 0 {
-                // The checkpoints run on their own clock: give them a turn.
-                tokio::task::yield_now().await;
-                log = log.max(size("tokenmesh.db-wal"));
-                database = database.max(size("tokenmesh.db"));
-            }
-        }
-        for i in (0..tokens).step_by(97) {
-            let found = store.opaque_token(&token(i).hash).await.unwrap();
-            assert_eq!(found, Some(token(i)));
-        }
-        store.close().await;
-        (log, database)
-    }
-
-    /// The writer seldom checkpoints (its commits would wait for it): the
-    /// background task copies the log into the database as it goes, and
-    /// once past its bound the log starts over instead of growing.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn checkpoints_run_beside_the_writer_and_the_log_starts_over() {
-        const MIB: u64 = 1 << 20;
-        let never = Checkpoints {
-            every: Duration::from_secs(3600),
-            writer_after_pages: 0,
-        };
-        let (grown, untouched) = largest_files(never, 3000).await;
-        assert!(
-            grown > 8 * MIB,
-            "without checkpoints the log holds every commit: {grown} bytes"
-        );
-        assert!(
-            untouched < MIB / 4,
-            "and nothing reaches the database: {untouched} bytes"
-        );
-        let background = Checkpoints {
-            every: Duration::from_millis(10),
-            writer_after_pages: 0,
-        };
-        let (_, copied) = largest_files(background, 3000).await;
-        assert!(
-            copied > 2 * untouched,
-            "the task copies the log into the database: {copied} bytes, {untouched} without"
-        );
-        let both = Checkpoints {
-            every: Duration::from_millis(10),
-            writer_after_pages: 64,
-        };
-        let (bounded, _) = largest_files(both, 3000).await;
-        assert!(
-            bounded < grown / 4,
-            "{bounded} bytes of log with checkpoints, {grown} without"
-        );
     }
 }
