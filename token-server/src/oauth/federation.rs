@@ -180,7 +180,9 @@ pub async fn callback(
             "The answer of the identity provider is not valid.",
         );
     };
-    let Some(upstream_state) = form.get("state") else {
+    // Ours are 43 base64url characters: anything else was never issued here,
+    // and is refused before it costs a store round trip.
+    let Some(upstream_state) = form.get("state").filter(|s| is_our_state(s)) else {
         return pages::error(StatusCode::BAD_REQUEST, STALE);
     };
     let now = state.now();
@@ -224,6 +226,15 @@ pub async fn callback(
     authorize::resume(&state, &headers, &request, back).await
 }
 
+/// Whether `state` could be one this server sent (`Upstream::start`:
+/// base64url of 32 random bytes).
+fn is_our_state(state: &str) -> bool {
+    state.len() == 43
+        && state
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// An `error` code as it may be logged: an OAuth error code's characters only.
 fn printable(error: &str) -> &str {
     if (1..=64).contains(&error.len()) && error.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
@@ -249,6 +260,13 @@ pub async fn complete(
         tracing::warn!(client_id = %client.id, idp = %provider.key, %reason, "sign-in at the upstream failed");
         Refusal::Failed(provider.display_name.clone())
     };
+    // RFC 9207: an answer (a refusal too) that names another issuer is not
+    // this provider's, whatever it says.
+    if let (Some(iss), ProviderKind::Oidc(oidc)) = (&back.iss, &provider.kind)
+        && *iss != oidc.issuer
+    {
+        return Err(failed(&"the answer names another issuer (RFC 9207)"));
+    }
     let code = match &back.answer {
         Answer::Error(error) if error == "access_denied" => {
             tracing::info!(client_id = %client.id, idp = %provider.key, "the user refused at the upstream");
@@ -263,11 +281,6 @@ pub async fn complete(
         }
         Answer::Code(code) => code,
     };
-    if let (Some(iss), ProviderKind::Oidc(oidc)) = (&back.iss, &provider.kind)
-        && *iss != oidc.issuer
-    {
-        return Err(failed(&"the answer names another issuer (RFC 9207)"));
-    }
     let upstream = state
         .upstreams
         .of(provider, &state.clock)

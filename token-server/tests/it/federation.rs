@@ -256,6 +256,38 @@ async fn a_refusal_an_error_a_mix_up_or_a_down_upstream_signs_nobody_in() {
     assert_eq!(refused.param("state").as_deref(), Some("st-1"));
     assert_eq!(refused.param("iss").as_deref(), Some(ISSUER));
 
+    // A refusal that names another issuer is not this provider's (RFC 9207):
+    // no access_denied to the client on a mixed-up answer's word.
+    let login = browser.get(&authorize_url("web", CALLBACK, &[])).await;
+    let sent = choose(&mut browser, &login, "corp").await;
+    let foreign = answer_error(
+        &mut browser,
+        &sent,
+        "access_denied&iss=https%3A%2F%2Fevil.example",
+    )
+    .await;
+    assert_eq!(foreign.status, StatusCode::BAD_GATEWAY, "{}", foreign.body);
+    assert!(!foreign.headers.contains_key(http::header::LOCATION));
+
+    // A state this server never issued (wrong length or characters) is
+    // refused before the store is asked.
+    for state in [
+        "short",
+        &"A".repeat(44),
+        &format!("{}%20", "A".repeat(42)),
+        &"A".repeat(5000),
+    ] {
+        let bogus = browser
+            .get(&format!("/oauth2/callback?code=c&state={state}"))
+            .await;
+        assert_eq!(
+            bogus.status,
+            StatusCode::BAD_REQUEST,
+            "{state}: {}",
+            bogus.body
+        );
+    }
+
     // Another error: the login page again, with a message.
     let login = browser.get(&authorize_url("web", CALLBACK, &[])).await;
     let sent = choose(&mut browser, &login, "corp").await;
