@@ -207,12 +207,18 @@ fn rest(
         settings.require_pkce,
     )?;
     let scopes = scopes(registry, client, params.scope.as_deref(), now)?;
+    // `claims` and `acr_values` are OpenID Connect's (Core §5.5, §3.1.2.1):
+    // without `openid` they are ignored, or a plain OAuth request could put
+    // personal claims in access tokens (and in the tokens embedded in them).
+    let openid = scopes.iter().any(|s| s == "openid");
     let claims = params
         .claims
         .as_deref()
+        .filter(|_| openid)
         .map(ClaimsRequest::parse)
         .transpose()?;
-    let acr = AcrRequest::of(params.acr_values.as_deref(), claims.as_ref())?;
+    let acr_values = params.acr_values.as_deref().filter(|_| openid);
+    let acr = AcrRequest::of(acr_values, claims.as_ref())?;
     acr.check_possible()?;
     let audiences = plan::resolve_audiences(client, &params.resources)?;
     Ok(AuthorizationRequest {
@@ -459,6 +465,18 @@ mod tests {
         let mut p = params();
         p.resources = vec!["billing".into()];
         assert!(matches!(redirected(&p), OAuthError::InvalidTarget(_)));
+    }
+
+    #[test]
+    fn without_openid_the_claims_parameter_and_acr_values_are_ignored() {
+        let mut p = params();
+        p.scope = Some("orders:read".into());
+        p.claims = Some(r#"{"userinfo": {"email": null, "phone_number": null}}"#.into());
+        p.acr_values = Some("urn:unknown".into());
+        let request = check(&p).unwrap();
+        assert!(request.claims.is_none());
+        assert!(request.acr.values.is_empty());
+        assert_eq!(request.consent_scopes(), ["orders:read"]);
     }
 
     #[test]

@@ -175,12 +175,15 @@ fn claim_request(name: &str, value: &Value) -> Result<ClaimRequest, OAuthError> 
         Some(Value::Bool(essential)) => *essential,
         Some(_) => return Err(invalid("essential must be true or false")),
     };
+    // `sub` names one user (§3.1.2.2): one string `value`, never `values`,
+    // which would leave the restriction to whichever came first.
     if name == "sub"
-        && fields
+        && (fields
             .get("value")
             .is_some_and(|v| !v.is_string() && !v.is_null())
+            || fields.get("values").is_some_and(|v| !v.is_null()))
     {
-        return Err(invalid("claims.id_token.sub's value must be a string"));
+        return Err(invalid("claims.id_token.sub takes one string value"));
     }
     let mut values = match fields.get("values") {
         None | Some(Value::Null) => Vec::new(),
@@ -359,6 +362,8 @@ mod tests {
             r#"{"id_token": {"email": {"essential": "yes"}}}"#,
             r#"{"id_token": {"email": {"values": "a"}}}"#,
             r#"{"id_token": {"sub": {"value": 7}}}"#,
+            r#"{"id_token": {"sub": {"values": [7]}}}"#,
+            r#"{"id_token": {"sub": {"values": ["bob", "eve"]}}}"#,
         ] {
             assert!(
                 matches!(
