@@ -93,8 +93,14 @@ fn sidecar(pod: &Pod, config: &InjectConfig) -> Container {
     // tokens addressed to `team-b/default`.
     let client_id = annotation(CLIENT_ID).unwrap_or(format!("{namespace}/{account}"));
     let audience = annotation(AUDIENCE).unwrap_or_else(|| client_id.clone());
+    // Only `false` turns the nonces off: a mistyped value ("ture", "no ")
+    // must not quietly drop a check the chart asked for.
     let require_nonce = annotation(DPOP_REQUIRE_NONCE).map_or(config.dpop_require_nonce, |v| {
-        v.trim().eq_ignore_ascii_case("true")
+        let off = v.trim().eq_ignore_ascii_case("false");
+        if !off && !v.trim().eq_ignore_ascii_case("true") {
+            tracing::warn!(annotation = DPOP_REQUIRE_NONCE, value = %v, "neither true nor false: nonces required");
+        }
+        !off
     });
     // Checked by the sidecar, which refuses to start with a bad one.
     let resource_url = annotation(RESOURCE_URL).filter(|url| !url.trim().is_empty());
@@ -830,6 +836,11 @@ mod tests {
             nonce(json!({DPOP_REQUIRE_NONCE: "false"}), true),
             None,
             "a pod opts out of the chart's default"
+        );
+        assert_eq!(
+            nonce(json!({DPOP_REQUIRE_NONCE: "ture"}), true).as_deref(),
+            Some("true"),
+            "a mistyped value keeps the nonces"
         );
     }
 
