@@ -99,16 +99,18 @@ fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     answer(status, "text/plain; charset=utf-8", message.into() + "\n")
 }
 
-/// An answer of the sidecar's own, with its content type.
+/// An answer of the sidecar's own, with its content type. Never stored
+/// by a cache in front: a refusal's `resource_metadata` and the metadata
+/// document may be derived from the request's Host, which a client picks.
 fn answer(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     let body = Full::new(Bytes::from(body))
         .map_err(|never| match never {})
         .boxed_unsync();
     let mut response = Response::new(body);
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -1068,6 +1070,7 @@ mod tests {
         let challenges = |refusal: &Refusal| {
             let response = refused_naming(refusal, Some(url));
             assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{refusal}");
+            assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
             response
                 .headers()
                 .get_all(header::WWW_AUTHENTICATE)
