@@ -205,25 +205,7 @@ pub fn bearer_in(value: &[u8]) -> Option<&str> {
         .map(|(_, token)| token)
 }
 
-/// The token of one Authorization value and its scheme, `Bearer` or
-/// `DPoP` (RFC 9449 §7.1), in any case.
-pub fn credential_in(value: &[u8]) -> Option<(AuthScheme, &str)> {
-    if !value
-        .iter()
-        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
-    {
-        return None;
-    }
-    let (scheme, token) = std::str::from_utf8(value).ok()?.split_once(' ')?;
-    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
-        AuthScheme::Bearer
-    } else if scheme.eq_ignore_ascii_case("dpop") {
-        AuthScheme::Dpop
-    } else {
-        return None;
-    };
-    Some((scheme, token.trim())).filter(|(_, t)| !t.is_empty())
-}
+pub use tokenmesh_tokens::authorization::credential_in;
 
 /// The URL the client called, as a DPoP proof's `htu` names it: the
 /// request's own scheme and authority when it has them (HTTP/2, absolute

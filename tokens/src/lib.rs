@@ -9,6 +9,7 @@
 //! with: the log, optional OpenTelemetry trace export, the shutdown drain,
 //! `spawn` with a span, and the W3C trace context.
 
+pub mod authorization;
 pub mod cache;
 pub mod claims;
 pub mod clock;

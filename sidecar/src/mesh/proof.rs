@@ -20,12 +20,7 @@ use super::Refusal;
 /// Proofs remembered at once: a minute of proofs at 1,600 requests a second.
 pub const REPLAY_ENTRIES: usize = 100_000;
 
-/// The authorization scheme a token came with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthScheme {
-    Bearer,
-    Dpop,
-}
+pub use tokenmesh_tokens::authorization::AuthScheme;
 
 /// A request's credential as the client sent it.
 #[derive(Debug, Clone, Copy)]

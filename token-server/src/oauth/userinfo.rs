@@ -22,6 +22,7 @@ use axum::{
 use serde_json::{Map, Value};
 use tokenmesh_core::signin::claims;
 use tokenmesh_tokens::{
+    authorization::AuthScheme as Scheme,
     claims::{AccessTokenClaims, Confirmation},
     listen::tls::PeerCertificate,
 };
@@ -35,13 +36,6 @@ use super::{
 use crate::{keys::jose_algorithm, ports::sign, state::AppState};
 
 const JWT: &str = "application/jwt";
-
-/// How the token was presented.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Scheme {
-    Bearer,
-    Dpop,
-}
 
 /// A refusal: the status and the challenge's `error`, and a DPoP nonce.
 struct Refusal {
@@ -138,21 +132,10 @@ async fn answer(
     Ok(response)
 }
 
-/// The scheme and the token of the `Authorization` header.
+/// The scheme and the token of the `Authorization` header (read as the
+/// sidecar reads it).
 fn credentials(headers: &HeaderMap) -> Option<(Scheme, &str)> {
-    let (scheme, token) = headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .split_once(' ')?;
-    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
-        Scheme::Bearer
-    } else if scheme.eq_ignore_ascii_case("dpop") {
-        Scheme::Dpop
-    } else {
-        return None;
-    };
-    Some((scheme, token.trim())).filter(|(_, token)| !token.is_empty())
+    tokenmesh_tokens::authorization::credential_in(headers.get(header::AUTHORIZATION)?.as_bytes())
 }
 
 /// A bound token only from its holder: the DPoP key proved for this
