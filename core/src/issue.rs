@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use tokenmesh_crds::{GrantType, TokenFormat};
 use tokenmesh_tokens::{
     claims::{AccessTokenClaims, Audience},
-    secret::{SecretHash, random_id, random_token},
+    opaque,
+    secret::random_id,
 };
 
 use crate::{
@@ -20,7 +21,7 @@ use crate::{
 };
 
 /// Prefix of opaque tokens, so secret scanners can find leaked ones.
-pub const OPAQUE_PREFIX: &str = "tmo_";
+pub const OPAQUE_PREFIX: &str = opaque::PREFIX;
 
 /// What a `client_credentials` request asks for.
 #[derive(Debug, Default, Clone)]
@@ -97,11 +98,8 @@ pub async fn mint(
 ) -> Result<String, OAuthError> {
     match format {
         TokenFormat::Opaque => {
-            let value = random_token().map_err(|_| OAuthError::Internal)?;
-            let token = format!("{OPAQUE_PREFIX}{value}");
-            ports
-                .put_opaque_token(SecretHash::of(token.as_bytes()), claims)
-                .await?;
+            let token = opaque::new_token(claims.iat).map_err(|_| OAuthError::Internal)?;
+            ports.put_opaque_token(opaque::key(&token), claims).await?;
             Ok(token)
         }
         TokenFormat::Jwt | TokenFormat::Jwe => {
@@ -152,7 +150,6 @@ pub fn embed(
 
 #[cfg(test)]
 mod tests {
-    use tokenmesh_tokens::secret::SecretHash;
 
     use super::*;
     use crate::testing::{FakePorts, ISSUER, NOW, client, doc, registry, scopes};
@@ -220,9 +217,10 @@ mod tests {
         assert!(issued.access_token.starts_with(OPAQUE_PREFIX));
         let stored = ports.opaque.lock().unwrap();
         assert_eq!(
-            stored.get(&SecretHash::of(issued.access_token.as_bytes())),
+            stored.get(&opaque::key(&issued.access_token)),
             Some(&issued.claims)
         );
+        assert_eq!(stored.len(), 1, "nothing else: not the value");
     }
 
     #[tokio::test]

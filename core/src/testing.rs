@@ -84,7 +84,7 @@ impl OpaqueTokens for FakePorts {
 
 impl PresentedTokens for FakePorts {
     async fn active_claims(&self, token: &str) -> Result<Option<AccessTokenClaims>, OAuthError> {
-        let hash = SecretHash::of(token.as_bytes());
+        let hash = tokenmesh_tokens::opaque::key(token);
         Ok(self
             .active
             .lock()

@@ -21,6 +21,7 @@ pub mod keyset;
 #[cfg(feature = "listen")]
 pub mod listen;
 pub mod net;
+pub mod opaque;
 pub mod revoked;
 #[cfg(feature = "runtime")]
 pub mod runtime;

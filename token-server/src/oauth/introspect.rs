@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokenmesh_tokens::{
     claims::{ACCESS_TOKEN_TYP, AccessTokenClaims},
-    secret::SecretHash,
+    opaque,
     verify::{Expected, MAX_JWT_LEN, verify},
 };
 
@@ -75,7 +75,7 @@ pub async fn active_claims(
             }
         }
     } else {
-        let hash = SecretHash::of(token.as_bytes());
+        let hash = opaque::key(token);
         let lookups = |source| {
             state
                 .metrics

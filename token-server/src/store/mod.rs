@@ -2,6 +2,7 @@
 //! embedded SQLite one without touching callers.
 
 mod batch;
+mod checkpoint;
 mod data_dir;
 mod postgres;
 mod rows;

@@ -3,7 +3,12 @@
 //! so `kill -9` loses nothing acknowledged. Opaque tokens are written by group
 //! commit (`batch`): many requests' rows in one transaction.
 
-use std::{path::Path, str::FromStr, sync::LazyLock, time::Duration};
+use std::{
+    path::Path,
+    str::FromStr,
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use sqlx::{
@@ -11,11 +16,13 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 use tokenmesh_tokens::{revoked::client_grant_id, secret::SecretHash};
+use tokio::sync::Notify;
 
 use super::{
     BUMP_KEYS_MARK, ChangeMarks, OpaqueToken, Revocation, RevocationKind, RotationLock, Store,
     StoreError, StoreResult, StoredKey,
     batch::{Batch, Batcher},
+    checkpoint::{self, Checkpoints},
     rows::{KeyRow, MarksRow, OpaqueRow, RevocationRow, int},
     signin::{AuthCode, CodeUse, PendingSignIn, RefreshToken, SsoSession, sql::MAX_CODES},
 };
@@ -129,6 +136,9 @@ const MIGRATIONS: &[&str] = &[
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    checkpointer: SqlitePool,
+    /// Wakes the checkpoint task, to write or to see the store closed.
+    logged: Arc<Notify>,
     tokens: Batcher<TokenWriter>,
     codes: Batcher<signin::CodeWriter>,
 }
@@ -154,6 +164,8 @@ static INSERTS: LazyLock<Vec<String>> = LazyLock::new(|| {
 /// Writes queued opaque tokens with one statement on the writer connection.
 struct TokenWriter {
     writer: SqlitePool,
+    /// Wakes the checkpoint task.
+    logged: Arc<Notify>,
 }
 
 impl Batch for TokenWriter {
@@ -175,6 +187,7 @@ impl Batch for TokenWriter {
                 .bind(&token.claims);
         }
         insert.execute(&self.writer).await?;
+        self.logged.notify_one();
         Ok(vec![(); tokens.len()])
     }
 }
@@ -193,6 +206,10 @@ pub(super) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 impl SqliteStore {
     /// Opens (creating if needed) `<data_dir>/tokenmesh.db` and migrates it.
     pub async fn open(data_dir: &Path) -> StoreResult<Self> {
+        Self::open_with(data_dir, Checkpoints::default()).await
+    }
+
+    async fn open_with(data_dir: &Path, checkpoints: Checkpoints) -> StoreResult<Self> {
         create_private_dir(data_dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
         })?;
@@ -213,9 +230,23 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options.clone())
+            // The writer seldom checkpoints (its commit waits for it): see checkpoint.rs.
+            .connect_with(options.clone().pragma(
+                "wal_autocheckpoint",
+                checkpoints.writer_after_pages.to_string(),
+            ))
             .await?;
         migrate(&writer).await?;
+        let checkpointer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.clone())
+            .await?;
+        let logged = Arc::new(Notify::new());
+        tokenmesh_tokens::runtime::spawn(
+            tracing::info_span!("wal checkpoints"),
+            checkpoint::run(checkpointer.clone(), checkpoints, logged.clone()),
+        );
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))
@@ -225,6 +256,7 @@ impl SqliteStore {
             "sqlite_opaque_tokens",
             TokenWriter {
                 writer: writer.clone(),
+                logged: logged.clone(),
             },
             MAX_BATCH,
         );
@@ -238,13 +270,18 @@ impl SqliteStore {
         Ok(Self {
             writer,
             reader,
+            checkpointer,
+            logged,
             tokens,
             codes,
         })
     }
 
-    /// Closes both pools, checkpointing the WAL.
+    /// Closes the pools, the writer last: closing the last connection
+    /// checkpoints the WAL and removes it.
     pub async fn close(&self) {
+        self.checkpointer.close().await;
+        self.logged.notify_one();
         self.reader.close().await;
         self.writer.close().await;
     }
@@ -559,5 +596,118 @@ mod tests {
         let reopened = SqliteStore::open(dir.path()).await.unwrap();
         suite::after_reopen(&reopened).await;
         suite::signin_after_reopen(&reopened).await;
+    }
+
+    /// The largest the log and the database files got while `tokens`
+    /// opaque tokens were written 64 at a time (the batches of a busy
+    /// server), each filed under `key(i)`, with `checkpoints`; every token
+    /// is then still there.
+    async fn largest_files(
+        checkpoints: Checkpoints,
+        tokens: u64,
+        key: impl Fn(u64) -> SecretHash,
+    ) -> (u64, u64) {
+        let keys: Vec<SecretHash> = (0..tokens).map(key).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_with(dir.path(), checkpoints)
+            .await
+            .unwrap();
+        let size = |name: &str| std::fs::metadata(dir.path().join(name)).map_or(0, |m| m.len());
+        let token = |i: u64| OpaqueToken {
+            hash: keys[i as usize],
+            jti: format!("jti-{i}"),
+            client_id: "client".into(),
+            grant_id: String::new(),
+            expires_at: 4_000_000_000,
+            claims: "{}".repeat(64),
+        };
+        let (mut log, mut database) = (0, 0);
+        for first in (0..tokens).step_by(64) {
+            let batch: Vec<OpaqueToken> = (first..tokens.min(first + 64)).map(token).collect();
+            for written in
+                suite::join_all(batch.iter().map(|t| store.put_opaque_token(t)).collect()).await
+            {
+                written.unwrap();
+            }
+            // The checkpoints run on their own clock: give them a turn.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            log = log.max(size("tokenmesh.db-wal"));
+            database = database.max(size("tokenmesh.db"));
+        }
+        for i in (0..tokens).step_by(97) {
+            let found = store.opaque_token(&token(i).hash).await.unwrap();
+            assert_eq!(found, Some(token(i)));
+        }
+        store.close().await;
+        (log, database)
+    }
+
+    /// Opaque tokens as they are filed: in issue order (`opaque::key`).
+    fn issue_order(_: u64) -> SecretHash {
+        tokenmesh_tokens::opaque::key(&tokenmesh_tokens::opaque::new_token(1_700_000_000).unwrap())
+    }
+
+    /// The writer seldom waits for a checkpoint: the background task copies
+    /// the log into the database after writes, and the writer's own
+    /// checkpoint (with little left to copy) starts the log over.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn checkpoints_run_beside_the_writer_and_the_log_starts_over() {
+        const MIB: u64 = 1 << 20;
+        // The task's one checkpoint after the first batch, then none.
+        let never = Checkpoints {
+            pause: Duration::from_secs(3600),
+            writer_after_pages: 0,
+            restart_above_pages: i64::MAX,
+        };
+        let (grown, untouched) = largest_files(never, 20_000, issue_order).await;
+        assert!(
+            grown > 12 * MIB,
+            "without checkpoints the log holds every commit: {grown} bytes"
+        );
+        assert!(
+            untouched < MIB / 4,
+            "and little reaches the database: {untouched} bytes"
+        );
+        let background = Checkpoints {
+            pause: Duration::from_millis(1),
+            writer_after_pages: 0,
+            restart_above_pages: i64::MAX,
+        };
+        let (_, copied) = largest_files(background, 20_000, issue_order).await;
+        assert!(
+            copied > 2 * untouched,
+            "the task copies the log into the database: {copied} bytes, {untouched} without"
+        );
+        // The writer's checkpoints bound it near 4 MiB; on a loaded machine
+        // the task's restart does, here at 6 MiB.
+        let both = Checkpoints {
+            restart_above_pages: 1_500,
+            ..Checkpoints::default()
+        };
+        let (bounded, _) = largest_files(both, 20_000, issue_order).await;
+        assert!(
+            bounded < grown / 2 && bounded < 8 * MIB,
+            "{bounded} bytes of log with checkpoints, {grown} without"
+        );
+    }
+
+    /// Filed in issue order, a batch of tokens writes a few pages; filed by
+    /// a random digest (as before), one page per token.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tokens_filed_in_issue_order_write_a_fraction_of_the_log() {
+        let never = Checkpoints {
+            pause: Duration::from_secs(3600),
+            writer_after_pages: 0,
+            restart_above_pages: i64::MAX,
+        };
+        let (ordered, _) = largest_files(never, 6000, issue_order).await;
+        let (random, _) = largest_files(never, 6000, |i| {
+            SecretHash::of(format!("random-{i}").as_bytes())
+        })
+        .await;
+        assert!(
+            ordered * 2 < random,
+            "{ordered} bytes of log in issue order, {random} by digest"
+        );
     }
 }

@@ -14,7 +14,11 @@ use token_server::{
     state::{AppState, Parts},
     store::SqliteStore,
 };
-use tokenmesh_tokens::clock::ManualClock;
+use tokenmesh_tokens::{
+    clock::ManualClock,
+    opaque,
+    secret::{SecretHash, random_token},
+};
 use tower::ServiceExt;
 
 use crate::{
@@ -124,6 +128,14 @@ impl App {
         body["access_token"].as_str().unwrap().to_owned()
     }
 
+    /// An opaque token of the client `opaque` (see [`opaque_client`]).
+    async fn opaque_token(&self) -> String {
+        let form = [("grant_type", "client_credentials")];
+        let (status, _, body) = self.post("/oauth2/token", Some("opaque"), &form).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
     pub async fn introspect(&self, token: &str) -> Value {
         let (status, _, body) = self
             .post("/oauth2/introspect", Some("gateway"), &[("token", token)])
@@ -131,6 +143,15 @@ impl App {
         assert_eq!(status, StatusCode::OK, "{body}");
         body
     }
+}
+
+/// The ES256 gateway and a client `opaque` with opaque tokens of 60 s.
+fn opaque_client() -> Config {
+    let config = Config::new(ES256_SPEC);
+    config.append(
+        "---\napiVersion: tokenmesh.dev/v1alpha1\nkind: OAuthClient\nmetadata: {name: opaque}\nspec:\n  clientId: opaque\n  grantTypes: [client_credentials]\n  authentication: {method: client_secret_basic, secretRef: {name: shared, key: client_secret}}\n  scopes: [\"orders:read\"]\n  audiences: [orders]\n  accessToken: {format: opaque, ttl: 60s}\n",
+    );
+    config
 }
 
 #[tokio::test]
@@ -163,24 +184,51 @@ async fn a_token_is_inactive_once_its_lifetime_has_passed() {
 
 #[tokio::test]
 async fn an_opaque_token_expires_with_the_clock() {
-    let config = Config::new(ES256_SPEC);
-    config.append(
-        "---\napiVersion: tokenmesh.dev/v1alpha1\nkind: OAuthClient\nmetadata: {name: opaque}\nspec:\n  clientId: opaque\n  grantTypes: [client_credentials]\n  authentication: {method: client_secret_basic, secretRef: {name: shared, key: client_secret}}\n  scopes: [\"orders:read\"]\n  audiences: [orders]\n  accessToken: {format: opaque, ttl: 60s}\n",
-    );
-    let app = App::start(config).await;
-    let (status, _, body) = app
-        .post(
-            "/oauth2/token",
-            Some("opaque"),
-            &[("grant_type", "client_credentials")],
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let token = body["access_token"].as_str().unwrap();
+    let app = App::start(opaque_client()).await;
+    let token = &app.opaque_token().await;
     assert!(token.starts_with("tmo_"));
     assert_eq!(app.introspect(token).await["client_id"], "opaque");
     app.clock.advance(Duration::from_secs(60));
     assert_eq!(app.introspect(token).await["active"], false);
+}
+
+/// Opaque tokens are filed in issue order (`tokenmesh_tokens::opaque`);
+/// those of earlier versions, filed by their digest alone, still resolve.
+#[tokio::test]
+async fn opaque_tokens_of_earlier_versions_still_resolve() {
+    let app = App::start(opaque_client()).await;
+    let token = &app.opaque_token().await;
+    let store = &app.state.store;
+    assert!(
+        store
+            .opaque_token(&SecretHash::of(token.as_bytes()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let mut row = store
+        .opaque_token(&opaque::key(token))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // The same claims under a value of the earlier format, filed as it was.
+    let earlier = format!("tmo_{}", random_token().unwrap());
+    row.hash = SecretHash::of(earlier.as_bytes());
+    store.put_opaque_token(&row).await.unwrap();
+    let found = app.introspect(&earlier).await;
+    assert_eq!(found["active"], true, "{found}");
+    assert_eq!(found["client_id"], "opaque");
+    let (status, _, _) = app
+        .send(
+            "/oauth2/revoke",
+            Some("opaque"),
+            &[("token", &earlier)],
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(app.introspect(&earlier).await["active"], false);
 }
 
 #[tokio::test]
