@@ -14,6 +14,7 @@ use axum::{
 
 use tokenmesh_tokens::listen::deadlines::Deadline;
 use tonic::codegen::Service;
+use tracing::Instrument;
 
 use crate::{
     keys::jose_algorithm,
@@ -23,6 +24,7 @@ use crate::{
         AUTHORIZATION_PATH, AppState, CALLBACK_PATH, END_SESSION_PATH, INTROSPECTION_PATH,
         JWKS_PATH, REVOCATION_PATH, TOKEN_PATH, USERINFO_PATH,
     },
+    traced,
 };
 
 const AS_METADATA: &str = "/.well-known/oauth-authorization-server";
@@ -154,7 +156,8 @@ pub enum ServeError {
 }
 
 /// `app` as a per-connection handler: every request body must have arrived
-/// within `body_timeout` of its head (the same for the gRPC listener).
+/// within `body_timeout` of its head, and each request's answer runs in its
+/// span (the same for the gRPC listener).
 pub fn bounded(
     app: Router,
     body_timeout: Duration,
@@ -164,13 +167,17 @@ pub fn bounded(
 + Sync
 + 'static {
     move |request| {
+        let span = traced::span(&request);
         let request = request.map(|body| Deadline::new(body, body_timeout));
         // A Router is always ready, and its error type is Infallible.
         let answer = Service::call(&mut app.clone(), request);
-        Box::pin(async move {
-            let Ok(response) = answer.await;
-            response
-        })
+        Box::pin(
+            async move {
+                let Ok(response) = answer.await;
+                response
+            }
+            .instrument(span),
+        )
     }
 }
 

@@ -2,23 +2,21 @@
 //! caller's W3C trace context: a sidecar's exchange shows in the trace of
 //! the request that needed it. Probes and metrics scrapes get none.
 
-use axum::{Router, extract::Request, middleware::Next, response::Response};
+use axum::http::{Method, Request, header};
 use tokenmesh_tokens::runtime::trace_context;
-use tracing::Instrument;
 
-/// `router` with a span around each request.
-pub fn requests(router: Router) -> Router {
-    router.layer(axum::middleware::from_fn(trace))
-}
-
-async fn trace(request: Request, next: Next) -> Response {
+/// The span of `request`, to instrument its answer with. Made where each
+/// request enters (`http::bounded`), not as a router layer: a layer is
+/// applied to every route and cost each request a clone of the route, two
+/// boxed futures and copies of the handler's future even with spans off.
+pub fn span<B>(request: &Request<B>) -> tracing::Span {
     let path = request.uri().path();
     if matches!(path, "/healthz" | "/readyz" | "/metrics") {
-        return next.run(request).await;
+        return tracing::Span::none();
     }
     let grpc = request
         .headers()
-        .get(axum::http::header::CONTENT_TYPE)
+        .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let name = SpanName {
         grpc,
@@ -37,14 +35,14 @@ async fn trace(request: Request, next: Next) -> Response {
         url.path = %path,
     );
     trace_context::continue_from(&span, request.headers());
-    next.run(request).instrument(span).await
+    span
 }
 
 /// gRPC: `/package.Service/Method`, named `package.Service/Method` by
 /// OpenTelemetry's convention; HTTP: the method and the path.
 struct SpanName<'a> {
     grpc: bool,
-    method: &'a axum::http::Method,
+    method: &'a Method,
     path: &'a str,
 }
 
