@@ -123,14 +123,16 @@ pub async fn authenticate(
             claimed_id,
             assertion,
         } => {
-            check_assertion(
+            // Boxed: its verification's future (2 KB) would otherwise make
+            // the future of every authentication that large, whatever its method.
+            Box::pin(check_assertion(
                 ports,
                 registry,
                 claimed_id.as_deref(),
                 assertion,
                 audience,
                 now,
-            )
+            ))
             .await
         }
         Credentials::Certificate { id, certificate } => {
