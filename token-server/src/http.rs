@@ -1,13 +1,18 @@
 //! The HTTP router and server (plain on loopback, else rustls), with the
 //! bounds of `tokenmesh_tokens::listen` on slow and idle clients.
 
-use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Router,
-    extract::{MatchedPath, Request, State},
+    extract::State,
     http::{HeaderValue, StatusCode, header},
-    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -67,7 +72,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
 
@@ -112,34 +116,31 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     response
 }
 
-/// Counts and times every request by route.
-async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    // A static label: no allocation on the hot path.
-    let endpoint = request
-        .extensions()
-        .get::<MatchedPath>()
-        .and_then(|p| ROUTES.iter().copied().find(|r| *r == p.as_str()))
-        .unwrap_or("unmatched");
-    let started = state.clock.instant();
-    let response = next.run(request).await;
-    let status = response.status().as_u16();
+/// Counts and times a request by route, from `started`: the HTTP
+/// listener's requests, in [`bounded`] (as a router layer it cost each
+/// request a clone of its route and two boxed futures).
+fn track(state: &AppState, endpoint: &'static str, started: Instant, status: u16) {
+    let elapsed = state.clock.instant().saturating_duration_since(started);
     state
         .metrics
         .latency
         .get_or_create(&EndpointLabels { endpoint })
-        .observe(
-            state
-                .clock
-                .instant()
-                .saturating_duration_since(started)
-                .as_secs_f64(),
-        );
+        .observe(elapsed.as_secs_f64());
     state
         .metrics
         .requests
         .get_or_create(&HttpLabels { endpoint, status })
         .inc();
-    response
+}
+
+/// The route `path` is served by, as a static label (no allocation); every
+/// route is a fixed path.
+fn endpoint_of(path: &str) -> &'static str {
+    ROUTES
+        .iter()
+        .copied()
+        .find(|route| *route == path)
+        .unwrap_or("unmatched")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,10 +158,12 @@ pub enum ServeError {
 
 /// `app` as a per-connection handler: every request body must have arrived
 /// within `body_timeout` of its head, and each request's answer runs in its
-/// span (the same for the gRPC listener).
+/// span (the same for the gRPC listener); with `metrics`, each request is
+/// counted and timed by route.
 pub fn bounded(
     app: Router,
     body_timeout: Duration,
+    metrics: Option<Arc<AppState>>,
 ) -> impl Fn(hyper::Request<hyper::body::Incoming>) -> Pin<Box<dyn Future<Output = Response> + Send>>
 + Clone
 + Send
@@ -168,12 +171,22 @@ pub fn bounded(
 + 'static {
     move |request| {
         let span = traced::span(&request);
+        let tracked = metrics.clone().map(|state| {
+            (
+                endpoint_of(request.uri().path()),
+                state.clock.instant(),
+                state,
+            )
+        });
         let request = request.map(|body| Deadline::new(body, body_timeout));
         // A Router is always ready, and its error type is Infallible.
         let answer = Service::call(&mut app.clone(), request);
         Box::pin(
             async move {
                 let Ok(response) = answer.await;
+                if let Some((endpoint, started, state)) = tracked {
+                    track(&state, endpoint, started, response.status().as_u16());
+                }
                 response
             }
             .instrument(span),

@@ -326,14 +326,18 @@ async fn start(args: Args) -> Result<(), StartError> {
     let drain = Drain::on_signal();
     let body_timeout = args.limits.request_body_timeout;
     let http = http::serve(
-        http::bounded(http::router(state.clone()), body_timeout),
+        http::bounded(
+            http::router(state.clone()),
+            body_timeout,
+            Some(state.clone()),
+        ),
         http_listener,
         http_tls,
         args.limits.listener(true),
         drain.signaled(),
     );
     let grpc = http::serve(
-        http::bounded(grpc::router(state.clone()).await?, body_timeout),
+        http::bounded(grpc::router(state.clone()).await?, body_timeout, None),
         grpc_listener,
         grpc_tls,
         args.limits.listener(false),

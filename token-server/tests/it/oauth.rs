@@ -84,6 +84,14 @@ async fn discovery_lists_every_endpoint() {
         // No client signs people in: no ID token is advertised.
         assert_eq!(meta.get("id_token_signing_alg_values_supported"), None);
     }
+    // Counted by route and status; a path of no route as "unmatched".
+    let missing = server
+        .http
+        .get(server.url("/nowhere"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
     let metrics = server
         .http
         .get(server.url("/metrics"))
@@ -93,10 +101,12 @@ async fn discovery_lists_every_endpoint() {
         .text()
         .await
         .unwrap();
-    assert!(
-        metrics.contains("tokenmesh_http_requests_total"),
-        "{metrics}"
-    );
+    for counted in [
+        r#"tokenmesh_http_requests_total{endpoint="/.well-known/openid-configuration",status="200"} 1"#,
+        r#"tokenmesh_http_requests_total{endpoint="unmatched",status="404"} 1"#,
+    ] {
+        assert!(metrics.contains(counted), "{counted} in {metrics}");
+    }
 }
 
 #[tokio::test]
