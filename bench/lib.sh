@@ -171,7 +171,7 @@ pg_start() {
   eval "$("$root/tests/pg/throwaway.sh" start)"
   pg_started=1
   PG_VERSION=$(psql "$TOKENMESH_TEST_DATABASE_URL" -Atc 'show server_version')
-  PG_SETTINGS=$(psql "$TOKENMESH_TEST_DATABASE_URL" -Atc "select string_agg(name || '=' || setting, ', ' order by name) from pg_settings where name in ('fsync', 'synchronous_commit', 'shared_buffers', 'max_connections')")
+  PG_SETTINGS=$(psql "$TOKENMESH_TEST_DATABASE_URL" -Atc "select string_agg(name || '=' || setting, ', ' order by name) from pg_settings where name in ('fsync', 'wal_init_zero', 'synchronous_commit', 'shared_buffers', 'max_connections')")
   postmaster=$(head -n1 "$TOKENMESH_TEST_PGDATA/postmaster.pid")
   local p
   for p in "$postmaster" $(pgrep -P "$postmaster"); do taskset -a -p -c "$1" "$p" >/dev/null; done

@@ -43,8 +43,11 @@ case "${1:-}" in
       -out "$tls/server.crt" 2>/dev/null
     chmod 600 "$tls/server.key"
     [[ $(id -u) == 0 ]] && chown -R postgres: "$tls"
+    # wal_init_zero=off: a new cluster zero-fills each new 16 MB WAL segment inside the commit that
+    # needs one (a cluster in service recycles its segments); in bench/run.sh those were 30 ms stalls,
+    # the whole p99 of opaque issuance on PostgreSQL (docs/performance.md, issue #20).
     as_owner "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w \
-      -o "-p $port -h 127.0.0.1 -k $data -c fsync=off -c max_connections=200 -c ssl=on -c ssl_cert_file=$tls/server.crt -c ssl_key_file=$tls/server.key" start >/dev/null
+      -o "-p $port -h 127.0.0.1 -k $data -c fsync=off -c wal_init_zero=off -c max_connections=200 -c ssl=on -c ssl_cert_file=$tls/server.crt -c ssl_key_file=$tls/server.key" start >/dev/null
     echo "export TOKENMESH_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:$port/postgres"
     echo "export TOKENMESH_TEST_PGDATA=$data"
     echo "export TOKENMESH_TEST_PG_CA=$tls/ca.crt"
