@@ -115,7 +115,14 @@ def crds(kube):
     """The generated CRDs of the chart, installed and Established."""
     kube.run("apply", "--server-side", "-f", str(CRDS))
     names = [f"{plural}.{GROUP}" for plural in KINDS.values()]
-    kube.run("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names])
+    # Polled, not `kubectl wait --for=condition=Established`: that fails at once ("<nil> is of the
+    # type <nil>") when a CRD has no status.conditions yet, as happens on a busy machine.
+    def established(name):
+        conditions = ((kube.get("crd", name) or {}).get("status") or {}).get("conditions") or []
+        return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
+
+    for name in names:
+        wait_until(lambda: established(name), 60, f"CRD {name} Established")
     return names
 
 
