@@ -199,13 +199,7 @@ pub fn basic_credentials_of(value: &[u8]) -> Result<(String, String), OAuthError
     let decoded = STANDARD.decode(encoded.trim()).map_err(|_| malformed())?;
     let decoded = String::from_utf8(decoded).map_err(|_| malformed())?;
     let (id, secret) = decoded.split_once(':').ok_or_else(malformed)?;
-    let unescape = |s: &str| {
-        let spaced = s.replace('+', " ");
-        percent_encoding::percent_decode_str(&spaced)
-            .decode_utf8()
-            .map(|c| c.into_owned())
-            .map_err(|_| malformed())
-    };
+    let unescape = |s: &str| crate::urlencoded::decode(s.as_bytes()).map_err(|_| malformed());
     Ok((unescape(id)?, unescape(secret)?))
 }
 

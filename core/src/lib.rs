@@ -44,5 +44,6 @@ pub mod signin;
 #[cfg(test)]
 mod testing;
 pub mod upstream;
+pub mod urlencoded;
 
 pub use error::OAuthError;

@@ -1,7 +1,9 @@
 //! A strict `application/x-www-form-urlencoded` body: bounded, UTF-8 only,
 //! no repeated parameters except those the RFCs allow to repeat.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+
+use tokenmesh_core::urlencoded;
 
 use axum::{
     body::Body,
@@ -21,7 +23,7 @@ const REPEATABLE: &[&str] = &["resource", "audience"];
 
 #[derive(Debug, Default)]
 pub struct Form {
-    params: HashMap<String, Vec<String>>,
+    params: BTreeMap<String, Vec<String>>,
 }
 
 impl Form {
@@ -50,7 +52,7 @@ impl Form {
     }
 
     pub fn parse(body: &[u8]) -> Result<Self, OAuthError> {
-        let mut params: HashMap<String, Vec<String>> = HashMap::new();
+        let mut params: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for pair in body.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
             let mut parts = pair.splitn(2, |b| *b == b'=');
             let name = decode(parts.next().unwrap_or_default())?;
@@ -108,12 +110,7 @@ async fn read_bounded(mut body: Body) -> Result<Vec<u8>, OAuthError> {
 }
 
 fn decode(raw: &[u8]) -> Result<String, OAuthError> {
-    let plus_as_space: Vec<u8> = raw
-        .iter()
-        .map(|b| if *b == b'+' { b' ' } else { *b })
-        .collect();
-    let bytes: Vec<u8> = percent_encoding::percent_decode(&plus_as_space).collect();
-    String::from_utf8(bytes).map_err(|_| OAuthError::InvalidRequest("the body is not UTF-8".into()))
+    urlencoded::decode(raw).map_err(|_| OAuthError::InvalidRequest("the body is not UTF-8".into()))
 }
 
 #[cfg(test)]
