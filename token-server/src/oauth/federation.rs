@@ -180,7 +180,7 @@ pub async fn callback(
             "The answer of the identity provider is not valid.",
         );
     };
-    // Ours are 43 base64url characters: anything else was never issued here,
+    // Ours are base64url of 32 random bytes: anything else was never issued here,
     // and is refused before it costs a store round trip.
     let Some(upstream_state) = form.get("state").filter(|s| is_our_state(s)) else {
         return pages::error(StatusCode::BAD_REQUEST, STALE);
@@ -229,7 +229,7 @@ pub async fn callback(
 /// Whether `state` could be one this server sent (`Upstream::start`:
 /// base64url of 32 random bytes).
 fn is_our_state(state: &str) -> bool {
-    state.len() == 43
+    state.len() == (tokenmesh_tokens::secret::RANDOM_BYTES * 4).div_ceil(3)
         && state
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
